@@ -1,0 +1,458 @@
+"""Load and validate the collector's TOML configuration once (SPEC section 4).
+
+`load(path)` turns the file into typed, immutable objects or raises `ConfigError`, whose
+message is one line: file, line where known, and reason. Nothing else reads the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Criterion",
+    "Engagement",
+    "Milestone",
+    "Project",
+    "Stage",
+    "load",
+    "loads",
+    "parse_duration",
+]
+
+US = 1_000_000
+_UNITS = {"s": US, "m": 60 * US, "h": 3600 * US, "d": 86400 * US}
+_DURATION = re.compile(r"(\d+)([smhd])")
+_KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+KINDS = ("count", "sum", "distinct", "tagged", "rate")
+
+
+class ConfigError(Exception):
+    """A configuration file was refused; ``str()`` is the one line to show."""
+
+    def __init__(self, path: str, reason: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {reason}")
+        self.path, self.line, self.reason = path, line, reason
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '24h', '14d' -> microseconds. Raises ValueError with the reason."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"malformed duration {text!r} (want an integer and a unit s, m, h or d, e.g. '24h')")
+    n = int(m.group(1)) * _UNITS[m.group(2)]
+    if n <= 0:
+        raise ValueError(f"duration {text!r} must be greater than zero")
+    return n
+
+
+# --- typed configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Criterion:
+    kind: Literal["count", "sum", "distinct", "tagged", "rate"]
+    target: float
+    event: str | None = None
+    of: str | None = None  # distinct: a property name, or "user_id"
+    over: int | None = None  # rate: trailing window, microseconds
+
+    @property
+    def keep(self) -> int:
+        """How many earliest items the incremental state keeps to know when the target was met."""
+        days = self.over // _UNITS["d"] if self.kind == "rate" and self.over else 1
+        return max(1, math.ceil(self.target * max(1, days)))
+
+
+@dataclass(frozen=True)
+class Milestone:
+    name: str
+    stage: str
+    level: Literal["user", "account"]
+    criteria: tuple[Criterion, ...]
+    within: int | None = None  # microseconds from the subject's first event
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    after: int | None = None  # microseconds of subject age
+    on: str | None = None  # a milestone name
+
+
+@dataclass(frozen=True)
+class Engagement:
+    half_life: int = 7 * 86400 * US
+    trend_short: int = 3 * 86400 * US
+    trend_long: int = 30 * 86400 * US
+    default_weight: float = 1.0
+    engaged_threshold: float = 20.0
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    write_keys: frozenset[str]
+    read_keys: frozenset[str]
+    engagement: Engagement = field(default_factory=Engagement)
+    weights: dict[str, float] = field(default_factory=dict)
+    nps_event: str | None = None
+    stages: tuple[Stage, ...] = ()
+    milestones: tuple[Milestone, ...] = ()
+    model: dict[str, Any] = field(default_factory=dict)  # as written, for GET /v1/model
+    version: str = ""
+
+    def weight(self, event: str, own: float | None) -> float:
+        """Model weight > the event's own weight > default_weight."""
+        w = self.weights.get(event)
+        if w is not None:
+            return w
+        return own if own is not None else self.engagement.default_weight
+
+    def milestones_at(self, level: str) -> tuple[Milestone, ...]:
+        return tuple(m for m in self.milestones if m.level == level)
+
+    def stage_index(self, name: str) -> int:
+        return next(i for i, s in enumerate(self.stages) if s.name == name)
+
+
+@dataclass(frozen=True)
+class Config:
+    projects: dict[str, Project]
+    path: str = "<config>"
+
+    def project_for_key(self, key_hash: str, kind: Literal["write", "read"]) -> Project | None:
+        """Key hashes are unique across projects (checked at load), so at most one matches."""
+        import hmac
+
+        found = None
+        for project in self.projects.values():
+            for known in project.write_keys if kind == "write" else project.read_keys:
+                # Compare every key, whatever matched earlier: time does not depend on the key.
+                if hmac.compare_digest(known, key_hash):
+                    found = project
+        return found
+
+
+# --- raw shapes: msgspec checks types and unknown keys, with a path to the offence --------------
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class _RawCriterion(_Strict):
+    kind: str
+    target: float
+    event: str | None = None
+    of: str | None = None
+    over: str | None = None
+
+
+class _RawMilestone(_Strict):
+    name: str
+    stage: str
+    level: str
+    criteria: list[_RawCriterion]
+    within: str | None = None
+
+
+class _RawStage(_Strict):
+    name: str
+    after: str | None = None
+    on: str | None = None
+
+
+class _RawEngagement(_Strict):
+    half_life: str = "7d"
+    trend: list[str] = msgspec.field(default_factory=lambda: ["3d", "30d"])
+    default_weight: float = 1.0
+    engaged_threshold: float = 20.0
+
+
+class _RawNPS(_Strict):
+    event: str
+
+
+class _RawProject(_Strict):
+    write_keys: list[str] = []
+    read_keys: list[str] = []
+    engagement: _RawEngagement = msgspec.field(default_factory=_RawEngagement)
+    weights: dict[str, float] = {}
+    nps: _RawNPS | None = None
+    stages: list[_RawStage] = []
+    milestones: list[_RawMilestone] = []
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), f"cannot read the file: {getattr(exc, 'strerror', None) or exc}") from None
+    return loads(text, str(p))
+
+
+def loads(text: str, path: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(path, f"not valid TOML: {reason}", int(m.group(1)) if m else None) from None
+    projects = data.get("projects")
+    if not isinstance(projects, dict) or not projects:
+        raise ConfigError(path, "no [projects.<name>] table: at least one project is needed")
+    unknown = sorted(set(data) - {"projects"})
+    if unknown:
+        raise ConfigError(path, f"unknown top-level key {unknown[0]!r} (only [projects.<name>] tables)", _locate(text, [unknown[0]]))
+    raw: dict[str, _RawProject] = {}
+    for name, body in projects.items():
+        try:
+            raw[name] = msgspec.convert(body, _RawProject)
+        except msgspec.ValidationError as exc:
+            raise _shape_error(text, path, ["projects", name], body, str(exc)) from None
+    return _Builder(text, path).config(raw, projects)
+
+
+def _shape_error(text: str, path: str, at: list[str | int], body: Any, msg: str) -> ConfigError:
+    """Turn msgspec's 'Expected X - at `$.a[0].b`' into the dotted key and its line."""
+    where = re.search(r" - at `\$(.*)`$", msg)
+    reason = msg[: where.start()] if where else msg
+    loc: list[str | int] = list(at)
+    node = body
+    for m in re.finditer(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[\.\.\.\]", where.group(1) if where else ""):
+        if m.group(1) is not None:
+            part: str | int = m.group(1)
+        elif m.group(2) is not None:
+            part = int(m.group(2))
+        else:  # msgspec hides dict keys: the offending one is the first whose value is not a number
+            part = next((k for k, v in node.items() if not isinstance(v, (int, float)) or isinstance(v, bool)), "?")
+        loc.append(part)
+        node = node[part] if isinstance(node, (dict, list)) and part != "?" else None
+    unknown = re.search(r"unknown field `([^`]+)`", reason)
+    if unknown:
+        loc.append(unknown.group(1))
+    dotted = ".".join(str(x) for x in loc)
+    return ConfigError(path, f"{dotted}: {reason}", _locate(text, loc))
+
+
+def _locate(text: str, loc: list[str | int]) -> int | None:
+    """Best-effort line of a value at a path: tomllib gives no positions, so read the text.
+
+    Walks table headers ([a.b] and [[a.b]], counting array entries), then looks for the last key
+    inside that table's block; for an index into an inline array, the n-th '{' after that key.
+    """
+    lines = text.splitlines()
+    table: list[str] = []
+    counts: dict[str, int] = {}
+    blocks: list[tuple[tuple[str | int, ...], int]] = [((), 0)]
+    header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+    for i, line in enumerate(lines):
+        m = header.match(line)
+        if not m:
+            continue
+        name = m.group(2)
+        table = [s.strip().strip('"') for s in name.split(".")]
+        key: tuple[str | int, ...] = tuple(table)
+        if m.group(1) == "[[":
+            counts[name] = counts.get(name, -1) + 1
+            key = key + (counts[name],)
+        blocks.append((key, i))
+    # The deepest header that is a prefix of the path; then search its block.
+    best, start = (), 0
+    for key, i in blocks:
+        if tuple(loc[: len(key)]) == key and len(key) >= len(best):
+            best, start = key, i
+    rest = [x for x in loc[len(best):]]
+    end = next((i for k, i in blocks if i > start), len(lines))
+    line_no: int | None = start + 1 if best else None
+    pos = start
+    for part in rest:
+        if isinstance(part, str):
+            pat = re.compile(rf"(^|[\s{{,])\"?{re.escape(part)}\"?\s*=")
+            hit = next((i for i in range(pos, end) if pat.search(lines[i])), None)
+            if hit is None:
+                break
+            pos, line_no = hit, hit + 1
+        else:
+            seen = -1
+            for i in range(pos, end):
+                seen += lines[i].count("{")
+                if seen >= part:
+                    pos, line_no = i, i + 1
+                    break
+    return line_no
+
+
+class _Builder:
+    """Semantic checks after the shape is right; every refusal names the line it can find."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self.text, self.path = text, path
+
+    def fail(self, loc: list[str | int], reason: str) -> ConfigError:
+        return ConfigError(self.path, reason, _locate(self.text, loc))
+
+    def duration(self, loc: list[str | int], value: str) -> int:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.fail(loc, f"{'.'.join(map(str, loc))}: {exc}") from None
+
+    def finite(self, loc: list[str | int], value: float) -> float:
+        if not math.isfinite(value):
+            raise self.fail(loc, f"{loc[-1]} must be a finite number, got {value}")
+        return value
+
+    def config(self, raw: dict[str, _RawProject], data: dict[str, Any]) -> Config:
+        seen_keys: dict[str, str] = {}
+        projects = {}
+        for name, rp in raw.items():
+            projects[name] = self.project(name, rp, data[name], seen_keys)
+        return Config(projects=projects, path=self.path)
+
+    def project(self, name: str, rp: _RawProject, data: dict[str, Any], seen_keys: dict[str, str]) -> Project:
+        at: list[str | int] = ["projects", name]
+        for kind in ("write_keys", "read_keys"):
+            for i, k in enumerate(getattr(rp, kind)):
+                if not _KEY_HASH.fullmatch(k):
+                    raise self.fail(at + [kind], f"{kind}[{i}] must be 'sha256:' and 64 lowercase hex digits "
+                                    "(`headway-collector keys new` prints one)")
+                if k in seen_keys:
+                    raise self.fail(at + [kind], f"{kind}[{i}] is listed twice (also in {seen_keys[k]}); "
+                                    "a key belongs to one project and one kind")
+                seen_keys[k] = f"projects.{name}.{kind}"
+        e = rp.engagement
+        eng_at = at + ["engagement"]
+        if len(e.trend) != 2:
+            raise self.fail(eng_at + ["trend"], "engagement.trend must be two durations: [short, long]")
+        short, long_ = (self.duration(eng_at + ["trend"], d) for d in e.trend)
+        if short >= long_:
+            raise self.fail(eng_at + ["trend"], "engagement.trend: the short half-life must be less than the long one")
+        engagement = Engagement(
+            half_life=self.duration(eng_at + ["half_life"], e.half_life),
+            trend_short=short,
+            trend_long=long_,
+            default_weight=self.finite(eng_at + ["default_weight"], e.default_weight),
+            engaged_threshold=self.finite(eng_at + ["engaged_threshold"], e.engaged_threshold),
+        )
+        weights = {k: self.finite(at + ["weights", k], v) for k, v in rp.weights.items()}
+        stages = self.stages(at, rp.stages)
+        milestones = self.milestones(at, rp.milestones, stages)
+        self.check_stage_triggers(at, stages, milestones)
+        model = {k: v for k, v in data.items() if k not in ("write_keys", "read_keys")}
+        version = hashlib.sha256(msgspec.json.encode(model, order="sorted")).hexdigest()[:16]
+        return Project(
+            name=name,
+            write_keys=frozenset(rp.write_keys),
+            read_keys=frozenset(rp.read_keys),
+            engagement=engagement,
+            weights=weights,
+            nps_event=rp.nps.event if rp.nps else None,
+            stages=stages,
+            milestones=milestones,
+            model=model,
+            version=version,
+        )
+
+    def stages(self, at: list[str | int], raw: list[_RawStage]) -> tuple[Stage, ...]:
+        out: list[Stage] = []
+        last_after = 0
+        for i, s in enumerate(raw):
+            loc = at + ["stages", i]
+            if not s.name:
+                raise self.fail(loc + ["name"], "a stage needs a non-empty name")
+            if any(o.name == s.name for o in out):
+                raise self.fail(loc + ["name"], f"duplicate stage name {s.name!r}")
+            if i == 0 and (s.after or s.on):
+                raise self.fail(loc, f"the first stage {s.name!r} has no start: remove 'after' / 'on'")
+            if i > 0 and (s.after is None) == (s.on is None):
+                raise self.fail(loc, f"stage {s.name!r} needs exactly one start: 'after' (an age) or 'on' (a milestone)")
+            after = self.duration(loc + ["after"], s.after) if s.after is not None else None
+            if after is not None:
+                if after <= last_after:
+                    raise self.fail(loc + ["after"], f"stage {s.name!r}: 'after' must grow along the stages")
+                last_after = after
+            out.append(Stage(name=s.name, after=after, on=s.on))
+        return tuple(out)
+
+    def milestones(self, at: list[str | int], raw: list[_RawMilestone], stages: tuple[Stage, ...]) -> tuple[Milestone, ...]:
+        out: list[Milestone] = []
+        stage_names = {s.name for s in stages}
+        for i, m in enumerate(raw):
+            loc = at + ["milestones", i]
+            if not m.name:
+                raise self.fail(loc + ["name"], "a milestone needs a non-empty name")
+            if any(o.name == m.name for o in out):
+                raise self.fail(loc + ["name"], f"duplicate milestone name {m.name!r}")
+            if m.stage not in stage_names:
+                raise self.fail(loc + ["stage"], f"milestone {m.name!r} names unknown stage {m.stage!r}"
+                                + (f" (stages: {', '.join(sorted(stage_names))})" if stage_names else " (no stages are defined)"))
+            if m.level not in ("user", "account"):
+                raise self.fail(loc + ["level"], f"milestone {m.name!r}: level must be 'user' or 'account', not {m.level!r}")
+            if not m.criteria:
+                raise self.fail(loc + ["criteria"], f"milestone {m.name!r} needs at least one criterion")
+            within = self.duration(loc + ["within"], m.within) if m.within is not None else None
+            criteria = tuple(self.criterion(loc + ["criteria", j], m, c) for j, c in enumerate(m.criteria))
+            out.append(Milestone(name=m.name, stage=m.stage, level=m.level, criteria=criteria, within=within))  # type: ignore[arg-type]
+        return tuple(out)
+
+    def criterion(self, loc: list[str | int], m: _RawMilestone, c: _RawCriterion) -> Criterion:
+        what = f"milestone {m.name!r}, criterion {loc[-1]}"
+        if c.kind not in KINDS:
+            raise self.fail(loc + ["kind"], f"{what}: unknown kind {c.kind!r} (kinds: {', '.join(KINDS)})")
+        if not math.isfinite(c.target) or c.target <= 0:
+            raise self.fail(loc + ["target"], f"{what}: target must be a finite number greater than zero, got {c.target}")
+        if c.kind == "tagged":
+            if c.event is not None or c.of is not None or c.over is not None:
+                raise self.fail(loc, f"{what}: 'tagged' counts events tagged {m.name!r}; it takes only 'target'")
+        elif not c.event:
+            raise self.fail(loc, f"{what}: kind {c.kind!r} needs 'event'")
+        if c.kind == "distinct":
+            if not c.of:
+                raise self.fail(loc, f"{what}: kind 'distinct' needs 'of' (a property name or \"user_id\")")
+            if c.of == "user_id" and m.level != "account":
+                raise self.fail(loc, f"{what}: distinct of user_id only makes sense at level 'account'")
+        elif c.of is not None:
+            raise self.fail(loc + ["of"], f"{what}: 'of' belongs to kind 'distinct' only")
+        if c.kind == "rate":
+            if c.over is None:
+                raise self.fail(loc, f"{what}: kind 'rate' needs 'over' (the trailing window, e.g. '14d')")
+            over = self.duration(loc + ["over"], c.over)
+            if over % _UNITS["d"]:
+                raise self.fail(loc + ["over"], f"{what}: 'over' must be whole days, got {c.over!r}")
+        elif c.over is not None:
+            raise self.fail(loc + ["over"], f"{what}: 'over' belongs to kind 'rate' only")
+        else:
+            over = None
+        if c.kind in ("count", "tagged", "distinct") and c.target != int(c.target):
+            raise self.fail(loc + ["target"], f"{what}: a {c.kind} target must be a whole number, got {c.target}")
+        return Criterion(kind=c.kind, target=c.target, event=c.event, of=c.of, over=over)  # type: ignore[arg-type]
+
+    def check_stage_triggers(self, at: list[str | int], stages: tuple[Stage, ...], milestones: tuple[Milestone, ...]) -> None:
+        by_name = {m.name: m for m in milestones}
+        index = {s.name: i for i, s in enumerate(stages)}
+        for i, s in enumerate(stages):
+            if s.on is None:
+                continue
+            loc = at + ["stages", i, "on"]
+            m = by_name.get(s.on)
+            if m is None:
+                raise self.fail(loc, f"stage {s.name!r} starts on unknown milestone {s.on!r}")
+            if index[m.stage] >= i:
+                raise self.fail(loc, f"stage {s.name!r} starts on milestone {s.on!r}, which belongs to stage "
+                                f"{m.stage!r}, not an earlier one: a cycle")

@@ -1,0 +1,137 @@
+"""Read a subject's state as of an instant: milestones, stage, success, quadrant, trend, NPS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import Milestone
+from . import scoring
+from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, criterion_result
+
+__all__ = ["MilestoneResult", "Reading", "milestone_results", "read", "stage_on", "trend_of"]
+
+# Trend compares the short and the long decayed rates; within +-25% of each other is steady.
+RISING, COOLING = 1.25, 0.8
+
+
+@dataclass(frozen=True)
+class MilestoneResult:
+    milestone: Milestone
+    progress: float
+    achieved_at: int | None
+    deadline: int | None
+    criteria: tuple[tuple[float, float], ...]  # (done, target)
+
+    def status(self, now: int) -> Literal["pending", "in_progress", "achieved", "missed"]:
+        if self.achieved_at is not None:
+            return "achieved"
+        if self.deadline is not None and now > self.deadline:
+            return "missed"
+        return "in_progress" if self.progress > 0 else "pending"
+
+
+def milestone_results(lm: LevelModel, state: SubjectState) -> list[MilestoneResult]:
+    """Per milestone of the level, in model order: independent of `now`."""
+    out = []
+    for m in lm.milestones:
+        parts = [criterion_result(c, st) for c, st in zip(m.criteria, state.crit[m.name])]
+        progress = sum(max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts)) / len(parts)
+        times = [at for _, at in parts]
+        achieved_at = max(times) if all(t is not None for t in times) else None  # type: ignore[type-var]
+        out.append(MilestoneResult(
+            milestone=m,
+            progress=progress,
+            achieved_at=achieved_at,
+            deadline=state.first_seen + m.within if m.within is not None else None,
+            criteria=tuple((min(done, c.target), c.target) for c, (done, _) in zip(m.criteria, parts)),
+        ))
+    return out
+
+
+def stage_on(lm: LevelModel, results: list[MilestoneResult]) -> int:
+    """The furthest stage started by an achieved milestone (`on`), or 0."""
+    achieved = {r.milestone.name for r in results if r.achieved_at is not None}
+    return max((i for i, s in enumerate(lm.project.stages) if s.on and s.on in achieved), default=0)
+
+
+def stage_at(lm: LevelModel, state: SubjectState, on_index: int, now: int) -> int | None:
+    stages = lm.project.stages
+    if not stages:
+        return None
+    age = now - state.first_seen
+    by_age = max((i for i, s in enumerate(stages) if s.after is not None and age >= s.after), default=0)
+    return max(by_age, on_index)
+
+
+def trend_of(lm: LevelModel, state: SubjectState, now: int) -> Literal["rising", "steady", "cooling"]:
+    _, short_hl, long_hl = lm.half_lives
+    short = scoring.rate(state.sums[1], now, short_hl)
+    long_ = scoring.rate(state.sums[2], now, long_hl)
+    if long_ <= 0 and short <= 0:
+        return "steady"
+    if short > long_ * RISING:
+        return "rising"
+    if short < long_ * COOLING:
+        return "cooling"
+    return "steady"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Everything the query API shows for a subject at `now`."""
+
+    score: float
+    events: int
+    active_days_30d: int
+    trend: Literal["rising", "steady", "cooling"]
+    stage: str | None
+    stage_index: int | None
+    milestones: list[MilestoneResult]
+    progress: float
+    achieved: int
+    total: int
+    engaged: bool
+    succeeding: bool
+    nps: tuple[int, int, int] | None  # promoters, passives, detractors
+
+    @property
+    def quadrant(self) -> Literal["thriving", "stuck", "quiet", "at_risk"]:
+        if self.engaged:
+            return "thriving" if self.succeeding else "stuck"
+        return "quiet" if self.succeeding else "at_risk"
+
+
+def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
+    results = milestone_results(lm, state)
+    idx = stage_at(lm, state, stage_on(lm, results), now)
+    stages = lm.project.stages
+    index_of = {s.name: i for i, s in enumerate(stages)}
+    succeeding = True
+    if idx is not None:
+        for r in results:
+            si = index_of[r.milestone.stage]
+            if si < idx and r.achieved_at is None or si == idx and r.status(now) == "missed":
+                succeeding = False
+                break
+    score = scoring.value_at(state.sums[0], now, lm.half_lives[0])
+    today = now // DAY
+    nps = None
+    if state.nps:
+        answers = [v for _, v in state.nps.values()]
+        nps = (sum(v >= 9 for v in answers), sum(7 <= v < 9 for v in answers), sum(v <= 6 for v in answers))
+    return Reading(
+        score=score,
+        events=state.events,
+        active_days_30d=sum(1 for d in state.days if today - ACTIVE_DAYS < d <= today),
+        trend=trend_of(lm, state, now),
+        stage=stages[idx].name if idx is not None else None,
+        stage_index=idx,
+        milestones=results,
+        progress=sum(r.progress for r in results) / len(results) if results else 0.0,
+        achieved=sum(r.achieved_at is not None for r in results),
+        total=len(results),
+        engaged=score >= lm.project.engagement.engaged_threshold,
+        succeeding=succeeding,
+        nps=nps,
+    )

@@ -1,0 +1,56 @@
+"""Exponentially decayed sums, exact and independent of arrival order.
+
+``score(t) = sum(w_i * 2^(-(t - t_i)/half_life))`` is kept as one integer: each event adds
+``round_down(w_i * 2^((t_i - EPOCH)/half_life) * 2^FRACTION_BITS)``, a value that depends on
+that event alone. Integer addition is exact, commutative and associative, so any arrival order,
+any batching, a re-score and several collectors all reach the same integer, bit for bit; floats
+would differ in their last bits. Reading multiplies by ``2^(-(now - EPOCH)/half_life)`` once.
+The integer grows by one bit per half-life since EPOCH (a few hundred bits today), which Python
+and PostgreSQL NUMERIC hold exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["DAY", "EPOCH", "FRACTION_BITS", "contribution", "rate", "sort_key", "value_at"]
+
+DAY = 86_400_000_000  # microseconds
+EPOCH = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, the fixed reference of every sum
+FRACTION_BITS = 64  # resolution below one unit of weight at EPOCH
+
+
+def contribution(weight: float, t: int, half_life: int) -> int:
+    """The exact integer one event adds: a function of (weight, t, half_life) only."""
+    if not weight:
+        return 0
+    x = (t - EPOCH) / half_life
+    n = math.floor(x)
+    mantissa, exp = math.frexp(weight * 2.0 ** (x - n))  # weight * 2^frac, exactly split
+    top = int(mantissa * (1 << 53))  # 53 significant bits, exact
+    shift = exp - 53 + n + FRACTION_BITS
+    return top << shift if shift >= 0 else top >> -shift
+
+
+def value_at(total: int, t: int, half_life: int) -> float:
+    """The decayed sum as of time ``t`` (microseconds), as a float."""
+    if not total:
+        return 0.0
+    x = (t - EPOCH) / half_life
+    n = math.floor(x)
+    bits = abs(total).bit_length()
+    cut = max(0, bits - 62)  # keep 62 significant bits: float() of huge ints would overflow
+    top = total >> cut if total > 0 else -((-total) >> cut)
+    return math.ldexp(top * 2.0 ** (n - x), cut - n - FRACTION_BITS)
+
+
+def sort_key(total: int) -> float:
+    """A float that orders subjects like their scores at any one instant (same decay for all)."""
+    if not total:
+        return 0.0
+    return math.copysign(math.log2(abs(total)) + 1.0, total)
+
+
+def rate(total: int, t: int, half_life: int) -> float:
+    """Events-per-microsecond equivalent of a decayed sum: comparable across half-lives."""
+    return value_at(total, t, half_life) * math.log(2) / half_life

@@ -1,0 +1,343 @@
+"""A subject's (user's or account's) derived state, folded one event at a time.
+
+The state is a function of the subject's *set* of events: whatever the arrival order, batching
+or duplication, folding the same set gives the same state, and `build` over the stored events
+(a re-score) gives it too. Each event costs O(1) in the subject's history:
+
+- decayed sums are exact integers (see `scoring`);
+- `count` and `tagged` keep the earliest `target` times; `distinct` keeps the earliest
+  `target` first-seen values; `sum` keeps the time-grouped amounts up to the first time the
+  running total reaches the target; `rate` keeps per-day counts (and each day's earliest times)
+  for the last two windows. That is enough to know exactly when a target was first met,
+  also when an event arrives late.
+- Events past a milestone's window (`first_seen + within`) never enter its state.
+
+Two rare late arrivals cannot be folded in place, and `apply` answers `REBUILD` for them: an
+event older than the subject's first event when a window or rate depends on that first event,
+and a rate event older than the rate's kept days (or a negative amount before a met sum). The
+caller then rebuilds the subject from its stored events with `build`, which is the same fold in
+time order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import msgspec
+
+from ..config import Criterion, Milestone, Project
+from . import scoring
+
+__all__ = ["REBUILD", "Ev", "LevelModel", "SubjectState", "apply", "build", "decode_state", "encode_state", "new_state"]
+
+DAY = scoring.DAY
+ACTIVE_DAYS = 30  # active_days_30d looks back this many days, today included
+
+
+class Ev(msgspec.Struct, frozen=True):
+    """An accepted event as the core sees it: times in microseconds since the Unix epoch."""
+
+    id: str
+    event: str
+    user_id: str
+    t: int
+    account_id: str | None = None
+    weight: float | None = None  # the event's own weight; the model may override it
+    value: float | None = None
+    milestones: tuple[str, ...] = ()
+    properties: dict[str, Any] = {}
+
+
+class RateDay(msgspec.Struct, array_like=True):
+    n: int
+    ts: list[int]  # the day's earliest `keep` times
+
+
+class CritState(msgspec.Struct, omit_defaults=True):
+    ts: list[int] = []  # count, tagged
+    firsts: dict[str, int] = {}  # distinct: value -> earliest time
+    steps: list[tuple[int, float]] = []  # sum: (time, amount at that time), up to the crossing
+    days: dict[int, RateDay] = {}  # rate
+    top_day: int | None = None  # rate: latest day seen
+    best: float = 0.0  # rate: best rate reached
+    at: int | None = None  # rate: when the target was first met
+
+
+class SubjectState(msgspec.Struct, omit_defaults=True):
+    first_seen: int
+    last_seen: int
+    events: int = 0
+    sums: list[int] = []  # score, trend short, trend long (see scoring)
+    days: list[int] = []  # active days (weight > 0) among the last ACTIVE_DAYS
+    crit: dict[str, list[CritState]] = {}
+    nps: dict[str, tuple[int, float]] = {}  # user_id -> (time, answer) of the latest answer
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(SubjectState)
+
+
+def encode_state(state: SubjectState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(data: bytes | str) -> SubjectState:
+    return _decoder.decode(data)
+
+
+class _Rebuild:
+    def __repr__(self) -> str:
+        return "REBUILD"
+
+
+REBUILD: Final = _Rebuild()
+
+
+@dataclass(frozen=True)
+class LevelModel:
+    """What one level (user or account) of a project needs for folding, precomputed once."""
+
+    project: Project
+    level: Literal["user", "account"]
+    milestones: tuple[Milestone, ...]
+    half_lives: tuple[int, int, int]
+    by_event: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
+    tagged: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
+    first_sensitive: bool  # a window or a rate depends on first_seen
+
+    @classmethod
+    def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
+        ms = project.milestones_at(level)
+        by_event: dict[str, list[tuple[Milestone, int, Criterion]]] = {}
+        tagged: dict[str, list[tuple[Milestone, int, Criterion]]] = {}
+        for m in ms:
+            for i, c in enumerate(m.criteria):
+                if c.kind == "tagged":
+                    tagged.setdefault(m.name, []).append((m, i, c))
+                else:
+                    by_event.setdefault(c.event or "", []).append((m, i, c))
+        e = project.engagement
+        return cls(
+            project=project,
+            level=level,
+            milestones=ms,
+            half_lives=(e.half_life, e.trend_short, e.trend_long),
+            by_event={k: tuple(v) for k, v in by_event.items()},
+            tagged={k: tuple(v) for k, v in tagged.items()},
+            first_sensitive=any(m.within is not None or any(c.kind == "rate" for c in m.criteria) for m in ms),
+        )
+
+    def matches(self, ev: Ev) -> list[tuple[Milestone, int, Criterion]]:
+        found = list(self.by_event.get(ev.event, ()))
+        for tag in ev.milestones:
+            found.extend(self.tagged.get(tag, ()))
+        return found
+
+
+def new_state(lm: LevelModel, ev: Ev) -> SubjectState:
+    return SubjectState(
+        first_seen=ev.t,
+        last_seen=ev.t,
+        sums=[0, 0, 0],
+        crit={m.name: [CritState() for _ in m.criteria] for m in lm.milestones},
+    )
+
+
+def build(lm: LevelModel, events: list[Ev]) -> SubjectState | None:
+    """The state of a subject from all its events: the same fold, in time order."""
+    state = None
+    for ev in sorted(events, key=lambda e: (e.t, e.id)):
+        state = new_state(lm, ev) if state is None else state
+        result = apply(lm, state, ev)
+        assert result is not REBUILD, "events in time order never need a rebuild"
+    return state
+
+
+def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuild:
+    """Fold one new (not duplicate) event into ``state`` in place, or answer REBUILD untouched."""
+    if ev.t < state.first_seen and state.events and lm.first_sensitive:
+        return REBUILD
+    matches = lm.matches(ev)
+    for m, i, c in matches:
+        if _needs_rebuild(c, state.crit[m.name][i], ev):
+            return REBUILD
+
+    project = lm.project
+    weight = project.weight(ev.event, ev.weight)
+    state.first_seen = min(state.first_seen, ev.t)
+    state.last_seen = max(state.last_seen, ev.t)
+    state.events += 1
+    sums = state.sums
+    for k, half_life in enumerate(lm.half_lives):
+        sums[k] += scoring.contribution(weight, ev.t, half_life)
+    if weight > 0:
+        _add_active_day(state, ev.t // DAY)
+    else:
+        _prune_days(state)
+
+    for m, i, c in matches:
+        if m.within is not None and ev.t > state.first_seen + m.within:
+            continue  # past the window: counts toward nothing
+        _fold_criterion(c, state.crit[m.name][i], ev, state.first_seen)
+
+    if lm.level == "account" and project.nps_event == ev.event and ev.value is not None and 0 <= ev.value <= 10:
+        old = state.nps.get(ev.user_id)
+        answer = (ev.t, ev.value)
+        if old is None or tuple(old) < answer:
+            _put_sorted(state.nps, ev.user_id, answer)
+    return state
+
+
+def _put_sorted(d: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep dicts in key order, so that equal states encode to equal bytes."""
+    if key in d or not d or key > next(reversed(d)):
+        d[key] = value
+    else:
+        d[key] = value
+        items = sorted(d.items())
+        d.clear()
+        d.update(items)
+
+
+def _add_active_day(state: SubjectState, day: int) -> None:
+    days = state.days
+    i = bisect.bisect_left(days, day)
+    if i == len(days) or days[i] != day:
+        days.insert(i, day)
+    _prune_days(state)
+
+
+def _prune_days(state: SubjectState) -> None:
+    floor = state.last_seen // DAY - (ACTIVE_DAYS - 1)
+    if state.days and state.days[0] < floor:
+        del state.days[: bisect.bisect_left(state.days, floor)]
+
+
+# --- criteria ------------------------------------------------------------------------------------
+
+
+def _distinct_key(c: Criterion, ev: Ev) -> str | None:
+    if c.of == "user_id":
+        return ev.user_id
+    v = ev.properties.get(c.of or "")
+    if v is None:
+        return None
+    return v if isinstance(v, str) else msgspec.json.encode(v).decode()
+
+
+def _rate_days(c: Criterion) -> int:
+    return (c.over or DAY) // DAY
+
+
+def _needs_rebuild(c: Criterion, st: CritState, ev: Ev) -> bool:
+    if c.kind == "rate":
+        return st.top_day is not None and ev.t // DAY < st.top_day - _rate_days(c) + 1
+    if c.kind == "sum":
+        # A negative amount before a met target may un-meet it: the dropped tail is needed.
+        return (ev.value or 0.0) < 0 and bool(st.steps) and _sum_met(c, st) and ev.t <= st.steps[-1][0]
+    return False
+
+
+def _fold_criterion(c: Criterion, st: CritState, ev: Ev, first_seen: int) -> None:
+    keep = c.keep
+    if c.kind in ("count", "tagged"):
+        if len(st.ts) < keep or ev.t < st.ts[-1]:
+            bisect.insort(st.ts, ev.t)
+            del st.ts[keep:]
+    elif c.kind == "distinct":
+        key = _distinct_key(c, ev)
+        if key is None:
+            return
+        old = st.firsts.get(key)
+        if old is not None:
+            st.firsts[key] = min(old, ev.t)
+        elif len(st.firsts) < keep:
+            _put_sorted(st.firsts, key, ev.t)
+        else:
+            last = max(st.firsts.items(), key=lambda kv: (kv[1], kv[0]))
+            if (ev.t, key) < (last[1], last[0]):
+                del st.firsts[last[0]]
+                _put_sorted(st.firsts, key, ev.t)
+    elif c.kind == "sum":
+        _fold_sum(c, st, ev.t, ev.value or 0.0)
+    else:
+        _fold_rate(c, st, ev.t, first_seen)
+
+
+def _sum_met(c: Criterion, st: CritState) -> bool:
+    return sum(a for _, a in st.steps) >= c.target
+
+
+def _fold_sum(c: Criterion, st: CritState, t: int, amount: float) -> None:
+    steps = st.steps
+    if steps and _sum_met(c, st) and t > steps[-1][0]:
+        return  # after the target was met: changes nothing
+    i = bisect.bisect_left(steps, (t,), key=lambda s: (s[0],))
+    if i < len(steps) and steps[i][0] == t:
+        steps[i] = (t, steps[i][1] + amount)
+    else:
+        steps.insert(i, (t, amount))
+    total = 0.0
+    for j, (_, a) in enumerate(steps):
+        total += a
+        if total >= c.target:
+            del steps[j + 1 :]
+            break
+
+
+def _fold_rate(c: Criterion, st: CritState, t: int, first_seen: int) -> None:
+    over = _rate_days(c)
+    day = t // DAY
+    rd = st.days.get(day)
+    if rd is None:
+        rd = RateDay(0, [])
+        _put_sorted(st.days, day, rd)
+    rd.n += 1
+    if len(rd.ts) < c.keep or t < rd.ts[-1]:
+        bisect.insort(rd.ts, t)
+        del rd.ts[c.keep :]
+    top = day if st.top_day is None else max(st.top_day, day)
+    st.top_day = top
+    first_day = first_seen // DAY
+    # A day's count changes the windows of the days that follow it within `over` days.
+    for d in range(day, min(top, day + over - 1) + 1):
+        here = st.days.get(d)
+        if here is None:
+            continue
+        width = max(1, min(over, d - first_day + 1))
+        prior = sum(st.days[p].n for p in range(d - width + 1, d) if p in st.days)
+        st.best = max(st.best, (prior + here.n) / width)
+        need = math.ceil(c.target * width) - prior
+        if need <= here.n:
+            at = here.ts[max(0, need) - 1] if need >= 1 else here.ts[0]
+            st.at = at if st.at is None else min(st.at, at)
+    floor = top - 2 * over + 1
+    for d in [d for d in st.days if d < floor]:
+        del st.days[d]
+
+
+# --- reading a criterion ------------------------------------------------------------------------
+
+
+def criterion_result(c: Criterion, st: CritState) -> tuple[float, int | None]:
+    """(done, capped at target; the time the target was first met, or None)."""
+    target = c.target
+    if c.kind in ("count", "tagged"):
+        done = float(len(st.ts))
+        return done, st.ts[int(target) - 1] if len(st.ts) >= target else None
+    if c.kind == "distinct":
+        done = float(len(st.firsts))
+        return done, sorted(st.firsts.values())[int(target) - 1] if len(st.firsts) >= target else None
+    if c.kind == "sum":
+        total = 0.0
+        for t, a in st.steps:
+            total += a
+            if total >= target:
+                return target, t
+        return max(0.0, total), None
+    if st.at is not None:
+        return target, st.at
+    return min(target, st.best), None

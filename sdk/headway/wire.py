@@ -1,0 +1,240 @@
+"""The one wire schema shared by the SDK and the collector (SPEC sections 2 and 3).
+
+Every type that crosses HTTP is declared here once, as a msgspec ``Struct``: the SDK encodes
+batches and decodes query results with these types, and the collector decodes batches and
+encodes its answers with the same ones. Adding a field with a default is how the format
+evolves; unknown fields are ignored so that older readers keep working.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_EVENTS",
+    "MAX_EVENT_BYTES",
+    "MAX_INFLATED_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_TAGS",
+    "AccountPage",
+    "AccountView",
+    "Batch",
+    "BatchEnvelope",
+    "BatchResponse",
+    "Context",
+    "CriterionProgress",
+    "Engagement",
+    "ErrorBody",
+    "ErrorDetail",
+    "Event",
+    "FunnelStep",
+    "Funnel",
+    "Growth",
+    "GrowthPeriod",
+    "ModelInfo",
+    "MilestoneView",
+    "NPS",
+    "Rejection",
+    "Success",
+    "UnknownTag",
+    "UserPage",
+    "UserView",
+]
+
+# Limits of SPEC section 2; the SDK checks them before sending, the collector enforces them.
+MAX_BATCH_BYTES = 1 << 20  # on the wire
+MAX_INFLATED_BYTES = 8 << 20  # after gunzip
+MAX_BATCH_EVENTS = 1000
+MAX_EVENT_BYTES = 32 << 10  # one event, JSON-encoded
+MAX_NAME_CHARS = 200
+MAX_TAGS = 32
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Context(msgspec.Struct, omit_defaults=True):
+    library: str = ""
+
+
+class Event(msgspec.Struct, omit_defaults=False):
+    """One tracked event. ``id`` (a UUIDv7) is the idempotency key within a project."""
+
+    id: Name
+    event: Name
+    user_id: Name
+    timestamp: AwareDatetime
+    account_id: Name | None = None
+    weight: float | None = None
+    milestones: Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)] = []
+    value: float | None = None
+    properties: dict[str, Any] = {}
+
+
+class Batch(msgspec.Struct):
+    """What the SDK sends to ``POST /v1/batch``."""
+
+    sent_at: AwareDatetime
+    events: list[Event]
+    context: Context = Context()
+
+
+class BatchEnvelope(msgspec.Struct):
+    """The collector's first look at a batch: events stay raw so each is judged on its own."""
+
+    sent_at: AwareDatetime
+    events: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+    context: Context = Context()
+
+
+class Rejection(msgspec.Struct):
+    index: int
+    error: str
+
+
+class BatchResponse(msgspec.Struct):
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection] = []
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+# --- Query API (SPEC section 3) ---------------------------------------------------------------
+
+Status = Literal["pending", "in_progress", "achieved", "missed"]
+Quadrant = Literal["thriving", "stuck", "quiet", "at_risk"]
+Trend = Literal["rising", "steady", "cooling"]
+
+
+class Engagement(msgspec.Struct):
+    score: float
+    events: int
+    active_days_30d: int
+    trend: Trend = "steady"
+
+
+class CriterionProgress(msgspec.Struct):
+    kind: str
+    done: float
+    target: float
+    event: str | None = None
+
+
+class MilestoneView(msgspec.Struct):
+    name: str
+    stage: str
+    status: Status
+    progress: float
+    achieved_at: datetime | None
+    deadline: datetime | None
+    criteria: list[CriterionProgress]
+
+
+class Success(msgspec.Struct):
+    progress: float
+    achieved: int
+    total: int
+
+
+class NPS(msgspec.Struct):
+    score: float
+    responses: int
+    promoters: int
+    passives: int
+    detractors: int
+
+
+class UserView(msgspec.Struct):
+    user_id: str
+    first_seen: datetime
+    last_seen: datetime
+    engagement: Engagement
+    stage: str | None
+    success: Success
+    quadrant: Quadrant
+    milestones: list[MilestoneView]
+
+
+class AccountView(msgspec.Struct):
+    account_id: str
+    first_seen: datetime
+    last_seen: datetime
+    engagement: Engagement
+    stage: str | None
+    success: Success
+    quadrant: Quadrant
+    milestones: list[MilestoneView]
+    users: int = 0
+    nps: NPS | None = None
+
+
+class UserPage(msgspec.Struct):
+    """One page of ``GET /v1/users``; ``next_cursor`` is None on the last page."""
+
+    items: list[UserView]
+    next_cursor: str | None = None
+
+
+class AccountPage(msgspec.Struct):
+    """One page of ``GET /v1/accounts``; ``next_cursor`` is None on the last page."""
+
+    items: list[AccountView]
+    next_cursor: str | None = None
+
+
+class FunnelStep(msgspec.Struct):
+    name: str
+    stage: str
+    level: str
+    counts: dict[str, int]
+    reached_stage: int
+    achieved_share: float | None
+    median_time_to_achieve_s: float | None
+    p90_time_to_achieve_s: float | None
+
+
+class Funnel(msgspec.Struct):
+    level: str | None
+    milestones: list[FunnelStep]
+
+
+class GrowthPeriod(msgspec.Struct):
+    period: str
+    start: datetime
+    new: int
+    retained: int
+    resurrected: int
+    churned: int
+    active: int
+    quick_ratio: float | None
+    nps: NPS | None = None
+
+
+class Growth(msgspec.Struct):
+    period: str
+    level: str
+    periods: list[GrowthPeriod]
+
+
+class UnknownTag(msgspec.Struct):
+    tag: str
+    count: int
+
+
+class ModelInfo(msgspec.Struct):
+    project: str
+    version: str
+    model: dict[str, Any]
+    unknown_tags: list[UnknownTag] = []
