@@ -57,7 +57,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Context(msgspec.Struct, omit_defaults=True):
+class Context(msgspec.Struct, omit_defaults=True, frozen=True):
     library: str = ""
 
 
@@ -87,7 +87,7 @@ class BatchEnvelope(msgspec.Struct):
     """The collector's first look at a batch: events stay raw so each is judged on its own."""
 
     sent_at: AwareDatetime
-    events: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+    events: list[msgspec.Raw]
     context: Context = Context()
 
 
@@ -176,7 +176,6 @@ class AccountView(msgspec.Struct):
     success: Success
     quadrant: Quadrant
     milestones: list[MilestoneView]
-    users: int = 0
     nps: NPS | None = None
 
 

@@ -1,0 +1,290 @@
+"""The query API (SPEC section 3): subjects, lists, the model, health and metrics."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from headway.wire import (
+    NPS,
+    AccountPage,
+    AccountView,
+    CriterionProgress,
+    Engagement,
+    MilestoneView,
+    ModelInfo,
+    Success,
+    UnknownTag,
+    UserPage,
+    UserView,
+)
+
+from .auth import authorize
+from .config import Project
+from .errors import APIError, json_response
+from .events import to_us
+from .model.evaluate import Reading, read
+from .model.subject import LevelModel, decode_state
+from .state import AppState
+
+__all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz"]
+
+MAX_LIMIT = 1000
+STATUSES = ("pending", "in_progress", "achieved", "missed")
+QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
+TRENDS = ("rising", "steady", "cooling")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.headway  # type: ignore[no-any-return]
+
+
+def _ts(us: int | None) -> datetime | None:
+    if us is None:
+        return None
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _now(request: Request, state: AppState) -> int:
+    """`?at=RFC3339` reads as of that instant (reproducible reads); default: now."""
+    at = request.query_params.get("at")
+    if at is None:
+        return state.clock()
+    try:
+        dt = msgspec.convert(at, datetime, strict=False)
+    except msgspec.ValidationError:
+        raise APIError(400, "bad_request", f"at={at!r} is not an RFC3339 timestamp") from None
+    if dt.tzinfo is None:
+        raise APIError(400, "bad_request", f"at={at!r} needs a timezone (e.g. 'Z')")
+    return to_us(dt)
+
+
+def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int, now: int) -> UserView | AccountView:
+    milestones = [
+        MilestoneView(
+            name=m.milestone.name,
+            stage=m.milestone.stage,
+            status=m.status(now),
+            progress=m.progress,
+            achieved_at=_ts(m.achieved_at),
+            deadline=_ts(m.deadline),
+            criteria=[CriterionProgress(kind=c.kind, event=c.event, done=done, target=target)
+                      for c, (done, target) in zip(m.milestone.criteria, m.criteria)],
+        )
+        for m in r.milestones
+    ]
+    common: dict[str, Any] = dict(
+        first_seen=_ts(first_seen),
+        last_seen=_ts(last_seen),
+        engagement=Engagement(score=r.score, events=r.events, active_days_30d=r.active_days_30d, trend=r.trend),
+        stage=r.stage,
+        success=Success(progress=r.progress, achieved=r.achieved, total=r.total),
+        quadrant=r.quadrant,
+        milestones=milestones,
+    )
+    if lm.level == "user":
+        return UserView(user_id=sid, **common)
+    nps = None
+    if r.nps is not None:
+        pro, pas, det = r.nps
+        n = pro + pas + det
+        nps = NPS(score=100.0 * (pro - det) / n, responses=n, promoters=pro, passives=pas, detractors=det)
+    return AccountView(account_id=sid, nps=nps, **common)
+
+
+def _subject_view(state: AppState, project: Project, level: str, sid: str, now: int) -> UserView | AccountView:
+    lm = state.models[project.name, level]
+    with state.store.read() as r:
+        row = r.one("SELECT state FROM subjects WHERE project = ? AND level = ? AND subject = ?",
+                    (project.name, level, sid))
+    if row is None:
+        raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
+    st = decode_state(row[0])
+    return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
+
+
+async def _get(request: Request, level: Literal["user", "account"]) -> Response:
+    state = _state(request)
+    project = authorize(request, state.config, "read")
+    sid = request.path_params["subject"]
+    now = _now(request, state)
+    view = await run_in_threadpool(_subject_view, state, project, level, sid, now)
+    return json_response(view)
+
+
+async def get_user(request: Request) -> Response:
+    return await _get(request, "user")
+
+
+async def get_account(request: Request) -> Response:
+    return await _get(request, "account")
+
+
+# --- lists --------------------------------------------------------------------------------------
+
+
+def _encode_cursor(key: float, sid: str) -> str:
+    return base64.urlsafe_b64encode(struct.pack(">d", key) + sid.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        if len(raw) < 8:
+            raise ValueError
+        return struct.unpack(">d", raw[:8])[0], raw[8:].decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError, struct.error):
+        raise APIError(400, "bad_request", "cursor is not one this API gave out") from None
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and value not in allowed:
+        raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+class _ListQuery(msgspec.Struct):
+    order: str
+    limit: int
+    after: tuple[float, str] | None
+    stage: str | None
+    quadrant: str | None
+    trend: str | None
+    milestone: str | None
+    status: str | None
+
+
+def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
+    q = request.query_params
+    order = _choice(request, "order", ("desc", "asc")) or "desc"
+    limit_text = q.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}; got {limit_text!r}")
+    stage = q.get("stage")
+    if stage is not None and stage not in {s.name for s in project.stages}:
+        raise APIError(400, "bad_request", f"unknown stage {stage!r}")
+    milestone = q.get("milestone")
+    names = {m.name for m in project.milestones_at(level)}
+    if milestone is not None and milestone not in names:
+        raise APIError(400, "bad_request", f"unknown {level} milestone {milestone!r}")
+    status = _choice(request, "status", STATUSES)
+    if status is not None and milestone is None:
+        raise APIError(400, "bad_request", "status filters a milestone: give milestone=NAME too")
+    cursor = q.get("cursor")
+    return _ListQuery(
+        order=order,
+        limit=int(limit_text),
+        after=_decode_cursor(cursor) if cursor else None,
+        stage=stage,
+        quadrant=_choice(request, "quadrant", QUADRANTS),
+        trend=_choice(request, "trend", TRENDS),
+        milestone=milestone,
+        status=status,
+    )
+
+
+def _keeps(q: _ListQuery, r: Reading, now: int) -> bool:
+    if q.stage is not None and r.stage != q.stage:
+        return False
+    if q.quadrant is not None and r.quadrant != q.quadrant:
+        return False
+    if q.trend is not None and r.trend != q.trend:
+        return False
+    if q.milestone is not None:
+        m = next(m for m in r.milestones if m.milestone.name == q.milestone)
+        if q.status is not None and m.status(now) != q.status:
+            return False
+    return True
+
+
+SCAN = 500  # rows read per step while filling a filtered page
+
+
+def _list(state: AppState, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
+    lm = state.models[project.name, level]
+    cmp, direction = ("<", "DESC") if q.order == "desc" else (">", "ASC")
+    items: list[Any] = []
+    after = q.after
+    with state.store.read() as r:
+        while True:
+            where = "project = ? AND level = ?"
+            params: list[Any] = [project.name, level]
+            if after is not None:
+                where += f" AND (score_key {cmp} ? OR (score_key = ? AND subject {cmp} ?))"
+                params += [after[0], after[0], after[1]]
+            rows = r.all(
+                f"SELECT subject, score_key, state FROM subjects WHERE {where} "
+                f"ORDER BY score_key {direction}, subject {direction} LIMIT {SCAN}",
+                params,
+            )
+            for sid, key, blob in rows:
+                after = (key, sid)
+                st = decode_state(blob)
+                reading = read(lm, st, now)
+                if _keeps(q, reading, now):
+                    items.append(_view(lm, sid, reading, st.first_seen, st.last_seen, now))
+                    if len(items) == q.limit:
+                        return items, _encode_cursor(key, sid)
+            if len(rows) < SCAN:
+                return items, None
+
+
+async def _list_endpoint(request: Request, level: Literal["user", "account"]) -> Response:
+    state = _state(request)
+    project = authorize(request, state.config, "read")
+    q = _list_query(request, project, level)
+    now = _now(request, state)
+    items, cursor = await run_in_threadpool(_list, state, project, level, q, now)
+    page = UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
+    return json_response(page)
+
+
+async def list_users(request: Request) -> Response:
+    return await _list_endpoint(request, "user")
+
+
+async def list_accounts(request: Request) -> Response:
+    return await _list_endpoint(request, "account")
+
+
+# --- model, health, metrics ---------------------------------------------------------------------
+
+
+def _tags(state: AppState, project: str) -> list[UnknownTag]:
+    with state.store.read() as r:
+        rows = r.all("SELECT tag, events FROM tags WHERE project = ? ORDER BY events DESC, tag", (project,))
+    return [UnknownTag(tag=t, count=n) for t, n in rows]
+
+
+async def model(request: Request) -> Response:
+    state = _state(request)
+    project = authorize(request, state.config, "read")
+    tags = await run_in_threadpool(_tags, state, project.name)
+    return json_response(ModelInfo(project=project.name, version=project.version, model=project.model, unknown_tags=tags))
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    if not state.ready:
+        return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
+    return json_response({"status": "ready", "queue_depth": state.store.queue_depth()})
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")

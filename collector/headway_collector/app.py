@@ -1,0 +1,130 @@
+"""`create_app(config, store)`: the Starlette application, its routes and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from headway import wire
+
+from . import api, ingest
+from .config import Config
+from .errors import APIError, GuardMiddleware, error_response, json_response
+from .metrics import Metrics
+from .state import AppState
+from .store.base import Store
+from .store.fold import Models
+
+__all__ = ["create_app", "ensure_model"]
+
+log = logging.getLogger("headway_collector")
+
+ROUTES: list[tuple[str, str, Any, Any, str]] = [
+    # path, method, endpoint, response type, summary
+    ("/v1/batch", "POST", ingest.batch, wire.BatchResponse, "Ingest a batch of events (write key)"),
+    ("/v1/users", "GET", api.list_users, wire.UserPage, "Users by score, filtered, with a cursor"),
+    ("/v1/users/{subject:path}", "GET", api.get_user, wire.UserView, "One user"),
+    ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
+    ("/v1/accounts/{subject:path}", "GET", api.get_account, wire.AccountView, "One account"),
+    ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
+    ("/healthz", "GET", api.healthz, None, "Liveness"),
+    ("/readyz", "GET", api.readyz, None, "Readiness"),
+    ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),
+]
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI document, its schemas generated from the wire Structs."""
+    types = [t for *_, t, _ in ROUTES if t is not None] + [wire.Batch, wire.ErrorBody]
+    (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    paths: dict[str, Any] = {}
+    for path, method, _, rtype, summary in ROUTES:
+        op: dict[str, Any] = {"summary": summary, "responses": {}}
+        if rtype is not None:
+            op["responses"]["200"] = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{rtype.__name__}"}}}}
+        else:
+            op["responses"]["200"] = {"description": "OK"}
+        op["responses"]["default"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        if method == "POST":
+            op["requestBody"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}
+        paths.setdefault(path.replace(":path", ""), {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Headway collector", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
+
+
+def ensure_model(config: Config, store: Store) -> None:
+    """Re-score when a project's model differs from the one its derived data was built with.
+
+    Derived values must match the model being served, so a changed model is applied to the
+    whole history before the collector answers (readyz says 'starting' meanwhile).
+    """
+    stored = store.model_versions()
+    stale = [p for p in config.projects.values() if stored.get(p.name) != p.version]
+    if not stale:
+        return
+    changed = [p for p in stale if p.name in stored]
+    if changed:
+        names = ", ".join(f"{p.name} ({stored[p.name]} -> {p.version})" for p in changed)
+        log.warning("model changed for %s: re-scoring the stored events before serving", names)
+    started = time.monotonic()
+    n = store.rescore(config, lambda done, total: None)
+    log.info("model versions recorded; re-scored %d event rows in %.1fs", n, time.monotonic() - started)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+def create_app(config: Config, store: Store, *, auto_rescore: bool = True) -> Starlette:
+    models = Models(config.projects.values())
+    state = AppState(config=config, store=store, models=models, metrics=Metrics(store.queue_depth))
+    spec = openapi()
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(spec)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store.open()
+        if auto_rescore:
+            ensure_model(config, store)
+        store.start(models)
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            store.close()
+
+    routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
+    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={APIError: _api_error, HTTPException: _http_error},
+    )
+    app.state.headway = state
+    app.add_middleware(GuardMiddleware)
+    return app

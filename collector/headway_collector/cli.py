@@ -1,0 +1,196 @@
+"""`headway-collector`: serve, check, rescore, keys new, prune (SPEC section 8).
+
+A thin layer: it builds the configuration and the store and calls the library. Every error
+is one line on stderr and exit code 1; nothing prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import NoReturn
+
+from . import config as config_mod
+from .auth import hash_key, new_key
+from .events import to_us
+from .store import StoreError, open_store
+
+__all__ = ["main"]
+
+DEFAULT_DATABASE = "sqlite:///headway.db"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+class CLIError(Exception):
+    """A one-line failure for the user."""
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and done < total:
+            return
+        last[0] = now
+        pct = 100.0 * done / total if total else 100.0
+        rate = done / max(now - started, 1e-9)
+        width = 30
+        bar = "#" * int(width * pct / 100) + "-" * (width - int(width * pct / 100))
+        line = f"{label} [{bar}] {done}/{total} ({pct:5.1f}%, {rate:,.0f}/s)"
+        sys.stderr.write(("\r" + line) if tty else line + "\n")
+        if tty and done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _load(path: str) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _load(args.config)  # refuse a bad file before anything starts
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ["HEADWAY_CONFIG"] = args.config
+    os.environ["HEADWAY_DATABASE"] = args.database
+    logging.getLogger("headway_collector").info(
+        "Headway collector on http://%s:%d (database %s, config %s)", args.host, args.port, args.database, args.config)
+    uvicorn.run(
+        "headway_collector.cli:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def app_from_env():  # type: ignore[no-untyped-def]
+    """The app for uvicorn's workers, built from what `serve` put in the environment."""
+    from .app import create_app
+
+    cfg = config_mod.load(os.environ["HEADWAY_CONFIG"])
+    return create_app(cfg, open_store(os.environ.get("HEADWAY_DATABASE", DEFAULT_DATABASE)))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"{args.config}: OK")
+    for p in cfg.projects.values():
+        e = p.engagement
+        print(f"project {p.name}: model version {p.version}; {len(p.write_keys)} write key(s), {len(p.read_keys)} read key(s)")
+        print(f"  engagement: half-life {e.half_life / 86400e6:g}d, trend {e.trend_short / 86400e6:g}d/{e.trend_long / 86400e6:g}d, "
+              f"default weight {e.default_weight:g}, engaged at {e.engaged_threshold:g}; {len(p.weights)} weight(s)")
+        if p.nps_event:
+            print(f"  nps: event {p.nps_event!r}")
+        for s in p.stages:
+            start = f"after {s.after / 86400e6:g}d" if s.after else f"on {s.on}" if s.on else "start"
+            ms = [m for m in p.milestones if m.stage == s.name]
+            print(f"  stage {s.name} ({start}): " + (", ".join(f"{m.name} [{m.level}]" for m in ms) or "no milestones"))
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    store = open_store(args.database)
+    store.open()
+    started = time.monotonic()
+    n = store.rescore(cfg, _progress("rescoring"))
+    took = time.monotonic() - started
+    print(f"re-scored {n} event rows in {took:.1f}s ({n / max(took, 1e-9):,.0f}/s)")
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = new_key(args.kind)
+    print(f"{args.kind} key (shown once, keep it secret): {key}")
+    print(f'paste into {args.kind}_keys: "{hash_key(key)}"')
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    try:
+        before = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
+    except ValueError:
+        raise CLIError(f"--before {args.before!r} is not a date (e.g. 2025-01-01 or 2025-01-01T00:00:00Z)") from None
+    if before.tzinfo is None:
+        before = before.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+    store = open_store(args.database)
+    store.open()
+    n = store.prune(to_us(before))
+    print(f"pruned {n} events before {before.isoformat()}; scores and milestones keep what they had "
+          "(a later rescore reads only the events kept)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="headway-collector", description="Headway's collector: ingest, scores, milestones, query API.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("serve", help="run the collector", description="Run the collector (HTTP API on uvicorn).")
+    s.add_argument("--config", required=True, help="the TOML model and keys")
+    s.add_argument("--database", default=DEFAULT_DATABASE, help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_DATABASE})")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config file", description="Validate a config file and print the model.")
+    c.add_argument("--config", required=True, help="the TOML file to check")
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("rescore", help="rebuild scores and milestones from stored events",
+                       description="Rebuild every derived value from the stored events under the model in --config.")
+    r.add_argument("--config", required=True, help="the TOML model")
+    r.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    r.set_defaults(func=cmd_rescore)
+
+    k = sub.add_parser("keys", help="make keys", description="Make API keys.")
+    ksub = k.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    kn = ksub.add_parser("new", help="print a new key once and its sha256 line", description="Print a new key and its hash.")
+    kn.add_argument("--kind", choices=["write", "read"], default="write", help="write (ingest) or read (query) key")
+    kn.set_defaults(func=cmd_keys_new)
+
+    pr = sub.add_parser("prune", help="delete stored events older than a date",
+                        description="Delete stored events older than --before (retention is your choice).")
+    pr.add_argument("--before", required=True, help="a date or RFC3339 time; events before it are deleted")
+    pr.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    pr.set_defaults(func=cmd_prune)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CLIError, StoreError) as exc:
+        print(f"headway-collector: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""From the wire to the core: decode one raw event, check it, correct its clock, make an `Ev`."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import msgspec
+
+from headway.wire import MAX_EVENT_BYTES, Event
+
+from .model.subject import Ev
+
+__all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "from_stored", "to_us"]
+
+FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than this are refused
+_decode = msgspec.json.Decoder(Event).decode
+
+
+class EventRejected(ValueError):
+    """One event of a batch is refused; ``str()`` is the reason given back to the sender."""
+
+
+def to_us(dt: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float rounding)."""
+    delta = dt - datetime(1970, 1, 1, tzinfo=dt.tzinfo)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds - _offset_us(dt)
+
+
+def _offset_us(dt: datetime) -> int:
+    off = dt.utcoffset()
+    return 0 if off is None else (off.days * 86400 + off.seconds) * 1_000_000 + off.microseconds
+
+
+def _ev(e: Event, t: int) -> Ev:
+    return Ev(
+        id=e.id,
+        event=e.event,
+        user_id=e.user_id,
+        t=t,
+        account_id=e.account_id,
+        weight=e.weight,
+        value=e.value,
+        milestones=tuple(e.milestones),
+        properties=e.properties,
+    )
+
+
+def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
+    """Judge one event of a batch; raise EventRejected with the reason."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventRejected(f"event is {len(raw)} bytes encoded, over the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        e = _decode(raw)
+    except msgspec.ValidationError as exc:
+        raise EventRejected(str(exc).replace("`$.", "`")) from None
+    except msgspec.DecodeError as exc:  # cannot happen inside a valid envelope, but stay total
+        raise EventRejected(f"not JSON: {exc}") from None
+    for name in ("weight", "value"):
+        v = getattr(e, name)
+        if v is not None and not math.isfinite(v):
+            raise EventRejected(f"{name} must be a finite number")
+    t = to_us(e.timestamp) + skew_us
+    if t > received_at + FUTURE_LIMIT_US:
+        raise EventRejected("timestamp is more than 24h in the future after clock-skew correction")
+    if t < 0:
+        raise EventRejected("timestamp is before 1970-01-01T00:00:00Z")
+    return _ev(e, t)
+
+
+def from_stored(raw: bytes, t: int) -> Ev:
+    """An event as stored (what arrived, and its corrected time) back into the core's shape."""
+    return _ev(_decode(raw), t)

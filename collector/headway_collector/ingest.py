@@ -1,0 +1,110 @@
+"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement."""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLATED_BYTES, BatchEnvelope, BatchResponse, Rejection
+
+from .auth import authorize
+from .errors import APIError, json_response
+from .events import EventRejected, decode_event, to_us
+from .state import AppState
+from .store.base import Accepted, Overloaded, StoreError
+
+__all__ = ["batch"]
+
+_decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
+        raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BATCH_BYTES:  # stop reading: we never hold more than the limit
+            raise APIError(413, "too_large", f"body is over the {MAX_BATCH_BYTES}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _gunzip(body: bytes) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_INFLATED_BYTES + 1)
+    except zlib.error as exc:
+        raise APIError(400, "bad_encoding", f"body is not valid gzip: {exc}") from None
+    if len(out) > MAX_INFLATED_BYTES or inflater.unconsumed_tail:
+        raise APIError(413, "too_large", f"body inflates past the {MAX_INFLATED_BYTES}-byte limit")
+    if not inflater.eof:
+        raise APIError(400, "bad_encoding", "gzip body is truncated")
+    return out
+
+
+def _check_headers(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise APIError(415, "unsupported_media_type", f"Content-Type must be application/json, not {ctype or 'missing'!r}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", ""):
+        raise APIError(415, "unsupported_encoding", f"Content-Encoding must be gzip or absent, not {encoding!r}")
+    return encoding
+
+
+async def batch(request: Request) -> Response:
+    state: AppState = request.app.state.headway
+    started = time.perf_counter()
+    project = authorize(request, state.config, "write")
+    encoding = _check_headers(request)
+    body = await _read_body(request)
+    received_at = time.time_ns() // 1000
+    if encoding == "gzip":
+        body = _gunzip(body)
+    try:
+        envelope = _decode_envelope(body)
+    except msgspec.ValidationError as exc:
+        raise APIError(400, "bad_request", f"batch has the wrong shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
+    if len(envelope.events) > MAX_BATCH_EVENTS:
+        raise APIError(413, "too_many_events", f"{len(envelope.events)} events: at most {MAX_BATCH_EVENTS} a batch")
+    skew = received_at - to_us(envelope.sent_at)
+
+    accepted: list[tuple[Accepted, object]] = []
+    rejected: list[Rejection] = []
+    for i, raw in enumerate(envelope.events):
+        try:
+            ev = decode_event(bytes(raw), skew, received_at)
+        except EventRejected as exc:
+            rejected.append(Rejection(index=i, error=str(exc)))
+            state.metrics.reject(_reason(str(exc)))
+            continue
+        accepted.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received_at, bytes(raw)), ev))
+
+    if accepted:
+        try:
+            result = await state.store.ingest(project, accepted)
+        except Overloaded as exc:
+            raise APIError(503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}) from None
+        except StoreError as exc:
+            raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
+        ok, dup = result.accepted, result.duplicates
+    else:
+        ok = dup = 0
+    state.metrics.batch(project.name, ok, dup, time.perf_counter() - started)
+    return json_response(BatchResponse(accepted=ok, duplicates=dup, rejected=rejected))
+
+
+def _reason(message: str) -> str:
+    for key, reason in (("bytes encoded", "event_too_large"), ("finite", "non_finite"),
+                        ("future", "future_timestamp"), ("before 1970", "before_epoch")):
+        if key in message:
+            return reason
+    return "invalid_event"

@@ -1,0 +1,65 @@
+"""A handful of Prometheus counters and one histogram, rendered as text exposition format."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+__all__ = ["Metrics"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], int]) -> None:
+        self._lock = threading.Lock()
+        self.ingested: dict[str, int] = defaultdict(int)
+        self.duplicates: dict[str, int] = defaultdict(int)
+        self.rejected: dict[str, int] = defaultdict(int)  # per-event reasons and request statuses
+        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._latency_count = 0
+        self._queue_depth = queue_depth
+
+    def batch(self, project: str, accepted: int, duplicates: int, seconds: float) -> None:
+        with self._lock:
+            self.ingested[project] += accepted
+            self.duplicates[project] += duplicates
+            self._buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self._latency_sum += seconds
+            self._latency_count += 1
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.rejected[reason] += n
+
+    def render(self) -> str:
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_: str) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+
+        with self._lock:
+            family("headway_events_ingested_total", "counter", "Events accepted and committed.")
+            for p, n in sorted(self.ingested.items()):
+                out.append(f'headway_events_ingested_total{{project="{p}"}} {n}')
+            family("headway_events_duplicate_total", "counter", "Events already stored (same id), counted once.")
+            for p, n in sorted(self.duplicates.items()):
+                out.append(f'headway_events_duplicate_total{{project="{p}"}} {n}')
+            family("headway_rejected_total", "counter", "Rejected events and requests, by reason.")
+            for r, n in sorted(self.rejected.items()):
+                out.append(f'headway_rejected_total{{reason="{r}"}} {n}')
+            family("headway_batch_seconds", "histogram", "Time from a batch's arrival to its committed answer.")
+            cumulative = 0
+            for bound, n in zip(LATENCY_BUCKETS, self._buckets):
+                cumulative += n
+                out.append(f'headway_batch_seconds_bucket{{le="{bound}"}} {cumulative}')
+            out.append(f'headway_batch_seconds_bucket{{le="+Inf"}} {self._latency_count}')
+            out.append(f"headway_batch_seconds_sum {self._latency_sum}")
+            out.append(f"headway_batch_seconds_count {self._latency_count}")
+        family("headway_writer_queue_depth", "gauge", "Events waiting for the writer.")
+        out.append(f"headway_writer_queue_depth {self._queue_depth()}")
+        return "\n".join(out) + "\n"

@@ -1,0 +1,274 @@
+"""Apply accepted events to stored state inside one transaction; shared by every backend.
+
+The backends differ in connections, locking and group commit; what happens to the data is
+here once: insert the events (the primary key makes a second copy a duplicate), fold the new
+ones into each subject's state (`model.subject`), and keep the derived rows that the query
+API reads (subjects by score, milestone rows for the funnel, unknown tag counts).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ..config import Project
+from ..events import from_stored
+from ..model import scoring
+from ..model.evaluate import MilestoneResult, milestone_results, stage_on
+from ..model.subject import REBUILD, Ev, LevelModel, SubjectState, apply, build, decode_state, encode_state, new_state
+from .base import Accepted
+
+__all__ = ["Job", "Models", "Tx", "chunks", "fold_jobs", "rescore_project", "subject_rows"]
+
+LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
+CHUNK = 400  # rows per multi-row statement: well under every backend's parameter limit
+
+
+class Tx(Protocol):
+    """One open transaction; SQL uses `?` placeholders on every backend."""
+
+    def lock(self, keys: Sequence[str]) -> None:
+        """Hold these subjects until commit (several writers: PostgreSQL); sorted, no deadlocks."""
+        ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a large result without holding them all."""
+        ...
+
+
+class Models:
+    """The folding models of every project, built once per configuration."""
+
+    def __init__(self, projects: Iterable[Project]) -> None:
+        self.levels = {p.name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for p in projects}
+
+    def __getitem__(self, key: tuple[str, str]) -> LevelModel:
+        return self.levels[key[0]][key[1]]
+
+
+@dataclass
+class Job:
+    """One request's accepted events; `accepted` is filled in by `fold_jobs`."""
+
+    project: Project
+    events: list[tuple[Accepted, Ev]]
+    accepted: int = 0
+    duplicates: int = 0
+    new_ids: set[str] = field(default_factory=set)
+
+
+def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def fold_jobs(tx: Tx, models: Models, jobs: list[Job]) -> None:
+    """Insert and fold every job's events in `tx`; on return each job knows its counts."""
+    by_project: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_project[job.project.name].append(job)
+    for name, pjobs in by_project.items():
+        _fold_project(tx, models, name, pjobs)
+
+
+def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None:
+    # Copies of one id within the group: the first is the candidate, the rest duplicates.
+    first: dict[str, tuple[Accepted, Ev]] = {}
+    for job in jobs:
+        for acc, ev in job.events:
+            first.setdefault(acc.id, (acc, ev))
+    new_ids = _insert_events(tx, project, list(first.values()))
+    claimed: set[str] = set()
+    for job in jobs:
+        for acc, _ in job.events:
+            if acc.id in new_ids and acc.id not in claimed:
+                claimed.add(acc.id)
+                job.accepted += 1
+            else:
+                job.duplicates += 1
+    new = [ev for acc, ev in first.values() if acc.id in new_ids]
+    if not new:
+        return
+    _fold_subjects(tx, models, project, new)
+    _count_tags(tx, models, project, new)
+
+
+def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set[str]:
+    new: set[str] = set()
+    for part in chunks(rows):
+        values = ",".join(["(?,?,?,?,?,?,?)"] * len(part))
+        params: list[Any] = []
+        for acc, _ in part:
+            params += (project, acc.id, acc.user_id, acc.account_id, acc.t, acc.received_at, acc.raw)
+        got = tx.all(
+            "INSERT INTO events (project, id, user_id, account_id, ts, received_at, raw) "
+            f"VALUES {values} ON CONFLICT (project, id) DO NOTHING RETURNING id",
+            params,
+        )
+        new.update(r[0] for r in got)
+    return new
+
+
+def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
+    for level in LEVELS:
+        lm = models[project, level]
+        groups: dict[str, list[Ev]] = defaultdict(list)
+        for ev in new:
+            sid = ev.user_id if level == "user" else ev.account_id
+            if sid is not None:
+                groups[sid].append(ev)
+        if not groups:
+            continue
+        states = _load_states(tx, project, level, sorted(groups))
+        rows, mrows = [], []
+        for sid, evs in groups.items():
+            state = states.get(sid)
+            before = milestone_results(lm, state) if state is not None else None
+            state = _fold_one(tx, lm, project, level, sid, state, evs)
+            row, ms = subject_rows(lm, project, level, sid, state, before)
+            rows.append(row)
+            mrows.extend(ms)
+        _save(tx, rows, mrows)
+
+
+def _load_states(tx: Tx, project: str, level: str, ids: list[str]) -> dict[str, SubjectState]:
+    out: dict[str, SubjectState] = {}
+    tx.lock([f"{project}\x00{level}\x00{sid}" for sid in ids])
+    for part in chunks(ids):
+        marks = ",".join("?" * len(part))
+        for sid, blob in tx.all(
+            f"SELECT subject, state FROM subjects WHERE project = ? AND level = ? AND subject IN ({marks})",
+            (project, level, *part),
+        ):
+            out[sid] = decode_state(blob)
+    return out
+
+
+def _fold_one(tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state: SubjectState | None, evs: list[Ev]) -> SubjectState:
+    evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
+    for ev in evs:
+        if state is None:
+            state = new_state(lm, ev)
+        if apply(lm, state, ev) is REBUILD:
+            column = "user_id" if level == "user" else "account_id"
+            stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
+            rebuilt = build(lm, [from_stored(bytes(raw), ts) for raw, ts in stored])
+            assert rebuilt is not None
+            return rebuilt  # the stored events already include the rest of this batch
+    assert state is not None
+    return state
+
+
+def subject_rows(
+    lm: LevelModel, project: str, level: str, sid: str, state: SubjectState, before: list[MilestoneResult] | None
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """The subject's row and its changed milestone rows (all of them when `before` is None)."""
+    after = milestone_results(lm, state)
+    row = (project, level, sid, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
+           stage_on(lm, after), encode_state(state))
+    mrows = []
+    for i, r in enumerate(after):
+        if before is None or _changed(before[i], r):
+            tta = r.achieved_at - state.first_seen if r.achieved_at is not None else None
+            mrows.append((project, level, r.milestone.name, sid, r.progress, r.achieved_at, r.deadline, state.first_seen, tta))
+    return row, mrows
+
+
+def _changed(a: MilestoneResult, b: MilestoneResult) -> bool:
+    return (a.progress, a.achieved_at, a.deadline) != (b.progress, b.achieved_at, b.deadline)
+
+
+def _save(tx: Tx, rows: list[tuple[Any, ...]], mrows: list[tuple[Any, ...]]) -> None:
+    tx.executemany(
+        "INSERT INTO subjects (project, level, subject, first_seen, last_seen, score_key, stage_on, state) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, subject) DO UPDATE SET "
+        "first_seen = excluded.first_seen, last_seen = excluded.last_seen, score_key = excluded.score_key, "
+        "stage_on = excluded.stage_on, state = excluded.state",
+        rows,
+    )
+    if mrows:
+        tx.executemany(
+            "INSERT INTO subject_milestones (project, level, milestone, subject, progress, achieved_at, deadline, "
+            "first_seen, tta) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
+            "progress = excluded.progress, achieved_at = excluded.achieved_at, deadline = excluded.deadline, "
+            "first_seen = excluded.first_seen, tta = excluded.tta",
+            mrows,
+        )
+
+
+def unknown_tags(models: Models, project: str, evs: Iterable[Ev]) -> dict[str, int]:
+    names = {m.name for lv in LEVELS for m in models[project, lv].milestones}
+    counts: dict[str, int] = defaultdict(int)
+    for ev in evs:
+        for tag in ev.milestones:
+            if tag not in names:
+                counts[tag] += 1
+    return counts
+
+
+def _count_tags(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
+    counts = unknown_tags(models, project, new)
+    if counts:
+        tx.executemany(
+            "INSERT INTO tags (project, tag, events) VALUES (?,?,?) "
+            "ON CONFLICT (project, tag) DO UPDATE SET events = tags.events + excluded.events",
+            [(project, tag, n) for tag, n in sorted(counts.items())],
+        )
+
+
+def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[int], None]) -> int:
+    """Rebuild every derived row of a project from its stored events: exactly a fresh ingest."""
+    for table in ("subjects", "subject_milestones", "tags"):
+        tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+    seen = 0
+    for level in LEVELS:
+        lm = models[project, level]
+        column = "user_id" if level == "user" else "account_id"
+        rows: list[tuple[Any, ...]] = []
+        mrows: list[tuple[Any, ...]] = []
+        tags: dict[str, int] = defaultdict(int)
+
+        def finish(sid: str, evs: list[Ev]) -> None:
+            state = build(lm, evs)
+            assert state is not None
+            row, ms = subject_rows(lm, project, level, sid, state, None)
+            rows.append(row)
+            mrows.extend(ms)
+            if level == "user":
+                for tag, n in unknown_tags(models, project, evs).items():
+                    tags[tag] += n
+
+        current: str | None = None
+        evs: list[Ev] = []
+        for sid, raw, ts in tx.stream(
+            f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}",
+            (project,),
+        ):
+            if sid != current:
+                if current is not None:
+                    finish(current, evs)
+                current, evs = sid, []
+                if len(rows) >= CHUNK:
+                    _save(tx, rows, mrows)
+                    rows.clear()
+                    mrows.clear()
+            evs.append(from_stored(bytes(raw), ts))
+            seen += 1
+            if seen % 10_000 == 0:
+                progress(seen)
+        if current is not None:
+            finish(current, evs)
+        _save(tx, rows, mrows)
+        if tags:
+            tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
+                           [(project, t, n) for t, n in sorted(tags.items())])
+    progress(seen)
+    return seen

@@ -1,0 +1,61 @@
+"""Named, ordered schema migrations, recorded in a table; written once for both backends.
+
+`{int}`, `{real}`, `{blob}` and `{norowid}` are filled in per backend; everything else is
+plain SQL that SQLite and PostgreSQL both read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DIALECTS", "MIGRATIONS", "migrate"]
+
+DIALECTS = {
+    "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "norowid": "WITHOUT ROWID"},
+    "postgres": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "norowid": ""},
+}
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("0001_core", [
+        # What arrived, kept whole: the model can change and history be re-scored.
+        """CREATE TABLE events (
+            project TEXT NOT NULL, id TEXT NOT NULL, user_id TEXT NOT NULL, account_id TEXT,
+            ts {int} NOT NULL, received_at {int} NOT NULL, raw {blob} NOT NULL,
+            PRIMARY KEY (project, id)) {norowid}""",
+        "CREATE INDEX events_user ON events (project, user_id, ts)",
+        "CREATE INDEX events_account ON events (project, account_id, ts) WHERE account_id IS NOT NULL",
+        # One row per user or account: the folded state, and what lists sort and filter by.
+        """CREATE TABLE subjects (
+            project TEXT NOT NULL, level TEXT NOT NULL, subject TEXT NOT NULL,
+            first_seen {int} NOT NULL, last_seen {int} NOT NULL, score_key {real} NOT NULL,
+            stage_on {int} NOT NULL, state {blob} NOT NULL,
+            PRIMARY KEY (project, level, subject)) {norowid}""",
+        "CREATE INDEX subjects_score ON subjects (project, level, score_key, subject)",
+        # One row per subject and milestone of its level: the funnel counts these.
+        """CREATE TABLE subject_milestones (
+            project TEXT NOT NULL, level TEXT NOT NULL, milestone TEXT NOT NULL, subject TEXT NOT NULL,
+            progress {real} NOT NULL, achieved_at {int}, deadline {int}, first_seen {int} NOT NULL, tta {int},
+            PRIMARY KEY (project, level, milestone, subject)) {norowid}""",
+        "CREATE INDEX subject_milestones_tta ON subject_milestones (project, level, milestone, tta)",
+        # Tags that name no milestone, so that someone notices.
+        """CREATE TABLE tags (project TEXT NOT NULL, tag TEXT NOT NULL, events {int} NOT NULL,
+            PRIMARY KEY (project, tag)) {norowid}""",
+        # The model version the derived rows were built with, per project.
+        """CREATE TABLE models (project TEXT NOT NULL PRIMARY KEY, version TEXT NOT NULL,
+            applied_at {int} NOT NULL)""",
+    ]),
+]
+
+
+def migrate(dialect: str, applied: set[str], execute: Callable[[str, tuple[Any, ...]], Any], now: int) -> list[str]:
+    """Run the migrations not yet in `applied`, in order; returns their names."""
+    done = []
+    for name, statements in MIGRATIONS:
+        if name in applied:
+            continue
+        for sql in statements:
+            execute(sql.format(**DIALECTS[dialect]), ())
+        execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, now))
+        done.append(name)
+    return done

@@ -1,0 +1,271 @@
+"""SQLite in WAL mode: one writer thread with group commit; reads on their own connections.
+
+Requests hand their events to the writer's queue and wait on a future. The writer takes
+whatever has gathered while it was busy, folds it in one transaction, commits (one fsync for
+all of them) and only then answers each request: a 200 means committed. Readers use
+per-thread connections; WAL lets them read the last commit without waiting for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, Project
+from . import fold
+from .base import Accepted, IngestResult, Overloaded, StoreError
+from .migrations import migrate
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("headway_collector.store")
+
+GROUP_EVENTS = 20_000  # most events one commit takes
+MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",  # a 200 survives power loss, not only a crash
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA cache_size=-65536",  # 64 MiB
+    "PRAGMA foreign_keys=OFF",
+)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _Tx:
+    """The `fold.Tx` of one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def lock(self, keys: Sequence[str]) -> None:
+        pass  # one writer: BEGIN IMMEDIATE already excludes every other
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self.conn.execute(sql, params)
+        while rows := cur.fetchmany(2000):
+            yield from rows
+
+
+class _Pending:
+    __slots__ = ("job", "future", "loop")
+
+    def __init__(self, job: fold.Job, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
+        self.job, self.future, self.loop = job, future, loop
+
+
+class SQLiteStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = url[len("sqlite:///"):]
+        self._models: fold.Models | None = None
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.path not in ("", ":memory:"):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in PRAGMAS:
+                conn.execute(pragma)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        return conn
+
+    def open(self) -> None:
+        """Create or upgrade the schema; safe to call on every start."""
+        conn = self._connect()
+        try:
+            with self._transaction(conn) as tx:
+                tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)")
+                applied = {r[0] for r in tx.all("SELECT name FROM migrations")}
+                migrate("sqlite", applied, tx.execute, _now_us())
+        finally:
+            conn.close()
+
+    def start(self, models: fold.Models) -> None:
+        self._models = models
+        self._writer = threading.Thread(target=self._run, name="headway-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield _Tx(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def queue_depth(self) -> int:
+        return self._pending
+
+    async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
+        if self._writer is None:
+            raise StoreError("the store is not started")
+        with self._pending_lock:
+            if self._pending + len(events) > MAX_PENDING:
+                raise Overloaded(f"{self._pending} events are waiting for the writer")
+            self._pending += len(events)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        self._queue.put(_Pending(fold.Job(project, events), future, loop))
+        return await future
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group, size, stop = [first], len(first.job.events), False
+                while size < GROUP_EVENTS:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                    size += len(nxt.job.events)
+                self._commit(conn, group)
+                with self._pending_lock:
+                    self._pending -= size
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+        assert self._models is not None
+        try:
+            with self._transaction(conn) as tx:
+                fold.fold_jobs(tx, self._models, [p.job for p in group])
+        except Exception as exc:
+            if len(group) > 1:  # find the one that fails; the others still commit
+                for p in group:
+                    p.job.accepted = p.job.duplicates = 0
+                    self._commit(conn, [p])
+                return
+            log.exception("commit failed")
+            _resolve(group[0], StoreError(f"the store could not commit: {exc}"))
+            return
+        for p in group:
+            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates))
+
+    # --- reading ------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[_Tx]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        conn.execute("BEGIN")  # one snapshot for the whole read
+        try:
+            yield _Tx(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    # --- maintenance (CLI, start-up) ----------------------------------------------------------
+
+    def model_versions(self) -> dict[str, str]:
+        with self.read() as r:
+            return {p: v for p, v in r.all("SELECT project, version FROM models")}
+
+    def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int:
+        models = fold.Models(config.projects.values())
+        conn = self._connect()
+        try:
+            total = sum(conn.execute(
+                "SELECT count(*) + count(account_id) FROM events WHERE project = ?", (p,)).fetchone()[0]
+                for p in config.projects)
+            done = 0
+            with self._transaction(conn) as tx:
+                for name, project in config.projects.items():
+                    base = done
+                    done += fold.rescore_project(tx, models, name, lambda n: progress(base + n, total))
+                    tx.execute("INSERT INTO models (project, version, applied_at) VALUES (?,?,?) ON CONFLICT (project) "
+                               "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                               (name, project.version, _now_us()))
+            return done
+        finally:
+            conn.close()
+
+    def prune(self, before: int) -> int:
+        conn = self._connect()
+        try:
+            with self._transaction(conn) as tx:
+                cur = tx.conn.execute("DELETE FROM events WHERE ts < ?", (before,))
+                return cur.rowcount
+        finally:
+            conn.close()
+
+    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]:
+        with self.read() as r:
+            for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
+                yield bytes(raw), ts
+
+
+def _resolve(p: _Pending, outcome: IngestResult | Exception) -> None:
+    def set_outcome() -> None:
+        if p.future.done():
+            return  # the client went away; the events are committed all the same
+        if isinstance(outcome, Exception):
+            p.future.set_exception(outcome)
+        else:
+            p.future.set_result(outcome)
+
+    try:
+        p.loop.call_soon_threadsafe(set_outcome)
+    except RuntimeError:
+        pass  # the loop is closed: nobody is waiting
