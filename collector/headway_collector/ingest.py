@@ -103,7 +103,7 @@ async def batch(request: Request) -> Response:
 
 
 def _reason(message: str) -> str:
-    for key, reason in (("bytes encoded", "event_too_large"), ("finite", "non_finite"),
+    for key, reason in (("bytes encoded", "event_too_large"), ("out of range", "non_finite"),
                         ("future", "future_timestamp"), ("before 1970", "before_epoch")):
         if key in message:
             return reason

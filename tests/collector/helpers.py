@@ -1,0 +1,44 @@
+"""Small builders for batches and events used across the collector tests."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+
+from tests.conftest import READ_KEY, WRITE_KEY
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+_ids = itertools.count()
+
+
+def rfc(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def event(user: str = "u1", name: str = "signed_in", *, ago: timedelta = timedelta(hours=1), **extra: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"id": f"ev-{next(_ids):08d}", "event": name, "user_id": user, "timestamp": rfc(NOW - ago)}
+    e.update(extra)
+    return e
+
+
+def body(events: list[dict[str, Any]], sent_at: datetime | None = None) -> bytes:
+    return msgspec.json.encode({"sent_at": rfc(sent_at or datetime.now(timezone.utc)), "events": events})
+
+
+def headers(key: str = WRITE_KEY, gz: bool = False) -> dict[str, str]:
+    h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if gz:
+        h["Content-Encoding"] = "gzip"
+    return h
+
+
+def read_headers(key: str = READ_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def gz(data: bytes) -> bytes:
+    return gzip.compress(data)
