@@ -1,0 +1,347 @@
+"""`Client` and `AsyncClient`: typed reads of the query API (SPEC section 3) with a read key.
+
+`_BaseClient` builds every request (`_Call`: path, query, result type) and turns answers into
+`headway.wire` Structs or `APIError`s; the two clients only do the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import date, datetime
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from . import wire
+from ._core import LIBRARY, error_detail, retry_after
+from ._exceptions import APIError, api_error
+from ._transport import _HTTPX_ERRORS, map_httpx_error
+
+__all__ = ["AsyncClient", "Client"]
+
+T = TypeVar("T")
+Order = Literal["desc", "asc"]
+Level = Literal["user", "account"]
+Period = Literal["day", "week", "month"]
+When = date | datetime | str | None
+
+_FILTERS = {"order", "limit", "stage", "quadrant", "trend", "milestone", "status"}
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+class _Call(NamedTuple):
+    path: str
+    params: dict[str, str]
+    type: Any
+
+
+def _params(**values: Any) -> dict[str, str]:
+    """Query parameters: None left out, dates in ISO 8601, the rest as str."""
+    out = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (date, datetime)):
+            value = value.isoformat()
+        out[name.rstrip("_")] = str(value)
+    return out
+
+
+class _BaseClient:
+    def __init__(self, endpoint: str, read_key: str, *, timeout: float = 10.0) -> None:
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+        if not isinstance(read_key, str) or not read_key:
+            raise ValueError("read_key must be a non-empty str")
+        self.endpoint = endpoint.rstrip("/")
+        self._options: dict[str, Any] = {
+            "base_url": self.endpoint,
+            "timeout": timeout,
+            "headers": {
+                "Authorization": f"Bearer {read_key}",
+                "Accept": "application/json",
+                "User-Agent": LIBRARY,
+            },
+        }
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _one(level: str, subject_id: str) -> _Call:
+        if not isinstance(subject_id, str) or not subject_id:
+            raise ValueError(f"{level}_id must be a non-empty str")
+        kind = wire.UserView if level == "user" else wire.AccountView
+        return _Call(f"/v1/{level}s/{quote(subject_id, safe='')}", {}, kind)
+
+    @staticmethod
+    def _list(level: str, cursor: str | None, **filters: Any) -> _Call:
+        unknown = set(filters) - _FILTERS
+        if unknown:
+            raise TypeError(f"unknown filters: {', '.join(sorted(unknown))}")
+        kind = wire.UserPage if level == "user" else wire.AccountPage
+        return _Call(f"/v1/{level}s", _params(cursor=cursor, **filters), kind)
+
+    @staticmethod
+    def _next(call: _Call, page: wire.UserPage | wire.AccountPage) -> _Call | None:
+        if not page.next_cursor:
+            return None
+        return call._replace(params={**call.params, "cursor": page.next_cursor})
+
+    @staticmethod
+    def _milestones(level: Level | None) -> _Call:
+        return _Call("/v1/milestones", _params(level=level), wire.Funnel)
+
+    @staticmethod
+    def _growth(period: Period, since: When, until: When, level: Level | None) -> _Call:
+        return _Call("/v1/growth", _params(period=period, from_=since, to=until, level=level), wire.Growth)
+
+    @staticmethod
+    def _model() -> _Call:
+        return _Call("/v1/model", {}, wire.ModelInfo)
+
+    # ---- answers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _result(call: _Call, response: httpx.Response) -> Any:
+        status = response.status_code
+        if status != 200:
+            code, message = error_detail(status, response.content)
+            raise api_error(status, code, message, retry_after(response.headers.get("retry-after")))
+        decoder = _decoders.get(call.type)
+        if decoder is None:
+            decoder = _decoders[call.type] = msgspec.json.Decoder(call.type)
+        try:
+            return decoder.decode(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise APIError(status, "invalid_response", f"{call.path}: {exc}") from exc
+
+
+class Client(_BaseClient):
+    """Reads scores, milestones, funnels and growth from a collector with a read key.
+
+    ``Client(endpoint, read_key, *, timeout=10.0, transport=None)``; ``transport`` is an httpx
+    transport (``httpx.MockTransport`` in tests). Methods return `headway.wire` Structs and
+    raise `APIError` subclasses (`NotFound`, `AuthError`, ...) or `TransportError`.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        read_key: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(endpoint, read_key, timeout=timeout)
+        self._http = httpx.Client(transport=transport, **self._options)
+
+    def _get(self, call: _Call) -> Any:
+        try:
+            response = self._http.get(call.path, params=call.params)
+        except _HTTPX_ERRORS as exc:
+            raise map_httpx_error(exc) from exc
+        return self._result(call, response)
+
+    def user(self, user_id: str) -> wire.UserView:
+        """One user: engagement, stage, success, quadrant and milestones."""
+        return self._get(self._one("user", user_id))
+
+    def account(self, account_id: str) -> wire.AccountView:
+        """One account: as `user`, plus its users and NPS."""
+        return self._get(self._one("account", account_id))
+
+    def users(
+        self,
+        *,
+        order: Order = "desc",
+        limit: int | None = None,
+        cursor: str | None = None,
+        stage: str | None = None,
+        quadrant: str | None = None,
+        trend: str | None = None,
+        milestone: str | None = None,
+        status: str | None = None,
+    ) -> wire.UserPage:
+        """One page of users ordered by score; pass ``page.next_cursor`` for the next one."""
+        return self._get(
+            self._list("user", cursor, order=order, limit=limit, stage=stage,
+                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
+        )  # fmt: skip
+
+    def accounts(
+        self,
+        *,
+        order: Order = "desc",
+        limit: int | None = None,
+        cursor: str | None = None,
+        stage: str | None = None,
+        quadrant: str | None = None,
+        trend: str | None = None,
+        milestone: str | None = None,
+        status: str | None = None,
+    ) -> wire.AccountPage:
+        """One page of accounts ordered by score; pass ``page.next_cursor`` for the next one."""
+        return self._get(
+            self._list("account", cursor, order=order, limit=limit, stage=stage,
+                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
+        )  # fmt: skip
+
+    def iter_users(self, **filters: Any) -> Iterator[wire.UserView]:
+        """Every user matching the filters of `users`, page after page."""
+        yield from self._iterate("user", filters)
+
+    def iter_accounts(self, **filters: Any) -> Iterator[wire.AccountView]:
+        """Every account matching the filters of `accounts`, page after page."""
+        yield from self._iterate("account", filters)
+
+    def _iterate(self, level: str, filters: dict[str, Any]) -> Iterator[Any]:
+        call: _Call | None = self._list(level, filters.pop("cursor", None), **filters)
+        while call is not None:
+            page = self._get(call)
+            yield from page.items
+            call = self._next(call, page)
+
+    def milestones(self, level: Level | None = None) -> wire.Funnel:
+        """The funnel: per milestone, counts by status and times to achieve."""
+        return self._get(self._milestones(level))
+
+    def growth(
+        self,
+        period: Period = "week",
+        *,
+        since: When = None,
+        until: When = None,
+        level: Level | None = None,
+    ) -> wire.Growth:
+        """New, retained, resurrected and churned per period, and the quick ratio."""
+        return self._get(self._growth(period, since, until, level))
+
+    def model(self) -> wire.ModelInfo:
+        """The active model, its version hash, and tags that name no milestone."""
+        return self._get(self._model())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_BaseClient):
+    """`Client` for asyncio: the same methods, as coroutines; ``aiter_users`` and
+    ``aiter_accounts`` are async iterators; ``aclose`` or ``async with`` to close."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        read_key: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(endpoint, read_key, timeout=timeout)
+        self._http = httpx.AsyncClient(transport=transport, **self._options)
+
+    async def _get(self, call: _Call) -> Any:
+        try:
+            response = await self._http.get(call.path, params=call.params)
+        except _HTTPX_ERRORS as exc:
+            raise map_httpx_error(exc) from exc
+        return self._result(call, response)
+
+    async def user(self, user_id: str) -> wire.UserView:
+        return await self._get(self._one("user", user_id))
+
+    async def account(self, account_id: str) -> wire.AccountView:
+        return await self._get(self._one("account", account_id))
+
+    async def users(
+        self,
+        *,
+        order: Order = "desc",
+        limit: int | None = None,
+        cursor: str | None = None,
+        stage: str | None = None,
+        quadrant: str | None = None,
+        trend: str | None = None,
+        milestone: str | None = None,
+        status: str | None = None,
+    ) -> wire.UserPage:
+        return await self._get(
+            self._list("user", cursor, order=order, limit=limit, stage=stage,
+                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
+        )  # fmt: skip
+
+    async def accounts(
+        self,
+        *,
+        order: Order = "desc",
+        limit: int | None = None,
+        cursor: str | None = None,
+        stage: str | None = None,
+        quadrant: str | None = None,
+        trend: str | None = None,
+        milestone: str | None = None,
+        status: str | None = None,
+    ) -> wire.AccountPage:
+        return await self._get(
+            self._list("account", cursor, order=order, limit=limit, stage=stage,
+                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
+        )  # fmt: skip
+
+    async def aiter_users(self, **filters: Any) -> AsyncIterator[wire.UserView]:
+        async for user in self._aiterate("user", filters):
+            yield user
+
+    async def aiter_accounts(self, **filters: Any) -> AsyncIterator[wire.AccountView]:
+        async for account in self._aiterate("account", filters):
+            yield account
+
+    async def _aiterate(self, level: str, filters: dict[str, Any]) -> AsyncIterator[Any]:
+        call: _Call | None = self._list(level, filters.pop("cursor", None), **filters)
+        while call is not None:
+            page = await self._get(call)
+            for item in page.items:
+                yield item
+            call = self._next(call, page)
+
+    async def milestones(self, level: Level | None = None) -> wire.Funnel:
+        return await self._get(self._milestones(level))
+
+    async def growth(
+        self,
+        period: Period = "week",
+        *,
+        since: When = None,
+        until: When = None,
+        level: Level | None = None,
+    ) -> wire.Growth:
+        return await self._get(self._growth(period, since, until, level))
+
+    async def model(self) -> wire.ModelInfo:
+        return await self._get(self._model())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,301 @@
+"""`Tracker` and `AsyncTracker`: thin shells over the batching engine of ``_batcher``.
+
+Each shell only decides where the worker runs (a daemon thread, or a task on the running event
+loop), how it waits (``threading.Event`` or ``asyncio.Event``) and how it sends (``send`` or
+``asend`` of its transport). Validation, batching, retries and counting are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from types import TracebackType
+
+from ._batcher import Batcher, Marker, transport_error
+from ._core import Send
+from ._transport import Response
+from ._exceptions import TransportError
+
+__all__ = ["AsyncTracker", "Tracker"]
+
+logger = logging.getLogger("headway")
+
+_GRACE = 0.05  # beyond a deadline, for a worker that is just finishing
+
+
+class Tracker(Batcher):
+    """Sends events to a Headway collector from a background thread; never hurts the host.
+
+    ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=10_000,
+    timeout=10, max_retries=10, gzip=True, on_error=None, before_send=None, transport=None,
+    exit_timeout=3.0, backoff=(0.5, 60.0))``
+
+    - ``endpoint``: the collector's base URL (``http://127.0.0.1:8000``); ``write_key``: a
+      project's write key.
+    - ``flush_at`` events waiting wake the worker; otherwise it sends every
+      ``flush_interval`` seconds. A batch carries at most 1,000 events and 1 MiB.
+    - ``max_queue``: events waiting at most; beyond it ``track()`` drops and counts.
+    - ``timeout``: seconds for one HTTP request; ``max_retries``: resends of a batch after a
+      network error, 429 or 5xx, waiting ``Retry-After`` or exponential backoff with full
+      jitter (``backoff=(base, cap)`` seconds) in between.
+    - ``gzip``: compress request bodies.
+    - ``on_error(error)``: told of every `HeadwayError` that happens after ``track()``
+      returned (`DeliveryError`, `QueueFull` once per burst, `HookError`). It runs on the
+      worker, or on the caller's thread for `QueueFull` and `HookError`; its own exceptions
+      are logged and swallowed.
+    - ``before_send(event) -> event | None``: runs in ``track()`` on the caller's thread with a
+      `headway.wire.Event` (a copy); return it (changed or not) to send it, None to drop it. If
+      it raises or returns a bad event, the event is dropped (never sent unscrubbed) and a
+      `HookError` reported.
+    - ``transport``: anything with ``send(url, body, headers, timeout) -> Response``
+      (`HTTPTransport` by default; `headway.testing.MemoryTransport` in tests).
+    - ``exit_timeout``: how long the interpreter's exit may wait for the last flush.
+
+    Safe to share between threads, and across ``os.fork()``: a forked child starts with an
+    empty queue and its own worker.
+    """
+
+    _transport_method = "send"
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        thread = threading.Thread(target=self._run, name="headway-worker", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # e.g. no new threads at interpreter shutdown
+            self._started = False
+            raise
+        self._thread = thread
+        self._kick_at = self._flush_at
+
+    def _run(self) -> None:
+        self._drive(self._send_sync, self._wait)
+
+    def _wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+        self._event.clear()
+
+    def _signal(self) -> None:
+        self._event.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Send everything tracked so far; True once it is settled, False after ``timeout``.
+
+        Events not settled in time stay queued and the worker keeps trying. A backoff wait is
+        cut short (a server's ``Retry-After`` is not).
+        """
+        if threading.current_thread() is self._thread:
+            logger.warning("headway: flush() called on the worker thread (from on_error?)")
+            return False
+        marker = Marker(threading.Event())
+        if not self._add_marker(marker):
+            return True
+        marker.event.wait(timeout)
+        return marker.ok
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the worker and close the transport, all within ``timeout`` seconds.
+
+        Returns True when every event was settled; what is left at the deadline is dropped and
+        counted in ``stats.dropped``. Later ``track()`` calls drop their events. Idempotent.
+        """
+        if not self._begin_shutdown(timeout):
+            return self._shutdown_ok()
+        deadline = self._deadline or 0.0
+        if self._queue or self._inflight:
+            try:
+                self._kick(urgent=True)
+            except RuntimeError:  # no thread to be had: deliver on this one
+                self._drive(self._send_sync, self._wait)
+        else:
+            self._signal()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()) + _GRACE)
+        if self._owns_transport:
+            self._transport.close()
+        return self._shutdown_ok()
+
+    close = shutdown
+
+    def _exit(self) -> None:
+        self.shutdown(self._exit_timeout)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+class AsyncTracker(Batcher):
+    """`Tracker` for asyncio: the worker is a task on the running event loop.
+
+    Same parameters and behaviour as `Tracker`; ``track()`` is a plain (non-async) call that
+    returns at once, made on the loop's thread (other threads work too). ``flush`` and
+    ``shutdown`` are coroutines; ``async with`` shuts down on exit. The ``transport`` must have
+    ``asend`` (`HTTPTransport` and `headway.testing.MemoryTransport` do). If the loop ends
+    without a shutdown, the interpreter's exit sends what is left through the transport's sync
+    ``send``, within ``exit_timeout``.
+    """
+
+    _transport_method = "asend"
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._event: asyncio.Event | None = None
+
+    def _start(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on a loop yet: events wait, and the next call on the loop starts it
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            if self._inflight:  # a previous loop ended mid-batch: send those again (same ids)
+                self._queue.extendleft(reversed(self._inflight))
+                self._inflight = []
+        self._loop, self._loop_thread, self._event = loop, threading.get_ident(), asyncio.Event()
+        self._task = loop.create_task(self._run(), name="headway-worker")
+        self._task.add_done_callback(self._task_done)
+        self._kick_at = self._flush_at
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task is self._task:
+            self._started = False
+            self._kick_at = 1
+
+    def _signal(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is None or event is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            event.set()
+        else:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    async def _run(self) -> None:
+        flow = self._work()
+        result: Response | TransportError | None = None
+        event = self._event
+        assert event is not None
+        while True:
+            try:
+                action = flow.send(result)
+            except StopIteration:
+                return
+            except Exception:
+                self._crashed()
+                flow, result = self._work(), None
+                continue
+            if action.__class__ is Send:
+                result = await self._asend(action)  # type: ignore[arg-type]
+            else:
+                try:
+                    async with asyncio.timeout(action.timeout):  # type: ignore[union-attr]
+                        await event.wait()
+                except TimeoutError:
+                    pass
+                event.clear()
+                result = None
+
+    async def _asend(self, request: Send) -> Response | TransportError:
+        try:
+            return await self._transport.asend(
+                request.url, request.body, request.headers, request.timeout
+            )
+        except Exception as exc:
+            return transport_error(exc)
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Send everything tracked so far; True once it is settled, False after ``timeout``."""
+        marker = Marker(asyncio.Event())
+        if not self._add_marker(marker):
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await marker.event.wait()
+        except TimeoutError:
+            return False
+        return marker.ok
+
+    async def shutdown(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the worker task and close the transport, within ``timeout`` seconds."""
+        if not self._begin_shutdown(timeout):
+            return self._shutdown_ok()
+        deadline = self._deadline or 0.0
+        if self._queue or self._inflight:
+            self._kick(urgent=True)
+        else:
+            self._signal()
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()) + _GRACE)
+            if not task.done():
+                task.cancel()
+        if self._owns_transport:
+            await self._transport.aclose()
+        return self._shutdown_ok()
+
+    aclose = shutdown
+
+    def _exit(self) -> None:
+        """At interpreter exit, after the loop is gone: send what is left synchronously."""
+        if not (self._queue or self._inflight):
+            return
+        loop = self._loop
+        if loop is not None and loop.is_running() and self._loop_thread != threading.get_ident():
+            future = asyncio.run_coroutine_threadsafe(self.shutdown(self._exit_timeout), loop)
+            try:
+                future.result(self._exit_timeout + 1.0)
+            except Exception:
+                logger.warning("headway: AsyncTracker could not flush at exit")
+            return
+        if not callable(getattr(self._transport, "send", None)):
+            logger.warning(
+                "headway: AsyncTracker not shut down and its transport has no sync send(): "
+                "%d events not sent",
+                len(self._queue) + len(self._inflight),
+            )
+            return
+        self._begin_shutdown(self._exit_timeout)
+        with self._lock:
+            self._queue.extendleft(reversed(self._inflight))
+            self._inflight = []
+        self._drive(self._send_sync, threading.Event().wait)
+        if self._owns_transport:
+            self._transport.close()
+
+    async def __aenter__(self) -> AsyncTracker:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
