@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from headway import wire
@@ -29,13 +30,27 @@ __all__ = ["create_app", "ensure_model"]
 
 log = logging.getLogger("headway_collector")
 
+class _IdConvertor(Convertor[str]):
+    """Ids may hold any character, newlines and slashes included (`path` stops at newlines)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("id", _IdConvertor())
+
 ROUTES: list[tuple[str, str, Any, Any, str]] = [
     # path, method, endpoint, response type, summary
     ("/v1/batch", "POST", ingest.batch, wire.BatchResponse, "Ingest a batch of events (write key)"),
     ("/v1/users", "GET", api.list_users, wire.UserPage, "Users by score, filtered, with a cursor"),
-    ("/v1/users/{subject:path}", "GET", api.get_user, wire.UserView, "One user"),
+    ("/v1/users/{subject:id}", "GET", api.get_user, wire.UserView, "One user"),
     ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
-    ("/v1/accounts/{subject:path}", "GET", api.get_account, wire.AccountView, "One account"),
+    ("/v1/accounts/{subject:id}", "GET", api.get_account, wire.AccountView, "One account"),
     ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
@@ -57,7 +72,7 @@ def openapi() -> dict[str, Any]:
         op["responses"]["default"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
         if method == "POST":
             op["requestBody"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}
-        paths.setdefault(path.replace(":path", ""), {})[method.lower()] = op
+        paths.setdefault(path.replace(":id", ""), {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Headway collector", "version": "1"},

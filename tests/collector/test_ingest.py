@@ -182,3 +182,13 @@ async def test_health_metrics_openapi(client: httpx.AsyncClient) -> None:
     r = await client.get("/nowhere")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await client.delete("/v1/batch")).status_code == 405
+
+
+async def test_ids_with_any_character_can_be_read_back(client: httpx.AsyncClient) -> None:
+    odd = "team/a\r\nb ü %2F"
+    await post(client, [event(odd, account_id=odd)])
+    quoted = httpx.URL("http://x/").join(odd.replace("%", "%25").replace("/", "%2F").replace("\r", "%0D").replace("\n", "%0A"))
+    for level in ("users", "accounts"):
+        r = await client.get(f"/v1/{level}/{quoted.raw_path.decode().lstrip('/')}", headers=read_headers())
+        assert r.status_code == 200
+        assert r.json()["user_id" if level == "users" else "account_id"] == odd
