@@ -146,7 +146,8 @@ class Batcher:
         self._dropping = False
         self._closing = False
         self._deadline: float | None = None
-        self._gave_up = False
+        self._gave_up = False  # shutdown's deadline passed: nothing more is counted
+        self._dropped_at_deadline = 0
         self._sent = self._dropped = self._failed = self._retried = 0
 
     # ---- the host's side --------------------------------------------------------------------
@@ -282,7 +283,7 @@ class Batcher:
     def _shutdown_ok(self) -> bool:
         """After shutdown: True when everything tracked was settled before the deadline."""
         with self._lock:
-            return not self._gave_up and not self._inflight and not self._queue
+            return not self._dropped_at_deadline and not self._inflight and not self._queue
 
     @property
     def stats(self) -> Stats:
@@ -442,6 +443,8 @@ class Batcher:
 
     def _settle(self, count: int, *, sent: int = 0, failed: int = 0) -> None:
         with self._lock:
+            if self._gave_up:  # already counted as dropped when the deadline passed
+                return
             del self._inflight[:count]
             self._sent += sent
             self._failed += failed
@@ -485,16 +488,19 @@ class Batcher:
     def _abandon(self) -> None:
         """The deadline passed: what is still queued or in flight is dropped, and counted."""
         with self._lock:
+            if self._gave_up:
+                return
+            self._gave_up = True
             left = [x for x in self._queue if x.__class__ is tuple] + self._inflight
             markers = [x for x in self._queue if x.__class__ is not tuple]
             self._queue.clear()
             self._inflight = []
             self._markers = 0
             self._dropped += len(left)
+            self._dropped_at_deadline = len(left)
         for marker in markers:
             marker.event.set()  # type: ignore[union-attr]
         if left:
-            self._gave_up = True
             logger.warning("headway: shutdown deadline passed; %d events not sent", len(left))
 
     def _crashed(self) -> None:

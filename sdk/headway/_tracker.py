@@ -122,6 +122,8 @@ class Tracker(Batcher):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()) + _GRACE)
+            if thread.is_alive():  # stuck in a request that outlives the deadline
+                self._abandon()
         if self._owns_transport:
             self._transport.close()
         return self._shutdown_ok()
@@ -255,6 +257,7 @@ class AsyncTracker(Batcher):
         if task is not None and not task.done():
             await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()) + _GRACE)
             if not task.done():
+                self._abandon()
                 task.cancel()
         if self._owns_transport:
             await self._transport.aclose()
