@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +55,13 @@ def config() -> Config:
 
 
 @contextlib.asynccontextmanager
-async def asgi_collector(cfg: Config, db: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app, lifespan included, on a real SQLite file, over httpx's ASGI transport."""
-    app = create_app(cfg, open_store(f"sqlite:///{db}"))
+async def asgi_collector(cfg: Config, db: Path | None = None, *, url: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app, lifespan included, over httpx's ASGI transport: on the SQLite file `db`,
+    or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema)."""
+    if url is None:
+        assert db is not None, "give a SQLite file or a database URL"
+        url = f"sqlite:///{db}"
+    app = create_app(cfg, open_store(url))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
@@ -80,6 +84,7 @@ class LiveCollector:
     write_key: str = WRITE_KEY
     read_key: str = READ_KEY
     process: subprocess.Popen[bytes] | None = None
+    database: str | None = None  # a database URL instead of the SQLite file at db_path
 
     @property
     def url(self) -> str:
@@ -87,7 +92,7 @@ class LiveCollector:
 
     def start(self, timeout: float = 20.0) -> None:
         cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(self.config_path),
-               "--database", f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning"]
+               "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning"]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -175,3 +180,25 @@ def require_postgres() -> None:
     if os.environ.get("HEADWAY_REQUIRE_POSTGRES") == "1":
         pytest.fail(f"HEADWAY_REQUIRE_POSTGRES=1 but {why}")
     pytest.skip(why)
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh, uniquely named schema in the test database, dropped afterwards: its URL.
+
+    Tests (and collectors started on the URL) see only their own tables.
+    """
+    import uuid
+
+    import psycopg
+
+    require_postgres()
+    schema = f"headway_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -1,16 +1,13 @@
 """SQLite in WAL mode: one writer thread with group commit; reads on their own connections.
 
-Requests hand their events to the writer's queue and wait on a future. The writer takes
-whatever has gathered while it was busy, folds it in one transaction, commits (one fsync for
-all of them) and only then answers each request: a 200 means committed. Readers use
-per-thread connections; WAL lets them read the last commit without waiting for the writer.
+The writer (`writer.Writer`) takes whatever requests have gathered while it was busy, folds
+them in one transaction on its own connection, commits (one fsync for all of them) and only
+then answers each request: a 200 means committed. Readers use per-thread connections; WAL
+lets them read the last commit without waiting for the writer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -21,15 +18,12 @@ from typing import Any
 
 from ..config import Config, Project
 from . import fold
-from .base import Accepted, IngestResult, Overloaded, StoreError
+from .base import Accepted, IngestResult, StoreError
 from .migrations import migrate
+from .writer import Writer
 
 __all__ = ["SQLiteStore"]
 
-log = logging.getLogger("headway_collector.store")
-
-GROUP_EVENTS = 20_000  # most events one commit takes
-MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",  # a 200 survives power loss, not only a crash
@@ -70,22 +64,13 @@ class _Tx:
             yield from rows
 
 
-class _Pending:
-    __slots__ = ("job", "future", "loop")
-
-    def __init__(self, job: fold.Job, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
-        self.job, self.future, self.loop = job, future, loop
-
-
 class SQLiteStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = url[len("sqlite:///"):]
         self._models: fold.Models | None = None
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._pending = 0
-        self._pending_lock = threading.Lock()
-        self._writer: threading.Thread | None = None
+        self._writer: Writer | None = None
+        self._wconn: sqlite3.Connection | None = None  # the writer thread's
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -116,13 +101,11 @@ class SQLiteStore:
 
     def start(self, models: fold.Models) -> None:
         self._models = models
-        self._writer = threading.Thread(target=self._run, name="headway-writer", daemon=True)
-        self._writer.start()
+        self._writer = Writer(self._commit, on_exit=self._close_writer_conn)
 
     def close(self) -> None:
         if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join(timeout=30)
+            self._writer.close()
             self._writer = None
         with self._readers_lock:
             for conn in self._readers:
@@ -142,62 +125,25 @@ class SQLiteStore:
     # --- writing ------------------------------------------------------------------------------
 
     def queue_depth(self) -> int:
-        return self._pending
+        return self._writer.depth() if self._writer is not None else 0
 
     async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
         if self._writer is None:
             raise StoreError("the store is not started")
-        with self._pending_lock:
-            if self._pending + len(events) > MAX_PENDING:
-                raise Overloaded(f"{self._pending} events are waiting for the writer")
-            self._pending += len(events)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[IngestResult] = loop.create_future()
-        self._queue.put(_Pending(fold.Job(project, events), future, loop))
-        return await future
+        return await self._writer.submit(fold.Job(project, events))
 
-    def _run(self) -> None:
-        conn = self._connect()
-        try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                group, size, stop = [first], len(first.job.events), False
-                while size < GROUP_EVENTS:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    group.append(nxt)
-                    size += len(nxt.job.events)
-                self._commit(conn, group)
-                with self._pending_lock:
-                    self._pending -= size
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, group: list[_Pending]) -> None:
+    def _commit(self, jobs: list[fold.Job]) -> None:
+        """On the writer thread: fold the jobs in one transaction."""
         assert self._models is not None
-        try:
-            with self._transaction(conn) as tx:
-                fold.fold_jobs(tx, self._models, [p.job for p in group])
-        except Exception as exc:
-            if len(group) > 1:  # find the one that fails; the others still commit
-                for p in group:
-                    p.job.accepted = p.job.duplicates = 0
-                    self._commit(conn, [p])
-                return
-            log.exception("commit failed")
-            _resolve(group[0], StoreError(f"the store could not commit: {exc}"))
-            return
-        for p in group:
-            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates))
+        if self._wconn is None:
+            self._wconn = self._connect()
+        with self._transaction(self._wconn) as tx:
+            fold.fold_jobs(tx, self._models, jobs)
+
+    def _close_writer_conn(self) -> None:
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -255,17 +201,3 @@ class SQLiteStore:
             for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
                 yield bytes(raw), ts
 
-
-def _resolve(p: _Pending, outcome: IngestResult | Exception) -> None:
-    def set_outcome() -> None:
-        if p.future.done():
-            return  # the client went away; the events are committed all the same
-        if isinstance(outcome, Exception):
-            p.future.set_exception(outcome)
-        else:
-            p.future.set_result(outcome)
-
-    try:
-        p.loop.call_soon_threadsafe(set_outcome)
-    except RuntimeError:
-        pass  # the loop is closed: nobody is waiting

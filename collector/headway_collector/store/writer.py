@@ -1,0 +1,129 @@
+"""Group commit, shared by both backends: one writer thread commits what has gathered.
+
+Requests hand their events to the queue and wait on a future. The writer takes whatever has
+gathered while it was busy (up to `GROUP_EVENTS`), gives it to the backend's `commit` in one
+transaction, and only then answers each request: a 200 means committed. When a group fails,
+each request in it is committed alone, so that one bad request fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from . import fold
+from .base import IngestResult, Overloaded, StoreError
+
+__all__ = ["GROUP_EVENTS", "MAX_PENDING", "Writer"]
+
+log = logging.getLogger("headway_collector.store")
+
+GROUP_EVENTS = 20_000  # most events one commit takes
+MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
+
+
+class _Pending:
+    __slots__ = ("job", "future", "loop")
+
+    def __init__(self, job: fold.Job, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
+        self.job, self.future, self.loop = job, future, loop
+
+
+class Writer:
+    """The writer thread. `commit(jobs)` runs on it: fold the jobs in one transaction or raise.
+
+    `on_exit` runs on the thread as it stops (to close the backend's writing connection).
+    """
+
+    def __init__(self, commit: Callable[[list[fold.Job]], None], on_exit: Callable[[], None] = lambda: None) -> None:
+        self._commit_jobs = commit
+        self._on_exit = on_exit
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="headway-writer", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return self._pending
+
+    async def submit(self, job: fold.Job) -> IngestResult:
+        with self._pending_lock:
+            if self._pending + len(job.events) > MAX_PENDING:
+                raise Overloaded(f"{self._pending} events are waiting for the writer")
+            self._pending += len(job.events)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        self._queue.put(_Pending(job, future, loop))
+        return await future
+
+    def close(self, timeout: float = 30) -> None:
+        """Commit what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                group, size, stop = [first], len(first.job.events), False
+                while size < GROUP_EVENTS:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                    size += len(nxt.job.events)
+                self._commit(group)
+                with self._pending_lock:
+                    self._pending -= size
+                if stop:
+                    return
+        finally:
+            self._on_exit()
+            while True:  # whatever arrived after the stop is refused, not left waiting
+                try:
+                    late = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if late is not None:
+                    _resolve(late, StoreError("the store is closed"))
+
+    def _commit(self, group: list[_Pending]) -> None:
+        for p in group:
+            p.job.accepted = p.job.duplicates = 0
+        try:
+            self._commit_jobs([p.job for p in group])
+        except Exception as exc:
+            if len(group) > 1:  # find the one that fails; the others still commit
+                for p in group:
+                    self._commit([p])
+                return
+            log.exception("commit failed")
+            _resolve(group[0], exc if isinstance(exc, StoreError) else StoreError(f"the store could not commit: {exc}"))
+            return
+        for p in group:
+            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates))
+
+
+def _resolve(p: _Pending, outcome: IngestResult | Exception) -> None:
+    def set_outcome() -> None:
+        if p.future.done():
+            return  # the client went away; the events are committed all the same
+        if isinstance(outcome, Exception):
+            p.future.set_exception(outcome)
+        else:
+            p.future.set_result(outcome)
+
+    try:
+        p.loop.call_soon_threadsafe(set_outcome)
+    except RuntimeError:
+        pass  # the loop is closed: nobody is waiting
