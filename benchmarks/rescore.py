@@ -1,0 +1,296 @@
+"""How fast does `headway-collector rescore` re-apply a model to stored history?
+
+Builds a normal collector database (SQLite, the collector's schema and model version) holding
+N realistic events, folded through the store's own code (`store.fold.fold_jobs`, the writer's
+path, in 20,000-event transactions), then times `headway-collector rescore` on it as a
+subprocess, under the full example model (repeated) and under the core model (stages and
+milestones removed: what a model change costs). After each rescore the derived tables are
+compared with what incremental ingest had built: a rescore must give exactly what a fresh
+ingest of the same events gives. A separate py-spy run shows where the time goes.
+
+    python -m benchmarks.rescore [--events 1000000] [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common as c
+
+GOAL = 200_000  # events a second on SQLite
+BUILD_TX = 20_000  # events per transaction while building: the writer's largest group
+
+
+class _Tx:
+    """`store.fold.Tx` over one SQLite connection (one writer: nothing to lock)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def lock(self, keys: Sequence[str]) -> None:
+        pass
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self.conn.execute(sql, params)
+        while rows := cur.fetchmany(2000):
+            yield from rows
+
+
+def build_database(db: Path, config: Path, w: c.Workload) -> float:
+    """Fold every event into a fresh collector database; returns the seconds it took."""
+    from headway_collector.config import load
+    from headway_collector.events import decode_event
+    from headway_collector.store import open_store
+    from headway_collector.store import fold
+    from headway_collector.store.base import Accepted
+    from headway_collector.store.sqlite import PRAGMAS
+
+    cfg = load(config)
+    store = open_store(f"sqlite:///{c.fresh_db(db)}")
+    store.open()
+    store.rescore(cfg, lambda done, total: None)  # what a first start does: records the model version
+    models = fold.Models(cfg.projects.values())
+    project = cfg.projects[c.PROJECT]
+    conn = sqlite3.connect(db, isolation_level=None)
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+    started = time.perf_counter()
+    for lo in range(0, len(w), BUILD_TX):
+        received = time.time_ns() // 1000
+        events = []
+        for raw in w.raws[lo : lo + BUILD_TX]:
+            ev = decode_event(raw, 0, received)
+            events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
+        conn.execute("BEGIN IMMEDIATE")
+        fold.fold_jobs(_Tx(conn), models, [fold.Job(project, events)])
+        conn.execute("COMMIT")
+        done = min(lo + BUILD_TX, len(w))
+        rate = done / (time.perf_counter() - started)
+        print(f"\r  building: {done:,}/{len(w):,} events ({rate:,.0f}/s)", end="", flush=True)
+    print()
+    conn.close()
+    return time.perf_counter() - started
+
+
+def derived_digest(db: Path) -> dict[str, tuple[int, str]]:
+    """Row count and a hash of every derived table, in a stable order."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    out = {}
+    try:
+        for table, order in (("subjects", "project, level, subject"),
+                             ("subject_milestones", "project, level, milestone, subject"),
+                             ("tags", "project, tag")):
+            h = hashlib.sha256()
+            n = 0
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+                h.update(repr(row).encode())
+                n += 1
+            out[table] = (n, h.hexdigest()[:16])
+    finally:
+        conn.close()
+    return out
+
+
+@dataclass
+class Rescore:
+    model: str
+    events: int
+    wall: float  # the whole command, interpreter start included
+    inner: float | None  # what the command itself reports
+    rows: int | None  # event rows it reports (an event with an account is read once per level)
+    same_as_ingest: bool | None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.wall
+
+
+def run_rescore(config: Path, db: Path, events: int, model: str, profile_to: Path | None = None) -> Rescore:
+    cmd = [sys.executable, "-m", "headway_collector", "rescore", "--config", str(config), "--database", f"sqlite:///{db}"]
+    if profile_to is not None:
+        spy = c.py_spy()
+        if spy is None:
+            raise RuntimeError("py-spy is not installed (pip install py-spy)")
+        cmd = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "--output", str(profile_to), "--", *cmd]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=c.ROOT)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"rescore failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    m = re.search(r"re-scored (\d+) event rows in ([\d.]+)s", proc.stdout)
+    return Rescore(model, events, wall, float(m.group(2)) if m else None, int(m.group(1)) if m else None, None)
+
+
+def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s: float, runs: list[Rescore],
+                 built: dict[str, tuple[int, str]], profile: Path | None) -> str:
+    full = [r for r in runs if r.model == "full"]
+    core = [r for r in runs if r.model == "core"]
+    med = c.median([r.rate for r in full]) if full else 0.0
+    lines = [
+        "# Rescore throughput", "",
+        "Question: how many stored events a second does `headway-collector rescore` re-apply the model to "
+        f"(goal: >= {GOAL:,} events/s on SQLite)?", "",
+        f"Command: `python -m benchmarks.rescore {' '.join(argv)}`".rstrip(), "",
+        c.machine_markdown(),
+        f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
+        f"Database: {w_desc} Built in {build_s:.1f}s through `store.fold.fold_jobs` in {BUILD_TX:,}-event "
+        f"transactions ({args.events / build_s:,.0f} events/s of incremental folding, no HTTP). Derived rows: "
+        + ", ".join(f"{t} {n:,}" for t, (n, _) in built.items()) + ".", "",
+        "## Results", "",
+        "Events/s is stored events over the wall time of the whole command (interpreter start, schema "
+        "check and counting included). The command's own figure counts event rows: an event with an "
+        "account is read twice, once per level.", "",
+        "| model | run | events | wall s | events/s | command's own time s | event rows/s (command) | same rows as incremental ingest |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for i, r in enumerate(full + core):
+        inner = f"{r.inner:.1f}" if r.inner is not None else "-"
+        rows_rate = f"{r.rows / r.inner:,.0f}" if r.rows and r.inner else "-"
+        same = {True: "yes", False: "NO", None: "-"}[r.same_as_ingest]
+        lines.append(f"| {r.model} | {i + 1 if r.model == 'full' else 1} | {r.events:,} | {r.wall:.1f} | {c.fmt_rate(r.rate)} | "
+                     f"{inner} | {rows_rate} | {same} |")
+    lines += ["", f"Full model, median: **{med:,.0f} events/s**, {med / GOAL:.0%} of the {GOAL:,} events/s goal "
+              f"({'met' if med >= GOAL else 'NOT met'})."]
+    if core:
+        cm = c.median([r.rate for r in core])
+        lines.append(f"Core model (no stages or milestones): {cm:,.0f} events/s ({cm / GOAL:.0%} of the goal); "
+                     f"the milestones cost {1 - med / cm:.0%} of rescore throughput." if cm else "")
+    lines.append("")
+    if profile is not None and profile.exists():
+        p = c.read_collapsed(profile)
+        lines += ["## Where rescore time goes (full model, separate py-spy run)", "",
+                  f"py-spy at 200 Hz, non-blocking, {p.samples} samples; raw stacks in `rescore_profile.txt`.", "",
+                  "Top 5 by self time (the function on top of the stack; SQLite's C code counts as the Python "
+                  "function that called it):", "",
+                  "| self % | function |", "| ---: | --- |"]
+        lines += [f"| {pct:.1f} | `{name}` |" for name, pct in p.top(5)]
+        lines += ["", "Top 5 by inclusive time (the function and what it calls), wrappers left out:", "",
+                  "| inclusive % | function |", "| ---: | --- |"]
+        skip = ("(<frozen runpy>)", "<module> (", "main (cli.py)", "cmd_rescore (cli.py)", "rescore (store/sqlite.py)",
+                "rescore_project (store/fold.py)")
+        lines += [f"| {pct:.1f} | `{name}` |" for name, pct in p.top(5, inclusive=True, skip=skip)]
+        lines += ["", "Parts of `rescore_project` (inclusive %):", "", "| part | inclusive % |", "| --- | ---: |"]
+        for label, needle in (("reading events (`stream`: SELECT ... ORDER BY subject)", "stream (store/"),
+                              ("`from_stored` (decode each stored event)", "from_stored (events.py)"),
+                              ("`build` (fold each subject's events)", "build (model/subject.py)"),
+                              ("  `apply`", "apply (model/subject.py)"),
+                              ("`subject_rows` (milestone results, encode state)", "subject_rows (store/fold.py)"),
+                              ("`unknown_tags`", "unknown_tags (store/fold.py)"),
+                              ("`_save` (INSERT subjects and milestones)", "_save (store/fold.py)"),
+                              ("COMMIT", "_transaction (store/sqlite.py)")):
+            lines.append(f"| {label} | {p.share(needle):.1f} |")
+        lines.append("")
+    lines += ["![rescore](rescore.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(runs: list[Rescore], profile: Path | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    labels = [f"{r.model} #{sum(q.model == r.model for q in runs[: i + 1])}" for i, r in enumerate(runs)]
+    ax1.bar(labels, [r.rate for r in runs], color=["#2f6f3e" if r.model == "full" else "#5b9e6b" for r in runs])
+    ax1.axhline(GOAL, color="#c0392b", linestyle="--", label=f"goal {GOAL:,}/s")
+    ax1.set_ylabel("stored events re-scored per second")
+    ax1.set_title("headway-collector rescore")
+    ax1.legend(fontsize=8)
+    if profile is not None and profile.exists():
+        p = c.read_collapsed(profile)
+        top = p.top(10)[::-1]
+        ax2.barh([n if len(n) < 60 else n[:57] + "..." for n, _ in top], [pct for _, pct in top], color="#7aa6c2")
+        ax2.set_xlabel("% of samples (self time)")
+        ax2.set_title("Where rescore time goes (py-spy)")
+        ax2.tick_params(axis="y", labelsize=7)
+    else:
+        ax2.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rescore", description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="stored events (default 1000000)")
+    p.add_argument("--repeats", type=int, default=3, help="rescores under the full model (default 3)")
+    p.add_argument("--no-core", action="store_true", help="skip the rescore under the core model")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    p.add_argument("--quick", action="store_true", help="small sizes: 50000 events, 1 repeat")
+    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write rescore.md and rescore.png")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.events, args.repeats = min(args.events, 50_000), 1
+    args.load_before = c.load_average()
+
+    print(f"making {args.events:,} events ...", flush=True)
+    w = c.make_workload(args.events)
+    w_desc = (f"{len(w):,} events of {len(set(w.user_ids)):,} users in {len({a for a in w.account_ids if a}):,} "
+              f"accounts over 60 days (the same generator as `ingest.py`; "
+              f"{sum(a is not None for a in w.account_ids) / len(w):.0%} have an account).")
+    ok = True
+    runs: list[Rescore] = []
+    profile_path: Path | None = None
+    args.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="headway-bench-rescore-") as tmpdir:
+        tmp = Path(tmpdir)
+        full_cfg = c.write_config(tmp / "full.toml")
+        core_cfg = c.write_config(tmp / "core.toml", core_only=True)
+        db = tmp / "headway.db"
+        build_s = build_database(db, full_cfg, w)
+        built = derived_digest(db)
+        for i in range(args.repeats):
+            r = run_rescore(full_cfg, db, len(w), "full")
+            r.same_as_ingest = derived_digest(db) == built
+            ok &= bool(r.same_as_ingest)
+            runs.append(r)
+            print(f"  rescore full #{i + 1}: {r.rate:,.0f} events/s ({r.wall:.1f}s); same rows as ingest: {r.same_as_ingest}",
+                  flush=True)
+        if not args.no_profile:
+            raw = tmp / "rescore.pyspy.txt"
+            print("  profiling a rescore with py-spy ...", flush=True)
+            run_rescore(full_cfg, db, len(w), "full", profile_to=raw)
+            if raw.exists():
+                profile_path = args.results / "rescore_profile.txt"
+                profile_path.write_bytes(raw.read_bytes())
+        if not args.no_core:
+            r = run_rescore(core_cfg, db, len(w), "core")
+            runs.append(r)
+            print(f"  rescore core: {r.rate:,.0f} events/s ({r.wall:.1f}s)", flush=True)
+
+    report = write_report(args, argv, w_desc, build_s, runs, built, profile_path)
+    (args.results / "rescore.md").write_text(report)
+    plot(runs, profile_path, args.results / "rescore.png")
+    print()
+    print(report.split("## Results")[1].split("## Where")[0].strip())
+    print(f"\nwrote {args.results / 'rescore.md'} and {args.results / 'rescore.png'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
