@@ -23,7 +23,6 @@ import argparse
 import itertools
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
