@@ -55,13 +55,21 @@ def config() -> Config:
 
 
 @contextlib.asynccontextmanager
-async def asgi_collector(cfg: Config, db: Path | None = None, *, url: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def asgi_collector(
+    cfg: Config, db: Path | None = None, *, url: str | None = None, clock: Callable[[], int] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan included, over httpx's ASGI transport: on the SQLite file `db`,
-    or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema)."""
+    or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema).
+
+    `clock` pins the collector's "now" (microseconds): with batches sent at that instant, clock
+    skew correction is exactly zero, so two collectors see identical event times.
+    """
     if url is None:
         assert db is not None, "give a SQLite file or a database URL"
         url = f"sqlite:///{db}"
     app = create_app(cfg, open_store(url))
+    if clock is not None:
+        app.state.headway.clock = clock
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:

@@ -64,7 +64,7 @@ async def batch(request: Request) -> Response:
     project = authorize(request, state.config, "write")
     encoding = _check_headers(request)
     body = await _read_body(request)
-    received_at = time.time_ns() // 1000
+    received_at = state.clock()
     if encoding == "gzip":
         body = _gunzip(body)
     try:

@@ -6,7 +6,7 @@ or duplication, folding the same set gives the same state, and `build` over the 
 
 - decayed sums are exact integers (see `scoring`);
 - `count` and `tagged` keep the earliest `target` times; `distinct` keeps the earliest
-  `target` first-seen values; `sum` keeps the time-grouped amounts up to the first time the
+  `target` first-seen values; `sum` keeps the amounts in time order up to the first time the
   running total reaches the target; `rate` keeps per-day counts (and each day's earliest times)
   for the last two windows. That is enough to know exactly when a target was first met,
   also when an event arrives late.
@@ -59,7 +59,7 @@ class RateDay(msgspec.Struct, array_like=True):
 class CritState(msgspec.Struct, omit_defaults=True):
     ts: list[int] = []  # count, tagged
     firsts: dict[str, int] = {}  # distinct: value -> earliest time
-    steps: list[tuple[int, float]] = []  # sum: (time, amount at that time), up to the crossing
+    steps: list[tuple[int, float]] = []  # sum: (time, amount) per event, up to the crossing
     days: dict[int, RateDay] = {}  # rate
     top_day: int | None = None  # rate: latest day seen
     best: float = 0.0  # rate: best rate reached
@@ -268,24 +268,31 @@ def _fold_criterion(c: Criterion, st: CritState, ev: Ev, first_seen: int) -> Non
 
 
 def _sum_met(c: Criterion, st: CritState) -> bool:
-    return sum(a for _, a in st.steps) >= c.target
+    return _sum_crossing(c, st.steps) is not None
+
+
+def _sum_crossing(c: Criterion, steps: list[tuple[int, float]]) -> int | None:
+    """Index of the last step at the time the running total first reaches the target.
+
+    Steps are single events sorted by (time, amount), so the float additions happen in one
+    order whatever the arrival order; the total is checked only once a time's steps are all in.
+    """
+    total = 0.0
+    for j, (t, a) in enumerate(steps):
+        total += a
+        if total >= c.target and (j + 1 == len(steps) or steps[j + 1][0] != t):
+            return j
+    return None
 
 
 def _fold_sum(c: Criterion, st: CritState, t: int, amount: float) -> None:
     steps = st.steps
-    if steps and _sum_met(c, st) and t > steps[-1][0]:
+    if steps and t > steps[-1][0] and _sum_met(c, st):
         return  # after the target was met: changes nothing
-    i = bisect.bisect_left(steps, (t,), key=lambda s: (s[0],))
-    if i < len(steps) and steps[i][0] == t:
-        steps[i] = (t, steps[i][1] + amount)
-    else:
-        steps.insert(i, (t, amount))
-    total = 0.0
-    for j, (_, a) in enumerate(steps):
-        total += a
-        if total >= c.target:
-            del steps[j + 1 :]
-            break
+    bisect.insort(steps, (t, amount))
+    j = _sum_crossing(c, steps)
+    if j is not None:
+        del steps[j + 1 :]
 
 
 def _fold_rate(c: Criterion, st: CritState, t: int, first_seen: int) -> None:
@@ -332,12 +339,10 @@ def criterion_result(c: Criterion, st: CritState) -> tuple[float, int | None]:
         done = float(len(st.firsts))
         return done, sorted(st.firsts.values())[int(target) - 1] if len(st.firsts) >= target else None
     if c.kind == "sum":
-        total = 0.0
-        for t, a in st.steps:
-            total += a
-            if total >= target:
-                return target, t
-        return max(0.0, total), None
+        j = _sum_crossing(c, st.steps)
+        if j is not None:
+            return target, st.steps[j][0]
+        return max(0.0, sum(a for _, a in st.steps)), None
     if st.at is not None:
         return target, st.at
     return min(target, st.best), None

@@ -18,6 +18,7 @@ from ..events import from_stored
 from ..model import scoring
 from ..model.evaluate import MilestoneResult, milestone_results, stage_on
 from ..model.subject import REBUILD, Ev, LevelModel, SubjectState, apply, build, decode_state, encode_state, new_state
+from . import growth
 from .base import Accepted
 
 __all__ = ["Job", "Models", "Tx", "chunks", "fold_jobs", "rescore_project", "subject_rows"]
@@ -99,6 +100,7 @@ def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None
         return
     _fold_subjects(tx, models, project, new)
     _count_tags(tx, models, project, new)
+    growth.maintain(tx, models, project, new)
 
 
 def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set[str]:
@@ -131,7 +133,7 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
         rows, mrows = [], []
         for sid, evs in groups.items():
             state = states.get(sid)
-            before = milestone_results(lm, state) if state is not None else None
+            before = (state.first_seen, milestone_results(lm, state)) if state is not None else None
             state = _fold_one(tx, lm, project, level, sid, state, evs)
             row, ms = subject_rows(lm, project, level, sid, state, before)
             rows.append(row)
@@ -168,15 +170,19 @@ def _fold_one(tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state:
 
 
 def subject_rows(
-    lm: LevelModel, project: str, level: str, sid: str, state: SubjectState, before: list[MilestoneResult] | None
+    lm: LevelModel, project: str, level: str, sid: str, state: SubjectState,
+    before: tuple[int, list[MilestoneResult]] | None,
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The subject's row and its changed milestone rows (all of them when `before` is None)."""
+    """The subject's row and its changed milestone rows (all of them when `before` is None).
+
+    `before` is the subject's first_seen and milestone results before this transaction.
+    """
     after = milestone_results(lm, state)
     row = (project, level, sid, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
            stage_on(lm, after), encode_state(state))
     mrows = []
     for i, r in enumerate(after):
-        if before is None or _changed(before[i], r):
+        if before is None or before[0] != state.first_seen or _changed(before[1][i], r):
             tta = r.achieved_at - state.first_seen if r.achieved_at is not None else None
             mrows.append((project, level, r.milestone.name, sid, r.progress, r.achieved_at, r.deadline, state.first_seen, tta))
     return row, mrows
@@ -270,5 +276,6 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
         if tags:
             tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
                            [(project, t, n) for t, n in sorted(tags.items())])
+    growth.rebuild(tx, models, project)  # growth and funnel aggregates, from what was just rebuilt
     progress(seen)
     return seen
