@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from headway import wire
 
-from . import api, ingest
+from . import api, ingest, reports
 from .config import Config
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
@@ -52,6 +52,8 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
     ("/v1/accounts/{subject:id}", "GET", api.get_account, wire.AccountView, "One account"),
     ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
+    ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
+    ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
     ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),

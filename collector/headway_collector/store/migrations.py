@@ -45,6 +45,49 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         """CREATE TABLE models (project TEXT NOT NULL PRIMARY KEY, version TEXT NOT NULL,
             applied_at {int} NOT NULL)""",
     ]),
+    ("0002_growth", [
+        # Growth accounting (docs/reports.md): the periods (day, week, month) each subject was
+        # active in, its first active day, and three commutative counters per period.
+        """CREATE TABLE growth_activity (
+            project TEXT NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
+            period {int} NOT NULL,
+            PRIMARY KEY (project, level, kind, subject, period)) {norowid}""",
+        """CREATE TABLE growth_first (
+            project TEXT NOT NULL, level TEXT NOT NULL, subject TEXT NOT NULL, first_day {int} NOT NULL,
+            PRIMARY KEY (project, level, subject)) {norowid}""",
+        """CREATE TABLE growth_counts (
+            project TEXT NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, period {int} NOT NULL,
+            n_active {int} NOT NULL, n_new {int} NOT NULL, n_retained {int} NOT NULL,
+            PRIMARY KEY (project, level, kind, period)) {norowid}""",
+        # NPS per period: each user's latest answer in the period, and counters by kind of answer.
+        """CREATE TABLE growth_nps_answers (
+            project TEXT NOT NULL, kind TEXT NOT NULL, period {int} NOT NULL, user_id TEXT NOT NULL,
+            t {int} NOT NULL, answer {real} NOT NULL,
+            PRIMARY KEY (project, kind, period, user_id)) {norowid}""",
+        """CREATE TABLE growth_nps_counts (
+            project TEXT NOT NULL, kind TEXT NOT NULL, period {int} NOT NULL,
+            promoters {int} NOT NULL, passives {int} NOT NULL, detractors {int} NOT NULL,
+            PRIMARY KEY (project, kind, period)) {norowid}""",
+        # The funnel: per subject and milestone (and one row per subject, milestone ''), what the
+        # counters below hold for it, so that a change moves it from one counter to another.
+        """CREATE TABLE funnel_rows (
+            project TEXT NOT NULL, level TEXT NOT NULL, milestone TEXT NOT NULL, subject TEXT NOT NULL,
+            first_seen {int} NOT NULL, stage_on {int} NOT NULL, cls TEXT NOT NULL, tta {int},
+            PRIMARY KEY (project, level, milestone, subject)) {norowid}""",
+        "CREATE INDEX funnel_rows_first ON funnel_rows (project, level, milestone, first_seen, stage_on, cls)",
+        "CREATE INDEX funnel_rows_tta ON funnel_rows (project, level, milestone, tta)",
+        """CREATE TABLE funnel_counts (
+            project TEXT NOT NULL, level TEXT NOT NULL, milestone TEXT NOT NULL, cls TEXT NOT NULL,
+            stage_on {int} NOT NULL, fday {int} NOT NULL, n {int} NOT NULL,
+            PRIMARY KEY (project, level, milestone, cls, stage_on, fday)) {norowid}""",
+        """CREATE TABLE funnel_tta (
+            project TEXT NOT NULL, level TEXT NOT NULL, milestone TEXT NOT NULL, bucket {int} NOT NULL,
+            n {int} NOT NULL,
+            PRIMARY KEY (project, level, milestone, bucket)) {norowid}""",
+        # A database from before these tables: mark its derived data stale, so that the next
+        # start re-scores the stored events and fills them (app.ensure_model).
+        "UPDATE models SET version = 'before-0002_growth'",
+    ]),
 ]
 
 

@@ -1,0 +1,173 @@
+"""Reading the whole customer base: `GET /v1/growth` and `GET /v1/milestones` (read keys).
+
+Both answer from aggregates kept at write time (`store.growth`), never from a scan of the
+events: a request reads a few counter rows per period or per milestone, plus a bounded index
+range, whatever the number of stored events. docs/reports.md explains the definitions.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from headway.wire import NPS, Funnel, FunnelStep, Growth, GrowthPeriod
+
+from .auth import authorize
+from .config import Project
+from .errors import APIError, json_response
+from .events import to_us
+from .model import growth as g
+from .state import AppState
+from .store.growth import FunnelCounts, read_funnel, read_growth, read_nps
+
+__all__ = ["growth", "milestones"]
+
+DEFAULT_PERIODS = 12
+MAX_PERIODS = 1000
+LEVELS = ("user", "account")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.headway  # type: ignore[no-any-return]
+
+
+def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and value not in allowed:
+        raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _instant(name: str, text: str, *, dates: bool) -> int:
+    """RFC3339 with a timezone (or, when `dates`, YYYY-MM-DD: that day's 00:00 UTC) -> microseconds."""
+    if dates and len(text) == 10:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise APIError(400, "bad_request", f"{name}={text!r} is not a date YYYY-MM-DD") from None
+        return to_us(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+    try:
+        dt = msgspec.convert(text, datetime, strict=False)
+    except msgspec.ValidationError:
+        want = "an RFC3339 timestamp or a date YYYY-MM-DD" if dates else "an RFC3339 timestamp"
+        raise APIError(400, "bad_request", f"{name}={text!r} is not {want}") from None
+    if dt.tzinfo is None:
+        raise APIError(400, "bad_request", f"{name}={text!r} needs a timezone (e.g. 'Z')")
+    return to_us(dt)
+
+
+def _now(request: Request, state: AppState) -> int:
+    at = request.query_params.get("at")
+    return state.clock() if at is None else _instant("at", at, dates=False)
+
+
+def _ts(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+# --- GET /v1/growth -------------------------------------------------------------------------------
+
+
+class _GrowthQuery(msgspec.Struct, frozen=True):
+    kind: g.Kind
+    level: str
+    first: int
+    last: int
+
+
+def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
+    q = request.query_params
+    kind: g.Kind = _choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
+    level = _choice(request, "level", LEVELS) or "user"
+    start, end = q.get("from"), q.get("to")
+    last = g.period_of(kind, _instant("to", end, dates=True) if end is not None else _now(request, state))
+    first = g.period_of(kind, _instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
+    if first > last:
+        raise APIError(400, "bad_request", f"from={start!r} is after to={end!r}")
+    if last - first + 1 > MAX_PERIODS:
+        raise APIError(400, "bad_request", f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
+                       "narrow from/to or use a longer period")
+    return _GrowthQuery(kind=kind, level=level, first=first, last=last)
+
+
+def _nps(counts: tuple[int, int, int] | None) -> NPS | None:
+    if counts is None:
+        return None
+    pro, pas, det = counts
+    score = g.nps_score(pro, pas, det)
+    if score is None:
+        return None
+    return NPS(score=score, responses=pro + pas + det, promoters=pro, passives=pas, detractors=det)
+
+
+def _growth(state: AppState, project: Project, q: _GrowthQuery) -> Growth:
+    with state.store.read() as r:
+        counts = read_growth(r, project.name, q.level, q.kind, q.first - 1, q.last)
+        nps = read_nps(r, project.name, q.kind, q.first, q.last) if project.nps_event else {}
+    periods = [
+        GrowthPeriod(
+            period=g.period_label(q.kind, t.period),
+            start=_ts(g.period_start(q.kind, t.period)),
+            new=t.new,
+            retained=t.retained,
+            resurrected=t.resurrected,
+            churned=t.churned,
+            active=t.active,
+            quick_ratio=t.quick_ratio,
+            nps=_nps(nps.get(t.period)),
+        )
+        for t in g.tallies(counts, q.first, q.last)
+    ]
+    return Growth(period=q.kind, level=q.level, periods=periods)
+
+
+async def growth(request: Request) -> Response:
+    state = _state(request)
+    project = authorize(request, state.config, "read")
+    q = _growth_query(request, state)
+    return json_response(await run_in_threadpool(_growth, state, project, q))
+
+
+# --- GET /v1/milestones ---------------------------------------------------------------------------
+
+
+def _seconds(us: int | None) -> float | None:
+    return us / 1e6 if us is not None else None
+
+
+def _step(level: str, c: FunnelCounts) -> FunnelStep:
+    return FunnelStep(
+        name=c.milestone.name,
+        stage=c.milestone.stage,
+        level=level,
+        counts={"pending": c.pending, "in_progress": c.in_progress, "achieved": c.achieved, "missed": c.missed},
+        reached_stage=c.reached,
+        achieved_share=c.achieved_reached / c.reached if c.reached else None,
+        median_time_to_achieve_s=_seconds(c.median_tta),
+        p90_time_to_achieve_s=_seconds(c.p90_tta),
+    )
+
+
+def _funnel(state: AppState, project: Project, level: str | None, now: int) -> Funnel:
+    steps: list[tuple[int, int, FunnelStep]] = []
+    order = {m.name: i for i, m in enumerate(project.milestones)}
+    with state.store.read() as r:
+        for lv in (level,) if level is not None else LEVELS:
+            for c in read_funnel(r, project, lv, now):
+                m = c.milestone
+                steps.append((project.stage_index(m.stage), order[m.name], _step(lv, c)))
+    steps.sort(key=lambda s: (s[0], s[1]))
+    return Funnel(level=level, milestones=[s for *_, s in steps])
+
+
+async def milestones(request: Request) -> Response:
+    state = _state(request)
+    project = authorize(request, state.config, "read")
+    level = _choice(request, "level", LEVELS)
+    now = _now(request, state)
+    return json_response(await run_in_threadpool(_funnel, state, project, level, now))

@@ -1,0 +1,557 @@
+"""The aggregates behind `GET /v1/growth` and `GET /v1/milestones`, kept in the write transaction.
+
+`maintain` runs in `fold` for each group of new events, after their subjects were folded (so
+the `subjects` and `subject_milestones` rows are current and the subjects are locked until
+commit); `rebuild` runs at the end of a re-score and computes the same tables from scratch. The
+reads (`read_growth`, `read_funnel`) touch only these tables, never `events`. docs/reports.md
+tells the whole story; in short:
+
+Growth. `growth_activity` holds one row per (subject, kind of period, period) in which the
+subject had an event of effective weight > 0. A new event first tries to insert its subject's
+*day* row; only when that row is new (the subject's first activity that UTC day) does anything
+else happen: the week and month rows are tried, and for every row that is new the counters of
+`growth_counts` move: `active[p] += 1`, `retained[p] += 1` when the previous period's row exists,
+`retained[p + 1] += 1` when the next period's row exists (and is not itself new here, which
+counts that pair from its side). `growth_first` keeps the first active day, so `new` moves to an
+earlier period when a late event reveals one. Every counter is a function of the *set* of
+events, whatever their order, batching or duplication, and every update is an `n = n + ?` upsert,
+so several collectors on PostgreSQL add up exactly.
+
+NPS. Each user's latest answer per period (as the account NPS keeps each user's latest answer),
+in `growth_nps_answers`, with counters of promoters, passives and detractors per period.
+
+Funnel. `funnel_rows` mirrors, per subject and milestone, what the counters hold for it: the
+subject's `first_seen` and `stage_on`, the row's class (achieved, progressed, untouched) and its
+time to achieve; plus one row per subject (milestone ''). When a subject's rows change, each
+changed row moves from one `funnel_counts` cell (milestone, class, stage_on, day of first_seen) to
+another and from one `funnel_tta` bucket to another. Statuses that depend on `now` (missed, stage
+reached by age) are ranges of `first_seen`: whole days come from the counters, the one boundary
+day from an index of `funnel_rows`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from ..config import Milestone, Project
+from ..model import growth as g
+from ..model.scoring import DAY
+from ..model.subject import Ev, LevelModel
+from .base import Reader
+
+if TYPE_CHECKING:  # fold imports this module
+    from .fold import Models, Tx
+
+__all__ = ["FunnelCounts", "maintain", "read_funnel", "read_growth", "read_nps", "rebuild"]
+
+LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
+CHUNK = 400  # rows per multi-row statement, as in fold
+SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row (milestone names are never empty)
+SUBJECT_CLS = "s"
+NEVER = -(1 << 62)  # a day before every day
+TABLES = ("growth_activity", "growth_first", "growth_counts", "growth_nps_answers", "growth_nps_counts",
+          "funnel_rows", "funnel_counts", "funnel_tta")
+
+FunnelRow = tuple[int, int, str, int | None]  # first_seen, stage_on, cls, tta
+
+
+class _Slim(msgspec.Struct):
+    """What a re-score needs of a stored event: decode only that."""
+
+    event: str
+    weight: float | None = None
+    value: float | None = None
+
+
+_decode_slim = msgspec.json.Decoder(_Slim).decode
+
+
+def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _subject(ev: Ev, level: str) -> str | None:
+    return ev.user_id if level == "user" else ev.account_id
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+# --- maintenance: one call per group of new events --------------------------------------------
+
+
+def maintain(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
+    """Fold new (never duplicate) events into the growth, NPS and funnel aggregates."""
+    p = models[project, "user"].project
+    for level in LEVELS:
+        _activity(tx, p, level, new)
+    _nps(tx, p, new)
+    for level in LEVELS:
+        _funnel(tx, models[project, level], project, level, new)
+
+
+def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
+    days = sorted({(sid, ev.t // DAY) for ev in new
+                   if (sid := _subject(ev, level)) is not None and p.weight(ev.event, ev.weight) > 0})
+    if not days:
+        return
+    fresh = {"day": _insert_activity(tx, p.name, level, "day", days)}
+    if not fresh["day"]:
+        return  # every subject was already active on these days: nothing changes
+    for kind in ("week", "month"):
+        fresh[kind] = _insert_activity(tx, p.name, level, kind,
+                                       sorted({(s, g.period_of_day(kind, d)) for s, d in fresh["day"]}))
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # active, new, retained
+    for kind, rows in fresh.items():
+        if not rows:
+            continue
+        mine = set(rows)
+        known = _existing_activity(tx, p.name, level, kind, sorted({(s, q) for s, per in rows for q in (per - 1, per + 1)}))
+        for s, per in rows:
+            counts[kind, per][0] += 1
+            if (s, per - 1) in known:
+                counts[kind, per][2] += 1
+            if (s, per + 1) in known and (s, per + 1) not in mine:
+                counts[kind, per + 1][2] += 1
+    _first_days(tx, p.name, level, fresh["day"], counts)
+    _add_growth(tx, p.name, level, counts)
+
+
+def _insert_activity(tx: Tx, project: str, level: str, kind: str, rows: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Insert activity rows; return those that were not there yet."""
+    out: list[tuple[str, int]] = []
+    for part in _chunks(rows):
+        params: list[Any] = []
+        for s, per in part:
+            params += (project, level, kind, s, per)
+        got = tx.all(
+            "INSERT INTO growth_activity (project, level, kind, subject, period) "
+            f"VALUES {','.join(['(?,?,?,?,?)'] * len(part))} "
+            "ON CONFLICT (project, level, kind, subject, period) DO NOTHING RETURNING subject, period",
+            params,
+        )
+        out.extend((s, per) for s, per in got)
+    return out
+
+
+def _existing_activity(tx: Tx, project: str, level: str, kind: str, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    out: set[tuple[str, int]] = set()
+    for part in _chunks(pairs):
+        params: list[Any] = [x for pair in part for x in pair]
+        got = tx.all(
+            f"SELECT a.subject, a.period FROM (VALUES {','.join(['(?,?)'] * len(part))}) AS v "
+            "JOIN growth_activity a ON a.project = ? AND a.level = ? AND a.kind = ? "
+            "AND a.subject = v.column1 AND a.period = v.column2",
+            [*params, project, level, kind],
+        )
+        out.update((s, per) for s, per in got)
+    return out
+
+
+def _first_days(tx: Tx, project: str, level: str, fresh: list[tuple[str, int]], counts: dict[tuple[str, int], list[int]]) -> None:
+    firsts: dict[str, int] = {}
+    for s, d in fresh:
+        firsts[s] = min(d, firsts.get(s, d))
+    ids = sorted(firsts)
+    old: dict[str, int] = {}
+    for part in _chunks(ids):
+        old.update(tx.all(f"SELECT subject, first_day FROM growth_first WHERE project = ? AND level = ? "
+                          f"AND subject IN ({_marks(len(part))})", (project, level, *part)))
+    changed = []
+    for s in ids:
+        d, was = firsts[s], old.get(s)
+        if was is not None and was <= d:
+            continue
+        changed.append((project, level, s, d))
+        for kind in g.KINDS:
+            now_p = g.period_of_day(kind, d)
+            if was is not None:
+                was_p = g.period_of_day(kind, was)
+                if was_p == now_p:
+                    continue
+                counts[kind, was_p][1] -= 1
+            counts[kind, now_p][1] += 1
+    if changed:
+        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?) "
+                       "ON CONFLICT (project, level, subject) DO UPDATE SET first_day = excluded.first_day", changed)
+
+
+def _add_growth(tx: Tx, project: str, level: str, counts: dict[tuple[str, int], list[int]]) -> None:
+    rows = [(project, level, kind, per, *c) for (kind, per), c in sorted(counts.items()) if any(c)]
+    if rows:
+        tx.executemany(
+            "INSERT INTO growth_counts (project, level, kind, period, n_active, n_new, n_retained) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (project, level, kind, period) DO UPDATE SET n_active = growth_counts.n_active + excluded.n_active, "
+            "n_new = growth_counts.n_new + excluded.n_new, n_retained = growth_counts.n_retained + excluded.n_retained",
+            rows,
+        )
+
+
+def _is_answer(p: Project, ev: Ev) -> bool:
+    return p.nps_event is not None and ev.event == p.nps_event and ev.value is not None and 0 <= ev.value <= 10
+
+
+def _nps(tx: Tx, p: Project, new: list[Ev]) -> None:
+    best: dict[tuple[str, int, str], tuple[int, float]] = {}
+    for ev in new:
+        if _is_answer(p, ev):
+            answer = (ev.t, float(ev.value))  # type: ignore[arg-type]
+            for kind in g.KINDS:
+                key = (kind, g.period_of(kind, ev.t), ev.user_id)
+                if key not in best or best[key] < answer:
+                    best[key] = answer
+    if not best:
+        return
+    keys = sorted(best)
+    old: dict[tuple[str, int, str], tuple[int, float]] = {}
+    for part in _chunks(keys):
+        params: list[Any] = [x for key in part for x in key]
+        for kind, per, uid, t, v in tx.all(
+            f"SELECT a.kind, a.period, a.user_id, a.t, a.answer FROM (VALUES {','.join(['(?,?,?)'] * len(part))}) AS v "
+            "JOIN growth_nps_answers a ON a.project = ? AND a.kind = v.column1 AND a.period = v.column2 "
+            "AND a.user_id = v.column3",
+            [*params, p.name],
+        ):
+            old[kind, per, uid] = (t, v)
+    rows = []
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # promoters, passives, detractors
+    for key in keys:
+        answer, was = best[key], old.get(key)
+        if was is not None and was >= answer:
+            continue  # a later answer (or the same) is already counted
+        rows.append((p.name, *key, *answer))
+        if was is not None:
+            counts[key[0], key[1]][g.nps_bucket(was[1])] -= 1
+        counts[key[0], key[1]][g.nps_bucket(answer[1])] += 1
+    if rows:
+        tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT (project, kind, period, user_id) DO UPDATE SET t = excluded.t, answer = excluded.answer",
+                       rows)
+        _add_nps(tx, p.name, counts)
+
+
+def _add_nps(tx: Tx, project: str, counts: dict[tuple[str, int], list[int]]) -> None:
+    rows = [(project, kind, per, *c) for (kind, per), c in sorted(counts.items()) if any(c)]
+    if rows:
+        tx.executemany(
+            "INSERT INTO growth_nps_counts (project, kind, period, promoters, passives, detractors) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT (project, kind, period) DO UPDATE SET promoters = growth_nps_counts.promoters + excluded.promoters, "
+            "passives = growth_nps_counts.passives + excluded.passives, "
+            "detractors = growth_nps_counts.detractors + excluded.detractors",
+            rows,
+        )
+
+
+def _mark(first_seen: int, stage_on: int, progress: float, achieved_at: int | None) -> FunnelRow:
+    tta = achieved_at - first_seen if achieved_at is not None else None
+    return (first_seen, stage_on, g.funnel_class(progress, achieved_at), tta)
+
+
+def _funnel(tx: Tx, lm: LevelModel, project: str, level: str, new: list[Ev]) -> None:
+    names = [m.name for m in lm.milestones]
+    sids = sorted({s for ev in new if (s := _subject(ev, level)) is not None})
+    if not names or not sids:
+        return
+    for part in _chunks(sids, CHUNK // 4):
+        subjects = {s: (fs, on) for s, fs, on in tx.all(
+            f"SELECT subject, first_seen, stage_on FROM subjects WHERE project = ? AND level = ? "
+            f"AND subject IN ({_marks(len(part))})", (project, level, *part))}
+        marks = {(m, s): (progress, at) for m, s, progress, at in tx.all(
+            f"SELECT milestone, subject, progress, achieved_at FROM subject_milestones WHERE project = ? AND level = ? "
+            f"AND milestone IN ({_marks(len(names))}) AND subject IN ({_marks(len(part))})",
+            (project, level, *names, *part))}
+        old: dict[tuple[str, str], FunnelRow] = {(m, s): (fs, on, cls, tta) for m, s, fs, on, cls, tta in tx.all(
+            f"SELECT milestone, subject, first_seen, stage_on, cls, tta FROM funnel_rows WHERE project = ? AND level = ? "
+            f"AND milestone IN ({_marks(len(names) + 1)}) AND subject IN ({_marks(len(part))})",
+            (project, level, SUBJECT_ROW, *names, *part))}
+        rows: dict[tuple[str, str], FunnelRow] = {}
+        for s in part:
+            fs, on = subjects[s]
+            rows[SUBJECT_ROW, s] = (fs, on, SUBJECT_CLS, None)
+            for m in names:
+                rows[m, s] = _mark(fs, on, *marks.get((m, s), (0.0, None)))
+        _put_funnel(tx, project, level, old, rows)
+
+
+class _FunnelDeltas:
+    def __init__(self) -> None:
+        self.cells: dict[tuple[str, str, int, int], int] = defaultdict(int)
+        self.buckets: dict[tuple[str, int], int] = defaultdict(int)
+
+    def add(self, milestone: str, row: FunnelRow, n: int) -> None:
+        first_seen, stage_on, cls, tta = row
+        self.cells[milestone, cls, stage_on, first_seen // DAY] += n
+        if tta is not None:
+            self.buckets[milestone, g.tta_bucket(tta)] += n
+
+    def write(self, tx: Tx, project: str, level: str, *, fresh: bool = False) -> None:
+        """Add the deltas to the counters (`fresh`: the counters are empty, plain inserts)."""
+        cells = [(project, level, *k, n) for k, n in sorted(self.cells.items()) if n]
+        buckets = [(project, level, *k, n) for k, n in sorted(self.buckets.items()) if n]
+        upsert = "" if fresh else " ON CONFLICT (project, level, milestone, cls, stage_on, fday) DO UPDATE SET n = funnel_counts.n + excluded.n"
+        if cells:
+            tx.executemany("INSERT INTO funnel_counts (project, level, milestone, cls, stage_on, fday, n) "
+                           f"VALUES (?,?,?,?,?,?,?){upsert}", cells)
+        upsert = "" if fresh else " ON CONFLICT (project, level, milestone, bucket) DO UPDATE SET n = funnel_tta.n + excluded.n"
+        if buckets:
+            tx.executemany(f"INSERT INTO funnel_tta (project, level, milestone, bucket, n) VALUES (?,?,?,?,?){upsert}", buckets)
+        self.cells.clear()
+        self.buckets.clear()
+
+
+def _put_funnel(tx: Tx, project: str, level: str, old: dict[tuple[str, str], FunnelRow],
+                rows: dict[tuple[str, str], FunnelRow]) -> None:
+    deltas = _FunnelDeltas()
+    writes = []
+    for key, row in sorted(rows.items()):
+        was = old.get(key)
+        if was == row:
+            continue
+        writes.append((project, level, *key, *row))
+        if was is not None:
+            deltas.add(key[0], was, -1)
+        deltas.add(key[0], row, 1)
+    if writes:
+        tx.executemany(
+            "INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
+            "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
+            writes,
+        )
+        deltas.write(tx, project, level)
+
+
+# --- rebuild: the same tables from scratch (re-score) -----------------------------------------
+
+
+def rebuild(tx: Tx, models: Models, project: str) -> None:
+    """Recompute every aggregate of `project` from its stored events and subject rows."""
+    for table in TABLES:
+        tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+    p = models[project, "user"].project
+    for level in LEVELS:
+        _rebuild_activity(tx, p, level)
+    for level in LEVELS:
+        _rebuild_funnel(tx, models[project, level], project, level)
+
+
+def _rebuild_activity(tx: Tx, p: Project, level: str) -> None:
+    column = "user_id" if level == "user" else "account_id"
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    nps_counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    activity: list[tuple[Any, ...]] = []
+    firsts: list[tuple[Any, ...]] = []
+    answers: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        if activity:
+            tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
+        if firsts:
+            tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
+        if answers:
+            tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
+                           answers)
+        activity.clear()
+        firsts.clear()
+        answers.clear()
+
+    def finish(sid: str, days: set[int], best: dict[tuple[str, int], tuple[int, float]]) -> None:
+        if days:
+            firsts.append((p.name, level, sid, min(days)))
+            for kind in g.KINDS:
+                periods, contribution = g.subject_tallies(kind, days)
+                activity.extend((p.name, level, kind, sid, per) for per in periods)
+                for per, (a, n, r) in contribution.items():
+                    c = counts[kind, per]
+                    c[0] += a
+                    c[1] += n
+                    c[2] += r
+        for (kind, per), (t, v) in sorted(best.items()):
+            answers.append((p.name, kind, per, sid, t, v))
+            nps_counts[kind, per][g.nps_bucket(v)] += 1
+        if len(activity) >= 10 * CHUNK:
+            flush()
+
+    current: str | None = None
+    days: set[int] = set()
+    best: dict[tuple[str, int], tuple[int, float]] = {}
+    for sid, raw, ts in tx.stream(
+        f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}", (p.name,)
+    ):
+        if sid != current:
+            if current is not None:
+                finish(current, days, best)
+            current, days, best = sid, set(), {}
+        ev = _decode_slim(bytes(raw))
+        if p.weight(ev.event, ev.weight) > 0:
+            days.add(ts // DAY)
+        if level == "user" and p.nps_event is not None and ev.event == p.nps_event and ev.value is not None \
+                and 0 <= ev.value <= 10:
+            for kind in g.KINDS:
+                key = (kind, g.period_of(kind, ts))
+                if key not in best or best[key] < (ts, ev.value):
+                    best[key] = (ts, ev.value)
+    if current is not None:
+        finish(current, days, best)
+    flush()
+    _add_growth(tx, p.name, level, counts)
+    _add_nps(tx, p.name, nps_counts)
+
+
+def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str) -> None:
+    if not lm.milestones:
+        return
+    deltas = _FunnelDeltas()
+    rows: list[tuple[Any, ...]] = []
+
+    def put(milestone: str, sid: str, row: FunnelRow) -> None:
+        rows.append((project, level, milestone, sid, *row))
+        deltas.add(milestone, row, 1)
+        if len(rows) >= 10 * CHUNK:
+            tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
+                           "VALUES (?,?,?,?,?,?,?,?)", rows)
+            rows.clear()
+
+    for sid, fs, on in tx.stream("SELECT subject, first_seen, stage_on FROM subjects WHERE project = ? AND level = ?",
+                                 (project, level)):
+        put(SUBJECT_ROW, sid, (fs, on, SUBJECT_CLS, None))
+    for m in lm.milestones:
+        for sid, fs, on, progress, at in tx.stream(
+            "SELECT s.subject, s.first_seen, s.stage_on, sm.progress, sm.achieved_at FROM subjects s "
+            "LEFT JOIN subject_milestones sm ON sm.project = s.project AND sm.level = s.level "
+            "AND sm.milestone = ? AND sm.subject = s.subject WHERE s.project = ? AND s.level = ?",
+            (m.name, project, level),
+        ):
+            put(m.name, sid, _mark(fs, on, progress if progress is not None else 0.0, at))
+    if rows:
+        tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
+                       "VALUES (?,?,?,?,?,?,?,?)", rows)
+    deltas.write(tx, project, level, fresh=True)
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+def read_growth(r: Reader, project: str, level: str, kind: str, first: int, last: int) -> dict[int, tuple[int, int, int]]:
+    """Counters `period -> (active, new, retained)` for periods first..last (absent: none)."""
+    rows = r.all("SELECT period, n_active, n_new, n_retained FROM growth_counts WHERE project = ? AND level = ? "
+                 "AND kind = ? AND period >= ? AND period <= ?", (project, level, kind, first, last))
+    return {per: (a, n, ret) for per, a, n, ret in rows}
+
+
+def read_nps(r: Reader, project: str, kind: str, first: int, last: int) -> dict[int, tuple[int, int, int]]:
+    """Counters `period -> (promoters, passives, detractors)` for periods first..last."""
+    rows = r.all("SELECT period, promoters, passives, detractors FROM growth_nps_counts WHERE project = ? "
+                 "AND kind = ? AND period >= ? AND period <= ?", (project, kind, first, last))
+    return {per: (pro, pas, det) for per, pro, pas, det in rows}
+
+
+@dataclass(frozen=True)
+class FunnelCounts:
+    """One milestone of the funnel at `now`."""
+
+    milestone: Milestone
+    pending: int
+    in_progress: int
+    achieved: int
+    missed: int
+    reached: int  # subjects in the milestone's stage or a later one
+    achieved_reached: int  # of those, how many achieved it
+    median_tta: int | None  # microseconds, nearest rank
+    p90_tta: int | None
+
+
+def read_funnel(r: Reader, project: Project, level: str, now: int) -> list[FunnelCounts]:
+    """The milestones of `level`, in model order, counted at `now` from the maintained tables."""
+    out = []
+    reached: dict[int, int] = {}
+    for m in project.milestones_at(level):
+        k = project.stage_index(m.stage)
+        age = g.reach_age(project.stages, k)
+        reach = now - age if age is not None and k > 0 else None  # stage 0: every subject
+        if k not in reached:
+            reached[k] = _reached(r, project.name, level, SUBJECT_ROW, k, reach)[SUBJECT_CLS]
+        totals, missed = _status(r, project.name, level, m, now)
+        achieved = totals["a"]
+        median, p90 = _percentiles(r, project.name, level, m.name, achieved)
+        out.append(FunnelCounts(
+            milestone=m,
+            pending=totals["z"] - missed["z"],
+            in_progress=totals["p"] - missed["p"],
+            achieved=achieved,
+            missed=missed["z"] + missed["p"],
+            reached=reached[k],
+            achieved_reached=_reached(r, project.name, level, m.name, k, reach)["a"],
+            median_tta=median,
+            p90_tta=p90,
+        ))
+    return out
+
+
+def _status(r: Reader, project: str, level: str, m: Milestone, now: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows per class, and per class those missed at `now` (first_seen < now - within)."""
+    totals: dict[str, int] = defaultdict(int)
+    missed: dict[str, int] = defaultdict(int)
+    cut = now - m.within if m.within is not None else None
+    cut_day = cut // DAY if cut is not None else NEVER
+    for cls, n, before in r.all(
+        "SELECT cls, sum(n), sum(CASE WHEN fday < ? THEN n ELSE 0 END) FROM funnel_counts "
+        "WHERE project = ? AND level = ? AND milestone = ? GROUP BY cls",
+        (cut_day, project, level, m.name),
+    ):
+        totals[cls] += int(n)  # PostgreSQL's sum() is NUMERIC
+        missed[cls] += int(before)
+    if cut is not None:
+        for cls, n in r.all("SELECT cls, count(*) FROM funnel_rows WHERE project = ? AND level = ? AND milestone = ? "
+                            "AND first_seen >= ? AND first_seen < ? GROUP BY cls",
+                            (project, level, m.name, cut_day * DAY, cut)):
+            missed[cls] += n
+    return totals, missed
+
+
+def _reached(r: Reader, project: str, level: str, milestone: str, k: int, cut: int | None) -> dict[str, int]:
+    """Rows per class whose subject is in stage k or beyond: stage_on >= k, or first_seen <= cut."""
+    out: dict[str, int] = defaultdict(int)
+    cut_day = cut // DAY if cut is not None else NEVER
+    for cls, n in r.all(
+        "SELECT cls, sum(CASE WHEN stage_on >= ? OR fday < ? THEN n ELSE 0 END) FROM funnel_counts "
+        "WHERE project = ? AND level = ? AND milestone = ? GROUP BY cls",
+        (k, cut_day, project, level, milestone),
+    ):
+        out[cls] += int(n)
+    if cut is not None:
+        for cls, n in r.all("SELECT cls, count(*) FROM funnel_rows WHERE project = ? AND level = ? AND milestone = ? "
+                            "AND first_seen >= ? AND first_seen <= ? AND stage_on < ? GROUP BY cls",
+                            (project, level, milestone, cut_day * DAY, cut, k)):
+            out[cls] += n
+    return out
+
+
+def _percentiles(r: Reader, project: str, level: str, milestone: str, achieved: int) -> tuple[int | None, int | None]:
+    if achieved <= 0:
+        return None, None
+    buckets = r.all("SELECT bucket, n FROM funnel_tta WHERE project = ? AND level = ? AND milestone = ? AND n > 0 "
+                    "ORDER BY bucket", (project, level, milestone))
+    return _kth(r, project, level, milestone, buckets, g.rank(achieved, 1, 2)), \
+        _kth(r, project, level, milestone, buckets, g.rank(achieved, 9, 10))
+
+
+def _kth(r: Reader, project: str, level: str, milestone: str, buckets: list[tuple[Any, ...]], k: int) -> int | None:
+    """The k-th smallest time to achieve (1-based): find its bucket, then step within it on the index."""
+    seen = 0
+    for b, n in buckets:
+        if seen + n >= k:
+            hi = g.TTA_EDGES[b + 1] if b + 1 < len(g.TTA_EDGES) else (1 << 63) - 1
+            row = r.one("SELECT tta FROM funnel_rows WHERE project = ? AND level = ? AND milestone = ? "
+                        "AND tta >= ? AND tta < ? ORDER BY tta LIMIT 1 OFFSET ?",
+                        (project, level, milestone, g.TTA_EDGES[b], hi, k - seen - 1))
+            return int(row[0]) if row is not None else None
+        seen += n
+    return None
