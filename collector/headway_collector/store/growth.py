@@ -302,6 +302,16 @@ class _FunnelDeltas:
         upsert = "" if fresh else " ON CONFLICT (project, level, milestone, bucket) DO UPDATE SET n = funnel_tta.n + excluded.n"
         if buckets:
             tx.executemany(f"INSERT INTO funnel_tta (project, level, milestone, bucket, n) VALUES (?,?,?,?,?){upsert}", buckets)
+        # A cell that a row left may now be empty: drop it, so that the tables are a function of
+        # the events alone (a re-score never writes empty cells). Our upsert holds its row lock.
+        emptied = [k[:-1] for k in cells if k[-1] < 0]
+        if emptied:
+            tx.executemany("DELETE FROM funnel_counts WHERE project = ? AND level = ? AND milestone = ? AND cls = ? "
+                           "AND stage_on = ? AND fday = ? AND n = 0", emptied)
+        emptied = [k[:-1] for k in buckets if k[-1] < 0]
+        if emptied:
+            tx.executemany("DELETE FROM funnel_tta WHERE project = ? AND level = ? AND milestone = ? AND bucket = ? "
+                           "AND n = 0", emptied)
         self.cells.clear()
         self.buckets.clear()
 
