@@ -46,6 +46,7 @@ _NEVER = sys.maxsize
 _monotonic = time.monotonic
 _time = time.time
 _new_id = _core.new_id
+_encode = msgspec.json.Encoder().encode
 
 OnError = Callable[[HeadwayError], object]
 BeforeSend = Callable[[wire.Event], "wire.Event | None"]
@@ -184,7 +185,16 @@ class Batcher:
             value = _core.to_number("value", value)
         if milestones:
             milestones = _core.to_tags(milestones)
-        props = None if properties is None else _core.encode_properties(properties)
+        if properties is None:
+            props = None
+        elif properties.__class__ is dict and properties:
+            try:
+                props = _encode(properties)  # proves it encodes, and snapshots it
+            except Exception:
+                _core.encode_properties(properties)  # raises the InvalidEvent naming the cause
+                raise
+        else:
+            props = _core.encode_properties(properties)
         now = _time()
         event_id = _new_id(now)
         item = (
@@ -198,18 +208,20 @@ class Batcher:
             value,
             props,
         )
-        if milestones or props is not None:
+        # under 28,000 bytes of properties and without tags, no event can reach 32 KiB
+        if milestones or (props is not None and len(props) > 28_000):
             _core.check_size(item)  # type: ignore[arg-type]
         if self._before_send is not None:
             item = self._run_hook(item)  # type: ignore[arg-type,assignment]
             if item is None:
                 return event_id
         queue = self._queue
-        if len(queue) >= self._limit:
+        waiting = len(queue)
+        if waiting >= self._limit:
             self._drop()
             return item[0]  # type: ignore[return-value]
         queue.append(item)  # type: ignore[arg-type]
-        if len(queue) >= self._kick_at:
+        if waiting >= self._kick_at - 1:
             self._kick()
         return item[0]  # type: ignore[return-value]
 

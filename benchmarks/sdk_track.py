@@ -1,0 +1,520 @@
+"""What does `track()` cost the host's thread, next to Segment's and PostHog's SDKs and the floor?
+
+Host-thread cost: the wall time of a burst of `track()` calls on the calling thread, divided by
+the calls, with the SDK's worker running (its GIL time is part of what the host pays). Each
+contender runs in its own process, the runs interleaved over the repeats, reported by the median:
+
+- floor: a dict (the call's fields and a timestamp) put on a `queue.SimpleQueue`; a worker
+  thread makes the id, encodes with msgspec and posts batches of 100: the least an async SDK
+  can do on the host's thread;
+- headway: `headway.Tracker` with `max_queue` the size of the burst (so it may hold all of it),
+  and with its defaults (`max_queue=10_000`);
+- segment: `segment.analytics.Client` (segment-analytics-python), defaults and with
+  `max_queue_size` the size of the burst;
+- posthog: `posthog.Posthog`, defaults and with `max_queue_size` the size of the burst.
+
+Every contender sends to the same local sink (uvicorn on 127.0.0.1, a subprocess that counts
+the distinct event ids it receives), so that their workers really send. After the burst each
+SDK's own flush runs (bounded), and the share of the burst that reached the sink is reported.
+
+Also, for Headway alone: events per second delivered end to end to the real collector (uvicorn,
+SQLite, the example model: from the first `track()` to the end of `flush()`, every event then
+counted in the database), and the process's RSS growth over 1,000,000 events (tracked in steps
+of 10,000 with a flush after each, so none is dropped).
+
+    python -m benchmarks.sdk_track [--events 100000] [--repeats 5] [--e2e-events 200000]
+                                   [--rss-events 1000000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common as c
+
+GOAL_RATIO = 3.0  # Headway's host cost at most 3x the floor, every event delivered
+EVENT = "page_viewed"
+PROPS = {"path": "/pricing", "plan": "team"}
+CONTENDERS = {
+    "floor": "floor: dict on a SimpleQueue, id+encode+send on a worker",
+    "headway": "headway, max_queue = burst",
+    "headway-defaults": "headway, defaults (max_queue 10,000)",
+    "segment": "segment-analytics-python, max_queue_size = burst",
+    "segment-defaults": "segment-analytics-python, defaults",
+    "posthog": "posthog, max_queue_size = burst",
+    "posthog-defaults": "posthog, defaults",
+}
+
+
+# --- the sink: counts distinct event ids, answers 200 like each service would ----------------
+
+
+def sink_app() -> Any:
+    import msgspec
+
+    ids: set[str] = set()
+    requests = [0]
+    decode = msgspec.json.decode
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/count":
+            answer = {"events": len(ids), "requests": requests[0]}
+        elif path == "/reset":
+            ids.clear()
+            requests[0] = 0
+            answer = {}
+        elif path == "/readyz":
+            answer = {"ok": True}
+        else:
+            headers = dict(scope["headers"])
+            if headers.get(b"content-encoding") == b"gzip":
+                body = gzip.decompress(body)
+            doc = decode(body)
+            events = doc.get("events") or doc.get("batch") or []
+            for e in events:
+                ids.add(e.get("id") or e.get("messageId") or e.get("uuid") or str(len(ids)))
+            requests[0] += 1
+            answer = {"accepted": len(events), "duplicates": 0, "rejected": [], "status": 1}
+        data = json.dumps(answer).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
+
+
+def serve_sink(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(sink_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def sink_server(log: Path) -> c.Server:
+    port = c.free_port()
+    return c.Server([sys.executable, "-m", "benchmarks.sdk_track", "--serve-sink", str(port)], port, log)
+
+
+def sink_count(url: str) -> int:
+    import httpx
+
+    return int(httpx.get(url + "/count", timeout=30).json()["events"])
+
+
+def sink_reset(url: str) -> None:
+    import httpx
+
+    httpx.post(url + "/reset", timeout=30)
+
+
+# --- one contender, one burst, in this process -----------------------------------------------
+
+
+def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
+    uids = [f"user_{i % 5000:05d}" for i in range(n)]
+    warm = uids[:2000]
+    props = PROPS
+    if kind == "floor":
+        import queue
+
+        import httpx
+        import msgspec
+
+        q: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        put, now = q.put, time.time
+
+        def track(user_id: str, event: str, properties: dict[str, Any] | None = None) -> None:
+            put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
+
+        pending = [0]
+        done = threading.Condition()
+
+        def worker() -> None:
+            import uuid
+
+            encode = msgspec.json.encode
+            client = httpx.Client()
+            batch: list[bytes] = []
+            while True:
+                item = q.get()
+                if item is not None:
+                    item["id"] = str(uuid.uuid4())
+                    batch.append(encode(item))
+                if batch and (item is None or len(batch) >= 100 or q.empty()):
+                    client.post(sink + "/floor", content=b'{"events":[' + b",".join(batch) + b"]}")
+                    with done:
+                        pending[0] -= len(batch)
+                        done.notify_all()
+                    batch = []
+                if item is None:
+                    return
+
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+
+        def burst(users: list[str]) -> None:
+            pending[0] += len(users)
+            for uid in users:
+                track(uid, EVENT, PROPS)
+
+        def flush() -> None:
+            with done:
+                done.wait_for(lambda: pending[0] <= 0, timeout=120)
+
+        def close() -> None:
+            q.put(None)
+            thread.join(10)
+
+    elif kind.startswith("headway"):
+        import headway
+
+        options = {} if kind.endswith("defaults") else {"max_queue": n}
+        tracker = headway.Tracker(sink, "bench-write-key", **options)  # type: ignore[arg-type]
+
+        def burst(users: list[str]) -> None:
+            track = tracker.track
+            for uid in users:
+                track(uid, EVENT, properties=props)
+
+        def flush() -> None:
+            tracker.flush(120)
+
+        def close() -> None:
+            tracker.shutdown(10)
+
+    elif kind.startswith("segment"):
+        from segment.analytics import Client
+
+        options = {} if kind.endswith("defaults") else {"max_queue_size": n}
+        client = Client("bench-write-key", host=sink, **options)
+
+        def burst(users: list[str]) -> None:
+            track = client.track
+            for uid in users:
+                track(uid, EVENT, props)
+
+        flush = client.flush
+
+        def close() -> None:
+            client.shutdown()
+
+    elif kind.startswith("posthog"):
+        from posthog import Posthog
+
+        options = {} if kind.endswith("defaults") else {"max_queue_size": n}
+        ph = Posthog("phc_bench", host=sink, **options)
+
+        def burst(users: list[str]) -> None:
+            capture = ph.capture
+            for uid in users:
+                capture(EVENT, distinct_id=uid, properties=props)
+
+        flush = ph.flush
+
+        def close() -> None:
+            ph.shutdown()
+
+    else:
+        raise SystemExit(f"unknown contender {kind}")
+
+    burst(warm)  # imports, caches, connections
+    flush()
+    sink_reset(sink)
+    gc.collect()
+    started = time.perf_counter_ns()
+    burst(uids)
+    elapsed = time.perf_counter_ns() - started
+    flush_started = time.perf_counter()
+    flush()
+    flush_s = time.perf_counter() - flush_started
+    delivered = sink_count(sink)
+    close()
+    return {"kind": kind, "n": n, "ns_per_call": elapsed / n, "delivered": delivered, "flush_s": flush_s}
+
+
+# --- end to end to the real collector, and memory ----------------------------------------------
+
+
+def run_e2e_child(url: str, n: int) -> dict[str, Any]:
+    import headway
+
+    names = [e for e, _ in c.EVENT_MIX]
+    calls = [(f"user_{i % 10_000:06d}", names[i % len(names)], f"acct_{i % 1000:05d}") for i in range(n)]
+    tracker = headway.Tracker(url, c.WRITE_KEY, max_queue=n)
+    started = time.perf_counter()
+    track = tracker.track
+    for uid, event, account in calls:
+        track(uid, event, account_id=account, properties=PROPS)
+    host = time.perf_counter() - started
+    ok = tracker.flush(600)
+    total = time.perf_counter() - started
+    stats = tracker.stats
+    tracker.shutdown(10)
+    return {"n": n, "host_s": host, "total_s": total, "flushed": ok, "sent": stats.sent,
+            "failed": stats.failed, "dropped": stats.dropped}
+
+
+def run_rss_child(sink: str, n: int) -> dict[str, Any]:
+    import psutil
+
+    import headway
+
+    proc = psutil.Process()
+    tracker = headway.Tracker(sink, "bench-write-key")
+    step = 10_000
+    uids = [f"user_{i:05d}" for i in range(step)]
+
+    def chunk() -> None:
+        track = tracker.track
+        for uid in uids:
+            track(uid, EVENT, properties=PROPS)
+        tracker.flush(120)
+
+    for _ in range(3):  # warm up: imports, connection, allocator pools
+        chunk()
+    gc.collect()
+    base = proc.memory_info().rss
+    peak = base
+    done = 0
+    while done < n:
+        chunk()
+        done += step
+        peak = max(peak, proc.memory_info().rss)
+    gc.collect()
+    end = proc.memory_info().rss
+    stats = tracker.stats
+    tracker.shutdown(10)
+    return {"n": done, "base_mb": base / 2**20, "end_mb": end / 2**20, "peak_mb": peak / 2**20,
+            "sent": stats.sent, "dropped": stats.dropped, "failed": stats.failed}
+
+
+def child(args: list[str], log: Path, timeout: float = 900) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(c.ROOT), str(c.ROOT / "sdk")])}
+    with log.open("ab") as err:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.sdk_track", *args], cwd=c.ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=True)
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rss: dict[str, Any] | None,
+           args: argparse.Namespace, command: str, load: tuple[str, str]) -> str:
+    floor = c.median([r["ns_per_call"] for r in runs["floor"]])
+    lines = [
+        "# SDK: the host-thread cost of `track()`, next to Segment, PostHog and the floor",
+        "",
+        "Question: what does one `track()` call cost the thread that makes it, while the SDK's worker "
+        "sends in the background, and does every event of a burst get delivered?",
+        "",
+        f"Command: `{command}`",
+        "",
+        c.machine_markdown(),
+        f"Load average before the run: {load[0]}; after: {load[1]}.",
+        "",
+        f"Burst: {args.events:,} calls of `track(user_id, \"{EVENT}\", properties={PROPS})` in a tight "
+        "loop on one thread (5,000 distinct users), after a warm-up of 2,000 calls; each contender in "
+        f"its own process, {args.repeats} interleaved repeats, median reported. Every contender sends "
+        "to the same local sink (uvicorn on 127.0.0.1, counting distinct event ids). After the burst "
+        "each SDK's own flush runs; `delivered` is the share of the burst the sink received.",
+        "",
+        "| contender | ns per call (median) | × floor | delivered (median) | flush after burst (s) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, label in CONTENDERS.items():
+        rs = runs.get(kind)
+        if not rs:
+            continue
+        ns = c.median([r["ns_per_call"] for r in rs])
+        share = c.median([r["delivered"] / r["n"] for r in rs])
+        flush_s = c.median([r["flush_s"] for r in rs])
+        lines.append(f"| {label} | {ns:,.0f} | {ns / floor:.1f} | {share:.1%} | {flush_s:.2f} |")
+    hw = runs["headway"]
+    hw_ns = c.median([r["ns_per_call"] for r in hw])
+    hw_all = all(r["delivered"] == r["n"] for r in hw)
+    ratio = hw_ns / floor
+    verdict = "met" if ratio <= GOAL_RATIO and hw_all else "NOT met"
+    lines += [
+        "",
+        f"Goal: Headway at most {GOAL_RATIO:.0f}× the floor with every event delivered: **{verdict}** "
+        f"({ratio:.2f}× the floor; every event delivered in every repeat: {'yes' if hw_all else 'no'}).",
+        "",
+        "Per-run numbers (ns per call / delivered share):",
+        "",
+    ]
+    for kind in CONTENDERS:
+        if kind in runs:
+            cells = ", ".join(f"{r['ns_per_call']:,.0f} / {r['delivered'] / r['n']:.0%}" for r in runs[kind])
+            lines.append(f"- {kind}: {cells}")
+    if e2e is not None:
+        rate = e2e["n"] / e2e["total_s"]
+        lines += [
+            "",
+            "## End to end to the real collector",
+            "",
+            f"`headway-collector serve` (uvicorn, 127.0.0.1, a fresh SQLite file, the example model), one "
+            f"`headway.Tracker` (defaults but `max_queue={e2e['n']:,}`), {e2e['n']:,} `track()` calls with "
+            "an account and two properties, the example model's event names, 10,000 users in 1,000 "
+            "accounts; timed from the first `track()` to the end of `flush()`.",
+            "",
+            "| events | host loop (s) | until flushed (s) | delivered events/s | sent / failed / dropped | stored in the database |",
+            "| ---: | ---: | ---: | ---: | --- | ---: |",
+            f"| {e2e['n']:,} | {e2e['host_s']:.2f} | {e2e['total_s']:.2f} | {rate:,.0f} | "
+            f"{e2e['sent']:,} / {e2e['failed']:,} / {e2e['dropped']:,} | {e2e['stored']:,} |",
+        ]
+    if rss is not None:
+        lines += [
+            "",
+            "## Memory",
+            "",
+            f"One `headway.Tracker` with its defaults, {rss['n']:,} events to the sink in steps of 10,000, "
+            "each followed by `flush()`; RSS after a warm-up of 30,000 events, at its peak, and at the "
+            "end (after `gc.collect()`).",
+            "",
+            "| events | RSS after warm-up (MiB) | peak (MiB) | end (MiB) | growth (MiB) | sent / dropped / failed |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
+            f"| {rss['n']:,} | {rss['base_mb']:.1f} | {rss['peak_mb']:.1f} | {rss['end_mb']:.1f} | "
+            f"{rss['end_mb'] - rss['base_mb']:+.1f} | {rss['sent']:,} / {rss['dropped']:,} / {rss['failed']:,} |",
+        ]
+    lines += [
+        "",
+        "## Reading it",
+        "",
+        "- The cost is wall time on the calling thread, including the GIL time the SDK's own worker "
+        "takes meanwhile; with 2 cores shared by the sink and the worker, absolute numbers are noisy, "
+        "the ratios to the floor measured in the same run less so.",
+        "- Headway's `track()` validates (names, numbers, tags), encodes `properties` once with msgspec "
+        "(to refuse what does not encode and to snapshot the dict), makes a UUIDv7, and appends a tuple "
+        "to a deque; the event's JSON, the batch, gzip and HTTP are the worker's.",
+        "- The defaults rows show what each SDK does with a burst bigger than its queue: the share "
+        "delivered is what was not dropped.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in CONTENDERS if k in runs]
+    floor = c.median([r["ns_per_call"] for r in runs["floor"]])
+    ns = [c.median([r["ns_per_call"] for r in runs[k]]) for k in kinds]
+    share = [100 * c.median([r["delivered"] / r["n"] for r in runs[k]]) for k in kinds]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = ["#888888" if k == "floor" else "#2a7ab9" if k.startswith("headway") else "#d9822b" for k in kinds]
+    a.barh(kinds, ns, color=colours)
+    a.set_xscale("log")
+    a.invert_yaxis()
+    a.axvline(floor * GOAL_RATIO, color="green", linestyle="--", label=f"goal: {GOAL_RATIO:.0f}× floor")
+    for y, v in enumerate(ns):
+        a.text(v, y, f" {v:,.0f} ns ({v / floor:.1f}×)", va="center", fontsize=8)
+    a.set_xlabel("host-thread ns per track() call (median, log scale)")
+    a.legend(loc="lower right")
+    b.barh(kinds, share, color=colours)
+    b.invert_yaxis()
+    b.set_xlim(0, 105)
+    for y, v in enumerate(share):
+        b.text(v, y, f" {v:.0f}%", va="center", fontsize=8)
+    b.set_xlabel("share of the burst delivered (median)")
+    fig.suptitle("track() cost on the calling thread, and delivery, in one burst")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sdk_track", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
+    p.add_argument("--events", type=int, default=100_000, help="calls in a burst")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--e2e-events", type=int, default=200_000, help="events to the real collector (0: skip)")
+    p.add_argument("--rss-events", type=int, default=1_000_000, help="events for the memory run (0: skip)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
+    p.add_argument("--quick", action="store_true", help="20,000-event bursts, 3 repeats, smaller runs")
+    p.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, metavar=("KIND", "URL", "N"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_sink:
+        serve_sink(args.serve_sink)
+        return 0
+    if args.child:
+        kind, url, n = args.child
+        if kind == "e2e":
+            result = run_e2e_child(url, int(n))
+        elif kind == "rss":
+            result = run_rss_child(url, int(n))
+        else:
+            result = run_child(kind, url, int(n))
+        print(json.dumps(result), flush=True)
+        return 0
+    if args.quick:
+        args.events, args.repeats = 20_000, 3
+        args.e2e_events = min(args.e2e_events, 20_000)
+        args.rss_events = min(args.rss_events, 200_000)
+    kinds = [k for k in args.contenders.split(",") if k]
+    for required in ("floor", "headway"):
+        if required not in kinds:
+            kinds.insert(0, required)
+    command = "python -m benchmarks.sdk_track" + (" --quick" if args.quick else "")
+    load_before = c.load_average()
+    c.RESULTS.mkdir(exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    e2e = rss = None
+    with tempfile.TemporaryDirectory(prefix="headway-sdk-bench-") as tmp:
+        work = Path(tmp)
+        log = work / "children.log"
+        with sink_server(work / "sink.log") as sink:
+            for repeat in range(args.repeats):
+                for kind in kinds:
+                    r = child(["--child", kind, sink.url, str(args.events)], log)
+                    runs[kind].append(r)
+                    print(f"  repeat {repeat + 1}/{args.repeats} {kind:18} {r['ns_per_call']:8,.0f} ns/call "
+                          f"delivered {r['delivered'] / r['n']:6.1%}", flush=True)
+            if args.rss_events:
+                rss = child(["--child", "rss", sink.url, str(args.rss_events)], log)
+                print(f"  rss: {rss}", flush=True)
+        if args.e2e_events:
+            config = c.write_config(work / "headway.toml")
+            db = c.fresh_db(work / "headway.db")
+            with c.collector_server(config, db, work / "collector.log") as server:
+                e2e = child(["--child", "e2e", server.url, str(args.e2e_events)], log)
+                e2e["stored"] = c.count_rows(db, "SELECT count(*) FROM events")
+            print(f"  e2e: {e2e}", flush=True)
+    text = report(runs, e2e, rss, args, command, (load_before, c.load_average()))
+    (c.RESULTS / "sdk_track.md").write_text(text)
+    plot(runs, c.RESULTS / "sdk_track.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
