@@ -241,6 +241,8 @@ class Batcher:
             return None
 
     def _drop(self) -> None:
+        if self._pid != os.getpid():  # a C-level fork left the child a full queue: start over
+            self._kick()
         with self._lock:
             self._dropped += 1
             first = not self._dropping
