@@ -258,9 +258,10 @@ class Batcher:
         if self._pid != os.getpid():
             # forked without fork hooks (a C-level fork): start over, keeping what is queued;
             # the collector counts an event once even if the parent sends it too.
-            queued = list(self._queue)
+            kept = list(self._queue)
             self._reset()
-            self._queue.extend(x for x in queued if x.__class__ is tuple)
+            self._queue.extend(kept)
+            self._markers = sum(1 for x in kept if x.__class__ is not tuple)
         if urgent:
             self._urgent = True
         if not self._started:

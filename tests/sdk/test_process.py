@@ -170,3 +170,25 @@ def test_async_tracker_left_open_is_flushed_at_exit(sink: Sink) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert len(sink.ids()) == 30
+
+
+def test_fork_without_python_fork_hooks_is_noticed_from_the_pid() -> None:
+    """A fork made in C (libc fork(), as some servers do) runs no os.register_at_fork hooks."""
+    result = run_script(
+        """
+        import ctypes, os, headway
+        from headway.testing import MemoryTransport
+        transport = MemoryTransport()
+        t = transport.tracker(flush_interval=3600)
+        t.track("parent", "e")
+        assert t.flush(5)
+        pid = ctypes.CDLL(None).fork()
+        if pid == 0:
+            ids = [t.track("child", "e") for _ in range(5)]
+            ok = t.flush(5) and set(ids) <= {e.id for e in transport.events}
+            os._exit(0 if ok and t.stats.sent == 5 else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        """
+    )
+    assert result.returncode == 0, result.stderr
