@@ -40,11 +40,11 @@ from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from ..config import Config, Project
+from ..config import Config
 from . import fold
-from .base import Accepted, IngestResult, StoreError
+from .base import StoreError
 from .migrations import migrate
-from .writer import Writer
+from .writer import GroupCommitStore
 
 __all__ = ["PostgresStore"]
 
@@ -120,7 +120,7 @@ class _Tx:
             yield from cur
 
 
-class PostgresStore:
+class PostgresStore(GroupCommitStore):
     def __init__(self, url: str) -> None:
         self.url = url
         try:
@@ -133,8 +133,6 @@ class PostgresStore:
         if "application_name" not in info:
             self._kwargs["application_name"] = "headway-collector"
         self._where = f"PostgreSQL {info.get('host', 'local')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-        self._models: fold.Models | None = None
-        self._writer: Writer | None = None
         self._wconn: psycopg.Connection[Any] | None = None  # the writer thread's
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_lock = threading.Lock()
@@ -185,28 +183,14 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._error("cannot migrate the schema", exc) from None
 
-    def start(self, models: fold.Models) -> None:
-        self._models = models
-        self._writer = Writer(self._commit, on_exit=self._close_writer_conn)
-
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._stop_writer()
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
 
     # --- writing ------------------------------------------------------------------------------
-
-    def queue_depth(self) -> int:
-        return self._writer.depth() if self._writer is not None else 0
-
-    async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
-        if self._writer is None:
-            raise StoreError("the store is not started")
-        return await self._writer.submit(fold.Job(project, events))
 
     def _commit(self, jobs: list[fold.Job]) -> None:
         """On the writer thread: fold the jobs in one transaction (retried after a deadlock)."""
@@ -253,25 +237,10 @@ class PostgresStore:
 
     # --- maintenance (CLI, start-up) ----------------------------------------------------------
 
-    def model_versions(self) -> dict[str, str]:
-        with self.read() as r:
-            return {p: v for p, v in r.all("SELECT project, version FROM models")}
-
     def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int:
-        models = fold.Models(config.projects.values())
-
         def run(tx: _Tx) -> int:
             tx.execute("LOCK TABLE subject_locks IN EXCLUSIVE MODE")  # every fold locks subjects first
-            total = sum(tx.all("SELECT count(*) + count(account_id) FROM events WHERE project = ?", (p,))[0][0]
-                        for p in config.projects)
-            done = 0
-            for name, project in config.projects.items():
-                base = done
-                done += fold.rescore_project(tx, models, name, lambda n: progress(base + n, total))
-                tx.execute("INSERT INTO models (project, version, applied_at) VALUES (?,?,?) ON CONFLICT (project) "
-                           "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
-                           (name, project.version, _now_us()))
-            return done
+            return self._rescore_in(tx, config, progress)
 
         with self._connect() as conn:
             try:
@@ -285,11 +254,6 @@ class PostgresStore:
                 return conn.execute("DELETE FROM events WHERE ts < %s", (before,)).rowcount
             except psycopg.Error as exc:
                 raise self._error("cannot prune", exc) from None
-
-    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]:
-        with self.read() as r:
-            for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
-                yield bytes(raw), ts
 
 
 def _configure_reader(conn: psycopg.Connection[Any]) -> None:

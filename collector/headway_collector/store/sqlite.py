@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, Project
+from ..config import Config
 from . import fold
-from .base import Accepted, IngestResult, StoreError
+from .base import StoreError
 from .migrations import migrate
-from .writer import Writer
+from .writer import GroupCommitStore
 
 __all__ = ["SQLiteStore"]
 
@@ -64,12 +64,10 @@ class _Tx:
             yield from rows
 
 
-class SQLiteStore:
+class SQLiteStore(GroupCommitStore):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = url[len("sqlite:///"):]
-        self._models: fold.Models | None = None
-        self._writer: Writer | None = None
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -99,14 +97,8 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def start(self, models: fold.Models) -> None:
-        self._models = models
-        self._writer = Writer(self._commit, on_exit=self._close_writer_conn)
-
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._stop_writer()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -123,14 +115,6 @@ class SQLiteStore:
         conn.execute("COMMIT")
 
     # --- writing ------------------------------------------------------------------------------
-
-    def queue_depth(self) -> int:
-        return self._writer.depth() if self._writer is not None else 0
-
-    async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
-        if self._writer is None:
-            raise StoreError("the store is not started")
-        return await self._writer.submit(fold.Job(project, events))
 
     def _commit(self, jobs: list[fold.Job]) -> None:
         """On the writer thread: fold the jobs in one transaction."""
@@ -164,26 +148,11 @@ class SQLiteStore:
 
     # --- maintenance (CLI, start-up) ----------------------------------------------------------
 
-    def model_versions(self) -> dict[str, str]:
-        with self.read() as r:
-            return {p: v for p, v in r.all("SELECT project, version FROM models")}
-
     def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int:
-        models = fold.Models(config.projects.values())
         conn = self._connect()
         try:
-            total = sum(conn.execute(
-                "SELECT count(*) + count(account_id) FROM events WHERE project = ?", (p,)).fetchone()[0]
-                for p in config.projects)
-            done = 0
             with self._transaction(conn) as tx:
-                for name, project in config.projects.items():
-                    base = done
-                    done += fold.rescore_project(tx, models, name, lambda n: progress(base + n, total))
-                    tx.execute("INSERT INTO models (project, version, applied_at) VALUES (?,?,?) ON CONFLICT (project) "
-                               "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
-                               (name, project.version, _now_us()))
-            return done
+                return self._rescore_in(tx, config, progress)
         finally:
             conn.close()
 
@@ -195,9 +164,4 @@ class SQLiteStore:
                 return cur.rowcount
         finally:
             conn.close()
-
-    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]:
-        with self.read() as r:
-            for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
-                yield bytes(raw), ts
 

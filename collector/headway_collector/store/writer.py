@@ -4,6 +4,9 @@ Requests hand their events to the queue and wait on a future. The writer takes w
 gathered while it was busy (up to `GROUP_EVENTS`), gives it to the backend's `commit` in one
 transaction, and only then answers each request: a 200 means committed. When a group fails,
 each request in it is committed alone, so that one bad request fails only itself.
+
+`GroupCommitStore` is what both backends share around it: a backend gives `_commit` (on the
+writer thread), `_close_writer_conn` and `read`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
+from ..config import Config, Project
 from . import fold
-from .base import IngestResult, Overloaded, StoreError
+from .base import Accepted, IngestResult, Overloaded, StoreError
 
-__all__ = ["GROUP_EVENTS", "MAX_PENDING", "Writer"]
+__all__ = ["GROUP_EVENTS", "MAX_PENDING", "GroupCommitStore", "Writer"]
 
 log = logging.getLogger("headway_collector.store")
 
@@ -112,6 +119,63 @@ class Writer:
             return
         for p in group:
             _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates))
+
+
+class GroupCommitStore:
+    """The part of a `Store` that is the same on every backend."""
+
+    _models: fold.Models | None = None
+    _writer: Writer | None = None
+
+    def _commit(self, jobs: list[fold.Job]) -> None:
+        raise NotImplementedError
+
+    def _close_writer_conn(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def start(self, models: fold.Models) -> None:
+        self._models = models
+        self._writer = Writer(self._commit, on_exit=self._close_writer_conn)
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def queue_depth(self) -> int:
+        return self._writer.depth() if self._writer is not None else 0
+
+    async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
+        if self._writer is None:
+            raise StoreError("the store is not started")
+        return await self._writer.submit(fold.Job(project, events))
+
+    def model_versions(self) -> dict[str, str]:
+        with self.read() as r:
+            return {p: v for p, v in r.all("SELECT project, version FROM models")}
+
+    @staticmethod
+    def _rescore_in(tx: fold.Tx, config: Config, progress: Callable[[int, int], None]) -> int:
+        """Rebuild every project's derived rows in `tx` and record the model versions."""
+        models = fold.Models(config.projects.values())
+        total = sum(tx.all("SELECT count(*) + count(account_id) FROM events WHERE project = ?", (p,))[0][0]
+                    for p in config.projects)
+        done = 0
+        for name, project in config.projects.items():
+            base = done
+            done += fold.rescore_project(tx, models, name, lambda n: progress(base + n, total))
+            tx.execute("INSERT INTO models (project, version, applied_at) VALUES (?,?,?) ON CONFLICT (project) "
+                       "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                       (name, project.version, time.time_ns() // 1000))
+        return done
+
+    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]:
+        with self.read() as r:
+            for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
+                yield bytes(raw), ts
 
 
 def _resolve(p: _Pending, outcome: IngestResult | Exception) -> None:
