@@ -518,12 +518,18 @@ class Batcher:
         if left:
             logger.warning("headway: shutdown deadline passed; %d events not sent", len(left))
 
-    def _crashed(self) -> None:
-        """The worker flow raised (a bug): count what it held as failed and carry on."""
-        logger.exception("headway: worker error; events in flight counted as failed")
-        with self._lock:
-            self._failed += len(self._inflight)
-            self._inflight = []
+    def _flow(self) -> Flow:
+        """The worker flow as the shells run it: if it ever raises (a bug), what it held is
+        counted as failed and it starts again, so the worker never dies."""
+        while True:
+            try:
+                yield from self._work()
+                return
+            except Exception:
+                logger.exception("headway: worker error; events in flight counted as failed")
+                with self._lock:
+                    self._failed += len(self._inflight)
+                    self._inflight = []
 
     def _drive(
         self,
@@ -531,22 +537,14 @@ class Batcher:
         wait: Callable[[float], object],
     ) -> None:
         """Step through the worker flow on this thread (the sync shell, and exit drains)."""
-        flow = self._work()
-        result: Response | TransportError | None = None
-        while True:
-            try:
-                action = flow.send(result)
-            except StopIteration:
-                return
-            except Exception:
-                self._crashed()
-                flow, result = self._work(), None
-                continue
+        flow = self._flow()
+        action = step(flow, None)
+        while action is not None:
             if action.__class__ is Send:
-                result = send(action)  # type: ignore[arg-type]
+                action = step(flow, send(action))  # type: ignore[arg-type]
             else:
-                wait(action.timeout)  # type: ignore[union-attr]
-                result = None
+                wait(action.timeout)
+                action = step(flow, None)
 
     def _send_sync(self, request: Send) -> Response | TransportError:
         try:
@@ -556,6 +554,14 @@ class Batcher:
 
     def _exit(self) -> None:  # pragma: no cover - each shell has its own
         raise NotImplementedError
+
+
+def step(flow: Flow, result: Response | TransportError | None) -> Send | Idle | None:
+    """Resume the worker flow with the answer to its last request; None once it is done."""
+    try:
+        return flow.send(result)
+    except StopIteration:
+        return None
 
 
 def transport_error(exc: Exception) -> TransportError:

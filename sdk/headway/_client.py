@@ -6,10 +6,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import date, datetime
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -28,7 +27,22 @@ Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
 
-_FILTERS = {"order", "limit", "stage", "quadrant", "trend", "milestone", "status"}
+
+
+class Filters(TypedDict, total=False):
+    """Filters of ``users`` / ``accounts``: ``order`` by score ("desc", the default, or
+    "asc"), ``limit`` a page, ``cursor`` from the previous page, and ``stage``, ``quadrant``,
+    ``trend``, ``milestone`` (with ``status``) to narrow the list."""
+
+    order: Order
+    limit: int
+    cursor: str
+    stage: str
+    quadrant: str
+    trend: str
+    milestone: str
+    status: str
+
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
@@ -77,12 +91,12 @@ class _BaseClient:
         return _Call(f"/v1/{level}s/{quote(subject_id, safe='')}", {}, kind)
 
     @staticmethod
-    def _list(level: str, cursor: str | None, **filters: Any) -> _Call:
-        unknown = set(filters) - _FILTERS
+    def _list(level: str, filters: Mapping[str, Any]) -> _Call:
+        unknown = set(filters) - set(Filters.__annotations__)
         if unknown:
             raise TypeError(f"unknown filters: {', '.join(sorted(unknown))}")
         kind = wire.UserPage if level == "user" else wire.AccountPage
-        return _Call(f"/v1/{level}s", _params(cursor=cursor, **filters), kind)
+        return _Call(f"/v1/{level}s", _params(**filters), kind)
 
     @staticmethod
     def _next(call: _Call, page: wire.UserPage | wire.AccountPage) -> _Call | None:
@@ -153,52 +167,24 @@ class Client(_BaseClient):
         """One account: as `user`, plus its users and NPS."""
         return self._get(self._one("account", account_id))
 
-    def users(
-        self,
-        *,
-        order: Order = "desc",
-        limit: int | None = None,
-        cursor: str | None = None,
-        stage: str | None = None,
-        quadrant: str | None = None,
-        trend: str | None = None,
-        milestone: str | None = None,
-        status: str | None = None,
-    ) -> wire.UserPage:
+    def users(self, **filters: Unpack[Filters]) -> wire.UserPage:
         """One page of users ordered by score; pass ``page.next_cursor`` for the next one."""
-        return self._get(
-            self._list("user", cursor, order=order, limit=limit, stage=stage,
-                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
-        )  # fmt: skip
+        return self._get(self._list("user", filters))
 
-    def accounts(
-        self,
-        *,
-        order: Order = "desc",
-        limit: int | None = None,
-        cursor: str | None = None,
-        stage: str | None = None,
-        quadrant: str | None = None,
-        trend: str | None = None,
-        milestone: str | None = None,
-        status: str | None = None,
-    ) -> wire.AccountPage:
+    def accounts(self, **filters: Unpack[Filters]) -> wire.AccountPage:
         """One page of accounts ordered by score; pass ``page.next_cursor`` for the next one."""
-        return self._get(
-            self._list("account", cursor, order=order, limit=limit, stage=stage,
-                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
-        )  # fmt: skip
+        return self._get(self._list("account", filters))
 
-    def iter_users(self, **filters: Any) -> Iterator[wire.UserView]:
+    def iter_users(self, **filters: Unpack[Filters]) -> Iterator[wire.UserView]:
         """Every user matching the filters of `users`, page after page."""
         yield from self._iterate("user", filters)
 
-    def iter_accounts(self, **filters: Any) -> Iterator[wire.AccountView]:
+    def iter_accounts(self, **filters: Unpack[Filters]) -> Iterator[wire.AccountView]:
         """Every account matching the filters of `accounts`, page after page."""
         yield from self._iterate("account", filters)
 
-    def _iterate(self, level: str, filters: dict[str, Any]) -> Iterator[Any]:
-        call: _Call | None = self._list(level, filters.pop("cursor", None), **filters)
+    def _iterate(self, level: str, filters: Mapping[str, Any]) -> Iterator[Any]:
+        call: _Call | None = self._list(level, filters)
         while call is not None:
             page = self._get(call)
             yield from page.items
@@ -229,12 +215,7 @@ class Client(_BaseClient):
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -266,50 +247,22 @@ class AsyncClient(_BaseClient):
     async def account(self, account_id: str) -> wire.AccountView:
         return await self._get(self._one("account", account_id))
 
-    async def users(
-        self,
-        *,
-        order: Order = "desc",
-        limit: int | None = None,
-        cursor: str | None = None,
-        stage: str | None = None,
-        quadrant: str | None = None,
-        trend: str | None = None,
-        milestone: str | None = None,
-        status: str | None = None,
-    ) -> wire.UserPage:
-        return await self._get(
-            self._list("user", cursor, order=order, limit=limit, stage=stage,
-                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
-        )  # fmt: skip
+    async def users(self, **filters: Unpack[Filters]) -> wire.UserPage:
+        return await self._get(self._list("user", filters))
 
-    async def accounts(
-        self,
-        *,
-        order: Order = "desc",
-        limit: int | None = None,
-        cursor: str | None = None,
-        stage: str | None = None,
-        quadrant: str | None = None,
-        trend: str | None = None,
-        milestone: str | None = None,
-        status: str | None = None,
-    ) -> wire.AccountPage:
-        return await self._get(
-            self._list("account", cursor, order=order, limit=limit, stage=stage,
-                       quadrant=quadrant, trend=trend, milestone=milestone, status=status)
-        )  # fmt: skip
+    async def accounts(self, **filters: Unpack[Filters]) -> wire.AccountPage:
+        return await self._get(self._list("account", filters))
 
-    async def aiter_users(self, **filters: Any) -> AsyncIterator[wire.UserView]:
+    async def aiter_users(self, **filters: Unpack[Filters]) -> AsyncIterator[wire.UserView]:
         async for user in self._aiterate("user", filters):
             yield user
 
-    async def aiter_accounts(self, **filters: Any) -> AsyncIterator[wire.AccountView]:
+    async def aiter_accounts(self, **filters: Unpack[Filters]) -> AsyncIterator[wire.AccountView]:
         async for account in self._aiterate("account", filters):
             yield account
 
-    async def _aiterate(self, level: str, filters: dict[str, Any]) -> AsyncIterator[Any]:
-        call: _Call | None = self._list(level, filters.pop("cursor", None), **filters)
+    async def _aiterate(self, level: str, filters: Mapping[str, Any]) -> AsyncIterator[Any]:
+        call: _Call | None = self._list(level, filters)
         while call is not None:
             page = await self._get(call)
             for item in page.items:
@@ -338,10 +291,5 @@ class AsyncClient(_BaseClient):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

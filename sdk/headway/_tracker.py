@@ -11,9 +11,8 @@ import asyncio
 import logging
 import threading
 import time
-from types import TracebackType
 
-from ._batcher import Batcher, Marker, transport_error
+from ._batcher import Batcher, Marker, step, transport_error
 from ._core import Send
 from ._transport import Response
 from ._exceptions import TransportError
@@ -136,12 +135,7 @@ class Tracker(Batcher):
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
 
@@ -200,29 +194,20 @@ class AsyncTracker(Batcher):
                 pass
 
     async def _run(self) -> None:
-        flow = self._work()
-        result: Response | TransportError | None = None
-        event = self._event
+        flow, event = self._flow(), self._event
         assert event is not None
-        while True:
-            try:
-                action = flow.send(result)
-            except StopIteration:
-                return
-            except Exception:
-                self._crashed()
-                flow, result = self._work(), None
-                continue
+        action = step(flow, None)
+        while action is not None:
             if action.__class__ is Send:
-                result = await self._asend(action)  # type: ignore[arg-type]
-            else:
-                try:
-                    async with asyncio.timeout(action.timeout):  # type: ignore[union-attr]
-                        await event.wait()
-                except TimeoutError:
-                    pass
-                event.clear()
-                result = None
+                action = step(flow, await self._asend(action))  # type: ignore[arg-type]
+                continue
+            try:
+                async with asyncio.timeout(action.timeout):
+                    await event.wait()
+            except TimeoutError:
+                pass
+            event.clear()
+            action = step(flow, None)
 
     async def _asend(self, request: Send) -> Response | TransportError:
         try:
@@ -295,10 +280,5 @@ class AsyncTracker(Batcher):
     async def __aenter__(self) -> AsyncTracker:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
