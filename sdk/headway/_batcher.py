@@ -183,8 +183,7 @@ class Batcher:
             weight = _core.to_number("weight", weight)
         if value is not None and (value.__class__ is not float or value - value != 0.0):
             value = _core.to_number("value", value)
-        if milestones:
-            milestones = _core.to_tags(milestones)
+        milestones = _core.to_tags(milestones) if milestones else ()  # a copy, never the caller's
         if properties is None:
             props = None
         elif properties.__class__ is dict and properties:
@@ -217,7 +216,7 @@ class Batcher:
                 return event_id
         queue = self._queue
         waiting = len(queue)
-        if waiting >= self._limit:
+        if waiting - self._markers >= self._limit:  # flush markers take no room
             self._drop()
             return item[0]  # type: ignore[return-value]
         queue.append(item)  # type: ignore[arg-type]
@@ -356,28 +355,31 @@ class Batcher:
             items, marker = self._take()
             if items:
                 yield from self._deliver(items)
-            if marker is not None:
+            elif marker is not None:  # everything before it is settled
                 marker.ok = True
                 marker.event.set()
-            if not items and marker is None:
+            else:
                 return
 
     def _take(self) -> tuple[list[Item], Marker | None]:
-        """Up to one batch of events off the queue, stopping at a flush marker."""
+        """Up to one batch of events off the queue, or the flush marker at its head.
+
+        A marker is taken only once every event before it has settled, so a marker that is
+        still queued when shutdown gives up is released (not ok) by `_abandon`.
+        """
         items: list[Item] = []
         marker = None
         with self._lock:
             self._wake_pending = False
             self._kick_at = self._flush_at
             queue = self._queue
-            popleft = queue.popleft
             while queue and len(items) < wire.MAX_BATCH_EVENTS:
-                x = popleft()
-                if x.__class__ is not tuple:
-                    marker = x
-                    self._markers -= 1
+                if queue[0].__class__ is not tuple:
+                    if not items:
+                        marker = queue.popleft()
+                        self._markers -= 1
                     break
-                items.append(x)  # type: ignore[arg-type]
+                items.append(queue.popleft())  # type: ignore[arg-type]
             self._inflight = items[:]
             if self._dropping and len(queue) <= self._max_queue // 2:
                 self._dropping = False  # the burst is over: the next drop is reported again
