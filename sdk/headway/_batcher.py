@@ -386,19 +386,24 @@ class Batcher:
         return items, marker  # type: ignore[return-value]
 
     def _deliver(self, items: list[Item]) -> Flow:
-        encoded = [_core.encode_item(item) for item in items]
         limit = wire.MAX_INFLATED_BYTES if self._gzip else wire.MAX_BATCH_BYTES
+        encoded = _core.encode_items(items)
+        if len(encoded) + 200 <= limit:
+            yield from self._send_batch(items, encoded)
+            return
+        # over the limit (big properties): cut by each event's size
         start = 0
-        for end in _core.cut([len(e) for e in encoded], limit):
-            yield from self._send_batch(items[start:end], encoded[start:end])
+        for end in _core.cut([len(_core.encode_item(item)) for item in items], limit):
+            chunk = items[start:end]
+            yield from self._send_batch(chunk, _core.encode_items(chunk))
             start = end
 
-    def _send_batch(self, items: list[Item], encoded: list[bytes]) -> Flow:
+    def _send_batch(self, items: list[Item], encoded: bytes) -> Flow:
         attempt = 0
         while True:
             data = _core.body(encoded, gzip=self._gzip)
             if len(data) > wire.MAX_BATCH_BYTES and len(items) > 1:
-                yield from self._split(items, encoded)  # over 1 MiB on the wire: halve it first
+                yield from self._split(items)  # over 1 MiB on the wire: halve it first
                 return
             result = yield Send(self._url, data, self._headers, self._time_left())
             if isinstance(result, Response):
@@ -412,7 +417,7 @@ class Batcher:
             if verdict == "split" and len(items) > 1:
                 with self._lock:
                     self._retried += len(items)
-                yield from self._split(items, encoded)
+                yield from self._split(items)
                 return
             if verdict == "retry" and attempt < self._max_retries:
                 hint = _core.retry_after(_header(result, "retry-after"))
@@ -428,10 +433,10 @@ class Batcher:
             self._settle_failed(items, status, result)
             return
 
-    def _split(self, items: list[Item], encoded: list[bytes]) -> Flow:
+    def _split(self, items: list[Item]) -> Flow:
         half = len(items) // 2
-        yield from self._send_batch(items[:half], encoded[:half])
-        yield from self._send_batch(items[half:], encoded[half:])
+        for part in (items[:half], items[half:]):
+            yield from self._send_batch(part, _core.encode_items(part))
 
     def _pause(self, seconds: float, honour: bool) -> Flow:
         """Wait before a retry. flush() cuts a backoff short, never a server's Retry-After;

@@ -91,7 +91,7 @@ def test_body_is_a_wire_batch_with_sent_at_now() -> None:
     item = _core.make_item("u", "e", event_id=_core.new_id(time.time()), time=time.time(),
                            properties={"a": 1}, milestones=["m"])
     for gzip in (False, True):
-        data = _core.body([_core.encode_item(item)], gzip=gzip)
+        data = _core.body(_core.encode_items([item]), gzip=gzip)
         if gzip:
             import gzip as gz
 

@@ -64,7 +64,7 @@ def test_resending_the_same_batch_is_counted_once(live_collector) -> None:  # no
     from headway._transport import HTTPTransport
 
     items = [_core.make_item("u", "e", event_id=_core.new_id(1.7e9 + i), time=1.7e9) for i in range(10)]
-    data = _core.body([_core.encode_item(x) for x in items], gzip=True)
+    data = _core.body(_core.encode_items(items), gzip=True)
     headers = _core.headers(live_collector.write_key, gzip=True)
     transport = HTTPTransport()
     first = transport.send(live_collector.url + "/v1/batch", data, headers, 10)
