@@ -138,7 +138,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._queue: deque[Item | Marker] = deque()
         self._limit = 0 if self._closed else self._max_queue  # track() drops at this length
-        self._kick_at = 1  # track() calls _kick() at this length: 1 until the worker runs
+        self._kick_at = 0  # track() calls _kick() when it finds this many waiting: 0 at first
         self._started = False
         self._wake_pending = False  # a full batch is waiting: the worker should not idle
         self._urgent = False  # flush or shutdown: cut a backoff short
@@ -195,7 +195,14 @@ class Batcher:
         else:
             props = _core.encode_properties(properties)
         now = _time()
-        event_id = _new_id(now)
+        block = _core._block  # new_id() inlined: this is most of the cost of an id
+        if now >= block[0]:
+            event_id = _new_id(now)
+        else:
+            try:
+                event_id = block[1]()
+            except StopIteration:
+                event_id = _new_id(now)
         item = (
             event_id,
             event,
@@ -214,15 +221,16 @@ class Batcher:
             item = self._run_hook(item)  # type: ignore[arg-type,assignment]
             if item is None:
                 return event_id
+            event_id = item[0]
         queue = self._queue
         waiting = len(queue)
         if waiting - self._markers >= self._limit:  # flush markers take no room
             self._drop()
-            return item[0]  # type: ignore[return-value]
+            return event_id
         queue.append(item)  # type: ignore[arg-type]
-        if waiting >= self._kick_at - 1:
+        if waiting >= self._kick_at:
             self._kick()
-        return item[0]  # type: ignore[return-value]
+        return event_id
 
     def _run_hook(self, item: Item) -> Item | None:
         """``before_send`` on the caller's thread; whatever goes wrong drops the event."""
@@ -270,7 +278,7 @@ class Batcher:
             self._kick_at = _NEVER
             self._signal()
         elif self._started:
-            self._kick_at = self._flush_at
+            self._kick_at = self._flush_at - 1
 
     def _add_marker(self, marker: Marker) -> bool:
         """Queue a flush request; False when there is nothing to flush."""
@@ -371,7 +379,7 @@ class Batcher:
         marker = None
         with self._lock:
             self._wake_pending = False
-            self._kick_at = self._flush_at
+            self._kick_at = self._flush_at - 1
             queue = self._queue
             while queue and len(items) < wire.MAX_BATCH_EVENTS:
                 if queue[0].__class__ is not tuple:

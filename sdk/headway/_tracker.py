@@ -75,7 +75,7 @@ class Tracker(Batcher):
             self._started = False
             raise
         self._thread = thread
-        self._kick_at = self._flush_at
+        self._kick_at = self._flush_at - 1
 
     def _run(self) -> None:
         self._drive(self._send_sync, self._wait)
@@ -174,12 +174,12 @@ class AsyncTracker(Batcher):
         self._loop, self._loop_thread, self._event = loop, threading.get_ident(), asyncio.Event()
         self._task = loop.create_task(self._run(), name="headway-worker")
         self._task.add_done_callback(self._task_done)
-        self._kick_at = self._flush_at
+        self._kick_at = self._flush_at - 1
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task is self._task:
             self._started = False
-            self._kick_at = 1
+            self._kick_at = 0
 
     def _signal(self) -> None:
         loop, event = self._loop, self._event
