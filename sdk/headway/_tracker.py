@@ -71,9 +71,9 @@ class Tracker(Batcher):
         thread = threading.Thread(target=self._run, name="headway-worker", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # e.g. no new threads at interpreter shutdown
+        except RuntimeError:  # no new threads at interpreter shutdown: shutdown() sends inline
             self._started = False
-            raise
+            return
         self._thread = thread
         self._kick_at = self._flush_at - 1
 
@@ -112,9 +112,8 @@ class Tracker(Batcher):
             return self._shutdown_ok()
         deadline = self._deadline or 0.0
         if self._queue or self._inflight:
-            try:
-                self._kick(urgent=True)
-            except RuntimeError:  # no thread to be had: deliver on this one
+            self._kick(urgent=True)
+            if not self._started:  # no thread to be had: deliver on this one
                 self._drive(self._send_sync, self._wait)
         else:
             self._signal()

@@ -304,3 +304,18 @@ def test_memory_transport_scripts_answers_and_keeps_duplicates_once() -> None:
         transport.send("http://headway.test/v1/batch", headway._core.body(again, gzip=False), {}, 1.0)
     assert [e.id for e in transport.events] == [event_id]
     assert len(transport.requests) == 3
+
+
+def test_no_thread_to_be_had_still_delivers_at_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At interpreter shutdown Python refuses new threads: track() must not raise, and the
+    exit flush sends on the calling thread."""
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    transport = MemoryTransport()
+    tracker = transport.tracker()
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    ids = [tracker.track("u", "e") for _ in range(3)]
+    assert tracker.flush(0.1) is False  # nobody to send yet
+    assert tracker.shutdown(5)
+    assert sorted(e.id for e in transport.events) == sorted(ids)
