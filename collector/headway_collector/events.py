@@ -56,6 +56,9 @@ def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
         raise EventRejected(str(exc).replace("`$.", "`")) from None
     except msgspec.DecodeError as exc:  # cannot happen inside a valid envelope, but stay total
         raise EventRejected(f"not JSON: {exc}") from None
+    if "\x00" in e.id + e.event + e.user_id + (e.account_id or "") + "".join(e.milestones):
+        # PostgreSQL's text cannot hold NUL; refusing it here keeps both backends alike.
+        raise EventRejected("ids, names and tags may not contain the NUL character (\\u0000)")
     t = to_us(e.timestamp) + skew_us
     if t > received_at + FUTURE_LIMIT_US:
         raise EventRejected("timestamp is more than 24h in the future after clock-skew correction")

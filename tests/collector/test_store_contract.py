@@ -485,8 +485,6 @@ def test_errors_are_one_line_store_errors(capsys: pytest.CaptureFixture[str], tm
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.xfail(reason="ids with NUL are accepted on SQLite and refused by PostgreSQL's text type at commit "
-                          "(a 503 for ever); ingest should reject them per event", strict=True)
 @pytest.mark.anyio
 async def test_ids_with_nul_are_rejected_per_event(backend: str, tmp_path: Path) -> None:
     bad = {"id": "nul-1", "event": "signed_in", "user_id": "a\u0000b", "timestamp": rfc(NOW - timedelta(hours=1))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,10 +32,12 @@ class MilestoneResult:
         return "in_progress" if self.progress > 0 else "pending"
 
 
-def milestone_results(lm: LevelModel, state: SubjectState) -> list[MilestoneResult]:
-    """Per milestone of the level, in model order: independent of `now`."""
+def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> list[MilestoneResult]:
+    """Per milestone of the level (or those named in `only`), in model order: independent of `now`."""
     out = []
     for m in lm.milestones:
+        if only is not None and m.name not in only:
+            continue
         parts = [criterion_result(c, st) for c, st in zip(m.criteria, state.crit[m.name])]
         progress = sum(max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts)) / len(parts)
         times = [at for _, at in parts]
@@ -50,7 +53,10 @@ def milestone_results(lm: LevelModel, state: SubjectState) -> list[MilestoneResu
 
 
 def stage_on(lm: LevelModel, results: list[MilestoneResult]) -> int:
-    """The furthest stage started by an achieved milestone (`on`), or 0."""
+    """The furthest stage started by an achieved milestone (`on`), or 0.
+
+    `results` must include the milestones that start stages (`LevelModel.stage_starters`).
+    """
     achieved = {r.milestone.name for r in results if r.achieved_at is not None}
     return max((i for i, s in enumerate(lm.project.stages) if s.on and s.on in achieved), default=0)
 

@@ -12,11 +12,12 @@ or duplication, folding the same set gives the same state, and `build` over the 
   also when an event arrives late.
 - Events past a milestone's window (`first_seen + within`) never enter its state.
 
-Two rare late arrivals cannot be folded in place, and `apply` answers `REBUILD` for them: an
-event older than the subject's first event when a window or rate depends on that first event,
-and a rate event older than the rate's kept days (or a negative amount before a met sum). The
-caller then rebuilds the subject from its stored events with `build`, which is the same fold in
-time order.
+An event older than the subject's first event moves every window's close earlier: each
+criterion's kept items are cut at the new close, which is exact because they are the earliest
+ones. A few rare late arrivals cannot be folded in place, and `apply` answers `REBUILD` for
+them: an event on a day before the subject's first day when a rate counts days of age, a rate
+event older than the rate's kept days, and a negative amount before a met sum. The caller then
+rebuilds the subject from its stored events with `build`, which is the same fold in time order.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ class LevelModel:
     half_lives: tuple[int, int, int]
     by_event: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
     tagged: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
-    first_sensitive: bool  # a window or a rate depends on first_seen
+    has_rate: bool  # a rate's days depend on the first day
+    windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
+    stage_starters: frozenset[str]  # milestones of this level that start a stage (`on`)
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
@@ -127,8 +130,14 @@ class LevelModel:
             half_lives=(e.half_life, e.trend_short, e.trend_long),
             by_event={k: tuple(v) for k, v in by_event.items()},
             tagged={k: tuple(v) for k, v in tagged.items()},
-            first_sensitive=any(m.within is not None or any(c.kind == "rate" for c in m.criteria) for m in ms),
+            has_rate=any(c.kind == "rate" for m in ms for c in m.criteria),
+            windowed=tuple(m for m in ms if m.within is not None),
+            stage_starters=frozenset(s.on for s in project.stages if s.on) & {m.name for m in ms},
         )
+
+    def touched(self, events: list[Ev]) -> frozenset[str]:
+        """The milestones these events can change (when the first event does not move)."""
+        return frozenset(m.name for ev in events for m, _, _ in self.matches(ev))
 
     def matches(self, ev: Ev) -> list[tuple[Milestone, int, Criterion]]:
         found = list(self.by_event.get(ev.event, ()))
@@ -158,8 +167,9 @@ def build(lm: LevelModel, events: list[Ev]) -> SubjectState | None:
 
 def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuild:
     """Fold one new (not duplicate) event into ``state`` in place, or answer REBUILD untouched."""
-    if ev.t < state.first_seen and state.events and lm.first_sensitive:
-        return REBUILD
+    earlier = ev.t < state.first_seen and state.events > 0
+    if earlier and lm.has_rate and ev.t // DAY < state.first_seen // DAY:
+        return REBUILD  # every rate's days-of-age change
     matches = lm.matches(ev)
     for m, i, c in matches:
         if _needs_rebuild(c, state.crit[m.name][i], ev):
@@ -167,6 +177,10 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuil
 
     project = lm.project
     weight = project.weight(ev.event, ev.weight)
+    if earlier:
+        for m in lm.windowed:  # the window now closes earlier: drop what falls out of it
+            for c, st in zip(m.criteria, state.crit[m.name]):
+                _close_window(c, st, ev.t + m.within)  # type: ignore[operator]
     state.first_seen = min(state.first_seen, ev.t)
     state.last_seen = max(state.last_seen, ev.t)
     state.events += 1
@@ -239,6 +253,21 @@ def _needs_rebuild(c: Criterion, st: CritState, ev: Ev) -> bool:
         # A negative amount before a met target may un-meet it: the dropped tail is needed.
         return (ev.value or 0.0) < 0 and bool(st.steps) and _sum_met(c, st) and ev.t <= st.steps[-1][0]
     return False
+
+
+def _close_window(c: Criterion, st: CritState, close: int) -> None:
+    """Keep only what lies inside a window that now closes at `close` (earlier than before).
+
+    Exact: each kind keeps the earliest items of the events inside the old window, and the
+    earliest items inside a shorter window are those same items cut at its close.
+    """
+    if c.kind in ("count", "tagged"):
+        del st.ts[bisect.bisect_right(st.ts, close) :]
+    elif c.kind == "distinct":
+        st.firsts = {k: t for k, t in st.firsts.items() if t <= close}
+    elif c.kind == "sum":
+        del st.steps[bisect.bisect_right(st.steps, close, key=lambda s: s[0]) :]
+    # rate: an earlier first day always rebuilds (see apply); within the same day nothing moves.
 
 
 def _fold_criterion(c: Criterion, st: CritState, ev: Ev, first_seen: int) -> None:

@@ -133,8 +133,13 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
         rows, mrows = [], []
         for sid, evs in groups.items():
             state = states.get(sid)
-            before = (state.first_seen, milestone_results(lm, state)) if state is not None else None
-            state = _fold_one(tx, lm, project, level, sid, state, evs)
+            before: dict[str, MilestoneResult] | None = None
+            if state is not None:
+                first, touched = state.first_seen, lm.touched(evs)
+                before = {r.milestone.name: r for r in milestone_results(lm, state, touched)}
+            state, rebuilt = _fold_one(tx, lm, project, level, sid, state, evs)
+            if before is not None and (rebuilt or state.first_seen != first):
+                before = None  # everything may have moved: write every milestone row
             row, ms = subject_rows(lm, project, level, sid, state, before)
             rows.append(row)
             mrows.extend(ms)
@@ -154,7 +159,10 @@ def _load_states(tx: Tx, project: str, level: str, ids: list[str]) -> dict[str, 
     return out
 
 
-def _fold_one(tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state: SubjectState | None, evs: list[Ev]) -> SubjectState:
+def _fold_one(
+    tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state: SubjectState | None, evs: list[Ev]
+) -> tuple[SubjectState, bool]:
+    """The subject's new state, and whether it had to be rebuilt from its stored events."""
     evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
     for ev in evs:
         if state is None:
@@ -164,25 +172,27 @@ def _fold_one(tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state:
             stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
             rebuilt = build(lm, [from_stored(bytes(raw), ts) for raw, ts in stored])
             assert rebuilt is not None
-            return rebuilt  # the stored events already include the rest of this batch
+            return rebuilt, True  # the stored events already include the rest of this batch
     assert state is not None
-    return state
+    return state, False
 
 
 def subject_rows(
     lm: LevelModel, project: str, level: str, sid: str, state: SubjectState,
-    before: tuple[int, list[MilestoneResult]] | None,
+    before: dict[str, MilestoneResult] | None,
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The subject's row and its changed milestone rows (all of them when `before` is None).
+    """The subject's row and its changed milestone rows.
 
-    `before` is the subject's first_seen and milestone results before this transaction.
+    `before` holds the results, before this transaction, of the only milestones that may have
+    changed; None means any may have (a new subject, a moved first event, a rebuild).
     """
-    after = milestone_results(lm, state)
+    after = milestone_results(lm, state, None if before is None else before.keys() | lm.stage_starters)
     row = (project, level, sid, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
            stage_on(lm, after), encode_state(state))
     mrows = []
-    for i, r in enumerate(after):
-        if before is None or before[0] != state.first_seen or _changed(before[1][i], r):
+    for r in after:
+        old = None if before is None else before.get(r.milestone.name)
+        if before is None or (old is not None and _changed(old, r)):
             tta = r.achieved_at - state.first_seen if r.achieved_at is not None else None
             mrows.append((project, level, r.milestone.name, sid, r.progress, r.achieved_at, r.deadline, state.first_seen, tta))
     return row, mrows

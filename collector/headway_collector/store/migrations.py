@@ -19,10 +19,11 @@ DIALECTS = {
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("0001_core", [
         # What arrived, kept whole: the model can change and history be re-scored.
+        # A rowid table: appends stay cheap, and per-subject reads use the subject indexes.
         """CREATE TABLE events (
             project TEXT NOT NULL, id TEXT NOT NULL, user_id TEXT NOT NULL, account_id TEXT,
             ts {int} NOT NULL, received_at {int} NOT NULL, raw {blob} NOT NULL,
-            PRIMARY KEY (project, id)) {norowid}""",
+            PRIMARY KEY (project, id))""",
         "CREATE INDEX events_user ON events (project, user_id, ts)",
         "CREATE INDEX events_account ON events (project, account_id, ts) WHERE account_id IS NOT NULL",
         # One row per user or account: the folded state, and what lists sort and filter by.
