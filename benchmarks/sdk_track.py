@@ -4,7 +4,8 @@ Host-thread cost: the wall time of a burst of `track()` calls on the calling thr
 the calls, with the SDK's worker running (its GIL time is part of what the host pays). Each
 contender runs in its own process, the runs interleaved over the repeats, reported by the median:
 
-- floor: a dict (the call's fields and a timestamp) put on a `queue.SimpleQueue`; a worker
+- floor: a function with the call shape of Headway's `track()` (same arguments, same keyword
+  call) that puts a dict (the call's fields and a timestamp) on a `queue.SimpleQueue`; a worker
   thread makes the id, encodes with msgspec and posts batches of 100: the least an async SDK
   can do on the host's thread;
 - headway: `headway.Tracker` with `max_queue` the size of the burst (so it may hold all of it),
@@ -47,7 +48,7 @@ GOAL_RATIO = 3.0  # Headway's host cost at most 3x the floor, every event delive
 EVENT = "page_viewed"
 PROPS = {"path": "/pricing", "plan": "team"}
 CONTENDERS = {
-    "floor": "floor: dict on a SimpleQueue, id+encode+send on a worker",
+    "floor": "floor: dict on a SimpleQueue (track()'s call shape), id+encode+send on a worker",
     "headway": "headway, max_queue = burst",
     "headway-defaults": "headway, defaults (max_queue 10,000)",
     "segment": "segment-analytics-python, max_queue_size = burst",
@@ -148,7 +149,10 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
         q: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         put, now = q.put, time.time
 
-        def track(user_id: str, event: str, properties: dict[str, Any] | None = None) -> None:
+        def track(user_id: str, event: str, *, weight: float | None = None, milestones: Any = (),
+                  account_id: str | None = None, value: float | None = None,
+                  properties: dict[str, Any] | None = None, timestamp: Any = None) -> None:
+            # the call shape of headway's track(); the dict holds what was passed and the time
             put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
 
         pending = [0]
@@ -180,7 +184,7 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
         def burst(users: list[str]) -> None:
             pending[0] += len(users)
             for uid in users:
-                track(uid, EVENT, PROPS)
+                track(uid, EVENT, properties=props)
 
         def flush() -> None:
             with done:

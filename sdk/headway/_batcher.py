@@ -200,7 +200,7 @@ class Batcher:
             event_id = _new_id(now)
         else:
             try:
-                event_id = block[1]()
+                event_id = block[1] + block[2]()
             except StopIteration:
                 event_id = _new_id(now)
         item = (

@@ -36,14 +36,14 @@ UTC = timezone.utc
 # so ids are made in blocks: a block fixes the millisecond and 66 random bits into a 34-char
 # prefix, and the last two hex digits count 00..ff within the block (RFC 9562 "method 2":
 # monotonic random). A new block starts with each millisecond or after 256 ids. A block is
-# ``(end, next)``: ``end`` the time its millisecond ends, ``next()`` the next id, made in C by
-# ``map``. It is one tuple, read and replaced whole, so concurrent threads never mix two.
+# ``(end, prefix, next)``: ``end`` the time its millisecond ends, ``next()`` the next two hex
+# digits. It is one tuple, read and replaced whole, so concurrent threads never mix two.
 # ---------------------------------------------------------------------------------------------
 
 _HEX2 = tuple(f"{i:02x}" for i in range(256))
 _rng = random.Random(os.urandom(32))
 _pid = os.getpid()
-Block = tuple[float, Callable[[], str]]
+Block = tuple[float, str, Callable[[], str]]
 
 
 def _new_block(t: float) -> Block:
@@ -56,7 +56,7 @@ def _new_block(t: float) -> Block:
     h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
     variant = 0x8000 | ((r >> 52) & 0x3FFF)  # 0b10 then 14 random bits
     prefix = f"{h[:8]}-{h[8:]}-7{(r >> 40) & 0xFFF:03x}-{variant:04x}-{r & 0xFF_FFFF_FFFF:010x}"
-    _block = block = ((ms + 1) / 1000, map(prefix.__add__, _HEX2).__next__)
+    _block = block = ((ms + 1) / 1000, prefix, iter(_HEX2).__next__)
     return block
 
 
@@ -72,9 +72,10 @@ def new_id(t: float) -> str:
     if t >= block[0]:
         block = _new_block(t)
     try:
-        return block[1]()
+        return block[1] + block[2]()
     except StopIteration:  # 256 ids in one millisecond: another block, same millisecond
-        return _new_block(t)[1]()
+        block = _new_block(t)
+        return block[1] + block[2]()
 
 
 def _reseed_after_fork() -> None:
@@ -83,7 +84,7 @@ def _reseed_after_fork() -> None:
     global _rng, _pid, _block
     _pid = os.getpid()
     _rng = random.Random(os.urandom(32))
-    _block = (0.0, _none)
+    _block = (0.0, "", _none)
 
 
 def _none() -> str:
