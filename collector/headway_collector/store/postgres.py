@@ -70,10 +70,15 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=2048)
 def _pg(sql: str) -> str:
-    """`?` placeholders to psycopg's `%s` (our SQL has no literal `?` or `%`)."""
-    return sql.replace("?", "%s")
+    """`?` placeholders to PostgreSQL's own `$1, $2, ...` (our SQL has no literal `?`).
+
+    With psycopg's raw cursors nothing parses the query on the client: psycopg's `%s` parsing
+    of a 400-row VALUES list cost a fifth of the ingest time.
+    """
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
 def _lock_id(key: str) -> int:
@@ -95,7 +100,7 @@ class _Tx:
     def lock(self, keys: Sequence[str]) -> None:
         ids = sorted({_lock_id(k) for k in keys})  # one order for every writer: no deadlocks
         self.conn.execute(
-            "INSERT INTO subject_locks (k) SELECT k FROM unnest(%s::bigint[]) AS k ORDER BY k "
+            "INSERT INTO subject_locks (k) SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k "
             "ON CONFLICT (k) DO UPDATE SET k = excluded.k WHERE false",  # locks the row, writes nothing
             (ids,),
         )
@@ -114,7 +119,7 @@ class _Tx:
             cur.executemany(_pg(sql), rows)
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        with self.conn.cursor(name=f"headway_stream_{next(self._names)}") as cur:  # server-side
+        with psycopg.RawServerCursor(self.conn, f"headway_stream_{next(self._names)}") as cur:
             cur.itersize = 2000
             cur.execute(_pg(sql), params or None)
             yield from cur
@@ -127,7 +132,7 @@ class PostgresStore(GroupCommitStore):
             info = conninfo_to_dict(url)
         except psycopg.Error as exc:
             raise StoreError(f"bad PostgreSQL URL: {_one_line(exc)}") from None
-        self._kwargs: dict[str, Any] = {"autocommit": True}
+        self._kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": psycopg.RawCursor}
         if "connect_timeout" not in info:
             self._kwargs["connect_timeout"] = CONNECT_TIMEOUT
         if "application_name" not in info:
@@ -155,7 +160,7 @@ class PostgresStore(GroupCommitStore):
             except RETRYABLE as exc:
                 if attempt == RETRIES:
                     raise self._error(f"gave up after {attempt} attempts", exc) from None
-                log.info("transaction retried (%s)", type(exc).__name__)
+                log.debug("transaction retried (%s)", type(exc).__name__)
                 time.sleep(random.uniform(0, 0.01 * attempt))  # apart, so they do not meet again
         raise AssertionError("unreachable")
 
@@ -251,7 +256,7 @@ class PostgresStore(GroupCommitStore):
     def prune(self, before: int) -> int:
         with self._connect() as conn:
             try:
-                return conn.execute("DELETE FROM events WHERE ts < %s", (before,)).rowcount
+                return conn.execute("DELETE FROM events WHERE ts < $1", (before,)).rowcount
             except psycopg.Error as exc:
                 raise self._error("cannot prune", exc) from None
 
