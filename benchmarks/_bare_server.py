@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import sqlite3
+import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -46,12 +47,20 @@ _US = timedelta(microseconds=1)
 
 
 def events_ddl() -> list[str]:
-    """The collector's own events table and indexes, from its first migration."""
-    from headway_collector.store.migrations import DIALECTS, MIGRATIONS
+    """The collector's own events table and indexes, exactly as its migrations create them."""
+    from headway_collector.store import open_store
 
-    _, statements = MIGRATIONS[0]
-    return [s.format(**DIALECTS["sqlite"]) for s in statements
-            if "TABLE events" in s or "ON events" in s]
+    with tempfile.TemporaryDirectory(prefix="headway-schema-") as tmp:
+        store = open_store(f"sqlite:///{tmp}/schema.db")
+        store.open()
+        store.close()
+        conn = sqlite3.connect(f"{tmp}/schema.db")
+        try:
+            rows = conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND sql IS NOT NULL "
+                                "ORDER BY type DESC, name").fetchall()  # the table, then its indexes
+        finally:
+            conn.close()
+    return [r[0] for r in rows]
 
 
 def connect(path: str) -> sqlite3.Connection:

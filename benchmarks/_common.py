@@ -407,6 +407,19 @@ def read_collapsed(path: Path) -> Profile:
     return Profile(total, dict(self_), dict(inclusive), dict(threads), stacks)
 
 
+def compact_collapsed(src: Path, dst: Path) -> None:
+    """Merge py-spy's raw stacks on function and file (dropping line numbers): a much smaller
+    file that flamegraph.pl and speedscope still read."""
+    merged: dict[str, int] = defaultdict(int)
+    for line in src.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [f if f.startswith(("thread ", "process ")) else frame_name(f) for f in stack.split(";")]
+        merged[";".join(frames)] += int(count)
+    dst.write_text("".join(f"{k} {v}\n" for k, v in sorted(merged.items())))
+
+
 def profile_markdown(p: Profile, n: int = 12, skip: Sequence[str] = ()) -> str:
     lines = ["| self % | function (self time: the frame on top of the stack) |", "| ---: | --- |"]
     lines += [f"| {pct:.1f} | `{name}` |" for name, pct in p.top(n, skip=skip)]

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             run_rescore(full_cfg, db, len(w), "full", profile_to=raw)
             if raw.exists():
                 profile_path = args.results / "rescore_profile.txt"
-                profile_path.write_bytes(raw.read_bytes())
+                c.compact_collapsed(raw, profile_path)
         if not args.no_core:
             r = run_rescore(core_cfg, db, len(w), "core")
             runs.append(r)
