@@ -349,15 +349,22 @@ class Profile:
     threads: dict[str, int]
     stacks: list[tuple[list[str], int]]
 
-    def top(self, n: int = 10, *, inclusive: bool = False, skip: Sequence[str] = ()) -> list[tuple[str, float]]:
+    def top(self, n: int = 10, *, inclusive: bool = False, skip: Sequence[str] = (),
+            wrappers: float = 0.9) -> list[tuple[str, float]]:
+        """The `n` largest functions; by inclusive time, frames in more than `wrappers` of all
+        samples (thread bootstraps, main(), the one loop everything runs under) are left out."""
         table = self.inclusive if inclusive else self.self_
-        items = [(k, v) for k, v in table.items() if not any(s in k for s in skip)]
+        items = [(k, v) for k, v in table.items() if not any(s in k for s in skip)
+                 and not (inclusive and v > wrappers * self.samples)]
         items.sort(key=lambda kv: -kv[1])
         return [(k, 100.0 * v / max(1, self.samples)) for k, v in items[:n]]
 
-    def share(self, needle: str) -> float:
-        """Percent of samples whose stack contains a frame matching `needle`."""
-        hit = sum(n for frames, n in self.stacks if any(needle in f for f in frames))
+    def share(self, needle: str | tuple[str, ...], without: tuple[str, ...] = ()) -> float:
+        """Percent of samples whose stack has a frame matching `needle` (each of them, for a
+        tuple) and none matching any of `without`."""
+        needles = (needle,) if isinstance(needle, str) else needle
+        hit = sum(n for frames, n in self.stacks if all(any(x in f for f in frames) for x in needles)
+                  and not any(x in f for x in without for f in frames))
         return 100.0 * hit / max(1, self.samples)
 
 
