@@ -359,6 +359,14 @@ class Profile:
         items.sort(key=lambda kv: -kv[1])
         return [(k, 100.0 * v / max(1, self.samples)) for k, v in items[:n]]
 
+    def leaf_callers(self, leaf: str) -> list[tuple[str, float]]:
+        """Samples whose top frame matches `leaf`, split by the frame that called it (percent of all)."""
+        by: dict[str, int] = defaultdict(int)
+        for frames, n in self.stacks:
+            if leaf in frames[-1]:
+                by[frames[-2] if len(frames) > 1 else "?"] += n
+        return sorted(((k, 100.0 * v / max(1, self.samples)) for k, v in by.items()), key=lambda kv: -kv[1])
+
     def share(self, needle: str | tuple[str, ...], without: tuple[str, ...] = ()) -> float:
         """Percent of samples whose stack has a frame matching `needle` (each of them, for a
         tuple) and none matching any of `without`."""

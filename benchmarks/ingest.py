@@ -245,7 +245,12 @@ PATH_PARTS = [
     ("    `encode_state`", "encode_state (model/subject.py)"),
     ("    `fold._save` (UPSERT subjects + milestones)", "_save (store/fold.py)"),
     ("  `fold._count_tags`", "_count_tags (store/fold.py)"),
+    ("  `growth.maintain` (growth, NPS and funnel aggregates)", "maintain (store/growth.py)"),
+    ("    `growth._activity`", "_activity (store/growth.py)"),
+    ("    `growth._nps`", "_nps (store/growth.py)"),
+    ("    `growth._funnel`", "_funnel (store/growth.py)"),
     ("  COMMIT (fsync) in `_transaction`", "_transaction (store/sqlite.py)"),
+    ("all SQL statements on the writer (`_Tx` methods: SQLite's C code)", "_Tx."),
 ]
 
 
@@ -272,6 +277,9 @@ def profile_section(path: Path, thread_cpu: dict[int, float]) -> str:
             "| part of the path | inclusive % |", "| --- | ---: |"]
     for label, needle in PATH_PARTS:
         out.append(f"| {label} | {p.share(needle):.1f} |")
+    out += ["", "SQL (SQLite's C code, under the `_Tx` methods) by the function that issued it:", "",
+            "| % of samples | issued by |", "| ---: | --- |"]
+    out += [f"| {pct:.1f} | `{name}` |" for name, pct in p.leaf_callers("_Tx.") if pct >= 0.1]
     out += ["", c.profile_markdown(p, 15, skip=GENERIC_FRAMES)]
     return "\n".join(out)
 

@@ -209,6 +209,9 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
         for label, needle in RESCORE_PARTS:
             without = ("rebuild (store/growth.py)",) if needle == "stream (store/" else ()
             lines.append(f"| {label} | {p.share(needle, without):.1f} |")
+        lines += ["", "SQL (SQLite's C code, under the `_Tx` methods) by the function that issued it:", "",
+                  "| % of samples | issued by |", "| ---: | --- |"]
+        lines += [f"| {pct:.1f} | `{name}` |" for name, pct in p.leaf_callers("_Tx.") if pct >= 0.1]
         lines.append("")
     lines += ["![rescore](rescore.png)", ""]
     return "\n".join(lines)
