@@ -32,7 +32,7 @@ from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
 from headway_collector.store import StoreError, growth, open_store
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.conftest import LiveCollector, asgi_collector, config_text, postgres_schema
+from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)  # the apps' pinned clock
@@ -468,6 +468,27 @@ async def test_reads_do_not_wait_for_writes_and_rescore_holds_folds(tmp_path: Pa
                 assert r.status_code == 200 and time.monotonic() - started < 1.0  # ... reads do not
                 assert sum(u["engagement"]["events"] for u in r.json()["items"]) == 20
             assert (await waiting)["accepted"] == 20
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_a_lost_connection_costs_no_request(tmp_path: Path) -> None:
+    """PostgreSQL restarts or fails over: the writer and the readers connect again by themselves."""
+    import psycopg
+
+    events = make_events(seed=5, n=40)
+    with postgres_schema() as url:
+        url += f"&application_name=headway-test-{tmp_path.name[-12:]}"
+        async with collector(url) as c:
+            assert (await send(c, events[:20]))["accepted"] == 20
+            assert (await c.get(f"/v1/users?at={AT}", headers=read_headers())).status_code == 200
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+                cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE application_name = %s", (url.rsplit("=", 1)[1],)).fetchone()
+            assert cut is not None and cut[0] >= 2  # the writer's and a reader's
+            assert (await send(c, events[20:]))["accepted"] == 20
+            users = (await c.get(f"/v1/users?limit=1000&at={AT}", headers=read_headers())).json()["items"]
+            assert sum(u["engagement"]["events"] for u in users) == 40
 
 
 @pytest.mark.postgres

@@ -86,7 +86,10 @@ def _lock_id(key: str) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The server's primary message (without the LINE/caret lines), or psycopg's, on one line."""
+    diag = getattr(exc, "diag", None)
+    text = (diag.message_primary if diag is not None else None) or str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 class _Tx:
@@ -198,7 +201,7 @@ class PostgresStore(GroupCommitStore):
     # --- writing ------------------------------------------------------------------------------
 
     def _commit(self, jobs: list[fold.Job]) -> None:
-        """On the writer thread: fold the jobs in one transaction (retried after a deadlock)."""
+        """On the writer thread: fold the jobs in one transaction (again after a deadlock or a lost connection)."""
         models = self._models
         assert models is not None
 
@@ -207,14 +210,18 @@ class PostgresStore(GroupCommitStore):
                 job.accepted = job.duplicates = 0
             fold.fold_jobs(tx, models, jobs)
 
-        if self._wconn is None or self._wconn.closed:
-            self._wconn = self._connect()
-        try:
-            self._transact(self._wconn, run)
-        except psycopg.Error as exc:
-            if self._wconn.broken:
-                self._close_writer_conn()  # the next group connects again
-            raise self._error("could not commit", exc) from None
+        for attempt in (1, 2):
+            conn = self._wconn = self._wconn or self._connect()
+            try:
+                return self._transact(conn, run)
+            except psycopg.Error as exc:
+                if conn.broken:  # a restart, a failover, a network cut
+                    self._close_writer_conn()
+                if not conn.broken or attempt == 2:
+                    raise self._error("could not commit", exc) from None
+                # Once more on a new connection. Had the commit gone through before the cut,
+                # the events are now duplicates: stored and folded once all the same.
+                log.warning("%s: lost the connection (%s); committing again", self._where, _one_line(exc))
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
@@ -228,7 +235,8 @@ class PostgresStore(GroupCommitStore):
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self.url, kwargs={**self._kwargs, "autocommit": False}, min_size=1, max_size=READERS,
-                    configure=_configure_reader, name="headway-readers", timeout=CONNECT_TIMEOUT, open=True)
+                    configure=_configure_reader, check=ConnectionPool.check_connection,  # none lost since
+                    name="headway-readers", timeout=CONNECT_TIMEOUT, open=True)
             return self._pool
 
     @contextmanager
