@@ -11,13 +11,17 @@ what makes several writers exact is how transactions meet:
 - Subjects: before loading a subject's state, a transaction locks it (`lock`): a row of the
   unlogged `subject_locks` table per subject key, taken in sorted order by one upsert. So
   folds of one subject run one after the other, each starting from the state the previous one
-  committed (READ COMMITTED: a new snapshot per statement, taken after the lock). Row locks
-  and not advisory locks: a group of 20,000 events can touch 40,000 subjects, far past the
-  shared lock table (`max_locks_per_transaction`), while row locks live in the rows.
+  committed (READ COMMITTED: a new snapshot per statement, taken after the lock). Every row
+  that belongs to one subject (its milestone rows, growth activity, funnel rows) is written
+  under that lock; shared counters (tags, growth and funnel counts) move by `n = n + ?`
+  upserts, which add up whatever the order. Row locks and not advisory locks: a group of
+  20,000 events can touch 40,000 subjects, far past the shared lock table
+  (`max_locks_per_transaction`), while row locks live in the rows.
 - Re-scoring takes `subject_locks` in EXCLUSIVE mode: it waits for the folds under way and holds
   new ones until the rebuilt rows are committed.
-- Deadlocks (two collectors given the same ids in another order) and serialization failures
-  roll back and retry the whole transaction.
+- Deadlocks (the same ids, or several projects, reaching two collectors in another order) and
+  serialization failures roll back and retry the whole transaction; a lost connection is
+  replaced and the group committed once more.
 
 Errors of psycopg become `StoreError` here, in one line; nothing raw reaches the app or CLI.
 """
