@@ -42,7 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _common as c
+if not __package__:  # run as a file (python benchmarks/sdk_track.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _common as c  # noqa: E402
 
 GOAL_RATIO = 3.0  # Headway's host cost at most 3x the floor, every event delivered
 EVENT = "page_viewed"
@@ -363,11 +366,14 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
     hw_ns = c.median([r["ns_per_call"] for r in hw])
     hw_all = all(r["delivered"] == r["n"] for r in hw)
     ratio = hw_ns / floor
+    paired = c.median([h["ns_per_call"] / f["ns_per_call"] for h, f in zip(hw, runs["floor"])])
     verdict = "met" if ratio <= GOAL_RATIO and hw_all else "NOT met"
     lines += [
         "",
         f"Goal: Headway at most {GOAL_RATIO:.0f}× the floor with every event delivered: **{verdict}** "
-        f"({ratio:.2f}× the floor; every event delivered in every repeat: {'yes' if hw_all else 'no'}).",
+        f"({ratio:.2f}× the floor's median; the median of the per-repeat ratios, each Headway run "
+        f"over the floor run next to it, is {paired:.2f}×; every event delivered in every repeat: "
+        f"{'yes' if hw_all else 'no'}).",
         "",
         "Per-run numbers (ns per call / delivered share):",
         "",
@@ -391,6 +397,11 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
             "| ---: | ---: | ---: | ---: | --- | ---: |",
             f"| {e2e['n']:,} | {e2e['host_s']:.2f} | {e2e['total_s']:.2f} | {rate:,.0f} | "
             f"{e2e['sent']:,} / {e2e['failed']:,} / {e2e['dropped']:,} | {e2e['stored']:,} |",
+            "",
+            "The tracker has one request in flight at a time, 1,000 events each once a backlog "
+            "exists, so this is the collector's rate for one sender: its time per batch (decode, "
+            "scores, milestones, durable commit) is the bound, not the SDK's host loop (see "
+            "`ingest.md` for the collector with several concurrent senders).",
         ]
     if rss is not None:
         lines += [
@@ -417,7 +428,12 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         "(to refuse what does not encode and to snapshot the dict), makes a UUIDv7, and appends a tuple "
         "to a deque; the event's JSON, the batch, gzip and HTTP are the worker's.",
         "- The defaults rows show what each SDK does with a burst bigger than its queue: the share "
-        "delivered is what was not dropped.",
+        "delivered is what was not dropped. Headway's default queue (10,000 events, about 4 MiB) "
+        "fills fastest because its `track()` is the cheapest: the burst outruns any worker, while "
+        "the peers' slow calls pace their own bursts. For bursty hosts, size `max_queue` to the "
+        "burst, as the first Headway row does; drops are always counted and reported.",
+        "- Numbers come from a shared 2-core machine whose load average is given above: read the "
+        "per-repeat spread before the medians.",
         "",
     ]
     return "\n".join(lines)
@@ -437,6 +453,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     colours = ["#888888" if k == "floor" else "#2a7ab9" if k.startswith("headway") else "#d9822b" for k in kinds]
     a.barh(kinds, ns, color=colours)
     a.set_xscale("log")
+    a.set_xlim(left=min(ns) / 4)
     a.invert_yaxis()
     a.axvline(floor * GOAL_RATIO, color="green", linestyle="--", label=f"goal: {GOAL_RATIO:.0f}× floor")
     for y, v in enumerate(ns):
