@@ -101,11 +101,13 @@ class LiveCollector:
     def start(self, timeout: float = 20.0) -> None:
         cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(self.config_path),
                "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning"]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = self.config_path.with_name(f"collector-{self.port}.log")  # a file: a pipe nobody reads can fill up
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"collector exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+                raise RuntimeError(f"collector exited: {log.read_text(errors='replace')}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=0.5).status_code == 200:
                     return
@@ -123,8 +125,6 @@ class LiveCollector:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process is not None and self.process.stderr is not None:
-            self.process.stderr.close()
         self.process = None
 
     def kill(self) -> None:
@@ -132,8 +132,6 @@ class LiveCollector:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
             self.process = None
 
     def count_events(self, project: str = "acme") -> int:

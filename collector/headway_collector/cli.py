@@ -67,7 +67,10 @@ def _load(path: str) -> config_mod.Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    _load(args.config)  # refuse a bad file before anything starts
+    _load(args.config)  # refuse a bad file or an unreachable database before anything starts
+    store = open_store(args.database)
+    store.open()
+    store.close()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ["HEADWAY_CONFIG"] = args.config
     os.environ["HEADWAY_DATABASE"] = args.database

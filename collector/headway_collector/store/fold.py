@@ -76,8 +76,8 @@ def fold_jobs(tx: Tx, models: Models, jobs: list[Job]) -> None:
     by_project: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         by_project[job.project.name].append(job)
-    for name, pjobs in by_project.items():
-        _fold_project(tx, models, name, pjobs)
+    for name in sorted(by_project):  # one lock order for every writer: no deadlocks between collectors
+        _fold_project(tx, models, name, by_project[name])
 
 
 def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None:
@@ -86,7 +86,7 @@ def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None
     for job in jobs:
         for acc, ev in job.events:
             first.setdefault(acc.id, (acc, ev))
-    new_ids = _insert_events(tx, project, list(first.values()))
+    new_ids = _insert_events(tx, project, sorted(first.values(), key=lambda item: item[0].id))
     claimed: set[str] = set()
     for job in jobs:
         for acc, _ in job.events:

@@ -1,7 +1,8 @@
 """Named, ordered schema migrations, recorded in a table; written once for both backends.
 
-`{int}`, `{real}`, `{blob}` and `{norowid}` are filled in per backend; everything else is
-plain SQL that SQLite and PostgreSQL both read.
+`{text}`, `{int}`, `{real}`, `{blob}` and `{norowid}` are filled in per backend; everything
+else is plain SQL that SQLite and PostgreSQL both read. Text compares bytewise on both (SQLite's
+default, PostgreSQL's "C" collation), so lists and cursors order ties the same everywhere.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 __all__ = ["DIALECTS", "MIGRATIONS", "migrate"]
 
 DIALECTS = {
-    "sqlite": {"int": "INTEGER", "real": "REAL", "blob": "BLOB", "norowid": "WITHOUT ROWID"},
-    "postgres": {"int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "norowid": ""},
+    "sqlite": {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "norowid": "WITHOUT ROWID"},
+    "postgres": {"text": 'TEXT COLLATE "C"', "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "norowid": ""},
 }
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -21,29 +22,29 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # What arrived, kept whole: the model can change and history be re-scored.
         # A rowid table: appends stay cheap, and per-subject reads use the subject indexes.
         """CREATE TABLE events (
-            project TEXT NOT NULL, id TEXT NOT NULL, user_id TEXT NOT NULL, account_id TEXT,
+            project {text} NOT NULL, id {text} NOT NULL, user_id {text} NOT NULL, account_id {text},
             ts {int} NOT NULL, received_at {int} NOT NULL, raw {blob} NOT NULL,
             PRIMARY KEY (project, id))""",
         "CREATE INDEX events_user ON events (project, user_id, ts)",
         "CREATE INDEX events_account ON events (project, account_id, ts) WHERE account_id IS NOT NULL",
         # One row per user or account: the folded state, and what lists sort and filter by.
         """CREATE TABLE subjects (
-            project TEXT NOT NULL, level TEXT NOT NULL, subject TEXT NOT NULL,
+            project {text} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL,
             first_seen {int} NOT NULL, last_seen {int} NOT NULL, score_key {real} NOT NULL,
             stage_on {int} NOT NULL, state {blob} NOT NULL,
             PRIMARY KEY (project, level, subject)) {norowid}""",
         "CREATE INDEX subjects_score ON subjects (project, level, score_key, subject)",
         # One row per subject and milestone of its level: the funnel counts these.
         """CREATE TABLE subject_milestones (
-            project TEXT NOT NULL, level TEXT NOT NULL, milestone TEXT NOT NULL, subject TEXT NOT NULL,
+            project {text} NOT NULL, level {text} NOT NULL, milestone {text} NOT NULL, subject {text} NOT NULL,
             progress {real} NOT NULL, achieved_at {int}, deadline {int}, first_seen {int} NOT NULL, tta {int},
             PRIMARY KEY (project, level, milestone, subject)) {norowid}""",
         "CREATE INDEX subject_milestones_tta ON subject_milestones (project, level, milestone, tta)",
         # Tags that name no milestone, so that someone notices.
-        """CREATE TABLE tags (project TEXT NOT NULL, tag TEXT NOT NULL, events {int} NOT NULL,
+        """CREATE TABLE tags (project {text} NOT NULL, tag {text} NOT NULL, events {int} NOT NULL,
             PRIMARY KEY (project, tag)) {norowid}""",
         # The model version the derived rows were built with, per project.
-        """CREATE TABLE models (project TEXT NOT NULL PRIMARY KEY, version TEXT NOT NULL,
+        """CREATE TABLE models (project {text} NOT NULL PRIMARY KEY, version {text} NOT NULL,
             applied_at {int} NOT NULL)""",
     ]),
     ("0002_growth", [
