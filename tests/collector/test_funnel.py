@@ -168,17 +168,15 @@ def nearest_rank(values: list[int], num: int, den: int) -> float | None:
     return values[max(1, -(-len(values) * num // den)) - 1] / 1e6
 
 
-def recompute(subjects: list[dict[str, Any]], level: str, names: list[str]) -> list[dict[str, Any]]:
+def recompute(subjects: list[dict[str, Any]], level: str, milestones: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The funnel of one level from each subject's own view: status, stage, first_seen, achieved_at."""
     out = []
-    for name in names:
+    for name, stage in milestones:
         counts = dict.fromkeys(("pending", "in_progress", "achieved", "missed"), 0)
         reached = achieved_reached = 0
         ttas = []
-        stage = ""
         for s in subjects:
             m = next(m for m in s["milestones"] if m["name"] == name)
-            stage = m["stage"]
             counts[m["status"]] += 1
             inside = STAGES.index(s["stage"]) >= STAGES.index(stage)
             reached += inside
@@ -227,7 +225,7 @@ def test_funnel_equals_recomputation_from_subject_statuses(tmp_path_factory: pyt
     rng.shuffle(arrival)
     instants = [rfc(NOW - timedelta(minutes=m)) for m in back] + [rfc(NOW + timedelta(days=40))]
     cfg = loads(config_text(), "test.toml")
-    names = {lv: [m.name for m in cfg.projects["acme"].milestones_at(lv)] for lv in ("user", "account")}
+    names = {lv: [(m.name, m.stage) for m in cfg.projects["acme"].milestones_at(lv)] for lv in ("user", "account")}
 
     async def run() -> None:
         async with collector(tmp_path_factory.mktemp("f") / "h.db") as c:

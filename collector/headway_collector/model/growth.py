@@ -22,6 +22,7 @@ Every active subject is exactly one of new, retained, resurrected, so the store 
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -65,6 +66,11 @@ def period_of_day(kind: Kind, d: int) -> int:
         return d
     if kind == "week":
         return (d + 3) // 7
+    return _month_of_day(d)
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_of_day(d: int) -> int:
     day = date.fromordinal(_EPOCH_ORDINAL + d)
     return day.year * 12 + day.month - 1
 

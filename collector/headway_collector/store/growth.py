@@ -98,60 +98,64 @@ def maintain(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
 
 
 def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
-    days = sorted({(sid, ev.t // DAY) for ev in new
-                   if (sid := _subject(ev, level)) is not None and p.weight(ev.event, ev.weight) > 0})
+    days = {("day", sid, ev.t // DAY) for ev in new
+            if (sid := _subject(ev, level)) is not None and p.weight(ev.event, ev.weight) > 0}
     if not days:
         return
-    fresh = {"day": _insert_activity(tx, p.name, level, "day", days)}
-    if not fresh["day"]:
+    fresh_days = _insert_activity(tx, p.name, level, list(days))
+    if not fresh_days:
         return  # every subject was already active on these days: nothing changes
-    for kind in ("week", "month"):
-        fresh[kind] = _insert_activity(tx, p.name, level, kind,
-                                       sorted({(s, g.period_of_day(kind, d)) for s, d in fresh["day"]}))
+    # Only a subject's first activity of a day can make its week or month active.
+    fresh = fresh_days + _insert_activity(tx, p.name, level, list(
+        {(kind, s, g.period_of_day(kind, d)) for _, s, d in fresh_days for kind in ("week", "month")}))
+    mine = set(fresh)
+    known = _existing_activity(tx, p.name, level, list(
+        {(kind, s, q) for kind, s, per in fresh for q in (per - 1, per + 1)} - mine))
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # active, new, retained
-    for kind, rows in fresh.items():
-        if not rows:
-            continue
-        mine = set(rows)
-        known = _existing_activity(tx, p.name, level, kind, sorted({(s, q) for s, per in rows for q in (per - 1, per + 1)}))
-        for s, per in rows:
-            counts[kind, per][0] += 1
-            if (s, per - 1) in known:
-                counts[kind, per][2] += 1
-            if (s, per + 1) in known and (s, per + 1) not in mine:
-                counts[kind, per + 1][2] += 1
-    _first_days(tx, p.name, level, fresh["day"], counts)
+    for kind, s, per in fresh:
+        counts[kind, per][0] += 1
+        # A pair of consecutive active periods is counted once, by its later row, or by this row
+        # when it is the earlier one and the later was there before.
+        if (kind, s, per - 1) in known or (kind, s, per - 1) in mine:
+            counts[kind, per][2] += 1
+        if (kind, s, per + 1) in known:
+            counts[kind, per + 1][2] += 1
+    _first_days(tx, p.name, level, [(s, d) for _, s, d in fresh_days], counts)
     _add_growth(tx, p.name, level, counts)
 
 
-def _insert_activity(tx: Tx, project: str, level: str, kind: str, rows: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Insert activity rows; return those that were not there yet."""
-    out: list[tuple[str, int]] = []
-    for part in _chunks(rows):
+ACTIVITY_CHUNK = 1000  # rows per statement: 5,000 parameters, under every backend's limit
+
+
+def _insert_activity(tx: Tx, project: str, level: str, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Insert activity rows (kind, subject, period); return those that were not there yet."""
+    out: list[tuple[str, str, int]] = []
+    for part in _chunks(rows, ACTIVITY_CHUNK):
         params: list[Any] = []
-        for s, per in part:
+        for kind, s, per in part:
             params += (project, level, kind, s, per)
         got = tx.all(
             "INSERT INTO growth_activity (project, level, kind, subject, period) "
             f"VALUES {','.join(['(?,?,?,?,?)'] * len(part))} "
-            "ON CONFLICT (project, level, kind, subject, period) DO NOTHING RETURNING subject, period",
+            "ON CONFLICT (project, level, kind, subject, period) DO NOTHING RETURNING kind, subject, period",
             params,
         )
-        out.extend((s, per) for s, per in got)
+        out.extend((kind, s, per) for kind, s, per in got)
     return out
 
 
-def _existing_activity(tx: Tx, project: str, level: str, kind: str, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
-    out: set[tuple[str, int]] = set()
-    for part in _chunks(pairs):
-        params: list[Any] = [x for pair in part for x in pair]
+def _existing_activity(tx: Tx, project: str, level: str, rows: list[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+    """Which of these activity rows (kind, subject, period) are stored."""
+    out: set[tuple[str, str, int]] = set()
+    for part in _chunks(rows, ACTIVITY_CHUNK):
+        params: list[Any] = [x for row in part for x in row]
         got = tx.all(
-            f"SELECT a.subject, a.period FROM (VALUES {','.join(['(?,?)'] * len(part))}) AS v "
-            "JOIN growth_activity a ON a.project = ? AND a.level = ? AND a.kind = ? "
-            "AND a.subject = v.column1 AND a.period = v.column2",
-            [*params, project, level, kind],
+            f"SELECT a.kind, a.subject, a.period FROM (VALUES {','.join(['(?,?,?)'] * len(part))}) AS v "
+            "JOIN growth_activity a ON a.project = ? AND a.level = ? AND a.kind = v.column1 "
+            "AND a.subject = v.column2 AND a.period = v.column3",
+            [*params, project, level],
         )
-        out.update((s, per) for s, per in got)
+        out.update((kind, s, per) for kind, s, per in got)
     return out
 
 
