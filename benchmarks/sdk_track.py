@@ -428,8 +428,9 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         "(to refuse what does not encode and to snapshot the dict), makes a UUIDv7, and appends a tuple "
         "to a deque; the event's JSON, the batch, gzip and HTTP are the worker's.",
         "- The defaults rows show what each SDK does with a burst bigger than its queue: the share "
-        "delivered is what was not dropped. Headway's default queue (10,000 events, about 4 MiB) "
-        "fills fastest because its `track()` is the cheapest: the burst outruns any worker, while "
+        "delivered is what was not dropped. Headway's default queue (10,000 events: about 3 MiB "
+        "with small properties) fills fastest because its `track()` is the cheapest: the burst "
+        "outruns any worker, while "
         "the peers' slow calls pace their own bursts. For bursty hosts, size `max_queue` to the "
         "burst, as the first Headway row does; drops are always counted and reported.",
         "- Numbers come from a shared 2-core machine whose load average is given above: read the "
