@@ -350,73 +350,96 @@ def rebuild(tx: Tx, models: Models, project: str) -> None:
     for table in TABLES:
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
     p = models[project, "user"].project
+    _rebuild_days(tx, p)
     for level in LEVELS:
-        _rebuild_activity(tx, p, level)
+        _rebuild_periods(tx, p, level)
     for level in LEVELS:
         _rebuild_funnel(tx, models[project, level], project, level)
 
 
-def _rebuild_activity(tx: Tx, p: Project, level: str) -> None:
-    column = "user_id" if level == "user" else "account_id"
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    nps_counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    activity: list[tuple[Any, ...]] = []
-    firsts: list[tuple[Any, ...]] = []
-    answers: list[tuple[Any, ...]] = []
+REBUILD_ROWS = 20_000  # rows gathered before a write, and read per step
+
+
+def _rebuild_days(tx: Tx, p: Project) -> None:
+    """One pass over the events in storage order: the day rows of both levels, and NPS."""
+    days: set[tuple[str, str, int]] = set()
+    best: dict[tuple[str, int, str], tuple[int, float]] = {}
 
     def flush() -> None:
-        if activity:
-            tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
-        if firsts:
-            tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
-        if answers:
-            tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
-                           answers)
-        activity.clear()
-        firsts.clear()
-        answers.clear()
+        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,'day',?,?) "
+                       "ON CONFLICT (project, level, kind, subject, period) DO NOTHING",
+                       [(p.name, *row) for row in days])
+        days.clear()
 
-    def finish(sid: str, days: set[int], best: dict[tuple[str, int], tuple[int, float]]) -> None:
-        if days:
-            firsts.append((p.name, level, sid, min(days)))
-            for kind in g.KINDS:
-                periods, contribution = g.subject_tallies(kind, days)
-                activity.extend((p.name, level, kind, sid, per) for per in periods)
-                for per, (a, n, r) in contribution.items():
-                    c = counts[kind, per]
-                    c[0] += a
-                    c[1] += n
-                    c[2] += r
-        for (kind, per), (t, v) in sorted(best.items()):
-            answers.append((p.name, kind, per, sid, t, v))
-            nps_counts[kind, per][g.nps_bucket(v)] += 1
-        if len(activity) >= 10 * CHUNK:
-            flush()
-
-    current: str | None = None
-    days: set[int] = set()
-    best: dict[tuple[str, int], tuple[int, float]] = {}
-    for sid, raw, ts in tx.stream(
-        f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}", (p.name,)
-    ):
-        if sid != current:
-            if current is not None:
-                finish(current, days, best)
-            current, days, best = sid, set(), {}
+    nps = p.nps_event
+    for uid, aid, raw, ts in tx.stream("SELECT user_id, account_id, raw, ts FROM events WHERE project = ?", (p.name,)):
         ev = _decode_slim(bytes(raw))
         if p.weight(ev.event, ev.weight) > 0:
-            days.add(ts // DAY)
-        if level == "user" and p.nps_event is not None and ev.event == p.nps_event and ev.value is not None \
-                and 0 <= ev.value <= 10:
+            d = ts // DAY
+            days.add(("user", uid, d))
+            if aid is not None:
+                days.add(("account", aid, d))
+            if len(days) >= REBUILD_ROWS:
+                flush()
+        if ev.event == nps and ev.value is not None and 0 <= ev.value <= 10:
+            answer = (ts, ev.value)
             for kind in g.KINDS:
-                key = (kind, g.period_of(kind, ts))
-                if key not in best or best[key] < (ts, ev.value):
-                    best[key] = (ts, ev.value)
-    if current is not None:
-        finish(current, days, best)
+                key = (kind, g.period_of(kind, ts), uid)
+                if key not in best or best[key] < answer:
+                    best[key] = answer
     flush()
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    rows = []
+    for key, (t, v) in sorted(best.items()):
+        rows.append((p.name, *key, t, v))
+        counts[key[0], key[1]][g.nps_bucket(v)] += 1
+    if rows:
+        tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
+                       rows)
+    _add_nps(tx, p.name, counts)
+
+
+def _rebuild_periods(tx: Tx, p: Project, level: str) -> None:
+    """Per subject, from its day rows: week and month rows, the first day, and the counters."""
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    activity: list[tuple[Any, ...]] = []
+    firsts: list[tuple[Any, ...]] = []
+
+    def finish(sid: str, days: list[int]) -> None:
+        firsts.append((p.name, level, sid, days[0]))
+        for kind in g.KINDS:
+            periods, contribution = g.subject_tallies(kind, days)
+            if kind != "day":
+                activity.extend((p.name, level, kind, sid, per) for per in periods)
+            for per, (a, n, r) in contribution.items():
+                c = counts[kind, per]
+                c[0] += a
+                c[1] += n
+                c[2] += r
+
+    # Read in steps (keyset on the primary key), each finished before writing into the table.
+    after: tuple[str, int] = ("", NEVER)
+    current: str | None = None
+    days: list[int] = []
+    while got := tx.all("SELECT subject, period FROM growth_activity WHERE project = ? AND level = ? AND kind = 'day' "
+                        f"AND (subject, period) > (?, ?) ORDER BY subject, period LIMIT {REBUILD_ROWS}",
+                        (p.name, level, *after)):
+        for sid, d in got:
+            if sid != current:
+                if current is not None:
+                    finish(current, days)
+                current, days = sid, []
+            days.append(d)
+        after = got[-1]
+        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
+        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
+        activity.clear()
+        firsts.clear()
+    if current is not None:
+        finish(current, days)
+        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
+        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
     _add_growth(tx, p.name, level, counts)
-    _add_nps(tx, p.name, nps_counts)
 
 
 def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str) -> None:
