@@ -52,6 +52,7 @@ EVENT = "page_viewed"
 PROPS = {"path": "/pricing", "plan": "team"}
 CONTENDERS = {
     "floor": "floor: dict on a SimpleQueue (track()'s call shape), id+encode+send on a worker",
+    "floor-bare": "floor without its worker: dict on a SimpleQueue, nothing sent",
     "headway": "headway, max_queue = burst",
     "headway-defaults": "headway, defaults (max_queue 10,000)",
     "segment": "segment-analytics-python, max_queue_size = burst",
@@ -143,7 +144,29 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     uids = [f"user_{i % 5000:05d}" for i in range(n)]
     warm = uids[:2000]
     props = PROPS
-    if kind == "floor":
+    if kind == "floor-bare":
+        import queue
+
+        bare: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        put, now = bare.put, time.time
+
+        def track(user_id: str, event: str, *, weight: float | None = None, milestones: Any = (),
+                  account_id: str | None = None, value: float | None = None,
+                  properties: dict[str, Any] | None = None, timestamp: Any = None) -> None:
+            put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
+
+        def burst(users: list[str]) -> None:
+            for uid in users:
+                track(uid, EVENT, properties=props)
+
+        def flush() -> None:
+            while not bare.empty():
+                bare.get()
+
+        def close() -> None:
+            pass
+
+    elif kind == "floor":
         import queue
 
         import httpx
@@ -253,15 +276,17 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     flush()
     sink_reset(sink)
     gc.collect()
-    started = time.perf_counter_ns()
+    started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
     burst(uids)
     elapsed = time.perf_counter_ns() - started
+    cpu = time.thread_time_ns() - cpu_started
     flush_started = time.perf_counter()
     flush()
     flush_s = time.perf_counter() - flush_started
     delivered = sink_count(sink)
     close()
-    return {"kind": kind, "n": n, "ns_per_call": elapsed / n, "delivered": delivered, "flush_s": flush_s}
+    return {"kind": kind, "n": n, "ns_per_call": elapsed / n, "cpu_ns_per_call": cpu / n,
+            "delivered": delivered, "flush_s": flush_s}
 
 
 # --- end to end to the real collector, and memory ----------------------------------------------
@@ -334,6 +359,7 @@ def child(args: list[str], log: Path, timeout: float = 900) -> dict[str, Any]:
 def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rss: dict[str, Any] | None,
            args: argparse.Namespace, command: str, load: tuple[str, str]) -> str:
     floor = c.median([r["ns_per_call"] for r in runs["floor"]])
+    floor_cpu = c.median([r["cpu_ns_per_call"] for r in runs["floor"]])
     lines = [
         "# SDK: the host-thread cost of `track()`, next to Segment, PostHog and the floor",
         "",
@@ -351,8 +377,8 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         "to the same local sink (uvicorn on 127.0.0.1, counting distinct event ids). After the burst "
         "each SDK's own flush runs; `delivered` is the share of the burst the sink received.",
         "",
-        "| contender | ns per call (median) | × floor | delivered (median) | flush after burst (s) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| contender | wall ns per call (median) | × floor | host-thread CPU ns per call | × floor | delivered (median) | flush after burst (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind, label in CONTENDERS.items():
         rs = runs.get(kind)
@@ -361,9 +387,13 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         ns = c.median([r["ns_per_call"] for r in rs])
         share = c.median([r["delivered"] / r["n"] for r in rs])
         flush_s = c.median([r["flush_s"] for r in rs])
-        lines.append(f"| {label} | {ns:,.0f} | {ns / floor:.1f} | {share:.1%} | {flush_s:.2f} |")
+        cpu = c.median([r["cpu_ns_per_call"] for r in rs])
+        delivered = "not sent" if kind == "floor-bare" else f"{share:.1%}"
+        lines.append(f"| {label} | {ns:,.0f} | {ns / floor:.1f} | {cpu:,.0f} | {cpu / floor_cpu:.1f} "
+                     f"| {delivered} | {flush_s:.2f} |")
     hw = runs["headway"]
     hw_ns = c.median([r["ns_per_call"] for r in hw])
+    hw_cpu = c.median([r["cpu_ns_per_call"] for r in hw])
     hw_all = all(r["delivered"] == r["n"] for r in hw)
     ratio = hw_ns / floor
     paired = c.median([h["ns_per_call"] / f["ns_per_call"] for h, f in zip(hw, runs["floor"])])
@@ -373,14 +403,31 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         f"Goal: Headway at most {GOAL_RATIO:.0f}× the floor with every event delivered: **{verdict}** "
         f"({ratio:.2f}× the floor's median; the median of the per-repeat ratios, each Headway run "
         f"over the floor run next to it, is {paired:.2f}×; every event delivered in every repeat: "
-        f"{'yes' if hw_all else 'no'}).",
+        f"{'yes' if hw_all else 'no'}). In host-thread CPU time (what the calling thread itself "
+        f"spends, not counting its waits for the GIL): {hw_cpu / floor_cpu:.2f}× the floor.",
+    ]
+    if runs.get("floor-bare"):
+        bare = c.median([r["ns_per_call"] for r in runs["floor-bare"]])
+        bare_cpu = c.median([r["cpu_ns_per_call"] for r in runs["floor-bare"]])
+        strict = "met" if hw_cpu / bare_cpu <= GOAL_RATIO else "NOT met"
+        lines += [
+            "",
+            "The floor's own worker (a `get()` an event, a uuid4 and an encode each) takes much of "
+            "the GIL during the burst. Without any worker running, the same dict-and-put costs "
+            f"{bare:,.0f} ns of wall time and {bare_cpu:,.0f} ns of CPU a call: Headway is "
+            f"{hw_ns / bare:.1f}× that in wall time (its worker's GIL share included) and "
+            f"{hw_cpu / bare_cpu:.1f}× in the calling thread's CPU. By this stricter reading "
+            f"(CPU against the bare floor) the goal is **{strict}**.",
+        ]
+    lines += [
         "",
-        "Per-run numbers (ns per call / delivered share):",
+        "Per-run numbers (wall ns per call / host-thread CPU ns per call / delivered share):",
         "",
     ]
     for kind in CONTENDERS:
         if kind in runs:
-            cells = ", ".join(f"{r['ns_per_call']:,.0f} / {r['delivered'] / r['n']:.0%}" for r in runs[kind])
+            cells = ", ".join(f"{r['ns_per_call']:,.0f} / {r['cpu_ns_per_call']:,.0f} / "
+                              f"{r['delivered'] / r['n']:.0%}" for r in runs[kind])
             lines.append(f"- {kind}: {cells}")
     if e2e is not None:
         rate = e2e["n"] / e2e["total_s"]
@@ -421,9 +468,10 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         "",
         "## Reading it",
         "",
-        "- The cost is wall time on the calling thread, including the GIL time the SDK's own worker "
-        "takes meanwhile; with 2 cores shared by the sink and the worker, absolute numbers are noisy, "
-        "the ratios to the floor measured in the same run less so.",
+        "- Wall time is what the calling thread waits, including the GIL time the SDK's own worker "
+        "takes meanwhile; host-thread CPU (`time.thread_time`) is what the calling thread itself "
+        "spends in the calls. Wall time swings with GIL scheduling from run to run; CPU time is "
+        "steadier.",
         "- Headway's `track()` validates (names, numbers, tags), encodes `properties` once with msgspec "
         "(to refuse what does not encode and to snapshot the dict), makes a UUIDv7, and appends a tuple "
         "to a deque; the event's JSON, the batch, gzip and HTTP are the worker's.",
