@@ -7,6 +7,7 @@ exactly zero and an event's period is the one its own timestamp names (in UTC).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -312,8 +313,6 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
 @given(events=histories(), seed=st.integers(0, 1 << 16), size=st.integers(1, 15))
 def test_growth_equals_recomputation_from_raw_events(tmp_path_factory: pytest.TempPathFactory, events: list[dict[str, Any]],
                                                      seed: int, size: int) -> None:
-    import asyncio
-
     rng = random.Random(seed)
     arrival = events + rng.sample(events, k=min(3, len(events)))  # some resent: duplicates
     rng.shuffle(arrival)

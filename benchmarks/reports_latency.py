@@ -1,0 +1,310 @@
+"""Do `GET /v1/growth` and `GET /v1/milestones` stay fast however many events are stored?
+
+Builds a collector database (SQLite, the collector's schema and model version) of N realistic
+events (default 1,000,000 of 100,000 users in 10,000 accounts over 120 days), folded through
+the store's own code (`store.fold.fold_jobs`: the writer's path, so the growth and funnel
+aggregates are the real maintained ones) in 20,000-event transactions. At checkpoints along
+the way (a quarter, half and all of the events by default) it starts `headway-collector serve`
+on the database (uvicorn, 127.0.0.1), and times the report endpoints over real HTTP with one
+keep-alive client: warm-up requests, then `--requests` of each, in turn. It reports p50/p99 per
+endpoint and checkpoint; the goal is p99 < 50 ms for `GET /v1/growth?period=week` and
+`GET /v1/milestones` at 1M events, and no growth with the number of stored events.
+
+    python -m benchmarks.reports_latency [--events 1000000] [--users 100000] [--requests 400] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import _common as c
+
+GOAL_MS = 50.0
+BUILD_TX = 20_000  # events per transaction while building: the writer's largest group
+ENDPOINTS = (  # (path, part of the goal)
+    ("/v1/growth?period=week", True),
+    ("/v1/milestones", True),
+    ("/v1/growth?period=day", False),
+    ("/v1/growth?period=month&level=account", False),
+    ("/v1/milestones?level=user", False),
+)
+
+
+class _Tx:
+    """`store.fold.Tx` over one SQLite connection (one writer: nothing to lock)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def lock(self, keys: Sequence[str]) -> None:
+        pass
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self.conn.execute(sql, params)
+        while rows := cur.fetchmany(2000):
+            yield from rows
+
+
+class Builder:
+    """Folds a workload into a fresh collector database, a slice at a time."""
+
+    def __init__(self, db: Path, config: Path, w: c.Workload) -> None:
+        from headway_collector.config import load
+        from headway_collector.store import fold, open_store
+        from headway_collector.store.sqlite import PRAGMAS
+
+        self.w, self.done, self.seconds = w, 0, 0.0
+        self.cfg = load(config)
+        store = open_store(f"sqlite:///{c.fresh_db(db)}")
+        store.open()
+        store.rescore(self.cfg, lambda done, total: None)  # what a first start does: records the model version
+        store.close()
+        self.models = fold.Models(self.cfg.projects.values())
+        self.conn = sqlite3.connect(db, isolation_level=None)
+        for pragma in PRAGMAS:
+            self.conn.execute(pragma)
+
+    def fold_until(self, n: int) -> None:
+        from headway_collector.events import decode_event
+        from headway_collector.store import fold
+        from headway_collector.store.base import Accepted
+
+        project = self.cfg.projects[c.PROJECT]
+        started = time.perf_counter()
+        while self.done < n:
+            hi = min(self.done + BUILD_TX, n)
+            received = time.time_ns() // 1000
+            events = []
+            for raw in self.w.raws[self.done : hi]:
+                ev = decode_event(raw, 0, received)
+                events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
+            self.conn.execute("BEGIN IMMEDIATE")
+            fold.fold_jobs(_Tx(self.conn), self.models, [fold.Job(project, events)])
+            self.conn.execute("COMMIT")
+            self.done = hi
+            rate = (self.done) / (self.seconds + time.perf_counter() - started)
+            print(f"\r  building: {self.done:,}/{len(self.w):,} events ({rate:,.0f}/s)", end="", flush=True)
+        print()
+        self.seconds += time.perf_counter() - started
+
+    def counts(self) -> dict[str, int]:
+        q = self.conn.execute
+        return {
+            "events": q("SELECT count(*) FROM events").fetchone()[0],
+            "users": q("SELECT count(*) FROM subjects WHERE level = 'user'").fetchone()[0],
+            "accounts": q("SELECT count(*) FROM subjects WHERE level = 'account'").fetchone()[0],
+            "growth_activity rows": q("SELECT count(*) FROM growth_activity").fetchone()[0],
+            "growth_counts rows": q("SELECT count(*) FROM growth_counts").fetchone()[0],
+            "funnel_counts rows": q("SELECT count(*) FROM funnel_counts").fetchone()[0],
+        }
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Timing:
+    path: str
+    goal: bool
+    events: int
+    samples: list[float]  # milliseconds
+    body_bytes: int
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.samples)
+        return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+
+def measure(url: str, events: int, requests: int, warmup: int) -> tuple[list[Timing], dict[str, Any]]:
+    """Each endpoint `warmup` times, then `requests` times each, interleaved round-robin."""
+    headers = {"Authorization": f"Bearer {c.READ_KEY}"}
+    timings = [Timing(path, goal, events, [], 0) for path, goal in ENDPOINTS]
+    samples: dict[str, Any] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for t in timings:
+            for _ in range(warmup):
+                r = client.get(t.path)
+                r.raise_for_status()
+            t.body_bytes = len(r.content)
+            samples[t.path] = r.json()
+        for _ in range(requests):
+            for t in timings:
+                started = time.perf_counter()
+                r = client.get(t.path)
+                elapsed = (time.perf_counter() - started) * 1000
+                if r.status_code != 200:
+                    raise RuntimeError(f"{t.path}: {r.status_code} {r.text[:200]}")
+                t.samples.append(elapsed)
+    return timings, samples
+
+
+def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: Builder, counts: dict[str, int],
+                 timings: list[Timing], samples: dict[str, Any]) -> str:
+    final = [t for t in timings if t.events == max(x.events for x in timings)]
+    goal_rows = [t for t in final if t.goal]
+    met = all(t.pct(0.99) < GOAL_MS for t in goal_rows)
+    lines = [
+        "# Report latency: growth accounting and the milestone funnel", "",
+        "Question: do `GET /v1/growth?period=week` and `GET /v1/milestones` answer in under "
+        f"{GOAL_MS:.0f} ms at p99 with 1M stored events over 100k users, and does their time stay flat as "
+        "events accumulate?", "",
+        f"Command: `python -m benchmarks.reports_latency {' '.join(argv)}`".rstrip(), "",
+        c.machine_markdown(),
+        f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
+        f"Database: {w_desc} Built through `store.fold.fold_jobs` in {BUILD_TX:,}-event transactions "
+        f"({build.done / build.seconds:,.0f} events/s of incremental folding with the growth and funnel "
+        "aggregates, no HTTP). At the end: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
+        "Each checkpoint starts `headway-collector serve` (uvicorn, 127.0.0.1) on the database as built "
+        f"so far; one keep-alive httpx client sends {args.warmup} warm-up requests per endpoint, then "
+        f"{args.requests} rounds of one request to each endpoint in turn. Times are the client's wall "
+        "time per request (HTTP included); the server's clock is real time, so the default ranges "
+        "(the last 12 periods) cover the newest events.", "",
+        "## Results", "",
+        "| stored events | endpoint | p50 ms | p99 ms | max ms | response bytes | goal |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for t in timings:
+        goal = ("met" if t.pct(0.99) < GOAL_MS else "NOT met") if t.goal and t in final else ""
+        lines.append(f"| {t.events:,} | `GET {t.path}` | {t.pct(0.5):.2f} | {t.pct(0.99):.2f} | {max(t.samples):.2f} | "
+                     f"{t.body_bytes:,} | {goal} |")
+    lines += ["", f"Goal (p99 < {GOAL_MS:.0f} ms for both at {final[0].events:,} events): **{'met' if met else 'NOT met'}**.", ""]
+    checkpoints = sorted({t.events for t in timings})
+    if len(checkpoints) > 1:
+        lines += ["p50 at the largest checkpoint over p50 at the smallest (flat is 1.0):", ""]
+        for path, _ in ENDPOINTS:
+            first = next(t for t in timings if t.path == path and t.events == checkpoints[0])
+            last = next(t for t in timings if t.path == path and t.events == checkpoints[-1])
+            lines.append(f"- `GET {path}`: {last.pct(0.5) / first.pct(0.5):.2f}x for {checkpoints[-1] / checkpoints[0]:.0f}x the events")
+        lines.append("")
+    growth = samples.get("/v1/growth?period=week", {}).get("periods", [])
+    if growth:
+        lines += ["What the last checkpoint answered (the last 4 weeks of `GET /v1/growth?period=week`):", "",
+                  "| week | new | retained | resurrected | churned | active | quick ratio | NPS (answers) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for p in growth[-4:]:
+            qr = f"{p['quick_ratio']:.2f}" if p["quick_ratio"] is not None else "-"
+            nps = f"{p['nps']['score']:.1f} ({p['nps']['responses']})" if p.get("nps") else "-"
+            lines.append(f"| {p['period']} | {p['new']:,} | {p['retained']:,} | {p['resurrected']:,} | {p['churned']:,} | "
+                         f"{p['active']:,} | {qr} | {nps} |")
+        lines.append("")
+    funnel = samples.get("/v1/milestones", {}).get("milestones", [])
+    if funnel:
+        lines += ["and `GET /v1/milestones`:", "",
+                  "| milestone | level | pending | in progress | achieved | missed | reached stage | share | median s | p90 s |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for s in funnel:
+            k = s["counts"]
+            share = f"{s['achieved_share']:.3f}" if s["achieved_share"] is not None else "-"
+            med = f"{s['median_time_to_achieve_s']:,.0f}" if s["median_time_to_achieve_s"] is not None else "-"
+            p90 = f"{s['p90_time_to_achieve_s']:,.0f}" if s["p90_time_to_achieve_s"] is not None else "-"
+            lines.append(f"| {s['name']} | {s['level']} | {k['pending']:,} | {k['in_progress']:,} | {k['achieved']:,} | "
+                         f"{k['missed']:,} | {s['reached_stage']:,} | {share} | {med} | {p90} |")
+        lines.append("")
+    lines += ["![report latency](reports_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(timings: list[Timing], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    checkpoints = sorted({t.events for t in timings})
+    for (p, goal), color in zip(ENDPOINTS, ("#2f6f3e", "#1f5f8b", "#8fbf9a", "#9ec3dd", "#b08cc0")):
+        rows = [next(t for t in timings if t.path == p and t.events == e) for e in checkpoints]
+        style = "-" if goal else ":"
+        ax1.plot(checkpoints, [t.pct(0.99) for t in rows], style, marker="o", color=color, label=f"GET {p}")
+        ax1.plot(checkpoints, [t.pct(0.5) for t in rows], style, marker=".", color=color, alpha=0.5)
+    ax1.axhline(GOAL_MS, color="#c0392b", linestyle="--", label=f"goal: p99 < {GOAL_MS:.0f} ms")
+    ax1.set_xlabel("stored events")
+    ax1.set_ylabel("ms per request (p99 solid marker, p50 small)")
+    ax1.set_ylim(bottom=0)
+    ax1.set_title("Report latency as events accumulate")
+    ax1.legend(fontsize=7)
+    last = [t for t in timings if t.events == checkpoints[-1]]
+    ax2.boxplot([t.samples for t in last], vert=False, showfliers=True, whis=(1, 99))
+    ax2.set_yticks(range(1, len(last) + 1), [f"GET {t.path}" for t in last], fontsize=7)
+    ax2.axvline(GOAL_MS, color="#c0392b", linestyle="--")
+    ax2.set_xlabel("ms per request")
+    ax2.set_title(f"At {checkpoints[-1]:,} events (whiskers: p1-p99)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reports_latency", description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="stored events at the end (default 1000000)")
+    p.add_argument("--users", type=int, default=100_000, help="users (default 100000; accounts: a tenth)")
+    p.add_argument("--days", type=int, default=120, help="days of history (default 120)")
+    p.add_argument("--checkpoints", type=int, default=3, help="measure after 1/4, 1/2, ... of the events (default 3)")
+    p.add_argument("--requests", type=int, default=400, help="timed requests per endpoint and checkpoint (default 400)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed requests per endpoint first (default 20)")
+    p.add_argument("--quick", action="store_true", help="small sizes: 100000 events of 10000 users, 100 requests")
+    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write reports_latency.md and .png")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.events, args.users, args.requests = min(args.events, 100_000), min(args.users, 10_000), min(args.requests, 100)
+    args.load_before = c.load_average()
+
+    print(f"making {args.events:,} events of {args.users:,} users ...", flush=True)
+    w = c.make_workload(args.events, users=args.users, accounts=max(1, args.users // 10), days=args.days)
+    w_desc = (f"{len(w):,} events of {len(set(w.user_ids)):,} users in {len({a for a in w.account_ids if a}):,} "
+              f"accounts over {args.days} days (the generator of `ingest.py`: Zipf-like activity, onboarding "
+              "bursts, NPS answers, conversions).")
+    marks = [len(w) >> (args.checkpoints - 1 - i) for i in range(args.checkpoints)]
+    timings: list[Timing] = []
+    samples: dict[str, Any] = {}
+    args.results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="headway-bench-reports-") as tmpdir:
+        tmp = Path(tmpdir)
+        config = c.write_config(tmp / "full.toml")
+        db = tmp / "headway.db"
+        build = Builder(db, config, w)
+        try:
+            for mark in marks:
+                build.fold_until(mark)
+                with c.collector_server(config, db, tmp / "server.log") as server:
+                    got, samples = measure(server.url, mark, args.requests, args.warmup)
+                timings += got
+                for t in got:
+                    print(f"  {mark:>9,} events  GET {t.path:<40} p50 {t.pct(0.5):7.2f} ms  p99 {t.pct(0.99):7.2f} ms",
+                          flush=True)
+            counts = build.counts()
+        finally:
+            build.close()
+
+    report = write_report(args, argv, w_desc, build, counts, timings, samples)
+    (args.results / "reports_latency.md").write_text(report)
+    plot(timings, args.results / "reports_latency.png")
+    print()
+    print(report.split("## Results")[1].split("What the last")[0].strip())
+    print(f"\nwrote {args.results / 'reports_latency.md'} and {args.results / 'reports_latency.png'}")
+    final = [t for t in timings if t.events == marks[-1] and t.goal]
+    return 0 if all(t.pct(0.99) < GOAL_MS for t in final) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
