@@ -89,6 +89,10 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     first = g.period_of(kind, _instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
         raise APIError(400, "bad_request", f"from={start!r} is after to={end!r}")
+    try:
+        g.period_label(kind, first), g.period_label(kind, last)
+    except (ValueError, OverflowError):
+        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
     if last - first + 1 > MAX_PERIODS:
         raise APIError(400, "bad_request", f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
                        "narrow from/to or use a longer period")

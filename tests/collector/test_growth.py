@@ -204,6 +204,8 @@ async def test_no_data_gives_zeros_and_no_ratio(tmp_path: Path) -> None:
     ("from=2024-02-01&to=2024-01-01", "is after"),
     ("period=day&from=2000-01-01&to=2024-01-01", "at most 1000"),
     ("at=soon", "at='soon' is not an RFC3339 timestamp"),
+    ("period=month&at=0001-03-01T00:00:00Z", "outside years 1 to 9999"),
+    ("period=day&from=9999-12-31&to=9999-12-31T23:00:00-05:00", "outside years 1 to 9999"),
 ])
 async def test_bad_parameters_are_400(tmp_path: Path, query: str, message: str) -> None:
     async with collector(tmp_path / "h.db") as c:
