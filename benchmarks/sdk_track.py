@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 if not __package__:  # run as a file (python benchmarks/sdk_track.py): find the package
@@ -140,6 +141,22 @@ def sink_reset(url: str) -> None:
 # --- one contender, one burst, in this process -----------------------------------------------
 
 
+def floor_burst(q: Any) -> Callable[[list[str]], None]:
+    """The floor's burst: calls with the shape of Headway's track() that put a dict on ``q``."""
+    put, now = q.put, time.time
+
+    def track(user_id: str, event: str, *, weight: float | None = None, milestones: Any = (),
+              account_id: str | None = None, value: float | None = None,
+              properties: dict[str, Any] | None = None, timestamp: Any = None) -> None:
+        put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
+
+    def burst(users: list[str]) -> None:
+        for uid in users:
+            track(uid, EVENT, properties=PROPS)
+
+    return burst
+
+
 def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     uids = [f"user_{i % 5000:05d}" for i in range(n)]
     warm = uids[:2000]
@@ -148,16 +165,7 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
         import queue
 
         bare: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        put, now = bare.put, time.time
-
-        def track(user_id: str, event: str, *, weight: float | None = None, milestones: Any = (),
-                  account_id: str | None = None, value: float | None = None,
-                  properties: dict[str, Any] | None = None, timestamp: Any = None) -> None:
-            put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
-
-        def burst(users: list[str]) -> None:
-            for uid in users:
-                track(uid, EVENT, properties=props)
+        burst = floor_burst(bare)
 
         def flush() -> None:
             while not bare.empty():
@@ -173,13 +181,7 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
         import msgspec
 
         q: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        put, now = q.put, time.time
-
-        def track(user_id: str, event: str, *, weight: float | None = None, milestones: Any = (),
-                  account_id: str | None = None, value: float | None = None,
-                  properties: dict[str, Any] | None = None, timestamp: Any = None) -> None:
-            # the call shape of headway's track(); the dict holds what was passed and the time
-            put({"user_id": user_id, "event": event, "properties": properties, "timestamp": now()})
+        floor_track = floor_burst(q)
 
         pending = [0]
         done = threading.Condition()
@@ -209,8 +211,7 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
 
         def burst(users: list[str]) -> None:
             pending[0] += len(users)
-            for uid in users:
-                track(uid, EVENT, properties=props)
+            floor_track(users)
 
         def flush() -> None:
             with done:
