@@ -43,6 +43,8 @@ ENDPOINTS = (  # (path, part of the goal)
 class _Tx:
     """`store.fold.Tx` over one SQLite connection (one writer: nothing to lock)."""
 
+    states = None  # no subject states kept between transactions
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
@@ -112,7 +114,7 @@ class Builder:
             "events": q("SELECT count(*) FROM events").fetchone()[0],
             "users": q("SELECT count(*) FROM subjects WHERE level = 'user'").fetchone()[0],
             "accounts": q("SELECT count(*) FROM subjects WHERE level = 'account'").fetchone()[0],
-            "growth_activity rows": q("SELECT count(*) FROM growth_activity").fetchone()[0],
+            "growth_subjects rows": q("SELECT count(*) FROM growth_subjects").fetchone()[0],
             "growth_counts rows": q("SELECT count(*) FROM growth_counts").fetchone()[0],
             "funnel_counts rows": q("SELECT count(*) FROM funnel_counts").fetchone()[0],
         }
@@ -243,7 +245,7 @@ def plot(timings: list[Timing], path: Path) -> None:
     ax1.set_title("Report latency as events accumulate")
     ax1.legend(fontsize=7)
     last = [t for t in timings if t.events == checkpoints[-1]]
-    ax2.boxplot([t.samples for t in last], vert=False, showfliers=True, whis=(1, 99))
+    ax2.boxplot([t.samples for t in last], orientation="horizontal", showfliers=True, whis=(1, 99))
     ax2.set_yticks(range(1, len(last) + 1), [f"GET {t.path}" for t in last], fontsize=7)
     ax2.axvline(GOAL_MS, color="#c0392b", linestyle="--")
     ax2.set_xlabel("ms per request")

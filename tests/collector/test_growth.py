@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway_collector.config import Config, loads
+from headway_collector.model import growth as g
 from headway_collector.store import open_store
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.conftest import OTHER_READ_KEY, OTHER_WRITE_KEY, WRITE_KEY, asgi_collector, config_text
@@ -337,3 +338,27 @@ def test_growth_equals_recomputation_from_raw_events(tmp_path_factory: pytest.Te
             assert p["new"] + p["retained"] + p["resurrected"] == p["active"], (kind, level, p)
         want = recompute(events, kind, level, range_starts)
         assert [{k: v for k, v in p.items() if k != "period"} for p in out["periods"]] == want, (kind, level)
+
+
+@settings(max_examples=300, deadline=None)
+@given(days=st.lists(st.integers(19_700, 19_900) | st.integers(0, 70), min_size=1, max_size=40),
+       shuffle=st.randoms(use_true_random=False), sizes=st.lists(st.integers(1, 6), min_size=1))
+def test_add_days_in_any_order_equals_the_from_scratch_tallies(days: list[int], shuffle: random.Random,
+                                                               sizes: list[int]) -> None:
+    """The incremental bitmap and counters (what ingest keeps) against `subject_tallies` of the
+    whole set (what a re-score computes): any order, any batching, stored and read back between."""
+    arrival = days[:]
+    shuffle.shuffle(arrival)
+    state, counts = g.Days(), defaultdict(lambda: [0, 0, 0])  # type: ignore[var-annotated]
+    i = 0
+    for n in itertools.cycle(sizes):
+        if i >= len(arrival):
+            break
+        g.add_days(state, arrival[i : i + n], counts)
+        state = g.Days.decode(state.first, state.encode())  # type: ignore[arg-type]
+        i += n
+    assert state.first == min(days) and all(state.has(d) for d in days)
+    assert sum(state.has(d) for d in range(min(days), max(days) + 1)) == len(set(days))
+    for kind in g.KINDS:
+        got = {p: tuple(c) for (k, p), c in counts.items() if k == kind and any(c)}
+        assert got == g.subject_tallies(kind, days), kind

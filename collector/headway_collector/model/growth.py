@@ -34,8 +34,10 @@ from .scoring import DAY
 __all__ = [
     "KINDS",
     "TTA_EDGES",
+    "Days",
     "Kind",
     "Tally",
+    "add_days",
     "funnel_class",
     "nps_bucket",
     "nps_score",
@@ -85,6 +87,11 @@ def _start_day(kind: Kind, p: int) -> int:
         return p
     if kind == "week":
         return 7 * p - 3
+    return _month_start(p)
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_start(p: int) -> int:
     year, month = divmod(p, 12)
     return date(year, month + 1, 1).toordinal() - _EPOCH_ORDINAL
 
@@ -141,16 +148,116 @@ def tallies(counts: Mapping[int, tuple[int, int, int]], first: int, last: int) -
     return out
 
 
-def subject_tallies(kind: Kind, days: Iterable[int]) -> tuple[list[int], dict[int, tuple[int, int, int]]]:
-    """One subject's active periods and its contribution to `(active, new, retained)`.
+def subject_tallies(kind: Kind, days: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+    """One subject's contribution to `(active, new, retained)` per period, from all its active days.
 
-    The from-scratch form of what the store maintains incrementally; a re-score uses it.
+    The from-scratch form of what `add_days` maintains incrementally; a re-score uses it.
     """
     periods = sorted({period_of_day(kind, d) for d in days})
     out: dict[int, tuple[int, int, int]] = {}
     for i, p in enumerate(periods):
         out[p] = (1, int(i == 0), int(i > 0 and periods[i - 1] == p - 1))
-    return periods, out
+    return out
+
+
+@dataclass
+class Days:
+    """A subject's active days as a bitmap: bit i is day `first + i` (`first` None: no day yet).
+
+    One bit per day of the subject's life: a year of history is 46 bytes.
+    """
+
+    first: int | None = None
+    bits: int = 0
+
+    def has(self, d: int) -> bool:
+        return self.first is not None and d >= self.first and bool(self.bits >> (d - self.first) & 1)
+
+    def any_in(self, lo: int, hi: int) -> bool:
+        """Is any day of lo..hi (inclusive) active?"""
+        if self.first is None:
+            return False
+        lo = max(lo, self.first)
+        if hi < lo:
+            return False
+        return bool(self.bits >> (lo - self.first) & ((1 << (hi - lo + 1)) - 1))
+
+    def add(self, d: int) -> None:
+        if self.first is None:
+            self.first, self.bits = d, 1
+        elif d < self.first:
+            self.bits = self.bits << (self.first - d) | 1
+            self.first = d
+        else:
+            self.bits |= 1 << (d - self.first)
+
+    def encode(self) -> bytes:
+        return self.bits.to_bytes((self.bits.bit_length() + 7) // 8, "little")
+
+    @classmethod
+    def decode(cls, first: int, data: bytes) -> Days:
+        return cls(first, int.from_bytes(data, "little"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_days(m: int) -> tuple[int, int]:
+    """The first and last day of month m."""
+    return _month_start(m), _month_start(m + 1) - 1
+
+
+def add_days(days: Days, new: Iterable[int], counts: dict[tuple[str, int], list[int]]) -> bool:
+    """Mark `new` active days in `days`, adding the change to `counts[kind, period]` = [active,
+    new, retained]; returns whether anything changed.
+
+    A period becomes active with its first active day: active += 1, and each pair of consecutive
+    active periods is counted in `retained` once, when the later-activated of the two becomes
+    active. `new` moves when the first day moves to another period. Whatever the order in which
+    days arrive, the counters end equal to `subject_tallies` of the whole set.
+    """
+    was_first = days.first
+    changed = False
+    for d in sorted(set(new)):
+        if days.has(d):
+            continue
+        w = (d + 3) // 7
+        monday = 7 * w - 3
+        m = _month_of_day(d)
+        m_lo, m_hi = _month_days(m)
+        week_fresh = not days.any_in(monday, monday + 6)
+        month_fresh = not days.any_in(m_lo, m_hi)
+        days.add(d)
+        changed = True
+        c = counts["day", d]
+        c[0] += 1
+        if days.has(d - 1):
+            c[2] += 1
+        if days.has(d + 1):
+            counts["day", d + 1][2] += 1
+        if week_fresh:
+            c = counts["week", w]
+            c[0] += 1
+            if days.any_in(monday - 7, monday - 1):
+                c[2] += 1
+            if days.any_in(monday + 7, monday + 13):
+                counts["week", w + 1][2] += 1
+        if month_fresh:
+            c = counts["month", m]
+            c[0] += 1
+            if days.any_in(*_month_days(m - 1)):
+                c[2] += 1
+            if days.any_in(*_month_days(m + 1)):
+                counts["month", m + 1][2] += 1
+    if days.first != was_first:
+        assert days.first is not None
+        for kind in KINDS:
+            now_p = period_of_day(kind, days.first)
+            if was_first is not None:
+                was_p = period_of_day(kind, was_first)
+                if was_p == now_p:
+                    continue
+                counts[kind, was_p][1] -= 1
+            counts[kind, now_p][1] += 1
+    return changed
 
 
 # --- NPS ----------------------------------------------------------------------------------------

@@ -6,16 +6,15 @@ commit); `rebuild` runs at the end of a re-score and computes the same tables fr
 reads (`read_growth`, `read_funnel`) touch only these tables, never `events`. docs/reports.md
 tells the whole story; in short:
 
-Growth. `growth_activity` holds one row per (subject, kind of period, period) in which the
-subject had an event of effective weight > 0. A new event first tries to insert its subject's
-*day* row; only when that row is new (the subject's first activity that UTC day) does anything
-else happen: the week and month rows are tried, and for every row that is new the counters of
-`growth_counts` move: `active[p] += 1`, `retained[p] += 1` when the previous period's row exists,
-`retained[p + 1] += 1` when the next period's row exists (and is not itself new here, which
-counts that pair from its side). `growth_first` keeps the first active day, so `new` moves to an
-earlier period when a late event reveals one. Every counter is a function of the *set* of
-events, whatever their order, batching or duplication, and every update is an `n = n + ?` upsert,
-so several collectors on PostgreSQL add up exactly.
+Growth. `growth_subjects` holds each subject's active days (an event of effective weight > 0
+that UTC day) as a bitmap, one row per subject. A transaction reads the rows of the subjects its
+events touch, marks their new days (`model.growth.add_days`) and writes back the rows that
+changed; a day that was already marked changes nothing. Every day that becomes active may make
+its day, week and month active: `active[p] += 1`, and `retained` counts each pair of consecutive
+active periods once, when the later-activated one becomes active; `new` follows the first day
+(a late event may move it to an earlier period). The counters in `growth_counts` are therefore a
+function of the *set* of events, whatever their order, batching or duplication, and every update
+is an `n = n + ?` upsert, so several collectors on PostgreSQL add up exactly.
 
 NPS. Each user's latest answer per period (as the account NPS keeps each user's latest answer),
 in `growth_nps_answers`, with counters of promoters, passives and detractors per period.
@@ -54,7 +53,7 @@ CHUNK = 400  # rows per multi-row statement, as in fold
 SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row (milestone names are never empty)
 SUBJECT_CLS = "s"
 NEVER = -(1 << 62)  # a day before every day
-TABLES = ("growth_activity", "growth_first", "growth_counts", "growth_nps_answers", "growth_nps_counts",
+TABLES = ("growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_counts",
           "funnel_rows", "funnel_counts", "funnel_tta")
 
 FunnelRow = tuple[int, int, str, int | None]  # first_seen, stage_on, cls, tta
@@ -98,93 +97,30 @@ def maintain(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
 
 
 def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
-    days = {("day", sid, ev.t // DAY) for ev in new
-            if (sid := _subject(ev, level)) is not None and p.weight(ev.event, ev.weight) > 0}
-    if not days:
+    by_subject: dict[str, set[int]] = defaultdict(set)
+    for ev in new:
+        sid = _subject(ev, level)
+        if sid is not None and p.weight(ev.event, ev.weight) > 0:
+            by_subject[sid].add(ev.t // DAY)
+    if not by_subject:
         return
-    fresh_days = _insert_activity(tx, p.name, level, list(days))
-    if not fresh_days:
-        return  # every subject was already active on these days: nothing changes
-    # Only a subject's first activity of a day can make its week or month active.
-    fresh = fresh_days + _insert_activity(tx, p.name, level, list(
-        {(kind, s, g.period_of_day(kind, d)) for _, s, d in fresh_days for kind in ("week", "month")}))
-    mine = set(fresh)
-    known = _existing_activity(tx, p.name, level, list(
-        {(kind, s, q) for kind, s, per in fresh for q in (per - 1, per + 1)} - mine))
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # active, new, retained
-    for kind, s, per in fresh:
-        counts[kind, per][0] += 1
-        # A pair of consecutive active periods is counted once, by its later row, or by this row
-        # when it is the earlier one and the later was there before.
-        if (kind, s, per - 1) in known or (kind, s, per - 1) in mine:
-            counts[kind, per][2] += 1
-        if (kind, s, per + 1) in known:
-            counts[kind, per + 1][2] += 1
-    _first_days(tx, p.name, level, [(s, d) for _, s, d in fresh_days], counts)
-    _add_growth(tx, p.name, level, counts)
-
-
-ACTIVITY_CHUNK = 1000  # rows per statement: 5,000 parameters, under every backend's limit
-
-
-def _insert_activity(tx: Tx, project: str, level: str, rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """Insert activity rows (kind, subject, period); return those that were not there yet."""
-    out: list[tuple[str, str, int]] = []
-    for part in _chunks(rows, ACTIVITY_CHUNK):
-        params: list[Any] = []
-        for kind, s, per in part:
-            params += (project, level, kind, s, per)
-        got = tx.all(
-            "INSERT INTO growth_activity (project, level, kind, subject, period) "
-            f"VALUES {','.join(['(?,?,?,?,?)'] * len(part))} "
-            "ON CONFLICT (project, level, kind, subject, period) DO NOTHING RETURNING kind, subject, period",
-            params,
-        )
-        out.extend((kind, s, per) for kind, s, per in got)
-    return out
-
-
-def _existing_activity(tx: Tx, project: str, level: str, rows: list[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
-    """Which of these activity rows (kind, subject, period) are stored."""
-    out: set[tuple[str, str, int]] = set()
-    for part in _chunks(rows, ACTIVITY_CHUNK):
-        params: list[Any] = [x for row in part for x in row]
-        got = tx.all(
-            f"SELECT a.kind, a.subject, a.period FROM (VALUES {','.join(['(?,?,?)'] * len(part))}) AS v "
-            "JOIN growth_activity a ON a.project = ? AND a.level = ? AND a.kind = v.column1 "
-            "AND a.subject = v.column2 AND a.period = v.column3",
-            [*params, project, level],
-        )
-        out.update((kind, s, per) for kind, s, per in got)
-    return out
-
-
-def _first_days(tx: Tx, project: str, level: str, fresh: list[tuple[str, int]], counts: dict[tuple[str, int], list[int]]) -> None:
-    firsts: dict[str, int] = {}
-    for s, d in fresh:
-        firsts[s] = min(d, firsts.get(s, d))
-    ids = sorted(firsts)
-    old: dict[str, int] = {}
+    ids = sorted(by_subject)
+    stored: dict[str, g.Days] = {}
     for part in _chunks(ids):
-        old.update(tx.all(f"SELECT subject, first_day FROM growth_first WHERE project = ? AND level = ? "
-                          f"AND subject IN ({_marks(len(part))})", (project, level, *part)))
-    changed = []
-    for s in ids:
-        d, was = firsts[s], old.get(s)
-        if was is not None and was <= d:
-            continue
-        changed.append((project, level, s, d))
-        for kind in g.KINDS:
-            now_p = g.period_of_day(kind, d)
-            if was is not None:
-                was_p = g.period_of_day(kind, was)
-                if was_p == now_p:
-                    continue
-                counts[kind, was_p][1] -= 1
-            counts[kind, now_p][1] += 1
-    if changed:
-        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?) "
-                       "ON CONFLICT (project, level, subject) DO UPDATE SET first_day = excluded.first_day", changed)
+        for sid, first, data in tx.all(f"SELECT subject, first_day, days FROM growth_subjects WHERE project = ? "
+                                       f"AND level = ? AND subject IN ({_marks(len(part))})", (p.name, level, *part)):
+            stored[sid] = g.Days.decode(first, bytes(data))
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # active, new, retained
+    rows = []
+    for sid in ids:
+        days = stored.get(sid) or g.Days()
+        if g.add_days(days, by_subject[sid], counts):  # nothing when the subject was active on all these days
+            rows.append((p.name, level, sid, days.first, days.encode()))
+    if rows:
+        tx.executemany("INSERT INTO growth_subjects (project, level, subject, first_day, days) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT (project, level, subject) DO UPDATE SET first_day = excluded.first_day, "
+                       "days = excluded.days", rows)
+        _add_growth(tx, p.name, level, counts)
 
 
 def _add_growth(tx: Tx, project: str, level: str, counts: dict[tuple[str, int], list[int]]) -> None:
@@ -350,96 +286,73 @@ def rebuild(tx: Tx, models: Models, project: str) -> None:
     for table in TABLES:
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
     p = models[project, "user"].project
-    _rebuild_days(tx, p)
     for level in LEVELS:
-        _rebuild_periods(tx, p, level)
+        _rebuild_growth(tx, p, level)
     for level in LEVELS:
         _rebuild_funnel(tx, models[project, level], project, level)
 
 
-REBUILD_ROWS = 20_000  # rows gathered before a write, and read per step
-
-
-def _rebuild_days(tx: Tx, p: Project) -> None:
-    """One pass over the events in storage order: the day rows of both levels, and NPS."""
-    days: set[tuple[str, str, int]] = set()
-    best: dict[tuple[str, int, str], tuple[int, float]] = {}
+def _rebuild_growth(tx: Tx, p: Project, level: str) -> None:
+    """Each subject's active days and (users) NPS answers, from its events; then the counters."""
+    column = "user_id" if level == "user" else "account_id"
+    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    nps_counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    subjects: list[tuple[Any, ...]] = []
+    answers: list[tuple[Any, ...]] = []
 
     def flush() -> None:
-        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,'day',?,?) "
-                       "ON CONFLICT (project, level, kind, subject, period) DO NOTHING",
-                       [(p.name, *row) for row in days])
-        days.clear()
+        if subjects:
+            tx.executemany("INSERT INTO growth_subjects (project, level, subject, first_day, days) VALUES (?,?,?,?,?)",
+                           subjects)
+        if answers:
+            tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) "
+                           "VALUES (?,?,?,?,?,?)", answers)
+        subjects.clear()
+        answers.clear()
 
-    nps = p.nps_event
-    for uid, aid, raw, ts in tx.stream("SELECT user_id, account_id, raw, ts FROM events WHERE project = ?", (p.name,)):
+    def finish(sid: str, active: set[int], best: dict[tuple[str, int], tuple[int, float]]) -> None:
+        if active:
+            days = g.Days()
+            for d in sorted(active, reverse=True):
+                days.add(d)  # from the last day down: the bitmap is allocated once
+            subjects.append((p.name, level, sid, days.first, days.encode()))
+            for kind in g.KINDS:
+                for per, (a, n, r) in g.subject_tallies(kind, active).items():
+                    c = counts[kind, per]
+                    c[0] += a
+                    c[1] += n
+                    c[2] += r
+        for (kind, per), (t, v) in sorted(best.items()):
+            answers.append((p.name, kind, per, sid, t, v))
+            nps_counts[kind, per][g.nps_bucket(v)] += 1
+        if len(subjects) >= 10 * CHUNK:
+            flush()
+
+    current: str | None = None
+    active: set[int] = set()
+    best: dict[tuple[str, int], tuple[int, float]] = {}
+    nps = p.nps_event if level == "user" else None  # a person's answer: counted once, in the user pass
+    for sid, raw, ts in tx.stream(
+        f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}", (p.name,)
+    ):
+        if sid != current:
+            if current is not None:
+                finish(current, active, best)
+            current, active, best = sid, set(), {}
         ev = _decode_slim(bytes(raw))
         if p.weight(ev.event, ev.weight) > 0:
-            d = ts // DAY
-            days.add(("user", uid, d))
-            if aid is not None:
-                days.add(("account", aid, d))
-            if len(days) >= REBUILD_ROWS:
-                flush()
+            active.add(ts // DAY)
         if ev.event == nps and ev.value is not None and 0 <= ev.value <= 10:
             answer = (ts, ev.value)
             for kind in g.KINDS:
-                key = (kind, g.period_of(kind, ts), uid)
+                key = (kind, g.period_of(kind, ts))
                 if key not in best or best[key] < answer:
                     best[key] = answer
-    flush()
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    rows = []
-    for key, (t, v) in sorted(best.items()):
-        rows.append((p.name, *key, t, v))
-        counts[key[0], key[1]][g.nps_bucket(v)] += 1
-    if rows:
-        tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
-                       rows)
-    _add_nps(tx, p.name, counts)
-
-
-def _rebuild_periods(tx: Tx, p: Project, level: str) -> None:
-    """Per subject, from its day rows: week and month rows, the first day, and the counters."""
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    activity: list[tuple[Any, ...]] = []
-    firsts: list[tuple[Any, ...]] = []
-
-    def finish(sid: str, days: list[int]) -> None:
-        firsts.append((p.name, level, sid, days[0]))
-        for kind in g.KINDS:
-            periods, contribution = g.subject_tallies(kind, days)
-            if kind != "day":
-                activity.extend((p.name, level, kind, sid, per) for per in periods)
-            for per, (a, n, r) in contribution.items():
-                c = counts[kind, per]
-                c[0] += a
-                c[1] += n
-                c[2] += r
-
-    # Read in steps (keyset on the primary key), each finished before writing into the table.
-    after: tuple[str, int] = ("", NEVER)
-    current: str | None = None
-    days: list[int] = []
-    while got := tx.all("SELECT subject, period FROM growth_activity WHERE project = ? AND level = ? AND kind = 'day' "
-                        f"AND (subject, period) > (?, ?) ORDER BY subject, period LIMIT {REBUILD_ROWS}",
-                        (p.name, level, *after)):
-        for sid, d in got:
-            if sid != current:
-                if current is not None:
-                    finish(current, days)
-                current, days = sid, []
-            days.append(d)
-        after = got[-1]
-        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
-        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
-        activity.clear()
-        firsts.clear()
     if current is not None:
-        finish(current, days)
-        tx.executemany("INSERT INTO growth_activity (project, level, kind, subject, period) VALUES (?,?,?,?,?)", activity)
-        tx.executemany("INSERT INTO growth_first (project, level, subject, first_day) VALUES (?,?,?,?)", firsts)
+        finish(current, active, best)
+    flush()
     _add_growth(tx, p.name, level, counts)
+    _add_nps(tx, p.name, nps_counts)
 
 
 def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str) -> None:

@@ -90,6 +90,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # start re-scores the stored events and fills them (app.ensure_model).
         "UPDATE models SET version = 'before-0002_growth'",
     ]),
+    ("0003_growth_days", [
+        # Growth: each subject's active days as one bitmap row (bit i: first_day + i), read and
+        # rewritten once per transaction that touches the subject, in place of one row per
+        # active day, week and month (0002): far fewer rows to write and probe.
+        """CREATE TABLE growth_subjects (
+            project TEXT NOT NULL, level TEXT NOT NULL, subject TEXT NOT NULL, first_day {int} NOT NULL,
+            days {blob} NOT NULL,
+            PRIMARY KEY (project, level, subject)) {norowid}""",
+        "DROP TABLE growth_activity",
+        "DROP TABLE growth_first",
+        # The counters were built from the dropped rows: re-score at the next start (ensure_model).
+        "UPDATE models SET version = 'before-0003_growth_days'",
+    ]),
 ]
 
 
