@@ -9,7 +9,7 @@ API reads (subjects by score, milestone rows for the funnel, unknown tag counts)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -29,6 +29,10 @@ CHUNK = 400  # rows per multi-row statement: well under every backend's paramete
 
 class Tx(Protocol):
     """One open transaction; SQL uses `?` placeholders on every backend."""
+
+    # Subject states this writer keeps between transactions, keyed like `lock`; None where other
+    # writers may change them (the backend empties it when another connection has written).
+    states: MutableMapping[str, SubjectState] | None
 
     def lock(self, keys: Sequence[str]) -> None:
         """Hold these subjects until commit (several writers: PostgreSQL); sorted, no deadlocks."""
@@ -129,7 +133,8 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
                 groups[sid].append(ev)
         if not groups:
             continue
-        states = _load_states(tx, project, level, sorted(groups))
+        keys = {sid: f"{project}\x00{level}\x00{sid}" for sid in groups}
+        states = _load_states(tx, project, level, keys)
         rows, mrows = [], []
         for sid, evs in groups.items():
             state = states.get(sid)
@@ -140,16 +145,26 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
             state, rebuilt = _fold_one(tx, lm, project, level, sid, state, evs)
             if before is not None and (rebuilt or state.first_seen != first):
                 before = None  # everything may have moved: write every milestone row
+            if tx.states is not None:
+                tx.states[keys[sid]] = state
             row, ms = subject_rows(lm, project, level, sid, state, before)
             rows.append(row)
             mrows.extend(ms)
         _save(tx, rows, mrows)
 
 
-def _load_states(tx: Tx, project: str, level: str, ids: list[str]) -> dict[str, SubjectState]:
+def _load_states(tx: Tx, project: str, level: str, keys: dict[str, str]) -> dict[str, SubjectState]:
+    tx.lock(sorted(keys.values()))
+    cache = tx.states
     out: dict[str, SubjectState] = {}
-    tx.lock([f"{project}\x00{level}\x00{sid}" for sid in ids])
-    for part in chunks(ids):
+    missing = []
+    for sid in sorted(keys):
+        state = cache.get(keys[sid]) if cache is not None else None
+        if state is None:
+            missing.append(sid)
+        else:
+            out[sid] = state
+    for part in chunks(missing):
         marks = ",".join("?" * len(part))
         for sid, blob in tx.all(
             f"SELECT subject, state FROM subjects WHERE project = ? AND level = ? AND subject IN ({marks})",

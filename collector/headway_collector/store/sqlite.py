@@ -8,15 +8,17 @@ lets them read the last commit without waiting for the writer.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..model.subject import SubjectState
 from . import fold
 from .base import StoreError
 from .migrations import migrate
@@ -24,10 +26,11 @@ from .writer import GroupCommitStore
 
 __all__ = ["SQLiteStore"]
 
+STATE_CACHE = 50_000  # subject states the writer keeps between commits
 PRAGMAS = (
+    "PRAGMA busy_timeout=10000",  # first: switching to WAL waits for other openers too
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",  # a 200 survives power loss, not only a crash
-    "PRAGMA busy_timeout=10000",
     "PRAGMA cache_size=-65536",  # 64 MiB
     "PRAGMA foreign_keys=OFF",
 )
@@ -37,11 +40,26 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _with_retry(conn: sqlite3.Connection, pragma: str, seconds: float = 10.0) -> None:
+    """Switching a new file to WAL can answer 'locked' at once, without the busy handler,
+    while another process opens it too: try again for a while."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute(pragma)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class _Tx:
     """The `fold.Tx` of one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, states: MutableMapping[str, SubjectState] | None = None) -> None:
         self.conn = conn
+        self.states = states
 
     def lock(self, keys: Sequence[str]) -> None:
         pass  # one writer: BEGIN IMMEDIATE already excludes every other
@@ -64,11 +82,29 @@ class _Tx:
             yield from rows
 
 
+class _StateCache(dict[str, SubjectState]):
+    """Subject states kept between commits, the most recently written last; trimmed to a size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: str, value: SubjectState) -> None:
+        self.pop(key, None)
+        super().__setitem__(key, value)
+
+    def trim(self) -> None:
+        for key in list(itertools.islice(iter(self), max(0, len(self) - self.size))):
+            del self[key]
+
+
 class SQLiteStore(GroupCommitStore):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = url[len("sqlite:///"):]
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
+        self._states = _StateCache(STATE_CACHE)
+        self._data_version: int | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -81,7 +117,7 @@ class SQLiteStore(GroupCommitStore):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             for pragma in PRAGMAS:
-                conn.execute(pragma)
+                _with_retry(conn, pragma)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from None
         return conn
@@ -117,12 +153,28 @@ class SQLiteStore(GroupCommitStore):
     # --- writing ------------------------------------------------------------------------------
 
     def _commit(self, jobs: list[fold.Job]) -> None:
-        """On the writer thread: fold the jobs in one transaction."""
+        """On the writer thread: fold the jobs in one transaction.
+
+        The writer keeps the subject states it wrote (saving a read and a decode per subject)
+        while no other connection writes: `data_version` changes when one did (another
+        process, a rescore), and then the kept states are dropped.
+        """
         assert self._models is not None
         if self._wconn is None:
             self._wconn = self._connect()
-        with self._transaction(self._wconn) as tx:
-            fold.fold_jobs(tx, self._models, jobs)
+        conn = self._wconn
+        try:
+            with self._transaction(conn) as tx:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._data_version:
+                    self._states.clear()
+                    self._data_version = version
+                tx.states = self._states
+                fold.fold_jobs(tx, self._models, jobs)
+        except BaseException:
+            self._states.clear()  # folds change states in place: after a rollback they are wrong
+            raise
+        self._states.trim()
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
