@@ -155,7 +155,7 @@ def run_rescore(config: Path, db: Path, events: int, model: str, profile_to: Pat
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"rescore failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    m = re.search(r"re-scored (\d+) event rows in ([\d.]+)s", proc.stdout)
+    m = re.search(r"re-scored (\d+) events in ([\d.]+)s", proc.stdout)
     return Rescore(model, events, wall, float(m.group(2)) if m else None, int(m.group(1)) if m else None, None)
 
 

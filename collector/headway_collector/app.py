@@ -100,7 +100,7 @@ def ensure_model(config: Config, store: Store) -> None:
         log.warning("model changed for %s: re-scoring the stored events before serving", names)
     started = time.monotonic()
     n = store.rescore(config, lambda done, total: None)
-    log.info("model versions recorded; re-scored %d event rows in %.1fs", n, time.monotonic() - started)
+    log.info("model versions recorded; re-scored %d events in %.1fs", n, time.monotonic() - started)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -121,7 +121,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     started = time.monotonic()
     n = store.rescore(cfg, _progress("rescoring"))
     took = time.monotonic() - started
-    print(f"re-scored {n} event rows in {took:.1f}s ({n / max(took, 1e-9):,.0f}/s)")
+    print(f"re-scored {n} events in {took:.1f}s ({n / max(took, 1e-9):,.0f}/s)")
     return 0
 
 

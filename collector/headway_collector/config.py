@@ -31,6 +31,7 @@ __all__ = [
 
 US = 1_000_000
 _UNITS = {"s": US, "m": 60 * US, "h": 3600 * US, "d": 86400 * US}
+MAX_DURATION = 36_500 * _UNITS["d"]  # deadlines stay within the calendar
 _DURATION = re.compile(r"(\d+)([smhd])")
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KINDS = ("count", "sum", "distinct", "tagged", "rate")
@@ -53,6 +54,8 @@ def parse_duration(text: str) -> int:
     n = int(m.group(1)) * _UNITS[m.group(2)]
     if n <= 0:
         raise ValueError(f"duration {text!r} must be greater than zero")
+    if n > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is over 100 years")
     return n
 
 

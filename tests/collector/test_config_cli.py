@@ -49,6 +49,7 @@ def line_of(text: str, needle: str) -> int:
         ("report_shared = 5", 'report_shared = "five"', "Expected `float`", 0),
         ('engaged_threshold = 20.0', 'engaged_threshold = 20.0\nbogus = 1', "unknown field `bogus`", 1),
         ('after = "180d"', 'after = "10d"', "'after' must grow", 0),
+        ('within = "10d"', 'within = "99999999d"', "over 100 years", 0),
     ],
 )
 def test_bad_models_are_refused_with_line_and_reason(old: str, new: str, reason: str, offset: int) -> None:
@@ -141,6 +142,6 @@ def test_rescore_and_prune_commands(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'h.db'}"
     r = run_cli("rescore", "--config", str(EXAMPLE), "--database", db)
     assert r.returncode == 0, r.stderr
-    assert "re-scored 0 event rows" in r.stdout
+    assert "re-scored 0 events" in r.stdout
     r = run_cli("prune", "--before", "2020-01-01", "--database", db)
     assert r.returncode == 0 and "pruned 0 events" in r.stdout

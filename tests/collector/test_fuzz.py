@@ -88,7 +88,8 @@ async def test_arbitrary_events_are_judged_one_by_one(fuzz_client: httpx.AsyncCl
 @SETTINGS
 @given(path=st.sampled_from(["/v1/users", "/v1/accounts", "/v1/users/x", "/v1/model"]),
        params=st.dictionaries(st.sampled_from(["order", "limit", "cursor", "stage", "quadrant", "trend", "milestone", "status", "at"]),
-                              st.text(max_size=12), max_size=4))
+                              st.text(max_size=12) | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+                              max_size=4))
 async def test_arbitrary_query_params_never_5xx(fuzz_client: httpx.AsyncClient, path: str, params: dict[str, str]) -> None:
     r = await fuzz_client.get(path, params=params, headers=read_headers())
     assert r.status_code in (200, 400, 404)

@@ -11,7 +11,9 @@ and PostgreSQL NUMERIC hold exactly.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 
 __all__ = ["DAY", "EPOCH", "FRACTION_BITS", "contribution", "rate", "sort_key", "value_at"]
 
@@ -20,6 +22,7 @@ EPOCH = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, the fixed reference of ev
 FRACTION_BITS = 64  # resolution below one unit of weight at EPOCH
 
 
+@functools.lru_cache(maxsize=1 << 16)  # an event adds the same to its user and to its account
 def contribution(weight: float, t: int, half_life: int) -> int:
     """The exact integer one event adds: a function of (weight, t, half_life) only."""
     if not weight:
@@ -41,7 +44,10 @@ def value_at(total: int, t: int, half_life: int) -> float:
     bits = abs(total).bit_length()
     cut = max(0, bits - 62)  # keep 62 significant bits: float() of huge ints would overflow
     top = total >> cut if total > 0 else -((-total) >> cut)
-    return math.ldexp(top * 2.0 ** (n - x), cut - n - FRACTION_BITS)
+    try:
+        return math.ldexp(top * 2.0 ** (n - x), cut - n - FRACTION_BITS)
+    except OverflowError:  # read thousands of half-lives before the events: beyond any double
+        return math.copysign(sys.float_info.max, total)
 
 
 def sort_key(total: int) -> float:

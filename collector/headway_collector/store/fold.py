@@ -53,7 +53,9 @@ class Models:
     """The folding models of every project, built once per configuration."""
 
     def __init__(self, projects: Iterable[Project]) -> None:
+        projects = list(projects)
         self.levels = {p.name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for p in projects}
+        self.milestone_names = {p.name: frozenset(m.name for m in p.milestones) for p in projects}
 
     def __getitem__(self, key: tuple[str, str]) -> LevelModel:
         return self.levels[key[0]][key[1]]
@@ -236,7 +238,7 @@ def _save(tx: Tx, rows: list[tuple[Any, ...]], mrows: list[tuple[Any, ...]]) -> 
 
 
 def unknown_tags(models: Models, project: str, evs: Iterable[Ev]) -> dict[str, int]:
-    names = {m.name for lv in LEVELS for m in models[project, lv].milestones}
+    names = models.milestone_names[project]
     counts: dict[str, int] = defaultdict(int)
     for ev in evs:
         for tag in ev.milestones:
@@ -256,51 +258,53 @@ def _count_tags(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
 
 
 def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[int], None]) -> int:
-    """Rebuild every derived row of a project from its stored events: exactly a fresh ingest."""
+    """Rebuild every derived row of a project from its stored events: exactly a fresh ingest.
+
+    One sequential pass in storage order folds every event into its subjects' states, held in
+    memory (a state is a function of the set of events, so the order does not matter). The
+    few subjects whose fold asks for a rebuild are built afterwards from their own events.
+    """
     for table in ("subjects", "subject_milestones", "tags"):
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
+    lms = {level: models[project, level] for level in LEVELS}
+    states: dict[tuple[str, str], SubjectState] = {}
+    rebuild: set[tuple[str, str]] = set()
+    tags: dict[str, int] = defaultdict(int)
     seen = 0
-    for level in LEVELS:
-        lm = models[project, level]
+    for raw, ts in tx.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
+        ev = from_stored(bytes(raw), ts)
+        for level, sid in (("user", ev.user_id), ("account", ev.account_id)):
+            key = (level, sid)
+            if sid is None or key in rebuild:
+                continue
+            state = states.get(key)
+            if state is None:
+                state = states[key] = new_state(lms[level], ev)
+            if apply(lms[level], state, ev) is REBUILD:
+                rebuild.add(key)
+                del states[key]
+        for tag, n in unknown_tags(models, project, (ev,)).items():
+            tags[tag] += n
+        seen += 1
+        if seen % 10_000 == 0:
+            progress(seen)
+    for level, sid in sorted(rebuild):
         column = "user_id" if level == "user" else "account_id"
-        rows: list[tuple[Any, ...]] = []
-        mrows: list[tuple[Any, ...]] = []
-        tags: dict[str, int] = defaultdict(int)
-
-        def finish(sid: str, evs: list[Ev]) -> None:
-            state = build(lm, evs)
-            assert state is not None
-            row, ms = subject_rows(lm, project, level, sid, state, None)
+        stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
+        state = build(lms[level], [from_stored(bytes(raw), ts) for raw, ts in stored])
+        assert state is not None
+        states[level, sid] = state
+    keys = sorted(states)
+    for part in chunks(keys):
+        rows, mrows = [], []
+        for level, sid in part:
+            row, ms = subject_rows(lms[level], project, level, sid, states[level, sid], None)
             rows.append(row)
             mrows.extend(ms)
-            if level == "user":
-                for tag, n in unknown_tags(models, project, evs).items():
-                    tags[tag] += n
-
-        current: str | None = None
-        evs: list[Ev] = []
-        for sid, raw, ts in tx.stream(
-            f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}",
-            (project,),
-        ):
-            if sid != current:
-                if current is not None:
-                    finish(current, evs)
-                current, evs = sid, []
-                if len(rows) >= CHUNK:
-                    _save(tx, rows, mrows)
-                    rows.clear()
-                    mrows.clear()
-            evs.append(from_stored(bytes(raw), ts))
-            seen += 1
-            if seen % 10_000 == 0:
-                progress(seen)
-        if current is not None:
-            finish(current, evs)
         _save(tx, rows, mrows)
-        if tags:
-            tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
-                           [(project, t, n) for t, n in sorted(tags.items())])
+    if tags:
+        tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
+                       [(project, t, n) for t, n in sorted(tags.items())])
     growth.rebuild(tx, models, project)  # growth and funnel aggregates, from what was just rebuilt
     progress(seen)
     return seen

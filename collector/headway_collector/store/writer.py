@@ -161,7 +161,7 @@ class GroupCommitStore:
     def _rescore_in(tx: fold.Tx, config: Config, progress: Callable[[int, int], None]) -> int:
         """Rebuild every project's derived rows in `tx` and record the model versions."""
         models = fold.Models(config.projects.values())
-        total = sum(tx.all("SELECT count(*) + count(account_id) FROM events WHERE project = ?", (p,))[0][0]
+        total = sum(tx.all("SELECT count(*) FROM events WHERE project = ?", (p,))[0][0]
                     for p in config.projects)
         done = 0
         for name, project in config.projects.items():
