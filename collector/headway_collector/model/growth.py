@@ -191,6 +191,18 @@ class Days:
         else:
             self.bits |= 1 << (d - self.first)
 
+    def all(self) -> list[int]:
+        """Every active day, in order."""
+        if self.first is None:
+            return []
+        text = format(self.bits, "b")[::-1]
+        out = []
+        i = text.find("1")
+        while i >= 0:
+            out.append(self.first + i)
+            i = text.find("1", i + 1)
+        return out
+
     def encode(self) -> bytes:
         return self.bits.to_bytes((self.bits.bit_length() + 7) // 8, "little")
 

@@ -285,73 +285,58 @@ def rebuild(tx: Tx, models: Models, project: str) -> None:
     """Recompute every aggregate of `project` from its stored events and subject rows."""
     for table in TABLES:
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
-    p = models[project, "user"].project
-    for level in LEVELS:
-        _rebuild_growth(tx, p, level)
+    _rebuild_growth(tx, models[project, "user"].project)
     for level in LEVELS:
         _rebuild_funnel(tx, models[project, level], project, level)
 
 
-def _rebuild_growth(tx: Tx, p: Project, level: str) -> None:
-    """Each subject's active days and (users) NPS answers, from its events; then the counters."""
-    column = "user_id" if level == "user" else "account_id"
-    counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    nps_counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
-    subjects: list[tuple[Any, ...]] = []
-    answers: list[tuple[Any, ...]] = []
-
-    def flush() -> None:
-        if subjects:
-            tx.executemany("INSERT INTO growth_subjects (project, level, subject, first_day, days) VALUES (?,?,?,?,?)",
-                           subjects)
-        if answers:
-            tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) "
-                           "VALUES (?,?,?,?,?,?)", answers)
-        subjects.clear()
-        answers.clear()
-
-    def finish(sid: str, active: set[int], best: dict[tuple[str, int], tuple[int, float]]) -> None:
-        if active:
-            days = g.Days()
-            for d in sorted(active, reverse=True):
-                days.add(d)  # from the last day down: the bitmap is allocated once
-            subjects.append((p.name, level, sid, days.first, days.encode()))
-            for kind in g.KINDS:
-                for per, (a, n, r) in g.subject_tallies(kind, active).items():
-                    c = counts[kind, per]
-                    c[0] += a
-                    c[1] += n
-                    c[2] += r
-        for (kind, per), (t, v) in sorted(best.items()):
-            answers.append((p.name, kind, per, sid, t, v))
-            nps_counts[kind, per][g.nps_bucket(v)] += 1
-        if len(subjects) >= 10 * CHUNK:
-            flush()
-
-    current: str | None = None
-    active: set[int] = set()
-    best: dict[tuple[str, int], tuple[int, float]] = {}
-    nps = p.nps_event if level == "user" else None  # a person's answer: counted once, in the user pass
-    for sid, raw, ts in tx.stream(
-        f"SELECT {column}, raw, ts FROM events WHERE project = ? AND {column} IS NOT NULL ORDER BY {column}", (p.name,)
-    ):
-        if sid != current:
-            if current is not None:
-                finish(current, active, best)
-            current, active, best = sid, set(), {}
+def _rebuild_growth(tx: Tx, p: Project) -> None:
+    """One pass over the events in storage order: every subject's active days (a bitmap in
+    memory) and every user's latest NPS answer per period; then the rows and the counters."""
+    active: dict[tuple[str, str], g.Days] = {}
+    best: dict[tuple[str, int, str], tuple[int, float]] = {}
+    nps = p.nps_event
+    for uid, aid, raw, ts in tx.stream("SELECT user_id, account_id, raw, ts FROM events WHERE project = ?", (p.name,)):
         ev = _decode_slim(bytes(raw))
         if p.weight(ev.event, ev.weight) > 0:
-            active.add(ts // DAY)
+            d = ts // DAY
+            for key in (("user", uid), ("account", aid)) if aid is not None else (("user", uid),):
+                days = active.get(key)
+                if days is None:
+                    days = active[key] = g.Days()
+                days.add(d)
         if ev.event == nps and ev.value is not None and 0 <= ev.value <= 10:
             answer = (ts, ev.value)
             for kind in g.KINDS:
-                key = (kind, g.period_of(kind, ts))
-                if key not in best or best[key] < answer:
-                    best[key] = answer
-    if current is not None:
-        finish(current, active, best)
-    flush()
-    _add_growth(tx, p.name, level, counts)
+                k = (kind, g.period_of(kind, ts), uid)
+                if k not in best or best[k] < answer:
+                    best[k] = answer
+    counts: dict[str, dict[tuple[str, int], list[int]]] = {lv: defaultdict(lambda: [0, 0, 0]) for lv in LEVELS}
+    rows: list[tuple[Any, ...]] = []
+    for (level, sid), days in sorted(active.items()):
+        rows.append((p.name, level, sid, days.first, days.encode()))
+        all_days = days.all()
+        for kind in g.KINDS:
+            for per, (a, n, r) in g.subject_tallies(kind, all_days).items():
+                c = counts[level][kind, per]
+                c[0] += a
+                c[1] += n
+                c[2] += r
+        if len(rows) >= 10 * CHUNK:
+            tx.executemany("INSERT INTO growth_subjects (project, level, subject, first_day, days) VALUES (?,?,?,?,?)", rows)
+            rows.clear()
+    if rows:
+        tx.executemany("INSERT INTO growth_subjects (project, level, subject, first_day, days) VALUES (?,?,?,?,?)", rows)
+    for level in LEVELS:
+        _add_growth(tx, p.name, level, counts[level])
+    nps_counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    answers = []
+    for key, (t, v) in sorted(best.items()):
+        answers.append((p.name, *key, t, v))
+        nps_counts[key[0], key[1]][g.nps_bucket(v)] += 1
+    for part in _chunks(answers, 10 * CHUNK):
+        tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
+                       part)
     _add_nps(tx, p.name, nps_counts)
 
 
