@@ -319,11 +319,11 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
     for k in ("full", "core"):
         if k in med and floor:
             r = med[k] / floor
-            lines.append(f"- {LABELS[k]}: {r:.0%} of the floor (goal >= {GOAL_FLOOR_RATIO:.0%}): "
+            lines.append(f"- {LABELS[k]}: {r:.1%} of the floor (goal >= {GOAL_FLOOR_RATIO:.0%}): "
                          f"{'met' if r >= GOAL_FLOOR_RATIO else 'NOT met'}")
     if "full" in med and "core" in med:
         cost = 1 - med["full"] / med["core"]
-        lines.append(f"- the model's cost (1 - full/core): {cost:.0%} of ingest throughput "
+        lines.append(f"- the model's cost (1 - full/core): {cost:.1%} of ingest throughput "
                      f"(goal < {GOAL_MODEL_COST:.0%}): {'met' if cost < GOAL_MODEL_COST else 'NOT met'}")
     if "bare_http" in med and floor:
         lines.append(f"- HTTP alone (bare Starlette+uvicorn that only inserts): {med['bare_http'] / floor:.0%} of the floor")
