@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import msgspec
@@ -14,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from headway.wire import (
-    NPS,
     AccountPage,
     AccountView,
     CriterionProgress,
@@ -30,9 +28,9 @@ from headway.wire import (
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
-from .events import to_us
 from .model.evaluate import Reading, read
 from .model.subject import LevelModel, decode_state
+from .params import app_state, choice, nps_view, read_time, ts
 from .state import AppState
 
 __all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz"]
@@ -43,33 +41,6 @@ QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
 TRENDS = ("rising", "steady", "cooling")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _state(request: Request) -> AppState:
-    return request.app.state.headway  # type: ignore[no-any-return]
-
-
-def _ts(us: int | None) -> datetime | None:
-    if us is None:
-        return None
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _now(request: Request, state: AppState) -> int:
-    """`?at=RFC3339` reads as of that instant (reproducible reads); default: now."""
-    at = request.query_params.get("at")
-    if at is None:
-        return state.clock()
-    try:
-        dt = msgspec.convert(at, datetime, strict=False)
-    except msgspec.ValidationError:
-        raise APIError(400, "bad_request", f"at={at!r} is not an RFC3339 timestamp") from None
-    if dt.tzinfo is None:
-        raise APIError(400, "bad_request", f"at={at!r} needs a timezone (e.g. 'Z')")
-    return to_us(dt)
-
-
 def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int, now: int) -> UserView | AccountView:
     milestones = [
         MilestoneView(
@@ -77,16 +48,16 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
             stage=m.milestone.stage,
             status=m.status(now),
             progress=m.progress,
-            achieved_at=_ts(m.achieved_at),
-            deadline=_ts(m.deadline),
+            achieved_at=ts(m.achieved_at),
+            deadline=ts(m.deadline),
             criteria=[CriterionProgress(kind=c.kind, event=c.event, done=done, target=target)
                       for c, (done, target) in zip(m.milestone.criteria, m.criteria)],
         )
         for m in r.milestones
     ]
     common: dict[str, Any] = dict(
-        first_seen=_ts(first_seen),
-        last_seen=_ts(last_seen),
+        first_seen=ts(first_seen),
+        last_seen=ts(last_seen),
         engagement=Engagement(score=r.score, events=r.events, active_days_30d=r.active_days_30d, trend=r.trend),
         stage=r.stage,
         success=Success(progress=r.progress, achieved=r.achieved, total=r.total),
@@ -95,12 +66,7 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     )
     if lm.level == "user":
         return UserView(user_id=sid, **common)
-    nps = None
-    if r.nps is not None:
-        pro, pas, det = r.nps
-        n = pro + pas + det
-        nps = NPS(score=100.0 * (pro - det) / n, responses=n, promoters=pro, passives=pas, detractors=det)
-    return AccountView(account_id=sid, nps=nps, **common)
+    return AccountView(account_id=sid, nps=nps_view(r.nps), **common)
 
 
 def _subject_view(state: AppState, project: Project, level: str, sid: str, now: int) -> UserView | AccountView:
@@ -115,10 +81,10 @@ def _subject_view(state: AppState, project: Project, level: str, sid: str, now: 
 
 
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
-    state = _state(request)
+    state = app_state(request)
     project = authorize(request, state.config, "read")
     sid = request.path_params["subject"]
-    now = _now(request, state)
+    now = read_time(request, state)
     view = await run_in_threadpool(_subject_view, state, project, level, sid, now)
     return json_response(view)
 
@@ -148,13 +114,6 @@ def _decode_cursor(text: str) -> tuple[float, str]:
         raise APIError(400, "bad_request", "cursor is not one this API gave out") from None
 
 
-def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
-    value = request.query_params.get(name)
-    if value is not None and value not in allowed:
-        raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
-
-
 class _ListQuery(msgspec.Struct):
     order: str
     limit: int
@@ -168,7 +127,7 @@ class _ListQuery(msgspec.Struct):
 
 def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
     q = request.query_params
-    order = _choice(request, "order", ("desc", "asc")) or "desc"
+    order = choice(request, "order", ("desc", "asc")) or "desc"
     limit_text = q.get("limit", "50")
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}; got {limit_text!r}")
@@ -179,7 +138,7 @@ def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
     names = {m.name for m in project.milestones_at(level)}
     if milestone is not None and milestone not in names:
         raise APIError(400, "bad_request", f"unknown {level} milestone {milestone!r}")
-    status = _choice(request, "status", STATUSES)
+    status = choice(request, "status", STATUSES)
     if status is not None and milestone is None:
         raise APIError(400, "bad_request", "status filters a milestone: give milestone=NAME too")
     cursor = q.get("cursor")
@@ -188,8 +147,8 @@ def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
         limit=int(limit_text),
         after=_decode_cursor(cursor) if cursor else None,
         stage=stage,
-        quadrant=_choice(request, "quadrant", QUADRANTS),
-        trend=_choice(request, "trend", TRENDS),
+        quadrant=choice(request, "quadrant", QUADRANTS),
+        trend=choice(request, "trend", TRENDS),
         milestone=milestone,
         status=status,
     )
@@ -242,10 +201,10 @@ def _list(state: AppState, project: Project, level: str, q: _ListQuery, now: int
 
 
 async def _list_endpoint(request: Request, level: Literal["user", "account"]) -> Response:
-    state = _state(request)
+    state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
-    now = _now(request, state)
+    now = read_time(request, state)
     items, cursor = await run_in_threadpool(_list, state, project, level, q, now)
     page = UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
     return json_response(page)
@@ -269,7 +228,7 @@ def _tags(state: AppState, project: str) -> list[UnknownTag]:
 
 
 async def model(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     project = authorize(request, state.config, "read")
     tags = await run_in_threadpool(_tags, state, project.name)
     return json_response(ModelInfo(project=project.name, version=project.version, model=project.model, unknown_tags=tags))
@@ -280,11 +239,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     if not state.ready:
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
     return json_response({"status": "ready", "queue_depth": state.store.queue_depth()})
 
 
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(app_state(request).metrics.render(), media_type="text/plain; version=0.0.4")

@@ -7,20 +7,19 @@ range, whatever the number of stored events. docs/reports.md explains the defini
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import NPS, Funnel, FunnelStep, Growth, GrowthPeriod
+from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod
 
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
-from .events import to_us
 from .model import growth as g
+from .params import app_state, choice, instant, nps_view, read_time, ts
 from .state import AppState
 from .store.growth import FunnelCounts, read_funnel, read_growth, read_nps
 
@@ -29,45 +28,6 @@ __all__ = ["growth", "milestones"]
 DEFAULT_PERIODS = 12
 MAX_PERIODS = 1000
 LEVELS = ("user", "account")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _state(request: Request) -> AppState:
-    return request.app.state.headway  # type: ignore[no-any-return]
-
-
-def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
-    value = request.query_params.get(name)
-    if value is not None and value not in allowed:
-        raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
-
-
-def _instant(name: str, text: str, *, dates: bool) -> int:
-    """RFC3339 with a timezone (or, when `dates`, YYYY-MM-DD: that day's 00:00 UTC) -> microseconds."""
-    if dates and len(text) == 10:
-        try:
-            day = date.fromisoformat(text)
-        except ValueError:
-            raise APIError(400, "bad_request", f"{name}={text!r} is not a date YYYY-MM-DD") from None
-        return to_us(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
-    try:
-        dt = msgspec.convert(text, datetime, strict=False)
-    except msgspec.ValidationError:
-        want = "an RFC3339 timestamp or a date YYYY-MM-DD" if dates else "an RFC3339 timestamp"
-        raise APIError(400, "bad_request", f"{name}={text!r} is not {want}") from None
-    if dt.tzinfo is None:
-        raise APIError(400, "bad_request", f"{name}={text!r} needs a timezone (e.g. 'Z')")
-    return to_us(dt)
-
-
-def _now(request: Request, state: AppState) -> int:
-    at = request.query_params.get("at")
-    return state.clock() if at is None else _instant("at", at, dates=False)
-
-
-def _ts(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 # --- GET /v1/growth -------------------------------------------------------------------------------
@@ -82,11 +42,11 @@ class _GrowthQuery(msgspec.Struct, frozen=True):
 
 def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     q = request.query_params
-    kind: g.Kind = _choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
-    level = _choice(request, "level", LEVELS) or "user"
+    kind: g.Kind = choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
+    level = choice(request, "level", LEVELS) or "user"
     start, end = q.get("from"), q.get("to")
-    last = g.period_of(kind, _instant("to", end, dates=True) if end is not None else _now(request, state))
-    first = g.period_of(kind, _instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
+    last = g.period_of(kind, instant("to", end, dates=True) if end is not None else read_time(request, state))
+    first = g.period_of(kind, instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
         raise APIError(400, "bad_request", f"from={start!r} is after to={end!r}")
     try:
@@ -99,16 +59,6 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     return _GrowthQuery(kind=kind, level=level, first=first, last=last)
 
 
-def _nps(counts: tuple[int, int, int] | None) -> NPS | None:
-    if counts is None:
-        return None
-    pro, pas, det = counts
-    score = g.nps_score(pro, pas, det)
-    if score is None:
-        return None
-    return NPS(score=score, responses=pro + pas + det, promoters=pro, passives=pas, detractors=det)
-
-
 def _growth(state: AppState, project: Project, q: _GrowthQuery) -> Growth:
     with state.store.read() as r:
         counts = read_growth(r, project.name, q.level, q.kind, q.first - 1, q.last)
@@ -116,14 +66,14 @@ def _growth(state: AppState, project: Project, q: _GrowthQuery) -> Growth:
     periods = [
         GrowthPeriod(
             period=g.period_label(q.kind, t.period),
-            start=_ts(g.period_start(q.kind, t.period)),
+            start=ts(g.period_start(q.kind, t.period)),
             new=t.new,
             retained=t.retained,
             resurrected=t.resurrected,
             churned=t.churned,
             active=t.active,
             quick_ratio=t.quick_ratio,
-            nps=_nps(nps.get(t.period)),
+            nps=nps_view(nps.get(t.period)),
         )
         for t in g.tallies(counts, q.first, q.last)
     ]
@@ -131,7 +81,7 @@ def _growth(state: AppState, project: Project, q: _GrowthQuery) -> Growth:
 
 
 async def growth(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _growth_query(request, state)
     return json_response(await run_in_threadpool(_growth, state, project, q))
@@ -170,8 +120,8 @@ def _funnel(state: AppState, project: Project, level: str | None, now: int) -> F
 
 
 async def milestones(request: Request) -> Response:
-    state = _state(request)
+    state = app_state(request)
     project = authorize(request, state.config, "read")
-    level = _choice(request, "level", LEVELS)
-    now = _now(request, state)
+    level = choice(request, "level", LEVELS)
+    now = read_time(request, state)
     return json_response(await run_in_threadpool(_funnel, state, project, level, now))

@@ -6,7 +6,6 @@ number is recomputed from scratch, the slow and obvious way.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

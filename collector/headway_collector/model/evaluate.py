@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Milestone
-from . import scoring
+from . import growth, scoring
 from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, criterion_result
 
 __all__ = ["MilestoneResult", "Reading", "milestone_results", "read", "stage_on", "trend_of"]
@@ -124,8 +124,8 @@ def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
     today = now // DAY
     nps = None
     if state.nps:
-        answers = [v for _, v in state.nps.values()]
-        nps = (sum(v >= 9 for v in answers), sum(7 <= v < 9 for v in answers), sum(v <= 6 for v in answers))
+        buckets = [growth.nps_bucket(v) for _, v in state.nps.values()]
+        nps = (buckets.count(0), buckets.count(1), buckets.count(2))
     return Reading(
         score=score,
         events=state.events,

@@ -1,0 +1,67 @@
+"""Query parameters and values shared by the read endpoints: one parsing, one error wording."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import msgspec
+from starlette.requests import Request
+
+from headway.wire import NPS
+
+from .errors import APIError
+from .events import to_us
+from .model import growth as g
+from .state import AppState
+
+__all__ = ["app_state", "choice", "instant", "nps_view", "read_time", "ts"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.headway  # type: ignore[no-any-return]
+
+
+def choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and value not in allowed:
+        raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def instant(name: str, text: str, *, dates: bool = False) -> int:
+    """RFC3339 with a timezone (or, when `dates`, YYYY-MM-DD: that day's 00:00 UTC) -> microseconds."""
+    if dates and len(text) == 10:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise APIError(400, "bad_request", f"{name}={text!r} is not a date YYYY-MM-DD") from None
+        return to_us(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+    try:
+        dt = msgspec.convert(text, datetime, strict=False)
+    except msgspec.ValidationError:
+        want = "an RFC3339 timestamp or a date YYYY-MM-DD" if dates else "an RFC3339 timestamp"
+        raise APIError(400, "bad_request", f"{name}={text!r} is not {want}") from None
+    if dt.tzinfo is None:
+        raise APIError(400, "bad_request", f"{name}={text!r} needs a timezone (e.g. 'Z')")
+    return to_us(dt)
+
+
+def read_time(request: Request, state: AppState) -> int:
+    """`?at=RFC3339` reads as of that instant (reproducible reads); default: now."""
+    at = request.query_params.get("at")
+    return state.clock() if at is None else instant("at", at)
+
+
+def ts(us: int | None) -> datetime | None:
+    return None if us is None else _EPOCH + timedelta(microseconds=us)
+
+
+def nps_view(counts: tuple[int, int, int] | None) -> NPS | None:
+    """(promoters, passives, detractors) as the API shows them; None without answers."""
+    if counts is None:
+        return None
+    pro, pas, det = counts
+    score = g.nps_score(pro, pas, det)
+    return None if score is None else NPS(score=score, responses=pro + pas + det, promoters=pro, passives=pas, detractors=det)
