@@ -32,8 +32,7 @@ GOAL = 200_000  # events a second on SQLite
 RESCORE_PARTS: tuple[tuple[str, str | tuple[str, ...]], ...] = (
     ("reading events for the subjects (`stream`: SELECT ... ORDER BY subject)", "stream (store/"),
     ("`from_stored` (decode each stored event)", "from_stored (events.py)"),
-    ("`build` (fold each subject's events)", "build (model/subject.py)"),
-    ("  `apply`", "apply (model/subject.py)"),
+    ("`apply` (fold each event into its subject's state)", "apply (model/subject.py)"),
     ("`subject_rows` (milestone results, encode state)", "subject_rows (store/fold.py)"),
     ("`unknown_tags`", "unknown_tags (store/fold.py)"),
     ("`_save` (INSERT subjects and milestones)", "_save (store/fold.py)"),
