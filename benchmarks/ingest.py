@@ -344,7 +344,7 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
               "that CPU time over the events: wall-clock rates move with whatever else runs on the machine, CPU per "
               "event much less, so when the load average is high read the CPU-cost ratios.", ""]
     if profile is not None and profile.exists():
-        lines += ["## Where the collector's time goes (full model, separate profiled run)", ""]
+        lines += [f"## Where the collector's time goes ({LABELS[args.profile]}, separate profiled run)", ""]
         if profiled is not None:
             lines += [f"The profiled run: {profiled.rate:,.0f} events/s, {profiled.verdict()}; server CPU "
                       f"{profiled.server_cpu or 0:.2f} cores. Raw stacks: `ingest_profile.txt` (py-spy raw format; "
@@ -402,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=500, help="events per batch and per floor transaction (default 500)")
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration, interleaved (default 3)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {','.join(CONFIGS)} (default all)")
-    p.add_argument("--no-profile", action="store_true", help="skip the profiled extra run of the full model")
+    p.add_argument("--profile", default="full", choices=["full", "core", "none"],
+                   help="which collector configuration gets an extra run under py-spy (default full)")
+    p.add_argument("--no-profile", action="store_true", help="same as --profile none")
     p.add_argument("--quick", action="store_true", help="small sizes: 20000 events, 1 repeat")
     p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write ingest.md and ingest.png")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -442,11 +444,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 print(f"  repeat {rep + 1} {k:9s} {run.rate:>10,.0f} ev/s  {run.seconds:6.2f}s  "
                       f"server cpu {run.server_cpu or 0:.2f} ({_f(run.cpu_us_per_event, 1)} µs/event)  {run.verdict()}", flush=True)
-        if not args.no_profile and "full" in args.configs:
-            raw = tmp / "full.pyspy.txt"
-            db = c.fresh_db(tmp / "full.db")
-            print("  profiling the full model with py-spy ...", flush=True)
-            prun = serve_and_send("full", make_server("full", tmp, db, "full-profile"), db, parts, sizes, args.senders,
+        if not args.no_profile and args.profile != "none":
+            k = args.profile
+            raw = tmp / f"{k}.pyspy.txt"
+            db = c.fresh_db(tmp / f"{k}.db")
+            print(f"  profiling the {k} model with py-spy ...", flush=True)
+            prun = serve_and_send(k, make_server(k, tmp, db, f"{k}-profile"), db, parts, sizes, args.senders,
                                   profile_to=raw)
             print(f"  profiled run  {prun.rate:>10,.0f} ev/s  {prun.verdict()}", flush=True)
             if raw.exists():
