@@ -456,3 +456,56 @@ def median(xs: Sequence[float]) -> float:
 def chunked(seq: Sequence[object], n: int) -> Iterator[Sequence[object]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+class DatabaseBuilder:
+    """Ingests a workload into a fresh collector database through the store's own writer
+    (what the app does after decoding a request), a slice at a time, without HTTP."""
+
+    def __init__(self, db: Path, config: Path, w: Workload, batch: int = 20_000) -> None:
+        from headway_collector.app import ensure_model
+        from headway_collector.config import load
+        from headway_collector.store import open_store
+        from headway_collector.store.fold import Models
+
+        self.w, self.db, self.batch, self.done, self.seconds = w, db, batch, 0, 0.0
+        self.cfg = load(config)
+        self.store = open_store(f"sqlite:///{fresh_db(db)}")
+        self.store.open()  # what the app's start-up does: schema, model version, writer
+        ensure_model(self.cfg, self.store)
+        self.store.start(Models(self.cfg.projects.values()))
+
+    def ingest_until(self, n: int) -> None:
+        import asyncio
+
+        from headway_collector.events import decode_event
+        from headway_collector.store.base import Accepted
+
+        project = self.cfg.projects[PROJECT]
+
+        async def ingest() -> None:
+            while self.done < n:
+                hi = min(self.done + self.batch, n)
+                received = time.time_ns() // 1000
+                events = []
+                for raw in self.w.raws[self.done : hi]:
+                    ev = decode_event(raw, 0, received)
+                    events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
+                result = await self.store.ingest(project, events)
+                if result.accepted != len(events):
+                    raise RuntimeError(f"the store took {result.accepted} of {len(events)} new events")
+                self.done = hi
+                rate = self.done / (self.seconds + time.perf_counter() - started)
+                print(f"\r  building: {self.done:,}/{len(self.w):,} events ({rate:,.0f}/s)", end="", flush=True)
+
+        started = time.perf_counter()
+        asyncio.run(ingest())
+        print()
+        self.seconds += time.perf_counter() - started
+
+    def counts(self, tables: Sequence[str]) -> dict[str, int]:
+        with self.store.read() as r:
+            return {t: r.all(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+
+    def close(self) -> None:
+        self.store.close()

@@ -16,11 +16,9 @@ endpoint and checkpoint; the goal is p99 < 50 ms for `GET /v1/growth?period=week
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,89 +36,6 @@ ENDPOINTS = (  # (path, part of the goal)
     ("/v1/growth?period=month&level=account", False),
     ("/v1/milestones?level=user", False),
 )
-
-
-class _Tx:
-    """`store.fold.Tx` over one SQLite connection (one writer: nothing to lock)."""
-
-    states = None  # no subject states kept between transactions
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def lock(self, keys: Sequence[str]) -> None:
-        pass
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(sql, params)
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, rows)
-
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        cur = self.conn.execute(sql, params)
-        while rows := cur.fetchmany(2000):
-            yield from rows
-
-
-class Builder:
-    """Folds a workload into a fresh collector database, a slice at a time."""
-
-    def __init__(self, db: Path, config: Path, w: c.Workload) -> None:
-        from headway_collector.config import load
-        from headway_collector.store import fold, open_store
-        from headway_collector.store.sqlite import PRAGMAS
-
-        self.w, self.done, self.seconds = w, 0, 0.0
-        self.cfg = load(config)
-        store = open_store(f"sqlite:///{c.fresh_db(db)}")
-        store.open()
-        store.rescore(self.cfg, lambda done, total: None)  # what a first start does: records the model version
-        store.close()
-        self.models = fold.Models(self.cfg.projects.values())
-        self.conn = sqlite3.connect(db, isolation_level=None)
-        for pragma in PRAGMAS:
-            self.conn.execute(pragma)
-
-    def fold_until(self, n: int) -> None:
-        from headway_collector.events import decode_event
-        from headway_collector.store import fold
-        from headway_collector.store.base import Accepted
-
-        project = self.cfg.projects[c.PROJECT]
-        started = time.perf_counter()
-        while self.done < n:
-            hi = min(self.done + BUILD_TX, n)
-            received = time.time_ns() // 1000
-            events = []
-            for raw in self.w.raws[self.done : hi]:
-                ev = decode_event(raw, 0, received)
-                events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
-            self.conn.execute("BEGIN IMMEDIATE")
-            fold.fold_jobs(_Tx(self.conn), self.models, [fold.Job(project, events)])
-            self.conn.execute("COMMIT")
-            self.done = hi
-            rate = (self.done) / (self.seconds + time.perf_counter() - started)
-            print(f"\r  building: {self.done:,}/{len(self.w):,} events ({rate:,.0f}/s)", end="", flush=True)
-        print()
-        self.seconds += time.perf_counter() - started
-
-    def counts(self) -> dict[str, int]:
-        q = self.conn.execute
-        return {
-            "events": q("SELECT count(*) FROM events").fetchone()[0],
-            "users": q("SELECT count(*) FROM subjects WHERE level = 'user'").fetchone()[0],
-            "accounts": q("SELECT count(*) FROM subjects WHERE level = 'account'").fetchone()[0],
-            "growth_subjects rows": q("SELECT count(*) FROM growth_subjects").fetchone()[0],
-            "growth_counts rows": q("SELECT count(*) FROM growth_counts").fetchone()[0],
-            "funnel_counts rows": q("SELECT count(*) FROM funnel_counts").fetchone()[0],
-        }
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 @dataclass
@@ -159,7 +74,7 @@ def measure(url: str, events: int, requests: int, warmup: int) -> tuple[list[Tim
     return timings, samples
 
 
-def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: Builder, counts: dict[str, int],
+def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: c.DatabaseBuilder, counts: dict[str, int],
                  timings: list[Timing], samples: dict[str, Any]) -> str:
     final = [t for t in timings if t.events == max(x.events for x in timings)]
     goal_rows = [t for t in final if t.goal]
@@ -172,7 +87,7 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: 
         f"Command: `python -m benchmarks.reports_latency {' '.join(argv)}`".rstrip(), "",
         c.machine_markdown(),
         f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
-        f"Database: {w_desc} Built through `store.fold.fold_jobs` in {BUILD_TX:,}-event transactions "
+        f"Database: {w_desc} Built through the store's writer (`Store.ingest`) in {BUILD_TX:,}-event jobs "
         f"({build.done / build.seconds:,.0f} events/s of incremental folding with the growth and funnel "
         "aggregates, no HTTP). At the end: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
         "Each checkpoint starts `headway-collector serve` (uvicorn, 127.0.0.1) on the database as built "
@@ -284,17 +199,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         config = c.write_config(tmp / "full.toml")
         db = tmp / "headway.db"
-        build = Builder(db, config, w)
+        build = c.DatabaseBuilder(db, config, w, BUILD_TX)
         try:
             for mark in marks:
-                build.fold_until(mark)
+                build.ingest_until(mark)
                 with c.collector_server(config, db, tmp / "server.log") as server:
                     got, samples = measure(server.url, mark, args.requests, args.warmup)
                 timings += got
                 for t in got:
                     print(f"  {mark:>9,} events  GET {t.path:<40} p50 {t.pct(0.5):7.2f} ms  p99 {t.pct(0.99):7.2f} ms",
                           flush=True)
-            counts = build.counts()
+            counts = build.counts(["events", "subjects", "growth_subjects", "growth_counts", "funnel_counts"])
         finally:
             build.close()
 

@@ -14,7 +14,6 @@ ingest of the same events gives. A separate py-spy run shows where the time goes
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import re
 import sqlite3
@@ -44,43 +43,13 @@ BUILD_TX = 20_000  # events per transaction while building: the writer's largest
 
 
 def build_database(db: Path, config: Path, w: c.Workload) -> float:
-    """Ingest every event into a fresh collector database through the store's own writer
-    (what the app does after decoding a request); returns the seconds it took."""
-    from headway_collector.app import ensure_model
-    from headway_collector.config import load
-    from headway_collector.events import decode_event
-    from headway_collector.store import open_store
-    from headway_collector.store.base import Accepted
-    from headway_collector.store.fold import Models
-
-    cfg = load(config)
-    store = open_store(f"sqlite:///{c.fresh_db(db)}")
-    store.open()  # what the app's start-up does: schema, model version, writer
-    ensure_model(cfg, store)
-    store.start(Models(cfg.projects.values()))
-    project = cfg.projects[c.PROJECT]
-
-    async def ingest_all() -> None:
-        for lo in range(0, len(w), BUILD_TX):
-            received = time.time_ns() // 1000
-            events = []
-            for raw in w.raws[lo : lo + BUILD_TX]:
-                ev = decode_event(raw, 0, received)
-                events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
-            result = await store.ingest(project, events)
-            if result.accepted != len(events):
-                raise RuntimeError(f"the store took {result.accepted} of {len(events)} new events")
-            done = min(lo + BUILD_TX, len(w))
-            print(f"\r  building: {done:,}/{len(w):,} events ({done / (time.perf_counter() - started):,.0f}/s)",
-                  end="", flush=True)
-
-    started = time.perf_counter()
+    """Ingest every event into a fresh collector database; returns the seconds it took."""
+    builder = c.DatabaseBuilder(db, config, w, BUILD_TX)
     try:
-        asyncio.run(ingest_all())
+        builder.ingest_until(len(w))
     finally:
-        store.close()
-    print()
-    return time.perf_counter() - started
+        builder.close()
+    return builder.seconds
 
 
 def derived_digest(db: Path) -> dict[str, tuple[int, str]]:
