@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 
@@ -14,6 +14,8 @@ __all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "from_stored", "t
 
 FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than this are refused
 _decode = msgspec.json.Decoder(Event).decode
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
 
 
 class EventRejected(ValueError):
@@ -21,14 +23,8 @@ class EventRejected(ValueError):
 
 
 def to_us(dt: datetime) -> int:
-    """Microseconds since the Unix epoch, exactly (no float rounding)."""
-    delta = dt - datetime(1970, 1, 1, tzinfo=dt.tzinfo)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds - _offset_us(dt)
-
-
-def _offset_us(dt: datetime) -> int:
-    off = dt.utcoffset()
-    return 0 if off is None else (off.days * 86400 + off.seconds) * 1_000_000 + off.microseconds
+    """Microseconds since the Unix epoch, exactly (integer arithmetic, no float rounding)."""
+    return (dt - _UNIX_EPOCH) // _ONE_US
 
 
 def _ev(e: Event, t: int) -> Ev:
