@@ -270,9 +270,11 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     states: dict[tuple[str, str], SubjectState] = {}
     rebuild: set[tuple[str, str]] = set()
     tags: dict[str, int] = defaultdict(int)
+    scan = growth.ActivityScan(lms["user"].project)
     seen = 0
     for raw, ts in tx.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
         ev = from_stored(bytes(raw), ts)
+        scan.observe(ev)
         for level, sid in (("user", ev.user_id), ("account", ev.account_id)):
             key = (level, sid)
             if sid is None or key in rebuild:
@@ -305,6 +307,6 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     if tags:
         tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
                        [(project, t, n) for t, n in sorted(tags.items())])
-    growth.rebuild(tx, models, project)  # growth and funnel aggregates, from what was just rebuilt
+    growth.rebuild(tx, models, project, scan)  # growth and funnel aggregates, from what was just rebuilt
     progress(seen)
     return seen

@@ -35,7 +35,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import msgspec
 
 from ..config import Milestone, Project
 from ..model import growth as g
@@ -57,17 +56,6 @@ TABLES = ("growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_
           "funnel_rows", "funnel_counts", "funnel_tta")
 
 FunnelRow = tuple[int, int, str, int | None]  # first_seen, stage_on, cls, tta
-
-
-class _Slim(msgspec.Struct):
-    """What a re-score needs of a stored event: decode only that."""
-
-    event: str
-    weight: float | None = None
-    value: float | None = None
-
-
-_decode_slim = msgspec.json.Decoder(_Slim).decode
 
 
 def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -281,36 +269,44 @@ def _put_funnel(tx: Tx, project: str, level: str, old: dict[tuple[str, str], Fun
 # --- rebuild: the same tables from scratch (re-score) -----------------------------------------
 
 
-def rebuild(tx: Tx, models: Models, project: str) -> None:
-    """Recompute every aggregate of `project` from its stored events and subject rows."""
+class ActivityScan:
+    """What the growth tables need from every event, gathered during the re-score's one pass:
+    each subject's active days (a bitmap) and each user's latest NPS answer per period."""
+
+    def __init__(self, p: Project) -> None:
+        self.p = p
+        self.active: dict[tuple[str, str], g.Days] = {}
+        self.best: dict[tuple[str, int, str], tuple[int, float]] = {}
+
+    def observe(self, ev: Ev) -> None:
+        p, ts = self.p, ev.t
+        if p.weight(ev.event, ev.weight) > 0:
+            d = ts // DAY
+            for key in (("user", ev.user_id), ("account", ev.account_id)) if ev.account_id is not None else (("user", ev.user_id),):
+                days = self.active.get(key)
+                if days is None:
+                    days = self.active[key] = g.Days()
+                days.add(d)
+        if ev.event == p.nps_event and ev.value is not None and 0 <= ev.value <= 10:
+            answer = (ts, ev.value)
+            for kind in g.KINDS:
+                k = (kind, g.period_of(kind, ts), ev.user_id)
+                if k not in self.best or self.best[k] < answer:
+                    self.best[k] = answer
+
+
+def rebuild(tx: Tx, models: Models, project: str, scan: ActivityScan) -> None:
+    """Recompute every aggregate of `project` from the scan of its events and its subject rows."""
     for table in TABLES:
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
-    _rebuild_growth(tx, models[project, "user"].project)
+    _rebuild_growth(tx, scan)
     for level in LEVELS:
         _rebuild_funnel(tx, models[project, level], project, level)
 
 
-def _rebuild_growth(tx: Tx, p: Project) -> None:
-    """One pass over the events in storage order: every subject's active days (a bitmap in
-    memory) and every user's latest NPS answer per period; then the rows and the counters."""
-    active: dict[tuple[str, str], g.Days] = {}
-    best: dict[tuple[str, int, str], tuple[int, float]] = {}
-    nps = p.nps_event
-    for uid, aid, raw, ts in tx.stream("SELECT user_id, account_id, raw, ts FROM events WHERE project = ?", (p.name,)):
-        ev = _decode_slim(bytes(raw))
-        if p.weight(ev.event, ev.weight) > 0:
-            d = ts // DAY
-            for key in (("user", uid), ("account", aid)) if aid is not None else (("user", uid),):
-                days = active.get(key)
-                if days is None:
-                    days = active[key] = g.Days()
-                days.add(d)
-        if ev.event == nps and ev.value is not None and 0 <= ev.value <= 10:
-            answer = (ts, ev.value)
-            for kind in g.KINDS:
-                k = (kind, g.period_of(kind, ts), uid)
-                if k not in best or best[k] < answer:
-                    best[k] = answer
+def _rebuild_growth(tx: Tx, scan: ActivityScan) -> None:
+    """The rows and the counters from the scan's active days and answers."""
+    p, active, best = scan.p, scan.active, scan.best
     counts: dict[str, dict[tuple[str, int], list[int]]] = {lv: defaultdict(lambda: [0, 0, 0]) for lv in LEVELS}
     rows: list[tuple[Any, ...]] = []
     for (level, sid), days in sorted(active.items()):
