@@ -192,3 +192,12 @@ async def test_ids_with_any_character_can_be_read_back(client: httpx.AsyncClient
         r = await client.get(f"/v1/{level}/{quoted.raw_path.decode().lstrip('/')}", headers=read_headers())
         assert r.status_code == 200
         assert r.json()["user_id" if level == "users" else "account_id"] == odd
+
+
+async def test_extreme_weights_and_values_are_stored_and_read(client: httpx.AsyncClient) -> None:
+    events = [event("kim", weight=1.7e308, account_id="k"), event("kim", weight=-1.7e308),
+              event("kim", "message_sent", value=1.7e308, account_id="k"), event("kim", weight=5e-324)]
+    r = await post(client, events)
+    assert r.json() == {"accepted": 4, "duplicates": 0, "rejected": []}
+    for path in ("/v1/users/kim", "/v1/accounts/k", "/v1/users", "/v1/accounts"):
+        assert (await client.get(path, headers=read_headers())).status_code == 200

@@ -29,9 +29,10 @@ def contribution(weight: float, t: int, half_life: int) -> int:
         return 0
     x = (t - EPOCH) / half_life
     n = math.floor(x)
-    mantissa, exp = math.frexp(weight * 2.0 ** (x - n))  # weight * 2^frac, exactly split
+    wm, we = math.frexp(weight)  # scale out the weight's exponent: huge weights stay finite
+    mantissa, exp = math.frexp(wm * 2.0 ** (x - n))  # weight * 2^frac, exactly split
     top = int(mantissa * (1 << 53))  # 53 significant bits, exact
-    shift = exp - 53 + n + FRACTION_BITS
+    shift = exp + we - 53 + n + FRACTION_BITS
     return top << shift if shift >= 0 else top >> -shift
 
 
@@ -47,14 +48,15 @@ def value_at(total: int, t: int, half_life: int) -> float:
     try:
         return math.ldexp(top * 2.0 ** (n - x), cut - n - FRACTION_BITS)
     except OverflowError:  # read thousands of half-lives before the events: beyond any double
-        return math.copysign(sys.float_info.max, total)
+        return sys.float_info.max if total > 0 else -sys.float_info.max
 
 
 def sort_key(total: int) -> float:
     """A float that orders subjects like their scores at any one instant (same decay for all)."""
     if not total:
         return 0.0
-    return math.copysign(math.log2(abs(total)) + 1.0, total)
+    key = math.log2(abs(total)) + 1.0  # log2 takes ints of any size; float(total) may not
+    return key if total > 0 else -key
 
 
 def rate(total: int, t: int, half_life: int) -> float:
