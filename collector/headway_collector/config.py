@@ -7,6 +7,7 @@ message is one line: file, line where known, and reason. Nothing else reads the 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
 import tomllib
@@ -136,8 +137,6 @@ class Config:
 
     def project_for_key(self, key_hash: str, kind: Literal["write", "read"]) -> Project | None:
         """Key hashes are unique across projects (checked at load), so at most one matches."""
-        import hmac
-
         found = None
         for project in self.projects.values():
             for known in project.write_keys if kind == "write" else project.read_keys:

@@ -92,7 +92,6 @@ class Reading:
     active_days_30d: int
     trend: Literal["rising", "steady", "cooling"]
     stage: str | None
-    stage_index: int | None
     milestones: list[MilestoneResult]
     progress: float
     achieved: int
@@ -132,7 +131,6 @@ def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
         active_days_30d=sum(1 for d in state.days if today - ACTIVE_DAYS < d <= today),
         trend=trend_of(lm, state, now),
         stage=stages[idx].name if idx is not None else None,
-        stage_index=idx,
         milestones=results,
         progress=sum(r.progress for r in results) / len(results) if results else 0.0,
         achieved=sum(r.achieved_at is not None for r in results),
