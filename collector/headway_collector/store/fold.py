@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ..config import Project
@@ -69,7 +69,6 @@ class Job:
     events: list[tuple[Accepted, Ev]]
     accepted: int = 0
     duplicates: int = 0
-    new_ids: set[str] = field(default_factory=set)
 
 
 def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -144,7 +143,7 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
             if state is not None:
                 first, touched = state.first_seen, lm.touched(evs)
                 before = {r.milestone.name: r for r in milestone_results(lm, state, touched)}
-            state, rebuilt = _fold_one(tx, lm, project, level, sid, state, evs)
+            state, rebuilt = _fold_one(tx, lm, project, sid, state, evs)
             if before is not None and (rebuilt or state.first_seen != first):
                 before = None  # everything may have moved: write every milestone row
             if tx.states is not None:
@@ -177,7 +176,7 @@ def _load_states(tx: Tx, project: str, level: str, keys: dict[str, str]) -> dict
 
 
 def _fold_one(
-    tx: Tx, lm: LevelModel, project: str, level: str, sid: str, state: SubjectState | None, evs: list[Ev]
+    tx: Tx, lm: LevelModel, project: str, sid: str, state: SubjectState | None, evs: list[Ev]
 ) -> tuple[SubjectState, bool]:
     """The subject's new state, and whether it had to be rebuilt from its stored events."""
     evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
@@ -185,13 +184,18 @@ def _fold_one(
         if state is None:
             state = new_state(lm, ev)
         if apply(lm, state, ev) is REBUILD:
-            column = "user_id" if level == "user" else "account_id"
-            stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
-            rebuilt = build(lm, [from_stored(bytes(raw), ts) for raw, ts in stored])
-            assert rebuilt is not None
-            return rebuilt, True  # the stored events already include the rest of this batch
+            return _rebuild(tx, lm, project, sid), True  # the stored events include the rest of this batch
     assert state is not None
     return state, False
+
+
+def _rebuild(tx: Tx, lm: LevelModel, project: str, sid: str) -> SubjectState:
+    """A subject's state from all its stored events (the rare late arrivals `apply` can't fold)."""
+    column = "user_id" if lm.level == "user" else "account_id"
+    stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
+    state = build(lm, [from_stored(bytes(raw), ts) for raw, ts in stored])
+    assert state is not None, "a subject being folded has stored events"
+    return state
 
 
 def subject_rows(
@@ -291,11 +295,7 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
         if seen % 10_000 == 0:
             progress(seen)
     for level, sid in sorted(rebuild):
-        column = "user_id" if level == "user" else "account_id"
-        stored = tx.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?", (project, sid))
-        state = build(lms[level], [from_stored(bytes(raw), ts) for raw, ts in stored])
-        assert state is not None
-        states[level, sid] = state
+        states[level, sid] = _rebuild(tx, lms[level], project, sid)
     keys = sorted(states)
     for part in chunks(keys):
         rows, mrows = [], []
