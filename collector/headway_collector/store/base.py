@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,7 +15,7 @@ from ..model.subject import Ev
 if TYPE_CHECKING:
     from .fold import Models
 
-__all__ = ["Accepted", "IngestResult", "Reader", "Store", "StoreError", "open_store"]
+__all__ = ["CHUNK", "Accepted", "IngestResult", "Reader", "Store", "StoreError", "chunks", "open_store"]
 
 
 class StoreError(Exception):
@@ -84,6 +84,15 @@ class Store(Protocol):
     def prune(self, before: int) -> int: ...
 
     def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]: ...
+
+
+CHUNK = 400  # rows per multi-row statement: well under every backend's parameter limit
+
+
+def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of at most `n` items."""
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 def open_store(url: str) -> Store:

@@ -19,12 +19,11 @@ from ..model import scoring
 from ..model.evaluate import MilestoneResult, milestone_results, stage_on
 from ..model.subject import REBUILD, Ev, LevelModel, SubjectState, apply, build, decode_state, encode_state, new_state
 from . import growth
-from .base import Accepted
+from .base import Accepted, chunks
 
-__all__ = ["Job", "Models", "Tx", "chunks", "fold_jobs", "rescore_project", "subject_rows"]
+__all__ = ["Job", "Models", "Tx", "fold_jobs", "rescore_project", "subject_rows"]
 
 LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
-CHUNK = 400  # rows per multi-row statement: well under every backend's parameter limit
 
 
 class Tx(Protocol):
@@ -69,11 +68,6 @@ class Job:
     events: list[tuple[Accepted, Ev]]
     accepted: int = 0
     duplicates: int = 0
-
-
-def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def fold_jobs(tx: Tx, models: Models, jobs: list[Job]) -> None:

@@ -31,7 +31,6 @@ day from an index of `funnel_rows`.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +39,7 @@ from ..config import Milestone, Project
 from ..model import growth as g
 from ..model.scoring import DAY
 from ..model.subject import Ev, LevelModel
+from .base import CHUNK, chunks
 from .base import Reader
 
 if TYPE_CHECKING:  # fold imports this module
@@ -48,7 +48,6 @@ if TYPE_CHECKING:  # fold imports this module
 __all__ = ["FunnelCounts", "maintain", "read_funnel", "read_growth", "read_nps", "rebuild"]
 
 LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
-CHUNK = 400  # rows per multi-row statement, as in fold
 SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row (milestone names are never empty)
 SUBJECT_CLS = "s"
 NEVER = -(1 << 62)  # a day before every day
@@ -56,11 +55,6 @@ TABLES = ("growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_
           "funnel_rows", "funnel_counts", "funnel_tta")
 
 FunnelRow = tuple[int, int, str, int | None]  # first_seen, stage_on, cls, tta
-
-
-def _chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 def _subject(ev: Ev, level: str) -> str | None:
@@ -94,7 +88,7 @@ def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
         return
     ids = sorted(by_subject)
     stored: dict[str, g.Days] = {}
-    for part in _chunks(ids):
+    for part in chunks(ids):
         for sid, first, data in tx.all(f"SELECT subject, first_day, days FROM growth_subjects WHERE project = ? "
                                        f"AND level = ? AND subject IN ({_marks(len(part))})", (p.name, level, *part)):
             stored[sid] = g.Days.decode(first, bytes(data))
@@ -139,7 +133,7 @@ def _nps(tx: Tx, p: Project, new: list[Ev]) -> None:
         return
     keys = sorted(best)
     old: dict[tuple[str, int, str], tuple[int, float]] = {}
-    for part in _chunks(keys):
+    for part in chunks(keys):
         params: list[Any] = [x for key in part for x in key]
         for kind, per, uid, t, v in tx.all(
             f"SELECT a.kind, a.period, a.user_id, a.t, a.answer FROM (VALUES {','.join(['(?,?,?)'] * len(part))}) AS v "
@@ -187,7 +181,7 @@ def _funnel(tx: Tx, lm: LevelModel, project: str, level: str, new: list[Ev]) -> 
     sids = sorted({s for ev in new if (s := _subject(ev, level)) is not None})
     if not names or not sids:
         return
-    for part in _chunks(sids, CHUNK // 4):
+    for part in chunks(sids, CHUNK // 4):
         subjects = {s: (fs, on) for s, fs, on in tx.all(
             f"SELECT subject, first_seen, stage_on FROM subjects WHERE project = ? AND level = ? "
             f"AND subject IN ({_marks(len(part))})", (project, level, *part))}
@@ -330,7 +324,7 @@ def _rebuild_growth(tx: Tx, scan: ActivityScan) -> None:
     for key, (t, v) in sorted(best.items()):
         answers.append((p.name, *key, t, v))
         nps_counts[key[0], key[1]][g.nps_bucket(v)] += 1
-    for part in _chunks(answers, 10 * CHUNK):
+    for part in chunks(answers, 10 * CHUNK):
         tx.executemany("INSERT INTO growth_nps_answers (project, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?)",
                        part)
     _add_nps(tx, p.name, nps_counts)
