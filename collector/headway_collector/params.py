@@ -14,7 +14,7 @@ from .events import to_us
 from .model import growth as g
 from .state import AppState
 
-__all__ = ["app_state", "choice", "instant", "nps_view", "read_time", "ts"]
+__all__ = ["app_state", "choice", "instant", "nps_view", "read_time", "rfc3339", "ts"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -56,6 +56,11 @@ def read_time(request: Request, state: AppState) -> int:
 
 def ts(us: int | None) -> datetime | None:
     return None if us is None else _EPOCH + timedelta(microseconds=us)
+
+
+def rfc3339(us: int) -> str:
+    """Microseconds as the API writes instants: `2024-02-05T12:00:00Z`."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
 
 
 def nps_view(counts: tuple[int, int, int] | None) -> NPS | None:

@@ -19,7 +19,7 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
-from .params import app_state, choice, instant, nps_view, read_time, ts
+from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
 from .state import AppState
 from .store.growth import FunnelCounts, read_funnel, read_growth, read_nps
 
@@ -45,10 +45,13 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     kind: g.Kind = choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
     level = choice(request, "level", LEVELS) or "user"
     start, end = q.get("from"), q.get("to")
-    last = g.period_of(kind, instant("to", end, dates=True) if end is not None else read_time(request, state))
+    end_us = instant("to", end, dates=True) if end is not None else read_time(request, state)
+    last = g.period_of(kind, end_us)
     first = g.period_of(kind, instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
-        raise APIError(400, "bad_request", f"from={start!r} is after to={end!r}")
+        # Without `to`, name the end actually used (`at`, else now), not the missing parameter.
+        to = repr(end) if end is not None else f"{rfc3339(end_us)} (the default: {'at' if 'at' in q else 'now'})"
+        raise APIError(400, "bad_request", f"from={start!r} is after to={to}")
     try:
         g.period_label(kind, first), g.period_label(kind, last)
     except (ValueError, OverflowError):

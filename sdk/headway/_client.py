@@ -26,7 +26,7 @@ Order = Literal["desc", "asc"]
 Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
-
+At = datetime | str | None
 
 
 class Filters(TypedDict, total=False):
@@ -62,6 +62,18 @@ def _params(**values: Any) -> dict[str, str]:
             value = value.isoformat()
         out[name.rstrip("_")] = str(value)
     return out
+
+
+def _instant(name: str, value: When, *, dates: bool = True) -> When:
+    """A time parameter checked as `track()` checks timestamps: a datetime must be
+    timezone-aware (the collector refuses a naive one with a 400); a date (that day, 00:00 UTC)
+    only where the collector takes one (``since`` / ``until``). A str is sent as it is."""
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware (RFC 3339 needs an offset), got {value!r}")
+    elif isinstance(value, date) and not dates:
+        raise ValueError(f"{name} must be a datetime (timezone-aware) or an RFC 3339 str, not a date")
+    return value
 
 
 class _BaseClient:
@@ -105,12 +117,14 @@ class _BaseClient:
         return call._replace(params={**call.params, "cursor": page.next_cursor})
 
     @staticmethod
-    def _milestones(level: Level | None) -> _Call:
-        return _Call("/v1/milestones", _params(level=level), wire.Funnel)
+    def _milestones(level: Level | None, at: At) -> _Call:
+        return _Call("/v1/milestones", _params(level=level, at=_instant("at", at, dates=False)), wire.Funnel)
 
     @staticmethod
-    def _growth(period: Period, since: When, until: When, level: Level | None) -> _Call:
-        return _Call("/v1/growth", _params(period=period, from_=since, to=until, level=level), wire.Growth)
+    def _growth(period: Period, since: When, until: When, level: Level | None, at: At) -> _Call:
+        params = _params(period=period, from_=_instant("since", since), to=_instant("until", until), level=level,
+                         at=_instant("at", at, dates=False))
+        return _Call("/v1/growth", params, wire.Growth)
 
     @staticmethod
     def _model() -> _Call:
@@ -190,9 +204,10 @@ class Client(_BaseClient):
             yield from page.items
             call = self._next(call, page)
 
-    def milestones(self, level: Level | None = None) -> wire.Funnel:
-        """The funnel: per milestone, counts by status and times to achieve."""
-        return self._get(self._milestones(level))
+    def milestones(self, level: Level | None = None, *, at: At = None) -> wire.Funnel:
+        """The funnel: per milestone, counts by status and times to achieve; ``at`` (an aware
+        datetime) evaluates deadlines and stages at that instant instead of the collector's now."""
+        return self._get(self._milestones(level, at))
 
     def growth(
         self,
@@ -201,9 +216,12 @@ class Client(_BaseClient):
         since: When = None,
         until: When = None,
         level: Level | None = None,
+        at: At = None,
     ) -> wire.Growth:
-        """New, retained, resurrected and churned per period, and the quick ratio."""
-        return self._get(self._growth(period, since, until, level))
+        """New, retained, resurrected and churned per period, and the quick ratio. Without
+        ``until`` the range ends with the period of ``at`` (an aware datetime; default: the
+        collector's now). Naive datetimes are a ValueError, as in `Tracker.track`."""
+        return self._get(self._growth(period, since, until, level, at))
 
     def model(self) -> wire.ModelInfo:
         """The active model, its version hash, and tags that name no milestone."""
@@ -269,8 +287,8 @@ class AsyncClient(_BaseClient):
                 yield item
             call = self._next(call, page)
 
-    async def milestones(self, level: Level | None = None) -> wire.Funnel:
-        return await self._get(self._milestones(level))
+    async def milestones(self, level: Level | None = None, *, at: At = None) -> wire.Funnel:
+        return await self._get(self._milestones(level, at))
 
     async def growth(
         self,
@@ -279,8 +297,9 @@ class AsyncClient(_BaseClient):
         since: When = None,
         until: When = None,
         level: Level | None = None,
+        at: At = None,
     ) -> wire.Growth:
-        return await self._get(self._growth(period, since, until, level))
+        return await self._get(self._growth(period, since, until, level, at))
 
     async def model(self) -> wire.ModelInfo:
         return await self._get(self._model())

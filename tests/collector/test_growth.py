@@ -26,7 +26,7 @@ from headway_collector.config import Config, loads
 from headway_collector.model import growth as g
 from headway_collector.store import open_store
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.conftest import OTHER_READ_KEY, OTHER_WRITE_KEY, WRITE_KEY, asgi_collector, config_text
+from tests.conftest import EXAMPLE, OTHER_READ_KEY, OTHER_WRITE_KEY, READ_KEY, WRITE_KEY, asgi_collector, config_text
 
 pytestmark = pytest.mark.anyio
 
@@ -202,7 +202,9 @@ async def test_no_data_gives_zeros_and_no_ratio(tmp_path: Path) -> None:
     ("from=yesterday", "from='yesterday' is not an RFC3339 timestamp or a date YYYY-MM-DD"),
     ("to=2024-13-01", "to='2024-13-01' is not a date YYYY-MM-DD"),
     ("from=2024-01-01T00:00:00", "needs a timezone"),
-    ("from=2024-02-01&to=2024-01-01", "is after"),
+    ("from=2024-02-01&to=2024-01-01", "from='2024-02-01' is after to='2024-01-01'"),
+    ("from=2030-01-01", "from='2030-01-01' is after to=2024-02-05T12:00:00Z (the default: now)"),  # the clock, not None
+    ("from=2024-02-01&at=2024-01-10T00:00:00Z", "from='2024-02-01' is after to=2024-01-10T00:00:00Z (the default: at)"),
     ("period=day&from=2000-01-01&to=2024-01-01", "at most 1000"),
     ("at=soon", "at='soon' is not an RFC3339 timestamp"),
     ("period=month&at=0001-03-01T00:00:00Z", "outside years 1 to 9999"),
@@ -231,6 +233,62 @@ async def test_reports_need_a_read_key_of_their_project(tmp_path: Path, path: st
     else:
         assert sum(mine["milestones"][0]["counts"].values()) == 1
         assert other == {"level": None, "milestones": []}  # project 'other' has no milestones
+
+
+def twin_config() -> Config:
+    """The test config with project 'other' given acme's whole model: the same stages, weights and
+    milestones, so a leak between the two would change some count."""
+    example = EXAMPLE.read_text()
+    model = example[example.index("[projects.acme.engagement]"):].replace("[projects.acme.", "[projects.other.")
+    return loads(config_text() + "\n" + model.replace("[[projects.acme.", "[[projects.other."), "twin.toml")
+
+
+def by_step(funnel: dict[str, Any]) -> dict[tuple[str, str], dict[str, int]]:
+    return {(s["name"], s["level"]): s["counts"] for s in funnel["milestones"]}
+
+
+async def test_projects_with_the_same_milestones_count_only_their_own_subjects(tmp_path: Path) -> None:
+    cfg = twin_config()
+    assert [m.name for m in cfg.projects["other"].milestones] == [m.name for m in cfg.projects["acme"].milestones]
+    prompts = [f"2024-02-05T0{h}:00:00Z" for h in (7, 8, 9)]
+    # The same user and account ids in both projects, with different histories.
+    mine = [ev("sam", t, "prompt_completed", account="co") for t in prompts]  # sam achieves onboarding_prompts
+    mine += [ev("ann", prompts[0], "prompt_completed", account="co")]  # in progress
+    theirs = [ev("sam", prompts[0], account="co")]  # signed in only: pending, but a team member
+    theirs += [ev("olga", t, "prompt_completed", account="co") for t in prompts]
+    theirs += [ev("oscar", t, "prompt_completed", account="co") for t in prompts[:2]]
+    async with asgi_collector(cfg, tmp_path / "h.db", clock=lambda: us(NOW)) as c:
+        await send(c, mine)
+        await send(c, theirs, key=OTHER_WRITE_KEY)
+        keys = (READ_KEY, OTHER_READ_KEY)
+        funnel = {k: (await c.get("/v1/milestones", headers=read_headers(k))).json() for k in keys}
+        weeks = {k: await growth(c, "period=week", key=k) for k in keys}
+        accounts = {k: await growth(c, "period=week&level=account", key=k) for k in keys}
+        sam = {k: (await c.get("/v1/users/sam", headers=read_headers(k))).json() for k in keys}
+        assert (await c.get("/v1/users/olga", headers=read_headers())).status_code == 404
+        assert (await c.get("/v1/users/ann", headers=read_headers(OTHER_READ_KEY))).status_code == 404
+        for path in ("/v1/growth", "/v1/milestones"):
+            assert (await c.get(path, headers=read_headers(OTHER_WRITE_KEY))).status_code == 403  # their write key
+            assert (await c.get(path, headers=read_headers("test-read-elsewhere"))).status_code == 401
+    zero = {"pending": 0, "in_progress": 0, "achieved": 0, "missed": 0}
+    acme, other = by_step(funnel[READ_KEY]), by_step(funnel[OTHER_READ_KEY])
+    assert acme.keys() == other.keys() and len(acme) == len(cfg.projects["acme"].milestones)
+    assert acme[("onboarding_prompts", "user")] == {**zero, "achieved": 1, "in_progress": 1}  # sam, ann
+    # olga achieved, oscar in progress, their sam pending
+    assert other[("onboarding_prompts", "user")] == {**zero, "achieved": 1, "in_progress": 1, "pending": 1}
+    assert acme[("team_formed", "account")] == {**zero, "pending": 1}  # nobody of acme's co signed in
+    assert other[("team_formed", "account")] == {**zero, "in_progress": 1}  # other's sam did
+    assert all(sum(n.values()) == 2 for (_, lv), n in acme.items() if lv == "user")
+    assert all(sum(n.values()) == 3 for (_, lv), n in other.items() if lv == "user")
+    assert all(sum(n.values()) == 1 for (_, lv), n in {**acme, **other}.items() if lv == "account")
+    for k in keys:  # each from its own achiever's first event: 07:00 to 09:00
+        times = [s["median_time_to_achieve_s"] for s in funnel[k]["milestones"] if s["name"] == "onboarding_prompts"]
+        assert times == [7200.0]
+    assert weeks[READ_KEY]["periods"][-1]["active"] == weeks[READ_KEY]["periods"][-1]["new"] == 2
+    assert weeks[OTHER_READ_KEY]["periods"][-1]["active"] == weeks[OTHER_READ_KEY]["periods"][-1]["new"] == 3
+    assert accounts[READ_KEY]["periods"][-1]["active"] == accounts[OTHER_READ_KEY]["periods"][-1]["active"] == 1
+    status = {k: {m["name"]: m["status"] for m in v["milestones"]} for k, v in sam.items()}
+    assert (status[READ_KEY]["onboarding_prompts"], status[OTHER_READ_KEY]["onboarding_prompts"]) == ("achieved", "pending")
 
 
 # --- any history: against a recomputation from the raw events --------------------------------------

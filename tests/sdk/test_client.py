@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from typing import Any
 
 import httpx
 import msgspec
@@ -88,6 +89,35 @@ def test_typed_reads(client: headway.Client, collector: Collector) -> None:
         "period": "month", "from": "2024-01-01", "to": NOW.isoformat(), "level": "account"}
 
 
+def test_reads_as_of_an_instant(client: headway.Client, collector: Collector) -> None:
+    client.growth("week", since=date(2024, 1, 1), at=NOW)
+    assert dict(collector.requests[-1].url.params) == {"period": "week", "from": "2024-01-01", "at": NOW.isoformat()}
+    client.milestones("user", at="2024-05-01T00:00:00Z")
+    assert dict(collector.requests[-1].url.params) == {"level": "user", "at": "2024-05-01T00:00:00Z"}
+    client.milestones(at=NOW)
+    assert dict(collector.requests[-1].url.params) == {"at": NOW.isoformat()}
+
+
+@pytest.mark.parametrize("read", [
+    lambda c: c.growth(since=datetime(2024, 1, 1)),
+    lambda c: c.growth(until=datetime(2024, 1, 1)),
+    lambda c: c.growth(at=datetime(2024, 1, 1)),
+    lambda c: c.milestones(at=datetime(2024, 1, 1)),
+])
+def test_naive_datetimes_are_refused_before_sending(client: headway.Client, collector: Collector, read: Any) -> None:
+    with pytest.raises(ValueError, match="must be timezone-aware"):  # as track() refuses them; the server would 400
+        read(client)
+    assert collector.requests == []
+
+
+def test_at_takes_an_instant_not_a_date(client: headway.Client, collector: Collector) -> None:
+    with pytest.raises(ValueError, match="at must be a datetime"):
+        client.milestones(at=date(2024, 5, 1))
+    with pytest.raises(ValueError, match="at must be a datetime"):
+        client.growth(at=date(2024, 5, 1))
+    assert collector.requests == []
+
+
 def test_pages_and_cursor_iteration(client: headway.Client, collector: Collector) -> None:
     page = client.users(order="asc", limit=2, stage="trial", quadrant="stuck")
     assert [u.user_id for u in page.items] == ["u0", "u1"] and page.next_cursor == "c1"
@@ -139,6 +169,11 @@ async def test_async_client_is_the_same_api(collector: Collector) -> None:
         assert (await client.model()).project == "acme"
         assert (await client.growth("day")).period == "day"
         assert (await client.milestones("user")).milestones == []
+        assert (await client.growth("week", at=NOW)).period == "week"
+        assert (await client.milestones(at=NOW)).milestones == []
+        assert collector.requests[-1].url.params["at"] == NOW.isoformat()
+        with pytest.raises(ValueError, match="must be timezone-aware"):
+            await client.growth(at=datetime(2024, 1, 1))
         with pytest.raises(headway.NotFound):
             await client.user("ghost")
 
