@@ -46,6 +46,7 @@ _NEVER = sys.maxsize
 _monotonic = time.monotonic
 _time = time.time
 _new_id = _core.new_id
+_check_name = _core.check_name
 _encode = msgspec.json.Encoder().encode
 
 OnError = Callable[[HeadwayError], object]
@@ -171,13 +172,12 @@ class Batcher:
         refuse. A full queue drops the event: counted in ``stats.dropped``, reported to
         ``on_error`` once per burst.
         """
-        # The common case is checked inline; anything unusual goes to _core, which raises.
-        if not (isinstance(user_id, str) and 0 < len(user_id) <= 200):
-            _core.bad_name("user_id", user_id)
-        if not (isinstance(event, str) and 0 < len(event) <= 200):
-            _core.bad_name("event", event)
+        # Common cases are settled by a cheap first test; anything unusual goes to _core, which
+        # raises. Every name (ids, event, tags) goes through the one _core.check_name.
+        _check_name("user_id", user_id)
+        _check_name("event", event)
         if account_id is not None:
-            _core.check_name("account_id", account_id)
+            _check_name("account_id", account_id)
         # a float is finite when x - x == 0 (inf - inf and nan - nan are nan)
         if weight is not None and (weight.__class__ is not float or weight - weight != 0.0):
             weight = _core.to_number("weight", weight)
@@ -192,6 +192,8 @@ class Batcher:
             except Exception:
                 _core.encode_properties(properties)  # raises the InvalidEvent naming the cause
                 raise
+            if b"null" in props:  # NaN and inf encode as null: look closer (None does too)
+                _core.check_finite(properties)
         else:
             props = _core.encode_properties(properties)
         now = _time()
@@ -395,7 +397,13 @@ class Batcher:
 
     def _deliver(self, items: list[Item]) -> Flow:
         limit = wire.MAX_INFLATED_BYTES if self._gzip else wire.MAX_BATCH_BYTES
-        encoded = _core.encode_items(items)
+        try:
+            encoded = _core.encode_items(items)
+        except Exception:  # track() refuses what cannot encode; if one slips through anyway,
+            items = self._weed(items)  # it alone fails: the rest of the batch is still sent
+            if not items:
+                return
+            encoded = _core.encode_items(items)
         if len(encoded) + 200 <= limit:
             yield from self._send_batch(items, encoded)
             return
@@ -440,6 +448,31 @@ class Batcher:
                 continue
             self._settle_failed(items, status, result)
             return
+
+    def _weed(self, items: list[Item]) -> list[Item]:
+        """The items that encode; the others are counted as failed and reported to on_error."""
+        good: list[Item] = []
+        bad: dict[str, str] = {}
+        for item in items:
+            try:
+                _core.encode_item(item)
+            except Exception as exc:
+                bad[item[0]] = f"does not encode: {exc!r}"
+            else:
+                good.append(item)
+        if bad:  # the order in _inflight does not matter: _settle removes a count
+            failed = len(items) - len(good)
+            self._settle(failed, failed=failed)
+            self._report(
+                DeliveryError(
+                    f"{failed} of {len(items)} events could not be encoded and were not sent: "
+                    + "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:3]),
+                    event_ids=tuple(bad),
+                    status=None,
+                    rejections=bad,
+                )
+            )
+        return good
 
     def _split(self, items: list[Item]) -> Flow:
         half = len(items) // 2
@@ -540,11 +573,20 @@ class Batcher:
             try:
                 yield from self._work()
                 return
-            except Exception:
+            except Exception as exc:
                 logger.exception("headway: worker error; events in flight counted as failed")
                 with self._lock:
-                    self._failed += len(self._inflight)
+                    lost = self._inflight
+                    self._failed += len(lost)
                     self._inflight = []
+                if lost:
+                    error = DeliveryError(
+                        f"{len(lost)} events not delivered: the worker failed ({exc!r})",
+                        event_ids=tuple(item[0] for item in lost),
+                        status=None,
+                    )
+                    error.__cause__ = exc
+                    self._report(error)
 
     def _drive(
         self,

@@ -14,11 +14,12 @@ import gzip as _gzip
 import math
 import os
 import random
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from numbers import Real
-from typing import Literal, NamedTuple, NoReturn
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -101,7 +102,7 @@ def jitter() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation. track() checks the common case inline; these handle everything else and raise.
+# Validation, shared by track() and before_send's results; each helper raises InvalidEvent.
 # ---------------------------------------------------------------------------------------------
 
 MAX_NAME = wire.MAX_NAME_CHARS
@@ -109,19 +110,38 @@ _json = msgspec.json.Encoder()
 _EMPTY = msgspec.Raw(b"{}")
 
 
-def bad_name(field: str, value: object) -> NoReturn:
-    """Raise the InvalidEvent for a name or id that failed the inline check."""
+# What the collector refuses inside a str that is otherwise fine: NUL (PostgreSQL's text cannot
+# hold it) and the surrogate code points (no UTF-8 encoding: msgspec raises on the worker).
+_REFUSED_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_name(field: str, value: object, tag: int | None = None) -> str:
+    """An id, event name or milestone tag: a str of 1 to 200 characters, no NUL, no surrogate.
+
+    The one check of every name field (``tag`` is the index of a milestone tag). ASCII without
+    NUL, nearly every name, is settled by the first line: ``isascii()`` reads a flag of the str.
+    """
+    if value.__class__ is str and 0 < len(value) <= MAX_NAME and value.isascii() and "\x00" not in value:  # type: ignore[attr-defined,operator]
+        return value  # type: ignore[return-value]
+    what = "" if tag is None else f"tag {tag} "
     if not isinstance(value, str):
-        raise InvalidEvent(field, f"must be a str, got {type(value).__name__}")
+        raise InvalidEvent(field, f"{what}must be a str, got {type(value).__name__}")
     if not value:
-        raise InvalidEvent(field, "must not be empty")
-    raise InvalidEvent(field, f"is {len(value)} characters, over the limit of {MAX_NAME}")
-
-
-def check_name(field: str, value: object) -> str:
-    if isinstance(value, str) and 0 < len(value) <= MAX_NAME:
+        raise InvalidEvent(field, f"{what}must not be empty")
+    if len(value) > MAX_NAME:
+        raise InvalidEvent(field, f"{what}is {len(value)} characters, over the limit of {MAX_NAME}")
+    bad = _REFUSED_CHAR.search(value)
+    if bad is None:
         return value
-    bad_name(field, value)
+    if bad.group() == "\x00":
+        raise InvalidEvent(
+            field, f"{what}contains the NUL character (\\u0000) at index {bad.start()}: the collector refuses it"
+        )
+    raise InvalidEvent(
+        field,
+        f"{what}contains the lone surrogate {ord(bad.group()):#06x} at index {bad.start()}: "
+        "it has no UTF-8 encoding",
+    )
 
 
 def to_number(field: str, value: object) -> float:
@@ -148,14 +168,36 @@ def to_tags(milestones: object) -> tuple[str, ...]:
     tags = tuple(milestones)  # type: ignore[call-overload]
     if len(tags) > wire.MAX_TAGS:
         raise InvalidEvent("milestones", f"has {len(tags)} tags, over the limit of {wire.MAX_TAGS}")
-    for tag in tags:
-        if not (isinstance(tag, str) and 0 < len(tag) <= MAX_NAME):
-            raise InvalidEvent(
-                "milestones",
-                f"each tag must be a non-empty str of at most {MAX_NAME} characters, "
-                f"got {tag!r:.80}",
-            )
+    for index, tag in enumerate(tags):
+        check_name("milestones", tag, index)
     return tags
+
+
+def check_finite(properties: object) -> None:
+    """Refuse NaN and infinities in ``properties``: msgspec would send them as null, silently.
+
+    Called only when the encoding holds ``null``, the one place a non-finite float can hide.
+    """
+    try:
+        root = msgspec.to_builtins(properties)
+    except Exception:  # the encoder took it, so this cannot fail; if it does, let it be
+        return
+    stack: list[tuple[tuple[object, ...], object]] = [((), root)]
+    while stack:  # a loop, not recursion: deep nesting must not raise RecursionError here
+        path, node = stack.pop()
+        if node.__class__ is dict:
+            children = node.items()  # type: ignore[attr-defined]
+        elif node.__class__ is list or node.__class__ is tuple:
+            children = enumerate(node)  # type: ignore[call-overload]
+        else:
+            continue
+        for key, child in children:
+            kind = child.__class__
+            if kind is dict or kind is list or kind is tuple:
+                stack.append(((*path, key), child))
+            elif isinstance(child, float) and child - child != 0.0:  # nan or +-inf
+                where = "".join(f"[{k!r}]" for k in (*path, key))
+                raise InvalidEvent("properties", f"hold {child} at {where}: JSON has no NaN or Infinity")
 
 
 def encode_properties(properties: object) -> bytes | None:
@@ -176,6 +218,8 @@ def encode_properties(properties: object) -> bytes | None:
         raise InvalidEvent(
             "properties", f"encode to {len(raw)} bytes, over the event limit {wire.MAX_EVENT_BYTES}"
         )
+    if b"null" in raw:
+        check_finite(properties)
     return raw
 
 

@@ -70,8 +70,8 @@ class QueueFull(HeadwayError):
 class DeliveryError(HeadwayError):
     """Events that will not be delivered: rejected by the collector, or retries exhausted.
 
-    ``event_ids`` lists them; ``rejections`` maps an event id to the collector's reason when
-    the collector refused single events of an otherwise accepted batch; ``status`` is the HTTP
+    ``event_ids`` lists them; ``rejections`` maps an event id to the reason when single events
+    of a batch failed (the collector refused them, or they did not encode); ``status`` is the HTTP
     status of the last attempt, None when the network failed.
     """
 

@@ -96,10 +96,11 @@ def test_api_errors_by_status(status: int, kind: type) -> None:
     assert (error.status, error.code, error.message) == (status, "code", "message")
 
 
-def test_name_limit_inlined_in_track_matches_the_wire() -> None:
-    # track() inlines the 200-character limit for speed; it must agree with the wire schema
-    assert wire.MAX_NAME_CHARS == 200
-    assert "<= 200" in (SDK / "_batcher.py").read_text()
+def test_name_rules_live_in_one_place() -> None:
+    # every id, name and tag goes through _core.check_name, whose limit is the wire schema's;
+    # track() keeps no copy of it
+    assert headway._core.MAX_NAME == wire.MAX_NAME_CHARS == 200
+    assert "<= 200" not in (SDK / "_batcher.py").read_text()
 
 
 def test_headway_logger_has_a_null_handler() -> None:

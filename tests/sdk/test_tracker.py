@@ -264,6 +264,31 @@ def test_input_is_validated_before_before_send() -> None:
     t.shutdown(1)
 
 
+def test_a_worker_bug_counts_and_reports_what_it_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors: list[headway.HeadwayError] = []
+    real_body = headway._core.body
+    calls = []
+
+    def body_once_broken(events: bytes, *, gzip: bool) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_body(events, gzip=gzip)
+
+    monkeypatch.setattr(headway._core, "body", body_once_broken)
+    transport = MemoryTransport()
+    with transport.tracker(flush_interval=60, flush_at=10_000, on_error=errors.append) as t:
+        lost = [t.track("u", "e") for _ in range(3)]
+        assert t.flush(5)
+        kept = t.track("u", "after")  # the worker carries on
+        assert t.flush(5)
+        assert t.stats == headway.Stats(sent=1, failed=3)
+    assert [e.id for e in transport.events] == [kept]
+    [error] = errors
+    assert isinstance(error, headway.DeliveryError) and error.event_ids == tuple(lost)
+    assert isinstance(error.__cause__, RuntimeError)
+
+
 # ---- headway.testing -------------------------------------------------------------------------
 
 

@@ -4,9 +4,10 @@ exactly as tracked. Hypothesis drives both sides of each rule."""
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,16 @@ import headway
 from headway import wire
 from headway.testing import MemoryTransport
 
-names = st.text(min_size=1, max_size=200)
+# Valid names: any text that encodes as UTF-8 (no surrogates) and has no NUL.
+names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=200)
+# Names the collector would refuse or that have no UTF-8 encoding: at least one NUL or lone
+# surrogate, anywhere, among letters, digits, controls, spaces and more surrogates.
+_mixed = st.characters(codec=None, categories=["L", "N", "Cc", "Cs", "Zs", "So"])
+_refused_char = st.characters(codec=None, categories=["Cs"]) | st.just("\x00")
+refused = st.builds(
+    lambda head, bad, tail: head + bad + tail,
+    st.text(_mixed, max_size=100), _refused_char, st.text(_mixed, max_size=99),
+)
 too_long = st.text(min_size=201, max_size=400)
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
 non_finite = st.sampled_from([math.inf, -math.inf, math.nan])
@@ -200,3 +210,159 @@ def test_invalid_configuration_is_refused() -> None:
         headway.Tracker("http://127.0.0.1:1", "key", on_error="log")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         headway.AsyncTracker("http://127.0.0.1:1", "key", transport=object())
+
+
+# ---- characters the collector refuses or that cannot be encoded -------------------------------
+
+
+def _surrogate_or_nul(name: str) -> bool:
+    return "\x00" in name or any("\ud800" <= c <= "\udfff" for c in name)
+
+
+@hyp
+@given(field=st.sampled_from(["user_id", "event", "account_id"]), bad=refused)
+def test_names_with_nul_or_surrogates_are_refused(recorded, field, bad) -> None:
+    assert _surrogate_or_nul(bad)
+    tracker, _ = recorded
+    args = {"user_id": "u", "event": "e", field: bad}
+    with pytest.raises(headway.InvalidEvent) as info:
+        tracker.track(args.pop("user_id"), args.pop("event"), **args)
+    assert info.value.field == field and str(info.value).startswith(f"{field}: ")
+    assert "NUL" in str(info.value) or "surrogate" in str(info.value)
+
+
+@hyp
+@given(good=st.lists(names, max_size=31), bad=refused, at=st.integers(0, 31))
+def test_tags_with_nul_or_surrogates_are_refused(recorded, good, bad, at) -> None:
+    tracker, _ = recorded
+    at = min(at, len(good))
+    with pytest.raises(headway.InvalidEvent) as info:
+        tracker.track("u", "e", milestones=[*good[:at], bad, *good[at:]])
+    assert info.value.field == "milestones" and f"tag {at} " in str(info.value)
+
+
+_batch = settings(max_examples=25, deadline=None)
+
+
+@_batch
+@given(
+    before=st.lists(names, min_size=1, max_size=30),
+    after=st.lists(names, max_size=30),
+    field=st.sampled_from(["user_id", "event", "account_id", "milestones"]),
+    bad=refused,
+)
+def test_a_refused_event_costs_nothing_to_the_valid_events_around_it(before, after, field, bad) -> None:
+    errors: list[headway.HeadwayError] = []
+    transport = MemoryTransport()
+    tracker = transport.tracker(flush_interval=60, flush_at=10_000, on_error=errors.append)
+    try:
+        ids = [tracker.track(user_id, "ok") for user_id in before]
+        args = {"user_id": "u", "event": "e", field: [bad] if field == "milestones" else bad}
+        with pytest.raises(headway.InvalidEvent) as info:
+            tracker.track(args.pop("user_id"), args.pop("event"), **args)
+        assert info.value.field == field
+        ids += [tracker.track(user_id, "ok", milestones=[user_id]) for user_id in after]
+        assert tracker.flush(10)
+        assert sorted(e.id for e in transport.events) == sorted(ids)  # one batch, all of it
+        assert tracker.stats == headway.Stats(sent=len(ids))
+        assert errors == []
+    finally:
+        tracker.shutdown(1)
+
+
+def test_the_reported_reproduction() -> None:
+    errors: list[headway.HeadwayError] = []
+    transport = MemoryTransport()
+    with transport.tracker(on_error=errors.append) as tracker:
+        for i in range(50):
+            tracker.track(f"u{i}", "ok")
+        with pytest.raises(headway.InvalidEvent, match="user_id"):
+            tracker.track("\ud800", "e")
+        assert tracker.flush(5)
+        assert tracker.stats == headway.Stats(sent=50)
+    assert len(transport.events) == 50 and errors == []
+
+
+@pytest.mark.parametrize("name", ["caf\u00e9", "\u65e5\u672c", "\U0001f600 rocket", "tab\there", "\x7f"])
+def test_non_ascii_and_control_names_are_kept(recorded, name) -> None:
+    tracker, transport = recorded
+    event_id = tracker.track(name, name, account_id=name, milestones=[name])
+    got = sent(tracker, transport, event_id)
+    assert (got.user_id, got.event, got.account_id, got.milestones) == (name, name, name, [name])
+
+
+def test_before_send_cannot_bring_in_a_refused_name() -> None:
+    errors: list[headway.HeadwayError] = []
+
+    def sneaky(event: headway.Event) -> headway.Event:
+        event.user_id = "a\x00b"
+        return event
+
+    transport = MemoryTransport()
+    with transport.tracker(before_send=sneaky, on_error=errors.append) as tracker:
+        tracker.track("u", "e")
+        assert tracker.flush(5)
+    assert transport.events == []
+    [error] = errors
+    assert isinstance(error, headway.HookError) and isinstance(error.__cause__, headway.InvalidEvent)
+    assert error.__cause__.field == "user_id"
+
+
+# ---- NaN and infinities inside properties ------------------------------------------------------
+
+
+def _nest(value: object, path: list[int | str]) -> object:
+    for key in reversed(path):
+        value = [value] if isinstance(key, int) else {key: value}
+    return value
+
+
+@hyp
+@given(props=properties, bad=non_finite, path=st.lists(st.integers(0, 0) | st.text(max_size=5), max_size=5))
+def test_non_finite_numbers_in_properties_are_refused(recorded, props, bad, path) -> None:
+    tracker, _ = recorded
+    with pytest.raises(headway.InvalidEvent) as info:
+        tracker.track("u", "e", properties={**props, "bad": _nest(bad, path)})
+    assert info.value.field == "properties" and "NaN or Infinity" in str(info.value)
+
+
+def test_nulls_in_properties_are_still_sent(recorded) -> None:
+    tracker, transport = recorded
+    props = {"plan": None, "note": "null", "list": [None, 1.5], "deep": [[[[None]]]] * 3}
+    assert sent(tracker, transport, tracker.track("u", "e", properties=props)).properties == props
+
+
+# ---- the worker's safety net: an event that fails to encode fails alone ----------------------
+
+
+class _FlakyZone(tzinfo):
+    """Answers utcoffset() once (track's check), then raises (the worker's encoding)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        with self.lock:
+            self.calls += 1
+            if self.calls > 1:
+                raise ValueError("this zone broke")
+        return timedelta(0)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
+
+def test_an_event_that_fails_to_encode_on_the_worker_fails_alone() -> None:
+    errors: list[headway.HeadwayError] = []
+    transport = MemoryTransport()
+    with transport.tracker(flush_interval=60, flush_at=10_000, on_error=errors.append) as tracker:
+        good = [tracker.track(f"u{i}", "ok") for i in range(20)]
+        bad = tracker.track("u", "e", timestamp=datetime(2024, 1, 1, tzinfo=_FlakyZone()))
+        good += [tracker.track(f"v{i}", "ok") for i in range(20)]
+        assert tracker.flush(5)
+        assert tracker.stats == headway.Stats(sent=40, failed=1)
+    assert sorted(e.id for e in transport.events) == sorted(good)
+    [error] = errors
+    assert isinstance(error, headway.DeliveryError) and error.event_ids == (bad,)
+    assert "this zone broke" in error.rejections[bad]
