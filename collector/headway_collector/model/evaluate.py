@@ -52,12 +52,12 @@ def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str]
     return out
 
 
-def stage_on(lm: LevelModel, results: list[MilestoneResult]) -> int:
+def stage_on(lm: LevelModel, achieved: Collection[str]) -> int:
     """The furthest stage started by an achieved milestone (`on`), or 0.
 
-    `results` must include the milestones that start stages (`LevelModel.stage_starters`).
+    `achieved` names the achieved milestones; it must cover those that start stages
+    (`LevelModel.stage_starters`).
     """
-    achieved = {r.milestone.name for r in results if r.achieved_at is not None}
     return max((i for i, s in enumerate(lm.project.stages) if s.on and s.on in achieved), default=0)
 
 
@@ -109,7 +109,7 @@ class Reading:
 
 def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
     results = milestone_results(lm, state)
-    idx = stage_at(lm, state, stage_on(lm, results), now)
+    idx = stage_at(lm, state, stage_on(lm, {r.milestone.name for r in results if r.achieved_at is not None}), now)
     stages = lm.project.stages
     index_of = {s.name: i for i, s in enumerate(stages)}
     succeeding = True

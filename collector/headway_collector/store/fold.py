@@ -9,19 +9,20 @@ API reads (subjects by score, milestone rows for the funnel, unknown tag counts)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ..config import Project
 from ..events import from_stored
+from ..model import growth as g
 from ..model import scoring
-from ..model.evaluate import MilestoneResult, milestone_results, stage_on
+from ..model.evaluate import milestone_results, stage_on
 from ..model.subject import REBUILD, Ev, LevelModel, SubjectState, apply, build, decode_state, encode_state, new_state
 from . import growth
 from .base import Accepted, chunks
 
-__all__ = ["Job", "Models", "Tx", "fold_jobs", "rescore_project", "subject_rows"]
+__all__ = ["Folded", "Job", "Mark", "Models", "Subject", "Tx", "derive", "fold_jobs", "rescore_project", "subject_rows"]
 
 LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
 
@@ -29,9 +30,9 @@ LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
 class Tx(Protocol):
     """One open transaction; SQL uses `?` placeholders on every backend."""
 
-    # Subject states this writer keeps between transactions, keyed like `lock`; None where other
+    # Subjects this writer keeps between transactions, keyed like `lock`; None where other
     # writers may change them (the backend empties it when another connection has written).
-    states: MutableMapping[str, SubjectState] | None
+    subjects: MutableMapping[str, Subject] | None
 
     def lock(self, keys: Sequence[str]) -> None:
         """Hold these subjects until commit (several writers: PostgreSQL); sorted, no deadlocks."""
@@ -46,6 +47,36 @@ class Tx(Protocol):
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Rows of a large result without holding them all."""
         ...
+
+
+Mark = tuple[float, int | None, int | None]  # a milestone row's progress, achieved_at, deadline
+
+
+@dataclass(slots=True)
+class Subject:
+    """A subject's state and what its saved rows hold, as the writer keeps it between commits.
+
+    `marks` (per milestone, in model order) and `stage_on` are functions of `state`: keeping
+    them spares re-reading or recomputing the rows a fold compares its results against.
+    """
+
+    state: SubjectState
+    marks: dict[str, Mark]
+    stage_on: int
+    days: g.Days | None = None  # its active days as in growth_subjects; None: not read yet
+
+
+# One subject's funnel change: (subject, its saved (first_seen, stage_on, marks) or None when it
+# is new, the same after this fold, the milestones whose marks changed).
+FunnelChange = tuple[str, tuple[int, int, dict[str, Mark]] | None, tuple[int, int, dict[str, Mark]], Iterable[str]]
+
+
+@dataclass(slots=True)
+class Folded:
+    """What folding a group of events did at one level: for the growth and funnel aggregates."""
+
+    subjects: dict[str, Subject]
+    funnel: list[FunnelChange]
 
 
 class Models:
@@ -97,9 +128,9 @@ def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None
     new = [ev for acc, ev in first.values() if acc.id in new_ids]
     if not new:
         return
-    _fold_subjects(tx, models, project, new)
+    folded = _fold_subjects(tx, models, project, new)
     _count_tags(tx, models, project, new)
-    growth.maintain(tx, models, project, new)
+    growth.maintain(tx, models, project, new, folded)
 
 
 def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set[str]:
@@ -118,7 +149,9 @@ def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set
     return new
 
 
-def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
+def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[str, Folded]:
+    """Fold the new events into their subjects and save the subjects' rows; per level, what changed."""
+    out: dict[str, Folded] = {}
     for level in LEVELS:
         lm = models[project, level]
         groups: dict[str, list[Ev]] = defaultdict(list)
@@ -129,43 +162,67 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
         if not groups:
             continue
         keys = {sid: f"{project}\x00{level}\x00{sid}" for sid in groups}
-        states = _load_states(tx, project, level, keys)
+        subjects = _load(tx, lm, project, level, keys)
+        folded = out[level] = Folded({}, [])
         rows, mrows = [], []
         for sid, evs in groups.items():
-            state = states.get(sid)
-            before: dict[str, MilestoneResult] | None = None
-            if state is not None:
-                first, touched = state.first_seen, lm.touched(evs)
-                before = {r.milestone.name: r for r in milestone_results(lm, state, touched)}
-            state, rebuilt = _fold_one(tx, lm, project, sid, state, evs)
-            if before is not None and (rebuilt or state.first_seen != first):
-                before = None  # everything may have moved: write every milestone row
-            if tx.states is not None:
-                tx.states[keys[sid]] = state
-            row, ms = subject_rows(lm, project, level, sid, state, before)
+            old = subjects.get(sid)
+            # What its rows say now; taken before the fold, which changes the state in place.
+            was = (old.state.first_seen, old.stage_on, old.marks) if old is not None else None
+            state, rebuilt = _fold_one(tx, lm, project, sid, old.state if old is not None else None, evs)
+            if was is None or rebuilt or state.first_seen != was[0]:
+                marks = _marks(lm, state)  # every milestone may have moved
+                changed: Iterable[str] = marks
+            else:
+                marks = {**was[2], **_marks(lm, state, lm.touched(evs) | lm.stage_starters)}
+                changed = [name for name, mark in marks.items() if mark != was[2][name]]
+            # A new subject has no growth row yet: its days are known to be none.
+            subject = Subject(state, marks, _stage_on(lm, marks), old.days if old is not None else g.Days())
+            folded.subjects[sid] = subject
+            if tx.subjects is not None:
+                tx.subjects[keys[sid]] = subject
+            if lm.milestones:
+                folded.funnel.append((sid, was, (state.first_seen, subject.stage_on, marks), changed))
+            row, ms = subject_rows(project, level, sid, subject, changed)
             rows.append(row)
             mrows.extend(ms)
         _save(tx, rows, mrows)
+    return out
 
 
-def _load_states(tx: Tx, project: str, level: str, keys: dict[str, str]) -> dict[str, SubjectState]:
+def _marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
+    return {r.milestone.name: (r.progress, r.achieved_at, r.deadline) for r in milestone_results(lm, state, only)}
+
+
+def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
+    return stage_on(lm, {name for name, (_, at, _) in marks.items() if at is not None})
+
+
+def derive(lm: LevelModel, state: SubjectState) -> Subject:
+    """A subject as its rows are saved from `state` (growth days not read)."""
+    marks = _marks(lm, state)
+    return Subject(state, marks, _stage_on(lm, marks))
+
+
+def _load(tx: Tx, lm: LevelModel, project: str, level: str, keys: dict[str, str]) -> dict[str, Subject]:
+    """The stored subjects among `keys` (locked until commit), from the writer's cache or the table."""
     tx.lock(sorted(keys.values()))
-    cache = tx.states
-    out: dict[str, SubjectState] = {}
+    cache = tx.subjects
+    out: dict[str, Subject] = {}
     missing = []
     for sid in sorted(keys):
-        state = cache.get(keys[sid]) if cache is not None else None
-        if state is None:
+        subject = cache.get(keys[sid]) if cache is not None else None
+        if subject is None:
             missing.append(sid)
         else:
-            out[sid] = state
+            out[sid] = subject
     for part in chunks(missing):
         marks = ",".join("?" * len(part))
         for sid, blob in tx.all(
             f"SELECT subject, state FROM subjects WHERE project = ? AND level = ? AND subject IN ({marks})",
             (project, level, *part),
         ):
-            out[sid] = decode_state(blob)
+            out[sid] = derive(lm, decode_state(blob))
     return out
 
 
@@ -193,28 +250,18 @@ def _rebuild(tx: Tx, lm: LevelModel, project: str, sid: str) -> SubjectState:
 
 
 def subject_rows(
-    lm: LevelModel, project: str, level: str, sid: str, state: SubjectState,
-    before: dict[str, MilestoneResult] | None,
+    project: str, level: str, sid: str, subject: Subject, changed: Iterable[str]
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The subject's row and its changed milestone rows.
-
-    `before` holds the results, before this transaction, of the only milestones that may have
-    changed; None means any may have (a new subject, a moved first event, a rebuild).
-    """
-    after = milestone_results(lm, state, None if before is None else before.keys() | lm.stage_starters)
-    row = (project, level, sid, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
-           stage_on(lm, after), encode_state(state))
+    """The subject's row, and the rows of the milestones named in `changed`."""
+    state = subject.state
+    first = state.first_seen
+    row = (project, level, sid, first, state.last_seen, scoring.sort_key(state.sums[0]), subject.stage_on,
+           encode_state(state))
     mrows = []
-    for r in after:
-        old = None if before is None else before.get(r.milestone.name)
-        if before is None or (old is not None and _changed(old, r)):
-            tta = r.achieved_at - state.first_seen if r.achieved_at is not None else None
-            mrows.append((project, level, r.milestone.name, sid, r.progress, r.achieved_at, r.deadline, state.first_seen, tta))
+    for name in changed:
+        progress, at, deadline = subject.marks[name]
+        mrows.append((project, level, name, sid, progress, at, deadline, first, at - first if at is not None else None))
     return row, mrows
-
-
-def _changed(a: MilestoneResult, b: MilestoneResult) -> bool:
-    return (a.progress, a.achieved_at, a.deadline) != (b.progress, b.achieved_at, b.deadline)
 
 
 def _save(tx: Tx, rows: list[tuple[Any, ...]], mrows: list[tuple[Any, ...]]) -> None:
@@ -294,7 +341,8 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     for part in chunks(keys):
         rows, mrows = [], []
         for level, sid in part:
-            row, ms = subject_rows(lms[level], project, level, sid, states[level, sid], None)
+            subject = derive(lms[level], states[level, sid])
+            row, ms = subject_rows(project, level, sid, subject, subject.marks)
             rows.append(row)
             mrows.extend(ms)
         _save(tx, rows, mrows)

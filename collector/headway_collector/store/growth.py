@@ -43,7 +43,7 @@ from .base import CHUNK, chunks
 from .base import Reader
 
 if TYPE_CHECKING:  # fold imports this module
-    from .fold import Models, Tx
+    from .fold import Folded, FunnelChange, Mark, Models, Subject, Tx
 
 __all__ = ["FunnelCounts", "maintain", "read_funnel", "read_growth", "read_nps", "rebuild"]
 
@@ -68,17 +68,21 @@ def _marks(n: int) -> str:
 # --- maintenance: one call per group of new events --------------------------------------------
 
 
-def maintain(tx: Tx, models: Models, project: str, new: list[Ev]) -> None:
-    """Fold new (never duplicate) events into the growth, NPS and funnel aggregates."""
+def maintain(tx: Tx, models: Models, project: str, new: list[Ev], folded: dict[str, Folded]) -> None:
+    """Fold new (never duplicate) events into the growth, NPS and funnel aggregates.
+
+    `folded` is what `fold` did with them per level: the subjects (with their days when the
+    writer kept them) and their funnel changes, so nothing it just wrote is read back.
+    """
     p = models[project, "user"].project
-    for level in LEVELS:
-        _activity(tx, p, level, new)
+    for level, f in folded.items():
+        _activity(tx, p, level, new, f.subjects)
     _nps(tx, p, new)
-    for level in LEVELS:
-        _funnel(tx, models[project, level], project, level, new)
+    for level, f in folded.items():
+        _funnel(tx, project, level, f.funnel)
 
 
-def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
+def _activity(tx: Tx, p: Project, level: str, new: list[Ev], subjects: dict[str, Subject]) -> None:
     by_subject: dict[str, set[int]] = defaultdict(set)
     for ev in new:
         sid = _subject(ev, level)
@@ -87,15 +91,16 @@ def _activity(tx: Tx, p: Project, level: str, new: list[Ev]) -> None:
     if not by_subject:
         return
     ids = sorted(by_subject)
-    stored: dict[str, g.Days] = {}
-    for part in chunks(ids):
+    unread = [sid for sid in ids if subjects[sid].days is None]
+    for part in chunks(unread):
         for sid, first, data in tx.all(f"SELECT subject, first_day, days FROM growth_subjects WHERE project = ? "
                                        f"AND level = ? AND subject IN ({_marks(len(part))})", (p.name, level, *part)):
-            stored[sid] = g.Days.decode(first, bytes(data))
+            subjects[sid].days = g.Days.decode(first, bytes(data))
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # active, new, retained
     rows = []
     for sid in ids:
-        days = stored.get(sid) or g.Days()
+        subject = subjects[sid]
+        days = subject.days = subject.days or g.Days()  # still None: no row yet
         if g.add_days(days, by_subject[sid], counts):  # nothing when the subject was active on all these days
             rows.append((p.name, level, sid, days.first, days.encode()))
     if rows:
@@ -176,30 +181,39 @@ def _mark(first_seen: int, stage_on: int, progress: float, achieved_at: int | No
     return (first_seen, stage_on, g.funnel_class(progress, achieved_at), tta)
 
 
-def _funnel(tx: Tx, lm: LevelModel, project: str, level: str, new: list[Ev]) -> None:
-    names = [m.name for m in lm.milestones]
-    sids = sorted({s for ev in new if (s := _subject(ev, level)) is not None})
-    if not names or not sids:
-        return
-    for part in chunks(sids, CHUNK // 4):
-        subjects = {s: (fs, on) for s, fs, on in tx.all(
-            f"SELECT subject, first_seen, stage_on FROM subjects WHERE project = ? AND level = ? "
-            f"AND subject IN ({_marks(len(part))})", (project, level, *part))}
-        marks = {(m, s): (progress, at) for m, s, progress, at in tx.all(
-            f"SELECT milestone, subject, progress, achieved_at FROM subject_milestones WHERE project = ? AND level = ? "
-            f"AND milestone IN ({_marks(len(names))}) AND subject IN ({_marks(len(part))})",
-            (project, level, *names, *part))}
-        old: dict[tuple[str, str], FunnelRow] = {(m, s): (fs, on, cls, tta) for m, s, fs, on, cls, tta in tx.all(
-            f"SELECT milestone, subject, first_seen, stage_on, cls, tta FROM funnel_rows WHERE project = ? AND level = ? "
-            f"AND milestone IN ({_marks(len(names) + 1)}) AND subject IN ({_marks(len(part))})",
-            (project, level, SUBJECT_ROW, *names, *part))}
-        rows: dict[tuple[str, str], FunnelRow] = {}
-        for s in part:
-            fs, on = subjects[s]
-            rows[SUBJECT_ROW, s] = (fs, on, SUBJECT_CLS, None)
-            for m in names:
-                rows[m, s] = _mark(fs, on, *marks.get((m, s), (0.0, None)))
-        _put_funnel(tx, project, level, old, rows)
+def _funnel_row(first_seen: int, stage_on: int, marks: dict[str, Mark], milestone: str) -> FunnelRow:
+    if milestone == SUBJECT_ROW:
+        return (first_seen, stage_on, SUBJECT_CLS, None)
+    progress, achieved_at, _ = marks[milestone]
+    return _mark(first_seen, stage_on, progress, achieved_at)
+
+
+def _funnel(tx: Tx, project: str, level: str, changes: list[FunnelChange]) -> None:
+    """Move each changed funnel row from its old counter cells to its new ones."""
+    deltas = _FunnelDeltas()
+    writes = []
+    for sid, was, now, changed in changes:
+        first_seen, stage_on, marks = now
+        # Every row holds first_seen and stage_on: when either moved, every row may have.
+        names = [SUBJECT_ROW, *marks] if was is None or was[:2] != now[:2] else changed
+        for m in names:
+            row = _funnel_row(first_seen, stage_on, marks, m)
+            old = _funnel_row(*was, m) if was is not None else None
+            if old == row:
+                continue
+            writes.append((project, level, m, sid, *row))
+            if old is not None:
+                deltas.add(m, old, -1)
+            deltas.add(m, row, 1)
+    if writes:
+        writes.sort()
+        tx.executemany(
+            "INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
+            "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
+            writes,
+        )
+        deltas.write(tx, project, level)
 
 
 class _FunnelDeltas:
@@ -236,28 +250,6 @@ class _FunnelDeltas:
                            "AND n = 0", emptied)
         self.cells.clear()
         self.buckets.clear()
-
-
-def _put_funnel(tx: Tx, project: str, level: str, old: dict[tuple[str, str], FunnelRow],
-                rows: dict[tuple[str, str], FunnelRow]) -> None:
-    deltas = _FunnelDeltas()
-    writes = []
-    for key, row in sorted(rows.items()):
-        was = old.get(key)
-        if was == row:
-            continue
-        writes.append((project, level, *key, *row))
-        if was is not None:
-            deltas.add(key[0], was, -1)
-        deltas.add(key[0], row, 1)
-    if writes:
-        tx.executemany(
-            "INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
-            "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
-            writes,
-        )
-        deltas.write(tx, project, level)
 
 
 # --- rebuild: the same tables from scratch (re-score) -----------------------------------------

@@ -100,7 +100,7 @@ class _Tx:
     """The `fold.Tx` (and `base.Reader`) of one psycopg connection inside a transaction."""
 
     _names = itertools.count()
-    states = None  # other collectors write too: every fold reads the committed state
+    subjects = None  # other collectors write too: every fold reads the committed state
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn

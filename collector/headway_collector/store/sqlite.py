@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..model.subject import SubjectState
 from . import fold
 from .base import StoreError
 from .migrations import migrate
@@ -26,7 +25,7 @@ from .writer import GroupCommitStore
 
 __all__ = ["SQLiteStore"]
 
-STATE_CACHE = 50_000  # subject states the writer keeps between commits
+SUBJECT_CACHE = 50_000  # subjects the writer keeps between commits
 PRAGMAS = (
     "PRAGMA busy_timeout=10000",  # first: switching to WAL waits for other openers too
     "PRAGMA journal_mode=WAL",
@@ -57,9 +56,9 @@ def _with_retry(conn: sqlite3.Connection, pragma: str, seconds: float = 10.0) ->
 class _Tx:
     """The `fold.Tx` of one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection, states: MutableMapping[str, SubjectState] | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, subjects: MutableMapping[str, fold.Subject] | None = None) -> None:
         self.conn = conn
-        self.states = states
+        self.subjects = subjects
 
     def lock(self, keys: Sequence[str]) -> None:
         pass  # one writer: BEGIN IMMEDIATE already excludes every other
@@ -82,14 +81,14 @@ class _Tx:
             yield from rows
 
 
-class _StateCache(dict[str, SubjectState]):
-    """Subject states kept between commits, the most recently written last; trimmed to a size."""
+class _SubjectCache(dict[str, fold.Subject]):
+    """Subjects kept between commits, the most recently written last; trimmed to a size."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
-    def __setitem__(self, key: str, value: SubjectState) -> None:
+    def __setitem__(self, key: str, value: fold.Subject) -> None:
         self.pop(key, None)
         super().__setitem__(key, value)
 
@@ -103,7 +102,7 @@ class SQLiteStore(GroupCommitStore):
         self.url = url
         self.path = url[len("sqlite:///"):]
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
-        self._states = _StateCache(STATE_CACHE)
+        self._subjects = _SubjectCache(SUBJECT_CACHE)
         self._data_version: int | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -155,9 +154,9 @@ class SQLiteStore(GroupCommitStore):
     def _commit(self, jobs: list[fold.Job]) -> None:
         """On the writer thread: fold the jobs in one transaction.
 
-        The writer keeps the subject states it wrote (saving a read and a decode per subject)
-        while no other connection writes: `data_version` changes when one did (another
-        process, a rescore), and then the kept states are dropped.
+        The writer keeps the subjects it wrote (saving reads and a decode per subject) while no
+        other connection writes: `data_version` changes when one did (another process, a
+        rescore), and then the kept subjects are dropped.
         """
         assert self._models is not None
         if self._wconn is None:
@@ -167,14 +166,14 @@ class SQLiteStore(GroupCommitStore):
             with self._transaction(conn) as tx:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version:
-                    self._states.clear()
+                    self._subjects.clear()
                     self._data_version = version
-                tx.states = self._states
+                tx.subjects = self._subjects
                 fold.fold_jobs(tx, self._models, jobs)
         except BaseException:
-            self._states.clear()  # folds change states in place: after a rollback they are wrong
+            self._subjects.clear()  # folds change subjects in place: after a rollback they are wrong
             raise
-        self._states.trim()
+        self._subjects.trim()
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
