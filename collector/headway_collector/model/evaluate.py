@@ -10,7 +10,7 @@ from ..config import Milestone
 from . import growth, scoring
 from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, criterion_result
 
-__all__ = ["MilestoneResult", "Reading", "milestone_results", "read", "stage_on", "trend_of"]
+__all__ = ["Mark", "MilestoneResult", "Reading", "milestone_marks", "milestone_results", "read", "stage_on", "trend_of"]
 
 # Trend compares the short and the long decayed rates; within +-25% of each other is steady.
 RISING, COOLING = 1.25, 0.8
@@ -32,21 +32,44 @@ class MilestoneResult:
         return "in_progress" if self.progress > 0 else "pending"
 
 
+Mark = tuple[float, int | None, int | None]  # progress, achieved_at, deadline
+
+
+def _mark(m: Milestone, parts: list[tuple[float, int | None]], first_seen: int) -> Mark:
+    """A milestone's progress, achieved_at and deadline from its criteria's (done, met at)."""
+    if len(parts) == 1:  # the usual case, without the generators
+        (done, achieved_at), = parts
+        progress = max(0.0, min(1.0, done / m.criteria[0].target))
+    else:
+        progress = sum(max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts)) / len(parts)
+        times = [at for _, at in parts]
+        achieved_at = max(times) if all(t is not None for t in times) else None  # type: ignore[type-var]
+    return progress, achieved_at, first_seen + m.within if m.within is not None else None
+
+
+def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
+    return [criterion_result(c, st) for c, st in zip(m.criteria, state.crit[m.name])]
+
+
+def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
+    """`milestone_results` without the criteria: what a milestone's stored row holds."""
+    return {m.name: _mark(m, _parts(m, state), state.first_seen)
+            for m in lm.milestones if only is None or m.name in only}
+
+
 def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> list[MilestoneResult]:
     """Per milestone of the level (or those named in `only`), in model order: independent of `now`."""
     out = []
     for m in lm.milestones:
         if only is not None and m.name not in only:
             continue
-        parts = [criterion_result(c, st) for c, st in zip(m.criteria, state.crit[m.name])]
-        progress = sum(max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts)) / len(parts)
-        times = [at for _, at in parts]
-        achieved_at = max(times) if all(t is not None for t in times) else None  # type: ignore[type-var]
+        parts = _parts(m, state)
+        progress, achieved_at, deadline = _mark(m, parts, state.first_seen)
         out.append(MilestoneResult(
             milestone=m,
             progress=progress,
             achieved_at=achieved_at,
-            deadline=state.first_seen + m.within if m.within is not None else None,
+            deadline=deadline,
             criteria=tuple((min(done, c.target), c.target) for c, (done, _) in zip(m.criteria, parts)),
         ))
     return out

@@ -11,7 +11,6 @@ and PostgreSQL NUMERIC hold exactly.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 
@@ -22,7 +21,6 @@ EPOCH = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, the fixed reference of ev
 FRACTION_BITS = 64  # resolution below one unit of weight at EPOCH
 
 
-#@functools.lru_cache(maxsize=1 << 16)  # an event adds the same to its user and to its account
 def contribution(weight: float, t: int, half_life: int) -> int:
     """The exact integer one event adds: a function of (weight, t, half_life) only."""
     if not weight:

@@ -32,7 +32,8 @@ import msgspec
 from ..config import Criterion, Milestone, Project
 from . import scoring
 
-__all__ = ["REBUILD", "Ev", "LevelModel", "SubjectState", "apply", "build", "decode_state", "encode_state", "new_state"]
+__all__ = ["REBUILD", "Ev", "LevelModel", "SubjectState", "Terms", "apply", "build", "decode_state", "encode_state",
+           "new_state", "terms"]
 
 DAY = scoring.DAY
 ACTIVE_DAYS = 30  # active_days_30d looks back this many days, today included
@@ -139,11 +140,23 @@ class LevelModel:
         """The milestones these events can change (when the first event does not move)."""
         return frozenset(m.name for ev in events for m, _, _ in self.matches(ev))
 
-    def matches(self, ev: Ev) -> list[tuple[Milestone, int, Criterion]]:
-        found = list(self.by_event.get(ev.event, ()))
+    def matches(self, ev: Ev) -> tuple[tuple[Milestone, int, Criterion], ...]:
+        found = self.by_event.get(ev.event, ())
         for tag in ev.milestones:
-            found.extend(self.tagged.get(tag, ()))
+            found += self.tagged.get(tag, ())
         return found
+
+
+# An event's effective weight and what it adds to each decayed sum (score, trend short, long):
+# a function of the event and the project alone, so computed once for both of its subjects.
+Terms = tuple[float, tuple[int, int, int]]
+
+
+def terms(lm: LevelModel, ev: Ev) -> Terms:
+    weight = lm.project.weight(ev.event, ev.weight)
+    score, short, long_ = lm.half_lives
+    add = scoring.contribution
+    return weight, (add(weight, ev.t, score), add(weight, ev.t, short), add(weight, ev.t, long_))
 
 
 def new_state(lm: LevelModel, ev: Ev) -> SubjectState:
@@ -165,8 +178,11 @@ def build(lm: LevelModel, events: list[Ev]) -> SubjectState | None:
     return state
 
 
-def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuild:
-    """Fold one new (not duplicate) event into ``state`` in place, or answer REBUILD untouched."""
+def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -> SubjectState | _Rebuild:
+    """Fold one new (not duplicate) event into ``state`` in place, or answer REBUILD untouched.
+
+    `t` is `terms(lm, ev)` when the caller already has it.
+    """
     earlier = ev.t < state.first_seen and state.events > 0
     if earlier and lm.has_rate and ev.t // DAY < state.first_seen // DAY:
         return REBUILD  # every rate's days-of-age change
@@ -176,7 +192,7 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuil
             return REBUILD
 
     project = lm.project
-    weight = project.weight(ev.event, ev.weight)
+    weight, adds = t if t is not None else terms(lm, ev)
     if earlier:
         for m in lm.windowed:  # the window now closes earlier: drop what falls out of it
             for c, st in zip(m.criteria, state.crit[m.name]):
@@ -185,8 +201,9 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev) -> SubjectState | _Rebuil
     state.last_seen = max(state.last_seen, ev.t)
     state.events += 1
     sums = state.sums
-    for k, half_life in enumerate(lm.half_lives):
-        sums[k] += scoring.contribution(weight, ev.t, half_life)
+    sums[0] += adds[0]
+    sums[1] += adds[1]
+    sums[2] += adds[2]
     if weight > 0:
         _add_active_day(state, ev.t // DAY)
     else:

@@ -9,7 +9,7 @@ API reads (subjects by score, milestone rows for the funnel, unknown tag counts)
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -17,12 +17,13 @@ from ..config import Project
 from ..events import from_stored
 from ..model import growth as g
 from ..model import scoring
-from ..model.evaluate import milestone_results, stage_on
-from ..model.subject import REBUILD, Ev, LevelModel, SubjectState, apply, build, decode_state, encode_state, new_state
+from ..model.evaluate import Mark, milestone_marks, stage_on
+from ..model.subject import (REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, decode_state, encode_state,
+                             new_state, terms)
 from . import growth
 from .base import Accepted, chunks
 
-__all__ = ["Folded", "Job", "Mark", "Models", "Subject", "Tx", "derive", "fold_jobs", "rescore_project", "subject_rows"]
+__all__ = ["Folded", "Job", "Models", "Subject", "Tx", "derive", "fold_jobs", "rescore_project", "subject_rows"]
 
 LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
 
@@ -47,9 +48,6 @@ class Tx(Protocol):
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         """Rows of a large result without holding them all."""
         ...
-
-
-Mark = tuple[float, int | None, int | None]  # a milestone row's progress, achieved_at, deadline
 
 
 @dataclass(slots=True)
@@ -152,6 +150,7 @@ def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set
 def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[str, Folded]:
     """Fold the new events into their subjects and save the subjects' rows; per level, what changed."""
     out: dict[str, Folded] = {}
+    adds = {ev.id: terms(models[project, "user"], ev) for ev in new}  # the same at both levels
     for level in LEVELS:
         lm = models[project, level]
         groups: dict[str, list[Ev]] = defaultdict(list)
@@ -169,13 +168,14 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[
             old = subjects.get(sid)
             # What its rows say now; taken before the fold, which changes the state in place.
             was = (old.state.first_seen, old.stage_on, old.marks) if old is not None else None
-            state, rebuilt = _fold_one(tx, lm, project, sid, old.state if old is not None else None, evs)
+            state, rebuilt = _fold_one(tx, lm, project, sid, old.state if old is not None else None, evs, adds)
             if was is None or rebuilt or state.first_seen != was[0]:
-                marks = _marks(lm, state)  # every milestone may have moved
+                marks = milestone_marks(lm, state)  # every milestone may have moved
                 changed: Iterable[str] = marks
             else:
-                marks = {**was[2], **_marks(lm, state, lm.touched(evs) | lm.stage_starters)}
-                changed = [name for name, mark in marks.items() if mark != was[2][name]]
+                only = lm.touched(evs) | lm.stage_starters
+                marks = {**was[2], **milestone_marks(lm, state, only)} if only else was[2]
+                changed = [name for name, mark in marks.items() if mark != was[2][name]] if only else ()
             # A new subject has no growth row yet: its days are known to be none.
             subject = Subject(state, marks, _stage_on(lm, marks), old.days if old is not None else g.Days())
             folded.subjects[sid] = subject
@@ -190,17 +190,13 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[
     return out
 
 
-def _marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
-    return {r.milestone.name: (r.progress, r.achieved_at, r.deadline) for r in milestone_results(lm, state, only)}
-
-
 def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
     return stage_on(lm, {name for name, (_, at, _) in marks.items() if at is not None})
 
 
 def derive(lm: LevelModel, state: SubjectState) -> Subject:
     """A subject as its rows are saved from `state` (growth days not read)."""
-    marks = _marks(lm, state)
+    marks = milestone_marks(lm, state)
     return Subject(state, marks, _stage_on(lm, marks))
 
 
@@ -227,14 +223,14 @@ def _load(tx: Tx, lm: LevelModel, project: str, level: str, keys: dict[str, str]
 
 
 def _fold_one(
-    tx: Tx, lm: LevelModel, project: str, sid: str, state: SubjectState | None, evs: list[Ev]
+    tx: Tx, lm: LevelModel, project: str, sid: str, state: SubjectState | None, evs: list[Ev], adds: dict[str, Terms]
 ) -> tuple[SubjectState, bool]:
     """The subject's new state, and whether it had to be rebuilt from its stored events."""
     evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
     for ev in evs:
         if state is None:
             state = new_state(lm, ev)
-        if apply(lm, state, ev) is REBUILD:
+        if apply(lm, state, ev, adds[ev.id]) is REBUILD:
             return _rebuild(tx, lm, project, sid), True  # the stored events include the rest of this batch
     assert state is not None
     return state, False
@@ -320,6 +316,7 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     for raw, ts in tx.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
         ev = from_stored(bytes(raw), ts)
         scan.observe(ev)
+        t = terms(lms["user"], ev)  # the same at both levels
         for level, sid in (("user", ev.user_id), ("account", ev.account_id)):
             key = (level, sid)
             if sid is None or key in rebuild:
@@ -327,7 +324,7 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
             state = states.get(key)
             if state is None:
                 state = states[key] = new_state(lms[level], ev)
-            if apply(lms[level], state, ev) is REBUILD:
+            if apply(lms[level], state, ev, t) is REBUILD:
                 rebuild.add(key)
                 del states[key]
         for tag, n in unknown_tags(models, project, (ev,)).items():

@@ -43,7 +43,8 @@ from .base import CHUNK, chunks
 from .base import Reader
 
 if TYPE_CHECKING:  # fold imports this module
-    from .fold import Folded, FunnelChange, Mark, Models, Subject, Tx
+    from ..model.evaluate import Mark
+    from .fold import Folded, FunnelChange, Models, Subject, Tx
 
 __all__ = ["FunnelCounts", "maintain", "read_funnel", "read_growth", "read_nps", "rebuild"]
 
