@@ -6,6 +6,7 @@ message is one line: file, line where known, and reason. Nothing else reads the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -71,7 +72,7 @@ class Criterion:
     of: str | None = None  # distinct: a property name, or "user_id"
     over: int | None = None  # rate: trailing window, microseconds
 
-    @property
+    @functools.cached_property  # read on every fold of the criterion
     def keep(self) -> int:
         """How many earliest items the incremental state keeps to know when the target was met."""
         days = self.over // _UNITS["d"] if self.kind == "rate" and self.over else 1

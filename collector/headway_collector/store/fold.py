@@ -49,6 +49,10 @@ class Tx(Protocol):
         """Rows of a large result without holding them all."""
         ...
 
+    def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
+        """Every stored event of a project, (raw, corrected time), in whatever order reads fastest."""
+        ...
+
 
 @dataclass(slots=True)
 class Subject:
@@ -313,8 +317,8 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     tags: dict[str, int] = defaultdict(int)
     scan = growth.ActivityScan(lms["user"].project)
     seen = 0
-    for raw, ts in tx.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
-        ev = from_stored(bytes(raw), ts)
+    for raw, ts in tx.project_events(project):
+        ev = from_stored(raw, ts)
         scan.observe(ev)
         t = terms(lms["user"], ev)  # the same at both levels
         for level, sid in (("user", ev.user_id), ("account", ev.account_id)):

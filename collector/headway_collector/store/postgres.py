@@ -132,6 +132,10 @@ class _Tx:
             cur.execute(_pg(sql), params or None)
             yield from cur
 
+    def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
+        for raw, ts in self.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
+            yield bytes(raw), ts
+
 
 class PostgresStore(GroupCommitStore):
     def __init__(self, url: str) -> None:

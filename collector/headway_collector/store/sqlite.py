@@ -80,6 +80,11 @@ class _Tx:
         while rows := cur.fetchmany(2000):
             yield from rows
 
+    def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
+        # The table in rowid order: through an index on project, each row is a separate lookup
+        # (measured 2.7 us a row against 0.6).
+        return self.stream("SELECT raw, ts FROM events NOT INDEXED WHERE project = ?", (project,))  # type: ignore[return-value]
+
 
 class _SubjectCache(dict[str, fold.Subject]):
     """Subjects kept between commits, the most recently written last; trimmed to a size."""
