@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..config import Milestone
 from . import growth, scoring
-from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, criterion_result
+from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result
 
 __all__ = ["Mark", "MilestoneResult", "Reading", "milestone_marks", "milestone_results", "read", "stage_on", "trend_of"]
 
@@ -48,7 +48,7 @@ def _mark(m: Milestone, parts: list[tuple[float, int | None]], first_seen: int) 
 
 
 def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
-    return [criterion_result(c, st) for c, st in zip(m.criteria, state.crit[m.name])]
+    return [criterion_result(c, st) for c, st in zip(m.criteria, crit_states(state, m))]
 
 
 def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:

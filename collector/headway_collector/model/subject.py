@@ -7,10 +7,13 @@ or duplication, folding the same set gives the same state, and `build` over the 
 - decayed sums are exact integers (see `scoring`);
 - `count` and `tagged` keep the earliest `target` times; `distinct` keeps the earliest
   `target` first-seen values; `sum` keeps the amounts in time order up to the first time the
-  running total reaches the target; `rate` keeps per-day counts (and each day's earliest times)
+  running total reaches the target (and that total, and that time, so that an event in time
+  order costs O(1)); `rate` keeps per-day counts (and each day's earliest times)
   for the last two windows. That is enough to know exactly when a target was first met,
   also when an event arrives late.
 - Events past a milestone's window (`first_seen + within`) never enter its state.
+- A milestone's criteria get a state with the first event that reaches them; encoded states
+  leave out those that hold nothing, so that equal states encode to equal bytes.
 
 An event older than the subject's first event moves every window's close earlier: each
 criterion's kept items are cut at the new close, which is exact because they are the earliest
@@ -65,7 +68,11 @@ class CritState(msgspec.Struct, omit_defaults=True):
     days: dict[int, RateDay] = {}  # rate
     top_day: int | None = None  # rate: latest day seen
     best: float = 0.0  # rate: best rate reached
-    at: int | None = None  # rate: when the target was first met
+    at: int | None = None  # rate, sum: when the target was first met
+    total: float | None = None  # sum: of `steps`, added in their order (None: not known yet)
+
+
+_EMPTY = CritState()  # what a criterion that no event has reached holds; never changed
 
 
 class SubjectState(msgspec.Struct, omit_defaults=True):
@@ -83,7 +90,23 @@ _decoder = msgspec.json.Decoder(SubjectState)
 
 
 def encode_state(state: SubjectState) -> bytes:
+    empty = [name for name, sts in state.crit.items() if all(st == _EMPTY for st in sts)]
+    if empty:  # a window that moved earlier can leave a criterion with nothing: same as none
+        state = msgspec.structs.replace(state, crit={k: v for k, v in state.crit.items() if k not in empty})
     return _encoder.encode(state)
+
+
+def crit_states(state: SubjectState, m: Milestone) -> list[CritState]:
+    """The milestone's criterion states, for reading: empty ones when no event reached it."""
+    return state.crit.get(m.name) or [_EMPTY] * len(m.criteria)
+
+
+def _crit_for_update(state: SubjectState, m: Milestone) -> list[CritState]:
+    sts = state.crit.get(m.name)
+    if sts is None:
+        sts = [CritState() for _ in m.criteria]
+        _put_sorted(state.crit, m.name, sts)
+    return sts
 
 
 def decode_state(data: bytes | str) -> SubjectState:
@@ -164,7 +187,6 @@ def new_state(lm: LevelModel, ev: Ev) -> SubjectState:
         first_seen=ev.t,
         last_seen=ev.t,
         sums=[0, 0, 0],
-        crit={m.name: [CritState() for _ in m.criteria] for m in lm.milestones},
     )
 
 
@@ -188,14 +210,14 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
         return REBUILD  # every rate's days-of-age change
     matches = lm.matches(ev)
     for m, i, c in matches:
-        if _needs_rebuild(c, state.crit[m.name][i], ev):
+        if _needs_rebuild(c, crit_states(state, m)[i], ev):
             return REBUILD
 
     project = lm.project
     weight, adds = t if t is not None else terms(lm, ev)
     if earlier:
         for m in lm.windowed:  # the window now closes earlier: drop what falls out of it
-            for c, st in zip(m.criteria, state.crit[m.name]):
+            for c, st in zip(m.criteria, state.crit.get(m.name, ())):
                 _close_window(c, st, ev.t + m.within)  # type: ignore[operator]
     state.first_seen = min(state.first_seen, ev.t)
     state.last_seen = max(state.last_seen, ev.t)
@@ -212,7 +234,7 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
     for m, i, c in matches:
         if m.within is not None and ev.t > state.first_seen + m.within:
             continue  # past the window: counts toward nothing
-        _fold_criterion(c, state.crit[m.name][i], ev, state.first_seen)
+        _fold_criterion(c, _crit_for_update(state, m)[i], ev, state.first_seen)
 
     if lm.level == "account" and project.nps_event == ev.event and ev.value is not None and 0 <= ev.value <= 10:
         old = state.nps.get(ev.user_id)
@@ -284,6 +306,7 @@ def _close_window(c: Criterion, st: CritState, close: int) -> None:
         st.firsts = {k: t for k, t in st.firsts.items() if t <= close}
     elif c.kind == "sum":
         del st.steps[bisect.bisect_right(st.steps, close, key=lambda s: s[0]) :]
+        _settle_sum(c, st)
     # rate: an earlier first day always rebuilds (see apply); within the same day nothing moves.
 
 
@@ -314,7 +337,7 @@ def _fold_criterion(c: Criterion, st: CritState, ev: Ev, first_seen: int) -> Non
 
 
 def _sum_met(c: Criterion, st: CritState) -> bool:
-    return _sum_crossing(c, st.steps) is not None
+    return st.at is not None or _sum_crossing(c, st.steps) is not None  # states saved before `at`
 
 
 def _sum_crossing(c: Criterion, steps: list[tuple[int, float]]) -> int | None:
@@ -333,12 +356,35 @@ def _sum_crossing(c: Criterion, steps: list[tuple[int, float]]) -> int | None:
 
 def _fold_sum(c: Criterion, st: CritState, t: int, amount: float) -> None:
     steps = st.steps
-    if steps and t > steps[-1][0] and _sum_met(c, st):
+    if st.at is not None and t > steps[-1][0]:
         return  # after the target was met: changes nothing
-    bisect.insort(steps, (t, amount))
+    step = (t, amount)
+    if st.at is None and st.total is not None and (not steps or step > steps[-1]):
+        # In time order: the total adds up in the same order as from scratch, and the new last
+        # step is the only place where an unmet target can be reached.
+        steps.append(step)
+        st.total += amount
+        if st.total >= c.target:
+            st.at = t
+        return
+    bisect.insort(steps, step)
+    _settle_sum(c, st)
+
+
+def _settle_sum(c: Criterion, st: CritState) -> None:
+    """Recompute from the steps: where the target is first reached (dropping the steps after
+    it), and the total."""
+    steps = st.steps
     j = _sum_crossing(c, steps)
     if j is not None:
         del steps[j + 1 :]
+        st.at = steps[j][0]
+    else:
+        st.at = None
+    total = 0.0
+    for _, a in steps:
+        total += a
+    st.total = total if steps else None  # no steps: the same as a criterion never reached
 
 
 def _fold_rate(c: Criterion, st: CritState, t: int, first_seen: int) -> None:
@@ -385,10 +431,12 @@ def criterion_result(c: Criterion, st: CritState) -> tuple[float, int | None]:
         done = float(len(st.firsts))
         return done, sorted(st.firsts.values())[int(target) - 1] if len(st.firsts) >= target else None
     if c.kind == "sum":
-        j = _sum_crossing(c, st.steps)
-        if j is not None:
-            return target, st.steps[j][0]
-        return max(0.0, sum(a for _, a in st.steps)), None
+        if st.at is None and st.total is None:  # a state saved before `at` and `total`
+            j = _sum_crossing(c, st.steps)
+            return (target, st.steps[j][0]) if j is not None else (max(0.0, sum(a for _, a in st.steps)), None)
+        if st.at is not None:
+            return target, st.at
+        return max(0.0, st.total or 0.0), None
     if st.at is not None:
         return target, st.at
     return min(target, st.best), None
