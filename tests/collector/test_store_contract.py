@@ -41,7 +41,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EXAMPLES = settings(max_examples=5, deadline=None, derandomize=True)
 
 # The derived data: each subject's row and milestone rows, tag counts, growth and funnel aggregates.
-TABLES = ("subjects", "subject_milestones", "tags", *growth.TABLES)
+TABLES = ("subjects", "tags", *growth.TABLES)
 # Counter tables (counters last): a counter moved back to zero means what no row means.
 COUNTERS = {"growth_counts": 3, "growth_nps_counts": 3, "funnel_counts": 1, "funnel_tta": 1}
 

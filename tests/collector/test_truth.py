@@ -106,7 +106,7 @@ def blobs(db: Path) -> list[tuple[Any, ...]]:
     try:
         return conn.execute("SELECT level, subject, first_seen, last_seen, score_key, stage_on, state FROM subjects "
                             "ORDER BY level, subject").fetchall() + conn.execute(
-            "SELECT * FROM subject_milestones ORDER BY 1, 2, 3, 4").fetchall() + conn.execute(
+            "SELECT * FROM funnel_rows ORDER BY 1, 2, 3, 4").fetchall() + conn.execute(
             "SELECT * FROM tags ORDER BY 1, 2").fetchall()
     finally:
         conn.close()

@@ -12,8 +12,9 @@ or duplication, folding the same set gives the same state, and `build` over the 
   for the last two windows. That is enough to know exactly when a target was first met,
   also when an event arrives late.
 - Events past a milestone's window (`first_seen + within`) never enter its state.
-- A milestone's criteria get a state with the first event that reaches them; encoded states
-  leave out those that hold nothing, so that equal states encode to equal bytes.
+- A milestone's criteria get a state with the first event that counts toward one of them, and
+  lose it when an earlier first event closes the window before everything it held: a state
+  holds no empty entry, so that equal states encode to equal bytes.
 
 An event older than the subject's first event moves every window's close earlier: each
 criterion's kept items are cut at the new close, which is exact because they are the earliest
@@ -90,9 +91,6 @@ _decoder = msgspec.json.Decoder(SubjectState)
 
 
 def encode_state(state: SubjectState) -> bytes:
-    empty = [name for name, sts in state.crit.items() if all(st == _EMPTY for st in sts)]
-    if empty:  # a window that moved earlier can leave a criterion with nothing: same as none
-        state = msgspec.structs.replace(state, crit={k: v for k, v in state.crit.items() if k not in empty})
     return _encoder.encode(state)
 
 
@@ -217,8 +215,13 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
     weight, adds = t if t is not None else terms(lm, ev)
     if earlier:
         for m in lm.windowed:  # the window now closes earlier: drop what falls out of it
-            for c, st in zip(m.criteria, state.crit.get(m.name, ())):
+            sts = state.crit.get(m.name)
+            if sts is None:
+                continue
+            for c, st in zip(m.criteria, sts):
                 _close_window(c, st, ev.t + m.within)  # type: ignore[operator]
+            if all(st == _EMPTY for st in sts):
+                del state.crit[m.name]  # as if no event had reached it
     state.first_seen = min(state.first_seen, ev.t)
     state.last_seen = max(state.last_seen, ev.t)
     state.events += 1
@@ -234,6 +237,8 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
     for m, i, c in matches:
         if m.within is not None and ev.t > state.first_seen + m.within:
             continue  # past the window: counts toward nothing
+        if c.kind == "distinct" and _distinct_key(c, ev) is None:
+            continue  # without the property: counts toward nothing
         _fold_criterion(c, _crit_for_update(state, m)[i], ev, state.first_seen)
 
     if lm.level == "account" and project.nps_event == ev.event and ev.value is not None and 0 <= ev.value <= 10:

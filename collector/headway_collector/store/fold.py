@@ -23,7 +23,7 @@ from ..model.subject import (REBUILD, Ev, LevelModel, SubjectState, Terms, apply
 from . import growth
 from .base import Accepted, chunks
 
-__all__ = ["Folded", "Job", "Models", "Subject", "Tx", "derive", "fold_jobs", "rescore_project", "subject_rows"]
+__all__ = ["Folded", "Job", "Models", "Subject", "Tx", "derive", "fold_jobs", "rescore_project", "subject_row"]
 
 LEVELS: tuple[Literal["user", "account"], ...] = ("user", "account")
 
@@ -167,7 +167,7 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[
         keys = {sid: f"{project}\x00{level}\x00{sid}" for sid in groups}
         subjects = _load(tx, lm, project, level, keys)
         folded = out[level] = Folded({}, [])
-        rows, mrows = [], []
+        rows = []
         for sid, evs in groups.items():
             old = subjects.get(sid)
             # What its rows say now; taken before the fold, which changes the state in place.
@@ -187,10 +187,8 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[
                 tx.subjects[keys[sid]] = subject
             if lm.milestones:
                 folded.funnel.append((sid, was, (state.first_seen, subject.stage_on, marks), changed))
-            row, ms = subject_rows(project, level, sid, subject, changed)
-            rows.append(row)
-            mrows.extend(ms)
-        _save(tx, rows, mrows)
+            rows.append(subject_row(project, level, sid, subject))
+        _save(tx, rows)
     return out
 
 
@@ -249,22 +247,13 @@ def _rebuild(tx: Tx, lm: LevelModel, project: str, sid: str) -> SubjectState:
     return state
 
 
-def subject_rows(
-    project: str, level: str, sid: str, subject: Subject, changed: Iterable[str]
-) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-    """The subject's row, and the rows of the milestones named in `changed`."""
+def subject_row(project: str, level: str, sid: str, subject: Subject) -> tuple[Any, ...]:
     state = subject.state
-    first = state.first_seen
-    row = (project, level, sid, first, state.last_seen, scoring.sort_key(state.sums[0]), subject.stage_on,
-           encode_state(state))
-    mrows = []
-    for name in changed:
-        progress, at, deadline = subject.marks[name]
-        mrows.append((project, level, name, sid, progress, at, deadline, first, at - first if at is not None else None))
-    return row, mrows
+    return (project, level, sid, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]), subject.stage_on,
+            encode_state(state))
 
 
-def _save(tx: Tx, rows: list[tuple[Any, ...]], mrows: list[tuple[Any, ...]]) -> None:
+def _save(tx: Tx, rows: list[tuple[Any, ...]]) -> None:
     tx.executemany(
         "INSERT INTO subjects (project, level, subject, first_seen, last_seen, score_key, stage_on, state) "
         "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, subject) DO UPDATE SET "
@@ -272,14 +261,6 @@ def _save(tx: Tx, rows: list[tuple[Any, ...]], mrows: list[tuple[Any, ...]]) -> 
         "stage_on = excluded.stage_on, state = excluded.state",
         rows,
     )
-    if mrows:
-        tx.executemany(
-            "INSERT INTO subject_milestones (project, level, milestone, subject, progress, achieved_at, deadline, "
-            "first_seen, tta) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
-            "progress = excluded.progress, achieved_at = excluded.achieved_at, deadline = excluded.deadline, "
-            "first_seen = excluded.first_seen, tta = excluded.tta",
-            mrows,
-        )
 
 
 def unknown_tags(models: Models, project: str, evs: Iterable[Ev]) -> dict[str, int]:
@@ -309,7 +290,7 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     memory (a state is a function of the set of events, so the order does not matter). The
     few subjects whose fold asks for a rebuild are built afterwards from their own events.
     """
-    for table in ("subjects", "subject_milestones", "tags"):
+    for table in ("subjects", "tags"):
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
     lms = {level: models[project, level] for level in LEVELS}
     states: dict[tuple[str, str], SubjectState] = {}
@@ -338,18 +319,12 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
             progress(seen)
     for level, sid in sorted(rebuild):
         states[level, sid] = _rebuild(tx, lms[level], project, sid)
-    keys = sorted(states)
-    for part in chunks(keys):
-        rows, mrows = [], []
-        for level, sid in part:
-            subject = derive(lms[level], states[level, sid])
-            row, ms = subject_rows(project, level, sid, subject, subject.marks)
-            rows.append(row)
-            mrows.extend(ms)
-        _save(tx, rows, mrows)
+    subjects = {key: derive(lms[key[0]], states.pop(key)) for key in sorted(states)}
+    for part in chunks(list(subjects)):
+        _save(tx, [subject_row(project, level, sid, subjects[level, sid]) for level, sid in part])
     if tags:
         tx.executemany("INSERT INTO tags (project, tag, events) VALUES (?,?,?)",
                        [(project, t, n) for t, n in sorted(tags.items())])
-    growth.rebuild(tx, models, project, scan)  # growth and funnel aggregates, from what was just rebuilt
+    growth.rebuild(tx, models, project, scan, subjects)  # growth and funnel aggregates, from what was just rebuilt
     progress(seen)
     return seen

@@ -1,14 +1,14 @@
 """The aggregates behind `GET /v1/growth` and `GET /v1/milestones`, kept in the write transaction.
 
-`maintain` runs in `fold` for each group of new events, after their subjects were folded (so
-the `subjects` and `subject_milestones` rows are current and the subjects are locked until
+`maintain` runs in `fold` for each group of new events, with what folding them did (each
+subject's state, milestone marks and stage before and after; the subjects are locked until
 commit); `rebuild` runs at the end of a re-score and computes the same tables from scratch. The
 reads (`read_growth`, `read_funnel`) touch only these tables, never `events`. docs/reports.md
 tells the whole story; in short:
 
 Growth. `growth_subjects` holds each subject's active days (an event of effective weight > 0
 that UTC day) as a bitmap, one row per subject. A transaction reads the rows of the subjects its
-events touch, marks their new days (`model.growth.add_days`) and writes back the rows that
+events touch (unless the writer kept them with the subject), marks their new days (`model.growth.add_days`) and writes back the rows that
 changed; a day that was already marked changes nothing. Every day that becomes active may make
 its day, week and month active: `active[p] += 1`, and `retained` counts each pair of consecutive
 active periods once, when the later-activated one becomes active; `new` follows the first day
@@ -282,13 +282,13 @@ class ActivityScan:
                     self.best[k] = answer
 
 
-def rebuild(tx: Tx, models: Models, project: str, scan: ActivityScan) -> None:
-    """Recompute every aggregate of `project` from the scan of its events and its subject rows."""
+def rebuild(tx: Tx, models: Models, project: str, scan: ActivityScan, subjects: dict[tuple[str, str], Subject]) -> None:
+    """Recompute every aggregate of `project` from the scan of its events and its subjects."""
     for table in TABLES:
         tx.execute(f"DELETE FROM {table} WHERE project = ?", (project,))
     _rebuild_growth(tx, scan)
     for level in LEVELS:
-        _rebuild_funnel(tx, models[project, level], project, level)
+        _rebuild_funnel(tx, models[project, level], project, level, subjects)
 
 
 def _rebuild_growth(tx: Tx, scan: ActivityScan) -> None:
@@ -323,31 +323,23 @@ def _rebuild_growth(tx: Tx, scan: ActivityScan) -> None:
     _add_nps(tx, p.name, nps_counts)
 
 
-def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str) -> None:
+def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str, subjects: dict[tuple[str, str], Subject]) -> None:
     if not lm.milestones:
         return
     deltas = _FunnelDeltas()
     rows: list[tuple[Any, ...]] = []
-
-    def put(milestone: str, sid: str, row: FunnelRow) -> None:
-        rows.append((project, level, milestone, sid, *row))
-        deltas.add(milestone, row, 1)
+    for (lv, sid), subject in subjects.items():
+        if lv != level:
+            continue
+        first_seen = subject.state.first_seen
+        for m in (SUBJECT_ROW, *subject.marks):
+            row = _funnel_row(first_seen, subject.stage_on, subject.marks, m)
+            rows.append((project, level, m, sid, *row))
+            deltas.add(m, row, 1)
         if len(rows) >= 10 * CHUNK:
             tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
                            "VALUES (?,?,?,?,?,?,?,?)", rows)
             rows.clear()
-
-    for sid, fs, on in tx.stream("SELECT subject, first_seen, stage_on FROM subjects WHERE project = ? AND level = ?",
-                                 (project, level)):
-        put(SUBJECT_ROW, sid, (fs, on, SUBJECT_CLS, None))
-    for m in lm.milestones:
-        for sid, fs, on, progress, at in tx.stream(
-            "SELECT s.subject, s.first_seen, s.stage_on, sm.progress, sm.achieved_at FROM subjects s "
-            "LEFT JOIN subject_milestones sm ON sm.project = s.project AND sm.level = s.level "
-            "AND sm.milestone = ? AND sm.subject = s.subject WHERE s.project = ? AND s.level = ?",
-            (m.name, project, level),
-        ):
-            put(m.name, sid, _mark(fs, on, progress if progress is not None else 0.0, at))
     if rows:
         tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
                        "VALUES (?,?,?,?,?,?,?,?)", rows)

@@ -103,6 +103,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # The counters were built from the dropped rows: re-score at the next start (ensure_model).
         "UPDATE models SET version = 'before-0003_growth_days'",
     ]),
+    ("0004_no_subject_milestones", [
+        # A milestone's progress for the API comes from the subject's state and the funnel from
+        # funnel_rows: these rows were written on every fold and read only by a re-score.
+        "DROP TABLE subject_milestones",
+    ]),
 ]
 
 
