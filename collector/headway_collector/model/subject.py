@@ -157,9 +157,14 @@ class LevelModel:
             stage_starters=frozenset(s.on for s in project.stages if s.on) & {m.name for m in ms},
         )
 
-    def touched(self, events: list[Ev]) -> frozenset[str]:
+    def touched(self, events: list[Ev]) -> set[str]:
         """The milestones these events can change (when the first event does not move)."""
-        return frozenset(m.name for ev in events for m, _, _ in self.matches(ev))
+        out: set[str] = set()
+        for ev in events:
+            for m, _, _ in self.by_event.get(ev.event, ()):
+                out.add(m.name)
+            out.update(tag for tag in ev.milestones if tag in self.tagged)
+        return out
 
     def matches(self, ev: Ev) -> tuple[tuple[Milestone, int, Criterion], ...]:
         found = self.by_event.get(ev.event, ())
@@ -208,7 +213,8 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
         return REBUILD  # every rate's days-of-age change
     matches = lm.matches(ev)
     for m, i, c in matches:
-        if _needs_rebuild(c, crit_states(state, m)[i], ev):
+        sts = state.crit.get(m.name)  # a criterion no event has reached never needs a rebuild
+        if sts is not None and _needs_rebuild(c, sts[i], ev):
             return REBUILD
 
     project = lm.project
