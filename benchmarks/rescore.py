@@ -29,12 +29,14 @@ from benchmarks import _common as c
 GOAL = 200_000  # events a second on SQLite
 # The parts of a rescore: (label, frame or frames that a sample's stack must all contain).
 RESCORE_PARTS: tuple[tuple[str, str | tuple[str, ...]], ...] = (
-    ("reading events for the subjects (`stream`: SELECT ... ORDER BY subject)", "stream (store/"),
+    ("reading the events (`project_events`: the table in storage order)", "stream (store/"),
     ("`from_stored` (decode each stored event)", "from_stored (events.py)"),
+    ("`terms` (each event's weight and decayed-sum terms, once for both levels)", "terms (model/subject.py)"),
     ("`apply` (fold each event into its subject's state)", "apply (model/subject.py)"),
-    ("`subject_rows` (milestone results, encode state)", "subject_rows (store/fold.py)"),
+    ("`derive` (milestone marks and stage of each subject)", "derive (store/fold.py)"),
+    ("`subject_row` (encode state)", "subject_row (store/fold.py)"),
     ("`unknown_tags`", "unknown_tags (store/fold.py)"),
-    ("`_save` (INSERT subjects and milestones)", "_save (store/fold.py)"),
+    ("`_save` (INSERT subjects)", "_save (store/fold.py)"),
     ("`growth.rebuild` (growth and funnel tables from scratch)", "rebuild (store/growth.py)"),
     ("  of which reading the events again", ("rebuild (store/growth.py)", "stream (store/")),
     ("COMMIT", "_transaction (store/sqlite.py)"),
