@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import random
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
@@ -311,6 +312,42 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         finally:
             store.close()
         assert differences(dump(url), want_tables) == []
+
+
+def test_upgrade_past_0004_rescores_at_start(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A database from before migration 0004 (its subject_milestones table, states of the older
+    form) is migrated and re-scored at the next start: exactly a fresh ingest."""
+    base = tmp_path_factory.getbasetemp()
+    want_tables, want_readings = reference(1, base)
+    events = make_events(1)
+    with fresh_url("sqlite", tmp_path_factory.mktemp("upgrade")) as url:
+
+        async def ingest() -> None:
+            async with collector(url) as c:
+                await send(c, events)
+
+        async def restart() -> dict[str, Any]:
+            async with collector(url) as c:
+                return await readings(c, events)
+
+        asyncio.run(ingest())
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        with conn:  # as 0003 left it: the table, no 0004, and a state with an empty criterion entry
+            conn.execute("CREATE TABLE subject_milestones (project TEXT, level TEXT, milestone TEXT, subject TEXT)")
+            conn.execute("DELETE FROM migrations WHERE name = '0004_no_subject_milestones'")
+            conn.execute("""UPDATE subjects SET state = json_set(state, '$.crit.team_formed', json('[{}]'))
+                            WHERE level = 'account'""")
+        conn.close()
+        seen = asyncio.run(restart())
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            applied = {n for (n,) in conn.execute("SELECT name FROM migrations")}
+        finally:
+            conn.close()
+        assert "subject_milestones" not in tables and "0004_no_subject_milestones" in applied
+        assert differences(dump(url), want_tables) == []
+        assert seen == want_readings
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -301,7 +301,7 @@ def _needs_rebuild(c: Criterion, st: CritState, ev: Ev) -> bool:
         return st.top_day is not None and ev.t // DAY < st.top_day - _rate_days(c) + 1
     if c.kind == "sum":
         # A negative amount before a met target may un-meet it: the dropped tail is needed.
-        return (ev.value or 0.0) < 0 and bool(st.steps) and _sum_met(c, st) and ev.t <= st.steps[-1][0]
+        return (ev.value or 0.0) < 0 and st.at is not None and ev.t <= st.steps[-1][0]
     return False
 
 
@@ -345,10 +345,6 @@ def _fold_criterion(c: Criterion, st: CritState, ev: Ev, first_seen: int) -> Non
         _fold_sum(c, st, ev.t, ev.value or 0.0)
     else:
         _fold_rate(c, st, ev.t, first_seen)
-
-
-def _sum_met(c: Criterion, st: CritState) -> bool:
-    return st.at is not None or _sum_crossing(c, st.steps) is not None  # states saved before `at`
 
 
 def _sum_crossing(c: Criterion, steps: list[tuple[int, float]]) -> int | None:
@@ -442,12 +438,9 @@ def criterion_result(c: Criterion, st: CritState) -> tuple[float, int | None]:
         done = float(len(st.firsts))
         return done, sorted(st.firsts.values())[int(target) - 1] if len(st.firsts) >= target else None
     if c.kind == "sum":
-        if st.at is None and st.total is None:  # a state saved before `at` and `total`
-            j = _sum_crossing(c, st.steps)
-            return (target, st.steps[j][0]) if j is not None else (max(0.0, sum(a for _, a in st.steps)), None)
         if st.at is not None:
             return target, st.at
-        return max(0.0, st.total or 0.0), None
+        return max(0.0, st.total or 0.0), None  # no total: no steps
     if st.at is not None:
         return target, st.at
     return min(target, st.best), None

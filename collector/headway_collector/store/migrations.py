@@ -107,6 +107,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # A milestone's progress for the API comes from the subject's state and the funnel from
         # funnel_rows: these rows were written on every fold and read only by a re-score.
         "DROP TABLE subject_milestones",
+        # States now leave out criteria no event reached and keep a sum's total and when it was
+        # met: re-score at the next start (ensure_model), so that every state has that form.
+        "UPDATE models SET version = 'before-0004_no_subject_milestones'",
     ]),
 ]
 
