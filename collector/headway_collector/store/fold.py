@@ -300,8 +300,8 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
     seen = 0
     for raw, ts in tx.project_events(project):
         ev = from_stored(raw, ts)
-        scan.observe(ev)
         t = terms(lms["user"], ev)  # the same at both levels
+        scan.observe(ev, t[0])
         for level, sid in (("user", ev.user_id), ("account", ev.account_id)):
             key = (level, sid)
             if sid is None or key in rebuild:
@@ -312,8 +312,9 @@ def rescore_project(tx: Tx, models: Models, project: str, progress: Callable[[in
             if apply(lms[level], state, ev, t) is REBUILD:
                 rebuild.add(key)
                 del states[key]
-        for tag, n in unknown_tags(models, project, (ev,)).items():
-            tags[tag] += n
+        if ev.milestones:
+            for tag, n in unknown_tags(models, project, (ev,)).items():
+                tags[tag] += n
         seen += 1
         if seen % 10_000 == 0:
             progress(seen)

@@ -265,9 +265,10 @@ class ActivityScan:
         self.active: dict[tuple[str, str], g.Days] = {}
         self.best: dict[tuple[str, int, str], tuple[int, float]] = {}
 
-    def observe(self, ev: Ev) -> None:
+    def observe(self, ev: Ev, weight: float) -> None:
+        """Take one event, whose effective weight is `weight`."""
         p, ts = self.p, ev.t
-        if p.weight(ev.event, ev.weight) > 0:
+        if weight > 0:
             d = ts // DAY
             for key in (("user", ev.user_id), ("account", ev.account_id)) if ev.account_id is not None else (("user", ev.user_id),):
                 days = self.active.get(key)
