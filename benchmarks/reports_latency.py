@@ -1,9 +1,9 @@
 """Do `GET /v1/growth` and `GET /v1/milestones` stay fast however many events are stored?
 
 Builds a collector database (SQLite, the collector's schema and model version) of N realistic
-events (default 1,000,000 of 100,000 users in 10,000 accounts over 120 days), folded through
-the store's own code (`store.fold.fold_jobs`: the writer's path, so the growth and funnel
-aggregates are the real maintained ones) in 20,000-event transactions. At checkpoints along
+events (default 1,000,000 of 100,000 users in 10,000 accounts over 120 days), ingested through
+the store's own writer (`Store.ingest`, what the app calls after decoding a request, so the
+growth and funnel aggregates are the real maintained ones) in 20,000-event jobs. At checkpoints along
 the way (a quarter, half and all of the events by default) it starts `headway-collector serve`
 on the database (uvicorn, 127.0.0.1), and times the report endpoints over real HTTP with one
 keep-alive client: warm-up requests, then `--requests` of each, in turn. It reports p50/p99 per
