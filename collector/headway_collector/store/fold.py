@@ -3,7 +3,8 @@
 The backends differ in connections, locking and group commit; what happens to the data is
 here once: insert the events (the primary key makes a second copy a duplicate), fold the new
 ones into each subject's state (`model.subject`), and keep the derived rows that the query
-API reads (subjects by score, milestone rows for the funnel, unknown tag counts).
+API reads (subjects by score, unknown tag counts; `growth` keeps the growth and funnel
+aggregates from what the fold did).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ what makes several writers exact is how transactions meet:
   unlogged `subject_locks` table per subject key, taken in sorted order by one upsert. So
   folds of one subject run one after the other, each starting from the state the previous one
   committed (READ COMMITTED: a new snapshot per statement, taken after the lock). Every row
-  that belongs to one subject (its milestone rows, growth activity, funnel rows) is written
+  that belongs to one subject (its row, growth days, funnel rows) is written
   under that lock; shared counters (tags, growth and funnel counts) move by `n = n + ?`
   upserts, which add up whatever the order. Row locks and not advisory locks: a group of
   20,000 events can touch 40,000 subjects, far past the shared lock table
