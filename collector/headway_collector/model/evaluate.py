@@ -78,8 +78,7 @@ def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str]
 def stage_on(lm: LevelModel, achieved: Collection[str]) -> int:
     """The furthest stage started by an achieved milestone (`on`), or 0.
 
-    `achieved` names the achieved milestones; it must cover those that start stages
-    (`LevelModel.stage_starters`).
+    `achieved` names the achieved milestones (at least those that start a stage).
     """
     return max((i for i, s in enumerate(lm.project.stages) if s.on and s.on in achieved), default=0)
 

@@ -131,7 +131,6 @@ class LevelModel:
     tagged: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
     has_rate: bool  # a rate's days depend on the first day
     windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
-    stage_starters: frozenset[str]  # milestones of this level that start a stage (`on`)
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
@@ -154,7 +153,6 @@ class LevelModel:
             tagged={k: tuple(v) for k, v in tagged.items()},
             has_rate=any(c.kind == "rate" for m in ms for c in m.criteria),
             windowed=tuple(m for m in ms if m.within is not None),
-            stage_starters=frozenset(s.on for s in project.stages if s.on) & {m.name for m in ms},
         )
 
     def touched(self, events: list[Ev]) -> set[str]:

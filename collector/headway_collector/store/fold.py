@@ -178,7 +178,7 @@ def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[
                 marks = milestone_marks(lm, state)  # every milestone may have moved
                 changed: Iterable[str] = marks
             else:
-                only = lm.touched(evs) | lm.stage_starters
+                only = lm.touched(evs)  # the others' marks, a stage's start among them, hold still
                 marks = {**was[2], **milestone_marks(lm, state, only)} if only else was[2]
                 changed = [name for name, mark in marks.items() if mark != was[2][name]] if only else ()
             # A new subject has no growth row yet: its days are known to be none.
