@@ -463,15 +463,7 @@ class Batcher:
         if bad:  # the order in _inflight does not matter: _settle removes a count
             failed = len(items) - len(good)
             self._settle(failed, failed=failed)
-            self._report(
-                DeliveryError(
-                    f"{failed} of {len(items)} events could not be encoded and were not sent: "
-                    + "; ".join(f"{k}: {v}" for k, v in list(bad.items())[:3]),
-                    event_ids=tuple(bad),
-                    status=None,
-                    rejections=bad,
-                )
-            )
+            self._report_rejected(f"{failed} of {len(items)} events could not be encoded and were not sent", bad, None)
         return good
 
     def _split(self, items: list[Item]) -> Flow:
@@ -521,15 +513,22 @@ class Batcher:
         reasons = {items[r.index][0]: r.error for r in rejected if 0 <= r.index < len(items)}
         self._settle(len(items), sent=len(items) - len(reasons), failed=len(reasons))
         if reasons:
-            self._report(
-                DeliveryError(
-                    f"collector rejected {len(reasons)} of {len(items)} events: "
-                    + "; ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3]),
-                    event_ids=tuple(reasons),
-                    status=response.status,
-                    rejections=reasons,
-                )
-            )
+            self._report_rejected(f"collector rejected {len(reasons)} of {len(items)} events", reasons, response.status)
+
+    def _report_rejected(self, what: str, reasons: dict[str, str], status: int | None) -> None:
+        """Events refused one by one (`reasons`: id -> why), the first few reasons in the message."""
+        self._report(DeliveryError(
+            f"{what}: " + "; ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3]),
+            event_ids=tuple(reasons),
+            status=status,
+            rejections=reasons,
+        ))
+
+    def _report_lost(self, items: list[Item], what: str, status: int | None, cause: BaseException) -> None:
+        """Whole items not delivered for one `cause`."""
+        error = DeliveryError(what, event_ids=tuple(item[0] for item in items), status=status)
+        error.__cause__ = cause
+        self._report(error)
 
     def _settle_failed(
         self, items: list[Item], status: int | None, result: Response | TransportError | None
@@ -540,13 +539,7 @@ class Batcher:
         else:
             cause = result or TransportError("no answer")
         retried = "" if _core.verdict(status) != "retry" else f" after {self._max_retries} retries"
-        error = DeliveryError(
-            f"{len(items)} events not delivered{retried}: {cause}",
-            event_ids=tuple(item[0] for item in items),
-            status=status,
-        )
-        error.__cause__ = cause
-        self._report(error)
+        self._report_lost(items, f"{len(items)} events not delivered{retried}: {cause}", status, cause)
 
     def _abandon(self) -> None:
         """The deadline passed: what is still queued or in flight is dropped, and counted."""
@@ -580,13 +573,7 @@ class Batcher:
                     self._failed += len(lost)
                     self._inflight = []
                 if lost:
-                    error = DeliveryError(
-                        f"{len(lost)} events not delivered: the worker failed ({exc!r})",
-                        event_ids=tuple(item[0] for item in lost),
-                        status=None,
-                    )
-                    error.__cause__ = exc
-                    self._report(error)
+                    self._report_lost(lost, f"{len(lost)} events not delivered: the worker failed ({exc!r})", None, exc)
 
     def _drive(
         self,
