@@ -56,6 +56,8 @@ TABLES = ("growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_
           "funnel_rows", "funnel_counts", "funnel_tta")
 
 FunnelRow = tuple[int, int, str, int | None]  # first_seen, stage_on, cls, tta
+INSERT_FUNNEL_ROWS = ("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
+                      "VALUES (?,?,?,?,?,?,?,?)")
 
 
 def _subject(ev: Ev, level: str) -> str | None:
@@ -209,8 +211,7 @@ def _funnel(tx: Tx, project: str, level: str, changes: list[FunnelChange]) -> No
     if writes:
         writes.sort()
         tx.executemany(
-            "INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
-            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
+            INSERT_FUNNEL_ROWS + " ON CONFLICT (project, level, milestone, subject) DO UPDATE SET "
             "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
             writes,
         )
@@ -337,13 +338,8 @@ def _rebuild_funnel(tx: Tx, lm: LevelModel, project: str, level: str, subjects: 
             row = _funnel_row(first_seen, subject.stage_on, subject.marks, m)
             rows.append((project, level, m, sid, *row))
             deltas.add(m, row, 1)
-        if len(rows) >= 10 * CHUNK:
-            tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
-                           "VALUES (?,?,?,?,?,?,?,?)", rows)
-            rows.clear()
-    if rows:
-        tx.executemany("INSERT INTO funnel_rows (project, level, milestone, subject, first_seen, stage_on, cls, tta) "
-                       "VALUES (?,?,?,?,?,?,?,?)", rows)
+    for part in chunks(rows, 10 * CHUNK):
+        tx.executemany(INSERT_FUNNEL_ROWS, part)
     deltas.write(tx, project, level, fresh=True)
 
 
