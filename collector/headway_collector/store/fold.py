@@ -46,10 +46,6 @@ class Tx(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows of a large result without holding them all."""
-        ...
-
     def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
         """Every stored event of a project, (raw, corrected time), in whatever order reads fastest."""
         ...
