@@ -8,6 +8,12 @@ milestones removed: what a model change costs). After each rescore the derived t
 compared with what incremental ingest had built: a rescore must give exactly what a fresh
 ingest of the same events gives. A separate py-spy run shows where the time goes.
 
+Beside it, in the same run, the floors any rescore pays, timed in this process on the same
+database: reading every stored event the way rescore reads them, then also decoding each one,
+then also folding each into its user's and account's state in memory (`terms` and `apply`:
+the pure-Python fold alone, no milestone marks, no writes). The last is the ceiling of a
+rescore built on the model core as it is.
+
     python -m benchmarks.rescore [--events 1000000] [--repeats 3] [--quick]
 """
 
@@ -75,6 +81,52 @@ def derived_digest(db: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+FLOORS = (
+    ("read", "read every stored event (`project_events`: the table in storage order)"),
+    ("decode", "read + decode each event (`from_stored`)"),
+    ("fold", "read + decode + fold into user and account states in memory (`terms`, `apply`)"),
+)
+
+
+def measure_floors(config: Path, db: Path) -> dict[str, float]:
+    """Seconds each floor of `FLOORS` takes over every stored event, in this process."""
+    from headway_collector.config import load
+    from headway_collector.events import from_stored
+    from headway_collector.model.subject import SubjectState, apply, new_state, terms
+    from headway_collector.store import open_store
+    from headway_collector.store.fold import Models
+
+    cfg = load(config)
+    models = Models(cfg.projects.values())
+    user, account = models[c.PROJECT, "user"], models[c.PROJECT, "account"]
+    store = open_store(f"sqlite:///{db}")
+    store.open()
+    out = {}
+    try:
+        for name, _ in FLOORS:
+            states: dict[tuple[str, str], SubjectState] = {}
+            started = time.perf_counter()
+            with store.read() as r:
+                for raw, ts in r.project_events(c.PROJECT):
+                    if name == "read":
+                        continue
+                    ev = from_stored(raw, ts)
+                    if name == "decode":
+                        continue
+                    t = terms(user, ev)
+                    for lm, sid in ((user, ev.user_id), (account, ev.account_id)):
+                        if sid is None:
+                            continue
+                        state = states.get((lm.level, sid))
+                        if state is None:
+                            state = states[lm.level, sid] = new_state(lm, ev)
+                        apply(lm, state, ev, t)  # a rare REBUILD answer is left to rescore's own cost
+            out[name] = time.perf_counter() - started
+    finally:
+        store.close()
+    return out
+
+
 @dataclass
 class Rescore:
     model: str
@@ -106,7 +158,7 @@ def run_rescore(config: Path, db: Path, events: int, model: str, profile_to: Pat
 
 
 def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s: float, runs: list[Rescore],
-                 built: dict[str, tuple[int, str]], profile: Path | None) -> str:
+                 floors: dict[str, float], built: dict[str, tuple[int, str]], profile: Path | None) -> str:
     full = [r for r in runs if r.model == "full"]
     core = [r for r in runs if r.model == "core"]
     med = c.median([r.rate for r in full]) if full else 0.0
@@ -139,7 +191,18 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
         cm = c.median([r.rate for r in core])
         lines.append(f"Core model (no stages or milestones): {cm:,.0f} events/s ({cm / GOAL:.0%} of the goal); "
                      f"the milestones cost {1 - med / cm:.0%} of rescore throughput." if cm else "")
-    lines.append("")
+    lines += ["", "## Floors, in the same run", "",
+              "Timed in the benchmark process over the same database (median of one run per repeat, each just "
+              "before a full rescore). A rescore does all of this and then derives milestone marks, writes every "
+              "subject and rebuilds the growth and funnel tables.", "",
+              "| floor | events/s | µs/event | full rescore's rate as a share of it | goal as a share of it |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, label in FLOORS:
+        rate = floors[name]
+        lines.append(f"| {label} | {c.fmt_rate(rate)} | {1e6 / rate:.2f} | {med / rate:.0%} | {GOAL / rate:.0%} |")
+    fold_us = 1e6 / floors["fold"] - 1e6 / floors["decode"]
+    lines += ["", f"Folding alone (the fold floor less the decode floor) costs {fold_us:.1f} µs/event; the goal leaves "
+              f"{1e6 / GOAL:.1f} µs/event for everything.", ""]
     if profile is not None and profile.exists():
         p = c.read_collapsed(profile)
         lines += ["## Where rescore time goes (full model, separate py-spy run)", "",
@@ -163,15 +226,18 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
     return "\n".join(lines)
 
 
-def plot(runs: list[Rescore], profile: Path | None, path: Path) -> None:
+def plot(runs: list[Rescore], floors: dict[str, float], profile: Path | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
-    labels = [f"{r.model} #{sum(q.model == r.model for q in runs[: i + 1])}" for i, r in enumerate(runs)]
-    ax1.bar(labels, [r.rate for r in runs], color=["#2f6f3e" if r.model == "full" else "#5b9e6b" for r in runs])
+    labels = [f"floor: {name}" for name, _ in FLOORS]
+    labels += [f"{r.model} #{sum(q.model == r.model for q in runs[: i + 1])}" for i, r in enumerate(runs)]
+    colors = ["#9aa5b1"] * len(FLOORS) + ["#2f6f3e" if r.model == "full" else "#5b9e6b" for r in runs]
+    ax1.bar(labels, [floors[name] for name, _ in FLOORS] + [r.rate for r in runs], color=colors)
+    ax1.tick_params(axis="x", labelsize=7, rotation=30)
     ax1.axhline(GOAL, color="#c0392b", linestyle="--", label=f"goal {GOAL:,}/s")
     ax1.set_ylabel("stored events re-scored per second")
     ax1.set_title("headway-collector rescore")
@@ -220,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         db = tmp / "headway.db"
         build_s = build_database(db, full_cfg, w)
         built = derived_digest(db)
+        floors: dict[str, list[float]] = {name: [] for name, _ in FLOORS}
         for i in range(args.repeats):
+            for name, seconds in measure_floors(full_cfg, db).items():
+                floors[name].append(len(w) / seconds)
+            print("  floors: " + ", ".join(f"{n} {floors[n][-1]:,.0f}/s" for n in floors), flush=True)
             r = run_rescore(full_cfg, db, len(w), "full")
             r.same_as_ingest = derived_digest(db) == built
             ok &= bool(r.same_as_ingest)
@@ -239,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             print(f"  rescore core: {r.rate:,.0f} events/s ({r.wall:.1f}s)", flush=True)
 
-    report = write_report(args, argv, w_desc, build_s, runs, built, profile_path)
+    floor_rates = {name: c.median(rates) for name, rates in floors.items()}
+    report = write_report(args, argv, w_desc, build_s, runs, floor_rates, built, profile_path)
     (args.results / "rescore.md").write_text(report)
-    plot(runs, profile_path, args.results / "rescore.png")
+    plot(runs, floor_rates, profile_path, args.results / "rescore.png")
     print()
     print(report.split("## Results")[1].split("## Where")[0].strip())
     print(f"\nwrote {args.results / 'rescore.md'} and {args.results / 'rescore.png'}")
