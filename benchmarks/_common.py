@@ -462,7 +462,7 @@ class DatabaseBuilder:
     """Ingests a workload into a fresh collector database through the store's own writer
     (what the app does after decoding a request), a slice at a time, without HTTP."""
 
-    def __init__(self, db: Path, config: Path, w: Workload, batch: int = 20_000) -> None:
+    def __init__(self, db: Path, config: Path, w: Workload, batch: int = 20_000, store_type: type | None = None) -> None:
         from headway_collector.app import ensure_model
         from headway_collector.config import load
         from headway_collector.store import open_store
@@ -470,7 +470,8 @@ class DatabaseBuilder:
 
         self.w, self.db, self.batch, self.done, self.seconds = w, db, batch, 0, 0.0
         self.cfg = load(config)
-        self.store = open_store(f"sqlite:///{fresh_db(db)}")
+        url = f"sqlite:///{fresh_db(db)}"
+        self.store = open_store(url) if store_type is None else store_type(url)
         self.store.open()  # what the app's start-up does: schema, model version, writer
         ensure_model(self.cfg, self.store)
         self.store.start(Models(self.cfg.projects.values()))

@@ -7,6 +7,11 @@ same run, on the same events:
 
 - floor: bare SQLite, the collector's events table and pragmas, one 500-event transaction after
   another, columns already extracted: what storing costs and nothing else;
+- sql: the collector's own SQL alone: every statement its writer issued while folding the same
+  events (recorded once through the store, without HTTP), replayed on bare SQLite with the same
+  transactions: what the collector's tables cost, with neither HTTP nor the Python fold. Each
+  transaction holds senders × batch events (4,000), the largest group the writer can gather
+  from these senders: the SQL's best case;
 - bare_http: a bare Starlette + uvicorn server that only stores the events: HTTP's own cost;
 - core: the collector with the example model minus its stages and milestones;
 - full: the collector with the full example model.
@@ -28,18 +33,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from headway_collector.store.sqlite import SQLiteStore, _Tx
+
 from benchmarks import _common as c
 from benchmarks._bare_server import INSERT, connect, events_ddl
 
-CONFIGS = ("floor", "bare_http", "core", "full")
+CONFIGS = ("floor", "sql", "bare_http", "core", "full")
 LABELS = {
     "floor": "floor: bare SQLite, 500-event tx",
+    "sql": "the collector's SQL alone, replayed on bare SQLite, senders x batch events a tx",
     "bare_http": "bare Starlette+uvicorn, insert only",
     "core": "collector, core model (no stages/milestones)",
     "full": "collector, full example model",
@@ -106,6 +116,88 @@ def run_floor(w: c.Workload, db: Path, tx_events: int) -> Run:
     cpu = time.process_time() - cpu0
     conn.close()
     run = Run("floor", len(w), seconds, acked=len(w), server_cpu=cpu / seconds, timeline=timeline)
+    run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
+    return run
+
+
+# --- the collector's SQL alone ---------------------------------------------------------------------
+
+# One statement as the writer issued it: (sql, parameters or rows, whether executemany).
+Statement = tuple[str, Any, bool]
+
+
+class _RecordingTx(_Tx):
+    def __init__(self, tx: _Tx, log: list[Statement]) -> None:
+        super().__init__(tx.conn)
+        self.log = log
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.log.append((sql, tuple(params), False))
+        return super().all(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.log.append((sql, tuple(params), False))
+        super().execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        rows = [tuple(r) for r in rows]
+        self.log.append((sql, rows, True))
+        super().executemany(sql, rows)
+
+
+class RecordingStore(SQLiteStore):
+    """The SQLite store, keeping every committed transaction's statements for `replay`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.transactions: list[list[Statement]] = []
+
+    @contextmanager
+    def _transaction(self, conn: Any) -> Iterator[_Tx]:
+        log: list[Statement] = []
+        with super()._transaction(conn) as tx:
+            yield _RecordingTx(tx, log)
+        self.transactions.append(log)
+
+
+def record_sql(w: c.Workload, tmp: Path, tx_events: int) -> tuple[list[list[Statement]], int]:
+    """Every transaction the collector's store commits while folding `w` in `tx_events`-event jobs
+    under the full model, and how many of the first ones set up the schema and the model."""
+    builder = c.DatabaseBuilder(tmp / "record.db", c.write_config(tmp / "record.toml"), w, tx_events, RecordingStore)
+    store = builder.store
+    assert isinstance(store, RecordingStore)
+    setup = len(store.transactions)
+    try:
+        builder.ingest_until(len(w))
+    finally:
+        builder.close()
+    return store.transactions, setup
+
+
+def run_sql(transactions: list[list[Statement]], setup: int, db: Path, events: int, tx_events: int) -> Run:
+    c.fresh_db(db)
+    conn = connect(str(db))
+
+    def play(log: list[Statement]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, params, many in log:
+            if many:
+                conn.executemany(sql, params)
+            else:
+                conn.execute(sql, params).fetchall()
+        conn.execute("COMMIT")
+
+    for log in transactions[:setup]:
+        play(log)
+    timeline = []
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i, log in enumerate(transactions[setup:]):
+        play(log)
+        timeline.append((time.perf_counter() - t0, min((i + 1) * tx_events, events)))
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    conn.close()
+    run = Run("sql", events, seconds, acked=events, server_cpu=cpu / seconds, timeline=timeline)
     run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
     return run
 
@@ -325,6 +417,8 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
         cost = 1 - med["full"] / med["core"]
         lines.append(f"- the model's cost (1 - full/core): {cost:.1%} of ingest throughput "
                      f"(goal < {GOAL_MODEL_COST:.0%}): {'met' if cost < GOAL_MODEL_COST else 'NOT met'}")
+    if "sql" in med and floor:
+        lines.append(f"- the collector's SQL alone (no HTTP, no Python fold): {med['sql'] / floor:.0%} of the floor")
     if "bare_http" in med and floor:
         lines.append(f"- HTTP alone (bare Starlette+uvicorn that only inserts): {med['bare_http'] / floor:.0%} of the floor")
     if "full" in cpu_us and "core" in cpu_us and "floor" in cpu_us:
@@ -339,7 +433,7 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
             lines.append(f"| {i + 1} | {k} | {r.events} | {r.seconds:.2f} | {c.fmt_rate(r.rate)} | {_f(r.cpu_us_per_event, 1)} | {r.retries} | "
                          f"{'-' if r.users is None else r.users} | {'-' if r.accounts is None else r.accounts} | {r.verdict()} |")
     lines += ["", "Server CPU is the server process's user+system CPU seconds per wall second (1.0 = one core busy); "
-              "for the floor it is this process's. The collector runs its event loop and its writer thread in one "
+              "for the floor and the replayed SQL it is this process's. The collector runs its event loop and its writer thread in one "
               "process, so it shares one GIL: near 1.0 means it is bound by Python on one core. CPU µs/event is "
               "that CPU time over the events: wall-clock rates move with whatever else runs on the machine, CPU per "
               "event much less, so when the load average is high read the CPU-cost ratios.", ""]
@@ -370,7 +464,7 @@ def plot(runs: list[Run], configs: list[str], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     names = [k for k in configs if k in med]
     bars = ax1.barh([LABELS[k] for k in names], [med[k] for k in names],
-                    color=["#999999", "#7aa6c2", "#5b9e6b", "#2f6f3e"][: len(names)])
+                    color=["#999999", "#bbbbbb", "#7aa6c2", "#5b9e6b", "#2f6f3e"][: len(names)])
     for b, k in zip(bars, names):
         label = f" {med[k]:,.0f}/s" + (f"  ({med[k] / floor:.0%} of floor)" if floor else "")
         ax1.text(b.get_width(), b.get_y() + b.get_height() / 2, label, va="center", fontsize=8)
@@ -434,11 +528,16 @@ def main(argv: list[str] | None = None) -> int:
     prun: Run | None = None
     with tempfile.TemporaryDirectory(prefix="headway-bench-ingest-") as tmpdir:
         tmp = Path(tmpdir)
+        if "sql" in args.configs:
+            print("  recording the collector's SQL ...", flush=True)
+            recorded = record_sql(w, tmp, args.batch * args.senders)
         for rep in range(args.repeats):
             for k in args.configs:
                 db = c.fresh_db(tmp / f"{k}.db")
                 if k == "floor":
                     run = run_floor(w, db, args.batch)
+                elif k == "sql":
+                    run = run_sql(*recorded, db, len(w), args.batch * args.senders)
                 else:
                     run = serve_and_send(k, make_server(k, tmp, db, f"{k}-{rep}"), db, parts, sizes, args.senders)
                 runs.append(run)
