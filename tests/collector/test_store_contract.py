@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
+from headway_collector.model.subject import decode_state
 from headway_collector.store import StoreError, growth, open_store
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema
@@ -314,9 +316,12 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         assert differences(dump(url), want_tables) == []
 
 
-def test_upgrade_past_0004_rescores_at_start(tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("undone", [("0004_no_subject_milestones", "0005_binary_states"), ("0005_binary_states",)])
+def test_upgrade_from_older_states_rescores_at_start(tmp_path_factory: pytest.TempPathFactory,
+                                                     undone: tuple[str, ...]) -> None:
     """A database from before migration 0004 (its subject_milestones table, states of the older
-    form) is migrated and re-scored at the next start: exactly a fresh ingest."""
+    form) or 0005 (states as JSON objects) is migrated and re-scored at the next start: exactly a
+    fresh ingest, and no older state is ever read as a current one."""
     base = tmp_path_factory.getbasetemp()
     want_tables, want_readings = reference(1, base)
     events = make_events(1)
@@ -332,11 +337,17 @@ def test_upgrade_past_0004_rescores_at_start(tmp_path_factory: pytest.TempPathFa
 
         asyncio.run(ingest())
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        with conn:  # as 0003 left it: the table, no 0004, and a state with an empty criterion entry
-            conn.execute("CREATE TABLE subject_milestones (project TEXT, level TEXT, milestone TEXT, subject TEXT)")
-            conn.execute("DELETE FROM migrations WHERE name = '0004_no_subject_milestones'")
-            conn.execute("""UPDATE subjects SET state = json_set(state, '$.crit.team_formed', json('[{}]'))
-                            WHERE level = 'account'""")
+        with conn:  # as the undone migrations found it: JSON states; before 0004, its table and empty criterion entries
+            for name in undone:
+                conn.execute("DELETE FROM migrations WHERE name = ?", (name,))
+            if "0004_no_subject_milestones" in undone:
+                conn.execute("CREATE TABLE subject_milestones (project TEXT, level TEXT, milestone TEXT, subject TEXT)")
+            for key in conn.execute("SELECT project, level, subject, state FROM subjects").fetchall():
+                old = msgspec.structs.asdict(decode_state(key[3]))
+                if key[1] == "account" and "0004_no_subject_milestones" in undone:
+                    old["crit"] = {**old["crit"], "team_formed": [{}]}
+                conn.execute("UPDATE subjects SET state = ? WHERE project = ? AND level = ? AND subject = ?",
+                             (msgspec.json.encode(old), *key[:3]))
         conn.close()
         seen = asyncio.run(restart())
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
@@ -345,7 +356,7 @@ def test_upgrade_past_0004_rescores_at_start(tmp_path_factory: pytest.TempPathFa
             applied = {n for (n,) in conn.execute("SELECT name FROM migrations")}
         finally:
             conn.close()
-        assert "subject_milestones" not in tables and "0004_no_subject_milestones" in applied
+        assert "subject_milestones" not in tables and set(undone) <= applied
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
 

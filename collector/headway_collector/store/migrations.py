@@ -111,6 +111,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # met: re-score at the next start (ensure_model), so that every state has that form.
         "UPDATE models SET version = 'before-0004_no_subject_milestones'",
     ]),
+    ("0005_binary_states", [
+        # States are saved as MessagePack with the sums as bytes (model.subject), no longer as
+        # JSON: re-score at the next start (ensure_model), which writes every state anew.
+        "UPDATE models SET version = 'before-0005_binary_states'",
+    ]),
 ]
 
 
