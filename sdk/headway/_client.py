@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from . import wire
-from ._core import LIBRARY, error_detail, retry_after
+from ._core import LIBRARY, error_detail, retry_after, rfc3339_offset
 from ._exceptions import APIError, api_error
 from ._transport import _HTTPX_ERRORS, map_httpx_error
 
@@ -69,8 +69,10 @@ def _instant(name: str, value: When, *, dates: bool = True) -> When:
     timezone-aware (the collector refuses a naive one with a 400); a date (that day, 00:00 UTC)
     only where the collector takes one (``since`` / ``until``). A str is sent as it is."""
     if isinstance(value, datetime):
-        if value.utcoffset() is None:
+        offset = value.utcoffset()
+        if offset is None:
             raise ValueError(f"{name} must be timezone-aware (RFC 3339 needs an offset), got {value!r}")
+        return rfc3339_offset(value, offset)
     elif isinstance(value, date) and not dates:
         raise ValueError(f"{name} must be a datetime (timezone-aware) or an RFC 3339 str, not a date")
     return value

@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from numbers import Real
 from typing import Literal, NamedTuple
@@ -29,6 +29,7 @@ from ._version import __version__
 
 LIBRARY = f"headway-python/{__version__}"
 UTC = timezone.utc
+_MINUTE = timedelta(minutes=1)
 
 # ---------------------------------------------------------------------------------------------
 # UUIDv7 ids (RFC 9562): 48-bit unix milliseconds, version 7, variant 0b10, 74 random bits.
@@ -227,9 +228,16 @@ def to_time(timestamp: object) -> datetime:
     """``timestamp``: a timezone-aware datetime."""
     if not isinstance(timestamp, datetime):
         raise InvalidEvent("timestamp", f"must be a datetime, got {type(timestamp).__name__}")
-    if timestamp.utcoffset() is None:
+    offset = timestamp.utcoffset()
+    if offset is None:
         raise InvalidEvent("timestamp", "must be timezone-aware (RFC 3339 needs an offset)")
-    return timestamp
+    return rfc3339_offset(timestamp, offset)
+
+
+def rfc3339_offset(moment: datetime, offset: timedelta) -> datetime:
+    """The same instant with an offset RFC 3339 can write: whole minutes (a zone's old local
+    mean time has seconds, which encoders drop or write in a form the collector refuses)."""
+    return moment.astimezone(UTC) if offset % _MINUTE else moment
 
 
 # An event as it waits in the queue: a plain tuple, cheap to build on the caller's thread.

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -96,6 +96,10 @@ def test_reads_as_of_an_instant(client: headway.Client, collector: Collector) ->
     assert dict(collector.requests[-1].url.params) == {"level": "user", "at": "2024-05-01T00:00:00Z"}
     client.milestones(at=NOW)
     assert dict(collector.requests[-1].url.params) == {"at": NOW.isoformat()}
+    # An offset with seconds (a zone's old local mean time) has no RFC 3339 form: sent in UTC.
+    lmt = datetime(1900, 1, 1, 12, tzinfo=timezone(timedelta(minutes=19, seconds=32)))
+    client.milestones(at=lmt)
+    assert dict(collector.requests[-1].url.params) == {"at": "1900-01-01T11:40:28+00:00"}
 
 
 @pytest.mark.parametrize("read", [

@@ -36,8 +36,11 @@ json_values = st.recursive(
     max_leaves=12,
 )
 properties = st.dictionaries(st.text(max_size=20), json_values, max_size=6)
+# Named zones, and fixed offsets down to the microsecond (a zone's old local mean time has seconds).
+offsets = st.builds(timezone, st.timedeltas(min_value=-timedelta(hours=23, minutes=59),
+                                            max_value=timedelta(hours=23, minutes=59)))
 aware = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones()
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones() | offsets
 ).filter(lambda d: d.utcoffset() is not None)
 
 hyp = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
