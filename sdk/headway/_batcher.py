@@ -8,7 +8,7 @@ and a shell steps through it: a daemon thread for `Tracker`, an asyncio task for
 `AsyncTracker` (the way httpx steps through an auth flow in its sync and async clients).
 
 Process-wide hooks: an ``atexit`` handler flushes every live tracker within its
-``exit_timeout``; an ``os.register_at_fork`` child hook gives every tracker in a forked child
+``exit_timeout`` (the `Tracker`s side by side); an ``os.register_at_fork`` child hook gives every tracker in a forked child
 a fresh queue and worker (the parent's queued events stay the parent's to send).
 """
 
@@ -596,6 +596,9 @@ class Batcher:
         except Exception as exc:
             return transport_error(exc)
 
+    def _exit_start(self) -> None:
+        """At interpreter exit, before any tracker's `_exit`: start what can run in parallel."""
+
     def _exit(self) -> None:  # pragma: no cover - each shell has its own
         raise NotImplementedError
 
@@ -663,8 +666,12 @@ def _after_fork_in_child() -> None:
 
 
 def _at_exit() -> None:
-    for batcher in list(_live):
-        try:
-            batcher._exit()
-        except Exception:
-            logger.exception("headway: flush at exit failed")
+    # Every tracker's last flush starts first, so that their exit_timeouts run side by side,
+    # not one after the other.
+    live = list(_live)
+    for phase in ("_exit_start", "_exit"):
+        for batcher in live:
+            try:
+                getattr(batcher, phase)()
+            except Exception:
+                logger.exception("headway: flush at exit failed")

@@ -62,6 +62,7 @@ class Tracker(Batcher):
         super()._reset()
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopping_at_exit = False
 
     def _start(self) -> None:
         with self._lock:
@@ -108,28 +109,41 @@ class Tracker(Batcher):
         Returns True when every event was settled; what is left at the deadline is dropped and
         counted in ``stats.dropped``. Later ``track()`` calls drop their events. Idempotent.
         """
-        if not self._begin_shutdown(timeout):
+        if not self._stop(timeout):
             return self._shutdown_ok()
-        deadline = self._deadline or 0.0
+        return self._await_stop()
+
+    close = shutdown
+
+    def _stop(self, timeout: float) -> bool:
+        """Begin shutting down: the worker sends what is left until the deadline. False when
+        a shutdown had begun already."""
+        if not self._begin_shutdown(timeout):
+            return False
         if self._queue or self._inflight:
             self._kick(urgent=True)
             if not self._started:  # no thread to be had: deliver on this one
                 self._drive(self._send_sync, self._wait)
         else:
             self._signal()
+        return True
+
+    def _await_stop(self) -> bool:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()) + _GRACE)
+            thread.join(max(0.0, (self._deadline or 0.0) - time.monotonic()) + _GRACE)
             if thread.is_alive():  # stuck in a request that outlives the deadline
                 self._abandon()
         if self._owns_transport:
             self._transport.close()
         return self._shutdown_ok()
 
-    close = shutdown
+    def _exit_start(self) -> None:
+        self._stopping_at_exit = self._stop(self._exit_timeout)
 
     def _exit(self) -> None:
-        self.shutdown(self._exit_timeout)
+        if self._stopping_at_exit:
+            self._await_stop()
 
     def __enter__(self) -> Tracker:
         return self

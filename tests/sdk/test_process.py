@@ -129,6 +129,35 @@ def test_exit_never_hangs_when_the_collector_is_down() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_trackers_flush_side_by_side_at_exit() -> None:
+    """Each tracker's last flush waits for the other's to be in flight too: it only succeeds
+    when the exit hook runs the trackers' exit_timeouts side by side, not one after another."""
+    result = run_script(
+        """
+        import atexit, threading, headway
+        from headway.testing import MemoryTransport
+
+        both = threading.Barrier(2, timeout=5)
+
+        def handler(request):
+            try:
+                both.wait()
+            except threading.BrokenBarrierError:
+                return 503
+            return None
+
+        transport = MemoryTransport(handler=handler)
+        atexit.register(lambda: print(sorted(e.user_id for e in transport.events)))  # runs after headway's hook
+        trackers = [transport.tracker(flush_interval=3600, exit_timeout=8, max_retries=0) for _ in range(2)]
+        for i, t in enumerate(trackers):
+            t.track(f"u{i}", "e")
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['u0', 'u1']", result.stdout + result.stderr
+
+
 def test_gevent_monkey_patched_app_delivers(sink: Sink) -> None:
     result = run_script(
         """
