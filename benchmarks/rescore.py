@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             print(f"  rescore full #{i + 1}: {r.rate:,.0f} events/s ({r.wall:.1f}s); same rows as ingest: {r.same_as_ingest}",
                   flush=True)
-        if not args.no_profile:
+        if not args.no_profile and c.py_spy() is None:
+            print("py-spy is not installed: no profile (pip install py-spy)", file=sys.stderr)
+        elif not args.no_profile:
             raw = tmp / "rescore.pyspy.txt"
             print("  profiling a rescore with py-spy ...", flush=True)
             run_rescore(full_cfg, db, len(w), "full", profile_to=raw)

@@ -14,11 +14,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from headway import wire
 
-from . import api, ingest, reports
+from . import api, dashboard, history, ingest, reports
 from .config import Config
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
@@ -52,6 +52,7 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
     ("/v1/accounts/{subject:id}", "GET", api.get_account, wire.AccountView, "One account"),
     ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
+    ("/v1/scores", "GET", history.scores, wire.ScoreHistory, "One user's or account's score once a day over the last days"),
     ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
     ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
@@ -135,8 +136,9 @@ def create_app(config: Config, store: Store, *, auto_rescore: bool = True) -> St
             state.ready = False
             store.close()
 
-    routes = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
+    routes: list[BaseRoute] = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    routes += dashboard.routes()
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 Headway collector starting at {url}  (project {project!r}, config {args.out}, database headway.db)
   write key: {write}
   read key:  {read}
+  dashboard: {url}/#key={read}
   health: {url}/healthz   API schema: {url}/openapi.json   metrics: {url}/metrics
 
 Send an event:

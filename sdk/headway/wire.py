@@ -39,6 +39,8 @@ __all__ = [
     "MilestoneView",
     "NPS",
     "Rejection",
+    "ScoreHistory",
+    "ScorePoint",
     "Success",
     "UnknownTag",
     "UserPage",
@@ -191,6 +193,20 @@ class AccountPage(msgspec.Struct):
 
     items: list[AccountView]
     next_cursor: str | None = None
+
+
+class ScorePoint(msgspec.Struct):
+    at: datetime
+    score: float
+
+
+class ScoreHistory(msgspec.Struct):
+    """``GET /v1/scores``: one subject's score once a day, the last point at the reading's instant."""
+
+    level: str
+    id: str
+    half_life_s: float
+    points: list[ScorePoint]
 
 
 class FunnelStep(msgspec.Struct):

@@ -1,0 +1,243 @@
+// The Headway dashboard: plain DOM and SVG over the read API (SPEC section 7). No build step,
+// nothing fetched from elsewhere. The read key comes from the form or from a `#key=...` link
+// (a fragment never reaches the server) and is kept in this browser's localStorage.
+"use strict";
+
+const NS = "http://www.w3.org/2000/svg";
+const QUADRANTS = ["thriving", "stuck", "quiet", "at_risk"];
+const STATUSES = ["achieved", "in_progress", "pending", "missed"];
+const $ = (id) => document.getElementById(id);
+let key = localStorage.getItem("headway-read-key") || "";
+let model = null;
+
+function build(make, tag, attrs, children) {
+  const e = make(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+const h = (tag, attrs, ...children) => build((t) => document.createElement(t), tag, attrs, children);
+const s = (tag, attrs, ...children) => build((t) => document.createElementNS(NS, t), tag, attrs, children);
+
+async function api(path, params = {}) {
+  const url = new URL(path, document.baseURI);
+  for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) url.searchParams.set(k, v);
+  const r = await fetch(url, { headers: { Authorization: `Bearer ${key}` } });
+  const body = await r.json().catch(() => null);
+  if (!r.ok) throw new Error((body && body.error && body.error.message) || `${r.status} ${r.statusText}`);
+  return body;
+}
+
+function status(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+const num = (x, digits = 1) => (x === null || x === undefined ? "–" : Number(x).toLocaleString(undefined, { maximumFractionDigits: digits }));
+const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
+const day = (iso) => (iso ? iso.slice(0, 10) : "–");
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 3600) return `${num(seconds / 60)} min`;
+  if (seconds < 86400 * 2) return `${num(seconds / 3600)} h`;
+  return `${num(seconds / 86400)} d`;
+}
+const chip = (text, color) => h("span", { class: "chip", style: `background:var(--${color})` }, text.replace("_", " "));
+const subjectLink = (level, id) => h("a", { class: "subject", href: `#subject/${level}/${encodeURIComponent(id)}` }, id);
+
+function bar(parts, total) {
+  const b = h("div", { class: "bar" });
+  for (const [n, color, label] of parts) {
+    if (n > 0) b.append(h("span", { style: `width:${(100 * n) / total}%;background:var(--${color})`, title: `${label}: ${n}` }));
+  }
+  return b;
+}
+
+function table(head, rows) {
+  return h("table", {},
+    h("thead", {}, h("tr", {}, ...head.map(([label, cls]) => h("th", cls ? { class: cls } : {}, label)))),
+    h("tbody", {}, ...rows.map((cells) => h("tr", {}, ...cells.map((c, i) => h("td", head[i][1] ? { class: head[i][1] } : {}, c))))));
+}
+
+// ---- views ----------------------------------------------------------------------------------
+
+async function showFunnel() {
+  const funnel = await api("v1/milestones", { level: $("funnel-level").value });
+  const rows = funnel.milestones.map((m) => {
+    const total = STATUSES.reduce((n, st) => n + (m.counts[st] || 0), 0) || 1;
+    return [m.name, m.stage, m.level,
+      bar(STATUSES.map((st) => [m.counts[st] || 0, st, st]), total),
+      STATUSES.map((st) => `${st.replace("_", " ")} ${m.counts[st] || 0}`).join(" · "),
+      pct(m.achieved_share), duration(m.median_time_to_achieve_s), duration(m.p90_time_to_achieve_s)];
+  });
+  $("funnel").replaceChildren(rows.length ? table(
+    [["milestone"], ["stage"], ["level"], ["subjects by status"], [""], ["achieved", "num"], ["median time", "num"], ["p90 time", "num"]],
+    rows) : h("p", {}, "This model has no milestones."));
+}
+
+function quadrantMap(items, threshold) {
+  const W = 720, H = 360, L = 48, B = 30;
+  const x = (score) => Math.log10(1 + Math.max(0, score));
+  const maxX = Math.max(x(threshold) * 2, ...items.map((a) => x(a.engagement.score)), 1);
+  const px = (v) => L + ((W - L - 10) * v) / maxX;
+  const py = (p) => H - B - (H - B - 10) * p;
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  g.append(s("line", { x1: px(x(threshold)), x2: px(x(threshold)), y1: py(0), y2: py(1), stroke: "#999", "stroke-dasharray": "4 3" }));
+  g.append(s("text", { x: px(x(threshold)) + 4, y: 20 }, `engaged ≥ ${threshold}`));
+  for (const p of [0, 0.5, 1]) g.append(s("text", { x: 8, y: py(p) + 4 }, pct(p)));
+  for (const v of [0, 1, 10, 100, 1000, 10000]) {
+    if (x(v) <= maxX) g.append(s("text", { x: px(x(v)) - 6, y: H - 10 }, String(v)));
+  }
+  g.append(s("text", { x: W / 2 - 60, y: H - 0.5 }, "score (log scale) →"));
+  for (const a of items) {
+    const dot = s("circle", { cx: px(x(a.engagement.score)), cy: py(a.success.progress), r: 4, fill: `var(--${a.quadrant})`, "fill-opacity": 0.75, style: "cursor:pointer" },
+      s("title", {}, `${a.account_id}: score ${num(a.engagement.score)}, success ${pct(a.success.progress)}, ${a.quadrant.replace("_", " ")}`));
+    dot.addEventListener("click", () => { location.hash = `#subject/account/${encodeURIComponent(a.account_id)}`; });
+    g.append(dot);
+  }
+  return g;
+}
+
+async function showAccounts() {
+  const [page, stuck] = await Promise.all([api("v1/accounts", { limit: 1000 }), api("v1/accounts", { quadrant: "stuck", limit: 50 })]);
+  const threshold = model.engagement && model.engagement.engaged_threshold !== undefined ? model.engagement.engaged_threshold : 20;
+  const counts = Object.fromEntries(QUADRANTS.map((q) => [q, page.items.filter((a) => a.quadrant === q).length]));
+  $("quadrant-counts").replaceChildren(h("p", { class: "legend" },
+    ...QUADRANTS.map((q) => h("span", {}, h("i", { style: `background:var(--${q})` }), `${q.replace("_", " ")} ${counts[q]}`)),
+    page.next_cursor ? "(the top 1,000 accounts by score)" : ""));
+  $("quadrant-map").replaceChildren(page.items.length ? quadrantMap(page.items, threshold) : h("p", {}, "No accounts yet."));
+  $("stuck").replaceChildren(stuck.items.length ? table(
+    [["account"], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ["last seen"]],
+    stuck.items.map((a) => [subjectLink("account", a.account_id), num(a.engagement.score), a.engagement.trend,
+      `${a.success.achieved}/${a.success.total}`, a.stage || "–", day(a.last_seen)])) : h("p", {}, "No stuck accounts."));
+}
+
+function growthChart(periods) {
+  const W = 720, H = 260, L = 40, pad = 10;
+  const up = (p) => p.new + p.resurrected + p.retained;
+  const top = Math.max(1, ...periods.map(up)), bottom = Math.max(1, ...periods.map((p) => p.churned));
+  const zero = pad + ((H - 2 * pad - 20) * top) / (top + bottom);
+  const scale = (H - 2 * pad - 20) / (top + bottom);
+  const w = (W - L - pad) / Math.max(1, periods.length);
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  g.append(s("line", { x1: L, x2: W - pad, y1: zero, y2: zero, stroke: "#999" }));
+  g.append(s("text", { x: 4, y: pad + 8 }, String(top)));
+  g.append(s("text", { x: 4, y: H - 24 }, `-${bottom}`));
+  periods.forEach((p, i) => {
+    let y = zero;
+    const x = L + i * w + 1;
+    for (const [n, color, label] of [[p.retained, "pending", "retained"], [p.resurrected, "quiet", "resurrected"], [p.new, "thriving", "new"]]) {
+      y -= n * scale;
+      g.append(s("rect", { x, y, width: Math.max(1, w - 2), height: n * scale, fill: `var(--${color})` }, s("title", {}, `${day(p.start)} ${label}: ${n}`)));
+    }
+    g.append(s("rect", { x, y: zero, width: Math.max(1, w - 2), height: p.churned * scale, fill: "var(--at_risk)" }, s("title", {}, `${day(p.start)} churned: ${p.churned}`)));
+  });
+  g.append(s("text", { x: L, y: H - 4 }, "new · resurrected · retained above the line, churned below"));
+  return g;
+}
+
+async function showGrowth() {
+  const growth = await api("v1/growth", { period: $("growth-period").value, level: $("growth-level").value });
+  const periods = growth.periods;
+  $("growth-chart").replaceChildren(periods.length ? growthChart(periods) : h("p", {}, "No activity yet."));
+  $("growth-table").replaceChildren(periods.length ? table(
+    [["period"], ["new", "num"], ["retained", "num"], ["resurrected", "num"], ["churned", "num"], ["active", "num"], ["quick ratio", "num"], ["NPS", "num"]],
+    periods.slice().reverse().map((p) => [day(p.start), p.new, p.retained, p.resurrected, p.churned, p.active,
+      p.quick_ratio === null ? "–" : num(p.quick_ratio, 2), p.nps ? `${num(p.nps.score, 0)} (${p.nps.responses})` : "–"])) : "");
+}
+
+function scoreChart(history, threshold) {
+  const W = 720, H = 200, L = 44, pad = 10;
+  const pts = history.points;
+  const top = Math.max(threshold * 1.2, ...pts.map((p) => p.score), 1);
+  const px = (i) => L + ((W - L - pad) * i) / Math.max(1, pts.length - 1);
+  const py = (v) => H - 24 - ((H - 24 - pad) * Math.max(0, v)) / top;
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  g.append(s("line", { x1: L, x2: W - pad, y1: py(threshold), y2: py(threshold), stroke: "#999", "stroke-dasharray": "4 3" }));
+  g.append(s("text", { x: W - pad - 90, y: py(threshold) - 4 }, `engaged ≥ ${threshold}`));
+  g.append(s("text", { x: 4, y: py(top) + 8 }, num(top, 0)));
+  g.append(s("text", { x: 4, y: py(0) }, "0"));
+  g.append(s("polyline", { points: pts.map((p, i) => `${px(i)},${py(p.score)}`).join(" "), fill: "none", stroke: "var(--ink)", "stroke-width": 1.5 }));
+  g.append(s("text", { x: L, y: H - 6 }, day(pts[0].at)));
+  g.append(s("text", { x: W - pad - 64, y: H - 6 }, day(pts[pts.length - 1].at)));
+  return g;
+}
+
+async function showSubject(level, id) {
+  $("subject-level").value = level;
+  $("subject-id").value = id;
+  const [v, history] = await Promise.all([
+    api(`v1/${level}s/${encodeURIComponent(id)}`), api("v1/scores", { [`${level}_id`]: id, days: 90 })]);
+  const threshold = model.engagement && model.engagement.engaged_threshold !== undefined ? model.engagement.engaged_threshold : 20;
+  const card = (label, value) => h("div", { class: "card" }, label, h("b", {}, value));
+  const cards = h("div", { class: "cards" },
+    card("score", num(v.engagement.score)), card("trend", v.engagement.trend), card("events", num(v.engagement.events, 0)),
+    card("active days (30)", v.engagement.active_days_30d), card("stage", v.stage || "–"),
+    card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
+  if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
+  const milestones = v.milestones.length ? table(
+    [["milestone"], ["stage"], ["status"], ["progress"], ["criteria"], ["achieved"], ["deadline"]],
+    v.milestones.map((m) => [m.name, m.stage, chip(m.status, m.status), h("span", {}, bar([[m.progress, m.status, "progress"], [1 - m.progress, "pending", "left"]], 1), pct(m.progress)),
+      m.criteria.map((c) => `${c.kind}${c.event ? " " + c.event : ""}: ${num(c.done)}/${num(c.target)}`).join("; "),
+      day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
+  $("subject").replaceChildren(
+    h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`),
+    cards, h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
+}
+
+// ---- navigation -----------------------------------------------------------------------------
+
+async function route() {
+  const [view, ...rest] = (location.hash.slice(1) || "funnel").split("/");
+  const name = ["funnel", "accounts", "growth", "subject"].includes(view) ? view : "funnel";
+  for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== `view-${name}`;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
+  if (!key) { status("Enter a read key of your project (make run prints the demo one)."); return; }
+  status("Loading…");
+  try {
+    if (model === null) {
+      const info = await api("v1/model");
+      model = info.model;
+      $("project").textContent = `· ${info.project}`;
+    }
+    if (name === "funnel") await showFunnel();
+    else if (name === "accounts") await showAccounts();
+    else if (name === "growth") await showGrowth();
+    else if (rest.length >= 2) await showSubject(rest[0] === "user" ? "user" : "account", decodeURIComponent(rest.slice(1).join("/")));
+    else $("subject").replaceChildren();
+    status("");
+  } catch (err) {
+    status(err.message, true);
+    if (/key/i.test(err.message)) model = null;
+  }
+}
+
+function init() {
+  const fromLink = location.hash.match(/^#key=(.+)$/);
+  if (fromLink) {
+    key = decodeURIComponent(fromLink[1]);
+    localStorage.setItem("headway-read-key", key);
+    history.replaceState(null, "", location.pathname + "#funnel");
+  }
+  $("key").value = key;
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    key = $("key").value.trim();
+    localStorage.setItem("headway-read-key", key);
+    model = null;
+    route();
+  });
+  $("subject-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#subject/${$("subject-level").value}/${encodeURIComponent($("subject-id").value.trim())}`;
+  });
+  for (const id of ["funnel-level", "growth-period", "growth-level"]) $(id).addEventListener("change", route);
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+document.addEventListener("DOMContentLoaded", init);
