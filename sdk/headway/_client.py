@@ -129,6 +129,16 @@ class _BaseClient:
         return _Call("/v1/growth", params, wire.Growth)
 
     @staticmethod
+    def _scores(user_id: str | None, account_id: str | None, days: int, at: At) -> _Call:
+        ids = {"user_id": user_id, "account_id": account_id}
+        given = {k: v for k, v in ids.items() if v is not None}
+        if len(given) != 1 or not all(isinstance(v, str) and v for v in given.values()):
+            raise ValueError("give exactly one of user_id or account_id, a non-empty str")
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValueError(f"days must be an int >= 1, got {days!r}")
+        return _Call("/v1/scores", _params(**given, days=days, at=_instant("at", at, dates=False)), wire.ScoreHistory)
+
+    @staticmethod
     def _model() -> _Call:
         return _Call("/v1/model", {}, wire.ModelInfo)
 
@@ -225,6 +235,13 @@ class Client(_BaseClient):
         collector's now). Naive datetimes are a ValueError, as in `Tracker.track`."""
         return self._get(self._growth(period, since, until, level, at))
 
+    def scores(
+        self, *, user_id: str | None = None, account_id: str | None = None, days: int = 90, at: At = None
+    ) -> wire.ScoreHistory:
+        """One user's or account's score once a day over the last ``days`` days, the last point
+        at ``at`` (an aware datetime; default: the collector's now)."""
+        return self._get(self._scores(user_id, account_id, days, at))
+
     def model(self) -> wire.ModelInfo:
         """The active model, its version hash, and tags that name no milestone."""
         return self._get(self._model())
@@ -302,6 +319,11 @@ class AsyncClient(_BaseClient):
         at: At = None,
     ) -> wire.Growth:
         return await self._get(self._growth(period, since, until, level, at))
+
+    async def scores(
+        self, *, user_id: str | None = None, account_id: str | None = None, days: int = 90, at: At = None
+    ) -> wire.ScoreHistory:
+        return await self._get(self._scores(user_id, account_id, days, at))
 
     async def model(self) -> wire.ModelInfo:
         return await self._get(self._model())

@@ -51,6 +51,8 @@ class Collector:
             return ok(wire.Growth(period=request.url.params["period"], level="user", periods=[]))
         if path == "/v1/milestones":
             return ok(wire.Funnel(level=None, milestones=[]))
+        if path == "/v1/scores":
+            return ok(wire.ScoreHistory(level="account", id="a/b", half_life_s=60.0, points=[]))
         if path == "/v1/accounts":
             return httpx.Response(200, content=b'{"items": "nope"}')
         if path == "/v1/overloaded":
@@ -96,6 +98,9 @@ def test_reads_as_of_an_instant(client: headway.Client, collector: Collector) ->
     assert dict(collector.requests[-1].url.params) == {"level": "user", "at": "2024-05-01T00:00:00Z"}
     client.milestones(at=NOW)
     assert dict(collector.requests[-1].url.params) == {"at": NOW.isoformat()}
+    client.scores(account_id="a/b", days=7, at=NOW)
+    assert collector.requests[-1].url.path == "/v1/scores"
+    assert dict(collector.requests[-1].url.params) == {"account_id": "a/b", "days": "7", "at": NOW.isoformat()}
     # An offset with seconds (a zone's old local mean time) has no RFC 3339 form: sent in UTC.
     lmt = datetime(1900, 1, 1, 12, tzinfo=timezone(timedelta(minutes=19, seconds=32)))
     client.milestones(at=lmt)
@@ -111,6 +116,14 @@ def test_reads_as_of_an_instant(client: headway.Client, collector: Collector) ->
 def test_naive_datetimes_are_refused_before_sending(client: headway.Client, collector: Collector, read: Any) -> None:
     with pytest.raises(ValueError, match="must be timezone-aware"):  # as track() refuses them; the server would 400
         read(client)
+    assert collector.requests == []
+
+
+@pytest.mark.parametrize("args", [{}, {"user_id": "u", "account_id": "a"}, {"user_id": ""}, {"user_id": "u", "days": 0},
+                                  {"user_id": "u", "days": True}, {"account_id": 3}])
+def test_scores_needs_one_subject_and_whole_days(client: headway.Client, collector: Collector, args: Any) -> None:
+    with pytest.raises(ValueError):
+        client.scores(**args)
     assert collector.requests == []
 
 

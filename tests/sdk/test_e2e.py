@@ -170,8 +170,13 @@ def test_clients_read_back_what_was_tracked(live_collector) -> None:  # noqa: AN
         scores = [u.engagement.score for u in every]
         assert scores == sorted(scores, reverse=True)
         assert client.model().version
+        history = client.scores(account_id="acct-r", days=3)
+        assert [len(history.points), history.id, history.level] == [3, "acct-r", "account"]
+        assert history.points[-1].score == pytest.approx(client.account("acct-r").engagement.score, rel=1e-6)
         with pytest.raises(headway.NotFound):
             client.user("nobody")
+        with pytest.raises(headway.NotFound):
+            client.scores(user_id="nobody")
     with headway.Client(live_collector.url, live_collector.write_key) as wrong:
         with pytest.raises(headway.AuthError):
             wrong.user("reader-1")  # a write key cannot read
@@ -180,6 +185,7 @@ def test_clients_read_back_what_was_tracked(live_collector) -> None:  # noqa: AN
         async with headway.AsyncClient(live_collector.url, live_collector.read_key) as client:
             assert (await client.user("reader-2")).engagement.events == 5
             assert len([u async for u in client.aiter_users(limit=5)]) == 6
+            assert len((await client.scores(user_id="reader-2", days=2)).points) == 2
 
     asyncio.run(read())
 
