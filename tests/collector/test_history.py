@@ -10,6 +10,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -139,3 +140,36 @@ def test_the_dashboard_ships_in_the_package() -> None:
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert 'headway_collector = ["dashboard/*"' in pyproject  # package data: in the wheel, not only in the tree
     assert sorted(FILES) == ASSETS and sorted(p.name for p in STATIC.iterdir() if p.suffix != ".py" and p.is_file()) == ASSETS
+
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the page is not rendered")
+def test_the_dashboard_renders_what_the_api_says_in_a_real_browser(live_collector, tmp_path: Path) -> None:  # noqa: ANN001
+    """Headless Chromium against the collector over uvicorn: each view, drawn by the page's own
+    script from the read API, shows the collector's numbers."""
+    now = datetime.now(timezone.utc)
+    events = [{"id": f"b{i}", "event": "signed_in", "user_id": f"u{i % 3}", "account_id": "acme-co",
+               "timestamp": (now - timedelta(days=i)).isoformat()} for i in range(12)]
+    r = httpx.post(f"{live_collector.url}/v1/batch", headers=headers(),
+                   content=msgspec.json.encode({"sent_at": now.isoformat(), "events": events}))
+    assert r.status_code == 200 and r.json()["accepted"] == 12
+
+    def dom(fragment: str) -> str:
+        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                               "--virtual-time-budget=10000", "--dump-dom", f"{live_collector.url}/{fragment}"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    funnel = dom(f"#key={live_collector.read_key}")  # the link make run prints; the key is kept by the browser
+    assert "· acme" in funnel and all(f"<td>{m.name}</td>" in funnel for m in PROJECT.milestones)
+    accounts = dom("#accounts")
+    assert "acme-co" in accounts and "<circle" in accounts
+    growth = dom("#growth")
+    assert growth.count("<rect") >= 4 and "quick ratio" in growth
+    subject = dom("#subject/account/acme-co")
+    assert "<polyline" in subject and ">12<" in subject  # the score line, and the events card
+    assert 'class="error"' not in funnel + accounts + growth + subject

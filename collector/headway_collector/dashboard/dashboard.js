@@ -136,7 +136,8 @@ function growthChart(periods) {
     }
     g.append(s("rect", { x, y: zero, width: Math.max(1, w - 2), height: p.churned * scale, fill: "var(--at_risk)" }, s("title", {}, `${day(p.start)} churned: ${p.churned}`)));
   });
-  g.append(s("text", { x: L, y: H - 4 }, "new · resurrected · retained above the line, churned below"));
+  g.append(s("text", { x: L, y: H - 4 }, `${day(periods[0].start)}: new · resurrected · retained above the line, churned below`));
+  g.append(s("text", { x: W - pad - 64, y: H - 4 }, day(periods[periods.length - 1].start)));
   return g;
 }
 
@@ -180,7 +181,7 @@ async function showSubject(level, id) {
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
   const milestones = v.milestones.length ? table(
-    [["milestone"], ["stage"], ["status"], ["progress"], ["criteria"], ["achieved"], ["deadline"]],
+    [["milestone"], ["stage"], ["status"], ["progress"], ["criteria"], ["achieved", "date"], ["deadline", "date"]],
     v.milestones.map((m) => [m.name, m.stage, chip(m.status, m.status), h("span", {}, bar([[m.progress, m.status, "progress"], [1 - m.progress, "pending", "left"]], 1), pct(m.progress)),
       m.criteria.map((c) => `${c.kind}${c.event ? " " + c.event : ""}: ${num(c.done)}/${num(c.target)}`).join("; "),
       day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
