@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import sqlite3
 from datetime import timedelta
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from headway.wire import MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_INFLATED_BYTES
 from tests.collector.helpers import NOW, body, event, gz, headers, read_headers, rfc
-from tests.conftest import OTHER_READ_KEY, READ_KEY
+from tests.conftest import OTHER_READ_KEY, READ_KEY, asgi_collector
 
 pytestmark = pytest.mark.anyio
 
@@ -201,3 +202,21 @@ async def test_extreme_weights_and_values_are_stored_and_read(client: httpx.Asyn
     assert r.json() == {"accepted": 4, "duplicates": 0, "rejected": []}
     for path in ("/v1/users/kim", "/v1/accounts/k", "/v1/users", "/v1/accounts"):
         assert (await client.get(path, headers=read_headers())).status_code == 200
+
+
+async def test_committed_events_reach_the_database_file_while_the_collector_runs(config, tmp_path) -> None:  # noqa: ANN001
+    """The writer only appends to the WAL; the checkpointer, on its own thread, copies the frames
+    into the database file after each commit (SQLite's automatic checkpoint would wait for 4 MB)."""
+    db = tmp_path / "headway.db"
+    async with asgi_collector(config, db) as c:
+        empty = db.stat().st_size
+        for i in range(5):
+            r = await c.post("/v1/batch", content=body([event(f"w{i}-{j}") for j in range(50)]), headers=headers())
+            assert r.status_code == 200 and r.json()["accepted"] == 50
+        for _ in range(500):  # the checkpointer runs soon after each commit
+            if db.stat().st_size > empty:
+                break
+            await asyncio.sleep(0.01)
+        assert db.stat().st_size > empty
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 250

@@ -9,6 +9,7 @@ lets them read the last commit without waiting for the writer.
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import threading
 import time
@@ -24,6 +25,8 @@ from .migrations import migrate
 from .writer import GroupCommitStore
 
 __all__ = ["SQLiteStore"]
+
+log = logging.getLogger("headway_collector.store")
 
 SUBJECT_CACHE = 50_000  # subjects the writer keeps between commits
 PRAGMAS = (
@@ -86,6 +89,48 @@ class _Tx:
         return self.stream("SELECT raw, ts FROM events NOT INDEXED WHERE project = ?", (project,))  # type: ignore[return-value]
 
 
+class _Checkpointer:
+    """Copies committed WAL frames back into the database file on its own thread and connection,
+    so that the writer's commits only append to the WAL.
+
+    A PASSIVE checkpoint never blocks the writer or the readers, and SQLite runs it without the
+    GIL: the copy and its fsync take the other core while the writer folds the next group
+    (SQLite's own automatic checkpoint would run inside the writer's COMMIT). It runs after
+    every commit (`nudge`); nudges that arrive while it runs make one more run. The WAL is
+    reset as usual when the writer next writes after a complete checkpoint.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="headway-checkpoint", daemon=True)
+        self._thread.start()
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._closing:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # the next commit's nudge tries again
+                    log.warning("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+
 class _SubjectCache(dict[str, fold.Subject]):
     """Subjects kept between commits, the most recently written last; trimmed to a size."""
 
@@ -107,6 +152,7 @@ class SQLiteStore(GroupCommitStore):
         self.url = url
         self.path = url[len("sqlite:///"):]
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
+        self._checkpointer: _Checkpointer  # with the writer's connection
         self._subjects = _SubjectCache(SUBJECT_CACHE)
         self._data_version: int | None = None
         self._local = threading.local()
@@ -166,6 +212,8 @@ class SQLiteStore(GroupCommitStore):
         assert self._models is not None
         if self._wconn is None:
             self._wconn = self._connect()
+            self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's work, off this thread
+            self._checkpointer = _Checkpointer(self._connect)
         conn = self._wconn
         try:
             with self._transaction(conn) as tx:
@@ -178,10 +226,12 @@ class SQLiteStore(GroupCommitStore):
         except BaseException:
             self._subjects.clear()  # folds change subjects in place: after a rollback they are wrong
             raise
+        self._checkpointer.nudge()
         self._subjects.trim()
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
+            self._checkpointer.close()
             self._wconn.close()
             self._wconn = None
 
