@@ -100,8 +100,8 @@ class _Checkpointer:
     reset as usual when the writer next writes after a complete checkpoint.
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._connect = connect
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn  # opened by the writer, so that failing to open fails its commit
         self._wake = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="headway-checkpoint", daemon=True)
@@ -116,7 +116,7 @@ class _Checkpointer:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        conn = self._connect()
+        conn = self._conn
         try:
             while True:
                 self._wake.wait()
@@ -211,9 +211,14 @@ class SQLiteStore(GroupCommitStore):
         """
         assert self._models is not None
         if self._wconn is None:
-            self._wconn = self._connect()
-            self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's work, off this thread
-            self._checkpointer = _Checkpointer(self._connect)
+            conn = self._connect()
+            try:
+                self._checkpointer = _Checkpointer(self._connect())
+            except BaseException:
+                conn.close()
+                raise
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's work, off this thread
+            self._wconn = conn
         conn = self._wconn
         try:
             with self._transaction(conn) as tx:
