@@ -143,6 +143,7 @@ class LevelModel:
     tagged: dict[str, tuple[tuple[Milestone, int, Criterion], ...]]
     has_rate: bool  # a rate's days depend on the first day
     windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
+    names_by_event: dict[str, frozenset[str]]  # the milestones an event name counts toward
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
@@ -165,15 +166,18 @@ class LevelModel:
             tagged={k: tuple(v) for k, v in tagged.items()},
             has_rate=any(c.kind == "rate" for m in ms for c in m.criteria),
             windowed=tuple(m for m in ms if m.within is not None),
+            names_by_event={k: frozenset(m.name for m, _, _ in v) for k, v in by_event.items()},
         )
 
     def touched(self, events: list[Ev]) -> set[str]:
         """The milestones these events can change (when the first event does not move)."""
         out: set[str] = set()
+        names = self.names_by_event
         for ev in events:
-            for m, _, _ in self.by_event.get(ev.event, ()):
-                out.add(m.name)
-            out.update(tag for tag in ev.milestones if tag in self.tagged)
+            if ev.event in names:
+                out |= names[ev.event]
+            if ev.milestones:
+                out.update(tag for tag in ev.milestones if tag in self.tagged)
         return out
 
     def matches(self, ev: Ev) -> tuple[tuple[Milestone, int, Criterion], ...]:

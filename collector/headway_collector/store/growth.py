@@ -78,18 +78,19 @@ def maintain(tx: Tx, models: Models, project: str, new: list[Ev], folded: dict[s
     writer kept them) and their funnel changes, so nothing it just wrote is read back.
     """
     p = models[project, "user"].project
+    active = [ev for ev in new if p.weight(ev.event, ev.weight) > 0]  # days count events of weight > 0
     for level, f in folded.items():
-        _activity(tx, p, level, new, f.subjects)
+        _activity(tx, p, level, active, f.subjects)
     _nps(tx, p, new)
     for level, f in folded.items():
         _funnel(tx, project, level, f.funnel)
 
 
-def _activity(tx: Tx, p: Project, level: str, new: list[Ev], subjects: dict[str, Subject]) -> None:
+def _activity(tx: Tx, p: Project, level: str, active: list[Ev], subjects: dict[str, Subject]) -> None:
     by_subject: dict[str, set[int]] = defaultdict(set)
-    for ev in new:
+    for ev in active:
         sid = _subject(ev, level)
-        if sid is not None and p.weight(ev.event, ev.weight) > 0:
+        if sid is not None:
             by_subject[sid].add(ev.t // DAY)
     if not by_subject:
         return
