@@ -29,11 +29,12 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read
-from .model.subject import LevelModel, decode_state
-from .params import app_state, choice, nps_view, read_time, ts
+from .model.subject import LevelModel, SubjectState, decode_state
+from .params import app_state, choice, count, nps_view, read_time, ts
 from .state import AppState
 
-__all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz"]
+__all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz",
+           "stored_state"]
 
 MAX_LIMIT = 1000
 STATUSES = ("pending", "in_progress", "achieved", "missed")
@@ -69,14 +70,18 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     return AccountView(account_id=sid, nps=nps_view(r.nps), **common)
 
 
+def stored_state(r: Any, project: Project, level: str, sid: str) -> SubjectState:
+    """A subject's state in the read `r`, or a 404."""
+    row = r.one("SELECT state FROM subjects WHERE project = ? AND level = ? AND subject = ?", (project.name, level, sid))
+    if row is None:
+        raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
+    return decode_state(row[0])
+
+
 def _subject_view(state: AppState, project: Project, level: str, sid: str, now: int) -> UserView | AccountView:
     lm = state.models[project.name, level]
     with state.store.read() as r:
-        row = r.one("SELECT state FROM subjects WHERE project = ? AND level = ? AND subject = ?",
-                    (project.name, level, sid))
-    if row is None:
-        raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
-    st = decode_state(row[0])
+        st = stored_state(r, project, level, sid)
     return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
 
 
@@ -128,9 +133,7 @@ class _ListQuery(msgspec.Struct):
 def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
     q = request.query_params
     order = choice(request, "order", ("desc", "asc")) or "desc"
-    limit_text = q.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
-        raise APIError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LIMIT}; got {limit_text!r}")
+    limit = count(request, "limit", 50, MAX_LIMIT)
     stage = q.get("stage")
     if stage is not None and stage not in {s.name for s in project.stages}:
         raise APIError(400, "bad_request", f"unknown stage {stage!r}")
@@ -144,7 +147,7 @@ def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
     cursor = q.get("cursor")
     return _ListQuery(
         order=order,
-        limit=int(limit_text),
+        limit=limit,
         after=_decode_cursor(cursor) if cursor else None,
         stage=stage,
         quadrant=choice(request, "quadrant", QUADRANTS),

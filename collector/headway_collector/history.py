@@ -22,21 +22,14 @@ from .config import Project
 from .errors import APIError, json_response
 from .events import from_stored
 from .model import scoring
-from .model.subject import decode_state, terms
-from .params import app_state, read_time, ts
+from .api import stored_state
+from .params import app_state, count, read_time, ts
 from .state import AppState
 
 __all__ = ["MAX_DAYS", "scores"]
 
 MAX_DAYS = 400
 DEFAULT_DAYS = 90
-
-
-def _days(request: Request) -> int:
-    text = request.query_params.get("days", str(DEFAULT_DAYS))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
-        raise APIError(400, "bad_request", f"days must be a whole number from 1 to {MAX_DAYS}; got {text!r}")
-    return int(text)
 
 
 def _subject(request: Request) -> tuple[Literal["user", "account"], str]:
@@ -53,15 +46,12 @@ def _history(state: AppState, project: Project, level: Literal["user", "account"
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`
     column = "user_id" if level == "user" else "account_id"
     with state.store.read() as r:  # one snapshot: the state and the events agree
-        row = r.one("SELECT state FROM subjects WHERE project = ? AND level = ? AND subject = ?",
-                    (project.name, level, sid))
-        if row is None:
-            raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
+        total = stored_state(r, project, level, sid).sums[0]
         later = r.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ? AND ts > ?",
                       (project.name, sid, times[0]))
-    total = decode_state(row[0]).sums[0]
     half_life = lm.half_lives[0]
-    events = sorted((t, terms(lm, from_stored(bytes(raw), t))[1][0]) for raw, t in later)
+    events = sorted((ev.t, scoring.contribution(project.weight(ev.event, ev.weight), ev.t, half_life))
+                    for ev in (from_stored(bytes(raw), t) for raw, t in later))  # the score's term alone
     points = []
     i = len(events)
     for t in reversed(times):  # latest first: take away each event later than t
@@ -77,6 +67,6 @@ async def scores(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     level, sid = _subject(request)
-    days = _days(request)
+    days = count(request, "days", DEFAULT_DAYS, MAX_DAYS)
     now = read_time(request, state)
     return json_response(await run_in_threadpool(_history, state, project, level, sid, now, days))

@@ -14,6 +14,7 @@ from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLATED_BYTES, 
 from .auth import authorize
 from .errors import APIError, json_response
 from .events import EventRejected, decode_event, to_us
+from .params import whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
@@ -24,7 +25,7 @@ _decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
 
 async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
+    if declared is not None and (whole_number(declared) or 0) > MAX_BATCH_BYTES:
         raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
     parts, size = [], 0
     async for chunk in request.stream():

@@ -14,7 +14,7 @@ from .events import to_us
 from .model import growth as g
 from .state import AppState
 
-__all__ = ["app_state", "choice", "instant", "nps_view", "read_time", "rfc3339", "ts"]
+__all__ = ["app_state", "choice", "count", "instant", "nps_view", "read_time", "rfc3339", "ts", "whole_number"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -28,6 +28,21 @@ def choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
     if value is not None and value not in allowed:
         raise APIError(400, "bad_request", f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a decimal whole number, or None. (`str.isdigit` also lets '²' through, which
+    `int` refuses; `isdecimal` holds exactly the digits `int` reads.)"""
+    return int(text) if text.isdecimal() else None
+
+
+def count(request: Request, name: str, default: int, most: int) -> int:
+    """A query parameter that must be a whole number from 1 to `most`."""
+    text = request.query_params.get(name, str(default))
+    n = whole_number(text)
+    if n is None or not 1 <= n <= most:
+        raise APIError(400, "bad_request", f"{name} must be a whole number from 1 to {most}; got {text!r}")
+    return n
 
 
 def instant(name: str, text: str, *, dates: bool = False) -> int:

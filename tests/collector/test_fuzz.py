@@ -85,14 +85,42 @@ async def test_arbitrary_events_are_judged_one_by_one(fuzz_client: httpx.AsyncCl
                     assert got.status_code == 200, e
 
 
+# Digits of every kind, not only ASCII: '²' passes str.isdigit and fails int(); '٣' is a digit int() reads.
+digits = st.text(st.sampled_from("0123456789²³¹¼٣߀") | st.characters(categories=["Nd", "No"]), min_size=1, max_size=4)
+
+
 @SETTINGS
-@given(path=st.sampled_from(["/v1/users", "/v1/accounts", "/v1/users/x", "/v1/model"]),
-       params=st.dictionaries(st.sampled_from(["order", "limit", "cursor", "stage", "quadrant", "trend", "milestone", "status", "at"]),
-                              st.text(max_size=12) | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+@given(path=st.sampled_from(["/v1/users", "/v1/accounts", "/v1/users/x", "/v1/model", "/v1/scores", "/v1/growth",
+                             "/v1/milestones"]),
+       params=st.dictionaries(st.sampled_from(["order", "limit", "cursor", "stage", "quadrant", "trend", "milestone", "status", "at",
+                                               "days", "user_id", "account_id", "period", "level", "from", "to"]),
+                              st.text(max_size=12) | digits | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
                               max_size=4))
 async def test_arbitrary_query_params_never_5xx(fuzz_client: httpx.AsyncClient, path: str, params: dict[str, str]) -> None:
     r = await fuzz_client.get(path, params=params, headers=read_headers())
     assert r.status_code in (200, 400, 404)
+
+
+@SETTINGS
+@given(read=st.sampled_from([("/v1/users", "limit", {}), ("/v1/accounts", "limit", {}), ("/v1/scores", "days", {"user_id": "u"})]),
+       value=digits | st.text(max_size=6))
+async def test_arbitrary_counts_are_400_or_read(fuzz_client: httpx.AsyncClient, read: tuple[str, str, dict[str, str]],
+                                                value: str) -> None:
+    path, name, rest = read
+    r = await fuzz_client.get(path, params={**rest, name: value}, headers=read_headers())
+    assert r.status_code in (200, 400, 404)
+    if r.status_code == 400:
+        assert r.json()["error"]["message"].startswith(f"{name} must be a whole number")
+
+
+@SETTINGS
+@given(length=st.text(st.sampled_from("0123456789²³¹¼ -+") | st.characters(max_codepoint=255, exclude_characters="\r\n"),
+                      max_size=8))
+async def test_arbitrary_content_length_never_5xx(fuzz_client: httpx.AsyncClient, length: str) -> None:
+    # Header bytes as a server passes them on (ASGI decodes them as latin-1): the app must still judge them.
+    raw = [(k.encode(), v.encode()) for k, v in headers().items()] + [(b"content-length", length.encode("latin-1"))]
+    r = await fuzz_client.send(fuzz_client.build_request("POST", "/v1/batch", content=body([]), headers=raw))
+    assert r.status_code in BATCH_STATUSES
 
 
 async def test_valid_batch_after_fuzz_still_counts(fuzz_client: httpx.AsyncClient) -> None:
