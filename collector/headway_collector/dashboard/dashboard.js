@@ -63,6 +63,9 @@ function table(head, rows) {
     h("tbody", {}, ...rows.map((cells) => h("tr", {}, ...cells.map((c, i) => h("td", head[i][1] ? { class: head[i][1] } : {}, c))))));
 }
 
+// The model's engaged_threshold; 20 when the model leaves it to the default.
+const engagedThreshold = () => (model.engagement && model.engagement.engaged_threshold !== undefined ? model.engagement.engaged_threshold : 20);
+
 // ---- views ----------------------------------------------------------------------------------
 
 async function showFunnel() {
@@ -104,7 +107,7 @@ function quadrantMap(items, threshold) {
 
 async function showAccounts() {
   const [page, stuck] = await Promise.all([api("v1/accounts", { limit: 1000 }), api("v1/accounts", { quadrant: "stuck", limit: 50 })]);
-  const threshold = model.engagement && model.engagement.engaged_threshold !== undefined ? model.engagement.engaged_threshold : 20;
+  const threshold = engagedThreshold();
   const counts = Object.fromEntries(QUADRANTS.map((q) => [q, page.items.filter((a) => a.quadrant === q).length]));
   $("quadrant-counts").replaceChildren(h("p", { class: "legend" },
     ...QUADRANTS.map((q) => h("span", {}, h("i", { style: `background:var(--${q})` }), `${q.replace("_", " ")} ${counts[q]}`)),
@@ -173,7 +176,7 @@ async function showSubject(level, id) {
   $("subject-id").value = id;
   const [v, history] = await Promise.all([
     api(`v1/${level}s/${encodeURIComponent(id)}`), api("v1/scores", { [`${level}_id`]: id, days: 90 })]);
-  const threshold = model.engagement && model.engagement.engaged_threshold !== undefined ? model.engagement.engaged_threshold : 20;
+  const threshold = engagedThreshold();
   const card = (label, value) => h("div", { class: "card" }, label, h("b", {}, value));
   const cards = h("div", { class: "cards" },
     card("score", num(v.engagement.score)), card("trend", v.engagement.trend), card("events", num(v.engagement.events, 0)),
