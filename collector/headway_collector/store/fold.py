@@ -127,9 +127,10 @@ def _fold_project(tx: Tx, models: Models, project: str, jobs: list[Job]) -> None
     new = [ev for acc, ev in first.values() if acc.id in new_ids]
     if not new:
         return
-    folded = _fold_subjects(tx, models, project, new)
+    adds = {ev.id: terms(models[project, "user"], ev) for ev in new}  # the same at both levels
+    folded = _fold_subjects(tx, models, project, new, adds)
     _count_tags(tx, models, project, new)
-    growth.maintain(tx, models, project, new, folded)
+    growth.maintain(tx, models, project, new, folded, adds)
 
 
 def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set[str]:
@@ -148,10 +149,9 @@ def _insert_events(tx: Tx, project: str, rows: list[tuple[Accepted, Ev]]) -> set
     return new
 
 
-def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev]) -> dict[str, Folded]:
+def _fold_subjects(tx: Tx, models: Models, project: str, new: list[Ev], adds: dict[str, Terms]) -> dict[str, Folded]:
     """Fold the new events into their subjects and save the subjects' rows; per level, what changed."""
     out: dict[str, Folded] = {}
-    adds = {ev.id: terms(models[project, "user"], ev) for ev in new}  # the same at both levels
     for level in LEVELS:
         lm = models[project, level]
         groups: dict[str, list[Ev]] = defaultdict(list)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..config import Milestone, Project
 from ..model import growth as g
 from ..model.scoring import DAY
-from ..model.subject import Ev, LevelModel
+from ..model.subject import Ev, LevelModel, Terms
 from .base import CHUNK, chunks
 from .base import Reader
 
@@ -71,14 +71,16 @@ def _marks(n: int) -> str:
 # --- maintenance: one call per group of new events --------------------------------------------
 
 
-def maintain(tx: Tx, models: Models, project: str, new: list[Ev], folded: dict[str, Folded]) -> None:
+def maintain(tx: Tx, models: Models, project: str, new: list[Ev], folded: dict[str, Folded],
+             adds: dict[str, Terms]) -> None:
     """Fold new (never duplicate) events into the growth, NPS and funnel aggregates.
 
     `folded` is what `fold` did with them per level: the subjects (with their days when the
-    writer kept them) and their funnel changes, so nothing it just wrote is read back.
+    writer kept them) and their funnel changes, so nothing it just wrote is read back. `adds`
+    holds each event's effective weight and terms, as the fold computed them.
     """
     p = models[project, "user"].project
-    active = [ev for ev in new if p.weight(ev.event, ev.weight) > 0]  # days count events of weight > 0
+    active = [ev for ev in new if adds[ev.id][0] > 0]  # days count events of weight > 0
     for level, f in folded.items():
         _activity(tx, p, level, active, f.subjects)
     _nps(tx, p, new)
