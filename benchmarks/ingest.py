@@ -95,35 +95,49 @@ class Run:
         return "; ".join(self.errors) or f"stored {self.stored} of {self.events}, acked {self.acked}"
 
 
-# --- the floor -----------------------------------------------------------------------------------
+# --- the floor and the collector's SQL alone: transactions replayed on bare SQLite -------------
+
+# One statement: (sql, parameters or rows, whether executemany).
+Statement = tuple[str, Any, bool]
 
 
-def run_floor(w: c.Workload, db: Path, tx_events: int) -> Run:
+def replay(config: str, db: Path, setup: list[list[Statement]], timed: list[list[Statement]], tx_events: int,
+           events: int) -> Run:
+    """Play `setup` untimed, then time `timed`, each list one transaction of `tx_events` events,
+    on a fresh file with the collector's pragmas."""
     c.fresh_db(db)
     conn = connect(str(db))
-    for sql in events_ddl():
-        conn.execute(sql)
-    received = time.time_ns() // 1000
-    rows = [(c.PROJECT, w.ids[i], w.user_ids[i], w.account_ids[i], w.ts[i], received, w.raws[i]) for i in range(len(w))]
+
+    def play(log: list[Statement]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, params, many in log:
+            if many:
+                conn.executemany(sql, params)
+            else:
+                conn.execute(sql, params).fetchall()
+        conn.execute("COMMIT")
+
+    for log in setup:
+        play(log)
     timeline = []
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for lo in range(0, len(rows), tx_events):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(INSERT, rows[lo : lo + tx_events])
-        conn.execute("COMMIT")
-        timeline.append((time.perf_counter() - t0, min(lo + tx_events, len(rows))))
+    for i, log in enumerate(timed):
+        play(log)
+        timeline.append((time.perf_counter() - t0, min((i + 1) * tx_events, events)))
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     conn.close()
-    run = Run("floor", len(w), seconds, acked=len(w), server_cpu=cpu / seconds, timeline=timeline)
+    run = Run(config, events, seconds, acked=events, server_cpu=cpu / seconds, timeline=timeline)
     run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
     return run
 
 
-# --- the collector's SQL alone ---------------------------------------------------------------------
-
-# One statement as the writer issued it: (sql, parameters or rows, whether executemany).
-Statement = tuple[str, Any, bool]
+def run_floor(w: c.Workload, db: Path, tx_events: int) -> Run:
+    received = time.time_ns() // 1000
+    rows = [(c.PROJECT, w.ids[i], w.user_ids[i], w.account_ids[i], w.ts[i], received, w.raws[i]) for i in range(len(w))]
+    schema: list[Statement] = [(sql, (), False) for sql in events_ddl()]
+    inserts = [[(INSERT, rows[lo : lo + tx_events], True)] for lo in range(0, len(rows), tx_events)]
+    return replay("floor", db, [schema], inserts, tx_events, len(w))
 
 
 class _RecordingTx(_Tx):
@@ -175,31 +189,7 @@ def record_sql(w: c.Workload, tmp: Path, tx_events: int) -> tuple[list[list[Stat
 
 
 def run_sql(transactions: list[list[Statement]], setup: int, db: Path, events: int, tx_events: int) -> Run:
-    c.fresh_db(db)
-    conn = connect(str(db))
-
-    def play(log: list[Statement]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        for sql, params, many in log:
-            if many:
-                conn.executemany(sql, params)
-            else:
-                conn.execute(sql, params).fetchall()
-        conn.execute("COMMIT")
-
-    for log in transactions[:setup]:
-        play(log)
-    timeline = []
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    for i, log in enumerate(transactions[setup:]):
-        play(log)
-        timeline.append((time.perf_counter() - t0, min((i + 1) * tx_events, events)))
-    seconds = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    conn.close()
-    run = Run("sql", events, seconds, acked=events, server_cpu=cpu / seconds, timeline=timeline)
-    run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
-    return run
+    return replay("sql", db, transactions[:setup], transactions[setup:], tx_events, events)
 
 
 # --- senders -------------------------------------------------------------------------------------
