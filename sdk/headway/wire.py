@@ -16,10 +16,13 @@ import msgspec
 __all__ = [
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
+    "MAX_DEPTH",
     "MAX_EVENT_BYTES",
     "MAX_INFLATED_BYTES",
     "MAX_NAME_CHARS",
     "MAX_TAGS",
+    "MAX_VALUE",
+    "MAX_WEIGHT",
     "AccountPage",
     "AccountView",
     "Batch",
@@ -54,6 +57,9 @@ MAX_BATCH_EVENTS = 1000
 MAX_EVENT_BYTES = 32 << 10  # one event, JSON-encoded
 MAX_NAME_CHARS = 200
 MAX_TAGS = 32
+MAX_DEPTH = 32  # nesting of properties: an object or array inside another, 32 levels at most
+MAX_WEIGHT = 1e6  # |weight| at most (SPEC section 2)
+MAX_VALUE = 1e15  # |value| at most
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
