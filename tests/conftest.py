@@ -76,6 +76,20 @@ async def asgi_collector(
             yield client
 
 
+async def until_served(client: httpx.AsyncClient, version: str, timeout: float = 30.0) -> None:
+    """Wait until the collector answers reads with model `version` (a changed model is built in
+    the background while the older one serves)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = (await client.get("/v1/model", headers={"Authorization": f"Bearer {READ_KEY}"})).json()
+        if info["version"] == version and info.get("pending") is None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"model {version} is not served after {timeout}s")
+
+
 @pytest.fixture
 async def client(config: Config, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_collector(config, tmp_path / "headway.db") as c:

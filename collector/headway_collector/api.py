@@ -19,6 +19,7 @@ from headway.wire import (
     Engagement,
     MilestoneView,
     ModelInfo,
+    PendingModel,
     Success,
     UnknownTag,
     UserPage,
@@ -31,7 +32,9 @@ from .errors import APIError, json_response
 from .model.evaluate import Reading, read
 from .model.subject import LevelModel, SubjectState, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
+from .reads import Snapshot, consistent_read
 from .state import AppState
+from .store import generations, log, queries
 
 __all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz",
            "stored_state"]
@@ -70,19 +73,12 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     return AccountView(account_id=sid, nps=nps_view(r.nps), **common)
 
 
-def stored_state(r: Any, project: Project, level: str, sid: str) -> SubjectState:
-    """A subject's state in the read `r`, or a 404."""
-    row = r.one("SELECT state FROM subjects WHERE project = ? AND level = ? AND subject = ?", (project.name, level, sid))
-    if row is None:
+def stored_state(snap: Snapshot, project: Project, level: str, sid: str) -> SubjectState:
+    """A subject's state in the snapshot, or a 404."""
+    blob = queries.subject_state(snap.tx, snap.gen.gen, level, sid)
+    if blob is None:
         raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
-    return decode_state(row[0])
-
-
-def _subject_view(state: AppState, project: Project, level: str, sid: str, now: int) -> UserView | AccountView:
-    lm = state.models[project.name, level]
-    with state.store.read() as r:
-        st = stored_state(r, project, level, sid)
-    return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
+    return decode_state(blob)
 
 
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
@@ -90,8 +86,13 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
     project = authorize(request, state.config, "read")
     sid = request.path_params["subject"]
     now = read_time(request, state)
-    view = await run_in_threadpool(_subject_view, state, project, level, sid, now)
-    return json_response(view)
+
+    def view(snap: Snapshot) -> UserView | AccountView:
+        lm = snap.models[project.name, level]
+        st = stored_state(snap, project, level, sid)
+        return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
+
+    return json_response(await consistent_read(state, project, view))
 
 
 async def get_user(request: Request) -> Response:
@@ -174,33 +175,22 @@ def _keeps(q: _ListQuery, r: Reading, now: int) -> bool:
 SCAN = 500  # rows read per step while filling a filtered page
 
 
-def _list(state: AppState, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
-    lm = state.models[project.name, level]
-    cmp, direction = ("<", "DESC") if q.order == "desc" else (">", "ASC")
+def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
+    lm = snap.models[project.name, level]
     items: list[Any] = []
     after = q.after
-    with state.store.read() as r:
-        while True:
-            where = "project = ? AND level = ?"
-            params: list[Any] = [project.name, level]
-            if after is not None:
-                where += f" AND (score_key {cmp} ? OR (score_key = ? AND subject {cmp} ?))"
-                params += [after[0], after[0], after[1]]
-            rows = r.all(
-                f"SELECT subject, score_key, state FROM subjects WHERE {where} "
-                f"ORDER BY score_key {direction}, subject {direction} LIMIT {SCAN}",
-                params,
-            )
-            for sid, key, blob in rows:
-                after = (key, sid)
-                st = decode_state(blob)
-                reading = read(lm, st, now)
-                if _keeps(q, reading, now):
-                    items.append(_view(lm, sid, reading, st.first_seen, st.last_seen, now))
-                    if len(items) == q.limit:
-                        return items, _encode_cursor(key, sid)
-            if len(rows) < SCAN:
-                return items, None
+    while True:
+        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN)
+        for row in rows:
+            after = (row.score_key, row.subject)
+            st = decode_state(row.state)
+            reading = read(lm, st, now)
+            if _keeps(q, reading, now):
+                items.append(_view(lm, row.subject, reading, st.first_seen, st.last_seen, now))
+                if len(items) == q.limit:
+                    return items, _encode_cursor(row.score_key, row.subject)
+        if len(rows) < SCAN:
+            return items, None
 
 
 async def _list_endpoint(request: Request, level: Literal["user", "account"]) -> Response:
@@ -208,7 +198,7 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
     now = read_time(request, state)
-    items, cursor = await run_in_threadpool(_list, state, project, level, q, now)
+    items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
     page = UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
     return json_response(page)
 
@@ -224,17 +214,23 @@ async def list_accounts(request: Request) -> Response:
 # --- model, health, metrics ---------------------------------------------------------------------
 
 
-def _tags(state: AppState, project: str) -> list[UnknownTag]:
-    with state.store.read() as r:
-        rows = r.all("SELECT tag, events FROM tags WHERE project = ? ORDER BY events DESC, tag", (project,))
-    return [UnknownTag(tag=t, count=n) for t, n in rows]
+def _model_info(project: Project, snap: Snapshot) -> ModelInfo:
+    r, gen = snap.tx, snap.gen
+    pending = None
+    building = [g for g in generations.generations(r, ("building",)) if g.project == project.name]
+    if building:
+        head = log.head(r)
+        done = generations.watermark(r, building[-1].gen)
+        pending = PendingModel(version=building[-1].version, progress=min(1.0, done / head) if head else 1.0)
+    served = snap.models.projects[project.name]
+    return ModelInfo(project=project.name, version=served.version, model=served.model,
+                     unknown_tags=[UnknownTag(tag=t, count=n) for t, n in queries.tags(r, gen.gen)], pending=pending)
 
 
 async def model(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    tags = await run_in_threadpool(_tags, state, project.name)
-    return json_response(ModelInfo(project=project.name, version=project.version, model=project.model, unknown_tags=tags))
+    return json_response(await consistent_read(state, project, lambda snap: _model_info(project, snap)))
 
 
 async def healthz(request: Request) -> Response:
@@ -245,8 +241,11 @@ async def readyz(request: Request) -> Response:
     state = app_state(request)
     if not state.ready:
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
-    return json_response({"status": "ready", "queue_depth": state.store.queue_depth()})
+    lag = await run_in_threadpool(state.metrics.projection_lag)
+    return json_response({"status": "ready", "queue_depth": state.store.queue_depth(),
+                          "projection_lag_events": lag.events, "projection_lag_seconds": lag.seconds})
 
 
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(app_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    text = await run_in_threadpool(app_state(request).metrics.render)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

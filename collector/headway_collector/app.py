@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,16 +23,17 @@ from starlette.routing import BaseRoute, Route
 from headway import wire
 
 from . import api, dashboard, history, ingest, reports
-from .config import Config
+from .config import Config, ConfigError, load
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
+from .projection import ModelBook, Mode, Projection, serve_models
+from .projection.status import lag
 from .state import AppState
 from .store.base import Store
-from .store.fold import Models
 
-__all__ = ["create_app", "ensure_model"]
+__all__ = ["create_app"]
 
-log = logging.getLogger("headway_collector")
+logger = logging.getLogger("headway_collector")
 
 class _IdConvertor(Convertor[str]):
     """Ids may hold any character, newlines and slashes included (`path` stops at newlines)."""
@@ -85,25 +90,6 @@ def openapi() -> dict[str, Any]:
     }
 
 
-def ensure_model(config: Config, store: Store) -> None:
-    """Re-score when a project's model differs from the one its derived data was built with.
-
-    Derived values must match the model being served, so a changed model is applied to the
-    whole history before the collector answers (readyz says 'starting' meanwhile).
-    """
-    stored = store.model_versions()
-    stale = [p for p in config.projects.values() if stored.get(p.name) != p.version]
-    if not stale:
-        return
-    changed = [p for p in stale if p.name in stored]
-    if changed:
-        names = ", ".join(f"{p.name} ({stored[p.name]} -> {p.version})" for p in changed)
-        log.warning("model changed for %s: re-scoring the stored events before serving", names)
-    started = time.monotonic()
-    n = store.rescore(config, lambda done, total: None)
-    log.info("model versions recorded; re-scored %d events in %.1fs", n, time.monotonic() - started)
-
-
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -115,25 +101,47 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
-def create_app(config: Config, store: Store, *, auto_rescore: bool = True) -> Starlette:
-    models = Models(config.projects.values())
-    state = AppState(config=config, store=store, models=models, metrics=Metrics(store.queue_depth))
+def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread",
+               reload_on_sighup: bool = False) -> Starlette:
+    """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
+    threads or processes) started and stopped by the lifespan."""
+    state = AppState(config=config, store=store, book=ModelBook([config]),
+                     metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())))
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:
         return json_response(spec)
 
+    def reload() -> None:
+        try:
+            new = load(state.config.path)
+        except ConfigError as exc:
+            logger.error("SIGHUP: %s; still serving the model loaded before", exc)
+            return
+        state.book.add(new)
+        serve_models(new, store, state.clock())
+        state.config = new
+        logger.info("SIGHUP: reloaded %s", new.path)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store.open()
-        if auto_rescore:
-            ensure_model(config, store)
-        store.start(models)
+        serve_models(config, store, state.clock())
+        store.start()
+        state.projection = Projection(store.url, [config], workers=fold_workers, mode=fold_mode)
+        state.projection.start()
+        if reload_on_sighup and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: threading.Thread(
+                target=reload, name="headway-reload", daemon=True).start())
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
+            store.close_appends()  # nothing new is acknowledged past this point ...
+            if not await run_in_threadpool(state.projection.drain, store):  # ... and what was is folded
+                logger.warning("stopping with events not yet folded: the next start folds them")
+            state.projection.stop()
             store.close()
 
     routes: list[BaseRoute] = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]

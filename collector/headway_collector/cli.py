@@ -74,8 +74,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ["HEADWAY_CONFIG"] = args.config
     os.environ["HEADWAY_DATABASE"] = args.database
+    os.environ["HEADWAY_FOLD_WORKERS"] = str(args.fold_workers)
     logging.getLogger("headway_collector").info(
-        "Headway collector on http://%s:%d (database %s, config %s)", args.host, args.port, args.database, args.config)
+        "Headway collector on http://%s:%d (database %s, config %s, %d fold worker(s))", args.host, args.port,
+        args.database, args.config, args.fold_workers)
     uvicorn.run(
         "headway_collector.cli:app_from_env",
         factory=True,
@@ -94,7 +96,9 @@ def app_from_env():  # type: ignore[no-untyped-def]
     from .app import create_app
 
     cfg = config_mod.load(os.environ["HEADWAY_CONFIG"])
-    return create_app(cfg, open_store(os.environ.get("HEADWAY_DATABASE", DEFAULT_DATABASE)))
+    return create_app(cfg, open_store(os.environ.get("HEADWAY_DATABASE", DEFAULT_DATABASE)),
+                      fold_workers=int(os.environ.get("HEADWAY_FOLD_WORKERS", "1")), fold_mode="process",
+                      reload_on_sighup=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -115,13 +119,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from .projection import rescore
+
     cfg = _load(args.config)
     store = open_store(args.database)
     store.open()
     started = time.monotonic()
-    n = store.rescore(cfg, _progress("rescoring"))
+    try:
+        n = rescore(cfg, store, jobs=args.jobs, progress=_progress("rescoring"))
+    finally:
+        store.close()
     took = time.monotonic() - started
-    print(f"re-scored {n} events in {took:.1f}s ({n / max(took, 1e-9):,.0f}/s)")
+    print(f"re-scored {n} events with {args.jobs} job(s) in {took:.1f}s ({n / max(took, 1e-9):,.0f}/s)")
     return 0
 
 
@@ -147,6 +156,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="headway-collector", description="Headway's collector: ingest, scores, milestones, query API.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -156,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--database", default=DEFAULT_DATABASE, help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_DATABASE})")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    s.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    s.add_argument("--workers", type=int, default=1, help="HTTP worker processes (default 1)")
+    s.add_argument("--fold-workers", type=_positive, default=1,
+                   help="projection processes folding events into scores (default 1)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
     s.set_defaults(func=cmd_serve)
 
@@ -168,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild every derived value from the stored events under the model in --config.")
     r.add_argument("--config", required=True, help="the TOML model")
     r.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    r.add_argument("--jobs", type=_positive, default=1, help="fold processes working in parallel (default 1)")
     r.set_defaults(func=cmd_rescore)
 
     k = sub.add_parser("keys", help="make keys", description="Make API keys.")

@@ -135,6 +135,7 @@ class Project:
 class Config:
     projects: dict[str, Project]
     path: str = "<config>"
+    text: str = ""  # the file as read: a model generation keeps it, to serve that model after the file changed
 
     def project_for_key(self, key_hash: str, kind: Literal["write", "read"]) -> Project | None:
         """Key hashes are unique across projects (checked at load), so at most one matches."""
@@ -326,7 +327,7 @@ class _Builder:
         projects = {}
         for name, rp in raw.items():
             projects[name] = self.project(name, rp, data[name], seen_keys)
-        return Config(projects=projects, path=self.path)
+        return Config(projects=projects, path=self.path, text=self.text)
 
     def project(self, name: str, rp: _RawProject, data: dict[str, Any], seen_keys: dict[str, str]) -> Project:
         at: list[str | int] = ["projects", name]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -24,7 +23,8 @@ from .events import from_stored
 from .model import scoring
 from .api import stored_state
 from .params import app_state, count, read_time, ts
-from .state import AppState
+from .reads import Snapshot, consistent_read
+from .store import log
 
 __all__ = ["MAX_DAYS", "scores"]
 
@@ -40,17 +40,15 @@ def _subject(request: Request) -> tuple[Literal["user", "account"], str]:
     return given[0]  # type: ignore[return-value]
 
 
-def _history(state: AppState, project: Project, level: Literal["user", "account"], sid: str, now: int,
+def _history(snap: Snapshot, project: Project, level: Literal["user", "account"], sid: str, now: int,
              days: int) -> ScoreHistory:
-    lm = state.models[project.name, level]
+    lm = snap.models[project.name, level]
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`
-    column = "user_id" if level == "user" else "account_id"
-    with state.store.read() as r:  # one snapshot: the state and the events agree
-        total = stored_state(r, project, level, sid).sums[0]
-        later = r.all(f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ? AND ts > ?",
-                      (project.name, sid, times[0]))
+    # One snapshot: the state and the events agree (the state holds every event up to the watermark).
+    total = stored_state(snap, project, level, sid).sums[0]
+    later = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded, after_ts=times[0])
     half_life = lm.half_lives[0]
-    events = sorted((ev.t, scoring.contribution(project.weight(ev.event, ev.weight), ev.t, half_life))
+    events = sorted((ev.t, scoring.contribution(lm.project.weight(ev.event, ev.weight), ev.t, half_life))
                     for ev in (from_stored(bytes(raw), t) for raw, t in later))  # the score's term alone
     points = []
     i = len(events)
@@ -69,4 +67,4 @@ async def scores(request: Request) -> Response:
     level, sid = _subject(request)
     days = count(request, "days", DEFAULT_DAYS, MAX_DAYS)
     now = read_time(request, state)
-    return json_response(await run_in_threadpool(_history, state, project, level, sid, now, days))
+    return json_response(await consistent_read(state, project, lambda snap: _history(snap, project, level, sid, now, days)))

@@ -78,7 +78,7 @@ async def batch(request: Request) -> Response:
         raise APIError(413, "too_many_events", f"{len(envelope.events)} events: at most {MAX_BATCH_EVENTS} a batch")
     skew = received_at - to_us(envelope.sent_at)
 
-    accepted: list[tuple[Accepted, object]] = []
+    accepted: list[Accepted] = []
     rejected: list[Rejection] = []
     for i, raw in enumerate(envelope.events):
         try:
@@ -87,16 +87,18 @@ async def batch(request: Request) -> Response:
             rejected.append(Rejection(index=i, error=str(exc)))
             state.metrics.reject(_reason(str(exc)))
             continue
-        accepted.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received_at, bytes(raw)), ev))
+        accepted.append(Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received_at, bytes(raw)))
 
     if accepted:
         try:
-            result = await state.store.ingest(project, accepted)
+            result = await state.store.append(project.name, accepted)
         except Overloaded as exc:
             raise APIError(503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}) from None
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
         ok, dup = result.accepted, result.duplicates
+        if state.projection is not None:
+            state.projection.wake()
     else:
         ok = dup = 0
     state.metrics.batch(project.name, ok, dup, time.perf_counter() - started)

@@ -7,13 +7,15 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 
+from .projection.status import Lag
+
 __all__ = ["Metrics"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], projection_lag: Callable[[], Lag]) -> None:
         self._lock = threading.Lock()
         self.ingested: dict[str, int] = defaultdict(int)
         self.duplicates: dict[str, int] = defaultdict(int)
@@ -22,6 +24,7 @@ class Metrics:
         self._latency_sum = 0.0
         self._latency_count = 0
         self._queue_depth = queue_depth
+        self.projection_lag = projection_lag
 
     def batch(self, project: str, accepted: int, duplicates: int, seconds: float) -> None:
         with self._lock:
@@ -62,4 +65,12 @@ class Metrics:
             out.append(f"headway_batch_seconds_count {self._latency_count}")
         family("headway_writer_queue_depth", "gauge", "Events waiting for the writer.")
         out.append(f"headway_writer_queue_depth {self._queue_depth()}")
+        lag = self.projection_lag()
+        family("headway_projection_lag_events", "gauge", "Log positions not yet folded into every served model.")
+        out.append(f"headway_projection_lag_events {lag.events}")
+        family("headway_projection_lag_seconds", "gauge", "How long the oldest event not yet folded has waited.")
+        out.append(f"headway_projection_lag_seconds {lag.seconds}")
+        family("headway_quarantined_subjects", "gauge", "Subjects the projection set aside (see the log); a rescore retries.")
+        for p, n in sorted(lag.quarantined.items()):
+            out.append(f'headway_quarantined_subjects{{project="{p}"}} {n}')
         return "\n".join(out) + "\n"

@@ -1,6 +1,6 @@
 """Reading the whole customer base: `GET /v1/growth` and `GET /v1/milestones` (read keys).
 
-Both answer from aggregates kept at write time (`store.growth`), never from a scan of the
+Both answer from aggregates that the projection keeps (`store.queries`), never from a scan of the
 events: a request reads a few counter rows per period or per milestone, plus a bounded index
 range, whatever the number of stored events. docs/reports.md explains the definitions.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,8 +19,9 @@ from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
 from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
+from .reads import Snapshot, consistent_read
 from .state import AppState
-from .store.growth import FunnelCounts, read_funnel, read_growth, read_nps
+from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps
 
 __all__ = ["growth", "milestones"]
 
@@ -62,10 +62,10 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     return _GrowthQuery(kind=kind, level=level, first=first, last=last)
 
 
-def _growth(state: AppState, project: Project, q: _GrowthQuery) -> Growth:
-    with state.store.read() as r:
-        counts = read_growth(r, project.name, q.level, q.kind, q.first - 1, q.last)
-        nps = read_nps(r, project.name, q.kind, q.first, q.last) if project.nps_event else {}
+def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
+    served = snap.models.projects[project.name]
+    counts = read_growth(snap.tx, snap.gen.gen, q.level, q.kind, q.first - 1, q.last)
+    nps = read_nps(snap.tx, snap.gen.gen, q.kind, q.first, q.last) if served.nps_event else {}
     periods = [
         GrowthPeriod(
             period=g.period_label(q.kind, t.period),
@@ -87,7 +87,7 @@ async def growth(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _growth_query(request, state)
-    return json_response(await run_in_threadpool(_growth, state, project, q))
+    return json_response(await consistent_read(state, project, lambda snap: _growth(snap, project, q)))
 
 
 # --- GET /v1/milestones ---------------------------------------------------------------------------
@@ -110,14 +110,14 @@ def _step(level: str, c: FunnelCounts) -> FunnelStep:
     )
 
 
-def _funnel(state: AppState, project: Project, level: str | None, now: int) -> Funnel:
+def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Funnel:
+    served = snap.models.projects[project.name]  # the model the generation was built with
     steps: list[tuple[int, int, FunnelStep]] = []
-    order = {m.name: i for i, m in enumerate(project.milestones)}
-    with state.store.read() as r:
-        for lv in (level,) if level is not None else LEVELS:
-            for c in read_funnel(r, project, lv, now):
-                m = c.milestone
-                steps.append((project.stage_index(m.stage), order[m.name], _step(lv, c)))
+    order = {m.name: i for i, m in enumerate(served.milestones)}
+    for lv in (level,) if level is not None else LEVELS:
+        for c in read_funnel(snap.tx, snap.gen.gen, served, lv, now):
+            m = c.milestone
+            steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c)))
     steps.sort(key=lambda s: (s[0], s[1]))
     return Funnel(level=level, milestones=[s for *_, s in steps])
 
@@ -127,4 +127,4 @@ async def milestones(request: Request) -> Response:
     project = authorize(request, state.config, "read")
     level = choice(request, "level", LEVELS)
     now = read_time(request, state)
-    return json_response(await run_in_threadpool(_funnel, state, project, level, now))
+    return json_response(await consistent_read(state, project, lambda snap: _funnel(snap, project, level, now)))

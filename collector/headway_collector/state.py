@@ -1,4 +1,4 @@
-"""What a running collector holds: its configuration, store, folding models and metrics."""
+"""What a running collector holds: its configuration, store, models, projection and metrics."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .metrics import Metrics
+from .projection import ModelBook, Projection
 from .store.base import Store
-from .store.fold import Models
 
-__all__ = ["AppState"]
+__all__ = ["READ_WAIT", "AppState"]
+
+READ_WAIT = 5.0  # seconds a read waits for the projection to fold what was acknowledged before it
 
 
 def _now_us() -> int:
@@ -22,7 +24,9 @@ def _now_us() -> int:
 class AppState:
     config: Config
     store: Store
-    models: Models
+    book: ModelBook  # every model version this collector may serve: the active ones and any being built
     metrics: Metrics
+    projection: Projection | None = None
     clock: Callable[[], int] = field(default=_now_us)  # microseconds; tests may pin it
     ready: bool = False
+    read_wait: float = READ_WAIT

@@ -41,6 +41,7 @@ __all__ = [
     "ModelInfo",
     "MilestoneView",
     "NPS",
+    "PendingModel",
     "Rejection",
     "ScoreHistory",
     "ScorePoint",
@@ -254,8 +255,16 @@ class UnknownTag(msgspec.Struct):
     count: int
 
 
+class PendingModel(msgspec.Struct):
+    """A changed model whose state is being built while the active one keeps serving."""
+
+    version: str
+    progress: float  # 0..1: the share of the log folded into it
+
+
 class ModelInfo(msgspec.Struct):
     project: str
-    version: str
+    version: str  # the model that reads are answered with
     model: dict[str, Any]
     unknown_tags: list[UnknownTag] = []
+    pending: PendingModel | None = None

@@ -13,7 +13,7 @@ import pytest
 
 from headway_collector.config import loads
 from tests.collector.helpers import headers, read_headers
-from tests.conftest import EXAMPLE, asgi_collector, config_text
+from tests.conftest import EXAMPLE, asgi_collector, config_text, until_served
 
 pytestmark = pytest.mark.anyio
 
@@ -156,7 +156,8 @@ async def test_weights_changed_then_rescored_equals_a_fresh_ingest(tmp_path: Pat
     async with asgi_collector(old, tmp_path / "a.db", clock=lambda: NOW_US) as a:
         await send(a, *events)
         before = await get(a, "/v1/users/r")
-    async with asgi_collector(new, tmp_path / "a.db", clock=lambda: NOW_US) as a:  # restart: re-scores at start
+    async with asgi_collector(new, tmp_path / "a.db", clock=lambda: NOW_US) as a:  # restart: builds the new model
+        await until_served(a, new.projects["acme"].version)
         after = await get(a, "/v1/users/r")
     async with asgi_collector(new, tmp_path / "fresh.db", clock=lambda: NOW_US) as fresh:
         await send(fresh, *events)

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headway_collector.config import Config, loads
+from headway_collector.projection import rescore
 from headway_collector.store import open_store
 from tests.collector import oracle
 from tests.collector.helpers import headers, read_headers
@@ -104,10 +105,12 @@ async def readings(client: httpx.AsyncClient, events: list[oracle.E], at: str) -
 def blobs(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db)
     try:
+        active = "(SELECT gen FROM generations WHERE status = 'active')"  # rows without their generation number
         return conn.execute("SELECT level, subject, first_seen, last_seen, score_key, stage_on, state FROM subjects "
-                            "ORDER BY level, subject").fetchall() + conn.execute(
-            "SELECT * FROM funnel_rows ORDER BY 1, 2, 3, 4").fetchall() + conn.execute(
-            "SELECT * FROM tags ORDER BY 1, 2").fetchall()
+                            f"WHERE gen IN {active} ORDER BY level, subject").fetchall() + conn.execute(
+            "SELECT level, milestone, subject, first_seen, stage_on, cls, tta FROM funnel_rows "
+            f"WHERE gen IN {active} ORDER BY 1, 2, 3").fetchall() + conn.execute(
+            f"SELECT tag, events FROM tags WHERE gen IN {active} ORDER BY 1").fetchall()
     finally:
         conn.close()
 
@@ -160,6 +163,6 @@ async def test_order_batching_duplicates_and_rescore_change_nothing(events: list
         assert blobs(b_db) == blobs(a_db)
         store = open_store(f"sqlite:///{b_db}")
         store.open()
-        store.rescore(CONFIG, lambda done, total: None)
+        rescore(CONFIG, store, mode="thread")
         assert blobs(b_db) == blobs(a_db)
     check_against_oracle(expected, events, ts_us(at) or 0)

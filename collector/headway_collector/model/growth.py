@@ -35,6 +35,7 @@ __all__ = [
     "KINDS",
     "TTA_EDGES",
     "Days",
+    "FunnelClass",
     "Kind",
     "Tally",
     "add_days",
@@ -291,11 +292,15 @@ def nps_score(promoters: int, passives: int, detractors: int) -> float | None:
 # --- funnel -------------------------------------------------------------------------------------
 
 
-def funnel_class(progress: float, achieved_at: int | None) -> Literal["a", "p", "z"]:
+# What a funnel row is apart from its window; "subject" is a subject's own row.
+FunnelClass = Literal["achieved", "progressed", "untouched", "subject"]
+
+
+def funnel_class(progress: float, achieved_at: int | None) -> FunnelClass:
     """What a milestone row is apart from its window: achieved, progressed, or untouched."""
     if achieved_at is not None:
-        return "a"
-    return "p" if progress > 0 else "z"
+        return "achieved"
+    return "progressed" if progress > 0 else "untouched"
 
 
 def reach_age(stages: Sequence[Stage], k: int) -> int | None:

@@ -1,4 +1,5 @@
-"""Storage: one protocol, two backends (SQLite by default, PostgreSQL for several collectors)."""
+"""Storage: the event log and the derived state, one protocol, two backends (SQLite by default,
+PostgreSQL for several collectors). Every SQL statement of the collector is in this package."""
 
 from __future__ import annotations
 

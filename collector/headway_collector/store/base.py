@@ -1,21 +1,15 @@
-"""The storage protocol that both backends satisfy, and the name table that picks one."""
+"""The storage protocol that both backends satisfy, its records, and the name table that picks one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from typing import TYPE_CHECKING
+__all__ = ["CHUNK", "Accepted", "IngestResult", "Overloaded", "Store", "StoreError", "Tx", "chunks", "open_store"]
 
-from ..config import Config, Project
-from ..model.subject import Ev
-
-if TYPE_CHECKING:
-    from .fold import Models
-
-__all__ = ["CHUNK", "Accepted", "IngestResult", "Reader", "Store", "StoreError", "chunks", "open_store"]
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -28,12 +22,12 @@ class Overloaded(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """An event that passed validation, as stored: what arrived plus where and when."""
+    """An event that passed validation, as the log stores it: what arrived plus where and when."""
 
     id: str
     user_id: str
     account_id: str | None
-    t: int  # corrected time, microseconds
+    ts: int  # corrected time, microseconds
     received_at: int
     raw: bytes  # the event's JSON exactly as it arrived
 
@@ -42,18 +36,31 @@ class Accepted:
 class IngestResult:
     accepted: int
     duplicates: int
+    position: int  # the log position up to which this batch is durable
 
 
-class Reader(Protocol):
-    """A read connection: DB-API style, `?` placeholders on every backend."""
+class Tx(Protocol):
+    """One open transaction (or read snapshot); SQL uses `?` placeholders on every backend."""
 
-    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
-    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None: ...
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def lock_log(self) -> None:
+        """Hold the log's tail until commit, so that positions are committed in their order."""
+        ...
 
 
 class Store(Protocol):
-    """What the app and the CLI need from storage."""
+    """What the app, the projection and the CLI need from storage: connections and transactions.
+
+    The SQL itself lives in the modules beside this one (`log`, `derived`, `generations`,
+    `queries`), written once for both backends against `Tx`.
+    """
 
     url: str
 
@@ -61,29 +68,31 @@ class Store(Protocol):
         """Create or upgrade the schema."""
         ...
 
-    def start(self, models: Models) -> None:
-        """Start taking writes, folded with these models."""
+    def start(self) -> None:
+        """Start taking appends (the group-commit writer)."""
+        ...
+
+    def close_appends(self) -> None:
+        """Commit what is queued for appending, then refuse appends."""
         ...
 
     def close(self) -> None: ...
 
-    async def ingest(self, project: Project, events: list[tuple[Accepted, Ev]]) -> IngestResult:
-        """Store and fold the events; return once they are committed."""
+    async def append(self, project: str, events: list[Accepted]) -> IngestResult:
+        """Append the events to the log; return once they are committed."""
         ...
 
-    def model_versions(self) -> dict[str, str]:
-        """The model version each project's derived data was built with."""
+    def read(self) -> AbstractContextManager[Tx]:
+        """One consistent snapshot for a whole read."""
         ...
 
-    def read(self) -> AbstractContextManager[Reader]: ...
+    def transact(self, body: Callable[[Tx], T]) -> T:
+        """Run `body` in one write transaction (again from the start after a deadlock)."""
+        ...
 
     def queue_depth(self) -> int: ...
 
-    def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int: ...
-
     def prune(self, before: int) -> int: ...
-
-    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]: ...
 
 
 CHUNK = 400  # rows per multi-row statement: well under every backend's parameter limit

@@ -1,7 +1,8 @@
 """Named, ordered schema migrations, recorded in a table; written once for both backends.
 
 `{text}`, `{int}`, `{real}`, `{blob}` and `{norowid}` are filled in per backend; everything
-else is plain SQL that SQLite and PostgreSQL both read. Text compares bytewise on both (SQLite's
+else is plain SQL that SQLite and PostgreSQL both read, except a statement given as a mapping
+from dialect to SQL (a dialect it does not name skips it). Text compares bytewise on both (SQLite's
 default, PostgreSQL's "C" collation), so lists and cursors order ties the same everywhere.
 """
 
@@ -10,14 +11,71 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+Statement = str | dict[str, str]
+
 __all__ = ["DIALECTS", "MIGRATIONS", "migrate"]
 
 DIALECTS = {
-    "sqlite": {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "norowid": "WITHOUT ROWID"},
-    "postgres": {"text": 'TEXT COLLATE "C"', "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "norowid": ""},
+    "sqlite": {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "norowid": "WITHOUT ROWID",
+               "seqpk": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgres": {"text": 'TEXT COLLATE "C"', "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA", "norowid": "",
+                 "seqpk": "BIGSERIAL PRIMARY KEY"},
 }
 
-MIGRATIONS: list[tuple[str, list[str]]] = [
+# The derived tables of the event-log design (0006): every row belongs to one model generation
+# (`gen`), so that a new model's state is built beside the one being served.
+_DERIVED = [
+    """CREATE TABLE subjects (
+        gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL,
+        first_seen {int} NOT NULL, last_seen {int} NOT NULL, score_key {real} NOT NULL,
+        stage_on {int} NOT NULL, state {blob} NOT NULL,
+        PRIMARY KEY (gen, level, subject)) {norowid}""",
+    "CREATE INDEX subjects_score ON subjects (gen, level, score_key, subject)",
+    """CREATE TABLE tags (gen {int} NOT NULL, tag {text} NOT NULL, events {int} NOT NULL,
+        PRIMARY KEY (gen, tag)) {norowid}""",
+    """CREATE TABLE growth_subjects (
+        gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL, first_day {int} NOT NULL,
+        days {blob} NOT NULL,
+        PRIMARY KEY (gen, level, subject)) {norowid}""",
+    """CREATE TABLE growth_counts (
+        gen {int} NOT NULL, level {text} NOT NULL, kind {text} NOT NULL, period {int} NOT NULL,
+        n_active {int} NOT NULL, n_new {int} NOT NULL, n_retained {int} NOT NULL,
+        PRIMARY KEY (gen, level, kind, period)) {norowid}""",
+    """CREATE TABLE growth_nps_answers (
+        gen {int} NOT NULL, kind {text} NOT NULL, period {int} NOT NULL, user_id {text} NOT NULL,
+        t {int} NOT NULL, answer {real} NOT NULL,
+        PRIMARY KEY (gen, kind, period, user_id)) {norowid}""",
+    """CREATE TABLE growth_nps_counts (
+        gen {int} NOT NULL, kind {text} NOT NULL, period {int} NOT NULL,
+        promoters {int} NOT NULL, passives {int} NOT NULL, detractors {int} NOT NULL,
+        PRIMARY KEY (gen, kind, period)) {norowid}""",
+    """CREATE TABLE funnel_rows (
+        gen {int} NOT NULL, level {text} NOT NULL, milestone {text} NOT NULL, subject {text} NOT NULL,
+        first_seen {int} NOT NULL, stage_on {int} NOT NULL, cls {text} NOT NULL, tta {int},
+        PRIMARY KEY (gen, level, milestone, subject)) {norowid}""",
+    "CREATE INDEX funnel_rows_first ON funnel_rows (gen, level, milestone, first_seen, stage_on, cls)",
+    "CREATE INDEX funnel_rows_tta ON funnel_rows (gen, level, milestone, tta)",
+    """CREATE TABLE funnel_counts (
+        gen {int} NOT NULL, level {text} NOT NULL, milestone {text} NOT NULL, cls {text} NOT NULL,
+        stage_on {int} NOT NULL, fday {int} NOT NULL, n {int} NOT NULL,
+        PRIMARY KEY (gen, level, milestone, cls, stage_on, fday)) {norowid}""",
+    """CREATE TABLE funnel_tta (
+        gen {int} NOT NULL, level {text} NOT NULL, milestone {text} NOT NULL, bucket {int} NOT NULL,
+        n {int} NOT NULL,
+        PRIMARY KEY (gen, level, milestone, bucket)) {norowid}""",
+    # Changes of standing (SPEC section 4), written with the state that caused them.
+    """CREATE TABLE transitions (
+        seq {seqpk}, gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL,
+        type {text} NOT NULL, at {int} NOT NULL, data {text} NOT NULL)""",
+    "CREATE INDEX transitions_gen ON transitions (gen, seq)",
+    # Subjects the projection could not fold, set aside with the reason (a rescore retries them).
+    """CREATE TABLE quarantine (
+        gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL, reason {text} NOT NULL,
+        at {int} NOT NULL,
+        PRIMARY KEY (gen, level, subject)) {norowid}""",
+]
+
+MIGRATIONS: list[tuple[str, list[Statement]]] = [
     ("0001_core", [
         # What arrived, kept whole: the model can change and history be re-scored.
         # A rowid table: appends stay cheap, and per-subject reads use the subject indexes.
@@ -116,6 +174,46 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # JSON: re-score at the next start (ensure_model), which writes every state anew.
         "UPDATE models SET version = 'before-0005_binary_states'",
     ]),
+    ("0006_event_log", [
+        # The log: each event gets its position `seq`, in commit order (on PostgreSQL appends take
+        # a lock until commit, so a position is never committed after a larger one is visible).
+        """CREATE TABLE events_log (
+            seq {seqpk}, project {text} NOT NULL, id {text} NOT NULL, user_id {text} NOT NULL,
+            account_id {text}, ts {int} NOT NULL, received_at {int} NOT NULL, raw {blob} NOT NULL)""",
+        # Older events keep the order they were committed in (SQLite's rowid; PostgreSQL: arrival).
+        {"sqlite": "INSERT INTO events_log (seq, project, id, user_id, account_id, ts, received_at, raw) "
+                   "SELECT rowid, project, id, user_id, account_id, ts, received_at, raw FROM events ORDER BY rowid",
+         "postgres": "INSERT INTO events_log (seq, project, id, user_id, account_id, ts, received_at, raw) "
+                     "SELECT row_number() OVER (ORDER BY received_at, id), project, id, user_id, account_id, ts, "
+                     "received_at, raw FROM events"},
+        "DROP TABLE events",
+        "ALTER TABLE events_log RENAME TO events",
+        {"postgres": "SELECT setval(pg_get_serial_sequence('events', 'seq'), (SELECT coalesce(max(seq), 0) + 1 "
+                     "FROM events), false)"},
+        "CREATE UNIQUE INDEX events_id ON events (project, id)",
+        "CREATE INDEX events_user ON events (project, user_id, ts)",
+        "CREATE INDEX events_account ON events (project, account_id, ts) WHERE account_id IS NOT NULL",
+        # Everything derived is rebuilt from the log by the projection, per model generation.
+        *[f"DROP TABLE {t}" for t in ("subjects", "tags", "models", "growth_subjects", "growth_counts",
+                                      "growth_nps_answers", "growth_nps_counts", "funnel_rows", "funnel_counts",
+                                      "funnel_tta")],
+        {"postgres": "DROP TABLE IF EXISTS subject_locks"},
+        # A generation is one model version's derived state; `active` is the one reads use. It
+        # keeps the configuration file it was made from, so that its model can be served after
+        # the file changed (while the next model is built).
+        """CREATE TABLE generations (
+            gen {int} NOT NULL PRIMARY KEY, project {text} NOT NULL, version {text} NOT NULL,
+            status {text} NOT NULL, partitions {int} NOT NULL, created_at {int} NOT NULL, switched_at {int},
+            config {text} NOT NULL)""",
+        # How far each partition of a generation has folded the log, and who folds it (a lease).
+        """CREATE TABLE partitions (
+            gen {int} NOT NULL, part {int} NOT NULL, watermark {int} NOT NULL, owner {text},
+            lease_until {int} NOT NULL,
+            PRIMARY KEY (gen, part)) {norowid}""",
+        # Projection workers alive (any collector), so that they share the partitions out.
+        "CREATE TABLE workers (owner {text} NOT NULL PRIMARY KEY, heartbeat {int} NOT NULL)",
+        *_DERIVED,
+    ]),
 ]
 
 
@@ -125,8 +223,10 @@ def migrate(dialect: str, applied: set[str], execute: Callable[[str, tuple[Any, 
     for name, statements in MIGRATIONS:
         if name in applied:
             continue
-        for sql in statements:
-            execute(sql.format(**DIALECTS[dialect]), ())
+        for statement in statements:
+            sql = statement if isinstance(statement, str) else statement.get(dialect)
+            if sql is not None:
+                execute(sql.format(**DIALECTS[dialect]), ())
         execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, now))
         done.append(name)
     return done

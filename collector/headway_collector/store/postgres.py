@@ -1,27 +1,18 @@
-"""PostgreSQL: any number of stateless collectors write to one database and agree exactly.
+"""PostgreSQL: any number of stateless collectors append to one database and fold it together, exactly.
 
-Each collector has one writer thread with group commit (`writer.Writer`) on its own
-connection, and a small pool of read connections (REPEATABLE READ, read only: one snapshot per
-read; reads never wait on a writer). What the data becomes is `fold`'s business, as on SQLite;
-what makes several writers exact is how transactions meet:
+Each collector has one appending thread with group commit (`writer.Writer`) on its own
+connection, fold workers (`projection`) with a connection per thread, and a small pool of read
+connections (REPEATABLE READ, read only: one snapshot per read; reads never wait on a writer).
+What makes several collectors exact is how transactions meet:
 
-- Events: `INSERT ... ON CONFLICT (project, id) DO NOTHING RETURNING id`. A second copy
-  arriving at another collector waits for the first one's transaction and is then a duplicate
-  (or, if that one rolled back, new): each id is counted and folded once.
-- Subjects: before loading a subject's state, a transaction locks it (`lock`): a row of the
-  unlogged `subject_locks` table per subject key, taken in sorted order by one upsert. So
-  folds of one subject run one after the other, each starting from the state the previous one
-  committed (READ COMMITTED: a new snapshot per statement, taken after the lock). Every row
-  that belongs to one subject (its row, growth days, funnel rows) is written
-  under that lock; shared counters (tags, growth and funnel counts) move by `n = n + ?`
-  upserts, which add up whatever the order. Row locks and not advisory locks: a group of
-  20,000 events can touch 40,000 subjects, far past the shared lock table
-  (`max_locks_per_transaction`), while row locks live in the rows.
-- Re-scoring takes `subject_locks` in EXCLUSIVE mode: it waits for the folds under way and holds
-  new ones until the rebuilt rows are committed.
-- Deadlocks (the same ids, or several projects, reaching two collectors in another order) and
-  serialization failures roll back and retry the whole transaction; a lost connection is
-  replaced and the group committed once more.
+- Appends: `INSERT ... ON CONFLICT (project, id) DO NOTHING RETURNING id, seq`, after taking the
+  log's lock (`pg_advisory_xact_lock`, held until commit): a second copy arriving at another
+  collector is a duplicate, and positions become visible in their order (`store.log`).
+- Folds: a partition's watermark moves only from the value its fold started from, and only for
+  its lease holder (`store.generations.advance`), in the transaction that writes the fold; shared
+  counters move by `n = n + ?` upserts in sorted order, which add up whatever the order.
+- Deadlocks and serialization failures roll back and retry the whole transaction; a lost
+  connection is replaced and the group committed once more.
 
 Errors of psycopg become `StoreError` here, in one line; nothing raw reaches the app or CLI.
 """
@@ -44,15 +35,15 @@ from psycopg import errors as pgerrors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from ..config import Config
-from . import fold
+from . import log
 from .base import StoreError
+from .log import AppendJob
 from .migrations import migrate
 from .writer import GroupCommitStore
 
 __all__ = ["PostgresStore"]
 
-log = logging.getLogger("headway_collector.store")
+logger = logging.getLogger("headway_collector.store")
 
 T = TypeVar("T")
 
@@ -61,13 +52,7 @@ RETRIES = 10  # attempts of a transaction that keeps meeting deadlocks
 CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)
 
-# Applied after the shared ones, in the same `migrations` table: only PostgreSQL has several writers.
-PG_MIGRATIONS: list[tuple[str, list[str]]] = [
-    ("pg_0001_subject_locks", [
-        # One row per subject key (a 64-bit hash): `lock` row-locks them. Unlogged: they hold no data.
-        "CREATE UNLOGGED TABLE subject_locks (k BIGINT PRIMARY KEY)",
-    ]),
-]
+LOG_LOCK = 0x4865616477617901  # the advisory lock that orders appends ("Headway" + 1)
 
 
 def _now_us() -> int:
@@ -85,10 +70,6 @@ def _pg(sql: str) -> str:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
 
-def _lock_id(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-
-
 def _one_line(exc: BaseException) -> str:
     """The server's primary message (without the LINE/caret lines), or psycopg's, on one line."""
     diag = getattr(exc, "diag", None)
@@ -97,21 +78,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Tx:
-    """The `fold.Tx` (and `base.Reader`) of one psycopg connection inside a transaction."""
-
-    _names = itertools.count()
-    subjects = None  # other collectors write too: every fold reads the committed state
+    """The `base.Tx` of one psycopg connection inside a transaction."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def lock(self, keys: Sequence[str]) -> None:
-        ids = sorted({_lock_id(k) for k in keys})  # one order for every writer: no deadlocks
-        self.conn.execute(
-            "INSERT INTO subject_locks (k) SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k "
-            "ON CONFLICT (k) DO UPDATE SET k = excluded.k WHERE false",  # locks the row, writes nothing
-            (ids,),
-        )
+    def lock_log(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock($1)", (LOG_LOCK,))
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(_pg(sql), params or None).fetchall()
@@ -125,16 +98,6 @@ class _Tx:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.conn.cursor() as cur:
             cur.executemany(_pg(sql), rows)
-
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        with psycopg.RawServerCursor(self.conn, f"headway_stream_{next(self._names)}") as cur:
-            cur.itersize = 2000
-            cur.execute(_pg(sql), params or None)
-            yield from cur
-
-    def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
-        for raw, ts in self.stream("SELECT raw, ts FROM events WHERE project = ?", (project,)):
-            yield bytes(raw), ts
 
 
 class PostgresStore(GroupCommitStore):
@@ -153,6 +116,8 @@ class PostgresStore(GroupCommitStore):
         self._wconn: psycopg.Connection[Any] | None = None  # the writer thread's
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._pool_lock = threading.Lock()
+        self._local = threading.local()  # each thread's connection for `transact`
+        self._conns: list[psycopg.Connection[Any]] = []
 
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         return StoreError(f"{self._where}: {doing}: {_one_line(exc)}")
@@ -172,7 +137,7 @@ class PostgresStore(GroupCommitStore):
             except RETRYABLE as exc:
                 if attempt == RETRIES:
                     raise self._error(f"gave up after {attempt} attempts", exc) from None
-                log.debug("transaction retried (%s)", type(exc).__name__)
+                logger.debug("transaction retried (%s)", type(exc).__name__)
                 time.sleep(random.uniform(0, 0.01 * attempt))  # apart, so they do not meet again
         raise AssertionError("unreachable")
 
@@ -188,11 +153,6 @@ class PostgresStore(GroupCommitStore):
             applied = {r[0] for r in tx.all("SELECT name FROM migrations")}
             now = _now_us()
             migrate("postgres", applied, tx.execute, now)
-            for name, statements in PG_MIGRATIONS:
-                if name not in applied:
-                    for sql in statements:
-                        tx.execute(sql)
-                    tx.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, now))
 
         with self._connect() as conn:
             try:
@@ -206,18 +166,32 @@ class PostgresStore(GroupCommitStore):
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+    def transact(self, body: Callable[[_Tx], T]) -> T:
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = self._connect()
+            with self._pool_lock:
+                self._conns.append(conn)
+        try:
+            return self._transact(conn, body)
+        except psycopg.Error as exc:
+            if conn.broken:
+                self._local.conn = None
+            raise self._error("transaction failed", exc) from None
 
     # --- writing ------------------------------------------------------------------------------
 
-    def _commit(self, jobs: list[fold.Job]) -> None:
-        """On the writer thread: fold the jobs in one transaction (again after a deadlock or a lost connection)."""
-        models = self._models
-        assert models is not None
+    def _commit(self, jobs: list[AppendJob]) -> None:
+        """On the writer thread: append the jobs in one transaction (again after a deadlock or a lost connection)."""
 
         def run(tx: _Tx) -> None:
             for job in jobs:  # a retry counts again from zero
                 job.accepted = job.duplicates = 0
-            fold.fold_jobs(tx, models, jobs)
+            log.append(tx, jobs)
 
         for attempt in (1, 2):
             conn = self._wconn = self._wconn or self._connect()
@@ -230,7 +204,7 @@ class PostgresStore(GroupCommitStore):
                     raise self._error("could not commit", exc) from None
                 # Once more on a new connection. Had the commit gone through before the cut,
                 # the events are now duplicates: stored and folded once all the same.
-                log.warning("%s: lost the connection (%s); committing again", self._where, _one_line(exc))
+                logger.warning("%s: lost the connection (%s); committing again", self._where, _one_line(exc))
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
@@ -258,17 +232,6 @@ class PostgresStore(GroupCommitStore):
             raise self._error("cannot read", exc) from None
 
     # --- maintenance (CLI, start-up) ----------------------------------------------------------
-
-    def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int:
-        def run(tx: _Tx) -> int:
-            tx.execute("LOCK TABLE subject_locks IN EXCLUSIVE MODE")  # every fold locks subjects first
-            return self._rescore_in(tx, config, progress)
-
-        with self._connect() as conn:
-            try:
-                return self._transact(conn, run)
-            except psycopg.Error as exc:
-                raise self._error("cannot re-score", exc) from None
 
     def prune(self, before: int) -> int:
         with self._connect() as conn:

@@ -1,34 +1,36 @@
-"""SQLite in WAL mode: one writer thread with group commit; reads on their own connections.
+"""SQLite in WAL mode: one appending thread with group commit; reads and folds on their own connections.
 
-The writer (`writer.Writer`) takes whatever requests have gathered while it was busy, folds
-them in one transaction on its own connection, commits (one fsync for all of them) and only
-then answers each request: a 200 means committed. Readers use per-thread connections; WAL
-lets them read the last commit without waiting for the writer.
+The appender (`writer.Writer`) takes whatever requests have gathered while it was busy, appends
+them to the log in one transaction on its own connection, commits (one fsync for all of them)
+and only then answers each request: a 200 means committed. The projection's transactions
+(`transact`) use a connection per thread; SQLite lets one writer in at a time (`BEGIN
+IMMEDIATE`, waiting up to the busy timeout). Readers use per-thread connections; WAL lets them
+read the last commit without waiting for any writer.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..config import Config
-from . import fold
+from . import log
 from .base import StoreError
+from .log import AppendJob
 from .migrations import migrate
 from .writer import GroupCommitStore
 
+T = TypeVar("T")
+
 __all__ = ["SQLiteStore"]
 
-log = logging.getLogger("headway_collector.store")
+logger = logging.getLogger("headway_collector.store")
 
-SUBJECT_CACHE = 50_000  # subjects the writer keeps between commits
 PRAGMAS = (
     "PRAGMA busy_timeout=10000",  # first: switching to WAL waits for other openers too
     "PRAGMA journal_mode=WAL",
@@ -57,13 +59,12 @@ def _with_retry(conn: sqlite3.Connection, pragma: str, seconds: float = 10.0) ->
 
 
 class _Tx:
-    """The `fold.Tx` of one SQLite connection."""
+    """The `base.Tx` of one SQLite connection."""
 
-    def __init__(self, conn: sqlite3.Connection, subjects: MutableMapping[str, fold.Subject] | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.subjects = subjects
 
-    def lock(self, keys: Sequence[str]) -> None:
+    def lock_log(self) -> None:
         pass  # one writer: BEGIN IMMEDIATE already excludes every other
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -77,16 +78,6 @@ class _Tx:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
-
-    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        cur = self.conn.execute(sql, params)
-        while rows := cur.fetchmany(2000):
-            yield from rows
-
-    def project_events(self, project: str) -> Iterator[tuple[bytes, int]]:
-        # The table in rowid order: through an index on project, each row is a separate lookup
-        # (measured 2.7 us a row against 0.6).
-        return self.stream("SELECT raw, ts FROM events NOT INDEXED WHERE project = ?", (project,))  # type: ignore[return-value]
 
 
 class _Checkpointer:
@@ -126,25 +117,9 @@ class _Checkpointer:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:  # the next commit's nudge tries again
-                    log.warning("WAL checkpoint failed: %s", exc)
+                    logger.warning("WAL checkpoint failed: %s", exc)
         finally:
             conn.close()
-
-
-class _SubjectCache(dict[str, fold.Subject]):
-    """Subjects kept between commits, the most recently written last; trimmed to a size."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def __setitem__(self, key: str, value: fold.Subject) -> None:
-        self.pop(key, None)
-        super().__setitem__(key, value)
-
-    def trim(self) -> None:
-        for key in list(itertools.islice(iter(self), max(0, len(self) - self.size))):
-            del self[key]
 
 
 class SQLiteStore(GroupCommitStore):
@@ -153,11 +128,9 @@ class SQLiteStore(GroupCommitStore):
         self.path = url[len("sqlite:///"):]
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
         self._checkpointer: _Checkpointer  # with the writer's connection
-        self._subjects = _SubjectCache(SUBJECT_CACHE)
-        self._data_version: int | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -185,10 +158,10 @@ class SQLiteStore(GroupCommitStore):
 
     def close(self) -> None:
         self._stop_writer()
-        with self._readers_lock:
-            for conn in self._readers:
+        with self._conns_lock:
+            for conn in self._conns:
                 conn.close()
-            self._readers.clear()
+            self._conns.clear()
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
@@ -196,20 +169,34 @@ class SQLiteStore(GroupCommitStore):
         try:
             yield _Tx(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
+    def _own(self, name: str, setup: Callable[[sqlite3.Connection], None] = lambda c: None) -> sqlite3.Connection:
+        """This thread's connection of one kind (reading or writing), opened on first use."""
+        conn = getattr(self._local, name, None)
+        if conn is None:
+            conn = self._connect()
+            setup(conn)
+            setattr(self._local, name, conn)
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def transact(self, body: Callable[[_Tx], T]) -> T:
+        conn = self._own("writer")
+        try:
+            with self._transaction(conn) as tx:
+                return body(tx)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
     # --- writing ------------------------------------------------------------------------------
 
-    def _commit(self, jobs: list[fold.Job]) -> None:
-        """On the writer thread: fold the jobs in one transaction.
-
-        The writer keeps the subjects it wrote (saving reads and a decode per subject) while no
-        other connection writes: `data_version` changes when one did (another process, a
-        rescore), and then the kept subjects are dropped.
-        """
-        assert self._models is not None
+    def _commit(self, jobs: list[AppendJob]) -> None:
+        """On the writer thread: append the jobs in one transaction."""
         if self._wconn is None:
             conn = self._connect()
             try:
@@ -219,20 +206,12 @@ class SQLiteStore(GroupCommitStore):
                 raise
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's work, off this thread
             self._wconn = conn
-        conn = self._wconn
         try:
-            with self._transaction(conn) as tx:
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._data_version:
-                    self._subjects.clear()
-                    self._data_version = version
-                tx.subjects = self._subjects
-                fold.fold_jobs(tx, self._models, jobs)
-        except BaseException:
-            self._subjects.clear()  # folds change subjects in place: after a rollback they are wrong
-            raise
+            with self._transaction(self._wconn) as tx:
+                log.append(tx, jobs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         self._checkpointer.nudge()
-        self._subjects.trim()
 
     def _close_writer_conn(self) -> None:
         if self._wconn is not None:
@@ -244,28 +223,17 @@ class SQLiteStore(GroupCommitStore):
 
     @contextmanager
     def read(self) -> Iterator[_Tx]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        conn.execute("BEGIN")  # one snapshot for the whole read
+        conn = self._own("reader", lambda c: c.execute("PRAGMA query_only=1"))
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole read
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
         try:
             yield _Tx(conn)
         finally:
             conn.execute("COMMIT")
 
     # --- maintenance (CLI, start-up) ----------------------------------------------------------
-
-    def rescore(self, config: Config, progress: Callable[[int, int], None]) -> int:
-        conn = self._connect()
-        try:
-            with self._transaction(conn) as tx:
-                return self._rescore_in(tx, config, progress)
-        finally:
-            conn.close()
 
     def prune(self, before: int) -> int:
         conn = self._connect()

@@ -1,12 +1,13 @@
-"""Group commit, shared by both backends: one writer thread commits what has gathered.
+"""Group commit of appends to the log, shared by both backends: one writer thread commits what has gathered.
 
 Requests hand their events to the queue and wait on a future. The writer takes whatever has
-gathered while it was busy (up to `GROUP_EVENTS`), gives it to the backend's `commit` in one
-transaction, and only then answers each request: a 200 means committed. When a group fails,
-each request in it is committed alone, so that one bad request fails only itself.
+gathered while it was busy (up to `GROUP_EVENTS`), appends it in one transaction (`log.append`),
+and only then answers each request: a 200 means committed. When a group fails, each request in
+it is committed alone, so that one bad request fails only itself. Nothing else happens on this
+path: folding is the projection's work, off the request path.
 
 `GroupCommitStore` is what both backends share around it: a backend gives `_commit` (on the
-writer thread), `_close_writer_conn` and `read`.
+writer thread) and `_close_writer_conn`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Callable
 
-from ..config import Config, Project
-from . import fold
 from .base import Accepted, IngestResult, Overloaded, StoreError
+from .log import AppendJob
 
 __all__ = ["GROUP_EVENTS", "MAX_PENDING", "GroupCommitStore", "Writer"]
 
-log = logging.getLogger("headway_collector.store")
+logger = logging.getLogger("headway_collector.store")
 
 GROUP_EVENTS = 20_000  # most events one commit takes
 MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
@@ -35,17 +33,17 @@ MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
 class _Pending:
     __slots__ = ("job", "future", "loop")
 
-    def __init__(self, job: fold.Job, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, job: AppendJob, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
         self.job, self.future, self.loop = job, future, loop
 
 
 class Writer:
-    """The writer thread. `commit(jobs)` runs on it: fold the jobs in one transaction or raise.
+    """The writer thread. `commit(jobs)` runs on it: append the jobs in one transaction or raise.
 
     `on_exit` runs on the thread as it stops (to close the backend's writing connection).
     """
 
-    def __init__(self, commit: Callable[[list[fold.Job]], None], on_exit: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, commit: Callable[[list[AppendJob]], None], on_exit: Callable[[], None] = lambda: None) -> None:
         self._commit_jobs = commit
         self._on_exit = on_exit
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
@@ -57,7 +55,7 @@ class Writer:
     def depth(self) -> int:
         return self._pending
 
-    async def submit(self, job: fold.Job) -> IngestResult:
+    async def submit(self, job: AppendJob) -> IngestResult:
         with self._pending_lock:
             if self._pending + len(job.events) > MAX_PENDING:
                 raise Overloaded(f"{self._pending} events are waiting for the writer")
@@ -105,7 +103,7 @@ class Writer:
                     _resolve(late, StoreError("the store is closed"))
 
     def _commit(self, group: list[_Pending]) -> None:
-        for p in group:
+        for p in group:  # a retry counts again from zero
             p.job.accepted = p.job.duplicates = 0
         try:
             self._commit_jobs([p.job for p in group])
@@ -114,31 +112,30 @@ class Writer:
                 for p in group:
                     self._commit([p])
                 return
-            log.exception("commit failed")
+            logger.exception("commit failed")
             _resolve(group[0], exc if isinstance(exc, StoreError) else StoreError(f"the store could not commit: {exc}"))
             return
         for p in group:
-            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates))
+            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates, position=p.job.position))
 
 
 class GroupCommitStore:
     """The part of a `Store` that is the same on every backend."""
 
-    _models: fold.Models | None = None
     _writer: Writer | None = None
 
-    def _commit(self, jobs: list[fold.Job]) -> None:
+    def _commit(self, jobs: list[AppendJob]) -> None:
         raise NotImplementedError
 
     def _close_writer_conn(self) -> None:
         raise NotImplementedError
 
-    def read(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def start(self, models: fold.Models) -> None:
-        self._models = models
+    def start(self) -> None:
         self._writer = Writer(self._commit, on_exit=self._close_writer_conn)
+
+    def close_appends(self) -> None:
+        """Commit what is queued, then refuse appends (the store still reads and transacts)."""
+        self._stop_writer()
 
     def _stop_writer(self) -> None:
         if self._writer is not None:
@@ -148,34 +145,10 @@ class GroupCommitStore:
     def queue_depth(self) -> int:
         return self._writer.depth() if self._writer is not None else 0
 
-    async def ingest(self, project: Project, events: list[tuple[Accepted, Any]]) -> IngestResult:
+    async def append(self, project: str, events: list[Accepted]) -> IngestResult:
         if self._writer is None:
             raise StoreError("the store is not started")
-        return await self._writer.submit(fold.Job(project, events))
-
-    def model_versions(self) -> dict[str, str]:
-        with self.read() as r:
-            return {p: v for p, v in r.all("SELECT project, version FROM models")}
-
-    @staticmethod
-    def _rescore_in(tx: fold.Tx, config: Config, progress: Callable[[int, int], None]) -> int:
-        """Rebuild every project's derived rows in `tx` and record the model versions."""
-        models = fold.Models(config.projects.values())
-        total = sum(tx.all("SELECT count(*) FROM events WHERE project = ?", (p,))[0][0]
-                    for p in config.projects)
-        done = 0
-        for name, project in config.projects.items():
-            base = done
-            done += fold.rescore_project(tx, models, name, lambda n: progress(base + n, total))
-            tx.execute("INSERT INTO models (project, version, applied_at) VALUES (?,?,?) ON CONFLICT (project) "
-                       "DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
-                       (name, project.version, time.time_ns() // 1000))
-        return done
-
-    def stored_events(self, project: str) -> Iterator[tuple[bytes, int]]:
-        with self.read() as r:
-            for raw, ts in r.stream("SELECT raw, ts FROM events WHERE project = ? ORDER BY ts, id", (project,)):
-                yield bytes(raw), ts
+        return await self._writer.submit(AppendJob(project, events))
 
 
 def _resolve(p: _Pending, outcome: IngestResult | Exception) -> None:

@@ -1,0 +1,353 @@
+"""The projection's one fold: (prior records, a batch of the log, the model) -> a `ChangeSet`.
+
+Pure: no I/O, no clock. The runner (`projection`) reads a batch of the event log past its
+watermark, loads the stored records of the subjects the batch touches (`Priors`), calls `fold`,
+and writes the change set with the new watermark in one transaction (`store.repository`). Run on
+empty priors over the whole log, the same function is the rebuild: there is no second
+implementation of any rule.
+
+What a change set holds, and why each part is exact whatever the batching, the arrival order or
+the number of partitions folding side by side:
+
+- each touched subject's new record (state, milestone standings, stage started by a milestone,
+  active days): a function of the subject's *set* of events (`model.subject`);
+- the growth counters' deltas (`model.growth.add_days`), the funnel's row moves and counter
+  deltas, the NPS answers and counter deltas, and the unknown-tag counts: additive deltas, so
+  partitions that fold different subjects add up to the same totals in any order;
+- the transitions (SPEC section 4) between the subject's stored standings and its new ones;
+- the subjects that could not be folded: `needs_history` (a late event that `subject.apply` cannot
+  fold in place: the runner calls again with those subjects' whole histories) and `quarantined`
+  (an error: that subject alone is set aside, with the reason, and the others go on).
+
+Partitions: a subject belongs to partition `partition_of(level, subject, n)`. A fold is given the
+subjects it owns (`owns`); an event counts toward each of its two subjects in that subject's own
+partition, and its tags and NPS answer in its user's partition.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from ..config import Project
+from . import growth as g
+from .evaluate import Mark, milestone_marks, stage_on
+from .scoring import DAY
+from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
+
+__all__ = [
+    "LEVELS",
+    "ChangeSet",
+    "FunnelCell",
+    "FunnelRow",
+    "GrowthCell",
+    "Level",
+    "Models",
+    "NpsAnswer",
+    "NpsKey",
+    "Priors",
+    "SubjectKey",
+    "SubjectRecord",
+    "Transition",
+    "fold",
+    "nps_keys",
+    "partition_of",
+    "record_of",
+    "subject_keys",
+]
+
+Level = Literal["user", "account"]
+LEVELS: tuple[Level, ...] = ("user", "account")
+SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row (milestone names are never empty)
+
+
+class SubjectKey(NamedTuple):
+    level: Level
+    subject: str
+
+
+class NpsKey(NamedTuple):
+    """One user's answers in one growth period: the latest is the one that counts."""
+
+    kind: g.Kind
+    period: int
+    user_id: str
+
+
+class NpsAnswer(NamedTuple):
+    t: int
+    answer: float
+
+
+class FunnelRow(NamedTuple):
+    """What the funnel counters hold for one subject and milestone (or the subject itself)."""
+
+    first_seen: int
+    stage_on: int
+    cls: g.FunnelClass
+    tta: int | None  # time to achieve, microseconds
+
+
+class FunnelCell(NamedTuple):
+    level: Level
+    milestone: str
+    cls: g.FunnelClass
+    stage_on: int
+    fday: int  # the UTC day of first_seen
+
+
+class GrowthCell(NamedTuple):
+    level: Level
+    kind: g.Kind
+    period: int
+
+
+@dataclass(slots=True)
+class SubjectRecord:
+    """A subject as stored: its state, and what its other rows hold (functions of the state and days)."""
+
+    state: SubjectState
+    marks: dict[str, Mark]  # per milestone of its level, in model order
+    stage_on: int  # the furthest stage started by an achieved milestone
+    days: g.Days  # its active days (events of weight > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of a subject's standing (SPEC section 4), at the event time that caused it."""
+
+    type: str
+    level: Level
+    subject: str
+    at: int
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Priors:
+    """What is stored for the subjects and NPS periods a batch touches (absent: nothing yet)."""
+
+    records: dict[SubjectKey, SubjectRecord] = field(default_factory=dict)
+    nps: dict[NpsKey, NpsAnswer] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    records: dict[SubjectKey, SubjectRecord] = field(default_factory=dict)  # to save
+    days_changed: set[SubjectKey] = field(default_factory=set)
+    funnel_rows: dict[tuple[SubjectKey, str], FunnelRow] = field(default_factory=dict)
+    funnel_cells: Counter[FunnelCell] = field(default_factory=Counter)
+    funnel_tta: Counter[tuple[Level, str, int]] = field(default_factory=Counter)  # (level, milestone, bucket)
+    growth: dict[GrowthCell, list[int]] = field(default_factory=dict)  # [active, new, retained] deltas
+    nps_answers: dict[NpsKey, NpsAnswer] = field(default_factory=dict)
+    nps_counts: dict[tuple[g.Kind, int], list[int]] = field(default_factory=dict)  # [promoters, passives, detractors]
+    tags: Counter[str] = field(default_factory=Counter)
+    transitions: list[Transition] = field(default_factory=list)
+    needs_history: set[SubjectKey] = field(default_factory=set)
+    quarantined: dict[SubjectKey, str] = field(default_factory=dict)
+    events: int = 0  # events of the batch that counted toward an owned subject
+
+
+class Models:
+    """The folding models of every project of a configuration, built once."""
+
+    def __init__(self, projects: Iterable[Project]) -> None:
+        self.projects = {p.name: p for p in projects}
+        self.levels = {name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for name, p in self.projects.items()}
+        self.milestone_names = {name: frozenset(m.name for m in p.milestones) for name, p in self.projects.items()}
+
+    def __getitem__(self, key: tuple[str, str]) -> LevelModel:
+        return self.levels[key[0]][key[1]]
+
+
+def partition_of(level: str, subject: str, partitions: int) -> int:
+    """The partition that folds a subject: a stable hash of its key (the same in every process)."""
+    return zlib.crc32(f"{level}\x00{subject}".encode()) % partitions
+
+
+def subject_keys(ev: Ev) -> tuple[SubjectKey, ...]:
+    user = SubjectKey("user", ev.user_id)
+    return (user, SubjectKey("account", ev.account_id)) if ev.account_id is not None else (user,)
+
+
+def _is_answer(p: Project, ev: Ev) -> bool:
+    return p.nps_event is not None and ev.event == p.nps_event and ev.value is not None and 0 <= ev.value <= 10
+
+
+def nps_keys(p: Project, batch: Iterable[Ev], owns: Collection[SubjectKey] | None = None) -> set[NpsKey]:
+    """The NPS periods whose stored answers a fold of `batch` compares against."""
+    return {NpsKey(kind, g.period_of(kind, ev.t), ev.user_id)
+            for ev in batch if _is_answer(p, ev) and (owns is None or SubjectKey("user", ev.user_id) in owns)
+            for kind in g.KINDS}
+
+
+def record_of(lm: LevelModel, state: SubjectState, days: g.Days) -> SubjectRecord:
+    """A subject's record as derived from its state and active days."""
+    marks = milestone_marks(lm, state)
+    return SubjectRecord(state, marks, _stage_on(lm, marks), days)
+
+
+def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
+    return stage_on(lm, {name for name, (_, at, _) in marks.items() if at is not None})
+
+
+def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
+         owns: Collection[SubjectKey] | None = None,
+         histories: Mapping[SubjectKey, Sequence[Ev]] | None = None) -> ChangeSet:
+    """Fold `batch` (new events, in log order) into the owned subjects (None: all of them).
+
+    `histories` holds, for subjects that an earlier call put in `needs_history`, every stored
+    event of the subject up to the end of this batch: those subjects are built from it. The
+    records in `priors` are changed in place; the change set's records are those objects.
+    """
+    lms = models.levels[project]
+    p = lms["user"].project
+    out = ChangeSet()
+    per_event: dict[str, Terms] = {}  # the same at both levels: computed once
+    groups: dict[SubjectKey, list[Ev]] = defaultdict(list)
+    for ev in batch:
+        counted = False
+        for key in subject_keys(ev):
+            if owns is None or key in owns:
+                groups[key].append(ev)
+                counted = True
+        if counted:
+            out.events += 1
+            per_event[ev.id] = terms(lms["user"], ev)
+    history = histories or {}
+    for key, evs in groups.items():
+        lm = lms[key.level]
+        prior = priors.records.get(key)
+        # What its rows say now; taken before the fold, which changes the state in place.
+        was = (prior.state.first_seen, prior.stage_on, prior.marks) if prior is not None else None
+        try:
+            folded = _fold_subject(lm, prior, evs, per_event, history.get(key))
+        except Exception as exc:  # a bug or a corrupt row must not stop the other subjects
+            out.quarantined[key] = f"{type(exc).__name__}: {exc}"
+            continue
+        if folded is None:
+            out.needs_history.add(key)
+            continue
+        record, rebuilt = folded
+        record.marks = _marks(lm, record, evs, was, rebuilt)
+        record.stage_on = _stage_on(lm, record.marks)
+        active_days = {ev.t // DAY for ev in evs if per_event[ev.id][0] > 0}
+        counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+        if g.add_days(record.days, active_days, counts):
+            out.days_changed.add(key)
+            for (kind, period), delta in counts.items():
+                cell = out.growth.setdefault(GrowthCell(key.level, kind, period), [0, 0, 0])  # type: ignore[arg-type]
+                for i in range(3):
+                    cell[i] += delta[i]
+        if lm.milestones:
+            _funnel(out, key, was, record)
+            _transitions(out, lm, key, was, record)
+        out.records[key] = record
+    user_owned = [ev for ev in batch if owns is None or SubjectKey("user", ev.user_id) in owns]
+    _nps(out, p, priors, user_owned)
+    names = models.milestone_names[project]
+    for ev in user_owned:
+        for tag in ev.milestones:
+            if tag not in names:
+                out.tags[tag] += 1
+    return out
+
+
+def _fold_subject(lm: LevelModel, prior: SubjectRecord | None, evs: list[Ev], per_event: dict[str, Terms],
+                  history: Sequence[Ev] | None) -> tuple[SubjectRecord, bool] | None:
+    """The subject's record with `evs` folded in, and whether it was rebuilt; None: needs its history."""
+    days = prior.days if prior is not None else g.Days()
+    if history is not None:
+        state = build(lm, list(history))
+        assert state is not None, "a subject being folded has events"
+        if prior is None:
+            return SubjectRecord(state, {}, 0, days), True
+        prior.state = state
+        return prior, True
+    evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
+    state = prior.state if prior is not None else new_state(lm, evs[0])
+    for ev in evs:
+        if apply(lm, state, ev, per_event[ev.id]) is REBUILD:
+            return None
+    if prior is None:
+        return SubjectRecord(state, {}, 0, days), False
+    return prior, False
+
+
+def _marks(lm: LevelModel, record: SubjectRecord, evs: list[Ev],
+           was: tuple[int, int, dict[str, Mark]] | None, rebuilt: bool) -> dict[str, Mark]:
+    if was is None or rebuilt or record.state.first_seen != was[0]:
+        return milestone_marks(lm, record.state)  # every milestone may have moved
+    only = lm.touched(evs)  # the others' standings, a stage's start among them, hold still
+    return {**was[2], **milestone_marks(lm, record.state, only)} if only else was[2]
+
+
+def _funnel_row(first_seen: int, stage_on: int, marks: dict[str, Mark], milestone: str) -> FunnelRow:
+    if milestone == SUBJECT_ROW:
+        return FunnelRow(first_seen, stage_on, "subject", None)
+    progress, achieved_at, _ = marks[milestone]
+    tta = achieved_at - first_seen if achieved_at is not None else None
+    return FunnelRow(first_seen, stage_on, g.funnel_class(progress, achieved_at), tta)
+
+
+def _funnel(out: ChangeSet, key: SubjectKey, was: tuple[int, int, dict[str, Mark]] | None,
+            record: SubjectRecord) -> None:
+    """Move each changed funnel row of the subject from its old counter cells to its new ones."""
+    first_seen, now_on, marks = record.state.first_seen, record.stage_on, record.marks
+    for m in (SUBJECT_ROW, *marks):
+        row = _funnel_row(first_seen, now_on, marks, m)
+        old = _funnel_row(*was, m) if was is not None else None
+        if old == row:
+            continue
+        out.funnel_rows[key, m] = row
+        if old is not None:
+            _count_row(out, key.level, m, old, -1)
+        _count_row(out, key.level, m, row, 1)
+
+
+def _count_row(out: ChangeSet, level: Level, milestone: str, row: FunnelRow, n: int) -> None:
+    out.funnel_cells[FunnelCell(level, milestone, row.cls, row.stage_on, row.first_seen // DAY)] += n
+    if row.tta is not None:
+        out.funnel_tta[level, milestone, g.tta_bucket(row.tta)] += n
+
+
+def _transitions(out: ChangeSet, lm: LevelModel, key: SubjectKey, was: tuple[int, int, dict[str, Mark]] | None,
+                 record: SubjectRecord) -> None:
+    """The changes of standing that need no clock: milestones achieved, stages entered on a milestone."""
+    before = was[2] if was is not None else {}
+    for name, (_, achieved_at, _) in record.marks.items():
+        if achieved_at is not None and (name not in before or before[name][1] is None):
+            out.transitions.append(Transition("milestone.achieved", key.level, key.subject, achieved_at,
+                                              {"milestone": name}))
+    old_on = was[1] if was is not None else 0
+    if record.stage_on > old_on:
+        stages = lm.project.stages
+        starter = stages[record.stage_on].on
+        at = record.marks[starter][1] if starter is not None else None
+        out.transitions.append(Transition("stage.entered", key.level, key.subject, at or record.state.last_seen,
+                                          {"from": stages[old_on].name, "to": stages[record.stage_on].name}))
+
+
+def _nps(out: ChangeSet, p: Project, priors: Priors, batch: Iterable[Ev]) -> None:
+    """Each user's latest answer per period, and the counters of the kinds of answer."""
+    best: dict[NpsKey, NpsAnswer] = {}
+    for ev in batch:
+        if _is_answer(p, ev):
+            answer = NpsAnswer(ev.t, float(ev.value))  # type: ignore[arg-type]
+            for kind in g.KINDS:
+                key = NpsKey(kind, g.period_of(kind, ev.t), ev.user_id)
+                if key not in best or best[key] < answer:
+                    best[key] = answer
+    for key in sorted(best):
+        answer, was = best[key], priors.nps.get(key)
+        if was is not None and was >= answer:
+            continue  # a later answer (or the same) is already counted
+        out.nps_answers[key] = priors.nps[key] = answer
+        counts = out.nps_counts.setdefault((key.kind, key.period), [0, 0, 0])
+        if was is not None:
+            counts[g.nps_bucket(was.answer)] -= 1
+        counts[g.nps_bucket(answer.answer)] += 1
+

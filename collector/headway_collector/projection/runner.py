@@ -1,0 +1,228 @@
+"""Running the fold workers of one collector: in processes (`serve`), or in threads (in-process use).
+
+`Projection` starts `workers` fold workers and keeps them running: one that dies (a crash, a
+SIGKILL) is started again under the same owner name, so it takes up its own leases at once and
+resumes from the watermarks. `reload` restarts them with a new set of models (SIGHUP).
+
+Processes are started with `spawn` (a fork of a threaded server is unsafe) and stop by themselves
+when the collector that started them is gone, so a killed collector leaves no folding orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from ..config import Config
+from ..store import generations, log, open_store
+from ..store.base import Store, StoreError, Tx
+from .worker import LEASE, ModelBook, Worker
+
+__all__ = ["Mode", "Projection", "rescore", "serve_models"]
+
+logger = logging.getLogger("headway_collector.projection")
+
+Mode = Literal["thread", "process"]
+WATCH = 0.2  # seconds between looks at the workers
+
+
+class _ThreadWorker:
+    def __init__(self, url: str, configs: Sequence[Config], owner: str, wake: threading.Event) -> None:
+        self._stop = threading.Event()
+        self.worker = Worker(open_store(url), ModelBook(configs), owner, wake=wake)
+        self._thread = threading.Thread(target=self._run, name=f"headway-fold-{owner}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self._stop)
+        finally:
+            self.worker.store.close()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+class _ProcessWorker:
+    def __init__(self, url: str, configs: Sequence[Config], owner: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.process = ctx.Process(target=_process_main, args=(url, list(configs), owner, os.getpid()),
+                                   name=f"headway-fold-{owner}", daemon=True)
+        self.process.start()
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self, timeout: float) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
+        self.process.join()
+
+
+def _process_main(url: str, configs: list[Config], owner: str, parent: int) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector stops us on Ctrl-C
+
+    def orphaned() -> None:  # the collector was killed: stop folding
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    store = open_store(url)
+    try:
+        Worker(store, ModelBook(configs), owner).run(stop)
+    finally:
+        store.close()
+
+
+class Projection:
+    """The fold workers of one collector, kept running."""
+
+    def __init__(self, url: str, configs: Sequence[Config], *, workers: int = 1, mode: Mode = "thread") -> None:
+        if workers < 1:
+            raise ValueError("at least one fold worker")
+        self.url, self.mode, self.workers = url, mode, workers
+        self._configs = list(configs)
+        self._prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake = threading.Event()
+        self._slots: list[_ThreadWorker | _ProcessWorker | None] = [None] * workers
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.restarts = 0
+
+    def owner(self, slot: int) -> str:
+        return f"{self._prefix}/{slot}"
+
+    def _spawn(self, slot: int) -> _ThreadWorker | _ProcessWorker:
+        if self.mode == "thread":
+            return _ThreadWorker(self.url, self._configs, self.owner(slot), self._wake)
+        return _ProcessWorker(self.url, self._configs, self.owner(slot))
+
+    def start(self) -> None:
+        with self._lock:
+            for slot in range(self.workers):
+                self._slots[slot] = self._spawn(slot)
+        self._watcher = threading.Thread(target=self._watch, name="headway-fold-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH):
+            with self._lock:
+                for slot, w in enumerate(self._slots):
+                    if w is not None and not w.alive() and not self._stopping.is_set():
+                        logger.warning("fold worker %s stopped: starting it again", self.owner(slot))
+                        self.restarts += 1
+                        self._slots[slot] = self._spawn(slot)
+
+    def wake(self) -> None:
+        """New events are in the log (in-process workers look at once instead of at their next poll)."""
+        self._wake.set()
+
+    def reload(self, configs: Sequence[Config]) -> None:
+        """Restart the workers with these models (the served ones and any being built)."""
+        with self._lock:
+            self._configs = list(configs)
+            for slot, w in enumerate(self._slots):
+                if w is not None:
+                    w.stop(10)
+                self._slots[slot] = self._spawn(slot)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (process mode), for operators and tests."""
+        return [w.process.pid for w in self._slots if isinstance(w, _ProcessWorker) and w.process.pid is not None]
+
+    def folded(self) -> int:
+        """Events folded by in-process workers since they started (thread mode)."""
+        return sum(w.worker.folded for w in self._slots if isinstance(w, _ThreadWorker))
+
+    def drain(self, store: Store, timeout: float = 10) -> bool:
+        """Wait until the served generations have folded every committed position (a graceful
+        stop leaves nothing acknowledged unfolded); whether they did within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with store.read() as r:
+                head = log.head(r)
+                behind = [g for g in generations.generations(r, ("active",)) if generations.watermark(r, g.gen) < head]
+            if not behind:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.wake()
+            time.sleep(0.005)
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+        with self._lock:
+            for slot, w in enumerate(self._slots):
+                if w is not None:
+                    w.stop(timeout)
+                self._slots[slot] = None
+
+
+def serve_models(config: Config, store: Store, now: int, *, rebuild: bool = False) -> list[generations.Generation]:
+    """Give every project a generation for the configuration's model: the active one when its
+    model is unchanged (and not `rebuild`), else one that the projection builds from the log in
+    the background while the active one serves."""
+
+    def run(tx: Tx) -> list[generations.Generation]:
+        return [generations.ensure(tx, p.name, p.version, config.text, now, rebuild=rebuild)
+                for p in config.projects.values()]
+
+    made = store.transact(run)
+    for gen in made:
+        if gen.status == "building":
+            logger.warning("project %s: model %s is being built from the log; reads use the active one until it "
+                           "is done", gen.project, gen.version)
+    return made
+
+
+def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "process",
+            progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+    """Build every project's state anew from the start of the log under `config`'s models, with
+    `jobs` fold workers, and switch reads to it; the number of events in the log. Refuses a database
+    that a running collector folds (its workers would fold beside these: two writers of one
+    model's state)."""
+    now = time.time_ns() // 1000
+    alive = store.transact(lambda tx: generations.alive(tx, now - 2 * LEASE))
+    if alive:
+        raise StoreError(f"{store.url} is served by a running collector ({len(alive)} fold worker(s) alive, or stopped "
+                         f"less than {2 * LEASE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
+                         "model without downtime")
+    building = serve_models(config, store, now, rebuild=True)
+    projection = Projection(store.url, [config], workers=jobs, mode=mode)
+    projection.start()
+    try:
+        while True:
+            with store.read() as r:
+                head = log.head(r)
+                statuses = {g.gen: g.status for g in generations.generations(r, ("active", "building", "retired"))}
+                done = min((generations.watermark(r, g.gen) for g in building if statuses.get(g.gen) == "building"),
+                           default=head)
+                total = log.count(r)
+            progress(done, head)
+            if all(statuses.get(g.gen) == "active" for g in building):
+                return total
+            time.sleep(0.05)
+    finally:
+        projection.stop()

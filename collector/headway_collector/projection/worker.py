@@ -1,0 +1,277 @@
+"""One fold worker: lease partitions, read the log past their watermark, fold, commit with the watermark.
+
+The loop, for every generation being served or built (`store.generations`):
+
+1. every `RENEW` seconds: say it is alive (`heartbeat`), take the partitions that are its share
+   among the workers alive (partition p goes to the i-th of n workers when p % n == i), give back
+   the others, and switch a building generation that has caught up;
+2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
+   and the stored records of the subjects the batch touches (kept between batches: only this
+   worker writes them while it holds their partitions);
+3. fold (`model.fold`, pure), outside any write transaction, so that appends never wait on it;
+4. commit the change set and the new watermark in one transaction, which moves the watermark only
+   if it is still where the fold started and the lease is still this worker's: a worker that lost
+   its lease, or raced another, commits nothing and drops what it kept.
+
+A crash anywhere loses at most a fold that had not committed; the next worker starts again from
+the watermark, so every event is folded exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..config import Config, ConfigError, loads
+from ..events import from_stored
+from ..model.fold import ChangeSet, Models, Priors, SubjectKey, SubjectRecord, fold, nps_keys, partition_of
+from ..model.subject import Ev
+from ..store import derived, generations, log
+from ..store.base import Store, Tx
+from ..store.generations import Generation
+
+__all__ = ["BATCH", "LEASE", "RENEW", "ModelBook", "Worker"]
+
+logger = logging.getLogger("headway_collector.projection")
+
+BATCH = 20_000  # log positions one fold reads at most
+LEASE = 5_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
+RENEW = 1.0  # seconds between lease renewals
+IDLE = 0.002  # seconds between looks at the log when there is nothing to fold
+CACHE = 200_000  # subject records kept between batches
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ModelBook:
+    """The folding models of every (project, model version) met: from the configurations loaded
+    here, else from the configuration file a generation keeps (`generations.config_text`)."""
+
+    def __init__(self, configs: Iterable[Config] = ()) -> None:
+        self._models: dict[tuple[str, str], Models] = {}
+        self._lock = threading.Lock()
+        for cfg in configs:
+            self.add(cfg)
+
+    def add(self, cfg: Config) -> None:
+        with self._lock:
+            for p in cfg.projects.values():
+                self._models.setdefault((p.name, p.version), Models([p]))
+
+    def for_generation(self, tx: Tx, gen: Generation) -> Models | None:
+        """The models a generation was made with; None if its file no longer loads (logged)."""
+        found = self._models.get((gen.project, gen.version))
+        if found is not None:
+            return found
+        try:
+            cfg = loads(generations.config_text(tx, gen.gen), f"<generation {gen.gen}>")
+        except ConfigError as exc:
+            logger.error("generation %d of project %s: its model does not load: %s", gen.gen, gen.project, exc)
+            return None
+        project = cfg.projects.get(gen.project)
+        if project is None or project.version != gen.version:
+            logger.error("generation %d: its file does not hold model %s of project %s", gen.gen, gen.version,
+                         gen.project)
+            return None
+        self.add(Config({gen.project: project}))
+        return self._models[gen.project, gen.version]
+
+
+class _Lost(Exception):
+    """The watermark moved or the lease changed hands: this fold must not commit."""
+
+
+@dataclass
+class _Held:
+    gen: Generation
+    parts: list[int]
+
+
+class Worker:
+    """Folds its share of every generation's partitions until `stop` is set."""
+
+    def __init__(self, store: Store, book: ModelBook, owner: str, *, wake: threading.Event | None = None,
+                 clock: Callable[[], int] = _now_us) -> None:
+        self.store, self.book, self.owner = store, book, owner
+        self._wake = wake or threading.Event()
+        self._clock = clock
+        self._held: list[_Held] = []
+        self._renewed = 0.0
+        self._records: OrderedDict[tuple[int, SubjectKey], SubjectRecord] = OrderedDict()
+        self._quarantined: dict[int, set[SubjectKey]] = {}
+        self._committed: dict[tuple[int, int], int] = {}  # (gen, part) -> the watermark this worker left it at
+        self.folded = 0  # events folded, for tests and metrics
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self.step()
+                except Exception:  # a store error: log it, wait, start from the watermarks again
+                    logger.exception("fold worker %s: step failed", self.owner)
+                    self._records.clear()
+                    self._renewed = 0.0
+                    busy = False
+                    stop.wait(0.5)
+                if not busy:
+                    self._wake.wait(IDLE)
+                    self._wake.clear()
+        finally:
+            try:
+                self.store.transact(lambda tx: generations.release(tx, self.owner))
+            except Exception:  # leases expire by themselves
+                logger.warning("fold worker %s could not release its leases", self.owner)
+
+    def step(self) -> bool:
+        """One round over the held partitions; whether anything was folded."""
+        if time.monotonic() - self._renewed >= RENEW:
+            self._renew()
+        busy = False
+        for held in self._held:
+            busy |= self._fold_some(held)
+        return busy
+
+    # --- leases -------------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        now = self._clock()
+
+        def run(tx: Tx) -> list[_Held]:
+            alive = generations.heartbeat(tx, self.owner, now, now - 2 * LEASE)
+            i, n = alive.index(self.owner), len(alive)
+            out = []
+            for gen in generations.generations(tx):
+                if self.book.for_generation(tx, gen) is None:
+                    continue
+                if gen.status == "building":
+                    if generations.switch(tx, gen, now):
+                        logger.info("model %s of project %s is built: reads now use it", gen.version, gen.project)
+                        gen = Generation(gen.gen, gen.project, gen.version, "active", gen.partitions)
+                mine = [p for p in range(gen.partitions) if p % n == i]
+                theirs = [p.part for p in generations.partitions(tx, gen.gen) if p.owner == self.owner and p.part not in mine]
+                generations.release(tx, self.owner, gen.gen, theirs)
+                held = generations.claim(tx, gen.gen, mine, self.owner, now, now + LEASE)
+                if held:
+                    out.append(_Held(gen, held))
+            return out
+
+        self._held = self.store.transact(run)
+        self._renewed = time.monotonic()
+        live = {h.gen.gen for h in self._held}
+        for gen in list(self._quarantined):
+            if gen not in live:
+                del self._quarantined[gen]
+
+    # --- folding ------------------------------------------------------------------------------
+
+    def _fold_some(self, held: _Held) -> bool:
+        gen = held.gen
+        parts = set(held.parts)
+        with self.store.read() as r:
+            models = self.book.for_generation(r, gen)
+            assert models is not None, "held partitions have a model"
+            project = models.projects[gen.project]
+            marks = {p.part: p.watermark for p in generations.partitions(r, gen.gen)
+                     if p.part in parts and p.owner == self.owner}
+            if not marks:
+                self._renewed = 0.0  # the lease is gone: look again
+                return False
+            start = min(marks.values())
+            # Partitions further ahead (taken over from another worker) wait until the others catch up.
+            lagging = {p for p, w in marks.items() if w == start}
+            ahead = [w for w in marks.values() if w > start]
+            batch = log.read_log(r, gen.project, start, min(BATCH, min(ahead) - start) if ahead else BATCH)
+            if batch.upto <= start:
+                return False
+            if any(self._committed.get((gen.gen, p)) != start for p in lagging):
+                self._forget(gen)  # another worker folded these partitions since: what is kept is old
+            if gen.gen not in self._quarantined:
+                self._quarantined[gen.gen] = set(generations.quarantined(r, gen.gen))
+            skip = self._quarantined[gen.gen]
+            events, owns = self._owned(batch.rows, lagging, gen.partitions, skip)
+            priors = self._priors(r, models, gen, owns, nps_keys(project, events, owns))
+        cs = fold(models, gen.project, priors, events, owns)
+        if cs.needs_history:
+            cs = self._fold_with_histories(models, gen, owns, events, cs.needs_history, batch.upto)
+        if gen.status == "building":
+            cs.transitions.clear()  # a model being built re-tells history: only the served one speaks
+        now = self._clock()
+
+        def write(tx: Tx) -> None:
+            if not generations.advance(tx, gen.gen, {p: start for p in lagging}, batch.upto, self.owner):
+                raise _Lost
+            derived.apply(tx, gen.gen, cs, now)
+
+        try:
+            self.store.transact(write)
+        except _Lost:
+            self._forget(gen)
+            self._renewed = 0.0
+            return False
+        except BaseException:
+            self._forget(gen)  # the records were changed in place for a commit that did not happen
+            raise
+        for key, reason in cs.quarantined.items():
+            logger.error("project %s: %s %r quarantined (%s): its events are set aside until a rescore",
+                         gen.project, key.level, key.subject, reason)
+            skip.add(key)
+        self._keep(gen, cs)
+        for p in lagging:
+            self._committed[gen.gen, p] = batch.upto
+        self.folded += cs.events
+        return True
+
+    def _owned(self, rows: list[log.LogRow], lagging: set[int], n: int,
+               skip: set[SubjectKey]) -> tuple[list[Ev], set[SubjectKey]]:
+        """The batch's events that count toward a subject of the lagging partitions, and those subjects."""
+        events: list[Ev] = []
+        owns: set[SubjectKey] = set()
+        for row in rows:
+            keys = [SubjectKey("user", row.user_id)]
+            if row.account_id is not None:
+                keys.append(SubjectKey("account", row.account_id))
+            mine = [k for k in keys if partition_of(k.level, k.subject, n) in lagging and k not in skip]
+            if mine:
+                owns.update(mine)
+                events.append(from_stored(row.raw, row.ts))
+        return events, owns
+
+    def _priors(self, r: Tx, models: Models, gen: Generation, owns: set[SubjectKey], nps: set) -> Priors:  # type: ignore[type-arg]
+        records = self._records
+        missing = [k for k in owns if (gen.gen, k) not in records]
+        loaded = derived.load_priors(r, models, gen.project, gen.gen, missing, nps)
+        for key in owns:
+            rec = records.get((gen.gen, key))
+            if rec is not None:
+                loaded.records[key] = rec
+        return loaded
+
+    def _fold_with_histories(self, models: Models, gen: Generation, owns: set[SubjectKey], events: list[Ev],
+                             rebuild: set[SubjectKey], upto: int) -> ChangeSet:
+        """Fold again from freshly read records, building `rebuild` from their whole histories."""
+        self._forget(gen)  # the first fold changed the kept records in place
+        project = models.projects[gen.project]
+        with self.store.read() as r:
+            priors = derived.load_priors(r, models, gen.project, gen.gen, owns, nps_keys(project, events, owns))
+            histories = {key: [from_stored(raw, ts) for raw, ts in
+                               log.subject_events(r, gen.project, key.level, key.subject, upto=upto)]
+                         for key in sorted(rebuild)}
+        return fold(models, gen.project, priors, events, owns, histories)
+
+    def _keep(self, gen: Generation, cs: ChangeSet) -> None:
+        records = self._records
+        for key, record in cs.records.items():
+            records[gen.gen, key] = record
+            records.move_to_end((gen.gen, key))
+        while len(records) > CACHE:
+            records.popitem(last=False)
+
+    def _forget(self, gen: Generation) -> None:
+        for key in [k for k in self._records if k[0] == gen.gen]:
+            del self._records[key]

@@ -1,0 +1,152 @@
+"""The derived state of a model generation: load the records a fold starts from, write what it changed.
+
+A change set (`model.fold.ChangeSet`) is written in the transaction that also moves the watermark
+(`generations.advance`), so the state and how far it has folded the log never disagree. Rows that
+belong to one subject (its state, active days, funnel rows, NPS answers of a user) are written by
+the partition that owns it alone; shared counters (growth, funnel, NPS, tags) move by `n = n + ?`
+upserts, which add up exactly whatever the order in which partitions commit. Rows are written in
+sorted order, so that two transactions meeting on PostgreSQL take their row locks in one order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import msgspec
+
+from ..model import growth as g
+from ..model import scoring
+from ..model.fold import (ChangeSet, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord,
+                          Transition, record_of)
+from ..model.subject import decode_state, encode_state
+from .base import Tx, chunks
+
+__all__ = ["apply", "load_priors"]
+
+_encode_data = msgspec.json.Encoder(order="sorted").encode
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection[SubjectKey],
+                nps: Collection[NpsKey]) -> Priors:
+    """The stored records of `keys` and the stored answers of `nps` in generation `gen`."""
+    out = Priors()
+    for level in ("user", "account"):
+        lm = models[project, level]
+        ids = sorted(k.subject for k in keys if k.level == level)
+        states: dict[str, bytes] = {}
+        days: dict[str, g.Days] = {}
+        for part in chunks(ids):
+            for sid, blob in tx.all(f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? "
+                                    f"AND subject IN ({_marks(len(part))})", (gen, level, *part)):
+                states[sid] = bytes(blob)
+            for sid, first, data in tx.all(f"SELECT subject, first_day, days FROM growth_subjects WHERE gen = ? "
+                                           f"AND level = ? AND subject IN ({_marks(len(part))})", (gen, level, *part)):
+                days[sid] = g.Days.decode(first, bytes(data))
+        for sid, blob in states.items():
+            out.records[SubjectKey(level, sid)] = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+    wanted = sorted(nps)
+    for part in chunks(wanted, 100):
+        params: list[Any] = [x for key in part for x in key]
+        for kind, per, uid, t, v in tx.all(
+            f"SELECT a.kind, a.period, a.user_id, a.t, a.answer FROM (VALUES {','.join(['(?,?,?)'] * len(part))}) AS v "
+            "JOIN growth_nps_answers a ON a.gen = ? AND a.kind = v.column1 AND a.period = v.column2 "
+            "AND a.user_id = v.column3",
+            [*params, gen],
+        ):
+            out.nps[NpsKey(kind, per, uid)] = NpsAnswer(t, v)
+    return out
+
+
+def apply(tx: Tx, gen: int, cs: ChangeSet, now: int) -> None:
+    """Write a change set of generation `gen` (`now`: when, for the quarantine's record)."""
+    _save_subjects(tx, gen, cs.records)
+    _save_days(tx, gen, cs)
+    _add(tx, "growth_counts", ("gen", "level", "kind", "period"), ("n_active", "n_new", "n_retained"),
+         [(gen, *cell, *delta) for cell, delta in sorted(cs.growth.items()) if any(delta)])
+    if cs.nps_answers:
+        tx.executemany("INSERT INTO growth_nps_answers (gen, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT (gen, kind, period, user_id) DO UPDATE SET t = excluded.t, answer = excluded.answer",
+                       [(gen, *key, *answer) for key, answer in sorted(cs.nps_answers.items())])
+    _add(tx, "growth_nps_counts", ("gen", "kind", "period"), ("promoters", "passives", "detractors"),
+         [(gen, *key, *c) for key, c in sorted(cs.nps_counts.items()) if any(c)])
+    _save_funnel(tx, gen, cs)
+    _add(tx, "tags", ("gen", "tag"), ("events",), [(gen, tag, n) for tag, n in sorted(cs.tags.items())])
+    _save_transitions(tx, gen, cs.transitions)
+    if cs.quarantined:
+        tx.executemany("INSERT INTO quarantine (gen, level, subject, reason, at) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT (gen, level, subject) DO NOTHING",
+                       [(gen, key.level, key.subject, reason, now) for key, reason in sorted(cs.quarantined.items())])
+
+
+def subject_row(gen: int, key: SubjectKey, record: SubjectRecord) -> tuple[Any, ...]:
+    state = record.state
+    return (gen, key.level, key.subject, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
+            record.stage_on, encode_state(state))
+
+
+def _save_subjects(tx: Tx, gen: int, records: dict[SubjectKey, SubjectRecord]) -> None:
+    if not records:
+        return
+    tx.executemany(
+        "INSERT INTO subjects (gen, level, subject, first_seen, last_seen, score_key, stage_on, state) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (gen, level, subject) DO UPDATE SET "
+        "first_seen = excluded.first_seen, last_seen = excluded.last_seen, score_key = excluded.score_key, "
+        "stage_on = excluded.stage_on, state = excluded.state",
+        [subject_row(gen, key, records[key]) for key in sorted(records)],
+    )
+
+
+def _save_days(tx: Tx, gen: int, cs: ChangeSet) -> None:
+    rows = []
+    for key in sorted(cs.days_changed):
+        days = cs.records[key].days
+        rows.append((gen, key.level, key.subject, days.first, days.encode()))
+    if rows:
+        tx.executemany("INSERT INTO growth_subjects (gen, level, subject, first_day, days) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT (gen, level, subject) DO UPDATE SET first_day = excluded.first_day, "
+                       "days = excluded.days", rows)
+
+
+def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Add each row's counters to the stored ones (`n = n + ?`); drop a row that falls to zero,
+    so that the tables are a function of the events alone (a rebuild never writes empty rows)."""
+    if not rows:
+        return
+    columns = ", ".join((*keys, *counters))
+    sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
+    tx.executemany(f"INSERT INTO {table} ({columns}) VALUES ({_marks(len(keys) + len(counters))}) "
+                   f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}", rows)
+    emptied = [row[: len(keys)] for row in rows if any(n < 0 for n in row[len(keys):])]
+    if emptied:
+        where = " AND ".join(f"{k} = ?" for k in keys)
+        zero = " AND ".join(f"{c} = 0" for c in counters)
+        tx.executemany(f"DELETE FROM {table} WHERE {where} AND {zero}", emptied)
+
+
+def _save_funnel(tx: Tx, gen: int, cs: ChangeSet) -> None:
+    if cs.funnel_rows:
+        rows: list[tuple[Any, ...]] = [(gen, key.level, m, key.subject, *row)
+                                       for (key, m), row in sorted(cs.funnel_rows.items())]
+        tx.executemany(
+            "INSERT INTO funnel_rows (gen, level, milestone, subject, first_seen, stage_on, cls, tta) "
+            "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (gen, level, milestone, subject) DO UPDATE SET "
+            "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
+            rows,
+        )
+    _add(tx, "funnel_counts", ("gen", "level", "milestone", "cls", "stage_on", "fday"), ("n",),
+         [(gen, *cell, n) for cell, n in sorted(cs.funnel_cells.items()) if n])
+    _add(tx, "funnel_tta", ("gen", "level", "milestone", "bucket"), ("n",),
+         [(gen, *key, n) for key, n in sorted(cs.funnel_tta.items()) if n])
+
+
+def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> None:
+    rows = [(gen, t.level, t.subject, t.type, t.at, _encode_data(t.data).decode())
+            for t in sorted(transitions, key=lambda t: (t.at, t.level, t.subject, t.type))]
+    if rows:
+        tx.executemany("INSERT INTO transitions (gen, level, subject, type, at, data) VALUES (?,?,?,?,?,?)", rows)
+

@@ -1,0 +1,178 @@
+"""Model generations, the projection's partitions and their watermarks, leases and quarantine.
+
+A generation is one project's derived state under one model version. Reads use the project's
+`active` generation; a changed model gets a `building` one, which the projection folds from the
+start of the log beside the active one, and `switch` makes it active in one transaction once it
+has caught up: a read's snapshot sees one generation or the other, never a mix.
+
+Each generation has `PARTITIONS` partitions, each with its watermark (every log position up to it
+is folded) and a lease (who folds it, until when). `advance` moves a watermark only from the value
+the folder started from and only for the lease holder, in the transaction that writes the fold:
+a folder that lost its lease, or raced another, commits nothing, so nothing is counted twice
+whatever the leases do. Leases share the work out; the watermark check keeps it exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..model.fold import SubjectKey
+from . import log
+from .base import Tx
+
+__all__ = ["DERIVED_TABLES", "PARTITIONS", "Generation", "Partition", "active", "advance", "alive", "claim", "config_text", "ensure", "generations",
+           "heartbeat", "partitions", "quarantined", "release", "switch", "watermark"]
+
+PARTITIONS = 16  # per generation; fold workers share them out
+DERIVED_TABLES = ("subjects", "tags", "growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_counts",
+                  "funnel_rows", "funnel_counts", "funnel_tta", "transitions", "quarantine", "partitions")
+
+Status = Literal["building", "active", "retired"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    gen: int
+    project: str
+    version: str
+    status: Status
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    part: int
+    watermark: int
+    owner: str | None
+    lease_until: int
+
+
+_COLUMNS = "gen, project, version, status, partitions"
+
+
+def generations(tx: Tx, statuses: tuple[Status, ...] = ("active", "building")) -> list[Generation]:
+    rows = tx.all(f"SELECT {_COLUMNS} FROM generations WHERE status IN ({','.join('?' * len(statuses))}) "
+                  "ORDER BY gen", statuses)
+    return [Generation(*row) for row in rows]
+
+
+def active(tx: Tx, project: str) -> Generation | None:
+    row = tx.one(f"SELECT {_COLUMNS} FROM generations WHERE project = ? AND status = 'active'", (project,))
+    return Generation(*row) if row is not None else None
+
+
+def _create(tx: Tx, project: str, version: str, config: str, status: Status, now: int) -> Generation:
+    row = tx.one("SELECT coalesce(max(gen), 0) + 1 FROM generations")
+    assert row is not None
+    gen = int(row[0])
+    tx.execute("INSERT INTO generations (gen, project, version, status, partitions, created_at, config) "
+               "VALUES (?,?,?,?,?,?,?)", (gen, project, version, status, PARTITIONS, now, config))
+    tx.executemany("INSERT INTO partitions (gen, part, watermark, owner, lease_until) VALUES (?,?,0,NULL,0)",
+                   [(gen, part) for part in range(PARTITIONS)])
+    return Generation(gen, project, version, status, PARTITIONS)
+
+
+def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild: bool = False) -> Generation:
+    """The generation that will serve `version`: the active one if it has that version (unless
+    `rebuild`), else a building one (made if need be). A project without any starts active: there
+    is nothing older to serve meanwhile. Building generations of other versions are dropped."""
+    tx.lock_log()  # collectors starting together make one generation, not two
+    current = active(tx, project)
+    building = [g for g in generations(tx, ("building",)) if g.project == project]
+    for g in building:
+        if g.version != version:
+            _drop(tx, g.gen)
+    if current is None:
+        return _create(tx, project, version, config, "active", now)
+    if current.version == version and not rebuild:
+        return current
+    for g in building:
+        if g.version == version:
+            return g
+    return _create(tx, project, version, config, "building", now)
+
+
+def _drop(tx: Tx, gen: int) -> None:
+    for table in DERIVED_TABLES:
+        tx.execute(f"DELETE FROM {table} WHERE gen = ?", (gen,))
+    tx.execute("UPDATE generations SET status = 'retired' WHERE gen = ?", (gen,))
+
+
+def switch(tx: Tx, building: Generation, now: int) -> bool:
+    """Make a building generation active if it has folded every committed position."""
+    tx.lock_log()  # no append commits between the check and the switch
+    if watermark(tx, building.gen) < log.head(tx):
+        return False
+    old = active(tx, building.project)
+    tx.execute("UPDATE generations SET status = 'active', switched_at = ? WHERE gen = ?", (now, building.gen))
+    if old is not None:
+        _drop(tx, old.gen)
+    return True
+
+
+def config_text(tx: Tx, gen: int) -> str:
+    """The configuration file a generation was made from."""
+    row = tx.one("SELECT config FROM generations WHERE gen = ?", (gen,))
+    return str(row[0]) if row is not None else ""
+
+
+def watermark(tx: Tx, gen: int) -> int:
+    """Every log position up to this one is folded into generation `gen`."""
+    row = tx.one("SELECT min(watermark) FROM partitions WHERE gen = ?", (gen,))
+    return int(row[0]) if row is not None and row[0] is not None else 0
+
+
+def partitions(tx: Tx, gen: int) -> list[Partition]:
+    return [Partition(*row) for row in
+            tx.all("SELECT part, watermark, owner, lease_until FROM partitions WHERE gen = ? ORDER BY part", (gen,))]
+
+
+def claim(tx: Tx, gen: int, parts: list[int], owner: str, now: int, until: int) -> list[int]:
+    """Take or renew the leases of `parts` that are free, expired or already ours; the ones held."""
+    held = []
+    for part in parts:
+        if tx.all("UPDATE partitions SET owner = ?, lease_until = ? WHERE gen = ? AND part = ? "
+                  "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING part",
+                  (owner, until, gen, part, owner, now)):
+            held.append(part)
+    return held
+
+
+def release(tx: Tx, owner: str, gen: int | None = None, parts: list[int] | None = None) -> None:
+    """Give up leases (all of `owner`'s, or those of `parts` in `gen`), so that others take them at once."""
+    if gen is None:
+        tx.execute("UPDATE partitions SET owner = NULL, lease_until = 0 WHERE owner = ?", (owner,))
+        tx.execute("DELETE FROM workers WHERE owner = ?", (owner,))
+        return
+    for part in parts or ():
+        tx.execute("UPDATE partitions SET owner = NULL, lease_until = 0 WHERE gen = ? AND part = ? AND owner = ?",
+                   (gen, part, owner))
+
+
+def heartbeat(tx: Tx, owner: str, now: int, stale_before: int) -> list[str]:
+    """Say that `owner` is alive; the workers alive (ours included), in one order for all."""
+    tx.execute("INSERT INTO workers (owner, heartbeat) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET "
+               "heartbeat = excluded.heartbeat", (owner, now))
+    tx.execute("DELETE FROM workers WHERE heartbeat < ?", (stale_before,))
+    return [r[0] for r in tx.all("SELECT owner FROM workers ORDER BY owner")]
+
+
+def alive(tx: Tx, since: int) -> list[str]:
+    """The fold workers that said they were alive at `since` or later."""
+    return [r[0] for r in tx.all("SELECT owner FROM workers WHERE heartbeat >= ? ORDER BY owner", (since,))]
+
+
+def advance(tx: Tx, gen: int, marks: dict[int, int], upto: int, owner: str) -> bool:
+    """Move the watermarks of partitions `marks` (part -> the watermark the fold started from) to
+    `upto`, only if each is still at that value and leased by `owner`."""
+    for part, old in sorted(marks.items()):
+        if not tx.all("UPDATE partitions SET watermark = ? WHERE gen = ? AND part = ? AND watermark = ? "
+                      "AND owner = ? RETURNING part", (upto, gen, part, old, owner)):
+            return False
+    return True
+
+
+def quarantined(tx: Tx, gen: int) -> dict[SubjectKey, str]:
+    return {SubjectKey(level, subject): reason for level, subject, reason in
+            tx.all("SELECT level, subject, reason FROM quarantine WHERE gen = ?", (gen,))}
