@@ -1,7 +1,7 @@
 """ASGI middleware (Starlette, FastAPI, any ASGI 3 app) binding each request's user and account.
 
 ```python
-app.add_middleware(HeadwayMiddleware, identify=lambda scope: scope["state"].get("user"))
+app.add_middleware(HeadwayMiddleware, identify=lambda scope: ..., tracker=tracker)
 # or: app = HeadwayMiddleware(app, identify=..., tracker=tracker)
 ```
 """

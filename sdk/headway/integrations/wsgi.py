@@ -23,8 +23,9 @@ FLUSH_TIMEOUT = 5.0  # seconds a request's end may spend flushing when the worke
 
 
 def threads_can_run() -> bool:
-    """False under a uWSGI whose Python threads are off (``uwsgi.has_threads`` false: uWSGI
-    before 2.0.26 without ``--enable-threads``), where the tracker's worker thread never runs."""
+    """False under a uWSGI whose Python threads are off (``uwsgi.has_threads`` false: an older
+    uWSGI run without ``--enable-threads`` or ``--threads``), where the tracker's worker thread
+    never runs. Recent uWSGI (2.0.31 here) always has them on."""
     uwsgi = sys.modules.get("uwsgi")
     return uwsgi is None or bool(getattr(uwsgi, "has_threads", True))
 

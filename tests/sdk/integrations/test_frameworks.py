@@ -21,6 +21,7 @@ from ..sink import Sink
 from .servers import serve_asgi, serve_wsgi
 
 USERS = 8
+USER_IDS = [f"u{i}" for i in range(USERS)]
 
 
 def account_of(user: str) -> str:
@@ -71,8 +72,14 @@ def unbound_request(tracker: headway.Tracker) -> dict[str, str | None]:
     return {"user": "leaked"}
 
 
-def check_no_leak(url: str, tracker: headway.Tracker, sink: Sink, path: str = "/page") -> None:
-    users = [f"u{i}" for i in range(USERS)]
+def check_no_leak(url: str, tracker: headway.Tracker, sink: Sink, *paths: str) -> None:
+    for path in paths:
+        sink.received.clear()
+        check_path(url, tracker, sink, path)
+
+
+def check_path(url: str, tracker: headway.Tracker, sink: Sink, path: str) -> None:
+    users = USER_IDS
     with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(USERS) as pool:
         answers = list(pool.map(lambda u: client.get(path, headers={"X-User": u}), users))
         nobody = client.get("/nobody")
@@ -130,10 +137,8 @@ def test_starlette(tracker: headway.Tracker, sink: Sink) -> None:
         middleware=[Middleware(asgi.HeadwayMiddleware, identify=identify_asgi, tracker=tracker)],
     )
     with serve_asgi(app) as url:
-        check_no_leak(url, tracker, sink)
-        sink.received.clear()
-        check_no_leak(url, tracker, sink, "/sync")
-    assert sorted(after) == sorted(f"u{i}" for i in range(USERS))
+        check_no_leak(url, tracker, sink, "/page", "/sync")
+    assert sorted(after) == USER_IDS
 
 
 def test_fastapi_with_an_async_identify(tracker: headway.Tracker, sink: Sink) -> None:
@@ -163,10 +168,8 @@ def test_fastapi_with_an_async_identify(tracker: headway.Tracker, sink: Sink) ->
 
     app.add_middleware(asgi.HeadwayMiddleware, identify=identify, tracker=tracker)
     with serve_asgi(app) as url:
-        check_no_leak(url, tracker, sink)
-        sink.received.clear()
-        check_no_leak(url, tracker, sink, "/sync")
-    assert sorted(after) == sorted(f"u{i}" for i in range(USERS))
+        check_no_leak(url, tracker, sink, "/page", "/sync")
+    assert sorted(after) == USER_IDS
 
 
 def test_flask(tracker: headway.Tracker, sink: Sink) -> None:
@@ -197,9 +200,7 @@ def test_flask(tracker: headway.Tracker, sink: Sink) -> None:
 
     app.wsgi_app = wsgi.HeadwayMiddleware(app.wsgi_app, identify=identify_wsgi, tracker=tracker)  # type: ignore[method-assign]
     with serve_wsgi(app) as url:
-        check_no_leak(url, tracker, sink)
-        sink.received.clear()
-        check_no_leak(url, tracker, sink, "/stream")
+        check_no_leak(url, tracker, sink, "/page", "/stream")
 
 
 def django_app(tracker: headway.Tracker) -> Callable[..., Any]:
@@ -234,4 +235,4 @@ def django_app(tracker: headway.Tracker) -> Callable[..., Any]:
 def test_django(tracker: headway.Tracker, sink: Sink) -> None:
     app = wsgi.HeadwayMiddleware(django_app(tracker), identify=identify_wsgi, tracker=tracker)
     with serve_wsgi(app) as url:
-        check_no_leak(url, tracker, sink)
+        check_no_leak(url, tracker, sink, "/page")
