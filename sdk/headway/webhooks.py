@@ -83,7 +83,8 @@ def verify(
     for key in secrets:
         expected = _digest(_key(key), timestamp, raw)
         for candidate in candidates:  # no early exit: every comparison runs
-            matched |= hmac.compare_digest(expected, candidate)
+            # compare_digest refuses non-ASCII str: such a candidate cannot match a hex digest
+            matched |= hmac.compare_digest(expected.encode(), candidate.encode("utf-8", "surrogatepass"))
     if not matched:
         raise WebhookVerificationError("no v1 signature matches the body")
     try:

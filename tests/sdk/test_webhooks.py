@@ -41,6 +41,16 @@ def test_any_single_byte_change_fails(secret: str | bytes, payload: object, data
         webhooks.verify(secret, {"Headway-Signature": header}, bytes(changed), now=NOW)
 
 
+@given(secret=secrets, data=st.data())
+def test_any_change_to_the_signature_fails(secret: str | bytes, data: st.DataObject) -> None:
+    header = webhooks.sign(secret, BODY, NOW)
+    index = data.draw(st.integers(header.index("v1=") + 3, len(header) - 1))
+    char = data.draw(st.characters(codec="utf-8").filter(lambda c: c != header[index]))
+    changed = header[:index] + char + header[index + 1:]
+    with pytest.raises(headway.WebhookVerificationError):
+        webhooks.verify(secret, changed, BODY, now=NOW)
+
+
 @given(secret=secrets, other=secrets)
 def test_another_secret_fails(secret: str | bytes, other: str | bytes) -> None:
     key = secret.encode() if isinstance(secret, str) else secret
@@ -97,7 +107,7 @@ def test_timestamp_tolerance() -> None:
 @pytest.mark.parametrize(
     "header",
     ["", "t=1", "v1=ab", f"t={NOW}", f"t=x,v1=ab", f"t={NOW},t={NOW},v1=ab", "garbage",
-     f"t=-{NOW},v1=ab", f"t={NOW},v0=ab", f"t=\u0661\u0662,v1=ab"],
+     f"t=-{NOW},v1=ab", f"t={NOW},v0=ab", f"t=\u0661\u0662,v1=ab", f"t={NOW},v1=\u00e9\udc80"],
 )
 def test_malformed_headers_are_refused(header: str) -> None:
     with pytest.raises(headway.WebhookVerificationError):

@@ -7,6 +7,7 @@ app.wsgi_app = HeadwayMiddleware(app.wsgi_app, identify=lambda environ: ..., tra
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -59,10 +60,13 @@ class HeadwayMiddleware:
         check_options(app, identify, tracker)
         if flush and tracker is None:
             raise ValueError("flush=True needs a tracker")
+        synchronous = tracker is not None and not inspect.iscoroutinefunction(tracker.flush)
+        if flush and not synchronous:
+            raise TypeError("flush=True needs a Tracker (an AsyncTracker's flush() is a coroutine)")
         self.app = app
         self.identify = identify
         self.tracker = tracker
-        self.flush = tracker is not None and (not threads_can_run() if flush is None else flush)
+        self.flush = synchronous and (not threads_can_run() if flush is None else flush)
 
     def __call__(self, environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:

@@ -17,7 +17,7 @@ BROKER = os.environ["HEADWAY_TEST_BROKER"]
 
 app = Celery("headway_test", broker="filesystem://")
 app.conf.update(
-    broker_transport_options={"data_folder_in": BROKER, "data_folder_out": BROKER},
+    broker_transport_options={"data_folder_in": BROKER, "data_folder_out": BROKER, "polling_interval": 0.1},
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
     worker_hijack_root_logger=False,

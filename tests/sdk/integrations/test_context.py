@@ -109,6 +109,21 @@ def test_wsgi_requests_on_one_thread_do_not_leak() -> None:
         assert headway.current() == headway.Binding()
 
 
+@pytest.mark.parametrize(
+    ("identity", "bound"),
+    [(None, "None None"), ("u1", "u1 None"), (("u1", "a1"), "u1 a1"), (("u1", None), "u1 None"),
+     ({"account_id": "a1"}, "None a1"), ({"user_id": "u1", "account_id": "a1"}, "u1 a1")],
+)
+def test_what_identify_may_return(identity: object, bound: str) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [f"{headway.current().user_id} {headway.current().account_id}".encode()]
+
+    middleware = wsgi.HeadwayMiddleware(app, identify=lambda _: identity)
+    with httpx.Client(transport=httpx.WSGITransport(app=middleware), base_url="http://app") as client:
+        assert client.get("/").text == bound
+
+
 @pytest.mark.parametrize("identify", [lambda _: 1 / 0, lambda _: ("a", "b", "c"), lambda _: "x" * 300])
 def test_a_failing_identify_never_fails_the_request(identify: Any, caplog: pytest.LogCaptureFixture) -> None:
     app = wsgi.HeadwayMiddleware(wsgi_app, identify=identify)
@@ -160,6 +175,10 @@ def test_middleware_options_are_checked() -> None:
             module.HeadwayMiddleware(None, identify=str)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="flush=True needs a tracker"):
         wsgi.HeadwayMiddleware(wsgi_app, identify=str, flush=True)
+    tracker = headway.AsyncTracker("http://127.0.0.1:9", "wk")
+    with pytest.raises(TypeError, match="AsyncTracker"):
+        wsgi.HeadwayMiddleware(wsgi_app, identify=str, tracker=tracker, flush=True)
+    assert not wsgi.HeadwayMiddleware(wsgi_app, identify=str, tracker=tracker).flush
     assert wsgi.threads_can_run()  # no uwsgi module here
 
 
