@@ -12,13 +12,16 @@ with headway.Client("http://127.0.0.1:8000", "hw_read_...") as client:
 
 `Tracker` / `AsyncTracker` send events in the background and never hurt the host app;
 `Client` / `AsyncClient` read the query API; `headway.testing` lets your tests assert what your
-app tracked; `headway.wire` is the wire schema. Logs go to the ``headway`` logger.
+app tracked; `headway.wire` is the wire schema. `headway.bind()` binds a request's user and
+account so that ``tracker.track_bound(event)`` needs no ids (`headway.integrations` has ASGI and
+WSGI middleware that do it per request); `headway.webhooks` verifies Headway's webhooks. Logs go to the ``headway`` logger.
 """
 
 import logging as _logging
 
 from . import wire
 from ._client import AsyncClient, Client
+from ._context import Binding, bind, current
 from ._core import Stats
 from ._exceptions import (
     APIError,
@@ -33,6 +36,7 @@ from ._exceptions import (
     RateLimited,
     ServerError,
     TransportError,
+    WebhookVerificationError,
 )
 from ._tracker import AsyncTracker, Tracker
 from ._transport import AsyncTransport, HTTPTransport, Response, Transport
@@ -46,6 +50,7 @@ __all__ = [
     "AsyncTransport",
     "AuthError",
     "BadRequest",
+    "Binding",
     "Client",
     "DeliveryError",
     "Event",
@@ -62,7 +67,10 @@ __all__ = [
     "Tracker",
     "Transport",
     "TransportError",
+    "WebhookVerificationError",
     "__version__",
+    "bind",
+    "current",
     "wire",
 ]
 

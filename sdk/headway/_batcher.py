@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from . import _core, wire
+from . import _core, _uwsgi, wire
 from ._core import Idle, Item, Send, Stats
 from ._exceptions import (
     DeliveryError,
@@ -653,6 +653,7 @@ def _register(batcher: Batcher) -> None:
         atexit.register(_at_exit)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
+        _uwsgi.on_fork(_after_fork_in_child)  # uWSGI's C-level fork runs no Python fork hooks
     _live.add(batcher)
 
 

@@ -7,6 +7,7 @@ HeadwayError
 ├── QueueFull                       reported to on_error: events dropped, queue at max_queue
 ├── DeliveryError                   reported to on_error: events the collector will never get
 ├── HookError                       reported to on_error: before_send raised or returned junk
+├── WebhookVerificationError        raised by headway.webhooks.verify(): bad or stale signature
 └── APIError (status, code)         the collector answered with an error
     ├── BadRequest                  400, 413, 415: the request is wrong, retrying will not help
     ├── AuthError                   401, 403: missing, unknown or wrong kind of key
@@ -36,6 +37,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "TransportError",
+    "WebhookVerificationError",
 ]
 
 
@@ -95,6 +97,11 @@ class HookError(HeadwayError):
     def __init__(self, message: str, *, event_id: str) -> None:
         super().__init__(message)
         self.event_id = event_id
+
+
+class WebhookVerificationError(HeadwayError):
+    """A webhook's ``Headway-Signature`` is missing, malformed, stale or does not match its body
+    (or the signed body is not JSON): answer 400 and do not act on it."""
 
 
 class APIError(HeadwayError):

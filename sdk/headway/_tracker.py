@@ -13,6 +13,7 @@ import threading
 import time
 
 from ._batcher import Batcher, Marker, step, transport_error
+from ._context import BoundTracking  # track_bound(): the request-bound user and account
 from ._core import Send
 from ._transport import Response
 from ._exceptions import TransportError
@@ -24,7 +25,7 @@ logger = logging.getLogger("headway")
 _GRACE = 0.05  # beyond a deadline, for a worker that is just finishing
 
 
-class Tracker(Batcher):
+class Tracker(BoundTracking, Batcher):
     """Sends events to a Headway collector from a background thread; never hurts the host.
 
     ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=10_000,
@@ -152,7 +153,7 @@ class Tracker(Batcher):
         self.shutdown()
 
 
-class AsyncTracker(Batcher):
+class AsyncTracker(BoundTracking, Batcher):
     """`Tracker` for asyncio: the worker is a task on the running event loop.
 
     Same parameters and behaviour as `Tracker`; ``track()`` is a plain (non-async) call that
