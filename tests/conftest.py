@@ -56,18 +56,20 @@ def config() -> Config:
 
 @contextlib.asynccontextmanager
 async def asgi_collector(
-    cfg: Config, db: Path | None = None, *, url: str | None = None, clock: Callable[[], int] | None = None
+    cfg: Config, db: Path | None = None, *, url: str | None = None, clock: Callable[[], int] | None = None,
+    fold_workers: int = 1,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan included, over httpx's ASGI transport: on the SQLite file `db`,
     or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema).
 
     `clock` pins the collector's "now" (microseconds): with batches sent at that instant, clock
-    skew correction is exactly zero, so two collectors see identical event times.
+    skew correction is exactly zero, so two collectors see identical event times. Its projection
+    runs `fold_workers` fold workers in threads (`serve` runs them in processes).
     """
     if url is None:
         assert db is not None, "give a SQLite file or a database URL"
         url = f"sqlite:///{db}"
-    app = create_app(cfg, open_store(url))
+    app = create_app(cfg, open_store(url), fold_workers=fold_workers)
     if clock is not None:
         app.state.headway.clock = clock
     async with app.router.lifespan_context(app):
@@ -107,6 +109,7 @@ class LiveCollector:
     read_key: str = READ_KEY
     process: subprocess.Popen[bytes] | None = None
     database: str | None = None  # a database URL instead of the SQLite file at db_path
+    fold_workers: int = 1
 
     @property
     def url(self) -> str:
@@ -114,7 +117,8 @@ class LiveCollector:
 
     def start(self, timeout: float = 20.0) -> None:
         cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(self.config_path),
-               "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning"]
+               "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning",
+               "--fold-workers", str(self.fold_workers)]
         log = self.config_path.with_name(f"collector-{self.port}.log")  # a file: a pipe nobody reads can fill up
         with log.open("ab") as sink:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink)
@@ -147,6 +151,21 @@ class LiveCollector:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def fold_pids(self) -> list[int]:
+        """The collector's fold worker processes (its children started by multiprocessing's spawn)."""
+        assert self.process is not None
+        out = []
+        children = [c for task in Path(f"/proc/{self.process.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]  # any thread may have started one
+        for child in children:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in cmdline:
+                out.append(int(child))
+        return out
 
     def count_events(self, project: str = "acme") -> int:
         conn = sqlite3.connect(self.db_path)

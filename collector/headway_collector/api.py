@@ -239,7 +239,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    if not state.ready:
+    if not state.ready or state.projection is None or not await run_in_threadpool(state.projection.running, state.store):
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
     lag = await run_in_threadpool(state.metrics.projection_lag)
     return json_response({"status": "ready", "queue_depth": state.store.queue_depth(),

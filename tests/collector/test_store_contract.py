@@ -123,9 +123,10 @@ def fresh_url(backend: str, tmp: Path) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def collector(url: str, cfg: Config | None = None, now: datetime = NOW) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on `url`, its clock pinned at `now`."""
-    async with asgi_collector(cfg or model(), url=url, clock=lambda: us(now)) as client:
+async def collector(url: str, cfg: Config | None = None, now: datetime = NOW,
+                    fold_workers: int = 1) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on `url`, its clock pinned at `now`, folding with `fold_workers` workers."""
+    async with asgi_collector(cfg or model(), url=url, clock=lambda: us(now), fold_workers=fold_workers) as client:
         yield client
 
 
@@ -266,22 +267,23 @@ async def test_duplicates_counted_once(backend: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_arrival_order_and_batching_do_not_matter(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Shuffled, re-batched, resent, sent at once: the same tables as one collector in time order."""
+    """Shuffled, re-batched, resent, sent at once, folded by 1 to 4 workers: the same tables as one
+    collector fed in time order, byte for byte."""
     tmp = tmp_path_factory.mktemp("order")
     want_tables, want_readings = reference(1, tmp_path_factory.getbasetemp())
     events = make_events(1)
 
     @EXAMPLES
     @given(shuffle=st.randoms(use_true_random=False), size=st.integers(1, 150), concurrent=st.booleans(),
-           resend=st.lists(st.integers(0, 400), max_size=4))
-    def check(shuffle: random.Random, size: int, concurrent: bool, resend: list[int]) -> None:
+           resend=st.lists(st.integers(0, 400), max_size=4), workers=st.sampled_from([1, 2, 4]))
+    def check(shuffle: random.Random, size: int, concurrent: bool, resend: list[int], workers: int) -> None:
         arrival = events[:]
         shuffle.shuffle(arrival)
         parts = batches(arrival, size)
         parts += [parts[i % len(parts)] for i in resend]  # whole batches again: all duplicates
 
         async def run(url: str) -> dict[str, Any]:
-            async with collector(url) as c:
+            async with collector(url, fold_workers=workers) as c:
                 if concurrent:
                     results = await asyncio.gather(*(send(c, b) for b in parts))
                 else:
@@ -392,8 +394,9 @@ def test_collectors_starting_together_migrate_once(backend: str, tmp_path: Path)
 
 @pytest.mark.postgres
 def test_two_collectors_write_one_postgres_exactly(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Two collectors (two apps, two stores) take interleaved batches of the same subjects at once,
-    some batches at both: the tables equal one SQLite collector's, byte for byte."""
+    """Two collectors (two apps, two stores, two fold workers each: four folding one log) take
+    interleaved batches of the same subjects at once, some batches at both: the tables equal one
+    SQLite collector's, byte for byte."""
     want_tables, want_readings = reference(1, tmp_path_factory.getbasetemp())
     events = make_events(1)
     tmp = tmp_path_factory.mktemp("two")
@@ -411,7 +414,7 @@ def test_two_collectors_write_one_postgres_exactly(tmp_path_factory: pytest.Temp
                 plan.append((i % 2, part))
                 if shuffle.random() < both:
                     plan.append(((i + 1) % 2, part))
-            async with collector(url) as a, collector(url) as b:
+            async with collector(url, fold_workers=2) as a, collector(url, fold_workers=2) as b:
                 results = await asyncio.gather(*(send((a, b)[n], part) for n, part in plan))
                 assert sum(r["accepted"] for r in results) == len(events)
                 assert sum(r["duplicates"] for r in results) == sum(len(part) for _, part in plan) - len(events)

@@ -132,6 +132,7 @@ class Priors:
 
     records: dict[SubjectKey, SubjectRecord] = field(default_factory=dict)
     nps: dict[NpsKey, NpsAnswer] = field(default_factory=dict)
+    unreadable: dict[SubjectKey, str] = field(default_factory=dict)  # stored rows that do not decode: why
 
 
 @dataclass(slots=True)
@@ -220,6 +221,9 @@ def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
     history = histories or {}
     for key, evs in groups.items():
         lm = lms[key.level]
+        if key in priors.unreadable:
+            out.quarantined[key] = priors.unreadable[key]
+            continue
         prior = priors.records.get(key)
         # What its rows say now; taken before the fold, which changes the state in place.
         was = (prior.state.first_seen, prior.stage_on, prior.marks) if prior is not None else None

@@ -108,6 +108,7 @@ class Projection:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.restarts = 0
+        self._all_seen = False
 
     def owner(self, slot: int) -> str:
         return f"{self._prefix}/{slot}"
@@ -153,6 +154,15 @@ class Projection:
     def folded(self) -> int:
         """Events folded by in-process workers since they started (thread mode)."""
         return sum(w.worker.folded for w in self._slots if isinstance(w, _ThreadWorker))
+
+    def running(self, store: Store) -> bool:
+        """Whether every worker has said it is alive (they take a moment to start)."""
+        if not self._all_seen:
+            since = time.time_ns() // 1000 - 2 * LEASE
+            with store.read() as r:
+                alive = set(generations.alive(r, since))
+            self._all_seen = all(self.owner(slot) in alive for slot in range(self.workers))
+        return self._all_seen
 
     def drain(self, store: Store, timeout: float = 10) -> bool:
         """Wait until the served generations have folded every committed position (a graceful

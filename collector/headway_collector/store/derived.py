@@ -48,7 +48,11 @@ def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection
                                            f"AND level = ? AND subject IN ({_marks(len(part))})", (gen, level, *part)):
                 days[sid] = g.Days.decode(first, bytes(data))
         for sid, blob in states.items():
-            out.records[SubjectKey(level, sid)] = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+            key = SubjectKey(level, sid)
+            try:
+                out.records[key] = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+            except Exception as exc:  # a corrupt row stops its subject alone (the fold quarantines it)
+                out.unreadable[key] = f"its stored state does not decode: {type(exc).__name__}: {exc}"
     wanted = sorted(nps)
     for part in chunks(wanted, 100):
         params: list[Any] = [x for key in part for x in key]

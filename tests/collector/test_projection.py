@@ -1,0 +1,273 @@
+"""The projection: fold workers killed at random, a model reloaded under load, quarantine, the log's
+gap, read-your-acks and its bound. Real collectors (`serve` subprocesses with fold processes, or
+the app in-process), real SQLite files and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from headway_collector.cli import main as cli_main
+from headway_collector.projection import rescore
+from headway_collector.store import log, open_store
+from headway_collector.store.base import Accepted
+from tests.collector.helpers import body, headers, read_headers, rfc
+from tests.collector.test_store_contract import (EPOCH, batches, collector, differences, dump, fresh_url, make_events,
+                                                 model, readings, send, stored_events)
+from tests.conftest import LiveCollector, config_text, postgres_schema, until_served
+
+
+def replay_reference(url: str, events: list[dict[str, Any]], at: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """What one in-process SQLite collector holds when fed the events as `url` stored them (each at
+    its stored corrected time): its tables and readings."""
+    stored = [(json.loads(raw), ts) for raw, ts in stored_events(url)]
+    replay = [dict(e, timestamp=rfc(EPOCH + timedelta(microseconds=ts))) for e, ts in stored]
+    receive = EPOCH + timedelta(microseconds=max(ts for _, ts in stored))
+    tmp = Path(url.removeprefix("sqlite:///")).parent if url.startswith("sqlite") else Path("/tmp")
+
+    async def single(ref: str) -> dict[str, Any]:
+        async with collector(ref, now=receive) as c:
+            for b in batches(replay, 500):
+                await send(c, b, sent_at=receive)
+            return await readings(c, events, at)
+
+    with fresh_url("sqlite", tmp) as ref:
+        seen = asyncio.run(single(ref))
+        return dump(ref), seen, tmp
+
+
+@pytest.mark.slow
+def test_fold_processes_sigkilled_at_random_resume_exactly(tmp_path: Path) -> None:
+    """Two fold processes, SIGKILLed 20 times at random moments while batches arrive: the collector
+    starts them again, they resume from their watermarks, and the state is exactly one
+    uninterrupted collector's: nothing acknowledged lost, nothing counted twice."""
+    now = datetime.now(timezone.utc)
+    events = make_events(seed=21, n=2000, users=40, accounts=6, now=now - timedelta(minutes=1))
+    random.Random(21).shuffle(events)
+    cfg = tmp_path / "headway.toml"
+    cfg.write_text(config_text())
+    live = LiveCollector(config_path=cfg, db_path=tmp_path / "headway.db", fold_workers=2)
+    live.start()
+    at = rfc(now + timedelta(days=1))
+    kills = 0
+    try:
+        done = threading.Event()
+
+        def killer() -> None:
+            nonlocal kills
+            rng = random.Random(5)
+            while kills < 20 and not done.is_set():
+                time.sleep(rng.uniform(0.02, 0.15))
+                pids = live.fold_pids()
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+
+        chaos = threading.Thread(target=killer)
+        chaos.start()
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            for part in batches(events, 10):
+                r = client.post("/v1/batch", content=body(part), headers=headers())
+                assert r.status_code == 200, r.text
+        chaos.join(timeout=60)
+        done.set()
+        assert kills == 20, kills
+
+        async def read() -> dict[str, Any]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as c:
+                return await readings(c, events, at)
+
+        seen = asyncio.run(read())  # read-your-acks: waits for the restarted workers to catch up
+    finally:
+        live.stop()
+    url = f"sqlite:///{live.db_path}"
+    want_tables, want_readings, _ = replay_reference(url, events, at)
+    assert differences(dump(url), want_tables) == []
+    assert seen == want_readings
+
+
+@pytest.mark.slow
+def test_a_reload_under_load_never_answers_a_read_that_mixes_models(tmp_path: Path) -> None:
+    """SIGHUP with a changed weight while events keep arriving: every list read at a fixed `at`
+    is wholly the old model or wholly the new one, and once the new one answers, the old never
+    does again."""
+    now = datetime.now(timezone.utc)
+    start = now - timedelta(days=2)
+    seeded = [{"id": f"seed-{u}-{k}", "event": "report_shared", "user_id": f"seed-{u:02d}", "account_id": "acct-s",
+               "timestamp": rfc(start + timedelta(hours=u + k))} for u in range(20) for k in range(3)]
+    cfg = tmp_path / "headway.toml"
+    cfg.write_text(config_text())
+    live = LiveCollector(config_path=cfg, db_path=tmp_path / "headway.db", fold_workers=2)
+    live.start()
+    at = rfc(now)
+    seen_models: list[float] = []
+    try:
+        with httpx.Client(base_url=live.url, timeout=60) as client:
+            assert client.post("/v1/batch", content=body(seeded), headers=headers()).status_code == 200
+
+            def seed_scores() -> dict[str, float]:
+                r = client.get(f"/v1/users?limit=1000&at={at}", headers=read_headers())
+                assert r.status_code == 200, r.text
+                return {u["user_id"]: u["engagement"]["score"] for u in r.json()["items"] if u["user_id"].startswith("seed")}
+
+            before = seed_scores()
+            stop = threading.Event()
+
+            def load() -> None:  # other users' events, all along
+                i = 0
+                with httpx.Client(base_url=live.url, timeout=60) as sender:
+                    while not stop.is_set():
+                        part = [{"id": f"load-{i}-{j}", "event": "signed_in", "user_id": f"load-{j % 50}",
+                                 "timestamp": rfc(now - timedelta(minutes=5))} for j in range(50)]
+                        assert sender.post("/v1/batch", content=body(part), headers=headers()).status_code == 200
+                        i += 1
+
+            sender = threading.Thread(target=load)
+            sender.start()
+            try:
+                cfg.write_text(config_text().replace("report_shared = 5", "report_shared = 7"))
+                assert live.process is not None
+                live.process.send_signal(signal.SIGHUP)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    scores = seed_scores()
+                    ratios = {round(scores[u] / before[u], 9) for u in before}
+                    assert len(ratios) == 1, ratios  # one model for the whole read
+                    seen_models.append(ratios.pop())
+                    if seen_models[-1] != 1.0:
+                        break
+            finally:
+                stop.set()
+                sender.join()
+            for _ in range(20):  # and it stays switched
+                scores = seed_scores()
+                seen_models.append({round(scores[u] / before[u], 9) for u in before}.pop())
+            info = client.get("/v1/model", headers=read_headers()).json()
+    finally:
+        live.stop()
+    first_new = seen_models.index(1.4)
+    assert set(seen_models[:first_new]) <= {1.0} and set(seen_models[first_new:]) == {1.4}
+    assert info["model"]["weights"]["report_shared"] == 7 and info.get("pending") is None
+
+
+@pytest.mark.anyio
+async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on(tmp_path: Path) -> None:
+    db = tmp_path / "headway.db"
+    url = f"sqlite:///{db}"
+    t0 = datetime(2025, 5, 30, tzinfo=timezone.utc)
+    ev = [{"id": f"q{i}", "event": "signed_in", "user_id": u, "timestamp": rfc(t0 + timedelta(hours=i))}
+          for i, u in enumerate(["bad", "good"])]
+    async with collector(url) as c:
+        await send(c, ev)
+    conn = sqlite3.connect(db)
+    with conn:  # a corrupt row: the projection cannot decode it
+        conn.execute("UPDATE subjects SET state = x'c1' WHERE subject = 'bad'")
+    conn.close()
+    more = [dict(e, id=e["id"] + "-2", timestamp=rfc(t0 + timedelta(days=1))) for e in ev]
+    async with collector(url) as c:
+        await send(c, more)
+        good = (await c.get("/v1/users/good", headers=read_headers())).json()
+        assert good["engagement"]["events"] == 2  # the good subject is folded past the bad one
+        metrics = (await c.get("/metrics")).text
+        assert 'headway_quarantined_subjects{project="acme"} 1' in metrics
+    store = open_store(url)  # a rescore builds it again from the log
+    try:
+        store.open()
+        rescore(model(), store, mode="thread")
+    finally:
+        store.close()
+    async with collector(url) as c:
+        bad = (await c.get("/v1/users/bad", headers=read_headers())).json()
+        assert bad["engagement"]["events"] == 2
+        assert 'headway_quarantined_subjects{project="acme"}' not in (await c.get("/metrics")).text
+
+
+@pytest.mark.slow
+def test_rescore_refuses_a_database_a_collector_serves(live_collector: LiveCollector,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["rescore", "--config", str(live_collector.config_path), "--database",
+                     f"sqlite:///{live_collector.db_path}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "running collector" in err and "SIGHUP" in err
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_reads_wait_for_the_projection_then_answer_503(tmp_path: Path) -> None:
+    import psycopg
+
+    events = make_events(seed=8, n=40)
+    with postgres_schema() as url:
+        async with collector(url) as c:
+            await send(c, events[:20])
+            with psycopg.connect(url) as blocker:  # the fold cannot move its watermark
+                blocker.execute("SELECT * FROM partitions FOR UPDATE")
+                await send(c, events[20:])  # appends do not wait for folds
+                started = time.monotonic()
+                r = await c.get("/v1/users?limit=1000", headers=read_headers())
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "projection_behind" and time.monotonic() - started >= 4.5
+            r = await c.get("/v1/users?limit=1000", headers=read_headers())
+            assert r.status_code == 200 and sum(u["engagement"]["events"] for u in r.json()["items"]) == 40
+
+
+@pytest.mark.postgres
+def test_the_log_reader_never_skips_a_position_committed_late() -> None:
+    """Appenders on four connections at once, transactions of random length, and a reader that
+    advances past what it has read: every committed position is read exactly once."""
+    with postgres_schema() as url:
+        open_store(url).open()
+        stores = [open_store(url) for _ in range(4)]
+        stop = threading.Event()
+        seen: list[int] = []
+
+        def append(n: int) -> None:
+            rng = random.Random(n)
+            for i in range(40):
+                rows = [Accepted(f"{n}-{i}-{j}", f"u{j}", None, 1, 1, b'{"id":"x"}') for j in range(rng.randint(1, 30))]
+
+                def body_(tx: Any) -> None:
+                    log.append(tx, [log.AppendJob("acme", rows)])
+                    time.sleep(rng.uniform(0, 0.01))  # hold the transaction open a while
+
+                stores[n].transact(body_)
+
+        def read() -> None:
+            reader = open_store(url)
+            after = 0
+            while True:
+                last = stop.is_set()
+                with reader.read() as r:
+                    batch = log.read_log(r, "acme", after, 50)
+                seen.extend(row.seq for row in batch.rows)
+                progressed, after = batch.upto > after, batch.upto
+                if last and not progressed:
+                    break
+            reader.close()
+
+        reading = threading.Thread(target=read)
+        reading.start()
+        writers = [threading.Thread(target=append, args=(n,)) for n in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        reading.join()
+        with stores[0].read() as r:
+            committed = [row[0] for row in r.all("SELECT seq FROM events ORDER BY seq")]
+        for s in stores:
+            s.close()
+    assert sorted(seen) == committed and len(seen) == len(set(seen))
