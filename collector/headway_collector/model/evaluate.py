@@ -14,8 +14,8 @@ from ..config import Milestone
 from . import growth, scoring
 from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result, rate_judged_at
 
-__all__ = ["Mark", "MilestoneResult", "Reading", "Shortfall", "is_succeeding", "milestone_marks", "milestone_results", "on_pace", "read",
-           "shortfalls", "stage_on", "trend_of"]
+__all__ = ["Mark", "MilestoneResult", "Reading", "Shortfall", "is_succeeding", "milestone_marks", "milestone_results",
+           "on_pace", "read", "shortfalls", "stage_on", "trend_of"]
 
 # Trend compares the short and the long decayed rates; within +-25% of each other is steady.
 RISING, COOLING = 1.25, 0.8
@@ -190,7 +190,8 @@ class Reading:
         return "quiet" if self.succeeding else "at_risk"
 
 
-def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None, now: int) -> bool:
+def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None,
+                  now: int) -> bool:
     """SPEC section 4: every milestone of an earlier stage achieved, none of the current stage
     missed, and success shown: a milestone achieved, or one open and `on_pace`. Nothing achieved
     and no progress is not succeeding, however new."""
@@ -198,7 +199,7 @@ def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneRe
         index_of = {s.name: i for i, s in enumerate(lm.project.stages)}
         for r in results:
             si = index_of[r.milestone.stage]
-            if si < idx and not r.achieved_at is not None or si == idx and r.status(now) == "missed":
+            if si < idx and r.achieved_at is None or si == idx and r.status(now) == "missed":
                 return False
     return any(r.achieved_at is not None or on_pace(r, state.first_seen, now) for r in results)
 
