@@ -109,6 +109,8 @@ def test_the_dashboard_says_one_thing_and_leads_to_the_subjects(live_collector, 
     subject = dom("#subject/user/w")
     assert re.search(r"2 of 3 prompt_completed, (19\.\d|20) h left", subject), subject  # why: what's missing, time left
     assert "0 of 2 session_started a day" in subject
+    stuck = dom("#subject/account/stuck-co")  # why its quadrant is what it is
+    assert "stuck: engaged (score" in stuck and "not succeeding: team_formed of an earlier stage not achieved" in stuck
 
     shot = tmp_path / "accounts.png"
     chromium(f"{live_collector.url}/#accounts", tmp_path, f"--screenshot={shot}", "--window-size=1200,1100")

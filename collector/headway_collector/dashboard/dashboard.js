@@ -238,6 +238,22 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
+// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+function whyQuadrant(v, threshold) {
+  const stages = (model.stages || []).map((st) => st.name);
+  const here = stages.indexOf(v.stage);
+  const names = (ms) => ms.map((m) => m.name).join(", ");
+  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
+  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
+  const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
+    : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
+  let success = "succeeding";
+  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
+  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
+  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
+  return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
+}
+
 async function showSubject(level, id) {
   $("subject-level").value = level;
   $("subject-id").value = id;
@@ -251,12 +267,12 @@ async function showSubject(level, id) {
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
   const milestones = v.milestones.length ? table(
-    [["milestone"], ["stage"], ["status"], ["progress"], ["why not yet"], ["achieved", "date"], ["deadline", "date"]],
+    [["milestone"], ["stage"], ["status"], ["progress", "date"], ["criteria: done of target, time left"], ["achieved", "date"], ["deadline", "date"]],
     v.milestones.map((m) => [m.name, m.stage, chip(m.status, m.status), h("span", {}, bar([[m.progress, m.status, "progress"], [1 - m.progress, "pending", "left"]], 1), pct(m.progress)),
       whyNotYet(m), day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
   $("subject").replaceChildren(
     h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`),
-    cards, h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
+    cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
 }
 
 // ---- navigation -----------------------------------------------------------------------------
