@@ -29,7 +29,7 @@ from headway.wire import (
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
-from .model.evaluate import Reading, read
+from .model.evaluate import Reading, read, shortfalls
 from .model.subject import LevelModel, SubjectState, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read
@@ -46,8 +46,11 @@ TRENDS = ("rising", "steady", "cooling")
 
 
 def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int, now: int) -> UserView | AccountView:
-    milestones = [
-        MilestoneView(
+    short = {f.milestone: f for f in shortfalls(r.milestones, now)}
+    milestones = []
+    for m in r.milestones:
+        f = short.get(m.milestone.name)
+        milestones.append(MilestoneView(
             name=m.milestone.name,
             stage=m.milestone.stage,
             status=m.status(now),
@@ -56,9 +59,9 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
             deadline=ts(m.deadline),
             criteria=[CriterionProgress(kind=c.kind, event=c.event, done=done, target=target)
                       for c, (done, target) in zip(m.milestone.criteria, m.criteria)],
-        )
-        for m in r.milestones
-    ]
+            missing=list(f.missing) if f is not None else [],
+            time_left_s=f.time_left / 1e6 if f is not None and f.time_left is not None else None,
+        ))
     common: dict[str, Any] = dict(
         first_seen=ts(first_seen),
         last_seen=ts(last_seen),

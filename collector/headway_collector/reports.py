@@ -38,6 +38,7 @@ class _GrowthQuery(msgspec.Struct, frozen=True):
     level: str
     first: int
     last: int
+    current: int  # the period that holds the read time (`at`, else now): it and later ones are partial
 
 
 def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
@@ -45,7 +46,8 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     kind: g.Kind = choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
     level = choice(request, "level", LEVELS) or "user"
     start, end = q.get("from"), q.get("to")
-    end_us = instant("to", end, dates=True) if end is not None else read_time(request, state)
+    now = read_time(request, state)
+    end_us = instant("to", end, dates=True) if end is not None else now
     last = g.period_of(kind, end_us)
     first = g.period_of(kind, instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
@@ -59,7 +61,7 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     if last - first + 1 > MAX_PERIODS:
         raise APIError(400, "bad_request", f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
                        "narrow from/to or use a longer period")
-    return _GrowthQuery(kind=kind, level=level, first=first, last=last)
+    return _GrowthQuery(kind=kind, level=level, first=first, last=last, current=g.period_of(kind, now))
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
@@ -77,6 +79,7 @@ def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
             active=t.active,
             quick_ratio=t.quick_ratio,
             nps=nps_view(nps.get(t.period)),
+            partial=t.period >= q.current,
         )
         for t in g.tallies(counts, q.first, q.last)
     ]

@@ -149,6 +149,10 @@ class MilestoneView(msgspec.Struct):
     achieved_at: datetime | None
     deadline: datetime | None
     criteria: list[CriterionProgress]
+    # Open (pending or in progress) milestones only: per criterion, what is missing to its target
+    # (in `criteria` order), and the seconds left until the window closes (None: no window).
+    missing: list[float] = []
+    time_left_s: float | None = None
 
 
 class Success(msgspec.Struct):
@@ -242,6 +246,7 @@ class GrowthPeriod(msgspec.Struct):
     active: int
     quick_ratio: float | None
     nps: NPS | None = None
+    partial: bool = False  # the period is not over yet (it holds `at`, or now): its counts will change
 
 
 class Growth(msgspec.Struct):

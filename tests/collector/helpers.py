@@ -7,6 +7,7 @@ import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import msgspec
 
 from tests.conftest import READ_KEY, WRITE_KEY
@@ -42,3 +43,30 @@ def read_headers(key: str = READ_KEY) -> dict[str, str]:
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data)
+
+
+# --- tests on a collector whose clock is pinned at PINNED ----------------------------------------
+
+PINNED = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)  # a Monday, the 1st of a month
+PINNED_US = int(PINNED.timestamp()) * 1_000_000
+
+
+def at_event(user: str, name: str, at: datetime, **extra: Any) -> dict[str, Any]:
+    return {"id": f"p{next(_ids):08d}", "event": name, "user_id": user, "timestamp": at.isoformat(), **extra}
+
+
+async def send_at(c: httpx.AsyncClient, *events: dict[str, Any]) -> None:
+    """One batch sent at PINNED (so clock-skew correction is zero); every event accepted."""
+    r = await c.post("/v1/batch", content=msgspec.json.encode({"sent_at": PINNED.isoformat(), "events": list(events)}),
+                     headers=headers())
+    assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
+
+
+async def read_at(c: httpx.AsyncClient, path: str, at: datetime = PINNED, **params: Any) -> Any:
+    r = await c.get(path, params={"at": at.isoformat(), **params}, headers=read_headers())
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def milestone(view: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(m for m in view["milestones"] if m["name"] == name)

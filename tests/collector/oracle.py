@@ -65,15 +65,20 @@ def milestone(m: Milestone, events: list[E]) -> dict[str, Any]:
             done = c.target if at is not None else max(0.0, total)
         else:  # rate: at each event, the events of the trailing window per day of it
             over = (c.over or DAY) // DAY
-            best = 0.0
+            best, met = 0.0, None
             for i, e in enumerate(hits):
                 day = e.t // DAY
                 width = max(1, min(over, day - first // DAY + 1))
                 n = sum(1 for x in hits[: i + 1] if day - width < x.t // DAY <= day)
                 best = max(best, n / width)
-                if at is None and n >= c.target * width:
-                    at = e.t
-            done = c.target if at is not None else best
+                if met is None and n >= c.target * width:
+                    met = e.t
+            done = c.target if met is not None else best
+            if met is not None:
+                # Judged over a complete window only: once its day is over and the subject is a
+                # day old, as an event of the subject at or after that instant shows.
+                judged = max((met // DAY + 1) * DAY, first + DAY)
+                at = judged if judged <= events[-1].t else None
         dones.append((min(done, c.target), c.target))
         times.append(at)
     return {

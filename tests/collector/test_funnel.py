@@ -68,13 +68,15 @@ JAN15 = datetime(2024, 1, 15, tzinfo=timezone.utc)
 
 HISTORY = [
     # u1 (acct-1): 3 prompts within 2h of its first event; 2 sessions on its first day (daily habit
-    # achieved at +4h, though at 9.5 days old it has not reached 'adoption'); tags acct-1 converted.
+    # met at +4h, achieved at +24h when its first day is over, which its sign-in at +25h shows,
+    # though at 9.5 days old it has not reached 'adoption'); tags acct-1 converted.
     ev("u1", D20, account="acct-1"),
     *(ev("u1", D20 + h(x), "prompt_completed", account="acct-1") for x in (1, 1.5, 2)),
     *(ev("u1", D20 + h(x), "session_started", account="acct-1") for x in (3, 4)),
     ev("u1", D20 + h(5), "plan_upgraded", account="acct-1", milestones=["converted"]),
     ev("u1", D20 + h(6), "report_shared", account="acct-1"),
     ev("u1", D20 + h(7), "message_sent", account="acct-1", value=2500),
+    ev("u1", D20 + h(25), account="acct-1"),
     # u6 (acct-1): its 3 prompts take 10 hours.
     ev("u6", D21, account="acct-1"),
     *(ev("u6", D21 + h(x), "prompt_completed", account="acct-1") for x in (3, 6, 10)),
@@ -89,9 +91,11 @@ HISTORY = [
     ev("u3", D29 + h(14), "message_sent", account="acct-2", value=2000),
     # u4 (no account): signed in, nothing more: pending.
     ev("u4", D29 + h(20)),
-    # u5 (acct-5): 46 days old (adoption by age); no prompts: missed; daily habit at +2h.
+    # u5 (acct-5): 46 days old (adoption by age); no prompts: missed; daily habit met at +2h,
+    # achieved at +24h (its sign-in at +30h shows its first day over).
     ev("u5", JAN15, account="acct-5"),
     *(ev("u5", JAN15 + h(x), "session_started", account="acct-5") for x in (1, 2)),
+    ev("u5", JAN15 + h(30), account="acct-5"),
 ]
 
 
@@ -121,8 +125,8 @@ async def test_hand_built_funnel(tmp_path: Path) -> None:
         step("converted", "trial", "account", 2, 0, 1, 0, 3, 1 / 3, 18000.0, 18000.0),
         # reached: acct-1 (converted), acct-5 (30 days old); achieved: acct-1 (7h), acct-2 (7d 14h)
         step("first_value", "onboarding", "account", 1, 0, 2, 0, 2, 0.5, 25200.0, 655200.0),
-        # reached: u5 only; achieved: u5 (2h) and u1 (4h, not yet in 'adoption')
-        step("daily_habit", "adoption", "user", 4, 0, 2, 0, 1, 1.0, 7200.0, 14400.0),
+        # reached: u5 only; achieved: u5 and u1 (not yet in 'adoption'), each once its first day was over
+        step("daily_habit", "adoption", "user", 4, 0, 2, 0, 1, 1.0, 86400.0, 86400.0),
     ]
     assert both == {"level": None, "milestones": want}
     assert users == {"level": "user", "milestones": [want[0], want[4]]}

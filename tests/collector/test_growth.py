@@ -344,6 +344,7 @@ def recompute(events: list[dict[str, Any]], kind: str, level: str, range_starts:
             "quick_ratio": (len(new) + len(now - new - retained)) / len(before - now) if before - now else None,
             "nps": None if not got else {"score": 100 * (pro - det) / len(got), "responses": len(got),
                                          "promoters": pro, "passives": len(got) - pro - det, "detractors": det},
+            "partial": p >= starts(NOW.date())[kind],  # not over at the read time: NOW's period, or a later one
         })
     return out
 

@@ -3,46 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from headway_collector.config import loads
-from tests.collector.helpers import headers, read_headers
+from tests.collector.helpers import PINNED as NOW
+from tests.collector.helpers import PINNED_US as NOW_US
+from tests.collector.helpers import at_event as ev
+from tests.collector.helpers import milestone
+from tests.collector.helpers import read_at as get
+from tests.collector.helpers import send_at as send
 from tests.conftest import EXAMPLE, asgi_collector, config_text, until_served
 
 pytestmark = pytest.mark.anyio
 
-NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
-NOW_US = int(NOW.timestamp()) * 1_000_000
 T0 = NOW - timedelta(days=40)
-_n = 0
-
-
-def ev(user: str, name: str, at: datetime, **extra: Any) -> dict[str, Any]:
-    global _n
-    _n += 1
-    return {"id": f"x{_n:06d}", "event": name, "user_id": user, "timestamp": at.isoformat(), **extra}
-
-
-async def send(c: httpx.AsyncClient, *events: dict[str, Any]) -> None:
-    r = await c.post("/v1/batch", content=msgspec.json.encode({"sent_at": NOW.isoformat(), "events": list(events)}),
-                     headers=headers())
-    assert r.status_code == 200 and r.json()["accepted"] == len(events), r.text
-
-
-async def get(c: httpx.AsyncClient, path: str, at: datetime = NOW, **params: Any) -> Any:
-    r = await c.get(path, params={"at": at.isoformat(), **params}, headers=read_headers())
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def milestone(view: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(m for m in view["milestones"] if m["name"] == name)
 
 
 @pytest.fixture

@@ -49,10 +49,12 @@ function duration(seconds) {
 const chip = (text, color) => h("span", { class: "chip", style: `background:var(--${color})` }, text.replace("_", " "));
 const subjectLink = (level, id) => h("a", { class: "subject", href: `#subject/${level}/${encodeURIComponent(id)}` }, id);
 
+// A stacked bar of [n, color, label, href?] parts; a part with an href links to its subjects.
 function bar(parts, total) {
   const b = h("div", { class: "bar" });
-  for (const [n, color, label] of parts) {
-    if (n > 0) b.append(h("span", { style: `width:${(100 * n) / total}%;background:var(--${color})`, title: `${label}: ${n}` }));
+  for (const [n, color, label, href] of parts) {
+    const style = `width:${(100 * n) / total}%;background:var(--${color})`;
+    if (n > 0) b.append(href ? h("a", { href, style, title: `${label}: ${n}` }) : h("span", { style, title: `${label}: ${n}` }));
   }
   return b;
 }
@@ -68,13 +70,18 @@ const engagedThreshold = () => (model.engagement && model.engagement.engaged_thr
 
 // ---- views ----------------------------------------------------------------------------------
 
+// A link to the list view: the subjects of `level` that the read API's filters select.
+const listHref = (level, filters) => `#list/${level}/${new URLSearchParams(filters)}`;
+const listLink = (level, filters, text) => h("a", { class: "count", href: listHref(level, filters) }, text);
+
 async function showFunnel() {
   const funnel = await api("v1/milestones", { level: $("funnel-level").value });
   const rows = funnel.milestones.map((m) => {
     const total = STATUSES.reduce((n, st) => n + (m.counts[st] || 0), 0) || 1;
+    const filters = (st) => ({ milestone: m.name, status: st });
     return [m.name, m.stage, m.level,
-      bar(STATUSES.map((st) => [m.counts[st] || 0, st, st]), total),
-      STATUSES.map((st) => `${st.replace("_", " ")} ${m.counts[st] || 0}`).join(" · "),
+      bar(STATUSES.map((st) => [m.counts[st] || 0, st, st, listHref(m.level, filters(st))]), total),
+      h("span", {}, ...STATUSES.flatMap((st, i) => [i ? " · " : "", listLink(m.level, filters(st), `${st.replace("_", " ")} ${m.counts[st] || 0}`)])),
       pct(m.achieved_share), duration(m.median_time_to_achieve_s), duration(m.p90_time_to_achieve_s)];
   });
   $("funnel").replaceChildren(rows.length ? table(
@@ -82,41 +89,85 @@ async function showFunnel() {
     rows) : h("p", {}, "This model has no milestones."));
 }
 
+// The quadrant map says one thing: its regions are the quadrants. Right of the dashed line:
+// engaged. Upper band: succeeding (the SPEC's rule, not a progress cut), lower band: not; within
+// a band a dot sits by its milestone progress. A dot's colour is the region it is in.
 function quadrantMap(items, threshold) {
-  const W = 720, H = 360, L = 48, B = 30;
+  const W = 720, H = 424, L = 64, B = 34, T = 10, R = 10;
   const x = (score) => Math.log10(1 + Math.max(0, score));
   const maxX = Math.max(x(threshold) * 2, ...items.map((a) => x(a.engagement.score)), 1);
-  const px = (v) => L + ((W - L - 10) * v) / maxX;
-  const py = (p) => H - B - (H - B - 10) * p;
-  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
-  g.append(s("line", { x1: px(x(threshold)), x2: px(x(threshold)), y1: py(0), y2: py(1), stroke: "#999", "stroke-dasharray": "4 3" }));
-  g.append(s("text", { x: px(x(threshold)) + 4, y: 20 }, `engaged ≥ ${threshold}`));
-  for (const p of [0, 0.5, 1]) g.append(s("text", { x: 8, y: py(p) + 4 }, pct(p)));
-  for (const v of [0, 1, 10, 100, 1000, 10000]) {
-    if (x(v) <= maxX) g.append(s("text", { x: px(x(v)) - 6, y: H - 10 }, String(v)));
+  const px = (v) => L + ((W - L - R) * v) / maxX;
+  const band = (H - B - T) / 2, gap = 8;
+  const mid = T + band;
+  // progress 0..1 within its band, leaving a gap at the split so that no dot sits on the line
+  const py = (a) => (["thriving", "quiet"].includes(a.quadrant) ? mid - gap : H - B) - (band - gap) * a.success.progress;
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "accounts by engagement and success" });
+  const xT = px(x(threshold));
+  for (const [q, x0, y0, x1, y1] of [["quiet", L, T, xT, mid], ["thriving", xT, T, W - R, mid], ["at_risk", L, mid, xT, H - B], ["stuck", xT, mid, W - R, H - B]]) {
+    g.append(s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: `var(--${q})`, "fill-opacity": 0.07 }));
+    g.append(s("text", { class: "region", x: q === "quiet" || q === "at_risk" ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:var(--${q})`, "text-anchor": q === "quiet" || q === "at_risk" ? "start" : "end" }, q.replace("_", " ")));
   }
-  g.append(s("text", { x: W / 2 - 60, y: H - 0.5 }, "score (log scale) →"));
-  for (const a of items) {
-    const dot = s("circle", { cx: px(x(a.engagement.score)), cy: py(a.success.progress), r: 4, fill: `var(--${a.quadrant})`, "fill-opacity": 0.75, style: "cursor:pointer" },
-      s("title", {}, `${a.account_id}: score ${num(a.engagement.score)}, success ${pct(a.success.progress)}, ${a.quadrant.replace("_", " ")}`));
+  g.append(s("line", { x1: xT, x2: xT, y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "4 3" }));
+  g.append(s("line", { x1: L, x2: W - R, y1: mid, y2: mid, stroke: "#999" }));
+  g.append(s("text", { x: xT + 4, y: H - B - 4 }, `engaged ≥ ${threshold}`));
+  g.append(s("text", { x: 4, y: T + band / 2 }, "succeeding"));
+  g.append(s("text", { x: 4, y: mid + band / 2 }, "not"));
+  g.append(s("text", { x: 4, y: mid + band / 2 + 13 }, "succeeding"));
+  for (const v of [0, 1, 10, 100, 1000, 10000]) {
+    if (x(v) <= maxX) g.append(s("text", { x: px(x(v)) - 6, y: H - B + 13 }, String(v)));
+  }
+  g.append(s("text", { x: W / 2 - 140, y: H - 4 }, "score (log scale) →   ·   up within a band: milestone progress"));
+  // Names beside the dots, where they fit: at-risk and stuck accounts first, then by score.
+  const rank = { stuck: 0, at_risk: 1, thriving: 2, quiet: 3 };
+  const placed = [];
+  const labels = s("g", { class: "names" });
+  const order = items.slice().sort((a, b) => rank[a.quadrant] - rank[b.quadrant] || b.engagement.score - a.engagement.score);
+  for (const a of order) {
+    const cx = px(x(a.engagement.score)), cy = py(a);
+    const dot = s("circle", { cx, cy, r: 4, fill: `var(--${a.quadrant})`, "fill-opacity": 0.8, style: "cursor:pointer" },
+      s("title", {}, `${a.account_id}: score ${num(a.engagement.score)}, ${a.quadrant.replace("_", " ")}, progress ${pct(a.success.progress)}`));
     dot.addEventListener("click", () => { location.hash = `#subject/account/${encodeURIComponent(a.account_id)}`; });
     g.append(dot);
+    const text = a.account_id.length > 18 ? `${a.account_id.slice(0, 17)}…` : a.account_id;
+    const box = { x0: cx + 6, x1: cx + 8 + 6.2 * text.length, y0: cy - 6, y1: cy + 6 };
+    if (placed.length < 60 && box.x1 <= W - R && !placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) {
+      placed.push(box);
+      labels.append(s("text", { x: box.x0, y: cy + 4 }, text));
+    }
   }
+  g.append(labels);
   return g;
 }
 
+function subjectTable(level, items) {
+  return table([[level], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ["last seen", "date"]],
+    items.map((a) => [subjectLink(level, a[`${level}_id`]), num(a.engagement.score), a.engagement.trend,
+      `${a.success.achieved}/${a.success.total} · ${pct(a.success.progress)}`, a.stage || "–", day(a.last_seen)]));
+}
+
 async function showAccounts() {
-  const [page, stuck] = await Promise.all([api("v1/accounts", { limit: 1000 }), api("v1/accounts", { quadrant: "stuck", limit: 50 })]);
+  const [page, stuck, atRisk] = await Promise.all([api("v1/accounts", { limit: 1000 }),
+    api("v1/accounts", { quadrant: "stuck", limit: 20 }), api("v1/accounts", { quadrant: "at_risk", limit: 20 })]);
   const threshold = engagedThreshold();
   const counts = Object.fromEntries(QUADRANTS.map((q) => [q, page.items.filter((a) => a.quadrant === q).length]));
   $("quadrant-counts").replaceChildren(h("p", { class: "legend" },
-    ...QUADRANTS.map((q) => h("span", {}, h("i", { style: `background:var(--${q})` }), `${q.replace("_", " ")} ${counts[q]}`)),
+    ...QUADRANTS.map((q) => h("a", { class: "count", href: listHref("account", { quadrant: q }) },
+      h("i", { style: `background:var(--${q})` }), `${q.replace("_", " ")} ${counts[q]}`)),
     page.next_cursor ? "(the top 1,000 accounts by score)" : ""));
   $("quadrant-map").replaceChildren(page.items.length ? quadrantMap(page.items, threshold) : h("p", {}, "No accounts yet."));
-  $("stuck").replaceChildren(stuck.items.length ? table(
-    [["account"], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ["last seen"]],
-    stuck.items.map((a) => [subjectLink("account", a.account_id), num(a.engagement.score), a.engagement.trend,
-      `${a.success.achieved}/${a.success.total}`, a.stage || "–", day(a.last_seen)])) : h("p", {}, "No stuck accounts."));
+  $("stuck").replaceChildren(stuck.items.length ? subjectTable("account", stuck.items) : h("p", {}, "No stuck accounts."),
+    stuck.next_cursor ? listLink("account", { quadrant: "stuck" }, "all stuck accounts →") : "");
+  $("at-risk").replaceChildren(atRisk.items.length ? subjectTable("account", atRisk.items) : h("p", {}, "No accounts at risk."),
+    atRisk.next_cursor ? listLink("account", { quadrant: "at_risk" }, "all accounts at risk →") : "");
+}
+
+async function showList(level, query) {
+  const filters = Object.fromEntries(new URLSearchParams(query));
+  const page = await api(`v1/${level}s`, { ...filters, limit: 200 });
+  const what = Object.entries(filters).map(([k, v]) => `${k} ${v.replace("_", " ")}`).join(", ");
+  $("list-title").textContent = `${level === "user" ? "Users" : "Accounts"}${what ? ": " + what : ""}`;
+  $("list").replaceChildren(page.items.length ? subjectTable(level, page.items) : h("p", {}, "Nobody, at this instant."),
+    page.next_cursor ? h("p", { class: "help" }, "The first 200 by score.") : "");
 }
 
 function growthChart(periods) {
@@ -133,11 +184,15 @@ function growthChart(periods) {
   periods.forEach((p, i) => {
     let y = zero;
     const x = L + i * w + 1;
+    // The period not over yet is drawn faded and outlined: its counts are so far, not final.
+    const unfinished = p.partial ? { "fill-opacity": 0.35, stroke: "var(--ink)", "stroke-dasharray": "2 2" } : {};
+    const so = p.partial ? " (so far: the period is not over)" : "";
     for (const [n, color, label] of [[p.retained, "pending", "retained"], [p.resurrected, "quiet", "resurrected"], [p.new, "thriving", "new"]]) {
       y -= n * scale;
-      g.append(s("rect", { x, y, width: Math.max(1, w - 2), height: n * scale, fill: `var(--${color})` }, s("title", {}, `${day(p.start)} ${label}: ${n}`)));
+      g.append(s("rect", { x, y, width: Math.max(1, w - 2), height: n * scale, fill: `var(--${color})`, ...unfinished }, s("title", {}, `${day(p.start)} ${label}: ${n}${so}`)));
     }
-    g.append(s("rect", { x, y: zero, width: Math.max(1, w - 2), height: p.churned * scale, fill: "var(--at_risk)" }, s("title", {}, `${day(p.start)} churned: ${p.churned}`)));
+    g.append(s("rect", { x, y: zero, width: Math.max(1, w - 2), height: p.churned * scale, fill: "var(--at_risk)", ...unfinished }, s("title", {}, `${day(p.start)} churned: ${p.churned}${so}`)));
+    if (p.partial) g.append(s("text", { x, y: y - 3 }, "so far"));
   });
   g.append(s("text", { x: L, y: H - 4 }, `${day(periods[0].start)}: new · resurrected · retained above the line, churned below`));
   g.append(s("text", { x: W - pad - 64, y: H - 4 }, day(periods[periods.length - 1].start)));
@@ -150,7 +205,7 @@ async function showGrowth() {
   $("growth-chart").replaceChildren(periods.length ? growthChart(periods) : h("p", {}, "No activity yet."));
   $("growth-table").replaceChildren(periods.length ? table(
     [["period"], ["new", "num"], ["retained", "num"], ["resurrected", "num"], ["churned", "num"], ["active", "num"], ["quick ratio", "num"], ["NPS", "num"]],
-    periods.slice().reverse().map((p) => [day(p.start), p.new, p.retained, p.resurrected, p.churned, p.active,
+    periods.slice().reverse().map((p) => [p.partial ? h("span", { class: "partial" }, day(p.start), " so far") : day(p.start), p.new, p.retained, p.resurrected, p.churned, p.active,
       p.quick_ratio === null ? "–" : num(p.quick_ratio, 2), p.nps ? `${num(p.nps.score, 0)} (${p.nps.responses})` : "–"])) : "");
 }
 
@@ -171,6 +226,34 @@ function scoreChart(history, threshold) {
   return g;
 }
 
+// "2 of 3 prompt_completed, 20 h left": per criterion what is done of its target, and the time
+// the window has left; for an achieved or missed milestone, what its criteria reached.
+function whyNotYet(m) {
+  const open = m.status === "pending" || m.status === "in_progress";
+  const what = (c) => (c.kind === "tagged" ? "tagged events" : c.kind === "distinct" ? `distinct ${c.event}` :
+    c.kind === "sum" ? `${c.event} value` : c.kind === "rate" ? `${c.event} a day` : c.event);
+  const parts = m.criteria.map((c, i) => (open && m.missing[i] === 0 ? `${what(c)} met` : `${num(c.done)} of ${num(c.target)} ${what(c)}`));
+  if (open && m.missing.length && m.missing.every((x) => x === 0)) parts.push("judged once its day is over");
+  if (open && m.time_left_s !== null && m.time_left_s !== undefined) parts.push(`${duration(m.time_left_s)} left`);
+  return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
+}
+
+// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+function whyQuadrant(v, threshold) {
+  const stages = (model.stages || []).map((st) => st.name);
+  const here = stages.indexOf(v.stage);
+  const names = (ms) => ms.map((m) => m.name).join(", ");
+  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
+  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
+  const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
+    : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
+  let success = "succeeding";
+  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
+  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
+  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
+  return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
+}
+
 async function showSubject(level, id) {
   $("subject-level").value = level;
   $("subject-id").value = id;
@@ -184,22 +267,21 @@ async function showSubject(level, id) {
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
   const milestones = v.milestones.length ? table(
-    [["milestone"], ["stage"], ["status"], ["progress"], ["criteria"], ["achieved", "date"], ["deadline", "date"]],
+    [["milestone"], ["stage"], ["status"], ["progress", "date"], ["criteria: done of target, time left"], ["achieved", "date"], ["deadline", "date"]],
     v.milestones.map((m) => [m.name, m.stage, chip(m.status, m.status), h("span", {}, bar([[m.progress, m.status, "progress"], [1 - m.progress, "pending", "left"]], 1), pct(m.progress)),
-      m.criteria.map((c) => `${c.kind}${c.event ? " " + c.event : ""}: ${num(c.done)}/${num(c.target)}`).join("; "),
-      day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
+      whyNotYet(m), day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
   $("subject").replaceChildren(
     h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`),
-    cards, h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
+    cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
 }
 
 // ---- navigation -----------------------------------------------------------------------------
 
 async function route() {
   const [view, ...rest] = (location.hash.slice(1) || "funnel").split("/");
-  const name = ["funnel", "accounts", "growth", "subject"].includes(view) ? view : "funnel";
+  const name = ["funnel", "accounts", "growth", "subject", "list"].includes(view) ? view : "funnel";
   for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== `view-${name}`;
-  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name}`);
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name === "list" ? (rest[0] === "user" ? "funnel" : "accounts") : name}`);
   if (!key) { status("Enter a read key of your project (make run prints the demo one)."); return; }
   status("Loading…");
   try {
@@ -211,6 +293,7 @@ async function route() {
     if (name === "funnel") await showFunnel();
     else if (name === "accounts") await showAccounts();
     else if (name === "growth") await showGrowth();
+    else if (name === "list") await showList(rest[0] === "user" ? "user" : "account", rest.slice(1).join("/"));
     else if (rest.length >= 2) await showSubject(rest[0] === "user" ? "user" : "account", decodeURIComponent(rest.slice(1).join("/")));
     else $("subject").replaceChildren();
     status("");

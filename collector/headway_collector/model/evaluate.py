@@ -1,16 +1,21 @@
-"""Read a subject's state as of an instant: milestones, stage, success, quadrant, trend, NPS."""
+"""Read a subject's state as of an instant: milestones, stage, success, quadrant, trend, NPS.
+
+docs/collector.md ("What the labels mean") states each rule in words; the names here follow it.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Milestone
 from . import growth, scoring
-from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result
+from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result, rate_judged_at
 
-__all__ = ["Mark", "MilestoneResult", "Reading", "milestone_marks", "milestone_results", "read", "stage_on", "trend_of"]
+__all__ = ["Mark", "MilestoneResult", "Reading", "Shortfall", "is_succeeding", "milestone_marks", "milestone_results",
+           "on_pace", "read", "shortfalls", "stage_on", "trend_of"]
 
 # Trend compares the short and the long decayed rates; within +-25% of each other is steady.
 RISING, COOLING = 1.25, 0.8
@@ -48,7 +53,11 @@ def _mark(m: Milestone, parts: list[tuple[float, int | None]], first_seen: int) 
 
 
 def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
-    return [criterion_result(c, st) for c, st in zip(m.criteria, crit_states(state, m))]
+    parts = [criterion_result(c, st) for c, st in zip(m.criteria, crit_states(state, m))]
+    for i, c in enumerate(m.criteria):
+        if c.kind == "rate" and parts[i][1] is not None:
+            parts[i] = (parts[i][0], rate_judged_at(parts[i][1], state))  # type: ignore[arg-type]
+    return parts
 
 
 def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
@@ -92,17 +101,69 @@ def stage_at(lm: LevelModel, state: SubjectState, on_index: int, now: int) -> in
     return max(by_age, on_index)
 
 
+def _lifetime(age: int, half_life: int) -> float:
+    """What a decayed sum of one unit per microsecond over the last `age` microseconds adds up to:
+    half_life/ln 2 for a long history, `age` for a very young one."""
+    return half_life / math.log(2) * -math.expm1(-age * math.log(2) / half_life)
+
+
 def trend_of(lm: LevelModel, state: SubjectState, now: int) -> Literal["rising", "steady", "cooling"]:
+    """`rising`, `steady` or `cooling`: the short decayed rate against the long one.
+
+    Each decayed sum is divided by what it would hold had the subject been active at a constant
+    rate since its first event (`_lifetime`), so a young subject is compared with its own age,
+    not with a long history of nothing; a subject silent for longer than the short half-life is
+    never rising.
+    """
     _, short_hl, long_hl = lm.half_lives
-    short = scoring.rate(state.sums[1], now, short_hl)
-    long_ = scoring.rate(state.sums[2], now, long_hl)
+    age = now - state.first_seen
+    if age <= 0:
+        return "steady"  # nothing to compare yet
+    short = scoring.value_at(state.sums[1], now, short_hl) / _lifetime(age, short_hl)
+    long_ = scoring.value_at(state.sums[2], now, long_hl) / _lifetime(age, long_hl)
     if long_ <= 0 and short <= 0:
         return "steady"
-    if short > long_ * RISING:
+    if short > long_ * RISING and now - state.last_seen <= short_hl:
         return "rising"
     if short < long_ * COOLING:
         return "cooling"
     return "steady"
+
+
+def on_pace(r: MilestoneResult, first_seen: int, now: int) -> bool:
+    """Open at `now` and on pace: some progress, and with a window at least the share of the
+    window that has elapsed (half way through "3 prompts in 24 h" at 12 h, 2 of 3 done is on
+    pace, 1 of 3 is not)."""
+    if r.achieved_at is not None or r.progress <= 0:
+        return False
+    if r.deadline is None:
+        return True
+    if now > r.deadline:
+        return False
+    return r.progress >= (now - first_seen) / (r.deadline - first_seen)
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why an open milestone is not achieved yet: what each criterion lacks, and the time left."""
+
+    milestone: str
+    missing: tuple[float, ...]  # per criterion, target - done (0 for a met one)
+    time_left: int | None  # microseconds until the window closes; None: no window
+
+
+def shortfalls(results: list[MilestoneResult], now: int) -> list[Shortfall]:
+    """Per milestone open at `now` (pending or in progress), in the order of `results`."""
+    out = []
+    for r in results:
+        if r.status(now) not in ("pending", "in_progress"):
+            continue
+        out.append(Shortfall(
+            milestone=r.milestone.name,
+            missing=tuple(max(0.0, target - done) for done, target in r.criteria),
+            time_left=r.deadline - now if r.deadline is not None else None,
+        ))
+    return out
 
 
 @dataclass(frozen=True)
@@ -129,18 +190,24 @@ class Reading:
         return "quiet" if self.succeeding else "at_risk"
 
 
+def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None,
+                  now: int) -> bool:
+    """SPEC section 4: every milestone of an earlier stage achieved, none of the current stage
+    missed, and success shown: a milestone achieved, or one open and `on_pace`. Nothing achieved
+    and no progress is not succeeding, however new."""
+    if idx is not None:
+        index_of = {s.name: i for i, s in enumerate(lm.project.stages)}
+        for r in results:
+            si = index_of[r.milestone.stage]
+            if si < idx and r.achieved_at is None or si == idx and r.status(now) == "missed":
+                return False
+    return any(r.achieved_at is not None or on_pace(r, state.first_seen, now) for r in results)
+
+
 def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
     results = milestone_results(lm, state)
     idx = stage_at(lm, state, stage_on(lm, {r.milestone.name for r in results if r.achieved_at is not None}), now)
     stages = lm.project.stages
-    index_of = {s.name: i for i, s in enumerate(stages)}
-    succeeding = True
-    if idx is not None:
-        for r in results:
-            si = index_of[r.milestone.stage]
-            if si < idx and r.achieved_at is None or si == idx and r.status(now) == "missed":
-                succeeding = False
-                break
     score = scoring.value_at(state.sums[0], now, lm.half_lives[0])
     today = now // DAY
     nps = None
@@ -158,6 +225,6 @@ def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
         achieved=sum(r.achieved_at is not None for r in results),
         total=len(results),
         engaged=score >= lm.project.engagement.engaged_threshold,
-        succeeding=succeeding,
+        succeeding=is_succeeding(lm, state, results, idx, now),
         nps=nps,
     )

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
-__all__ = ["DAY", "EPOCH", "FRACTION_BITS", "contribution", "rate", "sort_key", "value_at"]
+__all__ = ["DAY", "EPOCH", "FRACTION_BITS", "SHARES", "contribution", "rate", "score_shares", "sort_key", "value_at"]
 
 DAY = 86_400_000_000  # microseconds
 EPOCH = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z, the fixed reference of every sum
@@ -60,3 +62,36 @@ def sort_key(total: int) -> float:
 def rate(total: int, t: int, half_life: int) -> float:
     """Events-per-microsecond equivalent of a decayed sum: comparable across half-lives."""
     return value_at(total, t, half_life) * math.log(2) / half_life
+
+
+class _Timed(Protocol):
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def t(self) -> int: ...
+
+
+_E = TypeVar("_E", bound=_Timed)
+SHARES = 10  # score_shares gives the largest this many
+
+
+def score_shares(events: Iterable[_E], now: int, half_life: int,
+                 weight_of: Callable[[_E], float]) -> list[tuple[str, float]]:
+    """Which event names make a subject's score at `now`: (event name, share of the score),
+    largest first, the top SHARES. Events after `now` are not part of its score.
+
+    Each name's part is the sum of its events' exact `contribution`s, so the shares add up like
+    the score itself (whatever the order of `events`) and a share is exact to the last bit of a
+    double: the ratio of two integers. Negative weights make negative parts (and the others more
+    than their share); a score that is not positive has no shares: [].
+    """
+    parts: dict[str, int] = {}
+    for ev in events:
+        if ev.t <= now:
+            parts[ev.event] = parts.get(ev.event, 0) + contribution(weight_of(ev), ev.t, half_life)
+    total = sum(parts.values())
+    if total <= 0:
+        return []
+    ranked = sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [(name, part / total) for name, part in ranked[:SHARES]]

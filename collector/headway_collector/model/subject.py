@@ -37,7 +37,7 @@ from ..config import Criterion, Milestone, Project
 from . import scoring
 
 __all__ = ["REBUILD", "Ev", "LevelModel", "SubjectState", "Terms", "apply", "build", "decode_state", "encode_state",
-           "new_state", "terms"]
+           "new_state", "rate_judged_at", "terms"]
 
 DAY = scoring.DAY
 ACTIVE_DAYS = 30  # active_days_30d looks back this many days, today included
@@ -144,6 +144,7 @@ class LevelModel:
     has_rate: bool  # a rate's days depend on the first day
     windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
     names_by_event: dict[str, frozenset[str]]  # the milestones an event name counts toward
+    rated: frozenset[str] = frozenset()  # milestones with a rate: any event may judge it (`rate_judged_at`)
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
@@ -167,11 +168,12 @@ class LevelModel:
             has_rate=any(c.kind == "rate" for m in ms for c in m.criteria),
             windowed=tuple(m for m in ms if m.within is not None),
             names_by_event={k: frozenset(m.name for m, _, _ in v) for k, v in by_event.items()},
+            rated=frozenset(m.name for m in ms if any(c.kind == "rate" for c in m.criteria)),
         )
 
     def touched(self, events: list[Ev]) -> set[str]:
         """The milestones these events can change (when the first event does not move)."""
-        out: set[str] = set()
+        out: set[str] = set(self.rated) if events else set()  # a later event judges a met rate
         names = self.names_by_event
         for ev in events:
             if ev.event in names:
@@ -440,6 +442,17 @@ def _fold_rate(c: Criterion, st: CritState, t: int, first_seen: int) -> None:
 
 
 # --- reading a criterion ------------------------------------------------------------------------
+
+
+def rate_judged_at(met: int, state: SubjectState) -> int | None:
+    """When a rate whose trailing window was first met at `met` is achieved, or None: a rate is
+    judged over a complete window only, so once the UTC day of `met` is over and the subject is a
+    day old; and the fold has no clock, so it knows that instant has passed only from an event of
+    the subject at or after it (`last_seen`). A function of the set of events alone: `met` (its
+    day is the earliest met window's last day), `first_seen` and `last_seen`.
+    """
+    judged = max((met // DAY + 1) * DAY, state.first_seen + DAY)
+    return judged if judged <= state.last_seen else None
 
 
 def criterion_result(c: Criterion, st: CritState) -> tuple[float, int | None]:
