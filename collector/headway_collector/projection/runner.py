@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import Literal
 
 from ..config import Config
@@ -35,9 +36,10 @@ WATCH = 0.2  # seconds between looks at the workers
 
 
 class _ThreadWorker:
-    def __init__(self, url: str, configs: Sequence[Config], owner: str, wake: threading.Event) -> None:
+    def __init__(self, url: str, configs: Sequence[Config], owner: str) -> None:
         self._stop = threading.Event()
-        self.worker = Worker(open_store(url), ModelBook(configs), owner, wake=wake)
+        self._wake = threading.Event()
+        self.worker = Worker(open_store(url), ModelBook(configs), owner, wake=self._wake)
         self._thread = threading.Thread(target=self._run, name=f"headway-fold-{owner}", daemon=True)
         self._thread.start()
 
@@ -47,6 +49,9 @@ class _ThreadWorker:
         finally:
             self.worker.store.close()
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -55,12 +60,37 @@ class _ThreadWorker:
         self._thread.join(timeout)
 
 
+class _PipeWake:
+    """A worker process's wake-up call: a byte down a pipe. (A `multiprocessing.Event` would not
+    do: a worker SIGKILLed inside its `wait` keeps the Event's lock forever, and the collector's
+    next `set` would hang.)"""
+
+    def __init__(self, reader: Connection) -> None:
+        self._reader = reader
+
+    def clear(self) -> None:
+        while self._reader.poll(0):
+            self._reader.recv_bytes()
+
+    def wait(self, timeout: float) -> bool:
+        return self._reader.poll(timeout)
+
+
 class _ProcessWorker:
     def __init__(self, url: str, configs: Sequence[Config], owner: str) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.process = ctx.Process(target=_process_main, args=(url, list(configs), owner, os.getpid()),
+        reader, self._writer = ctx.Pipe(duplex=False)
+        os.set_blocking(self._writer.fileno(), False)  # a full pipe already says "wake up"
+        self.process = ctx.Process(target=_process_main, args=(url, list(configs), owner, os.getpid(), reader),
                                    name=f"headway-fold-{owner}", daemon=True)
         self.process.start()
+        reader.close()
+
+    def wake(self) -> None:
+        try:
+            self._writer.send_bytes(b"!")
+        except OSError:  # full, or the worker is gone (the watcher starts it again)
+            pass
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -74,7 +104,7 @@ class _ProcessWorker:
         self.process.join()
 
 
-def _process_main(url: str, configs: list[Config], owner: str, parent: int) -> None:
+def _process_main(url: str, configs: list[Config], owner: str, parent: int, wake: Connection) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -88,7 +118,7 @@ def _process_main(url: str, configs: list[Config], owner: str, parent: int) -> N
     threading.Thread(target=orphaned, daemon=True).start()
     store = open_store(url)
     try:
-        Worker(store, ModelBook(configs), owner).run(stop)
+        Worker(store, ModelBook(configs), owner, wake=_PipeWake(wake)).run(stop)
     finally:
         store.close()
 
@@ -102,7 +132,6 @@ class Projection:
         self.url, self.mode, self.workers = url, mode, workers
         self._configs = list(configs)
         self._prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._wake = threading.Event()
         self._slots: list[_ThreadWorker | _ProcessWorker | None] = [None] * workers
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -115,7 +144,7 @@ class Projection:
 
     def _spawn(self, slot: int) -> _ThreadWorker | _ProcessWorker:
         if self.mode == "thread":
-            return _ThreadWorker(self.url, self._configs, self.owner(slot), self._wake)
+            return _ThreadWorker(self.url, self._configs, self.owner(slot))
         return _ProcessWorker(self.url, self._configs, self.owner(slot))
 
     def start(self) -> None:
@@ -135,8 +164,10 @@ class Projection:
                         self._slots[slot] = self._spawn(slot)
 
     def wake(self) -> None:
-        """New events are in the log (in-process workers look at once instead of at their next poll)."""
-        self._wake.set()
+        """New events are in the log: the workers look at once instead of at their next poll."""
+        for w in self._slots:
+            if w is not None:
+                w.wake()
 
     def reload(self, configs: Sequence[Config]) -> None:
         """Restart the workers with these models (the served ones and any being built)."""

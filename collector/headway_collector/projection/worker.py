@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import Config, ConfigError, loads
 from ..events import from_stored
@@ -41,7 +42,7 @@ logger = logging.getLogger("headway_collector.projection")
 BATCH = 20_000  # log positions one fold reads at most
 LEASE = 5_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
 RENEW = 1.0  # seconds between lease renewals
-IDLE = 0.002  # seconds between looks at the log when there is nothing to fold
+IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
 CACHE = 200_000  # subject records kept between batches
 
 
@@ -83,6 +84,14 @@ class ModelBook:
         return self._models[gen.project, gen.version]
 
 
+class Wake(Protocol):
+    """How a worker is woken early (a `threading.Event` has this shape)."""
+
+    def clear(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
 class _Lost(Exception):
     """The watermark moved or the lease changed hands: this fold must not commit."""
 
@@ -96,10 +105,10 @@ class _Held:
 class Worker:
     """Folds its share of every generation's partitions until `stop` is set."""
 
-    def __init__(self, store: Store, book: ModelBook, owner: str, *, wake: threading.Event | None = None,
+    def __init__(self, store: Store, book: ModelBook, owner: str, *, wake: Wake | None = None,
                  clock: Callable[[], int] = _now_us) -> None:
         self.store, self.book, self.owner = store, book, owner
-        self._wake = wake or threading.Event()
+        self._wake: Wake = wake or threading.Event()
         self._clock = clock
         self._held: list[_Held] = []
         self._renewed = 0.0
@@ -111,6 +120,7 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
+                self._wake.clear()  # before looking: a wake that arrives during the step is kept
                 try:
                     busy = self.step()
                 except Exception:  # a store error: log it, wait, start from the watermarks again
@@ -121,7 +131,6 @@ class Worker:
                     stop.wait(0.5)
                 if not busy:
                     self._wake.wait(IDLE)
-                    self._wake.clear()
         finally:
             try:
                 self.store.transact(lambda tx: generations.release(tx, self.owner))
