@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 
@@ -9,7 +10,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLATED_BYTES, BatchEnvelope, BatchResponse, Rejection
+from headway.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_INFLATED_BYTES,
+    BatchEnvelope,
+    BatchResponse,
+    Rejection,
+)
 
 from .auth import authorize
 from .errors import APIError, json_response
@@ -21,6 +29,8 @@ from .store.base import Accepted, Overloaded, StoreError
 __all__ = ["batch"]
 
 _decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
+# What `_split_deep` walks: a JSON string, a run of openers, a run of closers, a comma.
+_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|,')
 
 
 async def _read_body(request: Request) -> bytes:
@@ -49,6 +59,55 @@ def _gunzip(body: bytes) -> bytes:
     return out
 
 
+def _envelope(body: bytes) -> BatchEnvelope:
+    try:
+        try:
+            return _decode_envelope(body)
+        except RecursionError:  # msgspec recursed too deep skipping some raw event: split by hand
+            return _split_deep(body)
+    except msgspec.ValidationError as exc:
+        raise APIError(400, "bad_request", f"batch has the wrong shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "too_deep", "the batch outside its events is nested too deep to read") from None
+
+
+def _split_deep(body: bytes) -> BatchEnvelope:
+    """The envelope of a body nested too deep for msgspec, its events cut out without recursion.
+
+    One walk over the body's structure finds the top-level `"events"` array and the commas
+    between its elements; the rest of the envelope is decoded as usual (with `events: []`),
+    and each element is handed on raw, to be judged (and refused for its depth) on its own.
+    Only a body that msgspec could not decode comes here, so the usual path pays nothing.
+    """
+    depth, key, start, cuts, end = 0, b"", -1, [], -1
+    for m in _STRUCTURE.finditer(body):
+        token, at = m.group(), m.start()
+        if token[0] == 0x22:
+            if depth == 1:
+                key = token
+        elif token == b",":
+            if depth == 2 and start >= 0:
+                cuts.append(at)
+        elif token[0] in b"[{":
+            if depth == 1 and token[0] == 0x5B and key == b'"events"':
+                start, cuts = at, [at]
+            depth += len(token)
+        else:
+            if start >= 0 and depth >= 2 and depth - len(token) <= 1:
+                end = at + depth - 2  # the `]` that closes `events`
+                break
+            depth -= len(token)
+    if end < 0:
+        raise msgspec.DecodeError("the events array is not closed")
+    envelope = _decode_envelope(body[:start] + b"[]" + body[end + 1 :])  # a deep rest recurses again: 400
+    bounds = cuts + [end]
+    elements = [body[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
+    envelope.events = [msgspec.Raw(e) for e in elements if e or len(elements) > 1]  # `[]` has no element
+    return envelope
+
+
 def _check_headers(request: Request) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -68,12 +127,7 @@ async def batch(request: Request) -> Response:
     received_at = state.clock()
     if encoding == "gzip":
         body = _gunzip(body)
-    try:
-        envelope = _decode_envelope(body)
-    except msgspec.ValidationError as exc:
-        raise APIError(400, "bad_request", f"batch has the wrong shape: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
+    envelope = _envelope(body)
     if len(envelope.events) > MAX_BATCH_EVENTS:
         raise APIError(413, "too_many_events", f"{len(envelope.events)} events: at most {MAX_BATCH_EVENTS} a batch")
     skew = received_at - to_us(envelope.sent_at)
@@ -105,7 +159,8 @@ async def batch(request: Request) -> Response:
 
 def _reason(message: str) -> str:
     for key, reason in (("bytes encoded", "event_too_large"), ("out of range", "non_finite"),
-                        ("future", "future_timestamp"), ("before 1970", "before_epoch")):
+                        ("future", "future_timestamp"), ("before 1970", "before_epoch"),
+                        ("nested more than", "too_deep"), ("is outside ±", "out_of_range")):
         if key in message:
             return reason
     return "invalid_event"
