@@ -249,4 +249,6 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(app_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    state = app_state(request)
+    project = authorize(request, state.config, "read")  # private: see metrics.py
+    return PlainTextResponse(state.metrics.render(project.name), media_type="text/plain; version=0.0.4")

@@ -174,7 +174,7 @@ async def test_health_metrics_openapi(client: httpx.AsyncClient) -> None:
     await post(client, [event("jo"), {"id": "bad"}])
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=read_headers())).text
     assert 'headway_events_ingested_total{project="acme"} 1' in text
     assert 'headway_rejected_total{reason="invalid_event"} 1' in text
     assert "headway_batch_seconds_bucket" in text and "headway_writer_queue_depth" in text
