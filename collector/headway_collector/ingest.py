@@ -1,48 +1,102 @@
-"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement."""
+"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement.
+
+Every input is refused in bounded time and memory (docs/collector.md, "Limits"): the body
+must arrive within BODY_SECONDS (else 408); the bodies this process holds at once are capped
+at HELD_BYTES (past it, 503 with Retry-After); a gzip body inflates to 8 MiB at most; an array
+of too many events is counted before msgspec builds it; a body nested too deep for msgspec is
+split by a walk that does not recurse.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import zlib
+from collections.abc import Callable, Iterator
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
-    MAX_INFLATED_BYTES,
-    BatchEnvelope,
-    BatchResponse,
-    Rejection,
-)
+from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLATED_BYTES, BatchEnvelope, BatchResponse, Rejection
 
 from .auth import authorize
 from .errors import APIError, json_response
-from .events import EventRejected, decode_event, to_us
+from .events import EVENT_DEPTH, EventRejected, decode_event, to_us
 from .params import whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
-__all__ = ["batch"]
+__all__ = ["BODY_SECONDS", "HELD_BYTES", "batch"]
 
-_decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
-# What `_split_deep` walks: a JSON string, a run of openers, a run of closers, a comma.
+BODY_SECONDS = 10.0  # the whole body must arrive within this (uvicorn has no body read timeout)
+HELD_BYTES = 32 << 20  # request bodies one process holds at once, read or being read
+
+
+class _LazyEnvelope(BatchEnvelope):
+    events: msgspec.Raw  # type: ignore[assignment]  # the array as one slice: counted before it is split
+
+
+_decode_envelope = msgspec.json.Decoder(_LazyEnvelope).decode
+_decode_events = msgspec.json.Decoder(list[msgspec.Raw]).decode
+# A JSON string; the innermost object or array (no bracket inside); what `_split_deep` walks.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST = re.compile(rb"\{[^{}\[\]]*\}|\[[^{}\[\]]*\]")
 _STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|,')
+# msgspec builds a list of 4 million Raw (230 MB) from 8 MiB of `0,0,...` before any length
+# check; past this many commas the elements are counted first (a real batch has far fewer).
+_COMMAS_PER_EVENT = 64
 
 
-async def _read_body(request: Request) -> bytes:
+class _Budget:
+    """Bytes of request bodies held by this process (memory is per process; one event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A `take(total)` that raises the held count to `total` bytes for this request, or 503."""
+        mine = 0
+
+        def take(total: int) -> None:
+            nonlocal mine
+            if total <= mine:
+                return
+            if self.held + total - mine > self.limit:
+                raise APIError(503, "overloaded", f"the collector holds {self.held} bytes of request bodies, its limit; "
+                               "retry later", {"Retry-After": "1"})
+            self.held += total - mine
+            mine = total
+
+        try:
+            yield take
+        finally:
+            self.held -= mine
+
+
+BUDGET = _Budget(HELD_BYTES)
+
+
+async def _read_body(request: Request, take: Callable[[int], None]) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (whole_number(declared) or 0) > MAX_BATCH_BYTES:
         raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
+    take(whole_number(declared or "") or 0)
     parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BATCH_BYTES:  # stop reading: we never hold more than the limit
-            raise APIError(413, "too_large", f"body is over the {MAX_BATCH_BYTES}-byte limit")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BATCH_BYTES:  # stop reading: we never hold more than the limit
+                    raise APIError(413, "too_large", f"body is over the {MAX_BATCH_BYTES}-byte limit")
+                take(size)
+                parts.append(chunk)
+    except TimeoutError:
+        raise APIError(408, "timeout", f"the body did not arrive within {BODY_SECONDS:g}s ({size} bytes came)",
+                       {"Connection": "close"}) from None
     return b"".join(parts)
 
 
@@ -59,10 +113,34 @@ def _gunzip(body: bytes) -> bytes:
     return out
 
 
-def _envelope(body: bytes) -> BatchEnvelope:
+def _too_many(n: int) -> APIError:
+    return APIError(413, "too_many_events", f"{n} events: at most {MAX_BATCH_EVENTS} a batch")
+
+
+def _elements(array: bytes) -> int | None:
+    """How many elements the JSON array `array` holds, without building them: strings emptied,
+    then innermost containers collapsed to `0`, level by level. None past EVENT_DEPTH levels."""
+    inside = _STRING.sub(b'""', array.strip()[1:-1])
+    for _ in range(EVENT_DEPTH + 1):
+        inside, n = _INNERMOST.subn(b"0", inside)
+        if n == 0:
+            return inside.count(b",") + 1 if inside.strip() else 0
+    return None
+
+
+def _envelope(body: bytes) -> tuple[int, list[msgspec.Raw]]:
+    """The batch's `sent_at` (microseconds) and its events, each raw, at most MAX_BATCH_EVENTS."""
     try:
         try:
-            return _decode_envelope(body)
+            envelope = _decode_envelope(body)
+            array = bytes(envelope.events)
+            if array.count(b",") > _COMMAS_PER_EVENT * MAX_BATCH_EVENTS:
+                n = _elements(array)
+                if n is None:  # deeper than an event may be: let the walk count and split
+                    return _split_deep(body)
+                if n > MAX_BATCH_EVENTS:
+                    raise _too_many(n)
+            events = _decode_events(array)
         except RecursionError:  # msgspec recursed too deep skipping some raw event: split by hand
             return _split_deep(body)
     except msgspec.ValidationError as exc:
@@ -71,9 +149,12 @@ def _envelope(body: bytes) -> BatchEnvelope:
         raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
     except RecursionError:
         raise APIError(400, "too_deep", "the batch outside its events is nested too deep to read") from None
+    if len(events) > MAX_BATCH_EVENTS:
+        raise _too_many(len(events))
+    return to_us(envelope.sent_at), events
 
 
-def _split_deep(body: bytes) -> BatchEnvelope:
+def _split_deep(body: bytes) -> tuple[int, list[msgspec.Raw]]:
     """The envelope of a body nested too deep for msgspec, its events cut out without recursion.
 
     One walk over the body's structure finds the top-level `"events"` array and the commas
@@ -90,6 +171,8 @@ def _split_deep(body: bytes) -> BatchEnvelope:
         elif token == b",":
             if depth == 2 and start >= 0:
                 cuts.append(at)
+                if len(cuts) > MAX_BATCH_EVENTS:
+                    raise _too_many(len(cuts))
         elif token[0] in b"[{":
             if depth == 1 and token[0] == 0x5B and key == b'"events"':
                 start, cuts = at, [at]
@@ -104,8 +187,7 @@ def _split_deep(body: bytes) -> BatchEnvelope:
     envelope = _decode_envelope(body[:start] + b"[]" + body[end + 1 :])  # a deep rest recurses again: 400
     bounds = cuts + [end]
     elements = [body[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
-    envelope.events = [msgspec.Raw(e) for e in elements if e or len(elements) > 1]  # `[]` has no element
-    return envelope
+    return to_us(envelope.sent_at), [msgspec.Raw(e) for e in elements if e or len(elements) > 1]  # `[]`: none
 
 
 def _check_headers(request: Request) -> str:
@@ -118,23 +200,16 @@ def _check_headers(request: Request) -> str:
     return encoding
 
 
-async def batch(request: Request) -> Response:
-    state: AppState = request.app.state.headway
-    started = time.perf_counter()
-    project = authorize(request, state.config, "write")
-    encoding = _check_headers(request)
-    body = await _read_body(request)
-    received_at = state.clock()
+def _judge(state: AppState, body: bytes, encoding: str, received_at: int) -> tuple[list[tuple[Accepted, object]], list[Rejection]]:
+    """The batch's events, kept or refused one by one. Synchronous: the inflated body and the
+    envelope are gone before the request waits for its commit."""
     if encoding == "gzip":
         body = _gunzip(body)
-    envelope = _envelope(body)
-    if len(envelope.events) > MAX_BATCH_EVENTS:
-        raise APIError(413, "too_many_events", f"{len(envelope.events)} events: at most {MAX_BATCH_EVENTS} a batch")
-    skew = received_at - to_us(envelope.sent_at)
-
+    sent_at, events = _envelope(body)
+    skew = received_at - sent_at
     accepted: list[tuple[Accepted, object]] = []
     rejected: list[Rejection] = []
-    for i, raw in enumerate(envelope.events):
+    for i, raw in enumerate(events):
         try:
             ev = decode_event(bytes(raw), skew, received_at)
         except EventRejected as exc:
@@ -142,11 +217,29 @@ async def batch(request: Request) -> Response:
             state.metrics.reject(_reason(str(exc)))
             continue
         accepted.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received_at, bytes(raw)), ev))
+    return accepted, rejected
+
+
+async def batch(request: Request) -> Response:
+    state: AppState = request.app.state.headway
+    started = time.perf_counter()
+    project = authorize(request, state.config, "write")
+    encoding = _check_headers(request)
+    try:
+        with BUDGET.hold() as take:
+            body = await _read_body(request, take)
+            received_at = state.clock()
+            accepted, rejected = _judge(state, body, encoding, received_at)
+            del body
+    except APIError as exc:
+        state.metrics.reject(exc.code)
+        raise
 
     if accepted:
         try:
             result = await state.store.ingest(project, accepted)
         except Overloaded as exc:
+            state.metrics.reject("overloaded")
             raise APIError(503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}) from None
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
