@@ -11,7 +11,7 @@ from headway.wire import MAX_DEPTH, MAX_EVENT_BYTES, MAX_VALUE, MAX_WEIGHT, Even
 
 from .model.subject import Ev
 
-__all__ = ["EVENT_DEPTH", "FUTURE_LIMIT_US", "EventRejected", "decode_event", "deeper_than", "from_stored", "to_us"]
+__all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "deeper_than", "from_stored", "to_us"]
 
 FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than this are refused
 _decode = msgspec.json.Decoder(Event).decode
