@@ -23,7 +23,7 @@ import pytest
 from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from headway_collector.ingest import BODY_SECONDS
 from tests.collector.helpers import body, event, headers
-from tests.conftest import WRITE_KEY, LiveCollector, config_text
+from tests.conftest import WRITE_KEY, LiveCollector
 
 pytestmark = pytest.mark.slow
 
@@ -148,19 +148,8 @@ def idle_connections(port: int, want: int) -> list[socket.socket]:
     return socks
 
 
-@pytest.fixture
-def collector(tmp_path: Path):
-    cfg = tmp_path / "headway.toml"
-    cfg.write_text(config_text())
-    live = LiveCollector(config_path=cfg, db_path=tmp_path / "headway.db")
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
-
-
-def test_bombs_are_refused_in_bounded_time_and_memory(collector: LiveCollector, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bombs_are_refused_in_bounded_time_and_memory(live_collector: LiveCollector, capsys: pytest.CaptureFixture[str]) -> None:
+    collector = live_collector
     assert collector.process is not None
     pid, port = collector.process.pid, collector.port
     with httpx.Client(base_url=collector.url, timeout=DEADLINE) as c:  # warm up: imports, first commit
@@ -248,10 +237,11 @@ def paced_post(port: int, data: bytes, piece: int = 64 << 10, pause: float = 0.0
         return status_of(sock)
 
 
-def test_overload_answers_503_with_retry_after_never_a_hang(collector: LiveCollector) -> None:
+def test_overload_answers_503_with_retry_after_never_a_hang(live_collector: LiveCollector) -> None:
     """More senders than the collector holds at once: 200 bodies of 1 MiB, each taking about a
     second to arrive (ten times the 32 MiB it holds). Each gets a 200, or a 503 with Retry-After
     before its body is read; nothing hangs, and what was refused was not half kept."""
+    collector = live_collector
     batches = [body([event(f"load-{k}-{i}") for i in range(10)]) for k in range(200)]
     payloads = [b[:-1] + b" " * (MAX_BATCH_BYTES - len(b)) + b"}" for b in batches]  # 1 MiB: JSON whitespace
     with ThreadPoolExecutor(200) as pool:

@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from headway.wire import MAX_DEPTH, MAX_VALUE, MAX_WEIGHT
+from headway.wire import MAX_BATCH_EVENTS
+from headway_collector.ingest import WALK_TOKENS
 from tests.collector.helpers import body, event, headers
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +104,20 @@ async def test_a_huge_integer_weight_is_refused_not_a_5xx(client: httpx.AsyncCli
     data = body([event("big")])[:-3] + b',"weight":' + b"9" * 5000 + b"}]}"
     r = await post_raw(client, data)
     assert r.status_code == 200 and r.json()["accepted"] == 0 and len(r.json()["rejected"]) == 1
+
+
+async def test_a_full_batch_with_one_deep_event_keeps_the_other_999(client: httpx.AsyncClient) -> None:
+    others = body([event(f"full-{i}", properties={"a": [1, 2, {"b": "x"}]}) for i in range(MAX_BATCH_EVENTS - 1)])
+    deep = deep_raw(5000)
+    data = deep + b"," + others[others.index(b'"events":[') + 10 :]
+    r = await post_raw(client, data)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == MAX_BATCH_EVENTS - 1 and [x["index"] for x in r.json()["rejected"]] == [0]
+
+
+async def test_a_deep_body_too_costly_to_split_is_one_400(client: httpx.AsyncClient) -> None:
+    """Splitting by hand walks the JSON in Python: past WALK_TOKENS the batch is refused whole."""
+    data = deep_raw(5000).replace(b'"events":[', b'"context":{"x":[' + b'"",' * (WALK_TOKENS + 1) + b'0]},"events":[') + b"]}"
+    r = await post_raw(client, data, gz=True)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_deep"
+    assert "\n" not in r.text
