@@ -100,13 +100,14 @@ def posts(port: int, items: list[tuple[bytes, bytes]], workers: int = 16) -> Cou
         return Counter(pool.map(lambda hp: raw_post(port, *hp), items))
 
 
-def slow_senders(port: int, n: int, declared: int) -> Counter[int]:
-    """`n` connections that declare `declared` bytes and send one byte a second (slow-loris)."""
+def slow_senders(port: int, declared: list[int]) -> Counter[int]:
+    """A connection per entry, declaring that many bytes and sending one a second (slow-loris)."""
     sel = selectors.DefaultSelector()
     socks = []
-    for _ in range(n):
+    n = len(declared)
+    for length in declared:
         s = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-        s.sendall(request_head(declared) + b"{")
+        s.sendall(request_head(length) + b"{")
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
         socks.append(s)
@@ -186,7 +187,7 @@ def test_bombs_are_refused_in_bounded_time_and_memory(live_collector: LiveCollec
            Counter(raw_post(port, request_head(MAX_BATCH_BYTES), then=b" " * 65536) for _ in range(4)))
     # Slow-loris: 300 senders dribble bytes; 100 of them declare 1 MiB, over the held-bytes cap.
     attack("slow-loris (1 byte/s), 200 x 1 KB + 100 x 1 MiB declared", 300,
-           slow_senders(port, 200, 1000) + slow_senders(port, 100, MAX_BATCH_BYTES))
+           slow_senders(port, [1000] * 200 + [MAX_BATCH_BYTES] * 100))
     socks = idle_connections(port, 10_000)
     opened = len(socks)
     with_idle = status_kib(pid, "VmRSS")
