@@ -250,5 +250,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    text = await run_in_threadpool(app_state(request).metrics.render)
+    state = app_state(request)
+    project = authorize(request, state.config, "read")  # private: see metrics.py
+    text = await run_in_threadpool(state.metrics.render, project.name)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+from http import HTTPStatus
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -66,20 +67,81 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
 ]
 
 
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_AT = _query("at", {"type": "string", "format": "date-time"}, "read as of this instant (RFC3339); default now")
+_LEVEL = _query("level", {"enum": ["user", "account"]}, "user or account")
+_SUBJECT = {"name": "subject", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
+            "description": "the user's or account's id (any characters)"}
+_LIST = [
+    _query("order", {"enum": ["desc", "asc"]}, "by score; default desc"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
+    _query("cursor", {"type": "string"}, "next_cursor of the page before"),
+    _query("stage", {"type": "string"}, "a stage of the model"),
+    _query("quadrant", {"enum": ["thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
+    _query("trend", {"enum": ["rising", "steady", "cooling"]}, "the trend"),
+    _query("milestone", {"type": "string"}, "a milestone of the model (with status: its status)"),
+    _query("status", {"enum": ["pending", "in_progress", "achieved", "missed"]}, "needs milestone"),
+    _AT,
+]
+_DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC3339"}
+# Per path of ROUTES: its parameters, and the error statuses it answers besides 503 (any route,
+# with Retry-After). Every error body is an ErrorBody.
+_OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
+    "/v1/batch": ([], (400, 401, 403, 408, 413, 415)),
+    "/v1/users": (_LIST, (400, 401, 403)),
+    "/v1/users/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
+    "/v1/accounts": (_LIST, (400, 401, 403)),
+    "/v1/accounts/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
+    "/v1/model": ([], (401, 403)),
+    "/v1/scores": ([_query("user_id", {"type": "string"}, "the user (or give account_id)"),
+                    _query("account_id", {"type": "string"}, "the account (or give user_id)"),
+                    _query("days", {"type": "integer", "minimum": 1, "maximum": 400}, "days back; default 90"), _AT],
+                   (400, 401, 403, 404)),
+    "/v1/growth": ([_query("period", {"enum": ["day", "week", "month"]}, "default week"), _LEVEL,
+                    _query("from", _DAY_OR_INSTANT, "the first period holds it"),
+                    _query("to", _DAY_OR_INSTANT, "the last period holds it; default at"), _AT], (400, 401, 403)),
+    "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
+    "/healthz": ([], ()),
+    "/readyz": ([], ()),
+    "/metrics": ([], (401, 403)),
+}
+_OPEN = {"/healthz", "/readyz"}  # no key
+_PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
+    "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
+    "/readyz": {"type": "object", "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+                "required": ["status"]},
+}
+
+
 def openapi() -> dict[str, Any]:
-    """The OpenAPI document, its schemas generated from the wire Structs."""
+    """The OpenAPI document, its schemas generated from the wire Structs: every parameter and
+    every status each operation answers (schemathesis checks that it is true)."""
     types = [t for *_, t, _ in ROUTES if t is not None] + [wire.Batch, wire.ErrorBody]
     (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    retry = {"Retry-After": {"required": True, "schema": {"type": "string"}, "description": "seconds"}}
     paths: dict[str, Any] = {}
     for path, method, _, rtype, summary in ROUTES:
-        op: dict[str, Any] = {"summary": summary, "responses": {}}
+        parameters, errors = _OPERATIONS[path]
         if rtype is not None:
-            op["responses"]["200"] = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{rtype.__name__}"}}}}
+            ok = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{rtype.__name__}"}}}}
+        elif path == "/metrics":
+            ok = {"content": {"text/plain": {"schema": {"type": "string"}}}}
         else:
-            op["responses"]["200"] = {"description": "OK"}
-        op["responses"]["default"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            ok = {"content": {"application/json": {"schema": _PLAIN[path]}}}
+        responses: dict[str, Any] = {"200": {"description": "OK", **ok}}
+        responses.update({str(code): {"description": HTTPStatus(code).phrase, **error} for code in errors})
+        unavailable = ok if path == "/readyz" else error  # readyz answers {"status": "starting"}
+        responses["503"] = {"description": "busy or starting: retry after Retry-After seconds", "headers": retry,
+                            **unavailable}
+        op: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
+        if path in _OPEN:
+            op["security"] = []
         if method == "POST":
-            op["requestBody"] = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}
         paths.setdefault(path.replace(":id", ""), {})[method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -9,16 +9,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import NoReturn
 
-from . import config as config_mod
-from .auth import hash_key, new_key
-from .events import to_us
-from .store import StoreError, open_store
+try:
+    from . import config as config_mod
+    from .auth import hash_key, new_key
+    from .events import to_us
+    from .store import StoreError, open_store
+except ImportError as exc:  # `pip install headway` without the extra: main() says which to install
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
 
 __all__ = ["main"]
 
@@ -32,6 +39,23 @@ class _Parser(argparse.ArgumentParser):
 
 class CLIError(Exception):
     """A one-line failure for the user."""
+
+
+def _missing_extra(exc: ImportError) -> str:
+    return (f"the collector needs the 'collector' extra ({exc.name or exc} is not installed): "
+            "pip install 'headway[collector]'")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address that uvicorn could not bind (it would log a traceback-like
+    block and exit 3). Bound as uvicorn binds: SO_REUSEADDR, so a port in TIME_WAIT is free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -65,9 +89,13 @@ def _load(path: str) -> config_mod.Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise CLIError(_missing_extra(exc)) from None
 
-    _load(args.config)  # refuse a bad file or an unreachable database before anything starts
+    _load(args.config)  # refuse a bad file, a busy port or an unreachable database before anything starts
+    _check_port(args.host, args.port)
     store = open_store(args.database)
     store.open()
     store.close()
@@ -141,16 +169,31 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+PRUNE_STEPS = 20  # transactions a prune is cut into, each deleting one slice of its time range
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     try:
         before = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
     except ValueError:
         raise CLIError(f"--before {args.before!r} is not a date (e.g. 2025-01-01 or 2025-01-01T00:00:00Z)") from None
-    if before.tzinfo is None:
-        before = before.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+    if before.tzinfo is None:  # read as the query API reads dates: UTC
+        before = before.replace(tzinfo=timezone.utc)
+    if args.database.startswith("sqlite:///"):
+        path = args.database[len("sqlite:///"):]
+        if path not in ("", ":memory:") and not Path(path).is_file():
+            raise CLIError(f"no database at {path}: prune does not create one (check --database)")
     store = open_store(args.database)
     store.open()
-    n = store.prune(to_us(before))
+    end = to_us(before)
+    with store.read() as r:
+        first, total = r.one("SELECT min(ts), count(*) FROM events WHERE ts < ?", (end,)) or (None, 0)
+    show, n = _progress("pruning"), 0
+    if first is not None:  # slices of time, oldest first: each its own transaction, so progress shows
+        span = end - first
+        for step in range(1, PRUNE_STEPS + 1):
+            n += store.prune(first + span * step // PRUNE_STEPS if step < PRUNE_STEPS else end)
+            show(min(n, total), total)
     print(f"pruned {n} events before {before.isoformat()}; scores and milestones keep what they had "
           "(a later rescore reads only the events kept)")
     return 0
@@ -203,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(f"headway-collector: {_missing_extra(_MISSING)}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import msgspec
 
-from headway.wire import MAX_EVENT_BYTES, Event
+from headway.wire import MAX_DEPTH, MAX_EVENT_BYTES, MAX_VALUE, MAX_WEIGHT, Event
 
 from .model.subject import Ev
 
-__all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "from_stored", "to_us"]
+__all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "deeper_than", "from_stored", "to_us"]
 
 FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than this are refused
 _decode = msgspec.json.Decoder(Event).decode
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US = timedelta(microseconds=1)
+# A JSON string (skipped: brackets inside it are text), or a run of openers, or of closers.
+_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+')
+EVENT_DEPTH = MAX_DEPTH + 1  # the event's own object, then `properties` at level 1 (SPEC section 2)
 
 
 class EventRejected(ValueError):
@@ -25,6 +29,27 @@ class EventRejected(ValueError):
 def to_us(dt: datetime) -> int:
     """Microseconds since the Unix epoch, exactly (integer arithmetic, no float rounding)."""
     return (dt - _UNIX_EPOCH) // _ONE_US
+
+
+def deeper_than(raw: bytes, most: int) -> bool:
+    """Whether objects and arrays nest more than `most` deep in the JSON `raw`, without recursion.
+
+    msgspec recurses while decoding (or skipping) a value and gives up with a RecursionError
+    near Python's recursion limit; this scan has no such limit, and costs two `count`s when
+    `raw` holds few brackets.
+    """
+    if raw.count(b"{") + raw.count(b"[") <= most:
+        return False
+    depth = 0
+    for m in _NESTING.finditer(raw):
+        token = m.group()
+        if token[0] in b"[{":
+            depth += len(token)
+            if depth > most:
+                return True
+        elif token[0] != 0x22:  # closers
+            depth -= len(token)
+    return False
 
 
 def _ev(e: Event, t: int) -> Ev:
@@ -45,6 +70,8 @@ def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
     """Judge one event of a batch; raise EventRejected with the reason."""
     if len(raw) > MAX_EVENT_BYTES:
         raise EventRejected(f"event is {len(raw)} bytes encoded, over the {MAX_EVENT_BYTES}-byte limit")
+    if deeper_than(raw, EVENT_DEPTH):
+        raise EventRejected(f"event is nested more than {MAX_DEPTH} levels deep (properties is level 1)")
     try:
         e = _decode(raw)
     except msgspec.ValidationError as exc:
@@ -55,6 +82,10 @@ def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
     if "\x00" in e.id + e.event + e.user_id + (e.account_id or "") + "".join(e.milestones):
         # PostgreSQL's text cannot hold NUL; refusing it here keeps both backends alike.
         raise EventRejected("ids, names and tags may not contain the NUL character (\\u0000)")
+    if e.weight is not None and not -MAX_WEIGHT <= e.weight <= MAX_WEIGHT:
+        raise EventRejected(f"weight {e.weight:g} is outside ±{MAX_WEIGHT:g}")
+    if e.value is not None and not -MAX_VALUE <= e.value <= MAX_VALUE:
+        raise EventRejected(f"value {e.value:g} is outside ±{MAX_VALUE:g}")
     t = to_us(e.timestamp) + skew_us
     if t > received_at + FUTURE_LIMIT_US:
         raise EventRejected("timestamp is more than 24h in the future after clock-skew correction")

@@ -1,15 +1,34 @@
-"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement."""
+"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement.
+
+Every input is refused in bounded time and memory (docs/collector.md, "Limits"): the body
+must arrive within BODY_SECONDS (else 408); the bodies this process holds at once are capped
+at HELD_BYTES (past it, 503 with Retry-After); a gzip body inflates to 8 MiB at most; past
+1,000 events the array is skipped, not built; a body nested too deep for msgspec is
+split by a walk that does not recurse.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 import time
 import zlib
+from collections.abc import Callable, Iterator
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_INFLATED_BYTES, BatchEnvelope, BatchResponse, Rejection
+from headway.wire import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_DEPTH,
+    MAX_INFLATED_BYTES,
+    BatchEnvelope,
+    BatchResponse,
+    Rejection,
+)
 
 from .auth import authorize
 from .errors import APIError, json_response
@@ -18,21 +37,78 @@ from .params import whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
-__all__ = ["batch"]
+__all__ = ["BODY_SECONDS", "HELD_BYTES", "batch"]
 
-_decode_envelope = msgspec.json.Decoder(BatchEnvelope).decode
+BODY_SECONDS = 10.0  # the whole body must arrive within this (uvicorn has no body read timeout)
+HELD_BYTES = 32 << 20  # request bodies one process holds at once, read or being read
 
 
-async def _read_body(request: Request) -> bytes:
+# The events array as a Struct of MAX_BATCH_EVENTS + 1 positions: msgspec fills at most that
+# many and skips the rest without building them. (As `list[Raw]`, 8 MiB of `0,0,...` made
+# 4 million Raw objects, 230 MB, before any length check could run.)
+_Events = msgspec.defstruct("_Events", [(f"e{i}", msgspec.Raw, msgspec.Raw()) for i in range(MAX_BATCH_EVENTS + 1)],
+                            array_like=True)
+
+
+class _LazyEnvelope(BatchEnvelope):
+    events: _Events  # type: ignore[assignment,valid-type]
+
+
+_decode_envelope = msgspec.json.Decoder(_LazyEnvelope).decode
+# What `_split_deep` walks: a JSON string, a run of openers, a run of closers, a comma. The walk
+# costs about 3.5 us a token, on the event loop: past WALK_TOKENS (0.35 s) the batch is refused
+# whole. (8 MiB of `"",` before one deep event took 9 s.) A 1,000-event batch has ~25,000.
+_STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|,')
+WALK_TOKENS = 100_000
+
+
+class _Budget:
+    """Bytes of request bodies held by this process (memory is per process; one event loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A `take(total)` that raises the held count to `total` bytes for this request, or 503."""
+        mine = 0
+
+        def take(total: int) -> None:
+            nonlocal mine
+            if total <= mine:
+                return
+            if self.held + total - mine > self.limit:
+                raise APIError(503, "overloaded", f"the collector holds {self.held} bytes of request bodies, its limit; "
+                               "retry later", {"Retry-After": "1"})
+            self.held += total - mine
+            mine = total
+
+        try:
+            yield take
+        finally:
+            self.held -= mine
+
+
+BUDGET = _Budget(HELD_BYTES)
+
+
+async def _read_body(request: Request, take: Callable[[int], None]) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (whole_number(declared) or 0) > MAX_BATCH_BYTES:
         raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
+    take(whole_number(declared or "") or 0)
     parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BATCH_BYTES:  # stop reading: we never hold more than the limit
-            raise APIError(413, "too_large", f"body is over the {MAX_BATCH_BYTES}-byte limit")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BATCH_BYTES:  # stop reading: we never hold more than the limit
+                    raise APIError(413, "too_large", f"body is over the {MAX_BATCH_BYTES}-byte limit")
+                take(size)
+                parts.append(chunk)
+    except TimeoutError:
+        raise APIError(408, "timeout", f"the body did not arrive within {BODY_SECONDS:g}s ({size} bytes came)",
+                       {"Connection": "close"}) from None
     return b"".join(parts)
 
 
@@ -49,6 +125,68 @@ def _gunzip(body: bytes) -> bytes:
     return out
 
 
+def _too_many() -> APIError:
+    return APIError(413, "too_many_events", f"more than {MAX_BATCH_EVENTS} events: at most {MAX_BATCH_EVENTS} a batch")
+
+
+def _envelope(body: bytes) -> tuple[int, list[msgspec.Raw]]:
+    """The batch's `sent_at` (microseconds) and its events, each raw, at most MAX_BATCH_EVENTS."""
+    try:
+        try:
+            envelope = _decode_envelope(body)
+        except RecursionError:  # msgspec recursed too deep skipping some raw event: split by hand
+            return _split_deep(body)
+    except msgspec.ValidationError as exc:
+        raise APIError(400, "bad_request", f"batch has the wrong shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "too_deep", "the batch outside its events is nested too deep to read") from None
+    events = [raw for raw in msgspec.structs.astuple(envelope.events) if len(raw)]
+    if len(events) > MAX_BATCH_EVENTS:
+        raise _too_many()
+    return to_us(envelope.sent_at), events
+
+
+def _split_deep(body: bytes) -> tuple[int, list[msgspec.Raw]]:
+    """The envelope of a body nested too deep for msgspec, its events cut out without recursion.
+
+    One walk over the body's structure finds the top-level `"events"` array and the commas
+    between its elements; the rest of the envelope is decoded as usual (with `events: []`),
+    and each element is handed on raw, to be judged (and refused for its depth) on its own.
+    Only a body that msgspec could not decode comes here, so the usual path pays nothing.
+    """
+    depth, key, start, cuts, end = 0, b"", -1, [], -1
+    for n, m in enumerate(_STRUCTURE.finditer(body)):
+        if n > WALK_TOKENS:
+            raise APIError(400, "too_deep", f"the batch nests deeper than the decoder reads and has over {WALK_TOKENS} "
+                           f"JSON tokens before its events end: send events nested at most {MAX_DEPTH} levels")
+        token, at = m.group(), m.start()
+        if token[0] == 0x22:
+            if depth == 1:
+                key = token
+        elif token == b",":
+            if depth == 2 and start >= 0:
+                cuts.append(at)
+                if len(cuts) > MAX_BATCH_EVENTS:
+                    raise _too_many()
+        elif token[0] in b"[{":
+            if depth == 1 and token[0] == 0x5B and key == b'"events"':
+                start, cuts = at, [at]
+            depth += len(token)
+        else:
+            if start >= 0 and depth >= 2 and depth - len(token) <= 1:
+                end = at + depth - 2  # the `]` that closes `events`
+                break
+            depth -= len(token)
+    if end < 0:
+        raise msgspec.DecodeError("the events array is not closed")
+    envelope = _decode_envelope(body[:start] + b"[]" + body[end + 1 :])  # a deep rest recurses again: 400
+    bounds = cuts + [end]
+    elements = [body[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
+    return to_us(envelope.sent_at), [msgspec.Raw(e) for e in elements if e or len(elements) > 1]  # `[]`: none
+
+
 def _check_headers(request: Request) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -59,28 +197,16 @@ def _check_headers(request: Request) -> str:
     return encoding
 
 
-async def batch(request: Request) -> Response:
-    state: AppState = request.app.state.headway
-    started = time.perf_counter()
-    project = authorize(request, state.config, "write")
-    encoding = _check_headers(request)
-    body = await _read_body(request)
-    received_at = state.clock()
+def _judge(state: AppState, body: bytes, encoding: str, received_at: int) -> tuple[list[Accepted], list[Rejection]]:
+    """The batch's events, kept or refused one by one. Synchronous: the inflated body and the
+    envelope are gone before the request waits for its commit."""
     if encoding == "gzip":
         body = _gunzip(body)
-    try:
-        envelope = _decode_envelope(body)
-    except msgspec.ValidationError as exc:
-        raise APIError(400, "bad_request", f"batch has the wrong shape: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise APIError(400, "bad_request", f"body is not JSON: {exc}") from None
-    if len(envelope.events) > MAX_BATCH_EVENTS:
-        raise APIError(413, "too_many_events", f"{len(envelope.events)} events: at most {MAX_BATCH_EVENTS} a batch")
-    skew = received_at - to_us(envelope.sent_at)
-
+    sent_at, events = _envelope(body)
+    skew = received_at - sent_at
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
-    for i, raw in enumerate(envelope.events):
+    for i, raw in enumerate(events):
         try:
             ev = decode_event(bytes(raw), skew, received_at)
         except EventRejected as exc:
@@ -88,11 +214,29 @@ async def batch(request: Request) -> Response:
             state.metrics.reject(_reason(str(exc)))
             continue
         accepted.append(Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received_at, bytes(raw)))
+    return accepted, rejected
+
+
+async def batch(request: Request) -> Response:
+    state: AppState = request.app.state.headway
+    started = time.perf_counter()
+    project = authorize(request, state.config, "write")
+    encoding = _check_headers(request)
+    try:
+        with BUDGET.hold() as take:
+            body = await _read_body(request, take)
+            received_at = state.clock()
+            accepted, rejected = _judge(state, body, encoding, received_at)
+            del body
+    except APIError as exc:
+        state.metrics.reject(exc.code)
+        raise
 
     if accepted:
         try:
             result = await state.store.append(project.name, accepted)
         except Overloaded as exc:
+            state.metrics.reject("overloaded")
             raise APIError(503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}) from None
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
@@ -107,7 +251,8 @@ async def batch(request: Request) -> Response:
 
 def _reason(message: str) -> str:
     for key, reason in (("bytes encoded", "event_too_large"), ("out of range", "non_finite"),
-                        ("future", "future_timestamp"), ("before 1970", "before_epoch")):
+                        ("future", "future_timestamp"), ("before 1970", "before_epoch"),
+                        ("nested more than", "too_deep"), ("is outside ±", "out_of_range")):
         if key in message:
             return reason
     return "invalid_event"

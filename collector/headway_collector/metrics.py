@@ -1,4 +1,9 @@
-"""A handful of Prometheus counters and one histogram, rendered as text exposition format."""
+"""A handful of Prometheus counters and one histogram, rendered as text exposition format.
+
+`GET /metrics` takes a read key, like every read, and shows the series labelled with that
+key's project only: no project learns another's name or volume. The process-wide series
+(rejection reasons, batch latency, writer queue) carry no project and are shown to every key.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ class Metrics:
         with self._lock:
             self.rejected[reason] += n
 
-    def render(self) -> str:
+    def render(self, project: str) -> str:
+        """The exposition text as `project`'s read key sees it."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_: str) -> None:
@@ -47,11 +53,11 @@ class Metrics:
 
         with self._lock:
             family("headway_events_ingested_total", "counter", "Events accepted and committed.")
-            for p, n in sorted(self.ingested.items()):
-                out.append(f'headway_events_ingested_total{{project="{p}"}} {n}')
+            if project in self.ingested:
+                out.append(f'headway_events_ingested_total{{project="{project}"}} {self.ingested[project]}')
             family("headway_events_duplicate_total", "counter", "Events already stored (same id), counted once.")
-            for p, n in sorted(self.duplicates.items()):
-                out.append(f'headway_events_duplicate_total{{project="{p}"}} {n}')
+            if project in self.duplicates:
+                out.append(f'headway_events_duplicate_total{{project="{project}"}} {self.duplicates[project]}')
             family("headway_rejected_total", "counter", "Rejected events and requests, by reason.")
             for r, n in sorted(self.rejected.items()):
                 out.append(f'headway_rejected_total{{reason="{r}"}} {n}')
@@ -71,6 +77,6 @@ class Metrics:
         family("headway_projection_lag_seconds", "gauge", "How long the oldest event not yet folded has waited.")
         out.append(f"headway_projection_lag_seconds {lag.seconds}")
         family("headway_quarantined_subjects", "gauge", "Subjects the projection set aside (see the log); a rescore retries.")
-        for p, n in sorted(lag.quarantined.items()):
-            out.append(f'headway_quarantined_subjects{{project="{p}"}} {n}')
+        if project in lag.quarantined:
+            out.append(f'headway_quarantined_subjects{{project="{project}"}} {lag.quarantined[project]}')
         return "\n".join(out) + "\n"

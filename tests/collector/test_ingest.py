@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from headway.wire import MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_INFLATED_BYTES
+from headway.wire import MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_INFLATED_BYTES, MAX_VALUE, MAX_WEIGHT
 from tests.collector.helpers import NOW, body, event, gz, headers, read_headers, rfc
 from tests.conftest import OTHER_READ_KEY, READ_KEY, asgi_collector
 
@@ -174,7 +174,7 @@ async def test_health_metrics_openapi(client: httpx.AsyncClient) -> None:
     await post(client, [event("jo"), {"id": "bad"}])
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=read_headers())).text
     assert 'headway_events_ingested_total{project="acme"} 1' in text
     assert 'headway_rejected_total{reason="invalid_event"} 1' in text
     assert "headway_batch_seconds_bucket" in text and "headway_writer_queue_depth" in text
@@ -196,8 +196,9 @@ async def test_ids_with_any_character_can_be_read_back(client: httpx.AsyncClient
 
 
 async def test_extreme_weights_and_values_are_stored_and_read(client: httpx.AsyncClient) -> None:
-    events = [event("kim", weight=1.7e308, account_id="k"), event("kim", weight=-1.7e308),
-              event("kim", "message_sent", value=1.7e308, account_id="k"), event("kim", weight=5e-324)]
+    # The extremes SPEC section 2 allows (past them: test_hardening_limits.py).
+    events = [event("kim", weight=MAX_WEIGHT, account_id="k"), event("kim", weight=-MAX_WEIGHT),
+              event("kim", "message_sent", value=MAX_VALUE, account_id="k"), event("kim", weight=5e-324)]
     r = await post(client, events)
     assert r.json() == {"accepted": 4, "duplicates": 0, "rejected": []}
     for path in ("/v1/users/kim", "/v1/accounts/k", "/v1/users", "/v1/accounts"):

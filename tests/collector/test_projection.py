@@ -180,7 +180,7 @@ async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on
         await send(c, more)
         good = (await c.get("/v1/users/good", headers=read_headers())).json()
         assert good["engagement"]["events"] == 2  # the good subject is folded past the bad one
-        metrics = (await c.get("/metrics")).text
+        metrics = (await c.get("/metrics", headers=read_headers())).text
         assert 'headway_quarantined_subjects{project="acme"} 1' in metrics
     store = open_store(url)  # a rescore builds it again from the log
     try:
@@ -191,7 +191,7 @@ async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on
     async with collector(url) as c:
         bad = (await c.get("/v1/users/bad", headers=read_headers())).json()
         assert bad["engagement"]["events"] == 2
-        assert 'headway_quarantined_subjects{project="acme"}' not in (await c.get("/metrics")).text
+        assert 'headway_quarantined_subjects{project="acme"}' not in (await c.get("/metrics", headers=read_headers())).text
 
 
 @pytest.mark.slow
