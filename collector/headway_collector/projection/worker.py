@@ -42,6 +42,7 @@ logger = logging.getLogger("headway_collector.projection")
 BATCH = 20_000  # log positions one fold reads at most
 LEASE = 5_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
 RENEW = 1.0  # seconds between lease renewals
+SWITCH_CHECK = 0.05  # seconds between looks at whether a caught-up model being built can switch
 IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
 CACHE = 200_000  # subject records kept between batches
 
@@ -144,6 +145,9 @@ class Worker:
         busy = False
         for held in self._held:
             busy |= self._fold_some(held)
+        if not busy and any(h.gen.status == "building" for h in self._held) and \
+                time.monotonic() - self._renewed >= SWITCH_CHECK:
+            self._renew()  # caught up on a model being built: switch to it without waiting a whole RENEW
         return busy
 
     # --- leases -------------------------------------------------------------------------------

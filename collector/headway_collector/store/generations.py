@@ -101,9 +101,10 @@ def _drop(tx: Tx, gen: int) -> None:
 
 def switch(tx: Tx, building: Generation, now: int) -> bool:
     """Make a building generation active if it has folded every committed position."""
-    tx.lock_log()  # no append commits between the check and the switch
-    if watermark(tx, building.gen) < log.head(tx):
-        return False
+    tx.lock_log()  # no append commits between the check and the switch, and no other switch
+    row = tx.one("SELECT status FROM generations WHERE gen = ?", (building.gen,))
+    if row is None or row[0] != "building" or watermark(tx, building.gen) < log.head(tx):
+        return False  # another worker switched it (or dropped it) meanwhile, or it is behind
     old = active(tx, building.project)
     tx.execute("UPDATE generations SET status = 'active', switched_at = ? WHERE gen = ?", (now, building.gen))
     if old is not None:
