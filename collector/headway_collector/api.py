@@ -33,7 +33,6 @@ from .model.evaluate import Reading, read, shortfalls
 from .model.subject import LevelModel, SubjectState, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read
-from .state import AppState
 from .store import generations, log, queries
 
 __all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz",

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from http import HTTPStatus
 from collections.abc import AsyncIterator
 from typing import Any

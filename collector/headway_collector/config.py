@@ -246,7 +246,12 @@ def _shape_error(text: str, path: str, at: list[str | int], body: Any, msg: str)
         else:  # msgspec hides dict keys: the offending one is the first whose value is not a number
             part = next((k for k, v in node.items() if not isinstance(v, (int, float)) or isinstance(v, bool)), "?")
         loc.append(part)
-        node = node[part] if isinstance(node, (dict, list)) and part != "?" else None
+        if isinstance(node, dict) and part != "?":
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
     unknown = re.search(r"unknown field `([^`]+)`", reason)
     if unknown:
         loc.append(unknown.group(1))
@@ -277,7 +282,8 @@ def _locate(text: str, loc: list[str | int]) -> int | None:
             key = key + (counts[name],)
         blocks.append((key, i))
     # The deepest header that is a prefix of the path; then search its block.
-    best, start = (), 0
+    best: tuple[str | int, ...] = ()
+    start = 0
     for key, i in blocks:
         if tuple(loc[: len(key)]) == key and len(key) >= len(best):
             best, start = key, i

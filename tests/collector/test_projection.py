@@ -26,7 +26,7 @@ from headway_collector.store.base import Accepted
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.collector.test_store_contract import (EPOCH, batches, collector, differences, dump, fresh_url, make_events,
                                                  model, readings, send, stored_events)
-from tests.conftest import LiveCollector, config_text, postgres_schema, until_served
+from tests.conftest import LiveCollector, config_text, postgres_schema
 
 
 def replay_reference(url: str, events: list[dict[str, Any]], at: str) -> tuple[dict[str, Any], dict[str, Any], Path]:

@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
-from headway_collector.model.subject import decode_state
 from headway_collector.projection import rescore
 from headway_collector.store import StoreError, open_store
 from headway_collector.store.migrations import MIGRATIONS

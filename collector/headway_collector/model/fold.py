@@ -157,7 +157,8 @@ class Models:
 
     def __init__(self, projects: Iterable[Project]) -> None:
         self.projects = {p.name: p for p in projects}
-        self.levels = {name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for name, p in self.projects.items()}
+        self.levels: dict[str, dict[str, LevelModel]] = {
+            name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for name, p in self.projects.items()}
         self.milestone_names = {name: frozenset(m.name for m in p.milestones) for name, p in self.projects.items()}
 
     def __getitem__(self, key: tuple[str, str]) -> LevelModel:

@@ -20,8 +20,6 @@ Errors of psycopg become `StoreError` here, in one line; nothing raw reaches the
 from __future__ import annotations
 
 import functools
-import hashlib
-import itertools
 import logging
 import random
 import threading

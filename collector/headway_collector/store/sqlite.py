@@ -174,7 +174,7 @@ class SQLiteStore(GroupCommitStore):
             raise
         conn.execute("COMMIT")
 
-    def _own(self, name: str, setup: Callable[[sqlite3.Connection], None] = lambda c: None) -> sqlite3.Connection:
+    def _own(self, name: str, setup: Callable[[sqlite3.Connection], object] = lambda c: None) -> sqlite3.Connection:
         """This thread's connection of one kind (reading or writing), opened on first use."""
         conn = getattr(self._local, name, None)
         if conn is None:

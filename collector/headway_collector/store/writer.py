@@ -16,7 +16,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 
 from .base import Accepted, IngestResult, Overloaded, StoreError
