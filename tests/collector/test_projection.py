@@ -271,3 +271,59 @@ def test_the_log_reader_never_skips_a_position_committed_late() -> None:
         for s in stores:
             s.close()
     assert sorted(seen) == committed and len(seen) == len(set(seen))
+
+
+@pytest.mark.slow
+def test_sigkill_loop_of_collector_and_fold_processes_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """20 SIGKILLs under concurrent load, each of the collector or one of its fold processes at
+    random; then everything attempted is sent again: every subject's count and score equal one
+    uninterrupted collector's, exactly."""
+    now = datetime.now(timezone.utc)
+    events = make_events(seed=31, n=1500, users=30, accounts=5, now=now - timedelta(minutes=1))
+    random.Random(31).shuffle(events)
+    parts = batches(events, 15)
+    cfg = tmp_path / "headway.toml"
+    cfg.write_text(config_text())
+    live = LiveCollector(config_path=cfg, db_path=tmp_path / "headway.db", fold_workers=2)
+    live.start()
+    rng = random.Random(3)
+    at = rfc(now + timedelta(days=1))
+    try:
+        for round_ in range(20):
+            chunk = parts[round_ * len(parts) // 20:(round_ + 1) * len(parts) // 20]
+
+            def feed() -> None:
+                with httpx.Client(base_url=live.url, timeout=10) as client:
+                    for part in chunk:
+                        try:
+                            client.post("/v1/batch", content=body(part), headers=headers())
+                        except httpx.HTTPError:
+                            return  # the collector died under it: resent at the end
+
+            sender = threading.Thread(target=feed)
+            sender.start()
+            time.sleep(rng.uniform(0.0, 0.2))
+            pids = live.fold_pids()
+            if rng.random() < 0.5 or not pids:
+                live.kill()
+                sender.join()
+                live.start()
+            else:
+                os.kill(rng.choice(pids), signal.SIGKILL)
+                sender.join()
+        with httpx.Client(base_url=live.url, timeout=60) as client:  # everything attempted, again
+            for part in parts:
+                assert client.post("/v1/batch", content=body(part), headers=headers()).status_code == 200
+
+        async def read() -> dict[str, Any]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as c:
+                return await readings(c, events, at)
+
+        seen = asyncio.run(read())
+    finally:
+        live.stop()
+    url = f"sqlite:///{live.db_path}"
+    assert dump(url)["events"] == [(len(events),)]
+    want_tables, want_readings, _ = replay_reference(url, events, at)
+    assert differences(dump(url), want_tables) == []
+    assert seen == want_readings
