@@ -1,10 +1,12 @@
 """`GET /v1/scores`: a subject's engagement score over time, for the dashboard and host apps.
 
 The score at an earlier instant t counts the events with times up to t, decayed to t: the
-stored events with later times are taken away from the subject's exact sum (`scoring`), so
-only the window's events are read, however long the subject's history. It is the score as
-known now: an event that arrived late counts from its own time on. The last point is the
-score as of the reading's instant, exactly what `GET /v1/users/{id}` says at that instant.
+stored events with later times are taken away from the subject's exact sum (`scoring`). It is
+the score as known now: an event that arrived late counts from its own time on. The last point
+is the score as of the reading's instant, exactly what `GET /v1/users/{id}` says at that instant.
+`shares` says why: the part of that score each event name holds (`scoring.score_shares`, exact),
+the top ten. For those the subject's whole history is read from the log: one subject's page, not
+a list.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import ScoreHistory, ScorePoint
+from headway.wire import ScoreHistory, ScorePoint, ScoreShare
 
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .events import from_stored
 from .model import scoring
+from .model.subject import Ev
 from .api import stored_state
 from .params import app_state, count, read_time, ts
 from .reads import Snapshot, consistent_read
@@ -46,10 +49,15 @@ def _history(snap: Snapshot, project: Project, level: Literal["user", "account"]
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`
     # One snapshot: the state and the events agree (the state holds every event up to the watermark).
     total = stored_state(snap, project, level, sid).sums[0]
-    later = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded, after_ts=times[0])
+    stored = [from_stored(raw, t) for raw, t in log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)]
     half_life = lm.half_lives[0]
-    events = sorted((ev.t, scoring.contribution(lm.project.weight(ev.event, ev.weight), ev.t, half_life))
-                    for ev in (from_stored(bytes(raw), t) for raw, t in later))  # the score's term alone
+
+    def weight_of(ev: Ev) -> float:
+        return lm.project.weight(ev.event, ev.weight)
+
+    shares = [ScoreShare(event=name, share=share) for name, share in scoring.score_shares(stored, now, half_life, weight_of)]
+    events = sorted((ev.t, scoring.contribution(weight_of(ev), ev.t, half_life))
+                    for ev in stored if ev.t > times[0])  # the score's term alone
     points = []
     i = len(events)
     for t in reversed(times):  # latest first: take away each event later than t
@@ -58,7 +66,7 @@ def _history(snap: Snapshot, project: Project, level: Literal["user", "account"]
             total -= events[i][1]
         points.append(ScorePoint(at=ts(t), score=scoring.value_at(total, t, half_life)))  # type: ignore[arg-type]
     points.reverse()
-    return ScoreHistory(level=level, id=sid, half_life_s=half_life / 1e6, points=points)
+    return ScoreHistory(level=level, id=sid, half_life_s=half_life / 1e6, points=points, shares=shares)
 
 
 async def scores(request: Request) -> Response:

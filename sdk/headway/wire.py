@@ -45,6 +45,7 @@ __all__ = [
     "Rejection",
     "ScoreHistory",
     "ScorePoint",
+    "ScoreShare",
     "Success",
     "UnknownTag",
     "UserPage",
@@ -211,13 +212,22 @@ class ScorePoint(msgspec.Struct):
     score: float
 
 
+class ScoreShare(msgspec.Struct):
+    """The part of a subject's score that one event name holds (exact: a ratio of exact sums)."""
+
+    event: str
+    share: float
+
+
 class ScoreHistory(msgspec.Struct):
-    """``GET /v1/scores``: one subject's score once a day, the last point at the reading's instant."""
+    """``GET /v1/scores``: one subject's score once a day, the last point at the reading's instant,
+    and why it is what it is: the event names that hold the score at that instant, top ten."""
 
     level: str
     id: str
     half_life_s: float
     points: list[ScorePoint]
+    shares: list[ScoreShare] = []
 
 
 class FunnelStep(msgspec.Struct):
