@@ -12,10 +12,12 @@ import logging
 import threading
 import time
 
-from ._batcher import Batcher, Marker, step, transport_error
+from ._batcher import Batcher
 from ._core import Send
-from ._transport import Response
+from ._delivery import step, transport_error
 from ._exceptions import TransportError
+from ._queue import Marker
+from ._transport import Response
 
 __all__ = ["AsyncTracker", "Tracker"]
 
@@ -65,7 +67,7 @@ class Tracker(Batcher):
         self._stopping_at_exit = False
 
     def _start(self) -> None:
-        with self._lock:
+        with self._queue.lock:
             if self._started:
                 return
             self._started = True
@@ -76,7 +78,7 @@ class Tracker(Batcher):
             self._started = False
             return
         self._thread = thread
-        self._kick_at = self._flush_at - 1
+        self._queue.kick_at = self._flush_at - 1
 
     def _run(self) -> None:
         self._drive(self._send_sync, self._wait)
@@ -120,7 +122,7 @@ class Tracker(Batcher):
         a shutdown had begun already."""
         if not self._begin_shutdown(timeout):
             return False
-        if self._queue or self._inflight:
+        if self._queue.busy():
             self._kick(urgent=True)
             if not self._started:  # no thread to be had: deliver on this one
                 self._drive(self._send_sync, self._wait)
@@ -177,22 +179,20 @@ class AsyncTracker(Batcher):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # not on a loop yet: events wait, and the next call on the loop starts it
-        with self._lock:
+        with self._queue.lock:
             if self._started:
                 return
             self._started = True
-            if self._inflight:  # a previous loop ended mid-batch: send those again (same ids)
-                self._queue.extendleft(reversed(self._inflight))
-                self._inflight = []
+        self._queue.requeue_in_flight()  # a previous loop ended mid-batch: send those again
         self._loop, self._loop_thread, self._event = loop, threading.get_ident(), asyncio.Event()
         self._task = loop.create_task(self._run(), name="headway-worker")
         self._task.add_done_callback(self._task_done)
-        self._kick_at = self._flush_at - 1
+        self._queue.kick_at = self._flush_at - 1
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task is self._task:
             self._started = False
-            self._kick_at = 0
+            self._queue.kick_at = 0
 
     def _signal(self) -> None:
         loop, event = self._loop, self._event
@@ -247,7 +247,7 @@ class AsyncTracker(Batcher):
         if not self._begin_shutdown(timeout):
             return self._shutdown_ok()
         deadline = self._deadline or 0.0
-        if self._queue or self._inflight:
+        if self._queue.busy():
             self._kick(urgent=True)
         else:
             self._signal()
@@ -265,7 +265,7 @@ class AsyncTracker(Batcher):
 
     def _exit(self) -> None:
         """At interpreter exit, after the loop is gone: send what is left synchronously."""
-        if not (self._queue or self._inflight):
+        if not self._queue.busy():
             return
         loop = self._loop
         if loop is not None and loop.is_running() and self._loop_thread != threading.get_ident():
@@ -279,13 +279,11 @@ class AsyncTracker(Batcher):
             logger.warning(
                 "headway: AsyncTracker not shut down and its transport has no sync send(): "
                 "%d events not sent",
-                len(self._queue) + len(self._inflight),
+                self._queue.stats().queued,
             )
             return
         self._begin_shutdown(self._exit_timeout)
-        with self._lock:
-            self._queue.extendleft(reversed(self._inflight))
-            self._inflight = []
+        self._queue.requeue_in_flight()
         self._drive(self._send_sync, threading.Event().wait)
         if self._owns_transport:
             self._transport.close()
