@@ -277,6 +277,7 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     flush()
     sink_reset(sink)
     gc.collect()
+    rss_before = _rss()
     started, cpu_started = time.perf_counter_ns(), time.thread_time_ns()
     burst(uids)
     elapsed = time.perf_counter_ns() - started
@@ -284,10 +285,24 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     flush_started = time.perf_counter()
     flush()
     flush_s = time.perf_counter() - flush_started
+    growth = max(0, _peak_rss() - rss_before)
     delivered = sink_count(sink)
     close()
     return {"kind": kind, "n": n, "ns_per_call": elapsed / n, "cpu_ns_per_call": cpu / n,
-            "delivered": delivered, "flush_s": flush_s}
+            "delivered": delivered, "flush_s": flush_s, "growth_mib": growth / 2**20}
+
+
+def _rss() -> int:
+    """This process's resident set now, in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> int:
+    """This process's highest resident set so far, in bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # --- end to end to the real collector, and memory ----------------------------------------------

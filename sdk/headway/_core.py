@@ -297,60 +297,26 @@ def _unencodable(properties: dict[str, Any], exc: Exception) -> InvalidEvent:
 # ---------------------------------------------------------------------------------------------
 
 
-class Outgoing(msgspec.Struct):
-    """``wire.Event`` as the SDK writes it: the fields validated, ``properties`` last."""
+class Outgoing(msgspec.Struct, omit_defaults=True):
+    """``wire.Event`` as the SDK writes it. Fields at their default (null, [] and {}) are left
+    out: the collector reads them as their defaults, and an event's null can only come from its
+    properties (where NaN and infinities hide: msgspec writes them as null)."""
 
     id: str
     event: str
     user_id: str
-    account_id: str | None
     timestamp: str | datetime
-    weight: float | None
-    milestones: tuple[str, ...]
-    value: float | None
-    properties: dict[str, Any]
+    account_id: str | None = None
+    weight: float | None = None
+    milestones: tuple[str, ...] = ()
+    value: float | None = None
+    properties: dict[str, Any] = {}
 
 
-_PROPERTIES_KEY = b',"properties":{'  # the last field: no earlier one can hold this (quotes
-# inside strings are escaped), so its first occurrence is where the properties begin
-_SHALLOW = 2 * MAX_DEPTH + 2  # properties shorter than this cannot nest 33 containers
-
-
-def encode(
-    event_id: str,
-    event: str,
-    user_id: str,
-    account_id: str | None,
-    timestamp: str | datetime,
-    weight: float | None,
-    milestones: tuple[str, ...],
-    value: float | None,
-    properties: object,
-) -> bytes:
-    """One event's JSON, all fields but ``properties`` already validated; refuses properties
-    that are not a dict of JSON, too deep, or hold NaN (msgspec writes it as null), and an
-    event over 32 KiB encoded. Encoding takes a snapshot: later changes to the caller's dict do
-    not change the event."""
-    if properties is None:
-        props = _NO_PROPERTIES
-    elif isinstance(properties, dict):
-        props = properties
-    elif isinstance(properties, Mapping):
-        props = dict(properties)
-    else:
-        raise InvalidEvent("properties", f"must be a dict, got {type(properties).__name__}")
-    try:
-        data = _encode(Outgoing(event_id, event, user_id, account_id, timestamp, weight, milestones, value, props))
-    except Exception as exc:
-        raise _unencodable(props, exc) from None
-    if len(data) > wire.MAX_EVENT_BYTES:
-        raise InvalidEvent("event", f"encodes to {len(data)} bytes, over the limit of {wire.MAX_EVENT_BYTES}")
-    start = data.find(_PROPERTIES_KEY)
-    if data.find(b"null", start) >= 0 or (
-        len(data) - start > _SHALLOW and data.count(b"{", start) + data.count(b"[", start) > MAX_DEPTH
-    ):  # NaN and inf encode as null (so does None), and many brackets may nest: look closer
-        check_properties(msgspec.to_builtins(props))
-    return data
+# Properties nested 33 levels deep take 66 brackets at least; around them an event has its id,
+# event and user_id and at least 82 bytes of keys, quotes and timestamp. Only when what is left
+# could hold 66 brackets are the brackets counted (and looked at closer if there are too many).
+_SHALLOW = 82 + 2 * (MAX_DEPTH + 1)
 
 
 def new_event(
@@ -362,11 +328,14 @@ def new_event(
     value: float | None,
     properties: Mapping[str, Any] | None,
     timestamp: datetime | None,
+    event_id: str | None = None,
 ) -> tuple[str, bytes]:
-    """Validate one ``track()`` call and encode its event: ``(id, JSON)``. Raises InvalidEvent.
+    """Validate one event and encode it: ``(id, JSON)``. Raises InvalidEvent.
 
     Common input is settled by a cheap first test; anything unusual goes to the checks above,
-    which raise. An event without a ``timestamp`` is stamped with its id's millisecond.
+    which raise. Without ``event_id``, a new id is made; without ``timestamp``, the event is
+    stamped with its id's millisecond. Encoding takes a snapshot of ``properties``: later
+    changes to the caller's dict do not change the event.
     """
     check_name("user_id", user_id)
     check_name("event", event)
@@ -378,8 +347,47 @@ def new_event(
     if value is not None and (value.__class__ is not float or not -MAX_VALUE <= value <= MAX_VALUE):
         value = to_number("value", value, MAX_VALUE)
     tags = to_tags(milestones) if milestones else ()  # a copy, never the caller's list
-    event_id, stamp = next_id(_time())
-    return event_id, encode(event_id, event, user_id, account_id, stamp if timestamp is None else to_time(timestamp), weight, tags, value, properties)
+    if properties is None:
+        props = _NO_PROPERTIES
+    elif isinstance(properties, dict):
+        props = properties
+    elif isinstance(properties, Mapping):
+        props = dict(properties)
+    else:
+        raise InvalidEvent("properties", f"must be a dict, got {type(properties).__name__}")
+    if event_id is None:
+        now = _time()
+        block = _block  # next_id() inlined: a call costs as much as the id
+        if now >= block.end:
+            block = _new_block(now)
+        try:
+            event_id = block.prefix + block.next()
+        except StopIteration:
+            event_id, stamp = next_id(now)
+        else:
+            stamp = block.stamp
+    else:
+        check_name("id", event_id)
+        stamp = _block.stamp
+    try:
+        data = _encode(Outgoing(
+            event_id, event, user_id, stamp if timestamp is None else to_time(timestamp),
+            account_id, weight, tags, value, props,
+        ))
+    except InvalidEvent:  # from to_time()
+        raise
+    except Exception as exc:
+        raise _unencodable(props, exc) from None
+    size = len(data)
+    if size > wire.MAX_EVENT_BYTES:
+        raise InvalidEvent("event", f"encodes to {size} bytes, over the limit of {wire.MAX_EVENT_BYTES}")
+    if data.find(b"null") >= 0 or (
+        size - len(event_id) - len(event) - len(user_id) > _SHALLOW
+        and data.count(b"{") + data.count(b"[") > MAX_DEPTH + 2
+    ):
+        check_properties(msgspec.to_builtins(props))  # a null (or a name with "null" in it), or
+        # many brackets (some may be in strings): look closer
+    return event_id, data
 
 
 _event_decoder = msgspec.json.Decoder(wire.Event)
@@ -406,17 +414,11 @@ def from_event(event: object) -> bytes:
     """Validate an Event (as returned by ``before_send``) and encode it."""
     if not isinstance(event, wire.Event):
         raise InvalidEvent("event", f"before_send must return an Event or None, got {event!r}")
-    return encode(
-        check_name("id", event.id),
-        check_name("event", event.event),
-        check_name("user_id", event.user_id),
-        None if event.account_id is None else check_name("account_id", event.account_id),
-        to_time(event.timestamp),
-        None if event.weight is None else to_number("weight", event.weight, MAX_WEIGHT),
-        to_tags(event.milestones) if event.milestones else (),
-        None if event.value is None else to_number("value", event.value, MAX_VALUE),
-        event.properties,
+    _, data = new_event(
+        event.user_id, event.event, event.weight, event.milestones, event.account_id, event.value,
+        event.properties, event.timestamp, event.id,
     )
+    return data
 
 
 def join(events: list[bytes]) -> bytes:

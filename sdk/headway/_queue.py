@@ -64,6 +64,12 @@ class Abandoned:
 class EventQueue:
     """A bounded queue of encoded events between ``track()`` and the worker; thread-safe."""
 
+    __slots__ = (
+        "_dropping", "_flush_at", "_items", "bytes", "closed", "dropped", "failed", "gave_up",
+        "in_flight", "kick_at", "lock", "lost_at_deadline", "markers", "max_bytes", "max_events",
+        "ready", "retried", "sent", "waiting",
+    )
+
     def __init__(self, *, max_bytes: int, max_events: int, flush_at: int) -> None:
         self.lock = threading.Lock()
         self._items: deque[bytes | Marker] = deque()
@@ -86,18 +92,19 @@ class EventQueue:
 
     def put(self, data: bytes) -> int:
         """Append one encoded event; QUEUED, KICK, or DROPPED(_AGAIN) when it does not fit."""
-        size = len(data) + EVENT_OVERHEAD
         with self.lock:
-            if self.bytes + size > self.max_bytes or self.waiting >= self.max_events:
+            size = self.bytes + len(data) + EVENT_OVERHEAD
+            waiting = self.waiting
+            if size > self.max_bytes or waiting >= self.max_events:
                 self.dropped += 1
                 if self._dropping:
                     return DROPPED_AGAIN
                 self._dropping = True
                 return DROPPED
             self._items.append(data)
-            self.bytes += size
-            self.waiting += 1
-            return KICK if self.waiting > self.kick_at else QUEUED
+            self.bytes = size
+            self.waiting = waiting = waiting + 1
+            return KICK if waiting > self.kick_at else QUEUED
 
     def close(self) -> None:
         """Refuse every later event (shutdown)."""
