@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from numbers import Real
 from typing import Any, Literal, NamedTuple
@@ -29,7 +29,7 @@ from ._exceptions import InvalidEvent
 from ._version import __version__
 
 LIBRARY = f"headway-python/{__version__}"
-UTC = timezone.utc
+UTC = UTC
 _MINUTE = timedelta(minutes=1)
 
 # ---------------------------------------------------------------------------------------------
@@ -453,14 +453,20 @@ def cut(sizes: list[int], max_bytes: int, max_events: int = wire.MAX_BATCH_EVENT
     return ends
 
 
+class _Body(msgspec.Struct):
+    """``wire.Batch`` with its events already encoded."""
+
+    sent_at: datetime
+    events: msgspec.Raw
+    context: wire.Context
+
+
+_CONTEXT = wire.Context(library=LIBRARY)
+
+
 def body(events: bytes, *, gzip: bool) -> bytes:
     """A ``wire.Batch`` around an encoded array of events, ``sent_at`` now; gzipped if asked."""
-    batch = wire.Batch(
-        sent_at=datetime.now(UTC),
-        events=msgspec.Raw(events),  # type: ignore[arg-type]
-        context=wire.Context(library=LIBRARY),
-    )
-    data = _json.encode(batch)
+    data = _json.encode(_Body(datetime.now(UTC), msgspec.Raw(events), _CONTEXT))
     return _gzip.compress(data, compresslevel=6, mtime=0) if gzip else data
 
 

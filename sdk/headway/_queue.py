@@ -168,7 +168,8 @@ class EventQueue:
             self.bytes -= size + EVENT_OVERHEAD * len(events)
             self.waiting -= len(events)
             self.in_flight = events[:]
-            if self._dropping and not self.closed and self.bytes <= self.max_bytes // 2 and self.waiting <= self.max_events // 2:
+            half_empty = self.bytes <= self.max_bytes // 2 and self.waiting <= self.max_events // 2
+            if self._dropping and half_empty and not self.closed:
                 self._dropping = False  # the burst is over: the next drop is reported again
             return Taken(events)
 

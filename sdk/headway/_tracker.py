@@ -8,6 +8,7 @@ loop), how it waits (``threading.Event`` or ``asyncio.Event``) and how it sends 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -99,10 +100,11 @@ class Tracker(Batcher):
         if threading.current_thread() is self._thread:
             logger.warning("headway: flush() called on the worker thread (from on_error?)")
             return False
-        marker = Marker(threading.Event())
+        done = threading.Event()
+        marker = Marker(done)
         if not self._add_marker(marker):
             return True
-        marker.event.wait(timeout)
+        done.wait(timeout)
         return marker.ok
 
     def shutdown(self, timeout: float = 10.0) -> bool:
@@ -201,18 +203,16 @@ class AsyncTracker(Batcher):
         if threading.get_ident() == self._loop_thread:
             event.set()
         else:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop is closed
-                pass
 
     async def _run(self) -> None:
         flow, event = self._flow(), self._event
         assert event is not None
         action = step(flow, None)
         while action is not None:
-            if action.__class__ is Send:
-                action = step(flow, await self._asend(action))  # type: ignore[arg-type]
+            if isinstance(action, Send):
+                action = step(flow, await self._asend(action))
                 continue
             try:
                 async with asyncio.timeout(action.timeout):
@@ -224,20 +224,22 @@ class AsyncTracker(Batcher):
 
     async def _asend(self, request: Send) -> Response | TransportError:
         try:
-            return await self._transport.asend(
+            response: Response = await self._transport.asend(
                 request.url, request.body, request.headers, request.timeout
             )
         except Exception as exc:
             return transport_error(exc)
+        return response
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Send everything tracked so far; True once it is settled, False after ``timeout``."""
-        marker = Marker(asyncio.Event())
+        done = asyncio.Event()
+        marker = Marker(done)
         if not self._add_marker(marker):
             return True
         try:
             async with asyncio.timeout(timeout):
-                await marker.event.wait()
+                await done.wait()
         except TimeoutError:
             return False
         return marker.ok
