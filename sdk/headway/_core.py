@@ -382,8 +382,8 @@ def new_event(
     if size > wire.MAX_EVENT_BYTES:
         raise InvalidEvent("event", f"encodes to {size} bytes, over the limit of {wire.MAX_EVENT_BYTES}")
     if data.find(b"null") >= 0 or (
-        size - len(event_id) - len(event) - len(user_id) > _SHALLOW
-        and data.count(b"{") + data.count(b"[") > MAX_DEPTH + 2
+        size - len(event_id) - len(event) - len(user_id) >= _SHALLOW
+        and data.count(b"{") + data.count(b"[") > MAX_DEPTH + 1  # the event's own brace is one
     ):
         check_properties(msgspec.to_builtins(props))  # a null (or a name with "null" in it), or
         # many brackets (some may be in strings): look closer
