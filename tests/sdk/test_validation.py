@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone, tzinfo
 
 import pytest
@@ -46,14 +45,6 @@ aware = st.datetimes(
 ).filter(lambda d: d.utcoffset() is not None)
 
 hyp = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(scope="module")
-def recorded() -> Iterator[tuple[headway.Tracker, MemoryTransport]]:
-    transport = MemoryTransport()
-    tracker = transport.tracker(flush_interval=60, flush_at=10_000)
-    yield tracker, transport
-    tracker.shutdown()
 
 
 def sent(tracker: headway.Tracker, transport: MemoryTransport, event_id: str) -> wire.Event:
