@@ -1,8 +1,10 @@
 """The SDK's pure core: no I/O, no threads, no event loop.
 
-- validation and stamping of events (called on the host's thread, so it is kept cheap);
+- validation, stamping and encoding of events (`new_event`, called by ``track()`` on the
+  host's thread, so it is kept cheap): an event is encoded once, to the JSON that the queue
+  holds and the collector reads;
 - UUIDv7 ids;
-- encoding events with the wire types and cutting them into batches within the byte limits;
+- cutting encoded events into batches within the byte limits;
 - the retry policy: which answers are retried, split or given up, and how long to wait.
 
 The queue, the worker and the transports live elsewhere and only call into this module.
@@ -248,9 +250,7 @@ def _children(node: object) -> Iterable[tuple[object, object]] | None:
     """The (key, value) pairs of a container as JSON sees one; None for a scalar."""
     if isinstance(node, Mapping):
         return node.items()
-    if isinstance(node, (list, tuple)):
-        return enumerate(node)
-    if isinstance(node, (set, frozenset)):
+    if isinstance(node, (list, tuple, set, frozenset)):
         return enumerate(node)
     return None
 

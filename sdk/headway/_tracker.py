@@ -30,15 +30,17 @@ _GRACE = 0.05  # beyond a deadline, for a worker that is just finishing
 class Tracker(Batcher):
     """Sends events to a Headway collector from a background thread; never hurts the host.
 
-    ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=10_000,
-    timeout=10, max_retries=10, gzip=True, on_error=None, before_send=None, transport=None,
-    exit_timeout=3.0, backoff=(0.5, 60.0))``
+    ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=None,
+    max_queue_bytes=32 << 20, timeout=10, max_retries=10, gzip=True, on_error=None,
+    before_send=None, transport=None, exit_timeout=3.0, backoff=(0.5, 60.0))``
 
     - ``endpoint``: the collector's base URL (``http://127.0.0.1:8000``); ``write_key``: a
       project's write key.
     - ``flush_at`` events waiting wake the worker; otherwise it sends every
       ``flush_interval`` seconds. A batch carries at most 1,000 events and 1 MiB.
-    - ``max_queue``: events waiting at most; beyond it ``track()`` drops and counts.
+    - ``max_queue_bytes``: the memory the events waiting may take (their JSON and 41 bytes
+      each); ``max_queue``: optionally, how many may wait. Beyond either bound ``track()``
+      drops and counts.
     - ``timeout``: seconds for one HTTP request; ``max_retries``: resends of a batch after a
       network error, 429 or 5xx, waiting ``Retry-After`` or exponential backoff with full
       jitter (``backoff=(base, cap)`` seconds) in between.
