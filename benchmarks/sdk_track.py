@@ -126,10 +126,12 @@ def sink_server(log: Path) -> c.Server:
     return c.Server([sys.executable, "-m", "benchmarks.sdk_track", "--serve-sink", str(port)], port, log)
 
 
-def sink_count(url: str) -> int:
+def sink_count(url: str) -> tuple[int, int]:
+    """Distinct events and requests the sink received since its last reset."""
     import httpx
 
-    return int(httpx.get(url + "/count", timeout=30).json()["events"])
+    answer = httpx.get(url + "/count", timeout=30).json()
+    return int(answer["events"]), int(answer["requests"])
 
 
 def sink_reset(url: str) -> None:
@@ -285,10 +287,10 @@ def run_child(kind: str, sink: str, n: int) -> dict[str, Any]:
     flush()
     flush_s = time.perf_counter() - flush_started
     growth = max(0, _peak_rss() - rss_before)
-    delivered = sink_count(sink)
+    delivered, requests = sink_count(sink)
     close()
     return {"kind": kind, "n": n, "ns_per_call": elapsed / n, "cpu_ns_per_call": cpu / n,
-            "delivered": delivered, "flush_s": flush_s, "growth_mib": growth / 2**20}
+            "delivered": delivered, "requests": requests, "flush_s": flush_s, "growth_mib": growth / 2**20}
 
 
 def _rss() -> int:
