@@ -519,8 +519,9 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     floor = c.median([r["ns_per_call"] for r in runs["floor"]])
     ns = [c.median([r["ns_per_call"] for r in runs[k]]) for k in kinds]
     share = [100 * c.median([r["delivered"] / r["n"] for r in runs[k]]) for k in kinds]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-    colours = ["#888888" if k == "floor" else "#2a7ab9" if k.startswith("headway") else "#d9822b" for k in kinds]
+    growth = [c.median([r["growth_mib"] for r in runs[k]]) for k in kinds]
+    fig, (a, b, m) = plt.subplots(1, 3, figsize=(18, 5))
+    colours = ["#888888" if k.startswith("floor") else "#2a7ab9" if k.startswith("headway") else "#d9822b" for k in kinds]
     a.barh(kinds, ns, color=colours)
     a.set_xscale("log")
     a.set_xlim(left=min(ns) / 4)
@@ -536,7 +537,14 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for y, v in enumerate(share):
         b.text(v, y, f" {v:.0f}%", va="center", fontsize=8)
     b.set_xlabel("share of the burst delivered (median)")
-    fig.suptitle("track() cost on the calling thread, and delivery, in one burst")
+    m.barh(kinds, growth, color=colours)
+    m.invert_yaxis()
+    m.axvline(GOAL_GROWTH_MIB, color="green", linestyle="--", label=f"goal: < {GOAL_GROWTH_MIB:.0f} MiB")
+    for y, v in enumerate(growth):
+        m.text(v, y, f" {v:.0f} MiB", va="center", fontsize=8)
+    m.set_xlabel("RSS growth during burst and flush (MiB, median)")
+    m.legend(loc="lower right")
+    fig.suptitle("track() cost on the calling thread, delivery and memory, in one burst")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
