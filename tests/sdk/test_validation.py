@@ -194,7 +194,7 @@ def test_numbers_are_sent_as_floats(recorded) -> None:
 
 
 def test_invalid_configuration_is_refused() -> None:
-    for kwargs in ({"flush_at": 0}, {"flush_interval": 0}, {"max_queue": -1}, {"timeout": 0},
+    for kwargs in ({"flush_at": 0}, {"flush_interval": 0}, {"max_queue": -1}, {"max_queue_bytes": 0}, {"timeout": 0},
                    {"max_retries": -1}, {"backoff": (2.0, 1.0)}, {"flush_at": 1.5}):
         with pytest.raises(ValueError):
             headway.Tracker("http://127.0.0.1:1", "key", **kwargs)
