@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG := headway.local.toml
 
-.PHONY: run test bench check clean
+.PHONY: run test lint bench check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ run: $(VENV)/.collector
 
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy --strict over the SDK (the collector joins later)
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check sdk
+	$(VENV)/bin/mypy --strict sdk/headway
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.run

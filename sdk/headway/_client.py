@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import date, datetime
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -46,10 +46,12 @@ class Filters(TypedDict, total=False):
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
-class _Call(NamedTuple):
+class _Call(NamedTuple, Generic[T]):
+    """One read: its path, its query, and the type of its answer."""
+
     path: str
     params: dict[str, str]
-    type: Any
+    type: type[T]
 
 
 def _params(**values: Any) -> dict[str, str]:
@@ -98,38 +100,36 @@ class _BaseClient:
     # ---- requests ---------------------------------------------------------------------------
 
     @staticmethod
-    def _one(level: str, subject_id: str) -> _Call:
+    def _one(level: str, subject_id: str, kind: type[T]) -> _Call[T]:
         if not isinstance(subject_id, str) or not subject_id:
             raise ValueError(f"{level}_id must be a non-empty str")
-        kind = wire.UserView if level == "user" else wire.AccountView
         return _Call(f"/v1/{level}s/{quote(subject_id, safe='')}", {}, kind)
 
     @staticmethod
-    def _list(level: str, filters: Mapping[str, Any]) -> _Call:
+    def _list(level: str, filters: Mapping[str, Any], kind: type[T]) -> _Call[T]:
         unknown = set(filters) - set(Filters.__annotations__)
         if unknown:
             raise TypeError(f"unknown filters: {', '.join(sorted(unknown))}")
-        kind = wire.UserPage if level == "user" else wire.AccountPage
         return _Call(f"/v1/{level}s", _params(**filters), kind)
 
     @staticmethod
-    def _next(call: _Call, page: wire.UserPage | wire.AccountPage) -> _Call | None:
+    def _next(call: _Call[T], page: wire.UserPage | wire.AccountPage) -> _Call[T] | None:
         if not page.next_cursor:
             return None
         return call._replace(params={**call.params, "cursor": page.next_cursor})
 
     @staticmethod
-    def _milestones(level: Level | None, at: At) -> _Call:
+    def _milestones(level: Level | None, at: At) -> _Call[wire.Funnel]:
         return _Call("/v1/milestones", _params(level=level, at=_instant("at", at, dates=False)), wire.Funnel)
 
     @staticmethod
-    def _growth(period: Period, since: When, until: When, level: Level | None, at: At) -> _Call:
+    def _growth(period: Period, since: When, until: When, level: Level | None, at: At) -> _Call[wire.Growth]:
         params = _params(period=period, from_=_instant("since", since), to=_instant("until", until), level=level,
                          at=_instant("at", at, dates=False))
         return _Call("/v1/growth", params, wire.Growth)
 
     @staticmethod
-    def _scores(user_id: str | None, account_id: str | None, days: int, at: At) -> _Call:
+    def _scores(user_id: str | None, account_id: str | None, days: int, at: At) -> _Call[wire.ScoreHistory]:
         ids = {"user_id": user_id, "account_id": account_id}
         given = {k: v for k, v in ids.items() if v is not None}
         if len(given) != 1 or not all(isinstance(v, str) and v for v in given.values()):
@@ -139,18 +139,18 @@ class _BaseClient:
         return _Call("/v1/scores", _params(**given, days=days, at=_instant("at", at, dates=False)), wire.ScoreHistory)
 
     @staticmethod
-    def _model() -> _Call:
+    def _model() -> _Call[wire.ModelInfo]:
         return _Call("/v1/model", {}, wire.ModelInfo)
 
     # ---- answers ----------------------------------------------------------------------------
 
     @staticmethod
-    def _result(call: _Call, response: httpx.Response) -> Any:
+    def _result(call: _Call[T], response: httpx.Response) -> T:
         status = response.status_code
         if status != 200:
             code, message = error_detail(status, response.content)
             raise api_error(status, code, message, retry_after(response.headers.get("retry-after")))
-        decoder = _decoders.get(call.type)
+        decoder: msgspec.json.Decoder[T] | None = _decoders.get(call.type)
         if decoder is None:
             decoder = _decoders[call.type] = msgspec.json.Decoder(call.type)
         try:
@@ -178,7 +178,7 @@ class Client(_BaseClient):
         super().__init__(endpoint, read_key, timeout=timeout)
         self._http = httpx.Client(transport=transport, **self._options)
 
-    def _get(self, call: _Call) -> Any:
+    def _get(self, call: _Call[T]) -> T:
         try:
             response = self._http.get(call.path, params=call.params)
         except _HTTPX_ERRORS as exc:
@@ -187,19 +187,19 @@ class Client(_BaseClient):
 
     def user(self, user_id: str) -> wire.UserView:
         """One user: engagement, stage, success, quadrant and milestones."""
-        return self._get(self._one("user", user_id))
+        return self._get(self._one("user", user_id, wire.UserView))
 
     def account(self, account_id: str) -> wire.AccountView:
         """One account: as `user`, plus its users and NPS."""
-        return self._get(self._one("account", account_id))
+        return self._get(self._one("account", account_id, wire.AccountView))
 
     def users(self, **filters: Unpack[Filters]) -> wire.UserPage:
         """One page of users ordered by score; pass ``page.next_cursor`` for the next one."""
-        return self._get(self._list("user", filters))
+        return self._get(self._list("user", filters, wire.UserPage))
 
     def accounts(self, **filters: Unpack[Filters]) -> wire.AccountPage:
         """One page of accounts ordered by score; pass ``page.next_cursor`` for the next one."""
-        return self._get(self._list("account", filters))
+        return self._get(self._list("account", filters, wire.AccountPage))
 
     def iter_users(self, **filters: Unpack[Filters]) -> Iterator[wire.UserView]:
         """Every user matching the filters of `users`, page after page."""
@@ -210,7 +210,8 @@ class Client(_BaseClient):
         yield from self._iterate("account", filters)
 
     def _iterate(self, level: str, filters: Mapping[str, Any]) -> Iterator[Any]:
-        call: _Call | None = self._list(level, filters)
+        kind = wire.UserPage if level == "user" else wire.AccountPage
+        call: _Call[Any] | None = self._list(level, filters, kind)
         while call is not None:
             page = self._get(call)
             yield from page.items
@@ -271,7 +272,7 @@ class AsyncClient(_BaseClient):
         super().__init__(endpoint, read_key, timeout=timeout)
         self._http = httpx.AsyncClient(transport=transport, **self._options)
 
-    async def _get(self, call: _Call) -> Any:
+    async def _get(self, call: _Call[T]) -> T:
         try:
             response = await self._http.get(call.path, params=call.params)
         except _HTTPX_ERRORS as exc:
@@ -279,16 +280,16 @@ class AsyncClient(_BaseClient):
         return self._result(call, response)
 
     async def user(self, user_id: str) -> wire.UserView:
-        return await self._get(self._one("user", user_id))
+        return await self._get(self._one("user", user_id, wire.UserView))
 
     async def account(self, account_id: str) -> wire.AccountView:
-        return await self._get(self._one("account", account_id))
+        return await self._get(self._one("account", account_id, wire.AccountView))
 
     async def users(self, **filters: Unpack[Filters]) -> wire.UserPage:
-        return await self._get(self._list("user", filters))
+        return await self._get(self._list("user", filters, wire.UserPage))
 
     async def accounts(self, **filters: Unpack[Filters]) -> wire.AccountPage:
-        return await self._get(self._list("account", filters))
+        return await self._get(self._list("account", filters, wire.AccountPage))
 
     async def aiter_users(self, **filters: Unpack[Filters]) -> AsyncIterator[wire.UserView]:
         async for user in self._aiterate("user", filters):
@@ -299,7 +300,8 @@ class AsyncClient(_BaseClient):
             yield account
 
     async def _aiterate(self, level: str, filters: Mapping[str, Any]) -> AsyncIterator[Any]:
-        call: _Call | None = self._list(level, filters)
+        kind = wire.UserPage if level == "user" else wire.AccountPage
+        call: _Call[Any] | None = self._list(level, filters, kind)
         while call is not None:
             page = await self._get(call)
             for item in page.items:

@@ -1,8 +1,10 @@
 """The SDK's pure core: no I/O, no threads, no event loop.
 
-- validation and stamping of events (called on the host's thread, so it is kept cheap);
+- validation, stamping and encoding of events (`new_event`, called by ``track()`` on the
+  host's thread, so it is kept cheap): an event is encoded once, to the JSON that the queue
+  holds and the collector reads;
 - UUIDv7 ids;
-- encoding events with the wire types and cutting them into batches within the byte limits;
+- cutting encoded events into batches within the byte limits;
 - the retry policy: which answers are retried, split or given up, and how long to wait.
 
 The queue, the worker and the transports live elsewhere and only call into this module.
@@ -15,11 +17,12 @@ import math
 import os
 import random
 import re
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from numbers import Real
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -28,7 +31,7 @@ from ._exceptions import InvalidEvent
 from ._version import __version__
 
 LIBRARY = f"headway-python/{__version__}"
-UTC = timezone.utc
+UTC = UTC
 _MINUTE = timedelta(minutes=1)
 
 # ---------------------------------------------------------------------------------------------
@@ -37,18 +40,45 @@ _MINUTE = timedelta(minutes=1)
 # Formatting a 128-bit number into the 36-character form costs more than the rest of track(),
 # so ids are made in blocks: a block fixes the millisecond and 66 random bits into a 34-char
 # prefix, and the last two hex digits count 00..ff within the block (RFC 9562 "method 2":
-# monotonic random). A new block starts with each millisecond or after 256 ids. A block is
-# ``(end, prefix, next)``: ``end`` the time its millisecond ends, ``next()`` the next two hex
-# digits. It is one tuple, read and replaced whole, so concurrent threads never mix two.
+# monotonic random). A new block starts with each millisecond or after 256 ids. A block also
+# holds its millisecond in RFC 3339 (``stamp``): an event tracked without a timestamp is
+# stamped with the millisecond of its id. A block is read and replaced whole, so concurrent
+# threads never mix two.
 # ---------------------------------------------------------------------------------------------
 
 _HEX2 = tuple(f"{i:02x}" for i in range(256))
 _rng = random.Random(os.urandom(32))
 _pid = os.getpid()
-Block = tuple[float, str, Callable[[], str]]
+_time = time.time
 
 
-def _new_block(t: float) -> Block:
+class _Block:
+    """The ids of one millisecond: ``prefix + next()`` until ``next`` is exhausted."""
+
+    __slots__ = ("end", "next", "prefix", "stamp")
+
+    def __init__(self, end: float, prefix: str, next: Callable[[], str], stamp: str) -> None:
+        self.end = end  # the time its millisecond ends
+        self.prefix = prefix
+        self.next = next
+        self.stamp = stamp
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _stamp(ms: int) -> str:
+    """RFC 3339 in UTC to the millisecond (``2026-12-01T19:55:01.123Z``)."""
+    global _second
+    second, prefix = _second
+    if ms // 1000 != second:
+        second = ms // 1000
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second = (second, prefix)
+    return f"{prefix}{ms % 1000:03d}Z"
+
+
+def _new_block(t: float) -> _Block:
     global _block, _rng, _pid
     if os.getpid() != _pid:  # forked without running fork hooks (a C-level fork): reseed
         _pid = os.getpid()
@@ -58,11 +88,11 @@ def _new_block(t: float) -> Block:
     h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
     variant = 0x8000 | ((r >> 52) & 0x3FFF)  # 0b10 then 14 random bits
     prefix = f"{h[:8]}-{h[8:]}-7{(r >> 40) & 0xFFF:03x}-{variant:04x}-{r & 0xFF_FFFF_FFFF:010x}"
-    _block = block = ((ms + 1) / 1000, prefix, iter(_HEX2).__next__)
+    _block = block = _Block((ms + 1) / 1000, prefix, iter(_HEX2).__next__, _stamp(ms))
     return block
 
 
-_block: Block = _new_block(0.0)
+_block: _Block = _new_block(0.0)
 
 
 def new_id(t: float) -> str:
@@ -70,14 +100,19 @@ def new_id(t: float) -> str:
 
     A clock that steps back keeps the current block: ids stay unique, their time a little late.
     """
+    return next_id(t)[0]
+
+
+def next_id(t: float) -> tuple[str, str]:
+    """``(id, stamp)``: a UUIDv7 for ``t`` and the RFC 3339 millisecond of its block."""
     block = _block
-    if t >= block[0]:
+    if t >= block.end:
         block = _new_block(t)
     try:
-        return block[1] + block[2]()
+        return block.prefix + block.next(), block.stamp
     except StopIteration:  # 256 ids in one millisecond: another block, same millisecond
         block = _new_block(t)
-        return block[1] + block[2]()
+        return block.prefix + block.next(), block.stamp
 
 
 def _reseed_after_fork() -> None:
@@ -86,7 +121,7 @@ def _reseed_after_fork() -> None:
     global _rng, _pid, _block
     _pid = os.getpid()
     _rng = random.Random(os.urandom(32))
-    _block = (0.0, "", _none)
+    _block = _Block(0.0, "", _none, "")
 
 
 def _none() -> str:
@@ -107,8 +142,12 @@ def jitter() -> float:
 # ---------------------------------------------------------------------------------------------
 
 MAX_NAME = wire.MAX_NAME_CHARS
+MAX_DEPTH = wire.MAX_DEPTH
+MAX_WEIGHT = wire.MAX_WEIGHT
+MAX_VALUE = wire.MAX_VALUE
 _json = msgspec.json.Encoder()
-_EMPTY = msgspec.Raw(b"{}")
+_encode = _json.encode
+_NO_PROPERTIES: dict[str, Any] = {}  # never changed: encoded as {}
 
 
 # What the collector refuses inside a str that is otherwise fine: NUL (PostgreSQL's text cannot
@@ -122,8 +161,8 @@ def check_name(field: str, value: object, tag: int | None = None) -> str:
     The one check of every name field (``tag`` is the index of a milestone tag). ASCII without
     NUL, nearly every name, is settled by the first line: ``isascii()`` reads a flag of the str.
     """
-    if value.__class__ is str and 0 < len(value) <= MAX_NAME and value.isascii() and "\x00" not in value:  # type: ignore[attr-defined,operator]
-        return value  # type: ignore[return-value]
+    if isinstance(value, str) and 0 < len(value) <= MAX_NAME and value.isascii() and "\x00" not in value:
+        return value
     what = "" if tag is None else f"tag {tag} "
     if not isinstance(value, str):
         raise InvalidEvent(field, f"{what}must be a str, got {type(value).__name__}")
@@ -145,28 +184,30 @@ def check_name(field: str, value: object, tag: int | None = None) -> str:
     )
 
 
-def to_number(field: str, value: object) -> float:
-    """``weight`` and ``value``: a finite real number (bool is refused: it is a mistake)."""
-    if value.__class__ is int:
-        try:
-            return float(value)  # type: ignore[arg-type]
-        except OverflowError:
-            raise InvalidEvent(field, f"must be finite, got an int of {value.bit_length()} bits") from None  # type: ignore[attr-defined]
+def to_number(field: str, value: object, limit: float) -> float:
+    """``weight`` (``limit`` 1e6) and ``value`` (1e15): a finite real number within
+    ±limit (bool is refused: it is a mistake)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise InvalidEvent(field, f"must be a finite number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        bits = value.bit_length() if isinstance(value, int) else "many"
+        raise InvalidEvent(field, f"must be within ±{limit:g}, got an int of {bits} bits") from None
     if not math.isfinite(number):
         raise InvalidEvent(field, f"must be finite, got {number}")
+    if not -limit <= number <= limit:
+        raise InvalidEvent(field, f"must be within ±{limit:g}, got {number:g}")
     return number
 
 
 def to_tags(milestones: object) -> tuple[str, ...]:
     """``milestones``: a sequence of at most 32 milestone names, copied to a tuple."""
-    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable):
         raise InvalidEvent(
             "milestones", f"must be a list of names, got {type(milestones).__name__}"
         )
-    tags = tuple(milestones)  # type: ignore[call-overload]
+    tags = tuple(milestones)
     if len(tags) > wire.MAX_TAGS:
         raise InvalidEvent("milestones", f"has {len(tags)} tags, over the limit of {wire.MAX_TAGS}")
     for index, tag in enumerate(tags):
@@ -174,64 +215,18 @@ def to_tags(milestones: object) -> tuple[str, ...]:
     return tags
 
 
-def check_finite(properties: object) -> None:
-    """Refuse NaN and infinities in ``properties``: msgspec would send them as null, silently.
-
-    Called only when the encoding holds ``null``, the one place a non-finite float can hide.
-    """
-    try:
-        root = msgspec.to_builtins(properties)
-    except Exception:  # the encoder took it, so this cannot fail; if it does, let it be
-        return
-    stack: list[tuple[tuple[object, ...], object]] = [((), root)]
-    while stack:  # a loop, not recursion: deep nesting must not raise RecursionError here
-        path, node = stack.pop()
-        if node.__class__ is dict:
-            children = node.items()  # type: ignore[attr-defined]
-        elif node.__class__ is list or node.__class__ is tuple:
-            children = enumerate(node)  # type: ignore[call-overload]
-        else:
-            continue
-        for key, child in children:
-            kind = child.__class__
-            if kind is dict or kind is list or kind is tuple:
-                stack.append(((*path, key), child))
-            elif isinstance(child, float) and child - child != 0.0:  # nan or +-inf
-                where = "".join(f"[{k!r}]" for k in (*path, key))
-                raise InvalidEvent("properties", f"hold {child} at {where}: JSON has no NaN or Infinity")
-
-
-def encode_properties(properties: object) -> bytes | None:
-    """``properties``: a dict that encodes to JSON; returns its encoding (None when empty).
-
-    Encoding here, on the caller's thread, both proves the dict encodes and takes a snapshot:
-    later changes to the caller's dict do not change the event.
-    """
-    if properties.__class__ is not dict and not isinstance(properties, Mapping):
-        raise InvalidEvent("properties", f"must be a dict, got {type(properties).__name__}")
-    if not properties:
-        return None
-    try:
-        raw = _json.encode(properties)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise InvalidEvent("properties", f"do not encode to JSON: {exc}") from None
-    if len(raw) > wire.MAX_EVENT_BYTES:
-        raise InvalidEvent(
-            "properties", f"encode to {len(raw)} bytes, over the event limit {wire.MAX_EVENT_BYTES}"
-        )
-    if b"null" in raw:
-        check_finite(properties)
-    return raw
-
-
 def to_time(timestamp: object) -> datetime:
-    """``timestamp``: a timezone-aware datetime."""
+    """``timestamp``: a timezone-aware datetime, read once: the same wall time and offset with
+    a fixed-offset zone (or in UTC when the offset has seconds, which RFC 3339 cannot write), so
+    that its zone is never asked again (a zone object may change, or fail, later)."""
     if not isinstance(timestamp, datetime):
         raise InvalidEvent("timestamp", f"must be a datetime, got {type(timestamp).__name__}")
     offset = timestamp.utcoffset()
     if offset is None:
         raise InvalidEvent("timestamp", "must be timezone-aware (RFC 3339 needs an offset)")
-    return rfc3339_offset(timestamp, offset)
+    if offset % _MINUTE:
+        return (timestamp.replace(tzinfo=None) - offset).replace(tzinfo=UTC)
+    return timestamp.replace(tzinfo=UTC if not offset else timezone(offset))
 
 
 def rfc3339_offset(moment: datetime, offset: timedelta) -> datetime:
@@ -240,125 +235,198 @@ def rfc3339_offset(moment: datetime, offset: timedelta) -> datetime:
     return moment.astimezone(UTC) if offset % _MINUTE else moment
 
 
-# An event as it waits in the queue: a plain tuple, cheap to build on the caller's thread.
-#   (id, event, user_id, account_id, time, weight, milestones, value, properties)
-# ``time`` is the float from time.time() or the caller's aware datetime; ``properties`` is the
-# JSON encoding of the caller's dict, or None.
-Item = tuple[str, str, str, "str | None", "float | datetime", "float | None",
-             tuple[str, ...], "float | None", "bytes | None"]  # fmt: skip
+# ---------------------------------------------------------------------------------------------
+# Properties: JSON, at most 32 levels deep, no NaN or infinity.
+#
+# Depth: the ``properties`` object itself is level 1, and every object or array inside a
+# level-n container is at level n + 1. Containers may reach level 32 (MAX_DEPTH); a container
+# at level 33 is refused. So {"a": 1} and {"a": []} have depth 1 and 2, and a scalar may sit
+# inside at most 32 containers, counting properties. A dict or list that contains itself nests
+# without end: it is refused the same way, never a RecursionError.
+# ---------------------------------------------------------------------------------------------
 
 
-def check_size(item: Item) -> None:
-    """Refuse an event over 32 KiB encoded; exact encoding only when a cheap bound fails.
+def _children(node: object) -> Iterable[tuple[object, object]] | None:
+    """The (key, value) pairs of a container as JSON sees one; None for a scalar."""
+    if isinstance(node, Mapping):
+        return node.items()
+    if isinstance(node, (list, tuple, set, frozenset)):
+        return enumerate(node)
+    return None
 
-    A JSON string takes at most 6 bytes a character (``\\u001f``), so the bound is safe.
+
+def check_properties(root: object) -> None:
+    """Raise InvalidEvent for containers past level 32 or a NaN or infinity anywhere in ``root``.
+
+    A loop over an explicit stack, never recursion, and it stops at level 33: a structure that
+    holds itself is refused like any other too deep.
     """
-    bound = 400 + 6 * (len(item[1]) + len(item[2]) + len(item[3] or ""))
-    if item[6]:
-        bound += 6 * sum(len(tag) + 3 for tag in item[6])
-    if item[8] is not None:
-        bound += len(item[8])
-    if bound > wire.MAX_EVENT_BYTES:
-        size = len(encode_item(item))
-        if size > wire.MAX_EVENT_BYTES:
-            raise InvalidEvent(
-                "event", f"encodes to {size} bytes, over the limit of {wire.MAX_EVENT_BYTES}"
-            )
+    stack: list[tuple[int, tuple[object, ...], object]] = [(1, (), root)]
+    while stack:
+        depth, path, node = stack.pop()
+        for key, child in _children(node) or ():
+            if _children(child) is not None:
+                if depth >= MAX_DEPTH:
+                    raise InvalidEvent("properties", f"nest deeper than {MAX_DEPTH} levels at {_where((*path, key))}")
+                stack.append((depth + 1, (*path, key), child))
+            elif isinstance(child, float) and not math.isfinite(child):
+                raise InvalidEvent(
+                    "properties", f"hold {child} at {_where((*path, key))}: JSON has no NaN or Infinity"
+                )
 
 
-def make_item(
-    user_id: object,
-    event: object,
-    *,
-    event_id: str,
-    time: float | datetime,
-    weight: object = None,
-    milestones: object = (),
-    account_id: object = None,
-    value: object = None,
-    properties: object = None,
-) -> Item:
-    """Validate every field and build a queue item: the slow, complete path."""
-    item: Item = (
-        check_name("id", event_id),
-        check_name("event", event),
-        check_name("user_id", user_id),
-        None if account_id is None else check_name("account_id", account_id),
-        time if isinstance(time, float) else to_time(time),
-        None if weight is None else to_number("weight", weight),
-        to_tags(milestones) if milestones else (),
-        None if value is None else to_number("value", value),
-        None if properties is None else encode_properties(properties),
-    )
-    check_size(item)
-    return item
+def _where(path: tuple[object, ...]) -> str:
+    shown = "".join(f"[{k!r}]" for k in path[:MAX_DEPTH + 1])
+    return shown + ("..." if len(path) > MAX_DEPTH + 1 else "")
 
 
-def item_time(item: Item) -> datetime:
-    t = item[4]
-    return datetime.fromtimestamp(t, UTC) if isinstance(t, float) else t
+def _unencodable(properties: dict[str, Any], exc: Exception) -> InvalidEvent:
+    """The InvalidEvent for properties that msgspec could not encode."""
+    if isinstance(exc, RecursionError):  # deep or self-containing: say where, if we can
+        try:
+            check_properties(properties)
+        except InvalidEvent as too_deep:
+            return too_deep
+        return InvalidEvent("properties", f"nest too deeply to encode (over {MAX_DEPTH} levels)")
+    return InvalidEvent("properties", f"do not encode to JSON: {exc}")
 
 
-def to_event(item: Item) -> wire.Event:
-    """The wire Event of a queue item, with its properties decoded (a fresh copy)."""
-    return wire.Event(
-        id=item[0],
-        event=item[1],
-        user_id=item[2],
-        account_id=item[3],
-        timestamp=item_time(item),
-        weight=item[5],
-        milestones=list(item[6]),
-        value=item[7],
-        properties={} if item[8] is None else msgspec.json.decode(item[8]),
-    )
+# ---------------------------------------------------------------------------------------------
+# Events: encoded once, in track(), to the JSON the collector reads (``wire.Event``). The queue
+# holds these bytes and nothing else: an event costs its length and a bytes object's header.
+# ---------------------------------------------------------------------------------------------
 
 
-def from_event(event: object) -> Item:
-    """Validate an Event (as returned by ``before_send``) back into a queue item."""
+class Outgoing(msgspec.Struct, omit_defaults=True):
+    """``wire.Event`` as the SDK writes it. Fields at their default (null, [] and {}) are left
+    out: the collector reads them as their defaults, and an event's null can only come from its
+    properties (where NaN and infinities hide: msgspec writes them as null)."""
+
+    id: str
+    event: str
+    user_id: str
+    timestamp: str | datetime
+    account_id: str | None = None
+    weight: float | None = None
+    milestones: tuple[str, ...] = ()
+    value: float | None = None
+    properties: dict[str, Any] = {}
+
+
+# Properties nested 33 levels deep take 66 brackets at least; around them an event has its id,
+# event and user_id and at least 82 bytes of keys, quotes and timestamp. Only when what is left
+# could hold 66 brackets are the brackets counted (and looked at closer if there are too many).
+_SHALLOW = 82 + 2 * (MAX_DEPTH + 1)
+
+
+def new_event(
+    user_id: str,
+    event: str,
+    weight: float | None,
+    milestones: Iterable[str],
+    account_id: str | None,
+    value: float | None,
+    properties: Mapping[str, Any] | None,
+    timestamp: datetime | None,
+    event_id: str | None = None,
+) -> tuple[str, bytes]:
+    """Validate one event and encode it: ``(id, JSON)``. Raises InvalidEvent.
+
+    Common input is settled by a cheap first test; anything unusual goes to the checks above,
+    which raise. Without ``event_id``, a new id is made; without ``timestamp``, the event is
+    stamped with its id's millisecond. Encoding takes a snapshot of ``properties``: later
+    changes to the caller's dict do not change the event.
+    """
+    # check_name()'s first line, inlined for the two names every event has
+    if not (user_id.__class__ is str and 0 < len(user_id) <= MAX_NAME and user_id.isascii() and "\x00" not in user_id):
+        check_name("user_id", user_id)
+    if not (event.__class__ is str and 0 < len(event) <= MAX_NAME and event.isascii() and "\x00" not in event):
+        check_name("event", event)
+    if account_id is not None:
+        check_name("account_id", account_id)
+    # comparisons with NaN are false: one chained comparison refuses NaN, inf and the too large
+    if weight is not None and (weight.__class__ is not float or not -MAX_WEIGHT <= weight <= MAX_WEIGHT):
+        weight = to_number("weight", weight, MAX_WEIGHT)
+    if value is not None and (value.__class__ is not float or not -MAX_VALUE <= value <= MAX_VALUE):
+        value = to_number("value", value, MAX_VALUE)
+    tags = to_tags(milestones) if milestones else ()  # a copy, never the caller's list
+    if properties is None:
+        props = _NO_PROPERTIES
+    elif isinstance(properties, dict):
+        props = properties
+    elif isinstance(properties, Mapping):
+        props = dict(properties)
+    else:
+        raise InvalidEvent("properties", f"must be a dict, got {type(properties).__name__}")
+    if event_id is None:
+        now = _time()
+        block = _block  # next_id() inlined: a call costs as much as the id
+        if now >= block.end:
+            block = _new_block(now)
+        try:
+            event_id = block.prefix + block.next()
+        except StopIteration:
+            event_id, stamp = next_id(now)
+        else:
+            stamp = block.stamp
+    else:
+        check_name("id", event_id)
+        stamp = _block.stamp
+    try:
+        data = _encode(Outgoing(
+            event_id, event, user_id, stamp if timestamp is None else to_time(timestamp),
+            account_id, weight, tags, value, props,
+        ))
+    except InvalidEvent:  # from to_time()
+        raise
+    except Exception as exc:
+        raise _unencodable(props, exc) from None
+    size = len(data)
+    if size > wire.MAX_EVENT_BYTES:
+        raise InvalidEvent("event", f"encodes to {size} bytes, over the limit of {wire.MAX_EVENT_BYTES}")
+    if data.find(b"null") >= 0 or (
+        size - len(event_id) - len(event) - len(user_id) >= _SHALLOW
+        and data.count(b"{") + data.count(b"[") > MAX_DEPTH + 1  # the event's own brace is one
+    ):
+        check_properties(msgspec.to_builtins(props))  # a null (or a name with "null" in it), or
+        # many brackets (some may be in strings): look closer
+    return event_id, data
+
+
+_event_decoder = msgspec.json.Decoder(wire.Event)
+
+
+class _Id(msgspec.Struct):
+    id: str
+
+
+_id_decoder = msgspec.json.Decoder(_Id)
+
+
+def event_id(data: bytes) -> str:
+    """The id of an encoded event (read only when one is reported: it decodes only the id)."""
+    return _id_decoder.decode(data).id
+
+
+def to_event(data: bytes) -> wire.Event:
+    """The wire Event of an encoded event (a fresh copy, for ``before_send``)."""
+    return _event_decoder.decode(data)
+
+
+def from_event(event: object) -> bytes:
+    """Validate an Event (as returned by ``before_send``) and encode it."""
     if not isinstance(event, wire.Event):
         raise InvalidEvent("event", f"before_send must return an Event or None, got {event!r}")
-    return make_item(
-        event.user_id,
-        event.event,
-        event_id=event.id,
-        time=event.timestamp,
-        weight=event.weight,
-        milestones=event.milestones,
-        account_id=event.account_id,
-        value=event.value,
-        properties=event.properties,
+    _, data = new_event(
+        event.user_id, event.event, event.weight, event.milestones, event.account_id, event.value,
+        event.properties, event.timestamp, event.id,
     )
+    return data
 
 
-def encode_items(items: list[Item]) -> bytes:
-    """The JSON array of these events, as the collector reads them (``wire.Event``).
-
-    ``properties`` are already JSON: ``msgspec.Raw`` splices them in as they are. One encoder
-    call for the whole list costs half as much as one call an event.
-    """
-    Event, Raw, utc, fromtimestamp = wire.Event, msgspec.Raw, UTC, datetime.fromtimestamp
-    return _json.encode(
-        [
-            Event(
-                id=x[0],
-                event=x[1],
-                user_id=x[2],
-                timestamp=fromtimestamp(x[4], utc) if x[4].__class__ is float else x[4],  # type: ignore[arg-type]
-                account_id=x[3],
-                weight=x[5],
-                milestones=x[6],  # type: ignore[arg-type]
-                value=x[7],
-                properties=_EMPTY if x[8] is None else Raw(x[8]),  # type: ignore[arg-type]
-            )
-            for x in items
-        ]
-    )
-
-
-def encode_item(item: Item) -> bytes:
-    """One event's JSON."""
-    return encode_items([item])[1:-1]
+def join(events: list[bytes]) -> bytes:
+    """The JSON array of these encoded events."""
+    return b"[" + b",".join(events) + b"]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,14 +456,20 @@ def cut(sizes: list[int], max_bytes: int, max_events: int = wire.MAX_BATCH_EVENT
     return ends
 
 
+class _Body(msgspec.Struct):
+    """``wire.Batch`` with its events already encoded."""
+
+    sent_at: datetime
+    events: msgspec.Raw
+    context: wire.Context
+
+
+_CONTEXT = wire.Context(library=LIBRARY)
+
+
 def body(events: bytes, *, gzip: bool) -> bytes:
     """A ``wire.Batch`` around an encoded array of events, ``sent_at`` now; gzipped if asked."""
-    batch = wire.Batch(
-        sent_at=datetime.now(UTC),
-        events=msgspec.Raw(events),  # type: ignore[arg-type]
-        context=wire.Context(library=LIBRARY),
-    )
-    data = _json.encode(batch)
+    data = _json.encode(_Body(datetime.now(UTC), msgspec.Raw(events), _CONTEXT))
     return _gzip.compress(data, compresslevel=6, mtime=0) if gzip else data
 
 

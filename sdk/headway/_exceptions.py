@@ -58,15 +58,19 @@ class TransportError(HeadwayError):
 
 
 class QueueFull(HeadwayError):
-    """The tracker's queue reached ``max_queue``; new events are dropped until it drains.
+    """The tracker's queue reached ``max_queue_bytes`` (or ``max_queue`` events); new events
+    are dropped until it drains.
 
     Reported once per burst (from the first drop until the queue is half empty again);
     ``Tracker.stats.dropped`` holds the exact count.
     """
 
-    def __init__(self, max_queue: int) -> None:
-        super().__init__(f"queue full ({max_queue} events): dropping new events until it drains")
+    def __init__(self, max_queue: int | None, max_queue_bytes: int | None = None) -> None:
+        bounds = [f"{max_queue_bytes / (1 << 20):g} MiB"] if max_queue_bytes else []
+        bounds += [f"{max_queue} events"] if max_queue else []
+        super().__init__(f"queue full ({' or '.join(bounds)}): dropping new events until it drains")
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
 
 
 class DeliveryError(HeadwayError):

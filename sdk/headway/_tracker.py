@@ -8,15 +8,18 @@ loop), how it waits (``threading.Event`` or ``asyncio.Event``) and how it sends 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 
-from ._batcher import Batcher, Marker, step, transport_error
+from ._batcher import Batcher
 from ._context import BoundTracking  # track_bound(): the request-bound user and account
 from ._core import Send
-from ._transport import Response
+from ._delivery import step, transport_error
 from ._exceptions import TransportError
+from ._queue import Marker
+from ._transport import Response
 
 __all__ = ["AsyncTracker", "Tracker"]
 
@@ -28,15 +31,17 @@ _GRACE = 0.05  # beyond a deadline, for a worker that is just finishing
 class Tracker(BoundTracking, Batcher):
     """Sends events to a Headway collector from a background thread; never hurts the host.
 
-    ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=10_000,
-    timeout=10, max_retries=10, gzip=True, on_error=None, before_send=None, transport=None,
-    exit_timeout=3.0, backoff=(0.5, 60.0))``
+    ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=None,
+    max_queue_bytes=32 << 20, timeout=10, max_retries=10, gzip=True, on_error=None,
+    before_send=None, transport=None, exit_timeout=3.0, backoff=(0.5, 60.0))``
 
     - ``endpoint``: the collector's base URL (``http://127.0.0.1:8000``); ``write_key``: a
       project's write key.
     - ``flush_at`` events waiting wake the worker; otherwise it sends every
       ``flush_interval`` seconds. A batch carries at most 1,000 events and 1 MiB.
-    - ``max_queue``: events waiting at most; beyond it ``track()`` drops and counts.
+    - ``max_queue_bytes``: the memory the events waiting may take (their JSON and 41 bytes
+      each); ``max_queue``: optionally, how many may wait. Beyond either bound ``track()``
+      drops and counts.
     - ``timeout``: seconds for one HTTP request; ``max_retries``: resends of a batch after a
       network error, 429 or 5xx, waiting ``Retry-After`` or exponential backoff with full
       jitter (``backoff=(base, cap)`` seconds) in between.
@@ -66,7 +71,7 @@ class Tracker(BoundTracking, Batcher):
         self._stopping_at_exit = False
 
     def _start(self) -> None:
-        with self._lock:
+        with self._queue.lock:
             if self._started:
                 return
             self._started = True
@@ -77,7 +82,7 @@ class Tracker(BoundTracking, Batcher):
             self._started = False
             return
         self._thread = thread
-        self._kick_at = self._flush_at - 1
+        self._queue.kick_at = self._flush_at - 1
 
     def _run(self) -> None:
         self._drive(self._send_sync, self._wait)
@@ -98,10 +103,11 @@ class Tracker(BoundTracking, Batcher):
         if threading.current_thread() is self._thread:
             logger.warning("headway: flush() called on the worker thread (from on_error?)")
             return False
-        marker = Marker(threading.Event())
+        done = threading.Event()
+        marker = Marker(done)
         if not self._add_marker(marker):
             return True
-        marker.event.wait(timeout)
+        done.wait(timeout)
         return marker.ok
 
     def shutdown(self, timeout: float = 10.0) -> bool:
@@ -121,7 +127,7 @@ class Tracker(BoundTracking, Batcher):
         a shutdown had begun already."""
         if not self._begin_shutdown(timeout):
             return False
-        if self._queue or self._inflight:
+        if self._queue.busy():
             self._kick(urgent=True)
             if not self._started:  # no thread to be had: deliver on this one
                 self._drive(self._send_sync, self._wait)
@@ -178,22 +184,20 @@ class AsyncTracker(BoundTracking, Batcher):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # not on a loop yet: events wait, and the next call on the loop starts it
-        with self._lock:
+        with self._queue.lock:
             if self._started:
                 return
             self._started = True
-            if self._inflight:  # a previous loop ended mid-batch: send those again (same ids)
-                self._queue.extendleft(reversed(self._inflight))
-                self._inflight = []
+        self._queue.requeue_in_flight()  # a previous loop ended mid-batch: send those again
         self._loop, self._loop_thread, self._event = loop, threading.get_ident(), asyncio.Event()
         self._task = loop.create_task(self._run(), name="headway-worker")
         self._task.add_done_callback(self._task_done)
-        self._kick_at = self._flush_at - 1
+        self._queue.kick_at = self._flush_at - 1
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task is self._task:
             self._started = False
-            self._kick_at = 0
+            self._queue.kick_at = 0
 
     def _signal(self) -> None:
         loop, event = self._loop, self._event
@@ -202,18 +206,16 @@ class AsyncTracker(BoundTracking, Batcher):
         if threading.get_ident() == self._loop_thread:
             event.set()
         else:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop is closed
-                pass
 
     async def _run(self) -> None:
         flow, event = self._flow(), self._event
         assert event is not None
         action = step(flow, None)
         while action is not None:
-            if action.__class__ is Send:
-                action = step(flow, await self._asend(action))  # type: ignore[arg-type]
+            if isinstance(action, Send):
+                action = step(flow, await self._asend(action))
                 continue
             try:
                 async with asyncio.timeout(action.timeout):
@@ -225,20 +227,22 @@ class AsyncTracker(BoundTracking, Batcher):
 
     async def _asend(self, request: Send) -> Response | TransportError:
         try:
-            return await self._transport.asend(
+            response: Response = await self._transport.asend(
                 request.url, request.body, request.headers, request.timeout
             )
         except Exception as exc:
             return transport_error(exc)
+        return response
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Send everything tracked so far; True once it is settled, False after ``timeout``."""
-        marker = Marker(asyncio.Event())
+        done = asyncio.Event()
+        marker = Marker(done)
         if not self._add_marker(marker):
             return True
         try:
             async with asyncio.timeout(timeout):
-                await marker.event.wait()
+                await done.wait()
         except TimeoutError:
             return False
         return marker.ok
@@ -248,7 +252,7 @@ class AsyncTracker(BoundTracking, Batcher):
         if not self._begin_shutdown(timeout):
             return self._shutdown_ok()
         deadline = self._deadline or 0.0
-        if self._queue or self._inflight:
+        if self._queue.busy():
             self._kick(urgent=True)
         else:
             self._signal()
@@ -266,7 +270,7 @@ class AsyncTracker(BoundTracking, Batcher):
 
     def _exit(self) -> None:
         """At interpreter exit, after the loop is gone: send what is left synchronously."""
-        if not (self._queue or self._inflight):
+        if not self._queue.busy():
             return
         loop = self._loop
         if loop is not None and loop.is_running() and self._loop_thread != threading.get_ident():
@@ -280,13 +284,11 @@ class AsyncTracker(BoundTracking, Batcher):
             logger.warning(
                 "headway: AsyncTracker not shut down and its transport has no sync send(): "
                 "%d events not sent",
-                len(self._queue) + len(self._inflight),
+                self._queue.stats().queued,
             )
             return
         self._begin_shutdown(self._exit_timeout)
-        with self._lock:
-            self._queue.extendleft(reversed(self._inflight))
-            self._inflight = []
+        self._queue.requeue_in_flight()
         self._drive(self._send_sync, threading.Event().wait)
         if self._owns_transport:
             self._transport.close()

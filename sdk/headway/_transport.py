@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import httpx
 
@@ -64,8 +64,8 @@ class HTTPTransport:
     (``verify``, ``proxy``, ...).
     """
 
-    def __init__(self, **client_options: object) -> None:
-        self._options = client_options
+    def __init__(self, **client_options: Any) -> None:
+        self._options: dict[str, Any] = client_options
         self._client: httpx.Client | None = None
         self._client_pid = 0
         self._aclient: httpx.AsyncClient | None = None
@@ -74,7 +74,7 @@ class HTTPTransport:
     def send(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Response:
         client = self._client
         if client is None or self._client_pid != os.getpid():
-            client = self._client = httpx.Client(**self._options)  # type: ignore[arg-type]
+            client = self._client = httpx.Client(**self._options)
             self._client_pid = os.getpid()
         try:
             r = client.post(url, content=body, headers=headers, timeout=timeout)
@@ -88,7 +88,7 @@ class HTTPTransport:
         key = (os.getpid(), id(asyncio.get_running_loop()))
         client = self._aclient
         if client is None or self._aclient_key != key:
-            client = self._aclient = httpx.AsyncClient(**self._options)  # type: ignore[arg-type]
+            client = self._aclient = httpx.AsyncClient(**self._options)
             self._aclient_key = key
         try:
             r = await client.post(url, content=body, headers=headers, timeout=timeout)

@@ -4,6 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+import headway
+from headway.testing import MemoryTransport
+
 from .sink import Sink
 
 
@@ -14,3 +17,12 @@ def sink() -> Iterator[Sink]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def recorded() -> Iterator[tuple[headway.Tracker, MemoryTransport]]:
+    """One tracker for a module's tests, sending to memory; tests flush when they look."""
+    transport = MemoryTransport()
+    tracker = transport.tracker(flush_interval=60, flush_at=10_000)
+    yield tracker, transport
+    tracker.shutdown()

@@ -88,10 +88,9 @@ def test_cut_respects_counts_and_bytes(sizes: list[int], max_bytes: int) -> None
 
 
 def test_body_is_a_wire_batch_with_sent_at_now() -> None:
-    item = _core.make_item("u", "e", event_id=_core.new_id(time.time()), time=time.time(),
-                           properties={"a": 1}, milestones=["m"])
+    _, event = _core.new_event("u", "e", None, ["m"], None, None, {"a": 1}, None)
     for gzip in (False, True):
-        data = _core.body(_core.encode_items([item]), gzip=gzip)
+        data = _core.body(_core.join([event]), gzip=gzip)
         if gzip:
             import gzip as gz
 
@@ -143,8 +142,8 @@ def ok(n: int) -> Response:
 def start_flow(tracker: headway.Tracker, events: int) -> tuple[object, Send]:
     for i in range(events):
         tracker.track(f"u{i}", "e")
-    tracker._closing = True  # drain at once, without waiting for the interval
-    flow = tracker._work()
+    tracker._delivery.closing = True  # drain at once, without waiting for the interval
+    flow = tracker._delivery.work()
     return flow, next(flow)
 
 
@@ -179,7 +178,7 @@ def test_flow_honours_retry_after_and_flush_does_not_cut_it_short() -> None:
     flow, _ = start_flow(tracker, 2)
     pause = flow.send(Response(429, {"retry-after": "120"}, b""))
     assert isinstance(pause, Idle) and 119 < pause.timeout <= 120
-    tracker._urgent = True  # as flush() does
+    tracker._delivery.urgent = True  # as flush() does
     again = flow.send(None)
     assert isinstance(again, Idle) and again.timeout > 119
 
@@ -189,7 +188,7 @@ def test_flow_backoff_is_cut_short_by_flush() -> None:
     flow, _ = start_flow(tracker, 2)
     pause = flow.send(Response(503, {}, b""))
     assert isinstance(pause, Idle)
-    tracker._urgent = True
+    tracker._delivery.urgent = True
     assert isinstance(flow.send(None), Send)
 
 
@@ -255,8 +254,8 @@ def test_flow_splits_batches_over_a_mebibyte_before_sending() -> None:
     tracker = quiet_tracker(gzip=False)
     for i in range(100):
         tracker.track("u", "e", properties={"blob": os.urandom(12_000).hex()})  # 24 KB each
-    tracker._closing = True
-    flow = tracker._work()
+    tracker._delivery.closing = True
+    flow = tracker._delivery.work()
     action = next(flow)
     bodies = []
     with pytest.raises(StopIteration):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 import threading
 from pathlib import Path
 
@@ -63,8 +64,10 @@ def test_resending_the_same_batch_is_counted_once(live_collector) -> None:  # no
     from headway import _core
     from headway._transport import HTTPTransport
 
-    items = [_core.make_item("u", "e", event_id=_core.new_id(1.7e9 + i), time=1.7e9) for i in range(10)]
-    data = _core.body(_core.encode_items(items), gzip=True)
+    when = datetime.fromtimestamp(1.7e9, timezone.utc)
+    events = [_core.from_event(wire.Event(id=_core.new_id(1.7e9 + i), event="e", user_id="u", timestamp=when))
+              for i in range(10)]
+    data = _core.body(_core.join(events), gzip=True)
     headers = _core.headers(live_collector.write_key, gzip=True)
     transport = HTTPTransport()
     first = transport.send(live_collector.url + "/v1/batch", data, headers, 10)

@@ -325,7 +325,7 @@ def test_memory_transport_scripts_answers_and_keeps_duplicates_once() -> None:
         assert t.flush(10)
         assert t.stats == headway.Stats(sent=1, retried=1)
         # the same batch again (as a retry after a lost answer would): kept once
-        again = headway._core.encode_items([headway._core.from_event(transport.events[0])])
+        again = headway._core.join([headway._core.from_event(transport.events[0])])
         transport.send("http://headway.test/v1/batch", headway._core.body(again, gzip=False), {}, 1.0)
     assert [e.id for e in transport.events] == [event_id]
     assert len(transport.requests) == 3

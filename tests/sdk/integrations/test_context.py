@@ -58,8 +58,8 @@ def test_track_bound_fills_in_and_explicit_wins(sink: Sink) -> None:
     assert (got["bound"]["weight"], got["bound"]["milestones"], got["bound"]["value"]) == (2.0, ["m"], 3.0)
     assert (got["other_user"]["user_id"], got["other_user"]["account_id"]) == ("u2", "a1")
     assert (got["other_account"]["user_id"], got["other_account"]["account_id"]) == ("u1", "a9")
-    assert got["plain"]["account_id"] is None
-    assert (got["no_account"]["user_id"], got["no_account"]["account_id"]) == ("solo", None)
+    assert got["plain"].get("account_id") is None
+    assert (got["no_account"]["user_id"], got["no_account"].get("account_id")) == ("solo", None)
 
 
 def test_async_tracker_and_tasks_keep_their_own_binding(sink: Sink) -> None:
