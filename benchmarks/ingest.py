@@ -28,7 +28,9 @@ collector, the folded subjects (every user and account of the workload must be t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +49,18 @@ from benchmarks import _common as c
 from benchmarks._bare_server import INSERT, connect, events_ddl
 
 CONFIGS = ("floor", "bare_http", "core", "full", "full_fw2")
-COLLECTORS = {"core": 1, "full": 1, "full_fw2": 2}  # configuration -> fold workers
+POSTGRES_CONFIGS = ("pg_1", "pg_2")  # not run by default: they need PostgreSQL (`--configs floor,pg_1,pg_2`)
+COLLECTORS = {"core": 1, "full": 1, "full_fw2": 2, "pg_1": 1, "pg_2": 1}  # configuration -> fold workers each
+SERVERS = {"pg_2": 2}  # configuration -> collector processes (1 unless said)
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LABELS = {
     "floor": "floor: bare SQLite, events table of 0006, 500-event tx",
     "bare_http": "bare Starlette+uvicorn, insert only",
     "core": "collector, core model (no stages/milestones), 1 fold worker",
     "full": "collector, full example model, 1 fold worker",
     "full_fw2": "collector, full example model, 2 fold workers",
+    "pg_1": "1 collector on PostgreSQL, full model, 1 fold worker",
+    "pg_2": "2 collectors on one PostgreSQL, full model, 1 fold worker each",
 }
 GOAL_FLOOR_RATIO = 0.80  # end to end >= 80% of the floor
 GOAL_MODEL_COST = 0.30  # the model costs < 30% of ingest throughput (full vs core)
@@ -195,8 +203,6 @@ def serve_and_send(config: str, servers: list[c.Server], count: Any, parts: list
                    senders: int, expect: tuple[int, int], profile_to: Path | None = None) -> Run:
     """Start `servers`, send every batch, wait (for a collector) until every event is folded, and
     count with `count(sql, params)` while the servers still run."""
-    import contextlib
-
     import psutil
 
     run = Run(config, sum(sizes), 0.0)
@@ -296,6 +302,50 @@ def make_server(config: str, tmp: Path, db: Path, tag: str) -> c.Server:
 
 def sqlite_counter(db: Path) -> Any:
     return lambda sql, params: c.count_rows(db, sql, params)
+
+
+@contextlib.contextmanager
+def pg_schema(tag: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one run, dropped after it; the collector's URL for it."""
+    import psycopg
+
+    name = f"headway_bench_{tag}_{os.getpid()}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def pg_counter(url: str) -> Any:
+    import psycopg
+
+    def count(sql: str, params: Sequence[Any]) -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(sql.replace("?", "%s"), params).fetchone()
+            return int(row[0]) if row else 0
+
+    return count
+
+
+def run_config(k: str, rep: int, tmp: Path, w: c.Workload, args: argparse.Namespace, parts: list[bytes],
+               sizes: list[int], expect: tuple[int, int], profile_to: Path | None = None) -> Run:
+    """One run of configuration `k` on a fresh database (SQLite file, or PostgreSQL schema)."""
+    db = c.fresh_db(tmp / f"{k}.db")
+    tag = f"{k}-{rep}" if profile_to is None else f"{k}-profile"
+    if k == "floor":
+        return run_floor(w, db, args.batch)
+    if k not in POSTGRES_CONFIGS:
+        return serve_and_send(k, [make_server(k, tmp, db, tag)], sqlite_counter(db), parts, sizes, args.senders,
+                              expect, profile_to)
+    with pg_schema(k) as url:
+        cfg = c.write_config(tmp / "full.toml")
+        servers = [c.collector_server(cfg, url, tmp / f"{tag}-{i}.log", fold_workers=COLLECTORS[k])
+                   for i in range(SERVERS.get(k, 1))]
+        return serve_and_send(k, servers, pg_counter(url), parts, sizes, args.senders, expect, profile_to)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -405,6 +455,9 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
                      f"(goal < {GOAL_MODEL_COST:.0%}): {'met' if cost < GOAL_MODEL_COST else 'NOT met'}")
     if "full_fw2" in fmed and "full" in fmed:
         lines.append(f"- 2 fold workers over 1 (full model, folded rates): {fmed['full_fw2'] / fmed['full']:.2f}x")
+    if "pg_2" in fmed and "pg_1" in fmed:
+        lines.append(f"- 2 collectors over 1 on PostgreSQL (folded rates): {fmed['pg_2'] / fmed['pg_1']:.2f}x; "
+                     f"acknowledged: {med['pg_2'] / med['pg_1']:.2f}x")
     if "bare_http" in med and floor:
         lines.append(f"- HTTP alone (bare Starlette+uvicorn that only inserts): {med['bare_http'] / floor:.0%} of the floor")
     lines += ["", "## Every run", "",
@@ -424,9 +477,9 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
         if profiled is not None:
             lines += [f"The profiled run: acknowledged {profiled.rate:,.0f} events/s, folded {profiled.folded_rate:,.0f} "
                       f"events/s, {profiled.verdict()}; server CPU {profiled.server_cpu or 0:.2f} cores. Raw stacks: "
-                      "`ingest_profile.txt` (collapsed; `flamegraph.pl` or speedscope read it).", ""]
+                      f"`{args.name}_profile.txt` (collapsed; `flamegraph.pl` or speedscope read it).", ""]
         lines.append(profile_section(profile, profiled.thread_cpu if profiled else {}))
-    lines += ["![ingest throughput](ingest.png)", ""]
+    lines += [f"![ingest throughput]({args.name}.png)", ""]
     return "\n".join(lines)
 
 
@@ -489,20 +542,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--senders", type=int, default=8, help="concurrent sending threads (default 8)")
     p.add_argument("--batch", type=int, default=500, help="events per batch and per floor transaction (default 500)")
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration, interleaved (default 3)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {','.join(CONFIGS)} (default all)")
-    p.add_argument("--profile", default="full", choices=["full", "full_fw2", "core", "none"],
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {','.join(CONFIGS + POSTGRES_CONFIGS)} (default: all but the PostgreSQL ones)")
+    p.add_argument("--profile", default="full", choices=["full", "full_fw2", "core", *POSTGRES_CONFIGS, "none"],
                    help="which collector configuration gets an extra run under py-spy (default full)")
     p.add_argument("--no-profile", action="store_true", help="same as --profile none")
     p.add_argument("--quick", action="store_true", help="small sizes: 20000 events, 1 repeat")
-    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write ingest.md and ingest.png")
+    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write NAME.md and NAME.png")
+    p.add_argument("--name", default=None, help="file names of the report (default ingest, or ingest_postgres "
+                   "when a PostgreSQL configuration runs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.repeats = min(args.events, 20_000), 1
     args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
-    unknown = set(args.configs) - set(CONFIGS)
+    unknown = set(args.configs) - set(CONFIGS) - set(POSTGRES_CONFIGS)
     if unknown:
         p.error(f"unknown configurations: {', '.join(sorted(unknown))}")
+    args.name = args.name or ("ingest_postgres" if set(args.configs) & set(POSTGRES_CONFIGS) else "ingest")
     args.load_before = c.load_average()
 
     print(f"making {args.events} events ...", flush=True)
@@ -523,12 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         for rep in range(args.repeats):
             for k in args.configs:
-                db = c.fresh_db(tmp / f"{k}.db")
-                if k == "floor":
-                    run = run_floor(w, db, args.batch)
-                else:
-                    run = serve_and_send(k, [make_server(k, tmp, db, f"{k}-{rep}")], sqlite_counter(db), parts, sizes,
-                                         args.senders, expect)
+                run = run_config(k, rep, tmp, w, args, parts, sizes, expect)
                 runs.append(run)
                 print(f"  repeat {rep + 1} {k:9s} acked {run.rate:>9,.0f} ev/s  folded {run.folded_rate:>9,.0f} ev/s  "
                       f"server cpu {run.server_cpu or 0:.2f} ({_f(run.cpu_us_per_event, 1)} µs/event)  {run.verdict()}",
@@ -536,24 +587,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile and args.profile != "none":
             k = args.profile
             raw = tmp / f"{k}.pyspy.txt"
-            db = c.fresh_db(tmp / f"{k}.db")
             print(f"  profiling {k} with py-spy ...", flush=True)
-            prun = serve_and_send(k, [make_server(k, tmp, db, f"{k}-profile")], sqlite_counter(db), parts, sizes,
-                                  args.senders, expect, profile_to=raw)
+            prun = run_config(k, 0, tmp, w, args, parts, sizes, expect, profile_to=raw)
             print(f"  profiled run  acked {prun.rate:>9,.0f} ev/s  folded {prun.folded_rate:>9,.0f} ev/s  {prun.verdict()}",
                   flush=True)
             if raw.exists():
                 args.results.mkdir(parents=True, exist_ok=True)
-                profile_path = args.results / "ingest_profile.txt"
+                profile_path = args.results / f"{args.name}_profile.txt"
                 c.compact_collapsed(raw, profile_path)
 
     args.results.mkdir(parents=True, exist_ok=True)
     report = write_report(runs, args, w_desc, profile_path, argv, prun)
-    (args.results / "ingest.md").write_text(report)
-    plot(runs, args.configs, args.results / "ingest.png")
+    (args.results / f"{args.name}.md").write_text(report)
+    plot(runs, args.configs, args.results / f"{args.name}.png")
     print()
     print(report.split("## Every run")[0].split("## Results (median of the repeats)")[1].strip())
-    print(f"\nwrote {args.results / 'ingest.md'} and {args.results / 'ingest.png'}")
+    print(f"\nwrote {args.results / args.name}.md and .png")
     return 0 if all(r.verified for r in runs) else 1
 
 
