@@ -456,6 +456,25 @@ def compact_collapsed(src: Path, dst: Path) -> None:
     dst.write_text("".join(f"{k} {v}\n" for k, v in sorted(merged.items())))
 
 
+# The parts of a fold worker's loop, as (label, frame to look for in a stack): inclusive shares.
+FOLD_PARTS: list[tuple[str, str | tuple[str, ...]]] = [
+    ("fold worker `Worker._fold_some` (its own process)", "_fold_some (projection/worker.py)"),
+    ("  `log.read_log` (the batch past the watermark)", "read_log (store/log.py)"),
+    ("  `Worker._owned` (the partitions' events)", "_owned (projection/worker.py)"),
+    ("    `from_stored` (decode each owned event)", "from_stored (events.py)"),
+    ("  `Worker._priors` (stored records of the touched subjects)", "_priors (projection/worker.py)"),
+    ("  `fold.fold` (the pure fold)", "fold (model/fold.py)"),
+    ("    `fold._fold_subject`", "_fold_subject (model/fold.py)"),
+    ("    `fold._marks` (milestone marks)", "_marks (model/fold.py)"),
+    ("  `derived.apply` (write the change set)", "apply (store/derived.py)"),
+    ("    `derived._save_subjects`", "_save_subjects (store/derived.py)"),
+    ("    `derived._save_days`", "_save_days (store/derived.py)"),
+    ("    `derived._save_funnel`", "_save_funnel (store/derived.py)"),
+    ("    `derived._add` (counter upserts)", "_add (store/derived.py)"),
+    ("  COMMIT (fsync) in `transact`", "transact (store/sqlite.py)"),
+]
+
+
 def profile_markdown(p: Profile, n: int = 12, skip: Sequence[str] = ()) -> str:
     lines = ["| self % | function (self time: the frame on top of the stack) |", "| ---: | --- |"]
     lines += [f"| {pct:.1f} | `{name}` |" for name, pct in p.top(n, skip=skip)]

@@ -38,18 +38,7 @@ JOBS = (1, 2)
 BUILD_TX = 20_000  # events per append while building
 # The parts of a rescore: (label, frame or frames that a sample's stack must all contain).
 RESCORE_PARTS: tuple[tuple[str, str | tuple[str, ...]], ...] = (
-    ("fold worker `Worker._fold_some`", "_fold_some (projection/worker.py)"),
-    ("  `log.read_log` (the batch past the watermark)", "read_log (store/log.py)"),
-    ("  `Worker._owned` (the partitions' events, decoded)", "_owned (projection/worker.py)"),
-    ("    `from_stored` (decode each owned event)", "from_stored (events.py)"),
-    ("  `Worker._priors` (stored records of the touched subjects)", "_priors (projection/worker.py)"),
-    ("  `fold.fold` (the pure fold)", "fold (model/fold.py)"),
-    ("    `fold._fold_subject`", "_fold_subject (model/fold.py)"),
-    ("    `fold._marks` (milestone marks)", "_marks (model/fold.py)"),
-    ("  `derived.apply` (write the change set)", "apply (store/derived.py)"),
-    ("    `derived._save_subjects`", "_save_subjects (store/derived.py)"),
-    ("    `derived._save_funnel`", "_save_funnel (store/derived.py)"),
-    ("  COMMIT (fsync) in `transact`", "transact (store/sqlite.py)"),
+    *c.FOLD_PARTS,
     ("the rescore command waiting for its workers", "rescore (projection/runner.py)"),
 )
 # Derived tables (all with a `gen` column) and the columns a digest leaves out besides `gen`.
