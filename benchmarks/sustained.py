@@ -13,7 +13,7 @@ schedule: batch i is due at i x batch / rate seconds) for `--seconds`, while thi
 
 Goals from the issue: lag p99 < 1 s, read p99 < 50 ms.
 
-    python -m benchmarks.sustained [--seconds 45] [--rate EVENTS_PER_S] [--quick]
+    python -m benchmarks.sustained [--seconds 45] [--rate EVENTS_PER_S] [--profile] [--quick]
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def paced(server: c.Server, w: c.Workload, batch: int, rate: float, seconds: flo
     return out
 
 
-def write_report(args: argparse.Namespace, argv: list[str], capacity: ingest.Run | None, s: Sustained) -> str:
+def write_report(args: argparse.Namespace, argv: list[str], capacity: ingest.Run | None, s: Sustained,
+                 profile: Path | None) -> str:
     lag_ev = [float(e) for _, e, _ in s.lag]
     lag_s = [x for _, _, x in s.lag]
     ok_reads = [ms for _, ms, st in s.reads if st == 200]
@@ -158,8 +159,11 @@ def write_report(args: argparse.Namespace, argv: list[str], capacity: ingest.Run
               f"| read latency `GET /v1/users/{{id}}`, ms | {pct(ok_reads, 0.5):.1f} | {pct(ok_reads, 0.99):.1f} | "
               f"{max(ok_reads, default=float('nan')):.1f} | p99 < {GOAL_READ_MS:g} ms: {'met' if read_met else 'NOT met'} |",
               "", "Lag seconds is `/readyz`'s `projection_lag_seconds`: how long the oldest event not yet folded "
-              "has waited since it was received (0 when nothing waits).", "",
-              "![sustained](sustained.png)", ""]
+              "has waited since it was received (0 when nothing waits).", ""]
+    if profile is not None:
+        lines += ["## Where the time goes under this load (py-spy during the paced run)", "",
+                  ingest.profile_section(profile, {}), ""]
+    lines += ["![sustained](sustained.png)", ""]
     return "\n".join(lines)
 
 
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="events per paced batch (default 100)")
     p.add_argument("--senders", type=int, default=4, help="paced sending threads (default 4)")
     p.add_argument("--reads-per-s", type=float, default=5.0, help="reads a second (default 5)")
+    p.add_argument("--profile", action="store_true", help="record the paced run with py-spy (--subprocesses)")
     p.add_argument("--quick", action="store_true", help="small sizes: 10 s, 10000 events to measure capacity")
     p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write sustained.md and sustained.png")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -225,10 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sending {args.rate:,.0f} events/s for {args.seconds:.0f} s ...", flush=True)
         w = c.make_workload(n)
         db = c.fresh_db(tmp / "sustained.db")
+        raw = tmp / "sustained.pyspy.txt"
         with ingest.make_server("full", tmp, db, "sustained") as server:
+            spy = ingest._start_py_spy(server.pid, raw) if args.profile else None
             s = paced(server, w, args.batch, args.rate, args.seconds, args.senders, args.reads_per_s)
+            if spy is not None:
+                ingest._stop_py_spy(spy)
+        profile = None
+        if raw.exists():
+            args.results.mkdir(parents=True, exist_ok=True)
+            profile = args.results / "sustained_profile.txt"
+            c.compact_collapsed(raw, profile)
     args.results.mkdir(parents=True, exist_ok=True)
-    report = write_report(args, argv, capacity, s)
+    report = write_report(args, argv, capacity, s, profile)
     (args.results / "sustained.md").write_text(report)
     plot(s, args.results / "sustained.png")
     print(report.split("## Sustained load")[1].split("![")[0].strip())
