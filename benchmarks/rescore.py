@@ -2,7 +2,9 @@
 
 Builds a collector database (SQLite, the collector's schema) whose event log holds N realistic
 events, appended through the store (`Store.append`, what the app calls after decoding a
-request; 20,000-event appends, one commit each; nothing folded), then times
+request; 20,000-event appends, one commit each; nothing folded), runs one untimed rescore so
+that the active generation is at the head of the log (as on a database a collector serves: a
+rescore folds an active generation that is behind too, beside the one it builds), then times
 `headway-collector rescore --jobs 1` and `--jobs 2` on it as subprocesses: each builds a new
 model generation from the start of the log with that many fold worker processes and switches
 reads to it. After each, the derived tables of the active generation (the `gen` column left
