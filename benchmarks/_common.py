@@ -16,7 +16,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -306,10 +306,12 @@ class Server:
         self._logfile.close()
 
 
-def collector_server(config: Path, db: Path, log: Path) -> Server:
+def collector_server(config: Path, db: Path | str, log: Path, *, fold_workers: int = 1) -> Server:
+    """`headway-collector serve` on a SQLite file (a Path) or a database URL (a str)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(config),
-           "--database", f"sqlite:///{db}", "--port", str(port), "--log-level", "warning"]
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(config), "--database", url,
+           "--port", str(port), "--log-level", "warning", "--fold-workers", str(fold_workers)]
     return Server(cmd, port, log)
 
 
@@ -348,6 +350,7 @@ class Profile:
     inclusive: dict[str, int]
     threads: dict[str, int]
     stacks: list[tuple[list[str], int]]
+    processes: dict[str, int] = field(default_factory=dict)  # with py-spy --subprocesses
 
     def top(self, n: int = 10, *, inclusive: bool = False, skip: Sequence[str] = (),
             wrappers: float = 0.9) -> list[tuple[str, float]]:
@@ -392,47 +395,84 @@ def frame_name(frame: str) -> str:
     return f"{m.group('fn')} ({file})"
 
 
+_PROCESS = re.compile(r'(process \d+:")([^"]*)(")')
+
+
+def _stack_lines(path: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's collapsed lines as (frames, count); a process frame's command line (which may
+    hold `;`, as `python -c "...; spawn_main(...)"` does) is kept whole."""
+    for line in path.read_text().splitlines():
+        line = _PROCESS.sub(lambda m: m.group(1) + m.group(2).replace(";", ",") + m.group(3), line)
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def read_collapsed(path: Path) -> Profile:
     self_: dict[str, int] = defaultdict(int)
     inclusive: dict[str, int] = defaultdict(int)
     threads: dict[str, int] = defaultdict(int)
+    processes: dict[str, int] = defaultdict(int)
     stacks: list[tuple[list[str], int]] = []
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        parts = stack.split(";")
-        thread = "all"
+    for parts, n in _stack_lines(path):
+        thread, process = "all", "all"
         if parts and (parts[0].startswith("thread ") or parts[0].startswith("process ")):
             while parts and (parts[0].startswith("thread ") or parts[0].startswith("process ")):
                 if parts[0].startswith("thread "):
                     thread = parts[0]
+                else:
+                    process = _process_name(parts[0])
                 parts = parts[1:]
         frames = [frame_name(f) for f in parts]
         if not frames:
             continue
         total += n
         threads[thread] += n
+        processes[process] += n
         self_[frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
         stacks.append((frames, n))
-    return Profile(total, dict(self_), dict(inclusive), dict(threads), stacks)
+    return Profile(total, dict(self_), dict(inclusive), dict(threads), stacks, dict(processes))
+
+
+def _process_name(frame: str) -> str:
+    """`process 123:"python -m headway_collector serve ..."` -> `123 (serve)`; fold workers are
+    spawned by multiprocessing (`spawn_main`)."""
+    pid = frame.split(":", 1)[0].removeprefix("process ").strip()
+    what = "fold worker (multiprocessing spawn)" if "multiprocessing" in frame else (
+        "collector (serve)" if "serve" in frame else frame.split(":", 1)[-1].strip('" ')[:60])
+    return f"{pid} {what}"
 
 
 def compact_collapsed(src: Path, dst: Path) -> None:
     """Merge py-spy's raw stacks on function and file (dropping line numbers): a much smaller
     file that flamegraph.pl and speedscope still read."""
     merged: dict[str, int] = defaultdict(int)
-    for line in src.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [f if f.startswith(("thread ", "process ")) else frame_name(f) for f in stack.split(";")]
-        merged[";".join(frames)] += int(count)
+    for parts, n in _stack_lines(src):
+        frames = [f if f.startswith(("thread ", "process ")) else frame_name(f) for f in parts]
+        merged[";".join(frames)] += n
     dst.write_text("".join(f"{k} {v}\n" for k, v in sorted(merged.items())))
+
+
+# The parts of a fold worker's loop, as (label, frame to look for in a stack): inclusive shares.
+FOLD_PARTS: list[tuple[str, str | tuple[str, ...]]] = [
+    ("fold worker `Worker._fold_some` (its own process)", "_fold_some (projection/worker.py)"),
+    ("  `log.read_log` (the batch past the watermark)", "read_log (store/log.py)"),
+    ("  `Worker._owned` (the partitions' events)", "_owned (projection/worker.py)"),
+    ("    `from_stored` (decode each owned event)", "from_stored (events.py)"),
+    ("  `Worker._priors` (stored records of the touched subjects)", "_priors (projection/worker.py)"),
+    ("  `fold.fold` (the pure fold)", "fold (model/fold.py)"),
+    ("    `fold._fold_subject`", "_fold_subject (model/fold.py)"),
+    ("    `fold._marks` (milestone marks)", "_marks (model/fold.py)"),
+    ("  `derived.apply` (write the change set)", "apply (store/derived.py)"),
+    ("    `derived._save_subjects`", "_save_subjects (store/derived.py)"),
+    ("    `derived._save_days`", "_save_days (store/derived.py)"),
+    ("    `derived._save_funnel`", "_save_funnel (store/derived.py)"),
+    ("    `derived._add` (counter upserts)", "_add (store/derived.py)"),
+    ("  COMMIT (fsync) in `transact`", "transact (store/sqlite.py)"),
+]
 
 
 def profile_markdown(p: Profile, n: int = 12, skip: Sequence[str] = ()) -> str:
@@ -459,22 +499,23 @@ def chunked(seq: Sequence[object], n: int) -> Iterator[Sequence[object]]:
 
 
 class DatabaseBuilder:
-    """Ingests a workload into a fresh collector database through the store's own writer
-    (what the app does after decoding a request), a slice at a time, without HTTP."""
+    """Appends a workload to a fresh collector database's event log through the store
+    (`Store.append`, what the app calls after decoding a request), a slice at a time, without
+    HTTP. Nothing is folded here: a collector served on the database, or `rescore`, folds the log."""
 
-    def __init__(self, db: Path, config: Path, w: Workload, batch: int = 20_000, store_type: type | None = None) -> None:
-        from headway_collector.app import ensure_model
+    def __init__(self, db: Path, config: Path, w: Workload, batch: int = 20_000) -> None:
         from headway_collector.config import load
+        from headway_collector.projection import serve_models
         from headway_collector.store import open_store
-        from headway_collector.store.fold import Models
 
         self.w, self.db, self.batch, self.done, self.seconds = w, db, batch, 0, 0.0
         self.cfg = load(config)
-        url = f"sqlite:///{fresh_db(db)}"
-        self.store = open_store(url) if store_type is None else store_type(url)
-        self.store.open()  # what the app's start-up does: schema, model version, writer
-        ensure_model(self.cfg, self.store)
-        self.store.start(Models(self.cfg.projects.values()))
+        self.store = open_store(f"sqlite:///{fresh_db(db)}")
+        self.store.open()  # what the app's start-up does: schema, the model's generation, the writer
+        # Without a generation, `rescore` would make the first one active at once and fold
+        # nothing (see the report); a served collector would make it anyway.
+        serve_models(self.cfg, self.store, time.time_ns() // 1000)
+        self.store.start()
 
     def ingest_until(self, n: int) -> None:
         import asyncio
@@ -482,31 +523,58 @@ class DatabaseBuilder:
         from headway_collector.events import decode_event
         from headway_collector.store.base import Accepted
 
-        project = self.cfg.projects[PROJECT]
-
-        async def ingest() -> None:
+        async def append() -> None:
             while self.done < n:
                 hi = min(self.done + self.batch, n)
                 received = time.time_ns() // 1000
                 events = []
                 for raw in self.w.raws[self.done : hi]:
                     ev = decode_event(raw, 0, received)
-                    events.append((Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw), ev))
-                result = await self.store.ingest(project, events)
+                    events.append(Accepted(ev.id, ev.user_id, ev.account_id, ev.t, received, raw))
+                result = await self.store.append(PROJECT, events)
                 if result.accepted != len(events):
                     raise RuntimeError(f"the store took {result.accepted} of {len(events)} new events")
                 self.done = hi
                 rate = self.done / (self.seconds + time.perf_counter() - started)
-                print(f"\r  building: {self.done:,}/{len(self.w):,} events ({rate:,.0f}/s)", end="", flush=True)
+                print(f"\r  appending: {self.done:,}/{len(self.w):,} events ({rate:,.0f}/s)", end="", flush=True)
 
         started = time.perf_counter()
-        asyncio.run(ingest())
+        asyncio.run(append())
         print()
         self.seconds += time.perf_counter() - started
 
     def counts(self, tables: Sequence[str]) -> dict[str, int]:
+        """Rows of each table; derived tables (with a `gen` column) counted in the active generations."""
         with self.store.read() as r:
-            return {t: r.all(f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+            out = {}
+            for t in tables:
+                where = "" if t == "events" else " WHERE gen IN (SELECT gen FROM generations WHERE status = 'active')"
+                out[t] = r.all(f"SELECT count(*) FROM {t}{where}")[0][0]
+            return out
 
     def close(self) -> None:
         self.store.close()
+
+
+# --- the projection ------------------------------------------------------------------------------
+
+
+ACTIVE_GEN = f"(SELECT gen FROM generations WHERE project = '{PROJECT}' AND status = 'active')"
+
+
+def readyz(client: httpx.Client, url: str) -> dict[str, object]:
+    r = client.get(url + "/readyz", timeout=10)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def wait_folded(url: str, timeout: float = 600.0, poll: float = 0.02) -> float:
+    """Wait until the collector's `/readyz` says every logged event is folded
+    (`projection_lag_events == 0`); the `time.perf_counter()` at which it first said so."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if readyz(client, url).get("projection_lag_events") == 0:
+                return time.perf_counter()
+            time.sleep(poll)
+    raise RuntimeError(f"the projection at {url} did not catch up in {timeout:.0f} s")

@@ -1,23 +1,26 @@
-"""How many events a second does the collector take end to end, next to bare SQLite?
+"""How many events a second does the collector take end to end, and fold, next to bare SQLite?
 
 End to end means over real HTTP (uvicorn on 127.0.0.1, `headway-collector serve` in a
-subprocess on a fresh SQLite file), decoding, a durable commit (WAL, synchronous=FULL), scores
-and milestones, with several concurrent senders posting batches of realistic events. In the
-same run, on the same events:
+subprocess on a fresh SQLite file), decoding, a durable append to the event log (WAL,
+synchronous=FULL), with several concurrent senders posting batches of realistic events; and
+then until every event is folded: a 200 only means the events are in the log, so after the
+last answer the benchmark polls `/readyz` until `projection_lag_events` is 0 (scores,
+milestones, growth and funnel written by the fold workers). Two rates per run: acknowledged
+(events over the time to the last 200) and folded (events over the time until nothing is left
+to fold). In the same run, on the same events:
 
-- floor: bare SQLite, the collector's events table and pragmas, one 500-event transaction after
-  another, columns already extracted: what storing costs and nothing else;
-- sql: the collector's own SQL alone: every statement its writer issued while folding the same
-  events (recorded once through the store, without HTTP), replayed on bare SQLite with the same
-  transactions: what the collector's tables cost, with neither HTTP nor the Python fold. Each
-  transaction holds senders × batch events (4,000), the largest group the writer can gather
-  from these senders: the SQL's best case;
+- floor: bare SQLite storing the same raw events in the collector's own events table (its
+  `seq INTEGER PRIMARY KEY AUTOINCREMENT`, the UNIQUE (project, id) index, the user and account
+  indexes: migration 0006, read from a fresh collector database) with its pragmas, one
+  500-event transaction after another, columns already extracted: what storing costs;
 - bare_http: a bare Starlette + uvicorn server that only stores the events: HTTP's own cost;
-- core: the collector with the example model minus its stages and milestones;
-- full: the collector with the full example model.
+- core: the collector with the example model minus its stages and milestones, 1 fold worker;
+- full: the collector with the full example model, 1 fold worker process (`--fold-workers 1`);
+- full_fw2: the same with 2 fold worker processes (`--fold-workers 2`).
 
 Configurations are interleaved over the repeats and reported by their median. After every run
-the stored rows are counted: every acknowledged event must be there, else the run is marked.
+the stored rows are counted (every acknowledged event must be in the log) and, for the
+collector, the folded subjects (every user and account of the workload must be there).
 
     python -m benchmarks.ingest [--events 200000] [--senders 8] [--repeats 3] [--quick]
 """
@@ -25,7 +28,9 @@ the stored rows are counted: every acknowledged event must be there, else the ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -34,25 +39,28 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from headway_collector.store.sqlite import SQLiteStore, _Tx
-
 from benchmarks import _common as c
 from benchmarks._bare_server import INSERT, connect, events_ddl
 
-CONFIGS = ("floor", "sql", "bare_http", "core", "full")
+CONFIGS = ("floor", "bare_http", "core", "full", "full_fw2")
+POSTGRES_CONFIGS = ("pg_1", "pg_2")  # not run by default: they need PostgreSQL (`--configs floor,pg_1,pg_2`)
+COLLECTORS = {"core": 1, "full": 1, "full_fw2": 2, "pg_1": 1, "pg_2": 1}  # configuration -> fold workers each
+SERVERS = {"pg_2": 2}  # configuration -> collector processes (1 unless said)
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LABELS = {
-    "floor": "floor: bare SQLite, 500-event tx",
-    "sql": "the collector's SQL alone, replayed on bare SQLite, senders x batch events a tx",
+    "floor": "floor: bare SQLite, events table of 0006, 500-event tx",
     "bare_http": "bare Starlette+uvicorn, insert only",
-    "core": "collector, core model (no stages/milestones)",
-    "full": "collector, full example model",
+    "core": "collector, core model (no stages/milestones), 1 fold worker",
+    "full": "collector, full example model, 1 fold worker",
+    "full_fw2": "collector, full example model, 2 fold workers",
+    "pg_1": "1 collector on PostgreSQL, full model, 1 fold worker",
+    "pg_2": "2 collectors on one PostgreSQL, full model, 1 fold worker each",
 }
 GOAL_FLOOR_RATIO = 0.80  # end to end >= 80% of the floor
 GOAL_MODEL_COST = 0.30  # the model costs < 30% of ingest throughput (full vs core)
@@ -62,7 +70,8 @@ GOAL_MODEL_COST = 0.30  # the model costs < 30% of ingest throughput (full vs co
 class Run:
     config: str
     events: int
-    seconds: float
+    seconds: float  # until the last acknowledgement
+    folded_seconds: float | None = None  # until /readyz said nothing is left to fold (collector only)
     acked: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -70,8 +79,10 @@ class Run:
     stored: int = 0
     users: int | None = None
     accounts: int | None = None
-    server_cpu: float | None = None  # CPU seconds of the server process / wall seconds
-    client_cpu: float | None = None  # the same for this (sending) process
+    expect_users: int | None = None
+    expect_accounts: int | None = None
+    server_cpu: float | None = None  # CPU seconds of the server's process tree / wall seconds, to folded
+    client_cpu: float | None = None  # the same for this (sending) process, while sending
     thread_cpu: dict[int, float] = field(default_factory=dict)  # native thread id -> CPU s / wall s
     errors: list[str] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, events acked so far)
@@ -81,129 +92,70 @@ class Run:
         return self.events / self.seconds
 
     @property
+    def folded_rate(self) -> float:
+        """Events over the time until all were folded; the acknowledged rate where nothing folds."""
+        return self.events / (self.folded_seconds or self.seconds)
+
+    @property
     def cpu_us_per_event(self) -> float | None:
         """The server's (for the floor: this process's) CPU time per event, in microseconds."""
-        return None if self.server_cpu is None else self.server_cpu * self.seconds / self.events * 1e6
+        wall = self.folded_seconds or self.seconds
+        return None if self.server_cpu is None else self.server_cpu * wall / self.events * 1e6
 
     @property
     def verified(self) -> bool:
-        return not self.errors and self.stored == self.events and self.acked == self.events
+        folded = self.users == self.expect_users and self.accounts == self.expect_accounts
+        return not self.errors and self.stored == self.events and self.acked == self.events and folded
 
     def verdict(self) -> str:
         if self.verified:
-            return "all stored"
-        return "; ".join(self.errors) or f"stored {self.stored} of {self.events}, acked {self.acked}"
+            return "all stored" + (", all folded" if self.users is not None else "")
+        if self.errors:
+            return "; ".join(self.errors)
+        return (f"stored {self.stored} of {self.events}, acked {self.acked}; users {self.users} of {self.expect_users}, "
+                f"accounts {self.accounts} of {self.expect_accounts}")
 
 
-# --- the floor and the collector's SQL alone: transactions replayed on bare SQLite -------------
-
-# One statement: (sql, parameters or rows, whether executemany).
-Statement = tuple[str, Any, bool]
-
-
-def replay(config: str, db: Path, setup: list[list[Statement]], timed: list[list[Statement]], tx_events: int,
-           events: int) -> Run:
-    """Play `setup` untimed, then time `timed`, each list one transaction of `tx_events` events,
-    on a fresh file with the collector's pragmas."""
-    c.fresh_db(db)
-    conn = connect(str(db))
-
-    def play(log: list[Statement]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        for sql, params, many in log:
-            if many:
-                conn.executemany(sql, params)
-            else:
-                conn.execute(sql, params).fetchall()
-        conn.execute("COMMIT")
-
-    for log in setup:
-        play(log)
-    timeline = []
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    for i, log in enumerate(timed):
-        play(log)
-        timeline.append((time.perf_counter() - t0, min((i + 1) * tx_events, events)))
-    seconds = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    conn.close()
-    run = Run(config, events, seconds, acked=events, server_cpu=cpu / seconds, timeline=timeline)
-    run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
-    return run
+# --- the floor: bare SQLite, the collector's events table ---------------------------------------
 
 
 def run_floor(w: c.Workload, db: Path, tx_events: int) -> Run:
+    """Insert every event into the collector's events table on a fresh file with its pragmas,
+    `tx_events` events a transaction."""
     received = time.time_ns() // 1000
     rows = [(c.PROJECT, w.ids[i], w.user_ids[i], w.account_ids[i], w.ts[i], received, w.raws[i]) for i in range(len(w))]
-    schema: list[Statement] = [(sql, (), False) for sql in events_ddl()]
-    inserts = [[(INSERT, rows[lo : lo + tx_events], True)] for lo in range(0, len(rows), tx_events)]
-    return replay("floor", db, [schema], inserts, tx_events, len(w))
-
-
-class _RecordingTx(_Tx):
-    def __init__(self, tx: _Tx, log: list[Statement]) -> None:
-        super().__init__(tx.conn)
-        self.log = log
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        self.log.append((sql, tuple(params), False))
-        return super().all(sql, params)
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.log.append((sql, tuple(params), False))
-        super().execute(sql, params)
-
-    def executemany(self, sql: str, rows: Any) -> None:
-        rows = [tuple(r) for r in rows]
-        self.log.append((sql, rows, True))
-        super().executemany(sql, rows)
-
-
-class RecordingStore(SQLiteStore):
-    """The SQLite store, keeping every committed transaction's statements for `replay`."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.transactions: list[list[Statement]] = []
-
-    @contextmanager
-    def _transaction(self, conn: Any) -> Iterator[_Tx]:
-        log: list[Statement] = []
-        with super()._transaction(conn) as tx:
-            yield _RecordingTx(tx, log)
-        self.transactions.append(log)
-
-
-def record_sql(w: c.Workload, tmp: Path, tx_events: int) -> tuple[list[list[Statement]], int]:
-    """Every transaction the collector's store commits while folding `w` in `tx_events`-event jobs
-    under the full model, and how many of the first ones set up the schema and the model."""
-    builder = c.DatabaseBuilder(tmp / "record.db", c.write_config(tmp / "record.toml"), w, tx_events, RecordingStore)
-    store = builder.store
-    assert isinstance(store, RecordingStore)
-    setup = len(store.transactions)
-    try:
-        builder.ingest_until(len(w))
-    finally:
-        builder.close()
-    return store.transactions, setup
-
-
-def run_sql(transactions: list[list[Statement]], setup: int, db: Path, events: int, tx_events: int) -> Run:
-    return replay("sql", db, transactions[:setup], transactions[setup:], tx_events, events)
+    c.fresh_db(db)
+    conn = connect(str(db))
+    for sql in events_ddl():
+        conn.execute(sql)
+    timeline = []
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for lo in range(0, len(rows), tx_events):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT, rows[lo : lo + tx_events])
+        conn.execute("COMMIT")
+        timeline.append((time.perf_counter() - t0, min(lo + tx_events, len(rows))))
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    conn.close()
+    run = Run("floor", len(w), seconds, acked=len(w), server_cpu=cpu / seconds, timeline=timeline)
+    run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
+    return run
 
 
 # --- senders -------------------------------------------------------------------------------------
 
 
-def send_all(url: str, parts: list[bytes], sizes: list[int], senders: int, run: Run) -> None:
-    """Post every batch with `senders` threads; fills the run's counts, timeline and errors."""
+def send_all(urls: list[str], parts: list[bytes], sizes: list[int], senders: int, run: Run) -> float:
+    """Post every batch with `senders` threads (sender k to `urls[k % len(urls)]`); fills the run's
+    counts, timeline and errors; the `perf_counter()` at which sending began."""
     counter = itertools.count()
     lock = threading.Lock()
     acked = [0]
     t0 = time.perf_counter()
     headers = {"Authorization": f"Bearer {c.WRITE_KEY}", "Content-Type": "application/json"}
 
-    def worker() -> None:
+    def worker(url: str) -> None:
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
             while (i := next(counter)) < len(parts):
                 for _attempt in range(50):
@@ -234,7 +186,7 @@ def send_all(url: str, parts: list[bytes], sizes: list[int], senders: int, run: 
                     with lock:
                         run.errors.append(f"batch {i}: still overloaded after 50 tries")
 
-    threads = [threading.Thread(target=worker, name=f"sender-{k}") for k in range(senders)]
+    threads = [threading.Thread(target=worker, args=(urls[k % len(urls)],), name=f"sender-{k}") for k in range(senders)]
     for t in threads:
         t.start()
     for t in threads:
@@ -244,38 +196,75 @@ def send_all(url: str, parts: list[bytes], sizes: list[int], senders: int, run: 
         run.errors.append(f"{run.rejected} events rejected")
     if run.duplicates:
         run.errors.append(f"{run.duplicates} events answered as duplicates")
+    return t0
 
 
-def serve_and_send(config: str, server: c.Server, db: Path, parts: list[bytes], sizes: list[int], senders: int,
-                   profile_to: Path | None = None) -> Run:
+def serve_and_send(config: str, servers: list[c.Server], count: Any, parts: list[bytes], sizes: list[int],
+                   senders: int, expect: tuple[int, int], profile_to: Path | None = None) -> Run:
+    """Start `servers`, send every batch, wait (for a collector) until every event is folded, and
+    count with `count(sql, params)` while the servers still run."""
     import psutil
 
     run = Run(config, sum(sizes), 0.0)
-    with server:
-        proc = psutil.Process(server.pid)
-        spy = _start_py_spy(server.pid, profile_to) if profile_to else None
-        s0, c0, t0 = proc.cpu_times(), time.process_time(), _thread_times(proc)
-        send_all(server.url, parts, sizes, senders, run)
-        s1, c1, t1 = proc.cpu_times(), time.process_time(), _thread_times(proc)
+    collector = config != "bare_http"
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        if collector:
+            c.wait_folded(servers[0].url)  # the start-up's own folding (nothing here) is not timed
+        procs = [psutil.Process(s.pid) for s in servers]
+        spy = _start_py_spy(servers[0].pid, profile_to) if profile_to else None
+        s0, c0, t0 = _tree_cpu(procs), time.process_time(), _thread_times(procs[0])
+        began = send_all([s.url for s in servers], parts, sizes, senders, run)
+        c1 = time.process_time()
+        if collector:
+            run.folded_seconds = c.wait_folded(servers[0].url) - began
+        s1, t1 = _tree_cpu(procs), _thread_times(procs[0])
         if spy is not None:
             _stop_py_spy(spy)
-        run.server_cpu = (s1.user + s1.system - s0.user - s0.system) / run.seconds
+        wall = run.folded_seconds or run.seconds
+        run.server_cpu = (s1 - s0) / wall
         run.client_cpu = (c1 - c0) / run.seconds
-        run.thread_cpu = {tid: (t - t0.get(tid, 0.0)) / run.seconds for tid, t in t1.items()}
-        # Counted while the server still runs: a 200 must already mean committed.
-        run.stored = c.count_rows(db, "SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
-        if config in ("core", "full"):
-            run.users = c.count_rows(db, "SELECT count(*) FROM subjects WHERE project = ? AND level = 'user'", (c.PROJECT,))
-            run.accounts = c.count_rows(db, "SELECT count(*) FROM subjects WHERE project = ? AND level = 'account'", (c.PROJECT,))
-    log = server.log.read_text(errors="replace")
-    if "Traceback" in log or "ERROR" in log:
-        run.errors.append(f"server log has errors: see {server.log}")
+        run.thread_cpu = {tid: (t - t0.get(tid, 0.0)) / wall for tid, t in t1.items()}
+        # Counted while the servers still run: a 200 must already mean committed.
+        run.stored = count("SELECT count(*) FROM events WHERE project = ?", (c.PROJECT,))
+        if collector:
+            run.expect_users, run.expect_accounts = expect
+            level = f"SELECT count(*) FROM subjects WHERE gen = {c.ACTIVE_GEN} AND level = ?"
+            run.users, run.accounts = count(level, ("user",)), count(level, ("account",))
+    for server in servers:
+        log = server.log.read_text(errors="replace")
+        if "Traceback" in log or "ERROR" in log:
+            run.errors.append(f"server log has errors: see {server.log}")
     return run
 
 
+def _tree_cpu(procs: list[Any]) -> float:
+    """User+system CPU seconds of processes and their live children (fold worker processes)."""
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+    return total
+
+
 def _thread_times(proc: Any) -> dict[int, float]:
-    """CPU seconds of each native thread of a psutil.Process."""
-    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+    """CPU seconds of each native thread of a psutil.Process and of its children (fold workers)."""
+    import psutil
+
+    out = {}
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            out.update({t.id: t.user_time + t.system_time for t in p.threads()})
+        except psutil.Error:
+            continue
+    return out
 
 
 def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -283,7 +272,7 @@ def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     if exe is None:
         print("py-spy is not installed: no profile (pip install py-spy)", file=sys.stderr)
         return None
-    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--format", "raw", "--rate", "200",
+    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--threads", "--subprocesses", "--format", "raw", "--rate", "200",
                             "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let it attach
     if spy.poll() is not None:
@@ -308,7 +297,55 @@ def make_server(config: str, tmp: Path, db: Path, tag: str) -> c.Server:
         cmd = [sys.executable, "-m", "benchmarks._bare_server", "--db", str(db), "--port", str(port), "--key", c.WRITE_KEY]
         return c.Server(cmd, port, log)
     cfg = c.write_config(tmp / f"{config}.toml", core_only=config == "core")
-    return c.collector_server(cfg, db, log)
+    return c.collector_server(cfg, db, log, fold_workers=COLLECTORS[config])
+
+
+def sqlite_counter(db: Path) -> Any:
+    return lambda sql, params: c.count_rows(db, sql, params)
+
+
+@contextlib.contextmanager
+def pg_schema(tag: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one run, dropped after it; the collector's URL for it."""
+    import psycopg
+
+    name = f"headway_bench_{tag}_{os.getpid()}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def pg_counter(url: str) -> Any:
+    import psycopg
+
+    def count(sql: str, params: Sequence[Any]) -> int:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(sql.replace("?", "%s"), params).fetchone()
+            return int(row[0]) if row else 0
+
+    return count
+
+
+def run_config(k: str, rep: int, tmp: Path, w: c.Workload, args: argparse.Namespace, parts: list[bytes],
+               sizes: list[int], expect: tuple[int, int], profile_to: Path | None = None) -> Run:
+    """One run of configuration `k` on a fresh database (SQLite file, or PostgreSQL schema)."""
+    db = c.fresh_db(tmp / f"{k}.db")
+    tag = f"{k}-{rep}" if profile_to is None else f"{k}-profile"
+    if k == "floor":
+        return run_floor(w, db, args.batch)
+    if k not in POSTGRES_CONFIGS:
+        return serve_and_send(k, [make_server(k, tmp, db, tag)], sqlite_counter(db), parts, sizes, args.senders,
+                              expect, profile_to)
+    with pg_schema(k) as url:
+        cfg = c.write_config(tmp / "full.toml")
+        servers = [c.collector_server(cfg, url, tmp / f"{tag}-{i}.log", fold_workers=COLLECTORS[k])
+                   for i in range(SERVERS.get(k, 1))]
+        return serve_and_send(k, servers, pg_counter(url), parts, sizes, args.senders, expect, profile_to)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -317,22 +354,11 @@ def make_server(config: str, tmp: Path, db: Path, tag: str) -> c.Server:
 PATH_PARTS = [
     ("request handler `ingest.batch` (event loop)", "batch (ingest.py)"),
     ("  per-event decode+validate `decode_event`", "decode_event (events.py)"),
-    ("writer `SQLiteStore._commit` (writer thread)", "_commit (store/sqlite.py)"),
-    ("  `fold._insert_events` (INSERT ... RETURNING)", "_insert_events (store/fold.py)"),
-    ("  `fold._fold_subjects` (all of the model's work)", "_fold_subjects (store/fold.py)"),
-    ("    `fold._load` (writer's cache, else SELECT + decode_state)", "_load (store/fold.py)"),
-    ("    `fold._fold_one` (apply per event)", "_fold_one (store/fold.py)"),
-    ("      rebuilds (`subject.build` on late events)", "build (model/subject.py)"),
-    ("    `milestone_marks` (the milestones the events touched)", "milestone_marks (model/evaluate.py)"),
-    ("    `encode_state`", "encode_state (model/subject.py)"),
-    ("    `fold._save` (UPSERT subjects)", "_save (store/fold.py)"),
-    ("  `fold._count_tags`", "_count_tags (store/fold.py)"),
-    ("  `growth.maintain` (growth, NPS and funnel aggregates)", "maintain (store/growth.py)"),
-    ("    `growth._activity`", "_activity (store/growth.py)"),
-    ("    `growth._nps`", "_nps (store/growth.py)"),
-    ("    `growth._funnel`", "_funnel (store/growth.py)"),
-    ("  COMMIT (fsync) in `_transaction`", "_transaction (store/sqlite.py)"),
-    ("all SQL statements on the writer (`_Tx` methods: SQLite's C code)", "_Tx."),
+    ("appender `SQLiteStore._commit` (writer thread)", "_commit (store/sqlite.py)"),
+    ("  `log.append` (INSERT ... RETURNING id, seq)", "append (store/log.py)"),
+    *c.FOLD_PARTS,
+    ("fold worker renewing leases `Worker._renew`", "_renew (projection/worker.py)"),
+    ("all SQL statements (`_Tx` methods: SQLite's C code)", "_Tx."),
 ]
 
 
@@ -344,18 +370,18 @@ def profile_section(path: Path, thread_cpu: dict[int, float]) -> str:
     p = c.read_collapsed(path)
     if not p.samples:
         return "The profile has no samples.\n"
-    out = [f"py-spy at 200 Hz, non-blocking, {p.samples} samples of CPU-active threads (threads waiting in a "
-           "syscall are left out); percentages are of all those samples.", "",
-           "| thread | share of samples % | CPU (cores) during the run |", "| --- | ---: | ---: |"]
+    out = [f"py-spy at 200 Hz, non-blocking, `--subprocesses` (the fold worker processes too), {p.samples} samples "
+           "of CPU-active threads (threads waiting in a syscall are left out); percentages are of all those samples.", "",
+           "| process | share of samples % |", "| --- | ---: |"]
+    for proc, n in sorted(p.processes.items(), key=lambda kv: -kv[1]):
+        out.append(f"| {proc} | {100.0 * n / p.samples:.1f} |")
+    out += ["", "| thread | share of samples % | CPU (cores) during the run |", "| --- | ---: | ---: |"]
     for thread, n in sorted(p.threads.items(), key=lambda kv: -kv[1]):
         tid = re.search(r"\((\d+)\)", thread)
         cpu = thread_cpu.get(int(tid.group(1))) if tid else None
         out.append(f"| {thread} | {100.0 * n / p.samples:.1f} | {'-' if cpu is None else f'{cpu:.2f}'} |")
-    others = sum(v for k, v in thread_cpu.items() if not any(f"({k})" in t for t in p.threads))
-    if others > 0.005:
-        out.append(f"| other threads | - | {others:.2f} |")
-    out += ["", "Where the ingest path spends its time (inclusive: the part and everything it calls). "
-            "Self time of `Runner.run` is uvloop and httptools (native code: socket reads, HTTP parsing).", "",
+    out += ["", "Where the time goes (inclusive: the part and everything it calls). Self time of `Runner.run` is "
+            "uvloop and httptools (native code: socket reads, HTTP parsing).", "",
             "| part of the path | inclusive % |", "| --- | ---: |"]
     for label, needle in PATH_PARTS:
         out.append(f"| {label} | {p.share(needle):.1f} |")
@@ -370,19 +396,26 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
                  profiled: Run | None = None) -> str:
     by = {k: [r for r in runs if r.config == k] for k in args.configs}
     med = {k: c.median([r.rate for r in rs]) for k, rs in by.items() if rs}
+    fmed = {k: c.median([r.folded_rate for r in rs]) for k, rs in by.items() if rs}
     floor = med.get("floor")
     lines = [
-        "# Ingest throughput: collector end to end vs bare SQLite", "",
+        "# Ingest throughput: collector end to end, acknowledged and folded, vs bare SQLite", "",
         "Question: how many events a second does `POST /v1/batch` take end to end (HTTP, decode, durable "
-        "commit, scores, milestones), and how far is that from what SQLite alone can store?", "",
-        f"Command: `python -m benchmarks.ingest {' '.join(argv)}`".rstrip() + "", "",
+        "append to the log), how many a second are folded (scores, milestones, growth, funnel: until "
+        "`/readyz` says `projection_lag_events` is 0), and how far is that from what SQLite alone can store?", "",
+        f"Command: `python -m benchmarks.ingest {' '.join(argv)}`".rstrip(), "",
         c.machine_markdown(),
         f"Load average before the run: {args.load_before}; after: {c.load_average()}. "
-        "(2 cores are shared by the server, the senders and anything else running.)", "",
+        f"({c.os.cpu_count()} cores are shared by the server, its fold workers, the senders and anything else running.)", "",
         f"Workload: {w_desc}", "",
         "## Results (median of the repeats)", "",
-        "| configuration | events/s | ratio to floor | server CPU (cores) | sender CPU (cores) | server CPU µs/event | CPU-cost ratio to floor | every acked event stored |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "Acknowledged: events over the time from the first batch to the last 200. Folded: events over the "
+        "time from the first batch until every event is folded (for the floor and the bare server, which "
+        "fold nothing, the acknowledged rate). Server CPU: the server's whole process tree (fold worker "
+        "processes included) over the folded time.", "",
+        "| configuration | acknowledged events/s | ratio to floor | folded events/s | ratio to floor | server CPU (cores) | "
+        "sender CPU (cores) | server CPU µs/event | checks |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     cpu_us = {k: c.median([r.cpu_us_per_event for r in rs if r.cpu_us_per_event is not None])
               for k, rs in by.items() if rs and any(r.cpu_us_per_event is not None for r in rs)}
@@ -390,52 +423,55 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
         rs = by.get(k)
         if not rs:
             continue
-        ratio = f"{med[k] / floor:.2f}" if floor else "-"
-        scpu = c.median([r.server_cpu for r in rs if r.server_cpu is not None]) if cpu_us.get(k) else None
+        scpu = c.median([r.server_cpu for r in rs if r.server_cpu is not None])
         ccpu = c.median([r.client_cpu for r in rs if r.client_cpu is not None]) if any(r.client_cpu for r in rs) else None
-        us = cpu_us.get(k)
-        cratio = f"{cpu_us['floor'] / us:.2f}" if us and cpu_us.get("floor") else "-"
         ok = "yes" if all(r.verified for r in rs) else "NO: " + "; ".join(r.verdict() for r in rs if not r.verified)
-        lines.append(f"| {LABELS[k]} | {c.fmt_rate(med[k])} | {ratio} | {_f(scpu)} | {_f(ccpu)} | {_f(us, 1)} | {cratio} | {ok} |")
+        folded = k in COLLECTORS
+        lines.append(f"| {LABELS[k]} | {c.fmt_rate(med[k])} | {_ratio(med[k], floor)} | "
+                     f"{c.fmt_rate(fmed[k]) if folded else '-'} | {_ratio(fmed[k], floor) if folded else '-'} | "
+                     f"{_f(scpu)} | {_f(ccpu)} | {_f(cpu_us.get(k), 1)} | {ok} |")
     lines += ["", "Goals from the issue:", ""]
-    for k in ("full", "core"):
+    for k in ("full", "full_fw2", "core"):
         if k in med and floor:
-            r = med[k] / floor
-            lines.append(f"- {LABELS[k]}: {r:.1%} of the floor (goal >= {GOAL_FLOOR_RATIO:.0%}): "
-                         f"{'met' if r >= GOAL_FLOOR_RATIO else 'NOT met'}")
-    if "full" in med and "core" in med:
-        cost = 1 - med["full"] / med["core"]
-        lines.append(f"- the model's cost (1 - full/core): {cost:.1%} of ingest throughput "
+            r, fr = med[k] / floor, fmed[k] / floor
+            lines.append(f"- {LABELS[k]}: acknowledged {r:.1%} of the floor, folded {fr:.1%} (goal >= "
+                         f"{GOAL_FLOOR_RATIO:.0%} end to end): {'met' if fr >= GOAL_FLOOR_RATIO else 'NOT met'}")
+    if "full" in fmed and "core" in fmed:
+        cost = 1 - fmed["full"] / fmed["core"]
+        lines.append(f"- the model's cost (1 - full/core, folded rates): {cost:.1%} of ingest throughput "
                      f"(goal < {GOAL_MODEL_COST:.0%}): {'met' if cost < GOAL_MODEL_COST else 'NOT met'}")
-    if "sql" in med and floor:
-        lines.append(f"- the collector's SQL alone (no HTTP, no Python fold): {med['sql'] / floor:.0%} of the floor")
+    if "full_fw2" in fmed and "full" in fmed:
+        lines.append(f"- 2 fold workers over 1 (full model, folded rates): {fmed['full_fw2'] / fmed['full']:.2f}x")
+    if "pg_2" in fmed and "pg_1" in fmed:
+        lines.append(f"- 2 collectors over 1 on PostgreSQL (folded rates): {fmed['pg_2'] / fmed['pg_1']:.2f}x; "
+                     f"acknowledged: {med['pg_2'] / med['pg_1']:.2f}x")
     if "bare_http" in med and floor:
         lines.append(f"- HTTP alone (bare Starlette+uvicorn that only inserts): {med['bare_http'] / floor:.0%} of the floor")
-    if "full" in cpu_us and "core" in cpu_us and "floor" in cpu_us:
-        lines.append(f"- by CPU cost per event (less sensitive to other load on the machine): full {cpu_us['floor'] / cpu_us['full']:.0%} "
-                     f"and core {cpu_us['floor'] / cpu_us['core']:.0%} of the floor; the model costs "
-                     f"{1 - cpu_us['core'] / cpu_us['full']:.0%} of the collector's CPU per event")
     lines += ["", "## Every run", "",
-              "| repeat | configuration | events | seconds | events/s | server CPU µs/event | retries (429/503) | users | accounts | check |",
-              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| repeat | configuration | events | acked s | folded s | acked/s | folded/s | server CPU µs/event | "
+              "retries (429/503) | users | accounts | check |",
+              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for k in args.configs:
         for i, r in enumerate(by.get(k, [])):
-            lines.append(f"| {i + 1} | {k} | {r.events} | {r.seconds:.2f} | {c.fmt_rate(r.rate)} | {_f(r.cpu_us_per_event, 1)} | {r.retries} | "
+            lines.append(f"| {i + 1} | {k} | {r.events} | {r.seconds:.2f} | {_f(r.folded_seconds)} | {c.fmt_rate(r.rate)} | "
+                         f"{c.fmt_rate(r.folded_rate) if r.folded_seconds else '-'} | {_f(r.cpu_us_per_event, 1)} | {r.retries} | "
                          f"{'-' if r.users is None else r.users} | {'-' if r.accounts is None else r.accounts} | {r.verdict()} |")
-    lines += ["", "Server CPU is the server process's user+system CPU seconds per wall second (1.0 = one core busy); "
-              "for the floor and the replayed SQL it is this process's. The collector runs its event loop and its writer thread in one "
-              "process, so it shares one GIL: near 1.0 means it is bound by Python on one core. CPU µs/event is "
-              "that CPU time over the events: wall-clock rates move with whatever else runs on the machine, CPU per "
-              "event much less, so when the load average is high read the CPU-cost ratios.", ""]
+    lines += ["", "Server CPU is the user+system CPU seconds of the server's process tree per wall second (1.0 = one "
+              "core busy); for the floor it is this process's. CPU µs/event is that CPU time over the events: "
+              "wall-clock rates move with whatever else runs on the machine, CPU per event much less.", ""]
     if profile is not None and profile.exists():
         lines += [f"## Where the collector's time goes ({LABELS[args.profile]}, separate profiled run)", ""]
         if profiled is not None:
-            lines += [f"The profiled run: {profiled.rate:,.0f} events/s, {profiled.verdict()}; server CPU "
-                      f"{profiled.server_cpu or 0:.2f} cores. Raw stacks: `ingest_profile.txt` (py-spy raw format; "
-                      "`flamegraph.pl` or speedscope read it).", ""]
+            lines += [f"The profiled run: acknowledged {profiled.rate:,.0f} events/s, folded {profiled.folded_rate:,.0f} "
+                      f"events/s, {profiled.verdict()}; server CPU {profiled.server_cpu or 0:.2f} cores. Raw stacks: "
+                      f"`{args.name}_profile.txt` (collapsed; `flamegraph.pl` or speedscope read it).", ""]
         lines.append(profile_section(profile, profiled.thread_cpu if profiled else {}))
-    lines += ["![ingest throughput](ingest.png)", ""]
+    lines += [f"![ingest throughput]({args.name}.png)", ""]
     return "\n".join(lines)
+
+
+def _ratio(x: float, floor: float | None) -> str:
+    return f"{x / floor:.2f}" if floor else "-"
 
 
 def _f(x: float | None, digits: int = 2) -> str:
@@ -450,25 +486,33 @@ def plot(runs: list[Run], configs: list[str], path: Path) -> None:
 
     by = {k: [r for r in runs if r.config == k] for k in configs}
     med = {k: c.median([r.rate for r in rs]) for k, rs in by.items() if rs}
+    fmed = {k: c.median([r.folded_rate for r in rs]) for k, rs in by.items() if rs}
     floor = med.get("floor")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     names = [k for k in configs if k in med]
-    bars = ax1.barh([LABELS[k] for k in names], [med[k] for k in names],
-                    color=["#999999", "#bbbbbb", "#7aa6c2", "#5b9e6b", "#2f6f3e"][: len(names)])
-    for b, k in zip(bars, names):
-        label = f" {med[k]:,.0f}/s" + (f"  ({med[k] / floor:.0%} of floor)" if floor else "")
-        ax1.text(b.get_width(), b.get_y() + b.get_height() / 2, label, va="center", fontsize=8)
+    y = list(range(len(names)))
+    ax1.barh([i - 0.2 for i in y], [med[k] for k in names], height=0.4, color="#7aa6c2", label="acknowledged")
+    bars = ax1.barh([i + 0.2 for i in y], [fmed[k] if k in COLLECTORS else 0 for k in names], height=0.4,
+                    color="#2f6f3e", label="folded")
+    for i, k in enumerate(names):
+        x = fmed[k] if k in COLLECTORS else med[k]
+        label = f" {x:,.0f}/s" + (f"  ({x / floor:.0%} of floor)" if floor else "")
+        ax1.text(max(med[k], bars[i].get_width()), i, label, va="center", fontsize=8)
+    ax1.set_yticks(y, [LABELS[k] for k in names], fontsize=7)
     ax1.invert_yaxis()
     ax1.set_xlabel("events per second (median of repeats)")
-    ax1.set_xlim(0, max(med.values()) * 1.45)
+    ax1.set_xlim(0, max(med.values()) * 1.5)
     ax1.set_title("Ingest throughput, same events, same run")
+    ax1.legend(fontsize=8, loc="lower right")
     for k in names:
         last = by[k][-1]
         if last.timeline:
             xs, ys = zip(*sorted(last.timeline))
-            ax2.plot(xs, ys, label=k)
+            line = ax2.plot(xs, ys, label=k)[0]
+            if last.folded_seconds:
+                ax2.plot([xs[-1], last.folded_seconds], [ys[-1], ys[-1]], linestyle=":", color=line.get_color())
     ax2.set_xlabel("seconds since the first batch")
-    ax2.set_ylabel("events acknowledged (committed)")
+    ax2.set_ylabel("events acknowledged (dotted: until all folded)")
     ax2.set_title("Progress of the last repeat")
     ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -485,28 +529,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--senders", type=int, default=8, help="concurrent sending threads (default 8)")
     p.add_argument("--batch", type=int, default=500, help="events per batch and per floor transaction (default 500)")
     p.add_argument("--repeats", type=int, default=3, help="runs of every configuration, interleaved (default 3)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {','.join(CONFIGS)} (default all)")
-    p.add_argument("--profile", default="full", choices=["full", "core", "none"],
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {','.join(CONFIGS + POSTGRES_CONFIGS)} (default: all but the PostgreSQL ones)")
+    p.add_argument("--profile", default="full", choices=["full", "full_fw2", "core", *POSTGRES_CONFIGS, "none"],
                    help="which collector configuration gets an extra run under py-spy (default full)")
     p.add_argument("--no-profile", action="store_true", help="same as --profile none")
     p.add_argument("--quick", action="store_true", help="small sizes: 20000 events, 1 repeat")
-    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write ingest.md and ingest.png")
+    p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write NAME.md and NAME.png")
+    p.add_argument("--name", default=None, help="file names of the report (default ingest, or ingest_postgres "
+                   "when a PostgreSQL configuration runs)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.repeats = min(args.events, 20_000), 1
     args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
-    unknown = set(args.configs) - set(CONFIGS)
+    unknown = set(args.configs) - set(CONFIGS) - set(POSTGRES_CONFIGS)
     if unknown:
         p.error(f"unknown configurations: {', '.join(sorted(unknown))}")
+    args.name = args.name or ("ingest_postgres" if set(args.configs) & set(POSTGRES_CONFIGS) else "ingest")
     args.load_before = c.load_average()
 
     print(f"making {args.events} events ...", flush=True)
     w = c.make_workload(args.events)
-    users = len(set(w.user_ids))
-    accounts = len({a for a in w.account_ids if a})
-    w_desc = (f"{len(w):,} events ({sum(map(len, w.raws)) / len(w):.0f} bytes of JSON each on average) of {users:,} users "
-              f"in {accounts:,} accounts over the last 60 days, UUIDv7 ids in time order; event mix "
+    expect = (len(set(w.user_ids)), len({a for a in w.account_ids if a}))
+    w_desc = (f"{len(w):,} events ({sum(map(len, w.raws)) / len(w):.0f} bytes of JSON each on average) of {expect[0]:,} users "
+              f"in {expect[1]:,} accounts over the last 60 days, UUIDv7 ids in time order; event mix "
               + ", ".join(f"{e} {s:.0%}" for e, s in c.EVENT_MIX)
               + f"; batches of {args.batch} events posted by {args.senders} concurrent threads (httpx, keep-alive).")
     spans = w.batches(args.batch)
@@ -518,41 +564,32 @@ def main(argv: list[str] | None = None) -> int:
     prun: Run | None = None
     with tempfile.TemporaryDirectory(prefix="headway-bench-ingest-") as tmpdir:
         tmp = Path(tmpdir)
-        if "sql" in args.configs:
-            print("  recording the collector's SQL ...", flush=True)
-            recorded = record_sql(w, tmp, args.batch * args.senders)
         for rep in range(args.repeats):
             for k in args.configs:
-                db = c.fresh_db(tmp / f"{k}.db")
-                if k == "floor":
-                    run = run_floor(w, db, args.batch)
-                elif k == "sql":
-                    run = run_sql(*recorded, db, len(w), args.batch * args.senders)
-                else:
-                    run = serve_and_send(k, make_server(k, tmp, db, f"{k}-{rep}"), db, parts, sizes, args.senders)
+                run = run_config(k, rep, tmp, w, args, parts, sizes, expect)
                 runs.append(run)
-                print(f"  repeat {rep + 1} {k:9s} {run.rate:>10,.0f} ev/s  {run.seconds:6.2f}s  "
-                      f"server cpu {run.server_cpu or 0:.2f} ({_f(run.cpu_us_per_event, 1)} µs/event)  {run.verdict()}", flush=True)
+                print(f"  repeat {rep + 1} {k:9s} acked {run.rate:>9,.0f} ev/s  folded {run.folded_rate:>9,.0f} ev/s  "
+                      f"server cpu {run.server_cpu or 0:.2f} ({_f(run.cpu_us_per_event, 1)} µs/event)  {run.verdict()}",
+                      flush=True)
         if not args.no_profile and args.profile != "none":
             k = args.profile
             raw = tmp / f"{k}.pyspy.txt"
-            db = c.fresh_db(tmp / f"{k}.db")
-            print(f"  profiling the {k} model with py-spy ...", flush=True)
-            prun = serve_and_send(k, make_server(k, tmp, db, f"{k}-profile"), db, parts, sizes, args.senders,
-                                  profile_to=raw)
-            print(f"  profiled run  {prun.rate:>10,.0f} ev/s  {prun.verdict()}", flush=True)
+            print(f"  profiling {k} with py-spy ...", flush=True)
+            prun = run_config(k, 0, tmp, w, args, parts, sizes, expect, profile_to=raw)
+            print(f"  profiled run  acked {prun.rate:>9,.0f} ev/s  folded {prun.folded_rate:>9,.0f} ev/s  {prun.verdict()}",
+                  flush=True)
             if raw.exists():
                 args.results.mkdir(parents=True, exist_ok=True)
-                profile_path = args.results / "ingest_profile.txt"
+                profile_path = args.results / f"{args.name}_profile.txt"
                 c.compact_collapsed(raw, profile_path)
 
     args.results.mkdir(parents=True, exist_ok=True)
     report = write_report(runs, args, w_desc, profile_path, argv, prun)
-    (args.results / "ingest.md").write_text(report)
-    plot(runs, args.configs, args.results / "ingest.png")
+    (args.results / f"{args.name}.md").write_text(report)
+    plot(runs, args.configs, args.results / f"{args.name}.png")
     print()
     print(report.split("## Every run")[0].split("## Results (median of the repeats)")[1].strip())
-    print(f"\nwrote {args.results / 'ingest.md'} and {args.results / 'ingest.png'}")
+    print(f"\nwrote {args.results / args.name}.md and .png")
     return 0 if all(r.verified for r in runs) else 1
 
 

@@ -1,9 +1,10 @@
 """Do `GET /v1/growth` and `GET /v1/milestones` stay fast however many events are stored?
 
-Builds a collector database (SQLite, the collector's schema and model version) of N realistic
-events (default 1,000,000 of 100,000 users in 10,000 accounts over 120 days), ingested through
-the store's own writer (`Store.ingest`, what the app calls after decoding a request, so the
-growth and funnel aggregates are the real maintained ones) in 20,000-event jobs. At checkpoints along
+Builds a collector database (SQLite, the collector's schema) of N realistic events (default
+1,000,000 of 100,000 users in 10,000 accounts over 120 days), appended to its event log through
+the store (`Store.append`, what the app calls after decoding a request) in 20,000-event appends;
+the collector's fold worker folds them (growth and funnel aggregates as maintained in
+production) before anything is timed. At checkpoints along
 the way (a quarter, half and all of the events by default) it starts `headway-collector serve`
 on the database (uvicorn, 127.0.0.1), and times the report endpoints over real HTTP with one
 keep-alive client: warm-up requests, then `--requests` of each, in turn. It reports p50/p99 per
@@ -87,11 +88,13 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: 
         f"Command: `python -m benchmarks.reports_latency {' '.join(argv)}`".rstrip(), "",
         c.machine_markdown(),
         f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
-        f"Database: {w_desc} Built through the store's writer (`Store.ingest`) in {BUILD_TX:,}-event jobs "
-        f"({build.done / build.seconds:,.0f} events/s of incremental folding with the growth and funnel "
-        "aggregates, no HTTP). At the end: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
+        f"Database: {w_desc} Appended to the event log through the store (`Store.append`) in {BUILD_TX:,}-event "
+        f"appends ({build.done / build.seconds:,.0f} events/s, no HTTP); the collector's fold worker folds it "
+        "(scores, milestones, growth and funnel aggregates). At the end (active generation): "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
         "Each checkpoint starts `headway-collector serve` (uvicorn, 127.0.0.1) on the database as built "
-        f"so far; one keep-alive httpx client sends {args.warmup} warm-up requests per endpoint, then "
+        "so far and waits until `/readyz` says every logged event is folded (untimed: `ingest.py` measures "
+        f"folding); then one keep-alive httpx client sends {args.warmup} warm-up requests per endpoint, then "
         f"{args.requests} rounds of one request to each endpoint in turn. Times are the client's wall "
         "time per request (HTTP included); the server's clock is real time, so the default ranges "
         "(the last 12 periods) cover the newest events.", "",
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             for mark in marks:
                 build.ingest_until(mark)
                 with c.collector_server(config, db, tmp / "server.log") as server:
+                    c.wait_folded(server.url, timeout=3600)
                     got, samples = measure(server.url, mark, args.requests, args.warmup)
                 timings += got
                 for t in got:

@@ -468,7 +468,8 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
             "",
             "The tracker has one request in flight at a time, 1,000 events each once a backlog "
             "exists, so this is the collector's rate for one sender: its time per batch (decode, "
-            "scores, milestones, durable commit) is the bound, not the SDK's host loop (see "
+            "a durable append to the event log; folding happens after, off the request path) is the "
+            "bound, not the SDK's host loop (see "
             "`ingest.md` for the collector with several concurrent senders).",
         ]
     if rss is not None:
