@@ -8,10 +8,6 @@ import struct
 from typing import Any, Literal
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-
 from headway.wire import (
     AccountPage,
     AccountView,
@@ -25,6 +21,9 @@ from headway.wire import (
     UserPage,
     UserView,
 )
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 
 from .auth import authorize
 from .config import Project

@@ -7,26 +7,25 @@ import contextlib
 import logging
 import signal
 import threading
-from http import HTTPStatus
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
+from headway import wire
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import BaseRoute, Route
-
-from headway import wire
 
 from . import api, dashboard, history, ingest, reports
 from .config import Config, ConfigError, load
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
-from .projection import ModelBook, Mode, Projection, serve_models
+from .projection import Mode, ModelBook, Projection, serve_models
 from .projection.status import lag
 from .state import AppState
 from .store.base import Store

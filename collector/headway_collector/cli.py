@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -178,7 +178,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     except ValueError:
         raise CLIError(f"--before {args.before!r} is not a date (e.g. 2025-01-01 or 2025-01-01T00:00:00Z)") from None
     if before.tzinfo is None:  # read as the query API reads dates: UTC
-        before = before.replace(tzinfo=timezone.utc)
+        before = before.replace(tzinfo=UTC)
     if args.database.startswith("sqlite:///"):
         path = args.database[len("sqlite:///"):]
         if path not in ("", ":memory:") and not Path(path).is_file():

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 import msgspec
+from headway.wire import ErrorBody, ErrorDetail
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from headway.wire import ErrorBody, ErrorDetail
 
 __all__ = ["APIError", "GuardMiddleware", "error_response", "json_response"]
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
-
 from headway.wire import MAX_DEPTH, MAX_EVENT_BYTES, MAX_VALUE, MAX_WEIGHT, Event
 
 from .model.subject import Ev
@@ -15,7 +14,7 @@ __all__ = ["FUTURE_LIMIT_US", "EventRejected", "decode_event", "deeper_than", "f
 
 FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than this are refused
 _decode = msgspec.json.Decoder(Event).decode
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 # A JSON string (skipped: brackets inside it are text), or a run of openers, or of closers.
 _NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+')

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 from typing import Literal
 
+from headway.wire import ScoreHistory, ScorePoint, ScoreShare
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headway.wire import ScoreHistory, ScorePoint, ScoreShare
-
+from .api import stored_state
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .events import from_stored
 from .model import scoring
 from .model.subject import Ev
-from .api import stored_state
 from .params import app_state, count, read_time, ts
 from .reads import Snapshot, consistent_read
 from .store import log
@@ -64,7 +63,7 @@ def _history(snap: Snapshot, project: Project, level: Literal["user", "account"]
         while i and events[i - 1][0] > t:
             i -= 1
             total -= events[i][1]
-        points.append(ScorePoint(at=ts(t), score=scoring.value_at(total, t, half_life)))  # type: ignore[arg-type]
+        points.append(ScorePoint(at=ts(t), score=scoring.value_at(total, t, half_life)))
     points.reverse()
     return ScoreHistory(level=level, id=sid, half_life_s=half_life / 1e6, points=points, shares=shares)
 

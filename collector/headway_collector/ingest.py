@@ -17,9 +17,6 @@ import zlib
 from collections.abc import Callable, Iterator
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
-
 from headway.wire import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -29,6 +26,8 @@ from headway.wire import (
     BatchResponse,
     Rejection,
 )
+from starlette.requests import Request
+from starlette.responses import Response
 
 from .auth import authorize
 from .errors import APIError, json_response
@@ -51,7 +50,7 @@ _Events = msgspec.defstruct("_Events", [(f"e{i}", msgspec.Raw, msgspec.Raw()) fo
 
 
 class _LazyEnvelope(BatchEnvelope):
-    events: _Events  # type: ignore[assignment,valid-type]
+    events: _Events  # type: ignore[valid-type]
 
 
 _decode_envelope = msgspec.json.Decoder(_LazyEnvelope).decode

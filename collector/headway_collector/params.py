@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from typing import overload
 
 import msgspec
-from starlette.requests import Request
-
 from headway.wire import NPS
+from starlette.requests import Request
 
 from .errors import APIError
 from .events import to_us
@@ -16,7 +16,7 @@ from .state import AppState
 
 __all__ = ["app_state", "choice", "count", "instant", "nps_view", "read_time", "rfc3339", "ts", "whole_number"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def app_state(request: Request) -> AppState:
@@ -52,7 +52,7 @@ def instant(name: str, text: str, *, dates: bool = False) -> int:
             day = date.fromisoformat(text)
         except ValueError:
             raise APIError(400, "bad_request", f"{name}={text!r} is not a date YYYY-MM-DD") from None
-        return to_us(datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+        return to_us(datetime(day.year, day.month, day.day, tzinfo=UTC))
     try:
         dt = msgspec.convert(text, datetime, strict=False)
     except msgspec.ValidationError:
@@ -67,6 +67,14 @@ def read_time(request: Request, state: AppState) -> int:
     """`?at=RFC3339` reads as of that instant (reproducible reads); default: now."""
     at = request.query_params.get("at")
     return state.clock() if at is None else instant("at", at)
+
+
+@overload
+def ts(us: int) -> datetime: ...
+
+
+@overload
+def ts(us: int | None) -> datetime | None: ...
 
 
 def ts(us: int | None) -> datetime | None:

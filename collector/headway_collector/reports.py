@@ -7,12 +7,10 @@ range, whatever the number of stored events. docs/reports.md explains the defini
 
 from __future__ import annotations
 
-
 import msgspec
+from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod
 from starlette.requests import Request
 from starlette.responses import Response
-
-from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod
 
 from .auth import authorize
 from .config import Project

@@ -14,7 +14,8 @@ with headway.Client("http://127.0.0.1:8000", "hw_read_...") as client:
 `Client` / `AsyncClient` read the query API; `headway.testing` lets your tests assert what your
 app tracked; `headway.wire` is the wire schema. `headway.bind()` binds a request's user and
 account so that ``tracker.track_bound(event)`` needs no ids (`headway.integrations` has ASGI and
-WSGI middleware that do it per request); `headway.webhooks` verifies Headway's webhooks. Logs go to the ``headway`` logger.
+WSGI middleware that do it per request); `headway.webhooks` verifies Headway's webhooks. Logs go
+to the ``headway`` logger.
 """
 
 import logging as _logging

@@ -41,7 +41,6 @@ __all__ = [
     "GrowthPeriod",
     "MilestoneView",
     "ModelInfo",
-    "NPS",
     "PendingModel",
     "Rejection",
     "ScoreHistory",

@@ -199,7 +199,7 @@ def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneRe
         index_of = {s.name: i for i, s in enumerate(lm.project.stages)}
         for r in results:
             si = index_of[r.milestone.stage]
-            if si < idx and r.achieved_at is None or si == idx and r.status(now) == "missed":
+            if (si < idx and r.achieved_at is None) or (si == idx and r.status(now) == "missed"):
                 return False
     return any(r.achieved_at is not None or on_pace(r, state.first_seen, now) for r in results)
 

@@ -147,7 +147,7 @@ class LevelModel:
     rated: frozenset[str] = frozenset()  # milestones with a rate: any event may judge it (`rate_judged_at`)
 
     @classmethod
-    def of(cls, project: Project, level: Literal["user", "account"]) -> "LevelModel":
+    def of(cls, project: Project, level: Literal["user", "account"]) -> LevelModel:
         ms = project.milestones_at(level)
         by_event: dict[str, list[tuple[Milestone, int, Criterion]]] = {}
         tagged: dict[str, list[tuple[Milestone, int, Criterion]]] = {}

@@ -5,4 +5,4 @@ from __future__ import annotations
 from .runner import Mode, Projection, rescore, serve_models
 from .worker import ModelBook
 
-__all__ = ["ModelBook", "Mode", "Projection", "rescore", "serve_models"]
+__all__ = ["Mode", "ModelBook", "Projection", "rescore", "serve_models"]

@@ -250,7 +250,7 @@ def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "proces
         raise StoreError(f"{store.url} is served by a running collector ({len(alive)} fold worker(s) alive, or stopped "
                          f"less than {2 * LEASE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
                          "model without downtime")
-    building = serve_models(config, store, now, rebuild=True)
+    building = serve_models(config, store, now, rebuild=True)  # or active at once, on a log never folded
     projection = Projection(store.url, [config], workers=jobs, mode=mode)
     projection.start()
     try:
@@ -258,12 +258,15 @@ def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "proces
             with store.read() as r:
                 head = log.head(r)
                 statuses = {g.gen: g.status for g in generations.generations(r, ("active", "building", "retired"))}
-                done = min((generations.watermark(r, g.gen) for g in building if statuses.get(g.gen) == "building"),
-                           default=head)
-                total = log.count(r)
+                gone = [g for g in building if statuses.get(g.gen) in (None, "retired")]
+                if gone:  # another rescore or a collector's reload replaced it
+                    raise StoreError(f"the model generation being built for project {gone[0].project} was replaced "
+                                     "meanwhile (another rescore, or a collector started on this database)")
+                done = min((generations.watermark(r, g.gen) for g in building), default=head)
+                if done >= head and all(statuses.get(g.gen) == "active" for g in building):
+                    progress(head, head)
+                    return log.count(r)
             progress(done, head)
-            if all(statuses.get(g.gen) == "active" for g in building):
-                return total
             time.sleep(0.05)
     finally:
         projection.stop()

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ..config import Config, ConfigError, loads
 from ..events import from_stored
-from ..model.fold import ChangeSet, Models, Priors, SubjectKey, SubjectRecord, fold, nps_keys, partition_of
+from ..model.fold import ChangeSet, Models, NpsKey, Priors, SubjectKey, SubjectRecord, fold, nps_keys, partition_of
 from ..model.subject import Ev
 from ..store import derived, generations, log
 from ..store.base import Store, Tx
@@ -245,17 +245,19 @@ class Worker:
         """The batch's events that count toward a subject of the lagging partitions, and those subjects."""
         events: list[Ev] = []
         owns: set[SubjectKey] = set()
+        every = len(lagging) == n and not skip  # one worker holding every partition: no hashing
         for row in rows:
             keys = [SubjectKey("user", row.user_id)]
             if row.account_id is not None:
                 keys.append(SubjectKey("account", row.account_id))
-            mine = [k for k in keys if partition_of(k.level, k.subject, n) in lagging and k not in skip]
+            mine = keys if every else [k for k in keys
+                                       if partition_of(k.level, k.subject, n) in lagging and k not in skip]
             if mine:
                 owns.update(mine)
                 events.append(from_stored(row.raw, row.ts))
         return events, owns
 
-    def _priors(self, r: Tx, models: Models, gen: Generation, owns: set[SubjectKey], nps: set) -> Priors:  # type: ignore[type-arg]
+    def _priors(self, r: Tx, models: Models, gen: Generation, owns: set[SubjectKey], nps: set[NpsKey]) -> Priors:
         records = self._records
         missing = [k for k in owns if (gen.gen, k) not in records]
         loaded = derived.load_priors(r, models, gen.project, gen.gen, missing, nps)

@@ -17,8 +17,7 @@ import msgspec
 
 from ..model import growth as g
 from ..model import scoring
-from ..model.fold import (ChangeSet, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord,
-                          Transition, record_of)
+from ..model.fold import ChangeSet, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord, Transition, record_of
 from ..model.subject import decode_state, encode_state
 from .base import Tx, chunks
 

@@ -71,7 +71,8 @@ class _Tx:
         return self.conn.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        return self.conn.execute(sql, params).fetchone()
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.conn.execute(sql, params)

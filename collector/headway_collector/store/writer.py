@@ -30,7 +30,7 @@ MAX_PENDING = 200_000  # events waiting for the writer before requests get 503
 
 
 class _Pending:
-    __slots__ = ("job", "future", "loop")
+    __slots__ = ("future", "job", "loop")
 
     def __init__(self, job: AppendJob, future: asyncio.Future[IngestResult], loop: asyncio.AbstractEventLoop) -> None:
         self.job, self.future, self.loop = job, future, loop

@@ -96,7 +96,7 @@ class _Body:
     def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = self._context.run(iter, self._body)
-        return self._context.run(next, self._iterator)  # type: ignore[arg-type]
+        return self._context.run(next, self._iterator)
 
     def close(self) -> None:
         try:
