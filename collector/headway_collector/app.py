@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from headway import wire
 
 from . import api, dashboard, history, ingest, reports
+from . import insights
 from .config import Config, ConfigError, load
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
@@ -60,6 +61,10 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/scores", "GET", history.scores, wire.ScoreHistory, "One user's or account's score once a day over the last days"),
     ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
     ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
+    ("/v1/retention", "GET", insights.retention, wire.Retention, "Retention cohorts: subjects first active in a period, active k periods later"),
+    ("/v1/stickiness", "GET", insights.stickiness, wire.Stickiness, "Stickiness: DAU/MAU and subjects by active days over the last days"),
+    ("/v1/insights/predictors", "GET", insights.predictors, wire.Predictors, "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
+    ("/v1/insights/weights", "GET", insights.weights, wire.Weights, "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
     ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),

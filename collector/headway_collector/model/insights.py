@@ -17,7 +17,9 @@ subject "did it" when it did e at least k times in its early window. Against the
   favours neither rare nor common events, unlike lift (rare events get huge lifts on few subjects)
   or recall (the first event of every subject has recall 1);
 - a row is `confident` when each side rests on at least `MIN_SIDE` subjects and the difference
-  interval excludes 0; the proposal (the aha moment) is the best confident row with a positive
+  interval excludes 0 at the Bonferroni-corrected level for the number of rules tested (the
+  reported intervals are plain 95% ones; the correction stops the best of many thresholds of a
+  noise event from looking confident by chance); the proposal (the aha moment) is the best confident row with a positive
   difference, or none. Small samples give wide intervals, hence no proposal: never a confident
   wrong one;
 - an event that most subjects do (`FREQUENT` at k = 1) and whose best row either is not
@@ -40,6 +42,7 @@ exactly 1, 2, ..., n of them, the mean daily actives (DAU), the subjects active 
 from __future__ import annotations
 
 import math
+import statistics
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -203,11 +206,12 @@ class Predictions:
     proposal: Prediction | None
 
 
-def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int) -> Prediction:
+def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int, z_family: float) -> Prediction:
     nn, yn = n - nw, y - yw
     precision = yw / nw
     rate_without = yn / nn if nn else None
     difference = newcombe(yw, nw, yn, nn)
+    strict = newcombe(yw, nw, yn, nn, z_family)
     return Prediction(
         event=event, threshold=k, subjects_with=nw, subjects_without=nn, achieved_with=yw, achieved_without=yn,
         coverage=nw / n, precision=precision, recall=yw / y,
@@ -215,7 +219,7 @@ def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int) -> Prediction:
         lift=precision / rate_without if rate_without else None,
         youden=yw / y - (nw - yw) / (n - y),
         interval=wilson(yw, nw), interval_without=wilson(yn, nn), difference=difference,
-        confident=nw >= MIN_SIDE and nn >= MIN_SIDE and (difference[0] > 0 or difference[1] < 0),
+        confident=nw >= MIN_SIDE and nn >= MIN_SIDE and (strict[0] > 0 or strict[1] < 0),
         best=False, frequent_not_predictive=False,
     )
 
@@ -230,9 +234,12 @@ def predictors(subjects: Sequence[Early]) -> Predictions:
     for s in subjects:
         for name, c in s.counts.items():
             by_event[name].append((c, s.outcome))
+    for seen in by_event.values():
+        seen.sort(reverse=True)  # most first
+    tested = sum(len(thresholds(seen[0][0])) for seen in by_event.values())
+    z_family = statistics.NormalDist().inv_cdf(1 - 0.025 / tested)
     rows: list[Prediction] = []
     for name, seen in by_event.items():
-        seen.sort(reverse=True)  # most first
         mine: list[Prediction] = []
         i = nw = yw = 0
         for k in reversed(thresholds(seen[0][0])):  # from the highest: the "did" side only grows
@@ -241,7 +248,7 @@ def predictors(subjects: Sequence[Early]) -> Predictions:
                 yw += seen[i][1]
                 i += 1
             if nw:
-                mine.append(_rule(name, k, nw, yw, n, y))
+                mine.append(_rule(name, k, nw, yw, n, y, z_family))
         top = max(mine, key=lambda r: (r.youden, -r.threshold))
         at_one = next(r for r in mine if r.threshold == 1)
         negligible = not top.confident or abs(top.precision - (top.rate_without or 0.0)) < NEGLIGIBLE
