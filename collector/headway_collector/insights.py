@@ -14,6 +14,8 @@ minute), retention and stickiness as of the current day's data at this instant (
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -26,17 +28,20 @@ from headway.wire import (Cohort, Interval, Predictor, Predictors, Retention, St
                           Weights)
 
 from .auth import authorize
-from .config import Milestone, Project, parse_duration
+from .config import Config, Milestone, Project, parse_duration
 from .errors import APIError, json_response
 from .model import growth as g
 from .model import insights as ins
 from .model.scoring import DAY
 from .params import app_state, choice, count, read_time, ts
+from .projection import ModelBook
 from .reads import Snapshot, consistent_read
 from .state import AppState
+from .store import generations
 from .store import insights as store
+from .store.base import Store
 
-__all__ = ["AnswerCache", "early", "fitted", "predictors", "retention", "stickiness", "weight_scale", "weights"]
+__all__ = ["AnswerCache", "early", "fitted", "predictors", "retention", "stickiness", "suggestion", "weight_scale", "weights"]
 
 T = TypeVar("T")
 LEVELS = ("user", "account")
@@ -220,3 +225,47 @@ async def weights(request: Request) -> Response:
     name, window, level, at = _insight_query(request)
     return await _answer(request, "weights", (name, window, level, at),
                          lambda snap, served: fitted(snap, served, name, window, level, at))
+
+
+# --- headway-collector suggest-weights ----------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, window: str, now: int) -> str:
+    """The TOML lines of the weights the data supports, read from what the projection has folded
+    (a one-line `ValueError` when there is nothing to read)."""
+    if project is None:
+        if len(cfg.projects) != 1:
+            raise ValueError(f"the config has projects {', '.join(sorted(cfg.projects))}: choose one with --project")
+        project = next(iter(cfg.projects))
+    if project not in cfg.projects:
+        raise ValueError(f"no project {project!r} in {cfg.path}")
+    try:
+        span = parse_duration(window)
+    except ValueError as exc:
+        raise ValueError(f"--window: {exc}") from None
+    with store.read() as r:
+        gen = generations.active(r, project)
+        if gen is None:
+            raise ValueError(f"project {project!r} has no model state in this database yet")
+        models = ModelBook([cfg]).for_generation(r, gen)
+        if models is None:
+            raise ValueError(f"the model {gen.version} that this database serves for {project!r} does not load")
+        snap = Snapshot(r, gen, models, generations.watermark(r, gen.gen))
+        try:
+            w = fitted(snap, models.projects[project], outcome, span, None, now)
+        except APIError as exc:
+            raise ValueError(exc.message) from None
+    auc = lambda v: f"{v:.3f}" if v is not None else "n/a"  # noqa: E731
+    lines = [f"# weights for outcome {outcome!r}: {w.subjects} subjects ({w.test} held out), {window} window; "
+             f"held-out AUC {auc(w.fitted_auc)} with these, {auc(w.current_auc)} with the current weights",
+             f"[projects.{_toml_key(project)}.weights]"]
+    lines += [f"{_toml_key(s.event)} = {s.suggested:g}  # now {s.current:g}" for s in w.weights]
+    if not w.weights:
+        lines.append("# (no event was done by enough subjects, or every subject has the same outcome: nothing to fit)")
+    return "\n".join(lines)

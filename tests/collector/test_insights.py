@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import random
+import subprocess
+import sys
+import tomllib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -304,3 +307,23 @@ def test_period_helpers_agree_with_the_recomputation() -> None:
         for kind in ("week", "month"):
             p = g.period_of_day(kind, d)  # type: ignore[arg-type]
             assert EPOCH + timedelta(microseconds=g.period_start(kind, p)) == period_start(kind, d)  # type: ignore[arg-type]
+
+
+async def test_suggest_weights_prints_toml_to_paste(tmp_path: Path) -> None:
+    db = tmp_path / "cli.db"
+    async with collector(planted_config(), db) as c:
+        await send(c, planted(400))
+    config = tmp_path / "planted.toml"
+    config.write_text(config_text(PLANTED))
+    args = ["suggest-weights", "--config", str(config), "--database", f"sqlite:///{db}", "--outcome", "converted"]
+    r = subprocess.run([sys.executable, "-m", "headway_collector", *args, "--project", "acme"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pasted = tomllib.loads(r.stdout)["projects"]["acme"]["weights"]
+    assert pasted["X"] == 1.0 and pasted["X"] > pasted.get("Y", 0.0)
+    assert "held-out AUC" in r.stdout
+    several = subprocess.run([sys.executable, "-m", "headway_collector", *args], capture_output=True, text=True, timeout=120)
+    assert several.returncode == 1 and "--project" in several.stderr and "Traceback" not in several.stderr
+    wrong = subprocess.run([sys.executable, "-m", "headway_collector", *args[:-1], "nope", "--project", "acme"],
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 1 and "not a milestone" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -144,7 +144,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float]:
@@ -237,7 +237,7 @@ def predictors(subjects: Sequence[Early]) -> Predictions:
     for seen in by_event.values():
         seen.sort(reverse=True)  # most first
     tested = sum(len(thresholds(seen[0][0])) for seen in by_event.values())
-    z_family = statistics.NormalDist().inv_cdf(1 - 0.025 / tested)
+    z_family = statistics.NormalDist().inv_cdf(1 - 0.025 / max(1, tested))
     rows: list[Prediction] = []
     for name, seen in by_event.items():
         mine: list[Prediction] = []
