@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -327,3 +329,33 @@ async def test_suggest_weights_prints_toml_to_paste(tmp_path: Path) -> None:
     wrong = subprocess.run([sys.executable, "-m", "headway_collector", *args[:-1], "nope", "--project", "acme"],
                            capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and "not a milestone" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the page is not rendered")
+def test_the_dashboard_draws_the_insights_view_in_a_real_browser(live_collector, tmp_path: Path) -> None:  # noqa: ANN001
+    """Headless Chromium against the collector over uvicorn: the Insights tab shows the predictors
+    of the first milestone, the weights, stickiness and the retention triangle from the read API."""
+    now = datetime.now(timezone.utc)
+    events = [{"id": f"b{i}", "event": "signed_in" if i % 2 else "report_viewed", "user_id": f"u{i % 5}",
+               "timestamp": (now - timedelta(days=i)).isoformat()} for i in range(40)]
+    r = httpx.post(f"{live_collector.url}/v1/batch", headers=headers(),
+                   content=msgspec.json.encode({"sent_at": now.isoformat(), "events": events}))
+    assert r.status_code == 200 and r.json()["accepted"] == 40
+
+    def dom(fragment: str) -> str:
+        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+                               "--virtual-time-budget=10000", "--dump-dom", f"{live_collector.url}/{fragment}"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    dom(f"#key={live_collector.read_key}")
+    page = dom("#insights")
+    assert 'class="error"' not in page
+    assert "<option>onboarding_prompts</option>" in page and "5 users first seen at least" in page
+    assert "DAU/MAU (30 days)" in page and 'class="heat"' in page and "+0" in page
+    assert "Held-out AUC" in page
