@@ -146,12 +146,18 @@ def _criteria_events(m: Milestone) -> frozenset[str]:
     return frozenset(c.event for c in m.criteria if c.event is not None and c.kind != "tagged")
 
 
+def early_window(outcome: Milestone, window: int) -> int:
+    """The window asked for, cut at the outcome's own `within`: what comes after the outcome's
+    window has closed cannot predict it."""
+    return min(window, outcome.within) if outcome.within is not None else window
+
+
 def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: int) -> list[ins.Early]:
     """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
     least max(window, the outcome's `within`) before it."""
     horizon = max(window, outcome.within or 0)
-    rows = store.early_events(snap.tx, served.name, snap.gen.gen, outcome.level, outcome.name, window,
-                              at - horizon, snap.folded)
+    rows = store.early_events(snap.tx, served.name, snap.gen.gen, outcome.level, outcome.name,
+                              early_window(outcome, window), at - horizon, snap.folded)
     return ins.early_windows(rows, outcome.name, at, _criteria_events(outcome), served.weight)
 
 
@@ -194,7 +200,7 @@ async def predictors(request: Request) -> Response:
         m = _outcome(served, name, level)
         found = ins.predictors(early(snap, served, m, window, at))
         return Predictors(
-            outcome=m.name, level=m.level, window_s=window / 1e6, at=ts(at), ranked_by="youden",  # type: ignore[arg-type]
+            outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), ranked_by="youden",  # type: ignore[arg-type]
             subjects=found.subjects, achieved=found.achieved,
             base_rate=found.achieved / found.subjects if found.subjects else None,
             proposal=_predictor(found.proposal) if found.proposal is not None else None,
@@ -214,7 +220,7 @@ def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str |
     m = _outcome(served, name, level)
     fit = ins.suggest_weights(early(snap, served, m, window, at), weight_scale(served))
     return Weights(
-        outcome=m.name, level=m.level, window_s=window / 1e6, at=ts(at), subjects=fit.subjects,  # type: ignore[arg-type]
+        outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), subjects=fit.subjects,  # type: ignore[arg-type]
         train=fit.train, test=fit.test, scale=fit.scale, current_auc=fit.current_auc, fitted_auc=fit.fitted_auc,
         weights=[SuggestedWeight(event=w.event, current=w.current, suggested=w.suggested, coefficient=w.coefficient,
                                  subjects=w.subjects) for w in fit.weights],
@@ -268,4 +274,6 @@ def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, win
     lines += [f"{_toml_key(s.event)} = {s.suggested:g}  # now {s.current:g}" for s in w.weights]
     if not w.weights:
         lines.append("# (no event was done by enough subjects, or every subject has the same outcome: nothing to fit)")
+    elif w.fitted_auc is None or w.current_auc is not None and w.fitted_auc <= w.current_auc:
+        lines.insert(1, "# these predict no better than the current weights on the held-out subjects: keep the current ones")
     return "\n".join(lines)

@@ -316,7 +316,7 @@ class Predictors(msgspec.Struct):
 
     outcome: str
     level: str
-    window_s: float
+    window_s: float  # the early window used: the one asked for, cut at the outcome's `within`
     at: datetime
     ranked_by: str  # "youden"
     subjects: int  # first seen at least max(window, the outcome's within) before `at`

@@ -54,6 +54,13 @@ level = "user"
 criteria = [{ kind = "tagged", target = 1 }]
 
 [[projects.acme.milestones]]
+name = "quick_win"
+stage = "trial"
+level = "user"
+within = "2d"
+criteria = [{ kind = "tagged", target = 1 }]
+
+[[projects.acme.milestones]]
 name = "team_converted"
 stage = "trial"
 level = "account"
@@ -166,6 +173,9 @@ async def test_insight_errors_and_levels(tmp_path: Path) -> None:
         assert team["level"] == "account" and team["subjects"] == 1 and team["predictors"] == []
         w = (await c.get("/v1/insights/weights", params={"outcome": "team_converted"}, headers=read_headers())).json()
         assert w["weights"] == [] and w["fitted_auc"] is None
+        quick = (await c.get("/v1/insights/predictors", params={"outcome": "quick_win", "window": "7d"},
+                             headers=read_headers())).json()
+        assert quick["window_s"] == 2 * 86400  # what comes after the outcome's window cannot predict it
 
 
 async def test_the_sdk_reads_all_four(tmp_path: Path) -> None:
