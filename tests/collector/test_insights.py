@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import random
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -29,7 +28,7 @@ from hypothesis import strategies as st
 from headway import AsyncClient
 from headway_collector.config import Config, loads
 from headway_collector.model import growth as g
-from tests.collector.helpers import body, headers, read_headers, rfc
+from tests.collector.helpers import CHROMIUM, body, dump_dom, headers, read_headers, rfc
 from tests.conftest import WRITE_KEY, READ_KEY, asgi_collector, config_text
 
 pytestmark = pytest.mark.anyio
@@ -39,6 +38,13 @@ NOW = datetime(2024, 3, 4, 12, 0, tzinfo=timezone.utc)  # a Monday
 DAY = timedelta(days=1)
 _ids = itertools.count()
 
+def tagged(name: str, level: str, within: str | None = None) -> str:
+    """A milestone that host code declares directly: one event tagged with its name."""
+    window = f'within = "{within}"\n' if within else ""
+    return (f'[[projects.acme.milestones]]\nname = "{name}"\nstage = "trial"\nlevel = "{level}"\n{window}'
+            'criteria = [{ kind = "tagged", target = 1 }]\n')
+
+
 PLANTED = """
 [projects.acme]
 write_keys = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
@@ -47,25 +53,7 @@ read_keys  = ["sha256:1111111111111111111111111111111111111111111111111111111111
 [[projects.acme.stages]]
 name = "trial"
 
-[[projects.acme.milestones]]
-name = "converted"
-stage = "trial"
-level = "user"
-criteria = [{ kind = "tagged", target = 1 }]
-
-[[projects.acme.milestones]]
-name = "quick_win"
-stage = "trial"
-level = "user"
-within = "2d"
-criteria = [{ kind = "tagged", target = 1 }]
-
-[[projects.acme.milestones]]
-name = "team_converted"
-stage = "trial"
-level = "account"
-criteria = [{ kind = "tagged", target = 1 }]
-"""
+""" + tagged("converted", "user") + tagged("quick_win", "user", "2d") + tagged("team_converted", "account")
 
 
 def us(at: datetime) -> int:
@@ -341,9 +329,6 @@ async def test_suggest_weights_prints_toml_to_paste(tmp_path: Path) -> None:
     assert wrong.returncode == 1 and "not a milestone" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the page is not rendered")
 def test_the_dashboard_draws_the_insights_view_in_a_real_browser(live_collector, tmp_path: Path) -> None:  # noqa: ANN001
@@ -356,15 +341,8 @@ def test_the_dashboard_draws_the_insights_view_in_a_real_browser(live_collector,
                    content=msgspec.json.encode({"sent_at": now.isoformat(), "events": events}))
     assert r.status_code == 200 and r.json()["accepted"] == 40
 
-    def dom(fragment: str) -> str:
-        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                               "--virtual-time-budget=10000", "--dump-dom", f"{live_collector.url}/{fragment}"],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    dom(f"#key={live_collector.read_key}")
-    page = dom("#insights")
+    dump_dom(f"{live_collector.url}/#key={live_collector.read_key}", tmp_path)  # the browser keeps the key
+    page = dump_dom(f"{live_collector.url}/#insights", tmp_path)
     assert 'class="error"' not in page
     assert "<option>onboarding_prompts</option>" in page and "5 users first seen at least" in page
     assert "DAU/MAU (30 days)" in page and 'class="heat"' in page and "+0" in page
