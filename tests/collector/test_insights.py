@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headway import AsyncClient
+from headway import APIError, AsyncClient, Client
 from headway_collector.config import Config, loads
 from headway_collector.model import growth as g
 from tests.collector.helpers import CHROMIUM, body, dump_dom, headers, read_headers, rfc
@@ -347,3 +347,25 @@ def test_the_dashboard_draws_the_insights_view_in_a_real_browser(live_collector,
     assert "<option>onboarding_prompts</option>" in page and "5 users first seen at least" in page
     assert "DAU/MAU (30 days)" in page and 'class="heat"' in page and "+0" in page
     assert "Held-out AUC" in page
+
+
+@pytest.mark.slow
+def test_the_sync_client_reads_all_four(live_collector) -> None:  # noqa: ANN001
+    now = datetime.now(timezone.utc)
+    events = [{"id": f"s{i}", "event": "signed_in", "user_id": f"u{i % 4}", "account_id": f"a{i % 2}",
+               "timestamp": (now - timedelta(days=i)).isoformat()} for i in range(20)]
+    r = httpx.post(f"{live_collector.url}/v1/batch", headers=headers(),
+                   content=msgspec.json.encode({"sent_at": now.isoformat(), "events": events}))
+    assert r.status_code == 200
+    with Client(live_collector.url, live_collector.read_key) as hw:
+        p = hw.predictors("onboarding_prompts", window="1d")
+        w = hw.weights("converted", level="account")
+        ret = hw.retention("month", cohorts=2, level="account", at=now)
+        s = hw.stickiness(7, at=now)
+        with pytest.raises(APIError) as bad:
+            hw.predictors("no_such_milestone")
+        with pytest.raises(ValueError):
+            hw.stickiness(0)
+    assert (p.subjects, p.window_s) == (4, 86400.0) and w.level == "account" and w.subjects == 2
+    assert sum(c.size for c in ret.cohorts) <= 2 and s.days == 7 and s.mau == 4
+    assert bad.value.status == 400
