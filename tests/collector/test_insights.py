@@ -29,7 +29,7 @@ from headway import APIError, AsyncClient, Client
 from headway_collector.config import Config, loads
 from headway_collector.model import growth as g
 from tests.collector.helpers import CHROMIUM, body, dump_dom, headers, read_headers, rfc
-from tests.conftest import WRITE_KEY, READ_KEY, asgi_collector, config_text
+from tests.conftest import READ_KEY, WRITE_KEY, asgi_collector, config_text, postgres_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -369,3 +369,25 @@ def test_the_sync_client_reads_all_four(live_collector) -> None:  # noqa: ANN001
     assert (p.subjects, p.window_s) == (4, 86400.0) and w.level == "account" and w.subjects == 2
     assert sum(c.size for c in ret.cohorts) <= 2 and s.days == 7 and s.mau == 4
     assert bad.value.status == 400
+
+
+async def test_postgresql_answers_exactly_as_sqlite(tmp_path: Path) -> None:
+    events = planted(300, seed=11)
+    for i, e in enumerate(events):
+        e["account_id"] = f"a{i % 7}"
+    queries = [("/v1/insights/predictors", {"outcome": "converted"}), ("/v1/insights/weights", {"outcome": "converted"}),
+               ("/v1/insights/predictors", {"outcome": "team_converted", "window": "3d"}),
+               ("/v1/retention", {"period": "week", "cohorts": "8"}), ("/v1/retention", {"period": "month", "level": "account"}),
+               ("/v1/stickiness", {"days": "30"})]
+
+    async def answers(c: httpx.AsyncClient) -> list[Any]:
+        await send(c, events)
+        return [(await c.get(path, params=q, headers=read_headers())).json() for path, q in queries]
+
+    async with collector(planted_config(), tmp_path / "lite.db") as c:
+        lite = await answers(c)
+    with postgres_schema() as url:
+        async with asgi_collector(planted_config(), url=url, clock=lambda: us(NOW)) as c:
+            pg = await answers(c)
+    assert pg == lite
+    assert lite[0]["subjects"] == 300 and sum(c["size"] for c in lite[3]["cohorts"]) == 300
