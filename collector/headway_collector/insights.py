@@ -104,6 +104,10 @@ async def retention(request: Request) -> Response:
     cohorts = count(request, "cohorts", 8, MAX_COHORTS)
     level = _level(request)
     at = read_time(request, app_state(request))
+    try:
+        g.period_label(kind, g.period_of(kind, at) - cohorts + 1), g.period_label(kind, g.period_of(kind, at))
+    except (ValueError, OverflowError):
+        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
 
     def body(snap: Snapshot, served: Project) -> Retention:
         days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)

@@ -151,6 +151,7 @@ async def test_insight_errors_and_levels(tmp_path: Path) -> None:
             ("/v1/insights/predictors", {"outcome": "converted", "window": "7 days"}, 400),
             ("/v1/retention", {"period": "day"}, 400),
             ("/v1/retention", {"cohorts": "0"}, 400),
+            ("/v1/retention", {"period": "month", "cohorts": "120", "at": "0001-03-01T00:00:00Z"}, 400),
             ("/v1/stickiness", {"days": "999"}, 400),
         ]:
             r = await c.get(path, params=params, headers=read_headers())
