@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import api, dashboard, history, ingest, reports
+from . import insights
 from .config import Config, ConfigError, load
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
@@ -59,6 +60,10 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/scores", "GET", history.scores, wire.ScoreHistory, "One user's or account's score once a day over the last days"),
     ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
     ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
+    ("/v1/retention", "GET", insights.retention, wire.Retention, "Retention cohorts: subjects first active in a period, active k periods later"),
+    ("/v1/stickiness", "GET", insights.stickiness, wire.Stickiness, "Stickiness: DAU/MAU and subjects by active days over the last days"),
+    ("/v1/insights/predictors", "GET", insights.predictors, wire.Predictors, "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
+    ("/v1/insights/weights", "GET", insights.weights, wire.Weights, "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
     ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),
@@ -102,6 +107,18 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
                     _query("from", _DAY_OR_INSTANT, "the first period holds it"),
                     _query("to", _DAY_OR_INSTANT, "the last period holds it; default at"), _AT], (400, 401, 403)),
     "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
+    "/v1/retention": ([_query("period", {"enum": ["week", "month"]}, "default week"),
+                       _query("cohorts", {"type": "integer", "minimum": 1}, "how many cohorts; default 8"), _LEVEL, _AT],
+                      (400, 401, 403)),
+    "/v1/stickiness": ([_query("days", {"type": "integer", "minimum": 1}, "days back; default 30"), _LEVEL, _AT],
+                       (400, 401, 403)),
+    "/v1/insights/predictors": ([_query("outcome", {"type": "string"}, "a milestone of the model (required)"),
+                                 _query("window", {"type": "string"}, "early window, a duration like 7d"), _LEVEL,
+                                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "rows; default 200"),
+                                 _AT], (400, 401, 403)),
+    "/v1/insights/weights": ([_query("outcome", {"type": "string"}, "a milestone of the model (required)"),
+                              _query("window", {"type": "string"}, "early window, a duration like 7d"), _LEVEL, _AT],
+                             (400, 401, 403)),
     "/healthz": ([], ()),
     "/readyz": ([], ()),
     "/metrics": ([], (401, 403)),

@@ -199,6 +199,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suggest_weights(args: argparse.Namespace) -> int:
+    from .insights import suggestion
+
+    cfg = _load(args.config)
+    store = open_store(args.database)
+    store.open()
+    try:
+        print(suggestion(cfg, store, args.project, args.outcome, args.window, time.time_ns() // 1000))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        store.close()
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
@@ -242,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--before", required=True, help="a date or RFC3339 time; events before it are deleted")
     pr.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     pr.set_defaults(func=cmd_prune)
+
+    sw = sub.add_parser("suggest-weights", help="print the weights the data supports for an outcome",
+                        description="Fit weights that predict the milestone --outcome from early event counts and "
+                        "print the TOML lines to paste, with held-out AUCs for them and the current weights.")
+    sw.add_argument("--config", required=True, help="the TOML model")
+    sw.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    sw.add_argument("--outcome", required=True, help="the outcome milestone")
+    sw.add_argument("--window", default="7d", help="the early window from each subject's first event (default 7d)")
+    sw.add_argument("--project", help="the project (needed when the config has several)")
+    sw.set_defaults(func=cmd_suggest_weights)
     return p
 
 

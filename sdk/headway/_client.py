@@ -142,6 +142,28 @@ class _BaseClient:
     def _model() -> _Call[wire.ModelInfo]:
         return _Call("/v1/model", {}, wire.ModelInfo)
 
+    @staticmethod
+    def _insight(path: str, outcome: str, window: str | None, level: Level | None, at: At, kind: type[T]) -> _Call[T]:
+        if not isinstance(outcome, str) or not outcome:
+            raise ValueError("outcome must be a milestone name, a non-empty str")
+        params = _params(outcome=outcome, window=window, level=level, at=_instant("at", at, dates=False))
+        return _Call(f"/v1/insights/{path}", params, kind)
+
+    @staticmethod
+    def _retention(period: Literal["week", "month"], cohorts: int, level: Level | None,
+                   at: At) -> _Call[wire.Retention]:
+        if isinstance(cohorts, bool) or not isinstance(cohorts, int) or cohorts < 1:
+            raise ValueError(f"cohorts must be an int >= 1, got {cohorts!r}")
+        params = _params(period=period, cohorts=cohorts, level=level, at=_instant("at", at, dates=False))
+        return _Call("/v1/retention", params, wire.Retention)
+
+    @staticmethod
+    def _stickiness(days: int, level: Level | None, at: At) -> _Call[wire.Stickiness]:
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValueError(f"days must be an int >= 1, got {days!r}")
+        return _Call("/v1/stickiness", _params(days=days, level=level, at=_instant("at", at, dates=False)),
+                     wire.Stickiness)
+
     # ---- answers ----------------------------------------------------------------------------
 
     @staticmethod
@@ -247,6 +269,28 @@ class Client(_BaseClient):
         """The active model, its version hash, and tags that name no milestone."""
         return self._get(self._model())
 
+    def retention(self, period: Literal["week", "month"] = "week", *, cohorts: int = 8, level: Level | None = None,
+                  at: At = None) -> wire.Retention:
+        """Cohorts of subjects by first active period, oldest first, and how many were active k
+        periods later, up to the period holding ``at`` (an aware datetime; default: now)."""
+        return self._get(self._retention(period, cohorts, level, at))
+
+    def stickiness(self, days: int = 30, *, level: Level | None = None, at: At = None) -> wire.Stickiness:
+        """DAU/MAU over the last ``days`` UTC days, and how many subjects were active on 1, 2, ... of them."""
+        return self._get(self._stickiness(days, level, at))
+
+    def predictors(self, outcome: str, *, window: str | None = None, level: Level | None = None,
+                   at: At = None) -> wire.Predictors:
+        """Which early behaviour (an event done at least k times within ``window`` of a subject's
+        first event, e.g. "7d") predicts the milestone ``outcome``, best first, with 95% intervals."""
+        return self._get(self._insight("predictors", outcome, window, level, at, wire.Predictors))
+
+    def weights(self, outcome: str, *, window: str | None = None, level: Level | None = None,
+                at: At = None) -> wire.Weights:
+        """Weights fitted to predict ``outcome`` from early event counts, beside the current ones,
+        with a held-out AUC for both."""
+        return self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+
     def close(self) -> None:
         self._http.close()
 
@@ -329,6 +373,21 @@ class AsyncClient(_BaseClient):
 
     async def model(self) -> wire.ModelInfo:
         return await self._get(self._model())
+
+    async def retention(self, period: Literal["week", "month"] = "week", *, cohorts: int = 8,
+                        level: Level | None = None, at: At = None) -> wire.Retention:
+        return await self._get(self._retention(period, cohorts, level, at))
+
+    async def stickiness(self, days: int = 30, *, level: Level | None = None, at: At = None) -> wire.Stickiness:
+        return await self._get(self._stickiness(days, level, at))
+
+    async def predictors(self, outcome: str, *, window: str | None = None, level: Level | None = None,
+                         at: At = None) -> wire.Predictors:
+        return await self._get(self._insight("predictors", outcome, window, level, at, wire.Predictors))
+
+    async def weights(self, outcome: str, *, window: str | None = None, level: Level | None = None,
+                      at: At = None) -> wire.Weights:
+        return await self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
 
     async def aclose(self) -> None:
         await self._http.aclose()

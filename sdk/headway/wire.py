@@ -29,6 +29,7 @@ __all__ = [
     "Batch",
     "BatchEnvelope",
     "BatchResponse",
+    "Cohort",
     "Context",
     "CriterionProgress",
     "Engagement",
@@ -39,17 +40,24 @@ __all__ = [
     "FunnelStep",
     "Growth",
     "GrowthPeriod",
+    "Interval",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
+    "Predictor",
+    "Predictors",
     "Rejection",
+    "Retention",
     "ScoreHistory",
     "ScorePoint",
     "ScoreShare",
+    "Stickiness",
     "Success",
+    "SuggestedWeight",
     "UnknownTag",
     "UserPage",
     "UserView",
+    "Weights",
 ]
 
 # Limits of SPEC section 2; the SDK checks them before sending, the collector enforces them.
@@ -283,3 +291,101 @@ class ModelInfo(msgspec.Struct):
     model: dict[str, Any]
     unknown_tags: list[UnknownTag] = []
     pending: PendingModel | None = None
+
+
+# --- insights (SPEC sections 3 and 4): retention, stickiness, predictors, fitted weights ---------
+
+
+class Interval(msgspec.Struct):
+    """A 95% confidence interval."""
+
+    low: float
+    high: float
+
+
+class Predictor(msgspec.Struct):
+    """The rule "did `event` at least `threshold` times in the early window" against the outcome."""
+
+    event: str
+    threshold: int
+    lift: float | None  # outcome rate of those who did it / of those who did not
+    coverage: float  # share of the subjects who did it
+    precision: float  # outcome rate of those who did it
+    recall: float  # share of the achievers who did it
+    youden: float  # recall - false positive rate: what rows are ranked by
+    rate_without: float | None  # outcome rate of those who did not
+    interval: Interval  # Wilson 95% of `precision`
+    interval_without: Interval  # Wilson 95% of `rate_without`
+    difference: Interval  # Newcombe 95% of precision - rate_without
+    subjects_with: int
+    subjects_without: int
+    achieved_with: int
+    achieved_without: int
+    confident: bool  # enough subjects on each side, and `difference` excludes 0
+    best: bool  # the best threshold of its event
+    frequent_not_predictive: bool  # most subjects do it, and it moves the outcome rate by little or nothing
+
+
+class Predictors(msgspec.Struct):
+    """``GET /v1/insights/predictors``: which early behaviour predicts an outcome."""
+
+    outcome: str
+    level: str
+    window_s: float  # the early window used: the one asked for, cut at the outcome's `within`
+    at: datetime
+    ranked_by: str  # "youden"
+    subjects: int  # first seen at least max(window, the outcome's within) before `at`
+    achieved: int
+    base_rate: float | None
+    proposal: Predictor | None  # the best confident rule that raises the rate: the aha moment, or none
+    predictors: list[Predictor]
+
+
+class SuggestedWeight(msgspec.Struct):
+    event: str
+    current: float  # mean effective weight of its early events under the current model
+    suggested: float
+    coefficient: float  # per event, on the log-odds of the outcome
+    subjects: int  # training subjects who did it
+
+
+class Weights(msgspec.Struct):
+    """``GET /v1/insights/weights``: weights fitted to predict an outcome, with held-out AUCs."""
+
+    outcome: str
+    level: str
+    window_s: float
+    at: datetime
+    subjects: int
+    train: int
+    test: int  # held out by a hash of the subject id
+    scale: float  # the current model's largest weight: the largest suggestion equals it
+    current_auc: float | None
+    fitted_auc: float | None
+    weights: list[SuggestedWeight]
+
+
+class Cohort(msgspec.Struct):
+    start: datetime
+    size: int
+    retained: list[int]  # retained[k]: active k periods after the cohort's; retained[0] == size
+
+
+class Retention(msgspec.Struct):
+    """``GET /v1/retention``: cohorts by first active period, oldest first."""
+
+    period: str
+    level: str
+    cohorts: list[Cohort]
+
+
+class Stickiness(msgspec.Struct):
+    """``GET /v1/stickiness``: over the last `days` UTC days, the day of `at` included."""
+
+    days: int
+    level: str
+    at: datetime
+    dau: float  # mean daily active subjects
+    mau: int  # subjects active on at least one of the days
+    dau_mau: float | None
+    active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days

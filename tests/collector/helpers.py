@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,3 +73,16 @@ async def read_at(c: httpx.AsyncClient, path: str, at: datetime = PINNED, **para
 
 def milestone(view: dict[str, Any], name: str) -> dict[str, Any]:
     return next(m for m in view["milestones"] if m["name"] == name)
+
+
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    """The page at `url` as headless Chromium leaves it after its scripts ran (`profile`: the
+    browser's data directory, so that what the page keeps in localStorage lasts between calls)."""
+    assert CHROMIUM is not None
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                           "--virtual-time-budget=10000", "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

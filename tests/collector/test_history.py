@@ -20,7 +20,7 @@ from headway_collector.app import ROUTES
 from headway_collector.dashboard import FILES
 from headway_collector.config import loads
 from tests.collector import oracle
-from tests.collector.helpers import headers, read_headers
+from tests.collector.helpers import dump_dom, headers, read_headers
 from tests.conftest import OTHER_READ_KEY, WRITE_KEY, asgi_collector, config_text
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
@@ -130,8 +130,9 @@ async def test_the_dashboard_is_served_without_a_key_and_fetches_nothing_from_el
 
 def test_the_dashboard_reads_only_routes_the_collector_has() -> None:
     script = (STATIC / "dashboard.js").read_text()
-    called = set(re.findall(r'api\(\s*[`"](v1/[a-z]+)', script))
-    assert called == {"v1/milestones", "v1/accounts", "v1/growth", "v1/model", "v1/scores"}
+    called = set(re.findall(r'api\(\s*[`"](v1/[a-z]+(?:/[a-z]+)*)', script))
+    assert called == {"v1/milestones", "v1/accounts", "v1/growth", "v1/model", "v1/scores", "v1/retention",
+                      "v1/stickiness", "v1/insights/predictors", "v1/insights/weights"}
     assert "`v1/${level}s/${encodeURIComponent(id)}`" in script  # one user or account
     paths = {path.split("/{")[0].lstrip("/") for path, *_ in ROUTES}
     assert called <= paths and {"v1/users", "v1/accounts"} <= paths
@@ -165,11 +166,7 @@ def test_the_dashboard_renders_what_the_api_says_in_a_real_browser(live_collecto
     assert r.status_code == 200 and r.json()["accepted"] == 12
 
     def dom(fragment: str) -> str:
-        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
-                               "--virtual-time-budget=10000", "--dump-dom", f"{live_collector.url}/{fragment}"],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return dump_dom(f"{live_collector.url}/{fragment}", tmp_path)
 
     funnel = dom(f"#key={live_collector.read_key}")  # the link make run prints; the key is kept by the browser
     assert "· acme" in funnel and all(f"<td>{m.name}</td>" in funnel for m in PROJECT.milestones)

@@ -275,11 +275,85 @@ async function showSubject(level, id) {
     cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
 }
 
+// ---- insights: predictors, fitted weights, retention, stickiness ----------------------------------
+
+const EXTRA_VIEWS = { insights: showInsights };
+
+function outcomeOptions() {
+  const select = $("insights-outcome");
+  const names = ((model && model.milestones) || []).map((m) => `${m.name}`);
+  if (select.options.length !== names.length) {
+    select.replaceChildren(...names.map((n) => h("option", {}, n)));
+  }
+  return select.value;
+}
+
+const interval = (i) => `${pct(i.low)}–${pct(i.high)}`;
+
+function predictorsTable(p) {
+  const rows = p.predictors.filter((r) => r.best).slice(0, 30);
+  const star = (r) => (p.proposal && r.event === p.proposal.event && r.threshold === p.proposal.threshold ? "★ " : "");
+  const lead = p.proposal
+    ? h("p", {}, "Proposal: ", h("b", {}, `${p.proposal.event} at least ${p.proposal.threshold}× in ${duration(p.window_s)}`),
+      ` — ${pct(p.proposal.precision)} reach ${p.outcome} (${interval(p.proposal.interval)}) against ${pct(p.proposal.rate_without)} of the others.`)
+    : h("p", { class: "help" }, "No confident proposal: too few subjects, or no early behaviour separates the outcome.");
+  return h("div", {},
+    h("p", { class: "help" }, `${p.subjects} ${p.level}s first seen at least ${duration(p.window_s)} ago; ${p.achieved} reached ${p.outcome} (${pct(p.base_rate)}). Best threshold per event:`),
+    lead,
+    rows.length ? table(
+      [["event"], ["at least", "num"], ["lift", "num"], ["coverage", "num"], ["precision", "num"], ["95%", "num"], ["recall", "num"], ["J", "num"], ["subjects", "num"], [""]],
+      rows.map((r) => [star(r) + r.event, r.threshold, r.lift === null ? "–" : num(r.lift, 2), pct(r.coverage), pct(r.precision), interval(r.interval),
+        pct(r.recall), num(r.youden, 2), `${r.subjects_with} / ${r.subjects_without}`,
+        r.frequent_not_predictive ? "frequent, predicts nothing" : r.confident ? "" : "not conclusive"])) : "");
+}
+
+function weightsTable(w) {
+  const auc = (x) => (x === null ? "–" : num(x, 3));
+  return h("div", {},
+    h("p", { class: "help" }, `Held-out AUC (${w.test} of ${w.subjects} subjects): ${auc(w.fitted_auc)} with these weights, ${auc(w.current_auc)} with the current ones. headway-collector suggest-weights prints them as TOML.`),
+    w.weights.length ? table([["event"], ["current", "num"], ["suggested", "num"], ["subjects", "num"]],
+      w.weights.map((x) => [x.event, num(x.current, 3), num(x.suggested, 3), x.subjects])) : h("p", {}, "Nothing to fit yet."));
+}
+
+function retentionTriangle(r) {
+  const width = Math.max(0, ...r.cohorts.map((c) => c.retained.length));
+  const head = [["cohort"], ["size", "num"], ...Array.from({ length: width }, (_, k) => [`+${k}`, "num"])];
+  const rows = r.cohorts.map((c) => [day(c.start), c.size, ...Array.from({ length: width }, (_, k) => {
+    if (k >= c.retained.length) return "";
+    const share = c.size ? c.retained[k] / c.size : 0;
+    return h("span", { class: "heat", style: `background:rgba(47,143,78,${share.toFixed(2)})`, title: `${c.retained[k]} of ${c.size}` }, c.size ? pct(share) : "–");
+  })]);
+  return table(head, rows);
+}
+
+async function showInsights() {
+  const outcome = outcomeOptions();
+  const level = $("retention-level").value;
+  const [retention, sticky, predictors, weights] = await Promise.all([
+    api("v1/retention", { period: $("retention-period").value, cohorts: 8, level }),
+    api("v1/stickiness", { days: 30, level }),
+    outcome ? api("v1/insights/predictors", { outcome, window: $("insights-window").value }) : null,
+    outcome ? api("v1/insights/weights", { outcome, window: $("insights-window").value }) : null]);
+  $("insights-predictors").replaceChildren(predictors ? predictorsTable(predictors) : h("p", {}, "This model has no milestones."));
+  $("insights-weights").replaceChildren(weights ? weightsTable(weights) : "");
+  $("insights-stickiness").replaceChildren(h("div", { class: "cards" },
+    h("div", { class: "card" }, "DAU/MAU (30 days)", h("b", {}, pct(sticky.dau_mau))),
+    h("div", { class: "card" }, "DAU", h("b", {}, num(sticky.dau))), h("div", { class: "card" }, "MAU", h("b", {}, sticky.mau))));
+  $("insights-retention").replaceChildren(retention.cohorts.length ? retentionTriangle(retention) : "");
+}
+
+function initInsights() {
+  $("insights-form").addEventListener("submit", (e) => { e.preventDefault(); route(); });
+  for (const id of ["insights-outcome", "retention-period", "retention-level"]) $(id).addEventListener("change", route);
+}
+
+document.addEventListener("DOMContentLoaded", initInsights);
+
 // ---- navigation -----------------------------------------------------------------------------
 
 async function route() {
   const [view, ...rest] = (location.hash.slice(1) || "funnel").split("/");
-  const name = ["funnel", "accounts", "growth", "subject", "list"].includes(view) ? view : "funnel";
+  const name = ["funnel", "accounts", "growth", "subject", "list", ...Object.keys(EXTRA_VIEWS)].includes(view) ? view : "funnel";
   for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== `view-${name}`;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name === "list" ? (rest[0] === "user" ? "funnel" : "accounts") : name}`);
   if (!key) { status("Enter a read key of your project (make run prints the demo one)."); return; }
@@ -294,6 +368,7 @@ async function route() {
     else if (name === "accounts") await showAccounts();
     else if (name === "growth") await showGrowth();
     else if (name === "list") await showList(rest[0] === "user" ? "user" : "account", rest.slice(1).join("/"));
+    else if (EXTRA_VIEWS[name]) await EXTRA_VIEWS[name]();
     else if (rest.length >= 2) await showSubject(rest[0] === "user" ? "user" : "account", decodeURIComponent(rest.slice(1).join("/")));
     else $("subject").replaceChildren();
     status("");

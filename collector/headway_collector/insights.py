@@ -1,0 +1,285 @@
+"""Insights (read keys): `GET /v1/retention`, `/v1/stickiness`, `/v1/insights/predictors`, `/v1/insights/weights`.
+
+The HTTP edge: parse the query, read in one consistent snapshot (`reads.consistent_read`), compute
+with the pure `model.insights`, answer. Retention and stickiness read the active days the
+projection keeps (`growth_subjects`); predictors and weights read each subject's early window of
+the log, joined from the outcome's funnel rows (`store.insights`).
+
+Answers are cached per (project, generation, folded log position, query): an unchanged log and
+model give the cached answer; anything folded since, or a switch to another model, is a new key.
+Without `at`, predictors and weights read as of the current minute (so that the key holds for a
+minute), retention and stickiness as of the current day's data at this instant (they depend on
+`at` only through its day).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from headway.wire import (Cohort, Interval, Predictor, Predictors, Retention, Stickiness, SuggestedWeight,
+                          Weights)
+
+from .auth import authorize
+from .config import Config, Milestone, Project, parse_duration
+from .errors import APIError, json_response
+from .model import growth as g
+from .model import insights as ins
+from .model.scoring import DAY
+from .params import app_state, choice, count, read_time, ts
+from .projection import ModelBook
+from .reads import Snapshot, consistent_read
+from .state import AppState
+from .store import generations
+from .store import insights as store
+from .store.base import Store
+
+__all__ = ["AnswerCache", "early", "fitted", "predictors", "retention", "stickiness", "suggestion", "weight_scale", "weights"]
+
+T = TypeVar("T")
+LEVELS = ("user", "account")
+MINUTE = 60 * 1_000_000
+DEFAULT_WINDOW = "7d"
+MAX_COHORTS = 120
+MAX_DAYS = 366
+
+
+class AnswerCache:
+    """The last answers, by key (least recently used out first); safe across the read threads."""
+
+    def __init__(self, size: int = 128) -> None:
+        self._answers: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = size
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._answers:
+                self._answers.move_to_end(key)
+                return self._answers[key]  # type: ignore[no-any-return]
+        value = compute()  # outside the lock: two first calls may both compute, and agree
+        with self._lock:
+            self._answers[key] = value
+            while len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return value
+
+
+def _cache(request: Request) -> AnswerCache:
+    app_state_bag = request.app.state
+    cache = getattr(app_state_bag, "insights_cache", None)
+    if cache is None:
+        cache = app_state_bag.insights_cache = AnswerCache()
+    return cache
+
+
+async def _answer(request: Request, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]) -> Response:
+    state = app_state(request)
+    project = authorize(request, state.config, "read")
+    cache = _cache(request)
+
+    def read(snap: Snapshot) -> T:
+        key = (project.name, snap.gen.gen, snap.folded, name, *query)
+        return cache.get(key, lambda: body(snap, snap.models.projects[project.name]))
+
+    return json_response(await consistent_read(state, project, read))
+
+
+def _level(request: Request) -> str:
+    return choice(request, "level", LEVELS) or "user"
+
+
+# --- retention and stickiness -------------------------------------------------------------------------
+
+
+async def retention(request: Request) -> Response:
+    kind: g.Kind = choice(request, "period", ("week", "month")) or "week"  # type: ignore[assignment]
+    cohorts = count(request, "cohorts", 8, MAX_COHORTS)
+    level = _level(request)
+    at = read_time(request, app_state(request))
+    try:
+        g.period_label(kind, g.period_of(kind, at) - cohorts + 1), g.period_label(kind, g.period_of(kind, at))
+    except (ValueError, OverflowError):
+        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
+
+    def body(snap: Snapshot, served: Project) -> Retention:
+        days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)
+        table = ins.retention(days, kind, cohorts, at)
+        return Retention(period=kind, level=level, cohorts=[
+            Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained)
+            for c in table])
+
+    return await _answer(request, "retention", (kind, cohorts, level, at // DAY), body)
+
+
+async def stickiness(request: Request) -> Response:
+    days = count(request, "days", 30, MAX_DAYS)
+    level = _level(request)
+    at = read_time(request, app_state(request))
+
+    def body(snap: Snapshot, served: Project) -> Stickiness:
+        s = ins.stickiness(store.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
+        return Stickiness(days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio,
+                          active_days=s.active_days)
+
+    return await _answer(request, "stickiness", (days, level, at // DAY), body)
+
+
+# --- predictors and weights ---------------------------------------------------------------------------
+
+
+def _outcome(served: Project, name: str, level: str | None) -> Milestone:
+    m = next((m for m in served.milestones if m.name == name), None)
+    if m is None:
+        raise APIError(400, "bad_request", f"outcome={name!r} is not a milestone of the served model")
+    if level is not None and level != m.level:
+        raise APIError(400, "bad_request", f"outcome {name!r} is a milestone of {m.level}s; level={level!r} "
+                       "cannot reach it")
+    return m
+
+
+def _criteria_events(m: Milestone) -> frozenset[str]:
+    """Event names that make up the outcome itself: they count toward it, so they do not predict it."""
+    return frozenset(c.event for c in m.criteria if c.event is not None and c.kind != "tagged")
+
+
+def early_window(outcome: Milestone, window: int) -> int:
+    """The window asked for, cut at the outcome's own `within`: what comes after the outcome's
+    window has closed cannot predict it."""
+    return min(window, outcome.within) if outcome.within is not None else window
+
+
+def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: int) -> list[ins.Early]:
+    """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
+    least max(window, the outcome's `within`) before it."""
+    horizon = max(window, outcome.within or 0)
+    rows = store.early_events(snap.tx, served.name, snap.gen.gen, outcome.level, outcome.name,
+                              early_window(outcome, window), at - horizon, snap.folded)
+    return ins.early_windows(rows, outcome.name, at, _criteria_events(outcome), served.weight)
+
+
+def _insight_query(request: Request) -> tuple[str, int, str | None, int]:
+    q = request.query_params
+    outcome = q.get("outcome")
+    if not outcome:
+        raise APIError(400, "bad_request", "outcome=MILESTONE is required")
+    text = q.get("window", DEFAULT_WINDOW)
+    try:
+        window = parse_duration(text)
+    except ValueError as exc:
+        raise APIError(400, "bad_request", f"window: {exc}") from None
+    level = choice(request, "level", LEVELS)
+    state: AppState = app_state(request)
+    at = read_time(request, state) if "at" in q else state.clock() // MINUTE * MINUTE
+    return outcome, window, level, at
+
+
+def _interval(pair: tuple[float, float]) -> Interval:
+    return Interval(low=pair[0], high=pair[1])
+
+
+def _predictor(r: ins.Prediction) -> Predictor:
+    return Predictor(
+        event=r.event, threshold=r.threshold, lift=r.lift, coverage=r.coverage, precision=r.precision,
+        recall=r.recall, youden=r.youden, rate_without=r.rate_without, interval=_interval(r.interval),
+        interval_without=_interval(r.interval_without), difference=_interval(r.difference),
+        subjects_with=r.subjects_with, subjects_without=r.subjects_without, achieved_with=r.achieved_with,
+        achieved_without=r.achieved_without, confident=r.confident, best=r.best,
+        frequent_not_predictive=r.frequent_not_predictive,
+    )
+
+
+async def predictors(request: Request) -> Response:
+    name, window, level, at = _insight_query(request)
+    limit = count(request, "limit", 200, 10_000)
+
+    def body(snap: Snapshot, served: Project) -> Predictors:
+        m = _outcome(served, name, level)
+        found = ins.predictors(early(snap, served, m, window, at))
+        return Predictors(
+            outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), ranked_by="youden",
+            subjects=found.subjects, achieved=found.achieved,
+            base_rate=found.achieved / found.subjects if found.subjects else None,
+            proposal=_predictor(found.proposal) if found.proposal is not None else None,
+            predictors=[_predictor(r) for r in found.rows[:limit]],
+        )
+
+    return await _answer(request, "predictors", (name, window, level, at, limit), body)
+
+
+def weight_scale(served: Project) -> float:
+    """The current model's largest weight (in magnitude): the range fitted weights are scaled to."""
+    return max([abs(w) for w in served.weights.values()] + [abs(served.engagement.default_weight)]) or 1.0
+
+
+def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str | None, at: int) -> Weights:
+    """`GET /v1/insights/weights` in a snapshot (also what `headway-collector suggest-weights` prints)."""
+    m = _outcome(served, name, level)
+    fit = ins.suggest_weights(early(snap, served, m, window, at), weight_scale(served))
+    return Weights(
+        outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), subjects=fit.subjects,
+        train=fit.train, test=fit.test, scale=fit.scale, current_auc=fit.current_auc, fitted_auc=fit.fitted_auc,
+        weights=[SuggestedWeight(event=w.event, current=w.current, suggested=w.suggested, coefficient=w.coefficient,
+                                 subjects=w.subjects) for w in fit.weights],
+    )
+
+
+async def weights(request: Request) -> Response:
+    name, window, level, at = _insight_query(request)
+    return await _answer(request, "weights", (name, window, level, at),
+                         lambda snap, served: fitted(snap, served, name, window, level, at))
+
+
+# --- headway-collector suggest-weights ----------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, window: str, now: int) -> str:
+    """The TOML lines of the weights the data supports, read from what the projection has folded
+    (a one-line `ValueError` when there is nothing to read)."""
+    if project is None:
+        if len(cfg.projects) != 1:
+            raise ValueError(f"the config has projects {', '.join(sorted(cfg.projects))}: choose one with --project")
+        project = next(iter(cfg.projects))
+    if project not in cfg.projects:
+        raise ValueError(f"no project {project!r} in {cfg.path}")
+    try:
+        span = parse_duration(window)
+    except ValueError as exc:
+        raise ValueError(f"--window: {exc}") from None
+    with store.read() as r:
+        gen = generations.active(r, project)
+        if gen is None:
+            raise ValueError(f"project {project!r} has no model state in this database yet")
+        models = ModelBook([cfg]).for_generation(r, gen)
+        if models is None:
+            raise ValueError(f"the model {gen.version} that this database serves for {project!r} does not load")
+        snap = Snapshot(r, gen, models, generations.watermark(r, gen.gen))
+        try:
+            w = fitted(snap, models.projects[project], outcome, span, None, now)
+        except APIError as exc:
+            raise ValueError(exc.message) from None
+    def auc(v: float | None) -> str:
+        return f"{v:.3f}" if v is not None else "n/a"
+
+    lines = [f"# weights for outcome {outcome!r}: {w.subjects} subjects ({w.test} held out), {window} window; "
+             f"held-out AUC {auc(w.fitted_auc)} with these, {auc(w.current_auc)} with the current weights",
+             f"[projects.{_toml_key(project)}.weights]"]
+    lines += [f"{_toml_key(s.event)} = {s.suggested:g}  # now {s.current:g}" for s in w.weights]
+    if not w.weights:
+        lines.append("# (no event was done by enough subjects, or every subject has the same outcome: nothing to fit)")
+    elif w.fitted_auc is None or w.current_auc is not None and w.fitted_auc <= w.current_auc:
+        lines.insert(1, "# these predict no better than the current weights on the held-out subjects: keep the current ones")
+    return "\n".join(lines)

@@ -1,0 +1,429 @@
+"""Insights: which early behaviour predicts an outcome, the weights the data supports, retention.
+
+Pure: no I/O, no clock (`at` is passed in). The inputs are what the projection keeps or what one
+ordered pass over the log gives (`store.insights`): per subject, the counts of each event name
+within an early window of its first event and whether it reached the outcome (`Early`), and per
+subject its active days (`growth.Days`).
+
+Predictors (SPEC section 4, "Finding the aha moment"). For an event name e and a threshold k, a
+subject "did it" when it did e at least k times in its early window. Against the outcome:
+
+- `coverage` = did / subjects; `precision` = outcome rate of those who did it; `recall` = the
+  share of the achievers who did it; `lift` = precision / the outcome rate of those who did not;
+- `interval`: the Wilson 95% interval of the precision; `difference`: Newcombe's 95% interval
+  (from the two Wilson intervals) of the rate with minus the rate without;
+- rows are ranked by Youden's J = recall - (false positives / subjects without the outcome):
+  how much better than chance the rule "did e at least k times" separates the two groups. J
+  favours neither rare nor common events, unlike lift (rare events get huge lifts on few subjects)
+  or recall (the first event of every subject has recall 1);
+- a row is `confident` when each side rests on at least `MIN_SIDE` subjects and the difference
+  interval excludes 0 at the Bonferroni-corrected level for the number of rules tested (the
+  reported intervals are plain 95% ones; the correction stops the best of many thresholds of a
+  noise event from looking confident by chance); the proposal (the aha moment) is the best confident row with a positive
+  difference, or none. Small samples give wide intervals, hence no proposal: never a confident
+  wrong one;
+- an event that most subjects do (`FREQUENT` at k = 1) and whose best row either is not
+  confident or moves the rate by less than `NEGLIGIBLE` is flagged `frequent_not_predictive`.
+
+Weights: an L2-regularised logistic regression of the outcome on the early counts (Newton's
+method, standardised features), fitted on 4 subjects in 5 and scored on the fifth, chosen by a
+hash of the subject id (deterministic). Its per-count coefficients are scaled so that the largest
+equals the largest weight of the current model; a negative coefficient is suggested as 0 (a
+negative weight would also stop the event counting as activity). The held-out AUC is given for the
+suggested weights and for the current ones, each scoring a subject by the sum of its early events'
+weights, which is what the engagement score adds up before decay.
+
+Retention (SPEC section 3): a cohort is the subjects whose first active day falls in a period;
+`retained[k]` counts those active in the k-th period after it, up to the period holding `at`.
+Stickiness: over the `n` days ending with the day of `at`, how many subjects were active on
+exactly 1, 2, ..., n of them, the mean daily actives (DAU), the subjects active at all (MAU).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import msgspec
+import numpy as np
+
+from . import growth as g
+from .scoring import DAY
+
+__all__ = [
+    "Cohort",
+    "Early",
+    "Prediction",
+    "Predictions",
+    "StickinessCounts",
+    "SuggestedWeight",
+    "WeightFit",
+    "auc",
+    "early_windows",
+    "fit_logistic",
+    "held_out",
+    "newcombe",
+    "predictors",
+    "retention",
+    "stickiness",
+    "suggest_weights",
+    "thresholds",
+    "wilson",
+]
+
+Z95 = 1.959963984540054
+MIN_SIDE = 10  # subjects on each side of a rule before it can be confident
+FREQUENT = 0.5  # coverage at k = 1 from which an event is "frequent"
+NEGLIGIBLE = 0.05  # a difference of rates below this predicts nothing worth a weight
+MIN_FEATURE = 5  # subjects who did an event before it becomes a feature of the fit
+MAX_FEATURES = 64
+L2 = 1.0  # ridge penalty on the standardised coefficients
+HELD_OUT = 5  # one subject in HELD_OUT is scored, not fitted
+
+
+# --- early windows ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Early:
+    """One subject's early window: its events' counts and effective weights per name, and the outcome."""
+
+    subject: str
+    outcome: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # sums of effective weights per name
+
+
+class _Named(msgspec.Struct):
+    """The fields of a stored event that insights read (the rest is skipped by the decoder)."""
+
+    event: str
+    weight: float | None = None
+    milestones: list[str] = []
+
+
+_decode_named = msgspec.json.Decoder(_Named).decode
+
+
+def early_windows(rows: Iterable[tuple[str, int, int | None, int | None, bytes | None]], outcome: str, at: int,
+                  excluded: frozenset[str], weight: Callable[[str, float | None], float]) -> list[Early]:
+    """Rows (subject, first_seen, time to achieve or None, event time, raw event), grouped by
+    subject, as `Early` records (an event None: the subject logged nothing in it). An event counts when it comes before the outcome was achieved;
+    events named in `excluded` (the outcome's own criteria) or tagged with the outcome never do.
+    """
+    out: list[Early] = []
+    current: Early | None = None
+    achieved_at: int | None = None
+    for subject, first_seen, tta, t, raw in rows:
+        if current is None or current.subject != subject:
+            achieved_at = first_seen + tta if tta is not None else None
+            current = Early(subject, achieved_at is not None and achieved_at <= at)
+            out.append(current)
+        if t is None or raw is None or achieved_at is not None and t >= achieved_at:
+            continue
+        ev = _decode_named(raw)
+        if ev.event in excluded or outcome in ev.milestones:
+            continue
+        current.counts[ev.event] = current.counts.get(ev.event, 0) + 1
+        current.weights[ev.event] = current.weights.get(ev.event, 0.0) + weight(ev.event, ev.weight)
+    return out
+
+
+# --- intervals -------------------------------------------------------------------------------------
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n; (0, 1) without observations."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of k1/n1 - k2/n2 (his method 10), from the Wilson intervals."""
+    p1 = k1 / n1 if n1 else 0.0
+    p2 = k2 / n2 if n2 else 0.0
+    l1, u1 = wilson(k1, n1, z)
+    l2, u2 = wilson(k2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+# --- predictors ------------------------------------------------------------------------------------
+
+
+def thresholds(most: int) -> list[int]:
+    """Count thresholds up to `most`: every k to 10, then about four a decade (12, 15, 20, 25, 30, 40, 50, ...)."""
+    out = list(range(1, min(most, 10) + 1))
+    base = 10
+    while True:
+        for step in (12, 15, 20, 25, 30, 40, 50, 60, 80, 100):
+            k = step * base // 10
+            if k > most:
+                return out
+            if k > out[-1]:
+                out.append(k)
+        base *= 10
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One rule "did `event` at least `threshold` times in the early window" against the outcome."""
+
+    event: str
+    threshold: int
+    subjects_with: int
+    subjects_without: int
+    achieved_with: int
+    achieved_without: int
+    coverage: float
+    precision: float
+    recall: float
+    rate_without: float | None
+    lift: float | None
+    youden: float
+    interval: tuple[float, float]  # Wilson 95% of `precision`
+    interval_without: tuple[float, float]  # Wilson 95% of `rate_without`
+    difference: tuple[float, float]  # Newcombe 95% of precision - rate_without
+    confident: bool
+    best: bool  # the best threshold of its event
+    frequent_not_predictive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Predictions:
+    subjects: int
+    achieved: int
+    rows: list[Prediction]  # best first (Youden's J, then event name, then threshold)
+    proposal: Prediction | None
+
+
+def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int, z_family: float) -> Prediction:
+    nn, yn = n - nw, y - yw
+    precision = yw / nw
+    rate_without = yn / nn if nn else None
+    difference = newcombe(yw, nw, yn, nn)
+    strict = newcombe(yw, nw, yn, nn, z_family)
+    return Prediction(
+        event=event, threshold=k, subjects_with=nw, subjects_without=nn, achieved_with=yw, achieved_without=yn,
+        coverage=nw / n, precision=precision, recall=yw / y,
+        rate_without=rate_without,
+        lift=precision / rate_without if rate_without else None,
+        youden=yw / y - (nw - yw) / (n - y),
+        interval=wilson(yw, nw), interval_without=wilson(yn, nn), difference=difference,
+        confident=nw >= MIN_SIDE and nn >= MIN_SIDE and (strict[0] > 0 or strict[1] < 0),
+        best=False, frequent_not_predictive=False,
+    )
+
+
+def predictors(subjects: Sequence[Early]) -> Predictions:
+    """Every (event, threshold) rule that at least one subject meets, ranked by Youden's J."""
+    n = len(subjects)
+    y = sum(s.outcome for s in subjects)
+    if y == 0 or y == n:  # nothing to separate: every rule has J = 0
+        return Predictions(n, y, [], None)
+    by_event: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+    for s in subjects:
+        for name, c in s.counts.items():
+            by_event[name].append((c, s.outcome))
+    for seen in by_event.values():
+        seen.sort(reverse=True)  # most first
+    tested = sum(len(thresholds(seen[0][0])) for seen in by_event.values())
+    z_family = statistics.NormalDist().inv_cdf(1 - 0.025 / max(1, tested))
+    rows: list[Prediction] = []
+    for name, seen in by_event.items():
+        mine: list[Prediction] = []
+        i = nw = yw = 0
+        for k in reversed(thresholds(seen[0][0])):  # from the highest: the "did" side only grows
+            while i < len(seen) and seen[i][0] >= k:
+                nw += 1
+                yw += seen[i][1]
+                i += 1
+            if nw:
+                mine.append(_rule(name, k, nw, yw, n, y, z_family))
+        top = max(mine, key=lambda r: (r.youden, -r.threshold))
+        at_one = next(r for r in mine if r.threshold == 1)
+        negligible = not top.confident or abs(top.precision - (top.rate_without or 0.0)) < NEGLIGIBLE
+        flag = at_one.coverage >= FREQUENT and negligible
+        rows += [_flagged(r, r is top, flag) for r in mine]
+    rows.sort(key=lambda r: (-r.youden, r.event, r.threshold))
+    proposal = next((r for r in rows if r.confident and r.difference[0] > 0 and r.youden > 0), None)
+    return Predictions(n, y, rows, proposal)
+
+
+def _flagged(r: Prediction, best: bool, flag: bool) -> Prediction:
+    return replace(r, best=best, frequent_not_predictive=flag) if best or flag else r
+
+
+# --- fitted weights --------------------------------------------------------------------------------
+
+
+def held_out(subject: str) -> bool:
+    """Is the subject in the held-out fifth? A stable hash, the same in every process and run."""
+    return zlib.crc32(subject.encode("utf-8", "surrogatepass")) % HELD_OUT == 0
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 50) -> tuple[float, np.ndarray]:
+    """Intercept and coefficients of an L2-regularised logistic regression (Newton's method).
+
+    The penalty `l2 * |beta|^2 / 2` is on the coefficients, not the intercept; the columns of `x`
+    should be on comparable scales (standardised) for one penalty to suit them all.
+    """
+    n, d = x.shape
+    a = np.hstack([np.ones((n, 1)), x])
+    beta = np.zeros(d + 1)
+    penalty = np.full(d + 1, l2)
+    penalty[0] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -35, 35)))
+        grad = a.T @ (p - y) + penalty * beta
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if float(np.max(np.abs(step))) < 1e-8:
+            break
+    return float(beta[0]), beta[1:]
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """The area under the ROC curve (ties count half); None without both classes."""
+    pos = sum(1 for b in labels if b)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mid = (i + j) / 2 + 1  # the mean rank of the tied run, 1-based
+        rank_sum += mid * sum(1 for m in range(i, j + 1) if labels[order[m]])
+        i = j + 1
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestedWeight:
+    event: str
+    current: float  # the mean effective weight of its early events under the current model
+    suggested: float
+    coefficient: float  # per event done, on the log-odds of the outcome
+    subjects: int  # training subjects who did it
+
+
+@dataclass(frozen=True, slots=True)
+class WeightFit:
+    subjects: int
+    train: int
+    test: int
+    scale: float  # the largest weight of the current model: the largest suggestion equals it
+    weights: list[SuggestedWeight]  # largest suggestion first
+    current_auc: float | None
+    fitted_auc: float | None
+
+
+def suggest_weights(subjects: Sequence[Early], scale: float) -> WeightFit:
+    """Weights fitted to predict the outcome from early counts, with held-out AUCs (see the module)."""
+    train = [s for s in subjects if not held_out(s.subject)]
+    test = [s for s in subjects if held_out(s.subject)]
+    did: dict[str, int] = defaultdict(int)
+    for s in train:
+        for name in s.counts:
+            did[name] += 1
+    names = sorted((e for e, m in did.items() if m >= MIN_FEATURE), key=lambda e: (-did[e], e))[:MAX_FEATURES]
+    names.sort()
+    weights: list[SuggestedWeight] = []
+    suggested: dict[str, float] = {}
+    labels = np.array([s.outcome for s in train], dtype=float)
+    if names and 0 < labels.sum() < len(train):
+        x = np.array([[s.counts.get(e, 0) for e in names] for s in train], dtype=float)
+        sd = x.std(axis=0)
+        sd[sd == 0] = 1.0
+        _, beta = fit_logistic((x - x.mean(axis=0)) / sd, labels)
+        per_count = beta / sd
+        top = float(per_count.max())
+        total_w: dict[str, float] = defaultdict(float)
+        total_n: dict[str, int] = defaultdict(int)
+        for s in subjects:
+            for e, c in s.counts.items():
+                total_n[e] += c
+                total_w[e] += s.weights[e]
+        for e, c in zip(names, per_count):
+            w = round(scale * float(c) / top, 3) if top > 0 and c > 0 else 0.0
+            suggested[e] = w
+            weights.append(SuggestedWeight(e, total_w[e] / total_n[e], w, float(c), did[e]))
+        weights.sort(key=lambda w: (-w.suggested, -w.coefficient, w.event))
+    outcomes = [s.outcome for s in test]
+    current = [sum(s.weights.values()) for s in test]
+    fitted = [sum(suggested[e] * c if e in suggested else s.weights[e] for e, c in s.counts.items()) for s in test]
+    return WeightFit(len(subjects), len(train), len(test), scale, weights, auc(current, outcomes),
+                     auc(fitted, outcomes) if weights else None)
+
+
+# --- retention and stickiness ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    period: int
+    size: int
+    retained: list[int]  # retained[k]: active k periods after `period`; retained[0] == size
+
+
+def retention(days_of: Iterable[g.Days], kind: g.Kind, cohorts: int, at: int) -> list[Cohort]:
+    """The last `cohorts` cohorts up to the period holding `at`, oldest first; days after `at` do not count."""
+    today = at // DAY
+    last = g.period_of_day(kind, today)
+    first = last - cohorts + 1
+    table = {c: [0] * (last - c + 1) for c in range(first, last + 1)}
+    for days in days_of:
+        if days.first is None or days.first > today:
+            continue
+        c = g.period_of_day(kind, days.first)
+        if c < first:
+            continue
+        row = table[c]
+        for p in {g.period_of_day(kind, d) for d in days.all() if d <= today}:
+            row[p - c] += 1
+    return [Cohort(c, table[c][0], table[c]) for c in range(first, last + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class StickinessCounts:
+    days: int
+    dau: float  # mean daily active subjects over the days
+    mau: int  # subjects active on at least one of them
+    active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
+
+    @property
+    def ratio(self) -> float | None:
+        return self.dau / self.mau if self.mau else None
+
+
+def stickiness(days_of: Iterable[g.Days], n: int, at: int) -> StickinessCounts:
+    """Over the `n` UTC days ending with the day of `at`: active days per subject, DAU, MAU."""
+    hi = at // DAY
+    lo = hi - n + 1
+    mask = (1 << n) - 1
+    hist = [0] * n
+    for days in days_of:
+        if days.first is None or days.first > hi:
+            continue
+        shift = lo - days.first
+        window = (days.bits >> shift if shift >= 0 else days.bits << -shift) & mask
+        active = window.bit_count()
+        if active:
+            hist[active - 1] += 1
+    mau = sum(hist)
+    dau = sum((i + 1) * m for i, m in enumerate(hist)) / n
+    return StickinessCounts(n, dau, mau, hist)
