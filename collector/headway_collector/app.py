@@ -22,8 +22,9 @@ from starlette.routing import BaseRoute, Route
 
 from headway import wire
 
-from . import api, dashboard, history, ingest, reports
+from . import api, dashboard, feed, history, ingest, reports
 from .config import Config, ConfigError, load
+from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
 from .projection import ModelBook, Mode, Projection, serve_models
@@ -60,6 +61,8 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/scores", "GET", history.scores, wire.ScoreHistory, "One user's or account's score once a day over the last days"),
     ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
     ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
+    ("/v1/transitions", "GET", feed.list_transitions, wire.TransitionPage, "Transitions in commit order, past a cursor"),
+    ("/v1/stream", "GET", feed.stream, None, "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
     ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),
@@ -130,6 +133,9 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
         store.start()
         state.projection = Projection(store.url, [config], workers=fold_workers, mode=fold_mode)
         state.projection.start()
+        delivery = Delivery(store, lambda: state.config)
+        state.metrics.sections.append(delivery.render)
+        delivery.start()
         if reload_on_sighup and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: threading.Thread(
                 target=reload, name="headway-reload", daemon=True).start())
@@ -138,6 +144,8 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
             yield
         finally:
             state.ready = False
+            delivery.stop()
+            state.metrics.sections.remove(delivery.render)
             store.close_appends()  # nothing new is acknowledged past this point ...
             if not await run_in_threadpool(state.projection.drain, store):  # ... and what was is folded
                 logger.warning("stopping with events not yet folded: the next start folds them")

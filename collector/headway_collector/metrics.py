@@ -25,6 +25,7 @@ class Metrics:
         self._latency_count = 0
         self._queue_depth = queue_depth
         self.projection_lag = projection_lag
+        self.sections: list[Callable[[], str]] = []  # more families, rendered last (webhook delivery)
 
     def batch(self, project: str, accepted: int, duplicates: int, seconds: float) -> None:
         with self._lock:
@@ -73,4 +74,4 @@ class Metrics:
         family("headway_quarantined_subjects", "gauge", "Subjects the projection set aside (see the log); a rescore retries.")
         for p, n in sorted(lag.quarantined.items()):
             out.append(f'headway_quarantined_subjects{{project="{p}"}} {n}')
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + "".join(section() for section in self.sections)

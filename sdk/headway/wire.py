@@ -46,6 +46,8 @@ __all__ = [
     "ScoreHistory",
     "ScorePoint",
     "Success",
+    "Transition",
+    "TransitionPage",
     "UnknownTag",
     "UserPage",
     "UserView",
@@ -273,3 +275,24 @@ class ModelInfo(msgspec.Struct):
     model: dict[str, Any]
     unknown_tags: list[UnknownTag] = []
     pending: PendingModel | None = None
+
+
+class Transition(msgspec.Struct, frozen=True):
+    """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
+    ``milestone.missed``, ``stage.entered``, ``quadrant.changed``, ``trend.changed``; ``data``
+    holds ``{"milestone": name}`` or ``{"from": old, "to": new}``. ``id`` is also its cursor."""
+
+    id: str
+    type: str
+    project: str
+    level: str
+    subject: str
+    at: datetime
+    data: dict[str, Any]
+
+
+class TransitionPage(msgspec.Struct):
+    """``GET /v1/transitions``: transitions in commit order; pass ``next`` as ``since`` for more."""
+
+    transitions: list[Transition]
+    next: str
