@@ -18,7 +18,7 @@ from ..model.scoring import DAY
 from .base import Tx
 
 __all__ = ["FunnelCounts", "SubjectRow", "read_funnel", "read_growth", "read_nps", "subject_page", "subject_state", "tags",
-           "transitions", "TransitionRow"]
+           "transitions", "transitions_head", "TransitionRow"]
 
 SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row
 NEVER = -(1 << 62)  # a day before every day
