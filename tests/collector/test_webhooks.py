@@ -262,9 +262,9 @@ def test_the_stream_resumes_with_last_event_id_without_a_gap_or_a_repeat(tmp_pat
 
 
 @pytest.mark.parametrize(("block", "line", "reason"), [
-    ('url = "ftp://crm.example.com"\nsecret = "s"\non = ["milestone.achieved"]', 2, "http:// or https:// URL"),
-    ('url = "https://crm.example.com"\nsecret = "s"\non = ["milestone.reached"]', 4, "unknown type of transition"),
-    ('url = "https://crm.example.com"\nsecret = ""\non = ["milestone.achieved"]', 3, "secret must not be empty"),
+    ('url = "ftp://crm.example.com"\nsecret = "s"\non = ["milestone.achieved"]', 3, "http:// or https:// URL"),
+    ('url = "https://crm.example.com"\nsecret = "s"\non = ["milestone.reached"]', 5, "unknown type of transition"),
+    ('url = "https://crm.example.com"\nsecret = ""\non = ["milestone.achieved"]', 4, "secret must not be empty"),
 ])
 def test_a_bad_webhook_is_refused_at_load_in_one_line_with_its_line(block: str, line: int, reason: str) -> None:
     from headway_collector.config import ConfigError, loads
