@@ -7,6 +7,7 @@ import asyncio
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,7 @@ def test_transitions_commit_in_position_order_on_postgresql() -> None:
         store.open()
         gen = store.transact(lambda tx: generations.ensure(tx, "acme", "v", "", 0))
         stop = threading.Event()
-        late: list[tuple[int, int]] = []
-        seen: list[int] = []
+        consumed: list[int] = []
 
         def writer(n: int) -> None:
             rng = random.Random(n)
@@ -181,34 +181,23 @@ def test_transitions_commit_in_position_order_on_postgresql() -> None:
 
                 store.transact(body)
 
-        def reader() -> None:
-            last = 0
+        def consume() -> None:  # as a stream does: past the last position seen
             while not stop.is_set():
                 with store.read() as r:
-                    rows = queries.transitions(r, gen.gen, 0, 100_000)
-                got = [t.seq for t in rows]
-                missing_below = [s for s in got if s <= last and s not in seen_set]
-                late.extend((s, last) for s in missing_below)
-                for s in got:
-                    if s not in seen_set:
-                        seen_set.add(s)
-                        seen.append(s)
-                last = max(got, default=last)
+                    consumed.extend(t.seq for t in queries.transitions(r, gen.gen, max(consumed, default=0), 100_000))
 
-        seen_set: set[int] = set()
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-        r = threading.Thread(target=reader)
-        r.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        reader = threading.Thread(target=consume)
+        reader.start()
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(writer, range(6)))
         stop.set()
-        r.join()
+        reader.join()
         try:
-            assert late == []  # no position ever appeared below one already seen
             with store.read() as rd:
-                assert len(queries.transitions(rd, gen.gen, 0, 100_000)) == 240
+                everything = [t.seq for t in queries.transitions(rd, gen.gen, 0, 100_000)]
+            consumed += [seq for seq in everything if seq > max(consumed, default=0)]
+            assert len(everything) == 240
+            assert consumed == everything  # nothing committed below a position already seen
         finally:
             store.close()
 
