@@ -279,7 +279,7 @@ async function showSubject(level, id) {
 
 async function route() {
   const [view, ...rest] = (location.hash.slice(1) || "funnel").split("/");
-  const name = ["funnel", "accounts", "growth", "subject", "list"].includes(view) ? view : "funnel";
+  const name = ["funnel", "accounts", "growth", "subject", "list", "live"].includes(view) ? view : "funnel";
   for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== `view-${name}`;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name === "list" ? (rest[0] === "user" ? "funnel" : "accounts") : name}`);
   if (!key) { status("Enter a read key of your project (make run prints the demo one)."); return; }
@@ -344,11 +344,12 @@ function liveItem(t) {
     h("b", {}, t.type), " ", subjectLink(t.level, t.subject), " ", what);
 }
 
+// The stream is open only while the Live view is shown.
 function startLive() {
   if (live !== null) live.close();
   live = null;
   $("live-feed").replaceChildren();
-  if (!key) return;
+  if (!key || !location.hash.startsWith("#live")) return;
   const url = new URL("v1/stream", document.baseURI);
   url.searchParams.set("key", key);
   live = new EventSource(url);
@@ -366,4 +367,5 @@ function startLive() {
 document.addEventListener("DOMContentLoaded", () => {
   startLive();
   $("key-form").addEventListener("submit", () => setTimeout(startLive));
+  window.addEventListener("hashchange", () => { if (location.hash.startsWith("#live") !== (live !== null)) startLive(); });
 });
