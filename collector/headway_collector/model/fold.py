@@ -41,7 +41,7 @@ from ..config import Project
 from . import growth as g
 import msgspec
 
-from .evaluate import Mark, is_succeeding, milestone_marks, milestone_results, stage_at, stage_on, trend_of
+from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
 from .scoring import value_at
 from .scoring import DAY
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
@@ -349,9 +349,11 @@ def baseline(lm: LevelModel) -> Labels:
     return Labels(stage=stages[0].name if stages else None)
 
 
-def labels_at(lm: LevelModel, state: SubjectState, now: int) -> Labels:
-    """A subject's labels at `now`, as the query API reads them (`model.evaluate.read`)."""
-    results = milestone_results(lm, state)
+def labels_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark] | None = None) -> Labels:
+    """A subject's labels at `now`, as the query API reads them (`model.evaluate.read`); `marks`:
+    its milestones' stored marks, when known (the same as `milestone_marks(lm, state)`)."""
+    marks = marks if marks is not None else milestone_marks(lm, state)
+    results = [MilestoneResult(m, *marks[m.name], ()) for m in lm.milestones]
     achieved = tuple(r.milestone.name for r in results if r.achieved_at is not None)
     idx = stage_at(lm, state, stage_on(lm, achieved), now)
     engaged = value_at(state.sums[0], now, lm.half_lives[0]) >= lm.project.engagement.engaged_threshold
@@ -366,7 +368,7 @@ def labels_at(lm: LevelModel, state: SubjectState, now: int) -> Labels:
 def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRecord, now: int) -> None:
     """Add the subject's transitions from the labels last announced to its labels at `now`."""
     old = record.announced or baseline(lm)
-    new = labels_at(lm, record.state, now)
+    new = labels_at(lm, record.state, now, record.marks)
     if new == old:
         return
     for t in changes(lm, key, record, old, new, now):
