@@ -233,3 +233,28 @@ async def test_get_transitions_pages_in_commit_order_for_the_keys_project_only(t
         assert (await c.get("/v1/transitions", params={"since": "x"}, headers=read_headers())).status_code == 400
         assert (await c.get("/v1/transitions", headers={"Authorization": "Bearer test-write-acme"})).status_code == 403
         assert (await c.get("/v1/stream", params={"key": "nope"})).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_a_model_built_in_the_background_announces_nothing(tmp_path: Path) -> None:
+    """History ingested under one model, then served with a changed one: the build re-tells
+    history silently (only the served model speaks), and the new model's transitions are new ones."""
+    from tests.collector.test_store_contract import batches, collector, make_events, model, send
+    from tests.conftest import until_served
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    events = make_events(2)
+    async with collector(url) as c:
+        for b in batches(events, 100):
+            await send(c, b)
+        before = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
+    assert before["transitions"]
+    async with collector(url, model(changed=True)) as c:
+        await until_served(c, model(changed=True).projects["acme"].version)
+        after = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
+        assert after["transitions"] == []  # the old model's are gone with it; the build told none
+        late = [{**events[0], "id": "late-1", "user_id": "newcomer", "event": "prompt_completed", "weight": 50}]
+        await send(c, late)
+        news = (await c.get("/v1/transitions", params={"since": before["next"]}, headers=read_headers())).json()
+        assert {t["subject"] for t in news["transitions"]} == {"newcomer"}
+        assert min(int(t["id"]) for t in news["transitions"]) > int(before["next"])
