@@ -310,7 +310,9 @@ class Worker:
             assert models is not None, "held partitions have a model"
             marks = {p.part: p.watermark for p in generations.partitions(r, gen.gen)
                      if p.part in parts and p.owner == self.owner}
-            page = derived.subject_page(r, models, gen.project, gen.gen, after, SWEEP_PAGE)
+            n = gen.partitions
+            page = derived.subject_page(r, models, gen.project, gen.gen, after, SWEEP_PAGE,
+                                        lambda k: partition_of(k.level, k.subject, n) in marks)
         if len(page) < SWEEP_PAGE:
             self._sweeps[gen.gen] = (time.monotonic() + self.sweep_every, None)  # done: the next one starts over
         else:

@@ -17,7 +17,7 @@ The labels a subject's transitions last announced (`subject_labels`) are stored 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -180,10 +180,11 @@ def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> No
 
 
 
-def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectKey | None,
-                 limit: int) -> list[tuple[SubjectKey, SubjectRecord | None]]:
-    """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order, as
-    records with their announced labels (None: the row does not decode)."""
+def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectKey | None, limit: int,
+                 keep: Callable[[SubjectKey], bool]) -> list[tuple[SubjectKey, SubjectRecord | None]]:
+    """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order:
+    those that `keep` (decoded only then) as records with their announced labels (None: the row
+    does not decode), the others as None too."""
     where, params = "s.gen = ?", [gen]
     if after is not None:
         where += " AND (s.level > ? OR (s.level = ? AND s.subject > ?))"
@@ -194,6 +195,9 @@ def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectK
     out: list[tuple[SubjectKey, SubjectRecord | None]] = []
     for level, sid, blob, labels in rows:
         key = SubjectKey(level, sid)
+        if not keep(key):
+            out.append((key, None))
+            continue
         try:
             record = record_of(models[project, level], decode_state(bytes(blob)), g.Days())
             record.announced = _decode_labels(labels) if labels is not None else None
