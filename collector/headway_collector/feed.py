@@ -81,6 +81,51 @@ def _stream_project(request: Request, config: Config) -> Project:
     return authorize(request, config, "read")
 
 
+class _Tail:
+    """The transitions' last position, looked at every POLL seconds by one task per collector
+    while streams are open, so that idle streams cost no query each."""
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.moved = asyncio.Event()
+        self.streams = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _watch(self, state: AppState) -> None:
+        while self.streams > 0:
+            head = await run_in_threadpool(_head, state)
+            if head != self.head:
+                self.head = head
+                self.moved.set()
+                self.moved = asyncio.Event()
+            await asyncio.sleep(POLL)
+        self.task = None
+
+    async def past(self, state: AppState, after: int, timeout: float) -> None:
+        """Return once a position past `after` may be committed, or after `timeout` seconds."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch(state))
+        if self.head > after:
+            return
+        try:
+            await asyncio.wait_for(self.moved.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def _head(state: AppState) -> int:
+    with state.store.read() as r:
+        return queries.transitions_head(r)
+
+
+def _tail(state: AppState) -> _Tail:
+    tail = getattr(state, "_transitions_tail", None)
+    if tail is None:
+        tail = _Tail()
+        state._transitions_tail = tail  # type: ignore[attr-defined]
+    return tail
+
+
 def _read(state: AppState, project: str, after: int) -> list[queries.TransitionRow]:
     with state.store.read() as r:
         gen = generations.active(r, project)
@@ -92,25 +137,35 @@ async def stream(request: Request) -> Response:
     project = _stream_project(request, state.config)
     after = _cursor("Last-Event-ID", request.headers.get("last-event-id") or request.query_params.get("since"))
 
+    tail = _tail(state)
+
     async def events(after: int) -> AsyncIterator[bytes]:
-        yield b"retry: 1000\n\n"
-        beat = time.monotonic()
-        while True:
-            rows = await run_in_threadpool(_read, state, project.name, after)
-            if rows:
-                chunk = bytearray()
-                for row in rows:
-                    data = _encode(transition_of(project.name, row))
-                    chunk += b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), data)
-                    after = row.seq
-                yield bytes(chunk)
-                beat = time.monotonic()
-                if len(rows) == PAGE:
-                    continue
-            elif time.monotonic() - beat >= HEARTBEAT:
-                yield b": heartbeat\n\n"
-                beat = time.monotonic()
-            await asyncio.sleep(POLL)
+        tail.streams += 1
+        try:
+            yield b"retry: 1000\n\n"
+            beat = time.monotonic()
+            seen = -1  # the tail position last read up to (another project's transitions move it too)
+            while True:
+                if tail.head != seen:
+                    seen = tail.head
+                    rows = await run_in_threadpool(_read, state, project.name, after)
+                    if rows:
+                        chunk = bytearray()
+                        for row in rows:
+                            data = _encode(transition_of(project.name, row))
+                            chunk += b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), data)
+                            after = row.seq
+                        yield bytes(chunk)
+                        beat = time.monotonic()
+                        if len(rows) == PAGE:
+                            seen = -1  # more to read at once
+                            continue
+                if time.monotonic() - beat >= HEARTBEAT:
+                    yield b": heartbeat\n\n"
+                    beat = time.monotonic()
+                await tail.past(state, max(after, seen), HEARTBEAT - (time.monotonic() - beat))
+        finally:
+            tail.streams -= 1
 
     return StreamingResponse(events(after), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

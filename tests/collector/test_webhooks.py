@@ -374,3 +374,29 @@ def test_an_idle_stream_sends_heartbeats(tmp_path: Path) -> None:
             assert next(line for line in lines if line.startswith(":")) == ": heartbeat"
     finally:
         live.stop()
+
+
+def test_a_stream_pushes_what_commits_after_it_connected(tmp_path: Path) -> None:
+    live = start(tmp_path, "")
+    try:
+        ingest(live, users=2)
+        last = all_transitions(live)[-1]["id"]
+        got: list[headway.wire.Transition] = []
+        connected = threading.Event()
+
+        def listen() -> None:
+            with headway.Client(live.url, READ_KEY) as client:
+                stream = client.stream(since=last)
+                connected.set()
+                got.append(next(stream))
+                stream.close()
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        connected.wait(10)
+        evs = [event("late-user", "prompt_completed", weight=8) for _ in range(3)]
+        assert httpx.post(live.url + "/v1/batch", content=body(evs), headers=headers(), timeout=10).status_code == 200
+        listener.join(30)
+        assert got and got[0].subject == "late-user" and int(got[0].id) > int(last)
+    finally:
+        live.stop()
