@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, dashboard, history, ingest, reports
-from . import insights
+from . import api, dashboard, feed, history, ingest, insights, reports
 from .config import Config, ConfigError, load
+from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
 from .projection import Mode, ModelBook, Projection, serve_models
@@ -64,6 +64,8 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/stickiness", "GET", insights.stickiness, wire.Stickiness, "Stickiness: DAU/MAU and subjects by active days over the last days"),
     ("/v1/insights/predictors", "GET", insights.predictors, wire.Predictors, "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
     ("/v1/insights/weights", "GET", insights.weights, wire.Weights, "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
+    ("/v1/transitions", "GET", feed.list_transitions, wire.TransitionPage, "Transitions in commit order, past a cursor"),
+    ("/v1/stream", "GET", feed.stream, None, "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
     ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),
@@ -119,6 +121,12 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
     "/v1/insights/weights": ([_query("outcome", {"type": "string"}, "a milestone of the model (required)"),
                               _query("window", {"type": "string"}, "early window, a duration like 7d"), _LEVEL, _AT],
                              (400, 401, 403)),
+    "/v1/transitions": ([_query("since", {"type": "string"}, "the cursor of the last transition seen"),
+                         _query("limit", {"type": "integer", "minimum": 1}, "transitions a page; default 100")],
+                        (400, 401, 403)),
+    "/v1/stream": ([_query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
+                    _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)")],
+                   (400, 401, 403)),
     "/healthz": ([], ()),
     "/readyz": ([], ()),
     "/metrics": ([], (401, 403)),
@@ -145,6 +153,8 @@ def openapi() -> dict[str, Any]:
             ok = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{rtype.__name__}"}}}}
         elif path == "/metrics":
             ok = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+        elif path == "/v1/stream":
+            ok = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
         else:
             ok = {"content": {"application/json": {"schema": _PLAIN[path]}}}
         responses: dict[str, Any] = {"200": {"description": "OK", **ok}}
@@ -207,6 +217,9 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
         store.start()
         state.projection = Projection(store.url, [config], workers=fold_workers, mode=fold_mode)
         state.projection.start()
+        delivery = Delivery(store, lambda: state.config)
+        state.metrics.sections.append(delivery.render)
+        delivery.start()
         if reload_on_sighup and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: threading.Thread(
                 target=reload, name="headway-reload", daemon=True).start())
@@ -215,6 +228,8 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
             yield
         finally:
             state.ready = False
+            delivery.stop()
+            state.metrics.sections.remove(delivery.render)
             store.close_appends()  # nothing new is acknowledged past this point ...
             if not await run_in_threadpool(state.projection.drain, store):  # ... and what was is folded
                 logger.warning("stopping with events not yet folded: the next start folds them")

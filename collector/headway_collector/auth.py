@@ -11,7 +11,7 @@ from starlette.requests import Request
 from .config import Config, Project
 from .errors import APIError
 
-__all__ = ["authorize", "hash_key", "new_key"]
+__all__ = ["authorize", "authorize_key", "hash_key", "new_key"]
 
 
 def hash_key(key: str) -> str:
@@ -28,7 +28,12 @@ def authorize(request: Request, config: Config, kind: Literal["write", "read"]) 
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise APIError(401, "unauthorized", "missing key: send 'Authorization: Bearer <key>'")
-    digest = hash_key(key.strip())
+    return authorize_key(key.strip(), config, kind)
+
+
+def authorize_key(key: str, config: Config, kind: Literal["write", "read"]) -> Project:
+    """The project `key` reaches for `kind`, or a 401/403 APIError."""
+    digest = hash_key(key)
     project = config.project_for_key(digest, kind)
     if project is not None:
         return project

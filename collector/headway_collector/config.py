@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -26,6 +27,8 @@ __all__ = [
     "Milestone",
     "Project",
     "Stage",
+    "TRANSITION_TYPES",
+    "Webhook",
     "load",
     "loads",
     "parse_duration",
@@ -37,6 +40,7 @@ MAX_DURATION = 36_500 * _UNITS["d"]  # deadlines stay within the calendar
 _DURATION = re.compile(r"(\d+)([smhd])")
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KINDS = ("count", "sum", "distinct", "tagged", "rate")
+TRANSITION_TYPES = ("milestone.achieved", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed")
 
 
 class ConfigError(Exception):
@@ -105,6 +109,21 @@ class Engagement:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """`[[projects.NAME.webhooks]]`: the transitions of types `on` are POSTed to `url`, signed with `secret`."""
+
+    project: str
+    url: str
+    secret: str = field(repr=False)
+    on: tuple[str, ...]
+
+    @property
+    def hook(self) -> str:
+        """Its name in the delivery tables: the same while its project, URL and types stay."""
+        return hashlib.sha256(msgspec.json.encode([self.project, self.url, sorted(self.on)])).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Project:
     name: str
     write_keys: frozenset[str]
@@ -116,6 +135,7 @@ class Project:
     milestones: tuple[Milestone, ...] = ()
     model: dict[str, Any] = field(default_factory=dict)  # as written, for GET /v1/model
     version: str = ""
+    webhooks: tuple[Webhook, ...] = ()  # not part of the model: changing them re-scores nothing
 
     def weight(self, event: str, own: float | None) -> float:
         """Model weight > the event's own weight > default_weight."""
@@ -188,6 +208,12 @@ class _RawNPS(_Strict):
     event: str
 
 
+class _RawWebhook(_Strict):
+    url: str
+    secret: str
+    on: list[str]
+
+
 class _RawProject(_Strict):
     write_keys: list[str] = []
     read_keys: list[str] = []
@@ -196,6 +222,7 @@ class _RawProject(_Strict):
     nps: _RawNPS | None = None
     stages: list[_RawStage] = []
     milestones: list[_RawMilestone] = []
+    webhooks: list[_RawWebhook] = []
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -364,7 +391,8 @@ class _Builder:
         stages = self.stages(at, rp.stages)
         milestones = self.milestones(at, rp.milestones, stages)
         self.check_stage_triggers(at, stages, milestones)
-        model = {k: v for k, v in data.items() if k not in ("write_keys", "read_keys")}
+        webhooks = self.webhooks(name, at, rp.webhooks)
+        model = {k: v for k, v in data.items() if k not in ("write_keys", "read_keys", "webhooks")}
         version = hashlib.sha256(msgspec.json.encode(model, order="sorted")).hexdigest()[:16]
         return Project(
             name=name,
@@ -377,7 +405,31 @@ class _Builder:
             milestones=milestones,
             model=model,
             version=version,
+            webhooks=webhooks,
         )
+
+    def webhooks(self, project: str, at: list[str | int], raw: list[_RawWebhook]) -> tuple[Webhook, ...]:
+        out: list[Webhook] = []
+        for i, w in enumerate(raw):
+            loc = at + ["webhooks", i]
+            parsed = urlsplit(w.url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise self.fail(loc + ["url"], f"webhooks[{i}].url must be an http:// or https:// URL with a host; "
+                                f"got {w.url!r}")
+            if not w.secret:
+                raise self.fail(loc + ["secret"], f"webhooks[{i}].secret must not be empty (it signs every delivery)")
+            if not w.on:
+                raise self.fail(loc + ["on"], f"webhooks[{i}].on must name at least one type of transition: "
+                                f"{', '.join(TRANSITION_TYPES)}")
+            for kind in w.on:
+                if kind not in TRANSITION_TYPES:
+                    raise self.fail(loc + ["on"], f"webhooks[{i}].on: unknown type of transition {kind!r} "
+                                    f"(one of {', '.join(TRANSITION_TYPES)})")
+            hook = Webhook(project, w.url, w.secret, tuple(dict.fromkeys(w.on)))
+            if any(o.hook == hook.hook for o in out):
+                raise self.fail(loc + ["url"], f"webhooks[{i}] repeats an earlier webhook (same url and types)")
+            out.append(hook)
+        return tuple(out)
 
     def stages(self, at: list[str | int], raw: list[_RawStage]) -> tuple[Stage, ...]:
         out: list[Stage] = []

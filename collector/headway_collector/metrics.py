@@ -30,6 +30,7 @@ class Metrics:
         self._latency_count = 0
         self._queue_depth = queue_depth
         self.projection_lag = projection_lag
+        self.sections: list[Callable[[str], str]] = []  # more families of a project, rendered last (webhooks)
 
     def batch(self, project: str, accepted: int, duplicates: int, seconds: float) -> None:
         with self._lock:
@@ -79,4 +80,4 @@ class Metrics:
         family("headway_quarantined_subjects", "gauge", "Subjects the projection set aside (see the log); a rescore retries.")
         if project in lag.quarantined:
             out.append(f'headway_quarantined_subjects{{project="{project}"}} {lag.quarantined[project]}')
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + "".join(section(project) for section in self.sections)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, Unpack
@@ -17,6 +19,7 @@ import msgspec
 from . import wire
 from ._core import LIBRARY, error_detail, retry_after, rfc3339_offset
 from ._exceptions import APIError, api_error
+from ._sse import READ_TIMEOUT, Events
 from ._transport import _HTTPX_ERRORS, map_httpx_error
 
 __all__ = ["AsyncClient", "Client"]
@@ -164,6 +167,22 @@ class _BaseClient:
         return _Call("/v1/stickiness", _params(days=days, level=level, at=_instant("at", at, dates=False)),
                      wire.Stickiness)
 
+    @staticmethod
+    def _transitions(since: str | None, limit: int) -> _Call[wire.TransitionPage]:
+        return _Call("/v1/transitions", _params(since=since, limit=limit), wire.TransitionPage)
+
+    def _stream_request(self, events: Events) -> dict[str, Any]:
+        return {"url": "/v1/stream", "headers": events.headers(),
+                "timeout": httpx.Timeout(self._options["timeout"], read=READ_TIMEOUT)}
+
+    @staticmethod
+    def _stream_refused(response: httpx.Response, body: bytes) -> APIError | None:
+        """An answer that reconnecting will not mend (a bad key, a bad cursor), as the error to raise."""
+        if response.status_code == 200:
+            return None
+        code, message = error_detail(response.status_code, body)
+        return api_error(response.status_code, code, message, retry_after(response.headers.get("retry-after")))
+
     # ---- answers ----------------------------------------------------------------------------
 
     @staticmethod
@@ -290,6 +309,30 @@ class Client(_BaseClient):
         """Weights fitted to predict ``outcome`` from early event counts, beside the current ones,
         with a held-out AUC for both."""
         return self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+    def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
+        """Transitions in commit order past the cursor ``since`` (a transition's ``id``, or the
+        page's ``next``); from the first one when None."""
+        return self._get(self._transitions(since, limit))
+
+    def stream(self, since: str | None = None) -> Iterator[wire.Transition]:
+        """Transitions as they happen (``GET /v1/stream``), past ``since`` (None: from the
+        first one kept); reconnects after a network error with ``Last-Event-ID``, so nothing is
+        missed or repeated. Raises `APIError` for an answer that retrying will not mend (401, 400)."""
+        events = Events(since)
+        while True:
+            try:
+                with self._http.stream("GET", **self._stream_request(events)) as response:
+                    refused = self._stream_refused(response, response.read() if response.status_code != 200 else b"")
+                    if refused is not None and response.status_code < 500:
+                        raise refused
+                    if refused is None:
+                        for line in response.iter_lines():
+                            transition = events.line(line)
+                            if transition is not None:
+                                yield transition
+            except _HTTPX_ERRORS:
+                pass  # reconnect below
+            time.sleep(events.retry)
 
     def close(self) -> None:
         self._http.close()
@@ -370,6 +413,28 @@ class AsyncClient(_BaseClient):
         self, *, user_id: str | None = None, account_id: str | None = None, days: int = 90, at: At = None
     ) -> wire.ScoreHistory:
         return await self._get(self._scores(user_id, account_id, days, at))
+
+    async def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
+        return await self._get(self._transitions(since, limit))
+
+    async def stream(self, since: str | None = None) -> AsyncIterator[wire.Transition]:
+        """`Client.stream` as an async iterator."""
+        events = Events(since)
+        while True:
+            try:
+                async with self._http.stream("GET", **self._stream_request(events)) as response:
+                    answer = await response.aread() if response.status_code != 200 else b""
+                    refused = self._stream_refused(response, answer)
+                    if refused is not None and response.status_code < 500:
+                        raise refused
+                    if refused is None:
+                        async for line in response.aiter_lines():
+                            transition = events.line(line)
+                            if transition is not None:
+                                yield transition
+            except _HTTPX_ERRORS:
+                pass  # reconnect below
+            await asyncio.sleep(events.retry)
 
     async def model(self) -> wire.ModelInfo:
         return await self._get(self._model())

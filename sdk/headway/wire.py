@@ -54,6 +54,8 @@ __all__ = [
     "Stickiness",
     "Success",
     "SuggestedWeight",
+    "Transition",
+    "TransitionPage",
     "UnknownTag",
     "UserPage",
     "UserView",
@@ -389,3 +391,22 @@ class Stickiness(msgspec.Struct):
     mau: int  # subjects active on at least one of the days
     dau_mau: float | None
     active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
+class Transition(msgspec.Struct, frozen=True):
+    """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
+    ``milestone.missed``, ``stage.entered``, ``quadrant.changed``, ``trend.changed``; ``data``
+    holds ``{"milestone": name}`` or ``{"from": old, "to": new}``. ``id`` is also its cursor."""
+
+    id: str
+    type: str
+    project: str
+    level: str
+    subject: str
+    at: datetime
+    data: dict[str, Any]
+
+
+class TransitionPage(msgspec.Struct):
+    """``GET /v1/transitions``: transitions in commit order; pass ``next`` as ``since`` for more."""
+
+    transitions: list[Transition]
+    next: str

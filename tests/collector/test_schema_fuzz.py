@@ -31,7 +31,7 @@ from headway_collector.config import loads
 from headway_collector.store import open_store
 from tests.conftest import OTHER_READ_KEY, OTHER_WRITE_KEY, READ_KEY, WRITE_KEY, config_text
 
-EXAMPLES = int(os.environ.get("HEADWAY_SCHEMA_EXAMPLES", "115"))  # per operation and mode: 18 x 115 + 14 > 2,000
+EXAMPLES = int(os.environ.get("HEADWAY_SCHEMA_EXAMPLES", "75"))  # per operation and mode: over 2,000 in all
 WRONG_KEYS = [OTHER_WRITE_KEY, OTHER_READ_KEY, "not-a-key", "", None]
 
 
@@ -51,7 +51,9 @@ def test_every_operation_answers_as_documented(tmp_path: Path) -> None:
     statuses: Counter[int] = Counter()
     took: dict[tuple[str, str], float] = {}
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12
+    assert len(operations) == 18
+    # A stream never ends by itself: its answers are tested in test_webhooks (resumption, keys).
+    operations = [op for op in operations if op.path != "/v1/stream"]
 
     modes: list[tuple[schemathesis.APIOperation, GenerationMode]] = []
     for operation in operations:

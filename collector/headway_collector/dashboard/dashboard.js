@@ -353,7 +353,7 @@ document.addEventListener("DOMContentLoaded", initInsights);
 
 async function route() {
   const [view, ...rest] = (location.hash.slice(1) || "funnel").split("/");
-  const name = ["funnel", "accounts", "growth", "subject", "list", ...Object.keys(EXTRA_VIEWS)].includes(view) ? view : "funnel";
+  const name = ["funnel", "accounts", "growth", "subject", "list", "live", ...Object.keys(EXTRA_VIEWS)].includes(view) ? view : "funnel";
   for (const section of document.querySelectorAll("main section")) section.hidden = section.id !== `view-${name}`;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${name === "list" ? (rest[0] === "user" ? "funnel" : "accounts") : name}`);
   if (!key) { status("Enter a read key of your project (make run prints the demo one)."); return; }
@@ -403,3 +403,44 @@ function init() {
 }
 
 document.addEventListener("DOMContentLoaded", init);
+
+// ---- live feed of transitions ------------------------------------------------------------------
+// EventSource cannot send an Authorization header, so the read key goes in the query (`?key=`),
+// which /v1/stream alone accepts; the browser reconnects by itself, sending Last-Event-ID.
+
+const LIVE_TYPES = ["milestone.achieved", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"];
+const LIVE_KEEP = 50;
+let live = null;
+
+function liveItem(t) {
+  const what = t.data.milestone !== undefined ? t.data.milestone : `${t.data.from} → ${t.data.to}`;
+  return h("li", { class: `live-${t.type.replace(".", "-")}` },
+    h("time", { datetime: t.at }, t.at.replace("T", " ").slice(0, 19)), " ",
+    h("b", {}, t.type), " ", subjectLink(t.level, t.subject), " ", what);
+}
+
+// The stream is open only while the Live view is shown.
+function startLive() {
+  if (live !== null) live.close();
+  live = null;
+  $("live-feed").replaceChildren();
+  if (!key || !location.hash.startsWith("#live")) return;
+  const url = new URL("v1/stream", document.baseURI);
+  url.searchParams.set("key", key);
+  live = new EventSource(url);
+  live.onopen = () => { $("live-state").textContent = "· connected"; };
+  live.onerror = () => { $("live-state").textContent = "· reconnecting…"; };
+  for (const type of LIVE_TYPES) {
+    live.addEventListener(type, (e) => {
+      const feed = $("live-feed");
+      feed.prepend(liveItem(JSON.parse(e.data)));
+      while (feed.children.length > LIVE_KEEP) feed.lastChild.remove();
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  startLive();
+  $("key-form").addEventListener("submit", () => setTimeout(startLive));
+  window.addEventListener("hashchange", () => { if (location.hash.startsWith("#live") !== (live !== null)) startLive(); });
+});

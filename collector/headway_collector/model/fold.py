@@ -14,7 +14,12 @@ the number of partitions folding side by side:
 - the growth counters' deltas (`model.growth.add_days`), the funnel's row moves and counter
   deltas, the NPS answers and counter deltas, and the unknown-tag counts: additive deltas, so
   partitions that fold different subjects add up to the same totals in any order;
-- the transitions (SPEC section 4) between the subject's stored standings and its new ones;
+- the transitions (SPEC section 4): the differences between the labels last announced for the
+  subject (`SubjectRecord.announced`, kept in `subject_labels`) and its labels at `now` (the
+  runner's clock, passed in: the fold stays pure) after the batch; `sweep` does the same for
+  subjects whose labels time alone moved (a window closed, a score decayed), with no events.
+  Announced labels and transitions depend on when the folds ran: they are not part of the state
+  that the byte-for-byte comparisons of derived tables cover;
 - the subjects that could not be folded: `needs_history` (a late event that `subject.apply` cannot
   fold in place: the runner calls again with those subjects' whole histories) and `quarantined`
   (an error: that subject alone is set aside, with the reason, and the others go on).
@@ -34,7 +39,10 @@ from typing import Any, Literal, NamedTuple
 
 from ..config import Project
 from . import growth as g
-from .evaluate import Mark, milestone_marks, stage_on
+import msgspec
+
+from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
+from .scoring import value_at
 from .scoring import DAY
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
 
@@ -44,6 +52,7 @@ __all__ = [
     "FunnelCell",
     "FunnelRow",
     "GrowthCell",
+    "Labels",
     "Level",
     "Models",
     "NpsAnswer",
@@ -55,8 +64,10 @@ __all__ = [
     "fold",
     "nps_keys",
     "partition_of",
+    "labels_at",
     "record_of",
     "subject_keys",
+    "sweep",
 ]
 
 Level = Literal["user", "account"]
@@ -113,6 +124,18 @@ class SubjectRecord:
     marks: dict[str, Mark]  # per milestone of its level, in model order
     stage_on: int  # the furthest stage started by an achieved milestone
     days: g.Days  # its active days (events of weight > 0)
+    announced: Labels | None = None  # the labels its transitions last told (None: none yet)
+
+
+class Labels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a subject's transitions have told so far: milestones achieved and missed (in model
+    order), stage, quadrant and trend. Stored as JSON in words (`subject_labels`)."""
+
+    achieved: tuple[str, ...] = ()
+    missed: tuple[str, ...] = ()
+    stage: str | None = None
+    quadrant: str = "at_risk"
+    trend: str = "steady"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +170,7 @@ class ChangeSet:
     nps_counts: dict[tuple[g.Kind, int], list[int]] = field(default_factory=dict)  # [promoters, passives, detractors]
     tags: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
+    announced: dict[SubjectKey, Labels] = field(default_factory=dict)  # labels to store (changed ones)
     needs_history: set[SubjectKey] = field(default_factory=set)
     quarantined: dict[SubjectKey, str] = field(default_factory=dict)
     events: int = 0  # events of the batch that counted toward an owned subject
@@ -198,8 +222,9 @@ def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
 
 def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
          owns: Collection[SubjectKey] | None = None,
-         histories: Mapping[SubjectKey, Sequence[Ev]] | None = None) -> ChangeSet:
-    """Fold `batch` (new events, in log order) into the owned subjects (None: all of them).
+         histories: Mapping[SubjectKey, Sequence[Ev]] | None = None, *, now: int = 0) -> ChangeSet:
+    """Fold `batch` (new events, in log order) into the owned subjects (None: all of them);
+    transitions compare labels at `now`.
 
     `histories` holds, for subjects that an earlier call put in `needs_history`, every stored
     event of the subject up to the end of this batch: those subjects are built from it. The
@@ -249,7 +274,7 @@ def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
                     cell[i] += delta[i]
         if lm.milestones:
             _funnel(out, key, was, record)
-            _transitions(out, lm, key, was, record)
+        _announce(out, lm, key, record, now)
         out.records[key] = record
     user_owned = [ev for ev in batch if owns is None or SubjectKey("user", ev.user_id) in owns]
     _nps(out, p, priors, user_owned)
@@ -319,21 +344,80 @@ def _count_row(out: ChangeSet, level: Level, milestone: str, row: FunnelRow, n: 
         out.funnel_tta[level, milestone, g.tta_bucket(row.tta)] += n
 
 
-def _transitions(out: ChangeSet, lm: LevelModel, key: SubjectKey, was: tuple[int, int, dict[str, Mark]] | None,
-                 record: SubjectRecord) -> None:
-    """The changes of standing that need no clock: milestones achieved, stages entered on a milestone."""
-    before = was[2] if was is not None else {}
-    for name, (_, achieved_at, _) in record.marks.items():
-        if achieved_at is not None and (name not in before or before[name][1] is None):
-            out.transitions.append(Transition("milestone.achieved", key.level, key.subject, achieved_at,
-                                              {"milestone": name}))
-    old_on = was[1] if was is not None else 0
-    if record.stage_on > old_on:
-        stages = lm.project.stages
-        starter = stages[record.stage_on].on
-        at = record.marks[starter][1] if starter is not None else None
-        out.transitions.append(Transition("stage.entered", key.level, key.subject, at or record.state.last_seen,
-                                          {"from": stages[old_on].name, "to": stages[record.stage_on].name}))
+def baseline(lm: LevelModel) -> Labels:
+    """The labels of a subject before its first event: nothing to announce for those."""
+    stages = lm.project.stages
+    return Labels(stage=stages[0].name if stages else None)
+
+
+def labels_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark] | None = None) -> Labels:
+    """A subject's labels at `now`, as the query API reads them (`model.evaluate.read`); `marks`:
+    its milestones' stored marks, when known (the same as `milestone_marks(lm, state)`)."""
+    marks = marks if marks is not None else milestone_marks(lm, state)
+    results = [MilestoneResult(m, *marks[m.name], ()) for m in lm.milestones]
+    achieved = tuple(r.milestone.name for r in results if r.achieved_at is not None)
+    idx = stage_at(lm, state, stage_on(lm, achieved), now)
+    engaged = value_at(state.sums[0], now, lm.half_lives[0]) >= lm.project.engagement.engaged_threshold
+    succeeding = is_succeeding(lm, state, results, idx, now)
+    quadrant = ("thriving" if succeeding else "stuck") if engaged else ("quiet" if succeeding else "at_risk")
+    return Labels(achieved=achieved,
+                  missed=tuple(r.milestone.name for r in results if r.status(now) == "missed"),
+                  stage=lm.project.stages[idx].name if idx is not None else None,
+                  quadrant=quadrant, trend=trend_of(lm, state, now))
+
+
+def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRecord, now: int) -> None:
+    """Add the subject's transitions from the labels last announced to its labels at `now`."""
+    old = record.announced or baseline(lm)
+    new = labels_at(lm, record.state, now, record.marks)
+    if new == old:
+        return
+    for t in changes(lm, key, record, old, new, now):
+        out.transitions.append(t)
+    record.announced = new
+    out.announced[key] = new
+
+
+def changes(lm: LevelModel, key: SubjectKey, record: SubjectRecord, old: Labels, new: Labels,
+            now: int) -> list[Transition]:
+    """The transitions from `old` labels to `new` ones, in one order: milestones (model order),
+    stage, quadrant, trend. A milestone's `at` is when it was achieved or its window closed; a
+    stage's, when its milestone was achieved or its age reached; quadrant's and trend's, `now`."""
+    out: list[Transition] = []
+
+    def add(kind: str, at: int, data: dict[str, Any]) -> None:
+        out.append(Transition(kind, key.level, key.subject, at, data))
+
+    marks = record.marks or milestone_marks(lm, record.state)
+    for name in new.achieved:
+        if name not in old.achieved:
+            add("milestone.achieved", marks[name][1] or now, {"milestone": name})
+    for name in new.missed:
+        if name not in old.missed:
+            add("milestone.missed", marks[name][2] or now, {"milestone": name})
+    if new.stage != old.stage and new.stage is not None:
+        stage = lm.project.stages[lm.project.stage_index(new.stage)]
+        at = None
+        if stage.on is not None and stage.on in new.achieved:
+            at = marks[stage.on][1]
+        elif stage.after is not None:
+            at = record.state.first_seen + stage.after
+        add("stage.entered", at if at is not None else now, {"from": old.stage, "to": new.stage})
+    if new.quadrant != old.quadrant:
+        add("quadrant.changed", now, {"from": old.quadrant, "to": new.quadrant})
+    if new.trend != old.trend:
+        add("trend.changed", now, {"from": old.trend, "to": new.trend})
+    return out
+
+
+def sweep(models: Models, project: str, records: Mapping[SubjectKey, SubjectRecord], now: int) -> ChangeSet:
+    """The transitions that time alone made (no new event): each record's labels at `now` against
+    those last announced. Only `transitions` and `announced` are filled; records change in place."""
+    out = ChangeSet()
+    lms = models.levels[project]
+    for key in sorted(records):
+        _announce(out, lms[key.level], key, records[key], now)
+    return out
 
 
 def _nps(out: ChangeSet, p: Project, priors: Priors, batch: Iterable[Ev]) -> None:

@@ -13,6 +13,12 @@ The loop, for every generation being served or built (`store.generations`):
    if it is still where the fold started and the lease is still this worker's: a worker that lost
    its lease, or raced another, commits nothing and drops what it kept.
 
+5. every `SWEEP` seconds, page by page over the subjects of its partitions of each served
+   generation: the transitions that time alone made (a window closed, a score decayed: no event
+   to fold), `model.fold.sweep` at the worker's clock, committed with the partitions' watermarks
+   unchanged: the same compare-and-set as a fold (`generations.advance` from w to w), so a sweep
+   that raced a fold of the same partition commits nothing and tries again at its next page.
+
 A crash anywhere loses at most a fold that had not committed; the next worker starts again from
 the watermark, so every event is folded exactly once.
 """
@@ -29,13 +35,14 @@ from typing import Protocol
 
 from ..config import Config, ConfigError, loads
 from ..events import from_stored
-from ..model.fold import ChangeSet, Models, NpsKey, Priors, SubjectKey, SubjectRecord, fold, nps_keys, partition_of
+from ..model.fold import (ChangeSet, Models, NpsKey, Priors, SubjectKey, SubjectRecord, fold, nps_keys,
+                          partition_of, sweep)
 from ..model.subject import Ev
 from ..store import derived, generations, log
 from ..store.base import Store, Tx
 from ..store.generations import Generation
 
-__all__ = ["BATCH", "LEASE", "RENEW", "ModelBook", "Worker"]
+__all__ = ["BATCH", "LEASE", "RENEW", "SWEEP", "ModelBook", "Worker"]
 
 logger = logging.getLogger("headway_collector.projection")
 
@@ -45,6 +52,8 @@ RENEW = 1.0  # seconds between lease renewals
 SWITCH_CHECK = 0.05  # seconds between looks at whether a caught-up model being built can switch
 IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
 CACHE = 200_000  # subject records kept between batches
+SWEEP = 60.0  # seconds between sweeps for transitions that time alone makes
+SWEEP_PAGE = 2_000  # subjects a sweep looks at per transaction
 
 
 def _now_us() -> int:
@@ -107,7 +116,7 @@ class Worker:
     """Folds its share of every generation's partitions until `stop` is set."""
 
     def __init__(self, store: Store, book: ModelBook, owner: str, *, wake: Wake | None = None,
-                 clock: Callable[[], int] = _now_us) -> None:
+                 clock: Callable[[], int] = _now_us, sweep_every: float = SWEEP) -> None:
         self.store, self.book, self.owner = store, book, owner
         self._wake: Wake = wake or threading.Event()
         self._clock = clock
@@ -117,6 +126,8 @@ class Worker:
         self._quarantined: dict[int, set[SubjectKey]] = {}
         self._committed: dict[tuple[int, int], int] = {}  # (gen, part) -> the watermark this worker left it at
         self.folded = 0  # events folded, for tests and metrics
+        self.sweep_every = sweep_every
+        self._sweeps: dict[int, tuple[float, SubjectKey | None]] = {}  # gen -> (next sweep due, page cursor)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -145,6 +156,9 @@ class Worker:
         busy = False
         for held in self._held:
             busy |= self._fold_some(held)
+        if not busy:
+            for held in self._held:
+                busy |= self._sweep_some(held)
         if not busy and any(h.gen.status == "building" for h in self._held) and \
                 time.monotonic() - self._renewed >= SWITCH_CHECK:
             self._renew()  # caught up on a model being built: switch to it without waiting a whole RENEW
@@ -174,8 +188,13 @@ class Worker:
                     out.append(_Held(gen, held))
             return out
 
+        before = {(h.gen.gen, p) for h in self._held for p in h.parts}
         self._held = self.store.transact(run)
         self._renewed = time.monotonic()
+        for h in self._held:  # a partition held by another meanwhile may have been swept: what is kept is old
+            for p in h.parts:
+                if (h.gen.gen, p) not in before:
+                    self._committed.pop((h.gen.gen, p), None)
         live = {h.gen.gen for h in self._held}
         for gen in list(self._quarantined):
             if gen not in live:
@@ -209,12 +228,12 @@ class Worker:
             skip = self._quarantined[gen.gen]
             events, owns = self._owned(batch.rows, lagging, gen.partitions, skip)
             priors = self._priors(r, models, gen, owns, nps_keys(project, events, owns))
-        cs = fold(models, gen.project, priors, events, owns)
+        now = self._clock()
+        cs = fold(models, gen.project, priors, events, owns, now=now)
         if cs.needs_history:
-            cs = self._fold_with_histories(models, gen, owns, events, cs.needs_history, batch.upto)
+            cs = self._fold_with_histories(models, gen, owns, events, cs.needs_history, batch.upto, now)
         if gen.status == "building":
             cs.transitions.clear()  # a model being built re-tells history: only the served one speaks
-        now = self._clock()
 
         def write(tx: Tx) -> None:
             if not generations.advance(tx, gen.gen, {p: start for p in lagging}, batch.upto, self.owner):
@@ -268,7 +287,7 @@ class Worker:
         return loaded
 
     def _fold_with_histories(self, models: Models, gen: Generation, owns: set[SubjectKey], events: list[Ev],
-                             rebuild: set[SubjectKey], upto: int) -> ChangeSet:
+                             rebuild: set[SubjectKey], upto: int, now: int) -> ChangeSet:
         """Fold again from freshly read records, building `rebuild` from their whole histories."""
         self._forget(gen)  # the first fold changed the kept records in place
         project = models.projects[gen.project]
@@ -277,7 +296,7 @@ class Worker:
             histories = {key: [from_stored(raw, ts) for raw, ts in
                                log.subject_events(r, gen.project, key.level, key.subject, upto=upto)]
                          for key in sorted(rebuild)}
-        return fold(models, gen.project, priors, events, owns, histories)
+        return fold(models, gen.project, priors, events, owns, histories, now=now)
 
     def _keep(self, gen: Generation, cs: ChangeSet) -> None:
         records = self._records
@@ -290,3 +309,60 @@ class Worker:
     def _forget(self, gen: Generation) -> None:
         for key in [k for k in self._records if k[0] == gen.gen]:
             del self._records[key]
+
+    # --- sweeping -----------------------------------------------------------------------------
+
+    def _sweep_some(self, held: _Held) -> bool:
+        """One page of the generation's sweep when one is due; whether it committed anything."""
+        gen = held.gen
+        if gen.status != "active":
+            return False
+        due, after = self._sweeps.get(gen.gen, (0.0, None))
+        if time.monotonic() < due:
+            return False
+        parts = set(held.parts)
+        with self.store.read() as r:
+            models = self.book.for_generation(r, gen)
+            assert models is not None, "held partitions have a model"
+            marks = {p.part: p.watermark for p in generations.partitions(r, gen.gen)
+                     if p.part in parts and p.owner == self.owner}
+            n = gen.partitions
+            page = derived.subject_page(r, models, gen.project, gen.gen, after, SWEEP_PAGE,
+                                        lambda k: partition_of(k.level, k.subject, n) in marks)
+        if len(page) < SWEEP_PAGE:
+            self._sweeps[gen.gen] = (time.monotonic() + self.sweep_every, None)  # done: the next one starts over
+        else:
+            self._sweeps[gen.gen] = (0.0, page[-1][0])
+        skip = self._quarantined.get(gen.gen, set())
+        records: dict[SubjectKey, SubjectRecord] = {}
+        touched: dict[int, int] = {}
+        for key, record in page:
+            part = partition_of(key.level, key.subject, gen.partitions)
+            if part not in marks or record is None or key in skip:
+                continue
+            kept = self._records.get((gen.gen, key))
+            if kept is not None and self._committed.get((gen.gen, part)) == marks[part]:
+                record = kept  # the same as stored, and what the next fold starts from
+            records[key] = record
+            touched[part] = marks[part]
+        cs = sweep(models, gen.project, records, self._clock())
+        if not cs.announced:
+            return False
+        changed = {partition_of(k.level, k.subject, gen.partitions) for k in cs.announced}
+
+        def write(tx: Tx) -> None:
+            for part in sorted(changed):
+                if not generations.advance(tx, gen.gen, {part: touched[part]}, touched[part], self.owner):
+                    raise _Lost
+            derived.save_announced(tx, gen.gen, cs)
+
+        try:
+            self.store.transact(write)
+        except BaseException as exc:
+            self._forget(gen)  # labels were changed in place for a commit that did not happen
+            self._sweeps[gen.gen] = (0.0, after)  # this page again
+            if isinstance(exc, _Lost):
+                self._renewed = 0.0
+                return False
+            raise
+        return True

@@ -54,6 +54,10 @@ class Tx(Protocol):
         """Hold the log's tail until commit, so that positions are committed in their order."""
         ...
 
+    def lock_transitions(self) -> None:
+        """Hold the transitions' tail until commit (as `lock_log`, for `transitions.seq`)."""
+        ...
+
 
 class Store(Protocol):
     """What the app, the projection and the CLI need from storage: connections and transactions.

@@ -6,24 +6,33 @@ belong to one subject (its state, active days, funnel rows, NPS answers of a use
 the partition that owns it alone; shared counters (growth, funnel, NPS, tags) move by `n = n + ?`
 upserts, which add up exactly whatever the order in which partitions commit. Rows are written in
 sorted order, so that two transactions meeting on PostgreSQL take their row locks in one order.
+
+Transitions get their position `seq` in commit order, like the log's events (`store.log`): on
+PostgreSQL a commit that writes transitions takes their own tail lock (`Tx.lock_transitions`, a
+transaction-scoped advisory lock, apart from the log's) just before drawing positions, and holds it
+until commit, so that a reader that has seen position n never later finds a smaller one. It is
+taken last, after every row lock of the transaction, so that it cannot be part of a deadlock.
+The labels a subject's transitions last announced (`subject_labels`) are stored beside its state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import msgspec
 
 from ..model import growth as g
 from ..model import scoring
-from ..model.fold import ChangeSet, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord, Transition, record_of
+from ..model.fold import (ChangeSet, Labels, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord,
+                          Transition, record_of)
 from ..model.subject import decode_state, encode_state
 from .base import Tx, chunks
 
-__all__ = ["apply", "load_priors"]
+__all__ = ["apply", "load_priors", "subject_page"]
 
 _encode_data = msgspec.json.Encoder(order="sorted").encode
+_decode_labels = msgspec.json.Decoder(Labels).decode
 
 
 def _marks(n: int) -> str:
@@ -39,7 +48,10 @@ def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection
         ids = sorted(k.subject for k in keys if k.level == level)
         states: dict[str, bytes] = {}
         days: dict[str, g.Days] = {}
+        labels: dict[str, str] = {}
         for part in chunks(ids):
+            labels.update(tx.all(f"SELECT subject, labels FROM subject_labels WHERE gen = ? AND level = ? "
+                                 f"AND subject IN ({_marks(len(part))})", (gen, level, *part)))
             for sid, blob in tx.all(f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? "
                                     f"AND subject IN ({_marks(len(part))})", (gen, level, *part)):
                 states[sid] = bytes(blob)
@@ -49,7 +61,9 @@ def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection
         for sid, blob in states.items():
             key = SubjectKey(level, sid)
             try:
-                out.records[key] = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+                out.records[key] = record = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+                if sid in labels:
+                    record.announced = _decode_labels(labels[sid])
             except Exception as exc:  # a corrupt row stops its subject alone (the fold quarantines it)
                 out.unreadable[key] = f"its stored state does not decode: {type(exc).__name__}: {exc}"
     wanted = sorted(nps)
@@ -79,11 +93,21 @@ def apply(tx: Tx, gen: int, cs: ChangeSet, now: int) -> None:
          [(gen, *key, *c) for key, c in sorted(cs.nps_counts.items()) if any(c)])
     _save_funnel(tx, gen, cs)
     _add(tx, "tags", ("gen", "tag"), ("events",), [(gen, tag, n) for tag, n in sorted(cs.tags.items())])
-    _save_transitions(tx, gen, cs.transitions)
     if cs.quarantined:
         tx.executemany("INSERT INTO quarantine (gen, level, subject, reason, at) VALUES (?,?,?,?,?) "
                        "ON CONFLICT (gen, level, subject) DO NOTHING",
                        [(gen, key.level, key.subject, reason, now) for key, reason in sorted(cs.quarantined.items())])
+    save_announced(tx, gen, cs)
+
+
+def save_announced(tx: Tx, gen: int, cs: ChangeSet) -> None:
+    """Write the labels the change set announced and its transitions (last: see the docstring)."""
+    if cs.announced:
+        tx.executemany("INSERT INTO subject_labels (gen, level, subject, labels) VALUES (?,?,?,?) "
+                       "ON CONFLICT (gen, level, subject) DO UPDATE SET labels = excluded.labels",
+                       [(gen, key.level, key.subject, _encode_data(labels).decode())
+                        for key, labels in sorted(cs.announced.items())])
+    _save_transitions(tx, gen, cs.transitions)
 
 
 def subject_row(gen: int, key: SubjectKey, record: SubjectRecord) -> tuple[Any, ...]:
@@ -151,5 +175,35 @@ def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> No
     rows = [(gen, t.level, t.subject, t.type, t.at, _encode_data(t.data).decode())
             for t in sorted(transitions, key=lambda t: (t.at, t.level, t.subject, t.type))]
     if rows:
+        tx.lock_transitions()
         tx.executemany("INSERT INTO transitions (gen, level, subject, type, at, data) VALUES (?,?,?,?,?,?)", rows)
 
+
+
+def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectKey | None, limit: int,
+                 keep: Callable[[SubjectKey], bool]) -> list[tuple[SubjectKey, SubjectRecord | None]]:
+    """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order:
+    those that `keep` (decoded only then) as records with their announced labels (None: the row
+    does not decode), the others as None too."""
+    where = "s.gen = ?"
+    params: list[Any] = [gen]
+    if after is not None:
+        where += " AND (s.level > ? OR (s.level = ? AND s.subject > ?))"
+        params += [after.level, after.level, after.subject]
+    rows = tx.all(f"SELECT s.level, s.subject, s.state, l.labels FROM subjects s LEFT JOIN subject_labels l "
+                  f"ON l.gen = s.gen AND l.level = s.level AND l.subject = s.subject WHERE {where} "
+                  f"ORDER BY s.level, s.subject LIMIT {int(limit)}", params)
+    out: list[tuple[SubjectKey, SubjectRecord | None]] = []
+    for level, sid, blob, labels in rows:
+        key = SubjectKey(level, sid)
+        if not keep(key):
+            out.append((key, None))
+            continue
+        try:
+            record = record_of(models[project, level], decode_state(bytes(blob)), g.Days())
+            record.announced = _decode_labels(labels) if labels is not None else None
+        except Exception:  # the fold quarantines it when an event comes
+            out.append((key, None))
+            continue
+        out.append((key, record))
+    return out

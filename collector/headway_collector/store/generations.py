@@ -26,7 +26,8 @@ __all__ = ["DERIVED_TABLES", "PARTITIONS", "Generation", "Partition", "active", 
 
 PARTITIONS = 16  # per generation; fold workers share them out
 DERIVED_TABLES = ("subjects", "tags", "growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_counts",
-                  "funnel_rows", "funnel_counts", "funnel_tta", "transitions", "quarantine", "partitions")
+                  "funnel_rows", "funnel_counts", "funnel_tta", "transitions", "subject_labels", "quarantine",
+                  "partitions")
 
 Status = Literal["building", "active", "retired"]
 

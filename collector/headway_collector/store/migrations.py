@@ -214,6 +214,27 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
         "CREATE TABLE workers (owner {text} NOT NULL PRIMARY KEY, heartbeat {int} NOT NULL)",
         *_DERIVED,
     ]),
+    ("0007_transitions", [
+        # The labels (milestones achieved and missed, stage, quadrant, trend) that a subject's
+        # transitions last announced, as JSON: each fold and the projection's periodic sweep compare
+        # the subject's labels at their `now` with these (SPEC section 4, transitions). Apart from
+        # `subjects`: they depend on when the folds ran, the state does not.
+        """CREATE TABLE subject_labels (
+            gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL, labels {text} NOT NULL,
+            PRIMARY KEY (gen, level, subject)) {norowid}""",
+        # Webhook delivery (collector/headway_collector/delivery): per webhook, how far the
+        # transitions have been taken into its outbox, and who delivers it (a lease) ...
+        """CREATE TABLE webhooks (
+            hook {text} NOT NULL PRIMARY KEY, project {text} NOT NULL, cursor {int} NOT NULL,
+            owner {text}, lease_until {int} NOT NULL)""",
+        # ... and what is still to deliver, one row per transition: the earliest of a subject is
+        # sent first, a failed one waits (`next_at`) and holds up only its own subject's later ones.
+        """CREATE TABLE webhook_outbox (
+            hook {text} NOT NULL, seq {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL,
+            body {text} NOT NULL, attempts {int} NOT NULL, next_at {int} NOT NULL, last_error {text},
+            PRIMARY KEY (hook, seq)) {norowid}""",
+        "CREATE INDEX webhook_outbox_subject ON webhook_outbox (hook, level, subject, seq)",
+    ]),
 ]
 
 

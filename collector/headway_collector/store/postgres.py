@@ -51,6 +51,7 @@ CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)
 
 LOG_LOCK = 0x4865616477617901  # the advisory lock that orders appends ("Headway" + 1)
+TRANSITIONS_LOCK = 0x4865616477617902  # the one that orders transitions (store.derived)
 
 
 def _now_us() -> int:
@@ -83,6 +84,9 @@ class _Tx:
 
     def lock_log(self) -> None:
         self.conn.execute("SELECT pg_advisory_xact_lock($1)", (LOG_LOCK,))
+
+    def lock_transitions(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock($1)", (TRANSITIONS_LOCK,))
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(_pg(sql), params or None).fetchall()

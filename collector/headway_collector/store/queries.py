@@ -17,7 +17,8 @@ from ..model import growth as g
 from ..model.scoring import DAY
 from .base import Tx
 
-__all__ = ["FunnelCounts", "SubjectRow", "read_funnel", "read_growth", "read_nps", "subject_page", "subject_state", "tags"]
+__all__ = ["FunnelCounts", "SubjectRow", "read_funnel", "read_growth", "read_nps", "subject_page", "subject_state", "tags",
+           "transitions", "transitions_head", "TransitionRow"]
 
 SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row
 NEVER = -(1 << 62)  # a day before every day
@@ -178,3 +179,30 @@ def _kth(r: Tx, gen: int, level: str, milestone: str, buckets: list[tuple[Any, .
             return int(row[0]) if row is not None else None
         seen += n
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRow:
+    seq: int
+    level: str
+    subject: str
+    type: str
+    at: int
+    data: str  # JSON
+
+
+def transitions(r: Tx, gen: int, after: int, limit: int, types: tuple[str, ...] | None = None) -> list[TransitionRow]:
+    """Generation `gen`'s transitions past position `after`, in commit order (`store.derived`)."""
+    where = "gen = ? AND seq > ?"
+    params: list[Any] = [gen, after]
+    if types is not None:
+        where += f" AND type IN ({','.join('?' * len(types))})"
+        params += types
+    return [TransitionRow(*row) for row in r.all(f"SELECT seq, level, subject, type, at, data FROM transitions "
+                                                 f"WHERE {where} ORDER BY seq LIMIT {int(limit)}", params)]
+
+
+def transitions_head(r: Tx) -> int:
+    """The last position of any transition (0: none)."""
+    row = r.one("SELECT max(seq) FROM transitions")
+    return int(row[0]) if row is not None and row[0] is not None else 0

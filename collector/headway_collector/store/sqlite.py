@@ -67,6 +67,9 @@ class _Tx:
     def lock_log(self) -> None:
         pass  # one writer: BEGIN IMMEDIATE already excludes every other
 
+    def lock_transitions(self) -> None:
+        pass  # likewise
+
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()
 

@@ -1,0 +1,171 @@
+"""Transitions for host apps (SPEC sections 3 and 4): `GET /v1/transitions` and `GET /v1/stream`.
+
+Both read the transitions of the project's active generation in commit order (`store.derived`
+gives positions in that order, on PostgreSQL too), past a cursor: the position `seq` of the last
+one seen, as a decimal string. `/v1/transitions` is a read like the others (read-your-acks: it
+waits until what was acknowledged before it is folded). `/v1/stream` is Server-Sent Events:
+`id:` the cursor, `event:` the type, `data:` the JSON; a client that reconnects sends the last id
+in `Last-Event-ID` and gets what follows, without a gap or a repeat; a comment line every
+`HEARTBEAT` seconds keeps proxies from closing an idle stream.
+
+The stream alone also takes the read key as the query parameter `key`: a browser's `EventSource`
+cannot send headers (the dashboard's live feed uses it). A key in a URL can end up in access logs,
+so host apps should send the header; the read key reaches nothing but reads of its own project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from headway.wire import Transition, TransitionPage
+
+from .auth import authorize, authorize_key
+from .config import Config, Project
+from .errors import APIError, json_response
+from .params import app_state, count, ts, whole_number
+from .reads import Snapshot, consistent_read
+from .state import AppState
+from .store import generations, queries
+
+__all__ = ["HEARTBEAT", "list_transitions", "stream", "transition_of"]
+
+HEARTBEAT = 15.0  # seconds between comment lines on an idle stream
+POLL = 0.1  # seconds between looks for new transitions
+PAGE = 500  # transitions a stream reads at once
+MAX_LIMIT = 1000
+
+_decode_data = msgspec.json.Decoder(dict).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def transition_of(project: str, row: queries.TransitionRow) -> Transition:
+    return Transition(id=str(row.seq), type=row.type, project=project, level=row.level, subject=row.subject,
+                      at=ts(row.at), data=_decode_data(row.data))
+
+
+def _cursor(name: str, text: str | None) -> int:
+    if text is None or text == "":
+        return 0
+    n = whole_number(text.strip())
+    if n is None:
+        raise APIError(400, "bad_request", f"{name} must be a cursor (a whole number, the id of a transition); "
+                       f"got {text!r}")
+    return n
+
+
+def _page(snap: Snapshot, project: str, after: int, limit: int) -> TransitionPage:
+    rows = queries.transitions(snap.tx, snap.gen.gen, after, limit)
+    return TransitionPage(transitions=[transition_of(project, row) for row in rows],
+                          next=str(rows[-1].seq if rows else after))
+
+
+async def list_transitions(request: Request) -> Response:
+    state = app_state(request)
+    project = authorize(request, state.config, "read")
+    after = _cursor("since", request.query_params.get("since"))
+    limit = count(request, "limit", 100, MAX_LIMIT)
+    return json_response(await consistent_read(state, project, lambda snap: _page(snap, project.name, after, limit)))
+
+
+def _stream_project(request: Request, config: Config) -> Project:
+    key = request.query_params.get("key")
+    if key is not None and "authorization" not in request.headers:
+        return authorize_key(key, config, "read")  # EventSource cannot send headers (see above)
+    return authorize(request, config, "read")
+
+
+class _Tail:
+    """The transitions' last position, looked at every POLL seconds by one task per collector
+    while streams are open, so that idle streams cost no query each."""
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.moved = asyncio.Event()
+        self.streams = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _watch(self, state: AppState) -> None:
+        while self.streams > 0:
+            head = await run_in_threadpool(_head, state)
+            if head != self.head:
+                self.head = head
+                self.moved.set()
+                self.moved = asyncio.Event()
+            await asyncio.sleep(POLL)
+        self.task = None
+
+    async def past(self, state: AppState, after: int, timeout: float) -> None:
+        """Return once a position past `after` may be committed, or after `timeout` seconds."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._watch(state))
+        if self.head > after:
+            return
+        try:
+            await asyncio.wait_for(self.moved.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+def _head(state: AppState) -> int:
+    with state.store.read() as r:
+        return queries.transitions_head(r)
+
+
+def _tail(state: AppState) -> _Tail:
+    tail = getattr(state, "_transitions_tail", None)
+    if tail is None:
+        tail = _Tail()
+        state._transitions_tail = tail  # type: ignore[attr-defined]
+    return tail
+
+
+def _read(state: AppState, project: str, after: int) -> list[queries.TransitionRow]:
+    with state.store.read() as r:
+        gen = generations.active(r, project)
+        return queries.transitions(r, gen.gen, after, PAGE) if gen is not None else []
+
+
+async def stream(request: Request) -> Response:
+    state = app_state(request)
+    project = _stream_project(request, state.config)
+    after = _cursor("Last-Event-ID", request.headers.get("last-event-id") or request.query_params.get("since"))
+
+    tail = _tail(state)
+
+    async def events(after: int) -> AsyncIterator[bytes]:
+        tail.streams += 1
+        try:
+            yield b"retry: 1000\n\n"
+            beat = time.monotonic()
+            seen = -1  # the tail position last read up to (another project's transitions move it too)
+            while True:
+                if tail.head != seen:
+                    seen = tail.head
+                    rows = await run_in_threadpool(_read, state, project.name, after)
+                    if rows:
+                        chunk = bytearray()
+                        for row in rows:
+                            data = _encode(transition_of(project.name, row))
+                            chunk += b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), data)
+                            after = row.seq
+                        yield bytes(chunk)
+                        beat = time.monotonic()
+                        if len(rows) == PAGE:
+                            seen = -1  # more to read at once
+                            continue
+                if time.monotonic() - beat >= HEARTBEAT:
+                    yield b": heartbeat\n\n"
+                    beat = time.monotonic()
+                await tail.past(state, max(after, seen), HEARTBEAT - (time.monotonic() - beat))
+        finally:
+            tail.streams -= 1
+
+    return StreamingResponse(events(after), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,262 @@
+"""Transitions (SPEC section 4): what the fold announces, the sweep for changes time alone makes,
+their commit order on PostgreSQL, and GET /v1/transitions. Real fold, real stores."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headway_collector.config import loads
+from headway_collector.model.fold import (ChangeSet, Labels, Models, Priors, SubjectKey, Transition, baseline, fold,
+                                          labels_at, record_of, subject_keys, sweep)
+from headway_collector.model.growth import Days
+from headway_collector.model.subject import Ev, decode_state, encode_state
+from headway_collector.projection import ModelBook, serve_models
+from headway_collector.projection.worker import Worker
+from headway_collector.store import derived, generations, open_store, queries
+from tests.collector.helpers import read_headers
+from tests.collector.test_store_contract import us
+from tests.conftest import OTHER_READ_KEY, asgi_collector, config_text, postgres_schema
+
+CFG = loads(config_text(), "test.toml")
+MODELS = Models(CFG.projects.values())
+LMS = MODELS.levels["acme"]
+DAY = 86_400_000_000
+START = us(datetime(2026, 3, 2, tzinfo=timezone.utc))
+NAMES = ["prompt_completed", "signed_in", "report_shared", "message_sent", "session_started", "invited_teammate"]
+
+
+def replay(labels: Labels, t: Transition) -> Labels:
+    """Labels after one transition: what a receiver that keeps a subject's standing would hold."""
+    fields = {f: getattr(labels, f) for f in Labels.__struct_fields__}
+    if t.type == "milestone.achieved":
+        assert t.data["milestone"] not in labels.achieved, "announced twice"
+        fields["achieved"] = (*labels.achieved, t.data["milestone"])
+        # A late event can achieve a milestone already announced missed: achieved supersedes it.
+        fields["missed"] = tuple(m for m in labels.missed if m != t.data["milestone"])
+    elif t.type == "milestone.missed":
+        assert t.data["milestone"] not in labels.missed, "announced twice"
+        fields["missed"] = (*labels.missed, t.data["milestone"])
+    else:
+        name = {"stage.entered": "stage", "quadrant.changed": "quadrant", "trend.changed": "trend"}[t.type]
+        assert t.data["from"] == fields[name] != t.data["to"], t
+        fields[name] = t.data["to"]
+    return Labels(**fields)
+
+
+def same_labels(a: Labels, b: Labels) -> bool:
+    return (set(a.achieved), set(a.missed), a.stage, a.quadrant, a.trend) == \
+        (set(b.achieved), set(b.missed), b.stage, b.quadrant, b.trend)
+
+
+events = st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 40 * 24), st.sampled_from(["a1", None]),
+                            st.booleans(), st.integers(0, 2000)), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events, st.randoms(use_true_random=False), st.lists(st.integers(0, 5 * 24), min_size=1, max_size=8))
+def test_the_transitions_a_subject_gets_are_the_changes_between_its_successive_states(
+        raw: list[tuple[str, int, str | None, bool, int]], rng: random.Random, gaps: list[int]) -> None:
+    """For any events, order and cut into folds, each fold at a later `now` (and the sweep of the
+    subjects a fold did not touch): each subject's transitions, replayed from nothing, give exactly
+    its labels at each fold's `now` (as the API reads them), each announces a real change, and
+    nothing is announced twice."""
+    evs = [Ev(id=f"e{i}", event=name, user_id="u1", t=START + hours * 3_600_000_000, account_id=acct,
+              milestones=("converted",) if tag else (), value=float(value))
+           for i, (name, hours, acct, tag, value) in enumerate(raw)]
+    rng.shuffle(evs)
+    cuts = sorted(rng.sample(range(1, len(evs)), min(len(gaps) - 1, len(evs) - 1)))
+    batches = [evs[i:j] for i, j in zip([0, *cuts], [*cuts, len(evs)])]
+    stored: dict[SubjectKey, tuple[bytes, Labels | None]] = {}  # as the store keeps them
+    told: dict[SubjectKey, Labels] = {}
+    now = START
+    folded: list[Ev] = []
+
+    def priors() -> Priors:
+        out = Priors()
+        for key, (blob, announced) in stored.items():
+            out.records[key] = record_of(LMS[key.level], decode_state(blob), Days())
+            out.records[key].announced = announced
+        return out
+
+    for batch, gap in zip(batches, gaps):
+        now = max(now, max(e.t for e in batch)) + gap * 3_600_000_000
+        folded += batch
+        cs = fold(MODELS, "acme", priors(), batch, now=now)
+        if cs.needs_history:  # as the worker does: again, building those subjects from their histories
+            histories = {key: [e for e in folded if key in subject_keys(e)] for key in cs.needs_history}
+            cs = fold(MODELS, "acme", priors(), batch, histories=histories, now=now)
+        assert not cs.needs_history and not cs.quarantined
+        stored.update({key: (encode_state(rec.state), rec.announced) for key, rec in cs.records.items()})
+        idle = {k: r for k, r in priors().records.items() if k not in cs.records}
+        swept = sweep(MODELS, "acme", idle, now)  # the worker's sweep: subjects time alone moved
+        stored.update({key: (stored[key][0], labels) for key, labels in swept.announced.items()})
+        records = {key: record_of(LMS[key.level], decode_state(blob), Days()) for key, (blob, _) in stored.items()}
+        for t in cs.transitions + swept.transitions:
+            key = SubjectKey(t.level, t.subject)
+            told[key] = replay(told.get(key, baseline(LMS[t.level])), t)
+        for key, record in records.items():
+            want = labels_at(LMS[key.level], record.state, now)
+            assert same_labels(told.get(key, baseline(LMS[key.level])), want), (key, want)
+            announced = stored[key][1]
+            assert announced == want or announced is None and want == baseline(LMS[key.level])
+
+
+def test_time_alone_moves_labels_and_the_sweep_announces_it_with_the_watermark_unchanged(tmp_path: Path) -> None:
+    """One prompt of three in the first hour of a 24 h window: in progress. A day later, with no
+    event, the sweep announces `milestone.missed` (at the window's close) and the cooled trend,
+    in the same transaction check as a fold, without moving the watermarks."""
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    store.open()
+    clock = [START + 3_600_000_000]
+    serve_models(CFG, store, clock[0])
+    store.start()
+
+    async def ingest() -> None:
+        from headway_collector.store.base import Accepted
+        raw = b'{"id":"p1","event":"prompt_completed","user_id":"u1","timestamp":"2026-03-02T00:00:00Z"}'
+        await store.append("acme", [Accepted("p1", "u1", None, START, START, raw)])
+
+    asyncio.run(ingest())
+    worker = Worker(store, ModelBook([CFG]), "sweeper", clock=lambda: clock[0], sweep_every=0)
+
+    def transitions() -> list[tuple[str, str, int]]:
+        with store.read() as r:
+            gen = generations.active(r, "acme")
+            assert gen is not None
+            return [(t.type, t.subject, t.at) for t in queries.transitions(r, gen.gen, 0, 100)]
+
+    def settle() -> None:
+        for _ in range(50):
+            worker.step()
+
+    try:
+        settle()
+        first = transitions()
+        assert ("milestone.missed", "u1", START + DAY) not in first
+        with store.read() as r:
+            gen = generations.active(r, "acme")
+            assert gen is not None
+            marks = [p.watermark for p in generations.partitions(r, gen.gen)]
+        clock[0] = START + 2 * DAY  # the window closed a day ago
+        settle()
+        later = transitions()
+        assert later[: len(first)] == first
+        assert ("milestone.missed", "u1", START + DAY) in later[len(first):]
+        with store.read() as r:
+            assert [p.watermark for p in generations.partitions(r, gen.gen)] == marks
+        settle()
+        assert transitions() == later  # nothing is announced twice
+    finally:
+        store.close()
+
+
+def test_transitions_commit_in_position_order_on_postgresql() -> None:
+    """Several transactions write transitions at once on PostgreSQL (each holding its commit back a
+    little): a reader polling past the last position it saw never finds a smaller one later."""
+    with postgres_schema() as url:
+        store = open_store(url)
+        store.open()
+        gen = store.transact(lambda tx: generations.ensure(tx, "acme", "v", "", 0))
+        stop = threading.Event()
+        consumed: list[int] = []
+
+        def writer(n: int) -> None:
+            rng = random.Random(n)
+            for i in range(40):
+                cs = ChangeSet(transitions=[Transition("trend.changed", "user", f"u{n}-{i}", i, {"from": "a", "to": "b"})])
+
+                def body(tx: Any) -> None:
+                    derived.save_announced(tx, gen.gen, cs)
+                    time.sleep(rng.uniform(0, 0.004))  # the commit comes a little after the position is drawn
+
+                store.transact(body)
+
+        def consume() -> None:  # as a stream does: past the last position seen
+            while not stop.is_set():
+                with store.read() as r:
+                    consumed.extend(t.seq for t in queries.transitions(r, gen.gen, max(consumed, default=0), 100_000))
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(writer, range(6)))
+        stop.set()
+        reader.join()
+        try:
+            with store.read() as rd:
+                everything = [t.seq for t in queries.transitions(rd, gen.gen, 0, 100_000)]
+            consumed += [seq for seq in everything if seq > max(consumed, default=0)]
+            assert len(everything) == 240
+            assert consumed == everything  # nothing committed below a position already seen
+        finally:
+            store.close()
+
+
+@pytest.mark.anyio
+async def test_get_transitions_pages_in_commit_order_for_the_keys_project_only(tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    async with asgi_collector(CFG, tmp_path / "h.db") as c:
+        evs = [{"id": f"e{u}-{i}", "event": "prompt_completed", "user_id": f"u{u}", "account_id": "a1",
+                "timestamp": (now - timedelta(minutes=5)).isoformat(), "weight": 10} for u in range(5) for i in range(3)]
+        r = await c.post("/v1/batch", json={"sent_at": now.isoformat(), "events": evs},
+                         headers={"Authorization": "Bearer test-write-acme"})
+        assert r.status_code == 200
+        everything = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
+        ids = [t["id"] for t in everything["transitions"]]
+        assert len(ids) >= 10 and ids == sorted(ids, key=int) and everything["next"] == ids[-1]
+        achieved = {t["subject"] for t in everything["transitions"] if t["type"] == "milestone.achieved"}
+        assert achieved == {f"u{u}" for u in range(5)}
+        assert all(t["project"] == "acme" and set(t) == {"id", "type", "project", "level", "subject", "at", "data"}
+                   for t in everything["transitions"])
+        paged, since = [], None
+        while True:
+            page = (await c.get("/v1/transitions", params={"limit": 3, **({"since": since} if since else {})},
+                                headers=read_headers())).json()
+            if not page["transitions"]:
+                assert page["next"] == since
+                break
+            paged += [t["id"] for t in page["transitions"]]
+            since = page["next"]
+        assert paged == ids
+        other = (await c.get("/v1/transitions", headers=read_headers(OTHER_READ_KEY))).json()
+        assert other["transitions"] == []
+        assert (await c.get("/v1/transitions", params={"since": "x"}, headers=read_headers())).status_code == 400
+        assert (await c.get("/v1/transitions", headers={"Authorization": "Bearer test-write-acme"})).status_code == 403
+        assert (await c.get("/v1/stream", params={"key": "nope"})).status_code == 401
+
+
+@pytest.mark.anyio
+async def test_a_model_built_in_the_background_announces_nothing(tmp_path: Path) -> None:
+    """History ingested under one model, then served with a changed one: the build re-tells
+    history silently (only the served model speaks), and the new model's transitions are new ones."""
+    from tests.collector.test_store_contract import batches, collector, make_events, model, send
+    from tests.conftest import until_served
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    events = make_events(2)
+    async with collector(url) as c:
+        for b in batches(events, 100):
+            await send(c, b)
+        before = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
+    assert before["transitions"]
+    async with collector(url, model(changed=True)) as c:
+        await until_served(c, model(changed=True).projects["acme"].version)
+        after = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
+        assert after["transitions"] == []  # the old model's are gone with it; the build told none
+        late = [{**events[0], "id": "late-1", "user_id": "newcomer", "event": "prompt_completed", "weight": 50}]
+        await send(c, late)
+        news = (await c.get("/v1/transitions", params={"since": before["next"]}, headers=read_headers())).json()
+        assert {t["subject"] for t in news["transitions"]} == {"newcomer"}
+        assert min(int(t["id"]) for t in news["transitions"]) > int(before["next"])
