@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
@@ -34,6 +35,8 @@ from .store.base import Store
 __all__ = ["create_app"]
 
 logger = logging.getLogger("headway_collector")
+
+START_WAIT = 15.0  # seconds the start waits for the fold workers' first heartbeat (then readyz says starting)
 
 class _IdConvertor(Convertor[str]):
     """Ids may hold any character, newlines and slashes included (`path` stops at newlines)."""
@@ -223,6 +226,9 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
         if reload_on_sighup and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: threading.Thread(
                 target=reload, name="headway-reload", daemon=True).start())
+        started = time.monotonic()  # serve once the fold workers run (a spawned process takes a moment)
+        while time.monotonic() - started < START_WAIT and not await run_in_threadpool(state.projection.running, store):
+            await asyncio.sleep(0.01)
         state.ready = True
         try:
             yield
