@@ -31,9 +31,9 @@ run: $(VENV)/.collector
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# mypy --strict over the SDK and the collector; ruff over the SDK (the collector: see pyproject)
+# ruff and mypy --strict over the SDK and the collector, configured in pyproject.toml
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check sdk
+	$(VENV)/bin/ruff check sdk collector
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.bench

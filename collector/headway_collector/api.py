@@ -34,8 +34,17 @@ from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read
 from .store import generations, log, queries
 
-__all__ = ["get_account", "get_user", "healthz", "list_accounts", "list_users", "metrics", "model", "readyz",
-           "stored_state"]
+__all__ = [
+    "get_account",
+    "get_user",
+    "healthz",
+    "list_accounts",
+    "list_users",
+    "metrics",
+    "model",
+    "readyz",
+    "stored_state",
+]
 
 MAX_LIMIT = 1000
 STATUSES = ("pending", "in_progress", "achieved", "missed")
@@ -48,18 +57,22 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     milestones = []
     for m in r.milestones:
         f = short.get(m.milestone.name)
-        milestones.append(MilestoneView(
-            name=m.milestone.name,
-            stage=m.milestone.stage,
-            status=m.status(now),
-            progress=m.progress,
-            achieved_at=ts(m.achieved_at),
-            deadline=ts(m.deadline),
-            criteria=[CriterionProgress(kind=c.kind, event=c.event, done=done, target=target)
-                      for c, (done, target) in zip(m.milestone.criteria, m.criteria)],
-            missing=list(f.missing) if f is not None else [],
-            time_left_s=f.time_left / 1e6 if f is not None and f.time_left is not None else None,
-        ))
+        milestones.append(
+            MilestoneView(
+                name=m.milestone.name,
+                stage=m.milestone.stage,
+                status=m.status(now),
+                progress=m.progress,
+                achieved_at=ts(m.achieved_at),
+                deadline=ts(m.deadline),
+                criteria=[
+                    CriterionProgress(kind=c.kind, event=c.event, done=done, target=target)
+                    for c, (done, target) in zip(m.milestone.criteria, m.criteria, strict=False)
+                ],
+                missing=list(f.missing) if f is not None else [],
+                time_left_s=f.time_left / 1e6 if f is not None and f.time_left is not None else None,
+            )
+        )
     common: dict[str, Any] = dict(
         first_seen=ts(first_seen),
         last_seen=ts(last_seen),
@@ -200,7 +213,9 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     q = _list_query(request, project, level)
     now = read_time(request, state)
     items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
-    page = UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
+    page = (
+        UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
+    )
     return json_response(page)
 
 
@@ -224,8 +239,13 @@ def _model_info(project: Project, snap: Snapshot) -> ModelInfo:
         done = generations.watermark(r, building[-1].gen)
         pending = PendingModel(version=building[-1].version, progress=min(1.0, done / head) if head else 1.0)
     served = snap.models.projects[project.name]
-    return ModelInfo(project=project.name, version=served.version, model=served.model,
-                     unknown_tags=[UnknownTag(tag=t, count=n) for t, n in queries.tags(r, gen.gen)], pending=pending)
+    return ModelInfo(
+        project=project.name,
+        version=served.version,
+        model=served.model,
+        unknown_tags=[UnknownTag(tag=t, count=n) for t, n in queries.tags(r, gen.gen)],
+        pending=pending,
+    )
 
 
 async def model(request: Request) -> Response:
@@ -240,11 +260,21 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    if not state.ready or state.projection is None or not await run_in_threadpool(state.projection.running, state.store):
+    if (
+        not state.ready
+        or state.projection is None
+        or not await run_in_threadpool(state.projection.running, state.store)
+    ):
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
     lag = await run_in_threadpool(state.metrics.projection_lag)
-    return json_response({"status": "ready", "queue_depth": state.store.queue_depth(),
-                          "projection_lag_events": lag.events, "projection_lag_seconds": lag.seconds})
+    return json_response(
+        {
+            "status": "ready",
+            "queue_depth": state.store.queue_depth(),
+            "projection_lag_events": lag.events,
+            "projection_lag_seconds": lag.seconds,
+        }
+    )
 
 
 async def metrics(request: Request) -> Response:

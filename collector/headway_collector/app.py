@@ -38,6 +38,7 @@ logger = logging.getLogger("headway_collector")
 
 START_WAIT = 15.0  # seconds the start waits for the fold workers' first heartbeat (then readyz says starting)
 
+
 class _IdConvertor(Convertor[str]):
     """Ids may hold any character, newlines and slashes included (`path` stops at newlines)."""
 
@@ -60,14 +61,62 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
     ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
     ("/v1/accounts/{subject:id}", "GET", api.get_account, wire.AccountView, "One account"),
     ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
-    ("/v1/scores", "GET", history.scores, wire.ScoreHistory, "One user's or account's score once a day over the last days"),
-    ("/v1/growth", "GET", reports.growth, wire.Growth, "Growth accounting per period: new, retained, resurrected, churned, NPS"),
-    ("/v1/milestones", "GET", reports.milestones, wire.Funnel, "The milestone funnel: counts by status, share, time to achieve"),
-    ("/v1/retention", "GET", insights.retention, wire.Retention, "Retention cohorts: subjects first active in a period, active k periods later"),
-    ("/v1/stickiness", "GET", insights.stickiness, wire.Stickiness, "Stickiness: DAU/MAU and subjects by active days over the last days"),
-    ("/v1/insights/predictors", "GET", insights.predictors, wire.Predictors, "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
-    ("/v1/insights/weights", "GET", insights.weights, wire.Weights, "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
-    ("/v1/transitions", "GET", feed.list_transitions, wire.TransitionPage, "Transitions in commit order, past a cursor"),
+    (
+        "/v1/scores",
+        "GET",
+        history.scores,
+        wire.ScoreHistory,
+        "One user's or account's score once a day over the last days",
+    ),
+    (
+        "/v1/growth",
+        "GET",
+        reports.growth,
+        wire.Growth,
+        "Growth accounting per period: new, retained, resurrected, churned, NPS",
+    ),
+    (
+        "/v1/milestones",
+        "GET",
+        reports.milestones,
+        wire.Funnel,
+        "The milestone funnel: counts by status, share, time to achieve",
+    ),
+    (
+        "/v1/retention",
+        "GET",
+        insights.retention,
+        wire.Retention,
+        "Retention cohorts: subjects first active in a period, active k periods later",
+    ),
+    (
+        "/v1/stickiness",
+        "GET",
+        insights.stickiness,
+        wire.Stickiness,
+        "Stickiness: DAU/MAU and subjects by active days over the last days",
+    ),
+    (
+        "/v1/insights/predictors",
+        "GET",
+        insights.predictors,
+        wire.Predictors,
+        "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)",
+    ),
+    (
+        "/v1/insights/weights",
+        "GET",
+        insights.weights,
+        wire.Weights,
+        "Weights fitted to predict an outcome, with held-out AUCs beside the current ones",
+    ),
+    (
+        "/v1/transitions",
+        "GET",
+        feed.list_transitions,
+        wire.TransitionPage,
+        "Transitions in commit order, past a cursor",
+    ),
     ("/v1/stream", "GET", feed.stream, None, "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
     ("/healthz", "GET", api.healthz, None, "Liveness"),
     ("/readyz", "GET", api.readyz, None, "Readiness"),
@@ -81,8 +130,13 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 _AT = _query("at", {"type": "string", "format": "date-time"}, "read as of this instant (RFC3339); default now")
 _LEVEL = _query("level", {"enum": ["user", "account"]}, "user or account")
-_SUBJECT = {"name": "subject", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1},
-            "description": "the user's or account's id (any characters)"}
+_SUBJECT = {
+    "name": "subject",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1},
+    "description": "the user's or account's id (any characters)",
+}
 _LIST = [
     _query("order", {"enum": ["desc", "asc"]}, "by score; default desc"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
@@ -104,32 +158,72 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
     "/v1/accounts": (_LIST, (400, 401, 403)),
     "/v1/accounts/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
     "/v1/model": ([], (401, 403)),
-    "/v1/scores": ([_query("user_id", {"type": "string"}, "the user (or give account_id)"),
-                    _query("account_id", {"type": "string"}, "the account (or give user_id)"),
-                    _query("days", {"type": "integer", "minimum": 1, "maximum": 400}, "days back; default 90"), _AT],
-                   (400, 401, 403, 404)),
-    "/v1/growth": ([_query("period", {"enum": ["day", "week", "month"]}, "default week"), _LEVEL,
-                    _query("from", _DAY_OR_INSTANT, "the first period holds it"),
-                    _query("to", _DAY_OR_INSTANT, "the last period holds it; default at"), _AT], (400, 401, 403)),
+    "/v1/scores": (
+        [
+            _query("user_id", {"type": "string"}, "the user (or give account_id)"),
+            _query("account_id", {"type": "string"}, "the account (or give user_id)"),
+            _query("days", {"type": "integer", "minimum": 1, "maximum": 400}, "days back; default 90"),
+            _AT,
+        ],
+        (400, 401, 403, 404),
+    ),
+    "/v1/growth": (
+        [
+            _query("period", {"enum": ["day", "week", "month"]}, "default week"),
+            _LEVEL,
+            _query("from", _DAY_OR_INSTANT, "the first period holds it"),
+            _query("to", _DAY_OR_INSTANT, "the last period holds it; default at"),
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
     "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
-    "/v1/retention": ([_query("period", {"enum": ["week", "month"]}, "default week"),
-                       _query("cohorts", {"type": "integer", "minimum": 1}, "how many cohorts; default 8"), _LEVEL, _AT],
-                      (400, 401, 403)),
-    "/v1/stickiness": ([_query("days", {"type": "integer", "minimum": 1}, "days back; default 30"), _LEVEL, _AT],
-                       (400, 401, 403)),
-    "/v1/insights/predictors": ([_query("outcome", {"type": "string"}, "a milestone of the model (required)"),
-                                 _query("window", {"type": "string"}, "early window, a duration like 7d"), _LEVEL,
-                                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "rows; default 200"),
-                                 _AT], (400, 401, 403)),
-    "/v1/insights/weights": ([_query("outcome", {"type": "string"}, "a milestone of the model (required)"),
-                              _query("window", {"type": "string"}, "early window, a duration like 7d"), _LEVEL, _AT],
-                             (400, 401, 403)),
-    "/v1/transitions": ([_query("since", {"type": "string"}, "the cursor of the last transition seen"),
-                         _query("limit", {"type": "integer", "minimum": 1}, "transitions a page; default 100")],
-                        (400, 401, 403)),
-    "/v1/stream": ([_query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
-                    _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)")],
-                   (400, 401, 403)),
+    "/v1/retention": (
+        [
+            _query("period", {"enum": ["week", "month"]}, "default week"),
+            _query("cohorts", {"type": "integer", "minimum": 1}, "how many cohorts; default 8"),
+            _LEVEL,
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
+    "/v1/stickiness": (
+        [_query("days", {"type": "integer", "minimum": 1}, "days back; default 30"), _LEVEL, _AT],
+        (400, 401, 403),
+    ),
+    "/v1/insights/predictors": (
+        [
+            _query("outcome", {"type": "string"}, "a milestone of the model (required)"),
+            _query("window", {"type": "string"}, "early window, a duration like 7d"),
+            _LEVEL,
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "rows; default 200"),
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
+    "/v1/insights/weights": (
+        [
+            _query("outcome", {"type": "string"}, "a milestone of the model (required)"),
+            _query("window", {"type": "string"}, "early window, a duration like 7d"),
+            _LEVEL,
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
+    "/v1/transitions": (
+        [
+            _query("since", {"type": "string"}, "the cursor of the last transition seen"),
+            _query("limit", {"type": "integer", "minimum": 1}, "transitions a page; default 100"),
+        ],
+        (400, 401, 403),
+    ),
+    "/v1/stream": (
+        [
+            _query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
+            _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)"),
+        ],
+        (400, 401, 403),
+    ),
     "/healthz": ([], ()),
     "/readyz": ([], ()),
     "/metrics": ([], (401, 403)),
@@ -137,8 +231,11 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
 _OPEN = {"/healthz", "/readyz"}  # no key
 _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
     "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
-    "/readyz": {"type": "object", "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
-                "required": ["status"]},
+    "/readyz": {
+        "type": "object",
+        "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+        "required": ["status"],
+    },
 }
 
 
@@ -163,13 +260,19 @@ def openapi() -> dict[str, Any]:
         responses: dict[str, Any] = {"200": {"description": "OK", **ok}}
         responses.update({str(code): {"description": HTTPStatus(code).phrase, **error} for code in errors})
         unavailable = ok if path == "/readyz" else error  # readyz answers {"status": "starting"}
-        responses["503"] = {"description": "busy or starting: retry after Retry-After seconds", "headers": retry,
-                            **unavailable}
+        responses["503"] = {
+            "description": "busy or starting: retry after Retry-After seconds",
+            "headers": retry,
+            **unavailable,
+        }
         op: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
         if path in _OPEN:
             op["security"] = []
         if method == "POST":
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}},
+            }
         paths.setdefault(path.replace(":id", ""), {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -191,12 +294,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
-def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread",
-               reload_on_sighup: bool = False) -> Starlette:
+def create_app(
+    config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread", reload_on_sighup: bool = False
+) -> Starlette:
     """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
     threads or processes) started and stopped by the lifespan."""
-    state = AppState(config=config, store=store, book=ModelBook([config]),
-                     metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())))
+    state = AppState(
+        config=config,
+        store=store,
+        book=ModelBook([config]),
+        metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
+    )
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:
@@ -224,8 +332,9 @@ def create_app(config: Config, store: Store, *, fold_workers: int = 1, fold_mode
         state.metrics.sections.append(delivery.render)
         delivery.start()
         if reload_on_sighup and threading.current_thread() is threading.main_thread():
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: threading.Thread(
-                target=reload, name="headway-reload", daemon=True).start())
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: threading.Thread(target=reload, name="headway-reload", daemon=True).start()
+            )
         started = time.monotonic()  # serve once the fold workers run (a spawned process takes a moment)
         while time.monotonic() - started < START_WAIT and not await run_in_threadpool(state.projection.running, store):
             await asyncio.sleep(0.01)

@@ -42,8 +42,10 @@ class CLIError(Exception):
 
 
 def _missing_extra(exc: ImportError) -> str:
-    return (f"the collector needs the 'collector' extra ({exc.name or exc} is not installed): "
-            "pip install 'headway[collector]'")
+    return (
+        f"the collector needs the 'collector' extra ({exc.name or exc} is not installed): "
+        "pip install 'headway[collector]'"
+    )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -104,8 +106,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["HEADWAY_DATABASE"] = args.database
     os.environ["HEADWAY_FOLD_WORKERS"] = str(args.fold_workers)
     logging.getLogger("headway_collector").info(
-        "Headway collector on http://%s:%d (database %s, config %s, %d fold worker(s))", args.host, args.port,
-        args.database, args.config, args.fold_workers)
+        "Headway collector on http://%s:%d (database %s, config %s, %d fold worker(s))",
+        args.host,
+        args.port,
+        args.database,
+        args.config,
+        args.fold_workers,
+    )
     uvicorn.run(
         "headway_collector.cli:app_from_env",
         factory=True,
@@ -124,9 +131,13 @@ def app_from_env():  # type: ignore[no-untyped-def]
     from .app import create_app
 
     cfg = config_mod.load(os.environ["HEADWAY_CONFIG"])
-    return create_app(cfg, open_store(os.environ.get("HEADWAY_DATABASE", DEFAULT_DATABASE)),
-                      fold_workers=int(os.environ.get("HEADWAY_FOLD_WORKERS", "1")), fold_mode="process",
-                      reload_on_sighup=True)
+    return create_app(
+        cfg,
+        open_store(os.environ.get("HEADWAY_DATABASE", DEFAULT_DATABASE)),
+        fold_workers=int(os.environ.get("HEADWAY_FOLD_WORKERS", "1")),
+        fold_mode="process",
+        reload_on_sighup=True,
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -134,9 +145,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK")
     for p in cfg.projects.values():
         e = p.engagement
-        print(f"project {p.name}: model version {p.version}; {len(p.write_keys)} write key(s), {len(p.read_keys)} read key(s)")
-        print(f"  engagement: half-life {e.half_life / 86400e6:g}d, trend {e.trend_short / 86400e6:g}d/{e.trend_long / 86400e6:g}d, "
-              f"default weight {e.default_weight:g}, engaged at {e.engaged_threshold:g}; {len(p.weights)} weight(s)")
+        print(
+            f"project {p.name}: model version {p.version}; "
+            f"{len(p.write_keys)} write key(s), {len(p.read_keys)} read key(s)"
+        )
+        print(
+            f"  engagement: half-life {e.half_life / 86400e6:g}d, "
+            f"trend {e.trend_short / 86400e6:g}d/{e.trend_long / 86400e6:g}d, "
+            f"default weight {e.default_weight:g}, engaged at {e.engaged_threshold:g}; {len(p.weights)} weight(s)"
+        )
         if p.nps_event:
             print(f"  nps: event {p.nps_event!r}")
         for s in p.stages:
@@ -180,7 +197,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if before.tzinfo is None:  # read as the query API reads dates: UTC
         before = before.replace(tzinfo=UTC)
     if args.database.startswith("sqlite:///"):
-        path = args.database[len("sqlite:///"):]
+        path = args.database[len("sqlite:///") :]
         if path not in ("", ":memory:") and not Path(path).is_file():
             raise CLIError(f"no database at {path}: prune does not create one (check --database)")
     store = open_store(args.database)
@@ -194,8 +211,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for step in range(1, PRUNE_STEPS + 1):
             n += store.prune(first + span * step // PRUNE_STEPS if step < PRUNE_STEPS else end)
             show(min(n, total), total)
-    print(f"pruned {n} events before {before.isoformat()}; scores and milestones keep what they had "
-          "(a later rescore reads only the events kept)")
+    print(
+        f"pruned {n} events before {before.isoformat()}; scores and milestones keep what they had "
+        "(a later rescore reads only the events kept)"
+    )
     return 0
 
 
@@ -226,21 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the collector", description="Run the collector (HTTP API on uvicorn).")
     s.add_argument("--config", required=True, help="the TOML model and keys")
-    s.add_argument("--database", default=DEFAULT_DATABASE, help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_DATABASE})")
+    s.add_argument(
+        "--database", default=DEFAULT_DATABASE, help=f"sqlite:///FILE or postgresql://... (default {DEFAULT_DATABASE})"
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     s.add_argument("--workers", type=int, default=1, help="HTTP worker processes (default 1)")
-    s.add_argument("--fold-workers", type=_positive, default=1,
-                   help="projection processes folding events into scores (default 1)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level")
+    s.add_argument(
+        "--fold-workers", type=_positive, default=1, help="projection processes folding events into scores (default 1)"
+    )
+    s.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level"
+    )
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check", help="validate a config file", description="Validate a config file and print the model.")
+    c = sub.add_parser(
+        "check", help="validate a config file", description="Validate a config file and print the model."
+    )
     c.add_argument("--config", required=True, help="the TOML file to check")
     c.set_defaults(func=cmd_check)
 
-    r = sub.add_parser("rescore", help="rebuild scores and milestones from stored events",
-                       description="Rebuild every derived value from the stored events under the model in --config.")
+    r = sub.add_parser(
+        "rescore",
+        help="rebuild scores and milestones from stored events",
+        description="Rebuild every derived value from the stored events under the model in --config.",
+    )
     r.add_argument("--config", required=True, help="the TOML model")
     r.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     r.add_argument("--jobs", type=_positive, default=1, help="fold processes working in parallel (default 1)")
@@ -248,19 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="make keys", description="Make API keys.")
     ksub = k.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
-    kn = ksub.add_parser("new", help="print a new key once and its sha256 line", description="Print a new key and its hash.")
+    kn = ksub.add_parser(
+        "new", help="print a new key once and its sha256 line", description="Print a new key and its hash."
+    )
     kn.add_argument("--kind", choices=["write", "read"], default="write", help="write (ingest) or read (query) key")
     kn.set_defaults(func=cmd_keys_new)
 
-    pr = sub.add_parser("prune", help="delete stored events older than a date",
-                        description="Delete stored events older than --before (retention is your choice).")
+    pr = sub.add_parser(
+        "prune",
+        help="delete stored events older than a date",
+        description="Delete stored events older than --before (retention is your choice).",
+    )
     pr.add_argument("--before", required=True, help="a date or RFC3339 time; events before it are deleted")
     pr.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     pr.set_defaults(func=cmd_prune)
 
-    sw = sub.add_parser("suggest-weights", help="print the weights the data supports for an outcome",
-                        description="Fit weights that predict the milestone --outcome from early event counts and "
-                        "print the TOML lines to paste, with held-out AUCs for them and the current weights.")
+    sw = sub.add_parser(
+        "suggest-weights",
+        help="print the weights the data supports for an outcome",
+        description="Fit weights that predict the milestone --outcome from early event counts and "
+        "print the TOML lines to paste, with held-out AUCs for them and the current weights.",
+    )
     sw.add_argument("--config", required=True, help="the TOML model")
     sw.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     sw.add_argument("--outcome", required=True, help="the outcome milestone")

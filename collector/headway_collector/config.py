@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 __all__ = [
+    "TRANSITION_TYPES",
     "Config",
     "ConfigError",
     "Criterion",
@@ -27,7 +28,6 @@ __all__ = [
     "Milestone",
     "Project",
     "Stage",
-    "TRANSITION_TYPES",
     "Webhook",
     "load",
     "loads",
@@ -249,7 +249,9 @@ def loads(text: str, path: str = "<config>") -> Config:
         raise ConfigError(path, "no [projects.<name>] table: at least one project is needed")
     unknown = sorted(set(data) - {"projects"})
     if unknown:
-        raise ConfigError(path, f"unknown top-level key {unknown[0]!r} (only [projects.<name>] tables)", _locate(text, [unknown[0]]))
+        raise ConfigError(
+            path, f"unknown top-level key {unknown[0]!r} (only [projects.<name>] tables)", _locate(text, [unknown[0]])
+        )
     raw: dict[str, _RawProject] = {}
     for name, body in projects.items():
         try:
@@ -314,7 +316,7 @@ def _locate(text: str, loc: list[str | int]) -> int | None:
     for key, i in blocks:
         if tuple(loc[: len(key)]) == key and len(key) >= len(best):
             best, start = key, i
-    rest = [x for x in loc[len(best):]]
+    rest = [x for x in loc[len(best) :]]
     end = next((i for k, i in blocks if i > start), len(lines))
     line_no: int | None = start + 1 if best else None
     pos = start
@@ -367,11 +369,17 @@ class _Builder:
         for kind in ("write_keys", "read_keys"):
             for i, k in enumerate(getattr(rp, kind)):
                 if not _KEY_HASH.fullmatch(k):
-                    raise self.fail(at + [kind], f"{kind}[{i}] must be 'sha256:' and 64 lowercase hex digits "
-                                    "(`headway-collector keys new` prints one)")
+                    raise self.fail(
+                        at + [kind],
+                        f"{kind}[{i}] must be 'sha256:' and 64 lowercase hex digits "
+                        "(`headway-collector keys new` prints one)",
+                    )
                 if k in seen_keys:
-                    raise self.fail(at + [kind], f"{kind}[{i}] is listed twice (also in {seen_keys[k]}); "
-                                    "a key belongs to one project and one kind")
+                    raise self.fail(
+                        at + [kind],
+                        f"{kind}[{i}] is listed twice (also in {seen_keys[k]}); "
+                        "a key belongs to one project and one kind",
+                    )
                 seen_keys[k] = f"projects.{name}.{kind}"
         e = rp.engagement
         eng_at = at + ["engagement"]
@@ -414,17 +422,22 @@ class _Builder:
             loc = at + ["webhooks", i]
             parsed = urlsplit(w.url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise self.fail(loc + ["url"], f"webhooks[{i}].url must be an http:// or https:// URL with a host; "
-                                f"got {w.url!r}")
+                raise self.fail(
+                    loc + ["url"], f"webhooks[{i}].url must be an http:// or https:// URL with a host; got {w.url!r}"
+                )
             if not w.secret:
                 raise self.fail(loc + ["secret"], f"webhooks[{i}].secret must not be empty (it signs every delivery)")
             if not w.on:
-                raise self.fail(loc + ["on"], f"webhooks[{i}].on must name at least one type of transition: "
-                                f"{', '.join(TRANSITION_TYPES)}")
+                raise self.fail(
+                    loc + ["on"],
+                    f"webhooks[{i}].on must name at least one type of transition: {', '.join(TRANSITION_TYPES)}",
+                )
             for kind in w.on:
                 if kind not in TRANSITION_TYPES:
-                    raise self.fail(loc + ["on"], f"webhooks[{i}].on: unknown type of transition {kind!r} "
-                                    f"(one of {', '.join(TRANSITION_TYPES)})")
+                    raise self.fail(
+                        loc + ["on"],
+                        f"webhooks[{i}].on: unknown type of transition {kind!r} (one of {', '.join(TRANSITION_TYPES)})",
+                    )
             hook = Webhook(project, w.url, w.secret, tuple(dict.fromkeys(w.on)))
             if any(o.hook == hook.hook for o in out):
                 raise self.fail(loc + ["url"], f"webhooks[{i}] repeats an earlier webhook (same url and types)")
@@ -443,7 +456,9 @@ class _Builder:
             if i == 0 and (s.after or s.on):
                 raise self.fail(loc, f"the first stage {s.name!r} has no start: remove 'after' / 'on'")
             if i > 0 and (s.after is None) == (s.on is None):
-                raise self.fail(loc, f"stage {s.name!r} needs exactly one start: 'after' (an age) or 'on' (a milestone)")
+                raise self.fail(
+                    loc, f"stage {s.name!r} needs exactly one start: 'after' (an age) or 'on' (a milestone)"
+                )
             after = self.duration(loc + ["after"], s.after) if s.after is not None else None
             if after is not None:
                 if after <= last_after:
@@ -452,7 +467,9 @@ class _Builder:
             out.append(Stage(name=s.name, after=after, on=s.on))
         return tuple(out)
 
-    def milestones(self, at: list[str | int], raw: list[_RawMilestone], stages: tuple[Stage, ...]) -> tuple[Milestone, ...]:
+    def milestones(
+        self, at: list[str | int], raw: list[_RawMilestone], stages: tuple[Stage, ...]
+    ) -> tuple[Milestone, ...]:
         out: list[Milestone] = []
         stage_names = {s.name for s in stages}
         for i, m in enumerate(raw):
@@ -462,10 +479,15 @@ class _Builder:
             if any(o.name == m.name for o in out):
                 raise self.fail(loc + ["name"], f"duplicate milestone name {m.name!r}")
             if m.stage not in stage_names:
-                raise self.fail(loc + ["stage"], f"milestone {m.name!r} names unknown stage {m.stage!r}"
-                                + (f" (stages: {', '.join(sorted(stage_names))})" if stage_names else " (no stages are defined)"))
+                raise self.fail(
+                    loc + ["stage"],
+                    f"milestone {m.name!r} names unknown stage {m.stage!r}"
+                    + (f" (stages: {', '.join(sorted(stage_names))})" if stage_names else " (no stages are defined)"),
+                )
             if m.level not in ("user", "account"):
-                raise self.fail(loc + ["level"], f"milestone {m.name!r}: level must be 'user' or 'account', not {m.level!r}")
+                raise self.fail(
+                    loc + ["level"], f"milestone {m.name!r}: level must be 'user' or 'account', not {m.level!r}"
+                )
             if not m.criteria:
                 raise self.fail(loc + ["criteria"], f"milestone {m.name!r} needs at least one criterion")
             within = self.duration(loc + ["within"], m.within) if m.within is not None else None
@@ -478,7 +500,9 @@ class _Builder:
         if c.kind not in KINDS:
             raise self.fail(loc + ["kind"], f"{what}: unknown kind {c.kind!r} (kinds: {', '.join(KINDS)})")
         if not math.isfinite(c.target) or c.target <= 0:
-            raise self.fail(loc + ["target"], f"{what}: target must be a finite number greater than zero, got {c.target}")
+            raise self.fail(
+                loc + ["target"], f"{what}: target must be a finite number greater than zero, got {c.target}"
+            )
         if c.kind == "tagged":
             if c.event is not None or c.of is not None or c.over is not None:
                 raise self.fail(loc, f"{what}: 'tagged' counts events tagged {m.name!r}; it takes only 'target'")
@@ -505,7 +529,9 @@ class _Builder:
             raise self.fail(loc + ["target"], f"{what}: a {c.kind} target must be a whole number, got {c.target}")
         return Criterion(kind=c.kind, target=c.target, event=c.event, of=c.of, over=over)  # type: ignore[arg-type]
 
-    def check_stage_triggers(self, at: list[str | int], stages: tuple[Stage, ...], milestones: tuple[Milestone, ...]) -> None:
+    def check_stage_triggers(
+        self, at: list[str | int], stages: tuple[Stage, ...], milestones: tuple[Milestone, ...]
+    ) -> None:
         by_name = {m.name: m for m in milestones}
         index = {s.name: i for i, s in enumerate(stages)}
         for i, s in enumerate(stages):
@@ -516,5 +542,8 @@ class _Builder:
             if m is None:
                 raise self.fail(loc, f"stage {s.name!r} starts on unknown milestone {s.on!r}")
             if index[m.stage] >= i:
-                raise self.fail(loc, f"stage {s.name!r} starts on milestone {s.on!r}, which belongs to stage "
-                                f"{m.stage!r}, not an earlier one: a cycle")
+                raise self.fail(
+                    loc,
+                    f"stage {s.name!r} starts on milestone {s.on!r}, which belongs to stage "
+                    f"{m.stage!r}, not an earlier one: a cycle",
+                )

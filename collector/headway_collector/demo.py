@@ -28,8 +28,10 @@ def local_config(example: Path, out: Path) -> tuple[str, str, str]:
     write, read = new_key("write"), new_key("read")
     text = re.sub(r"^write_keys\s*=.*$", f'write_keys = ["{hash_key(write)}"]', text, count=1, flags=re.M)
     text = re.sub(r"^read_keys\s*=.*$", f'read_keys  = ["{hash_key(read)}"]', text, count=1, flags=re.M)
-    header = (f"# Local demo copy of {example.name}, written by `make run`; not committed.\n"
-              f"# demo write key: {write}\n# demo read key: {read}\n\n")
+    header = (
+        f"# Local demo copy of {example.name}, written by `make run`; not committed.\n"
+        f"# demo write key: {write}\n# demo read key: {read}\n\n"
+    )
     out.write_text(header + text)
     project = re.search(r"^\[projects\.([^.\]]+)\]", text, re.M)
     return write, read, project.group(1) if project else "acme"
@@ -45,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     write, read, project = local_config(Path(args.example), Path(args.out))
     url = f"http://{args.host}:{args.port}"
     now = '"$(date -u +%Y-%m-%dT%H:%M:%SZ)"'
-    body = ('{"sent_at":"\'' + now + '\'","events":[{"id":"demo-\'"$(date +%s%N)"\'","event":"report_shared",'
-            '"user_id":"alice","account_id":"acme-co","timestamp":"\'' + now + '\'"}]}')
-    print(f"""
+    body = (
+        '{"sent_at":"\'' + now + '\'","events":[{"id":"demo-\'"$(date +%s%N)"\'","event":"report_shared",'
+        '"user_id":"alice","account_id":"acme-co","timestamp":"\'' + now + "'\"}]}"
+    )
+    print(
+        f"""
 Headway collector starting at {url}  (project {project!r}, config {args.out}, database headway.db)
   write key: {write}
   read key:  {read}
@@ -58,7 +63,9 @@ Send an event:
   curl -s {url}/v1/batch -H 'Authorization: Bearer {write}' -H 'Content-Type: application/json' -d '{body}'
 Read it back:
   curl -s {url}/v1/users/alice -H 'Authorization: Bearer {read}'
-""", file=sys.stderr)
+""",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -54,6 +54,7 @@ class GuardMiddleware:
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                response = error_response(503, "unavailable", "the collector hit an unexpected error; retry later",
-                                          {"Retry-After": "1"})
+                response = error_response(
+                    503, "unavailable", "the collector hit an unexpected error; retry later", {"Retry-After": "1"}
+                )
                 await response(scope, receive, send)

@@ -16,15 +16,15 @@ so host apps should send the header; the read key reaches nothing but reads of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import msgspec
+from headway.wire import Transition, TransitionPage
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-
-from headway.wire import Transition, TransitionPage
 
 from .auth import authorize, authorize_key
 from .config import Config, Project
@@ -46,8 +46,15 @@ _encode = msgspec.json.Encoder().encode
 
 
 def transition_of(project: str, row: queries.TransitionRow) -> Transition:
-    return Transition(id=str(row.seq), type=row.type, project=project, level=row.level, subject=row.subject,
-                      at=ts(row.at), data=_decode_data(row.data))
+    return Transition(
+        id=str(row.seq),
+        type=row.type,
+        project=project,
+        level=row.level,
+        subject=row.subject,
+        at=ts(row.at),
+        data=_decode_data(row.data),
+    )
 
 
 def _cursor(name: str, text: str | None) -> int:
@@ -55,15 +62,17 @@ def _cursor(name: str, text: str | None) -> int:
         return 0
     n = whole_number(text.strip())
     if n is None:
-        raise APIError(400, "bad_request", f"{name} must be a cursor (a whole number, the id of a transition); "
-                       f"got {text!r}")
+        raise APIError(
+            400, "bad_request", f"{name} must be a cursor (a whole number, the id of a transition); got {text!r}"
+        )
     return n
 
 
 def _page(snap: Snapshot, project: str, after: int, limit: int) -> TransitionPage:
     rows = queries.transitions(snap.tx, snap.gen.gen, after, limit)
-    return TransitionPage(transitions=[transition_of(project, row) for row in rows],
-                          next=str(rows[-1].seq if rows else after))
+    return TransitionPage(
+        transitions=[transition_of(project, row) for row in rows], next=str(rows[-1].seq if rows else after)
+    )
 
 
 async def list_transitions(request: Request) -> Response:
@@ -107,10 +116,8 @@ class _Tail:
             self.task = asyncio.get_running_loop().create_task(self._watch(state))
         if self.head > after:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.moved.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 def _head(state: AppState) -> int:
@@ -167,5 +174,6 @@ async def stream(request: Request) -> Response:
         finally:
             tail.streams -= 1
 
-    return StreamingResponse(events(after), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(after), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -35,15 +35,19 @@ DEFAULT_DAYS = 90
 
 
 def _subject(request: Request) -> tuple[Literal["user", "account"], str]:
-    given = [(level, request.query_params[f"{level}_id"]) for level in ("user", "account")
-             if f"{level}_id" in request.query_params]
+    given = [
+        (level, request.query_params[f"{level}_id"])
+        for level in ("user", "account")
+        if f"{level}_id" in request.query_params
+    ]
     if len(given) != 1 or not given[0][1]:
         raise APIError(400, "bad_request", "give exactly one of user_id or account_id")
     return given[0]  # type: ignore[return-value]
 
 
-def _history(snap: Snapshot, project: Project, level: Literal["user", "account"], sid: str, now: int,
-             days: int) -> ScoreHistory:
+def _history(
+    snap: Snapshot, project: Project, level: Literal["user", "account"], sid: str, now: int, days: int
+) -> ScoreHistory:
     lm = snap.models[project.name, level]
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`
     # One snapshot: the state and the events agree (the state holds every event up to the watermark).
@@ -54,9 +58,12 @@ def _history(snap: Snapshot, project: Project, level: Literal["user", "account"]
     def weight_of(ev: Ev) -> float:
         return lm.project.weight(ev.event, ev.weight)
 
-    shares = [ScoreShare(event=name, share=share) for name, share in scoring.score_shares(stored, now, half_life, weight_of)]
-    events = sorted((ev.t, scoring.contribution(weight_of(ev), ev.t, half_life))
-                    for ev in stored if ev.t > times[0])  # the score's term alone
+    shares = [
+        ScoreShare(event=name, share=share) for name, share in scoring.score_shares(stored, now, half_life, weight_of)
+    ]
+    events = sorted(
+        (ev.t, scoring.contribution(weight_of(ev), ev.t, half_life)) for ev in stored if ev.t > times[0]
+    )  # the score's term alone
     points = []
     i = len(events)
     for t in reversed(times):  # latest first: take away each event later than t
@@ -74,4 +81,6 @@ async def scores(request: Request) -> Response:
     level, sid = _subject(request)
     days = count(request, "days", DEFAULT_DAYS, MAX_DAYS)
     now = read_time(request, state)
-    return json_response(await consistent_read(state, project, lambda snap: _history(snap, project, level, sid, now, days)))
+    return json_response(
+        await consistent_read(state, project, lambda snap: _history(snap, project, level, sid, now, days))
+    )

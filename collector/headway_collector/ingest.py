@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 import zlib
@@ -45,8 +46,9 @@ HELD_BYTES = 32 << 20  # request bodies one process holds at once, read or being
 # The events array as a Struct of MAX_BATCH_EVENTS + 1 positions: msgspec fills at most that
 # many and skips the rest without building them. (As `list[Raw]`, 8 MiB of `0,0,...` made
 # 4 million Raw objects, 230 MB, before any length check could run.)
-_Events = msgspec.defstruct("_Events", [(f"e{i}", msgspec.Raw, msgspec.Raw()) for i in range(MAX_BATCH_EVENTS + 1)],
-                            array_like=True)
+_Events = msgspec.defstruct(
+    "_Events", [(f"e{i}", msgspec.Raw, msgspec.Raw()) for i in range(MAX_BATCH_EVENTS + 1)], array_like=True
+)
 
 
 class _LazyEnvelope(BatchEnvelope):
@@ -77,8 +79,12 @@ class _Budget:
             if total <= mine:
                 return
             if self.held + total - mine > self.limit:
-                raise APIError(503, "overloaded", f"the collector holds {self.held} bytes of request bodies, its limit; "
-                               "retry later", {"Retry-After": "1"})
+                raise APIError(
+                    503,
+                    "overloaded",
+                    f"the collector holds {self.held} bytes of request bodies, its limit; retry later",
+                    {"Retry-After": "1"},
+                )
             self.held += total - mine
             mine = total
 
@@ -106,8 +112,12 @@ async def _read_body(request: Request, take: Callable[[int], None]) -> bytes:
                 take(size)
                 parts.append(chunk)
     except TimeoutError:
-        raise APIError(408, "timeout", f"the body did not arrive within {BODY_SECONDS:g}s ({size} bytes came)",
-                       {"Connection": "close"}) from None
+        raise APIError(
+            408,
+            "timeout",
+            f"the body did not arrive within {BODY_SECONDS:g}s ({size} bytes came)",
+            {"Connection": "close"},
+        ) from None
     return b"".join(parts)
 
 
@@ -158,8 +168,12 @@ def _split_deep(body: bytes) -> tuple[int, list[msgspec.Raw]]:
     depth, key, start, cuts, end = 0, b"", -1, [], -1
     for n, m in enumerate(_STRUCTURE.finditer(body)):
         if n > WALK_TOKENS:
-            raise APIError(400, "too_deep", f"the batch nests deeper than the decoder reads and has over {WALK_TOKENS} "
-                           f"JSON tokens before its events end: send events nested at most {MAX_DEPTH} levels")
+            raise APIError(
+                400,
+                "too_deep",
+                f"the batch nests deeper than the decoder reads and has over {WALK_TOKENS} "
+                f"JSON tokens before its events end: send events nested at most {MAX_DEPTH} levels",
+            )
         token, at = m.group(), m.start()
         if token[0] == 0x22:
             if depth == 1:
@@ -182,14 +196,16 @@ def _split_deep(body: bytes) -> tuple[int, list[msgspec.Raw]]:
         raise msgspec.DecodeError("the events array is not closed")
     envelope = _decode_envelope(body[:start] + b"[]" + body[end + 1 :])  # a deep rest recurses again: 400
     bounds = cuts + [end]
-    elements = [body[a + 1 : b].strip() for a, b in zip(bounds, bounds[1:])]
+    elements = [body[a + 1 : b].strip() for a, b in itertools.pairwise(bounds)]
     return to_us(envelope.sent_at), [msgspec.Raw(e) for e in elements if e or len(elements) > 1]  # `[]`: none
 
 
 def _check_headers(request: Request) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise APIError(415, "unsupported_media_type", f"Content-Type must be application/json, not {ctype or 'missing'!r}")
+        raise APIError(
+            415, "unsupported_media_type", f"Content-Type must be application/json, not {ctype or 'missing'!r}"
+        )
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
         raise APIError(415, "unsupported_encoding", f"Content-Encoding must be gzip or absent, not {encoding!r}")
@@ -236,7 +252,9 @@ async def batch(request: Request) -> Response:
             result = await state.store.append(project.name, accepted)
         except Overloaded as exc:
             state.metrics.reject("overloaded")
-            raise APIError(503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}) from None
+            raise APIError(
+                503, "overloaded", f"the collector is busy ({exc}); retry later", {"Retry-After": "1"}
+            ) from None
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
         ok, dup = result.accepted, result.duplicates
@@ -249,9 +267,14 @@ async def batch(request: Request) -> Response:
 
 
 def _reason(message: str) -> str:
-    for key, reason in (("bytes encoded", "event_too_large"), ("out of range", "non_finite"),
-                        ("future", "future_timestamp"), ("before 1970", "before_epoch"),
-                        ("nested more than", "too_deep"), ("is outside ±", "out_of_range")):
+    for key, reason in (
+        ("bytes encoded", "event_too_large"),
+        ("out of range", "non_finite"),
+        ("future", "future_timestamp"),
+        ("before 1970", "before_epoch"),
+        ("nested more than", "too_deep"),
+        ("is outside ±", "out_of_range"),
+    ):
         if key in message:
             return reason
     return "invalid_event"

@@ -21,11 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from headway.wire import Cohort, Interval, Predictor, Predictors, Retention, Stickiness, SuggestedWeight, Weights
 from starlette.requests import Request
 from starlette.responses import Response
-
-from headway.wire import (Cohort, Interval, Predictor, Predictors, Retention, Stickiness, SuggestedWeight,
-                          Weights)
 
 from .auth import authorize
 from .config import Config, Milestone, Project, parse_duration
@@ -41,7 +39,17 @@ from .store import generations
 from .store import insights as store
 from .store.base import Store
 
-__all__ = ["AnswerCache", "early", "fitted", "predictors", "retention", "stickiness", "suggestion", "weight_scale", "weights"]
+__all__ = [
+    "AnswerCache",
+    "early",
+    "fitted",
+    "predictors",
+    "retention",
+    "stickiness",
+    "suggestion",
+    "weight_scale",
+    "weights",
+]
 
 T = TypeVar("T")
 LEVELS = ("user", "account")
@@ -80,7 +88,9 @@ def _cache(request: Request) -> AnswerCache:
     return cache
 
 
-async def _answer(request: Request, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]) -> Response:
+async def _answer(
+    request: Request, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]
+) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     cache = _cache(request)
@@ -112,9 +122,11 @@ async def retention(request: Request) -> Response:
     def body(snap: Snapshot, served: Project) -> Retention:
         days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)
         table = ins.retention(days, kind, cohorts, at)
-        return Retention(period=kind, level=level, cohorts=[
-            Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained)
-            for c in table])
+        return Retention(
+            period=kind,
+            level=level,
+            cohorts=[Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained) for c in table],
+        )
 
     return await _answer(request, "retention", (kind, cohorts, level, at // DAY), body)
 
@@ -126,8 +138,9 @@ async def stickiness(request: Request) -> Response:
 
     def body(snap: Snapshot, served: Project) -> Stickiness:
         s = ins.stickiness(store.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
-        return Stickiness(days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio,
-                          active_days=s.active_days)
+        return Stickiness(
+            days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
+        )
 
     return await _answer(request, "stickiness", (days, level, at // DAY), body)
 
@@ -140,8 +153,9 @@ def _outcome(served: Project, name: str, level: str | None) -> Milestone:
     if m is None:
         raise APIError(400, "bad_request", f"outcome={name!r} is not a milestone of the served model")
     if level is not None and level != m.level:
-        raise APIError(400, "bad_request", f"outcome {name!r} is a milestone of {m.level}s; level={level!r} "
-                       "cannot reach it")
+        raise APIError(
+            400, "bad_request", f"outcome {name!r} is a milestone of {m.level}s; level={level!r} cannot reach it"
+        )
     return m
 
 
@@ -160,8 +174,16 @@ def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: 
     """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
     least max(window, the outcome's `within`) before it."""
     horizon = max(window, outcome.within or 0)
-    rows = store.early_events(snap.tx, served.name, snap.gen.gen, outcome.level, outcome.name,
-                              early_window(outcome, window), at - horizon, snap.folded)
+    rows = store.early_events(
+        snap.tx,
+        served.name,
+        snap.gen.gen,
+        outcome.level,
+        outcome.name,
+        early_window(outcome, window),
+        at - horizon,
+        snap.folded,
+    )
     return ins.early_windows(rows, outcome.name, at, _criteria_events(outcome), served.weight)
 
 
@@ -187,11 +209,23 @@ def _interval(pair: tuple[float, float]) -> Interval:
 
 def _predictor(r: ins.Prediction) -> Predictor:
     return Predictor(
-        event=r.event, threshold=r.threshold, lift=r.lift, coverage=r.coverage, precision=r.precision,
-        recall=r.recall, youden=r.youden, rate_without=r.rate_without, interval=_interval(r.interval),
-        interval_without=_interval(r.interval_without), difference=_interval(r.difference),
-        subjects_with=r.subjects_with, subjects_without=r.subjects_without, achieved_with=r.achieved_with,
-        achieved_without=r.achieved_without, confident=r.confident, best=r.best,
+        event=r.event,
+        threshold=r.threshold,
+        lift=r.lift,
+        coverage=r.coverage,
+        precision=r.precision,
+        recall=r.recall,
+        youden=r.youden,
+        rate_without=r.rate_without,
+        interval=_interval(r.interval),
+        interval_without=_interval(r.interval_without),
+        difference=_interval(r.difference),
+        subjects_with=r.subjects_with,
+        subjects_without=r.subjects_without,
+        achieved_with=r.achieved_with,
+        achieved_without=r.achieved_without,
+        confident=r.confident,
+        best=r.best,
         frequent_not_predictive=r.frequent_not_predictive,
     )
 
@@ -204,8 +238,13 @@ async def predictors(request: Request) -> Response:
         m = _outcome(served, name, level)
         found = ins.predictors(early(snap, served, m, window, at))
         return Predictors(
-            outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), ranked_by="youden",
-            subjects=found.subjects, achieved=found.achieved,
+            outcome=m.name,
+            level=m.level,
+            window_s=early_window(m, window) / 1e6,
+            at=ts(at),
+            ranked_by="youden",
+            subjects=found.subjects,
+            achieved=found.achieved,
             base_rate=found.achieved / found.subjects if found.subjects else None,
             proposal=_predictor(found.proposal) if found.proposal is not None else None,
             predictors=[_predictor(r) for r in found.rows[:limit]],
@@ -224,17 +263,33 @@ def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str |
     m = _outcome(served, name, level)
     fit = ins.suggest_weights(early(snap, served, m, window, at), weight_scale(served))
     return Weights(
-        outcome=m.name, level=m.level, window_s=early_window(m, window) / 1e6, at=ts(at), subjects=fit.subjects,
-        train=fit.train, test=fit.test, scale=fit.scale, current_auc=fit.current_auc, fitted_auc=fit.fitted_auc,
-        weights=[SuggestedWeight(event=w.event, current=w.current, suggested=w.suggested, coefficient=w.coefficient,
-                                 subjects=w.subjects) for w in fit.weights],
+        outcome=m.name,
+        level=m.level,
+        window_s=early_window(m, window) / 1e6,
+        at=ts(at),
+        subjects=fit.subjects,
+        train=fit.train,
+        test=fit.test,
+        scale=fit.scale,
+        current_auc=fit.current_auc,
+        fitted_auc=fit.fitted_auc,
+        weights=[
+            SuggestedWeight(
+                event=w.event, current=w.current, suggested=w.suggested, coefficient=w.coefficient, subjects=w.subjects
+            )
+            for w in fit.weights
+        ],
     )
 
 
 async def weights(request: Request) -> Response:
     name, window, level, at = _insight_query(request)
-    return await _answer(request, "weights", (name, window, level, at),
-                         lambda snap, served: fitted(snap, served, name, window, level, at))
+    return await _answer(
+        request,
+        "weights",
+        (name, window, level, at),
+        lambda snap, served: fitted(snap, served, name, window, level, at),
+    )
 
 
 # --- headway-collector suggest-weights ----------------------------------------------------------------
@@ -271,15 +326,20 @@ def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, win
             w = fitted(snap, models.projects[project], outcome, span, None, now)
         except APIError as exc:
             raise ValueError(exc.message) from None
+
     def auc(v: float | None) -> str:
         return f"{v:.3f}" if v is not None else "n/a"
 
-    lines = [f"# weights for outcome {outcome!r}: {w.subjects} subjects ({w.test} held out), {window} window; "
-             f"held-out AUC {auc(w.fitted_auc)} with these, {auc(w.current_auc)} with the current weights",
-             f"[projects.{_toml_key(project)}.weights]"]
+    lines = [
+        f"# weights for outcome {outcome!r}: {w.subjects} subjects ({w.test} held out), {window} window; "
+        f"held-out AUC {auc(w.fitted_auc)} with these, {auc(w.current_auc)} with the current weights",
+        f"[projects.{_toml_key(project)}.weights]",
+    ]
     lines += [f"{_toml_key(s.event)} = {s.suggested:g}  # now {s.current:g}" for s in w.weights]
     if not w.weights:
         lines.append("# (no event was done by enough subjects, or every subject has the same outcome: nothing to fit)")
-    elif w.fitted_auc is None or w.current_auc is not None and w.fitted_auc <= w.current_auc:
-        lines.insert(1, "# these predict no better than the current weights on the held-out subjects: keep the current ones")
+    elif w.fitted_auc is None or (w.current_auc is not None and w.fitted_auc <= w.current_auc):
+        lines.insert(
+            1, "# these predict no better than the current weights on the held-out subjects: keep the current ones"
+        )
     return "\n".join(lines)

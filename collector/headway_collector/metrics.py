@@ -64,7 +64,7 @@ class Metrics:
                 out.append(f'headway_rejected_total{{reason="{r}"}} {n}')
             family("headway_batch_seconds", "histogram", "Time from a batch's arrival to its committed answer.")
             cumulative = 0
-            for bound, n in zip(LATENCY_BUCKETS, self._buckets):
+            for bound, n in zip(LATENCY_BUCKETS, self._buckets, strict=False):
                 cumulative += n
                 out.append(f'headway_batch_seconds_bucket{{le="{bound}"}} {cumulative}')
             out.append(f'headway_batch_seconds_bucket{{le="+Inf"}} {self._latency_count}')
@@ -77,7 +77,11 @@ class Metrics:
         out.append(f"headway_projection_lag_events {lag.events}")
         family("headway_projection_lag_seconds", "gauge", "How long the oldest event not yet folded has waited.")
         out.append(f"headway_projection_lag_seconds {lag.seconds}")
-        family("headway_quarantined_subjects", "gauge", "Subjects the projection set aside (see the log); a rescore retries.")
+        family(
+            "headway_quarantined_subjects",
+            "gauge",
+            "Subjects the projection set aside (see the log); a rescore retries.",
+        )
         if project in lag.quarantined:
             out.append(f'headway_quarantined_subjects{{project="{project}"}} {lag.quarantined[project]}')
         return "\n".join(out) + "\n" + "".join(section(project) for section in self.sections)

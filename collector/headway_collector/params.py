@@ -92,4 +92,8 @@ def nps_view(counts: tuple[int, int, int] | None) -> NPS | None:
         return None
     pro, pas, det = counts
     score = g.nps_score(pro, pas, det)
-    return None if score is None else NPS(score=score, responses=pro + pas + det, promoters=pro, passives=pas, detractors=det)
+    return (
+        None
+        if score is None
+        else NPS(score=score, responses=pro + pas + det, promoters=pro, passives=pas, detractors=det)
+    )

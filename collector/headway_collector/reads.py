@@ -59,8 +59,12 @@ def _attempt(state: AppState, project: Project, body: Callable[[Snapshot], objec
             return _Attempt(head, head - folded)
         models = state.book.for_generation(r, gen)
         if models is None:  # logged by the book
-            raise APIError(503, "model_not_loaded", f"the model {gen.version} of project {project.name!r} does not "
-                           "load in this collector; retry later", {"Retry-After": "1"})
+            raise APIError(
+                503,
+                "model_not_loaded",
+                f"the model {gen.version} of project {project.name!r} does not load in this collector; retry later",
+                {"Retry-After": "1"},
+            )
         return _Attempt(head, 0, body(Snapshot(r, gen, models, folded)))
 
 
@@ -75,8 +79,12 @@ async def consistent_read(state: AppState, project: Project, body: Callable[[Sna
             return got.value  # type: ignore[return-value]
         head = got.head
         if time.monotonic() >= deadline:
-            raise APIError(503, "projection_behind", f"the projection is {got.behind} log positions behind what was "
-                           f"acknowledged before this read (waited {state.read_wait:g}s); retry later",
-                           {"Retry-After": "1"})
+            raise APIError(
+                503,
+                "projection_behind",
+                f"the projection is {got.behind} log positions behind what was "
+                f"acknowledged before this read (waited {state.read_wait:g}s); retry later",
+                {"Retry-After": "1"},
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.02)

@@ -57,8 +57,12 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
     except (ValueError, OverflowError):
         raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
     if last - first + 1 > MAX_PERIODS:
-        raise APIError(400, "bad_request", f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
-                       "narrow from/to or use a longer period")
+        raise APIError(
+            400,
+            "bad_request",
+            f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
+            "narrow from/to or use a longer period",
+        )
     return _GrowthQuery(kind=kind, level=level, first=first, last=last, current=g.period_of(kind, now))
 
 

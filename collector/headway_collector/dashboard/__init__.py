@@ -21,19 +21,28 @@ FILES = {  # served at /<name>; index.html at /
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
-POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
-          "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _endpoint(content: bytes, media_type: str) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
-        return Response(content, media_type=media_type,
-                        headers={"Content-Security-Policy": POLICY, "Cache-Control": "no-cache"})
+        return Response(
+            content, media_type=media_type, headers={"Content-Security-Policy": POLICY, "Cache-Control": "no-cache"}
+        )
 
     return serve
 
 
 def routes() -> list[BaseRoute]:
     here = resources.files(__name__)
-    return [Route("/" if name == "index.html" else f"/{name}", _endpoint(here.joinpath(name).read_bytes(), media_type),
-                  methods=["GET"]) for name, media_type in FILES.items()]
+    return [
+        Route(
+            "/" if name == "index.html" else f"/{name}",
+            _endpoint(here.joinpath(name).read_bytes(), media_type),
+            methods=["GET"],
+        )
+        for name, media_type in FILES.items()
+    ]

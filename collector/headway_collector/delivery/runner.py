@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import msgspec
-
 from headway import webhooks as signing
 
 from ..config import Config, Webhook
@@ -125,8 +124,9 @@ class Delivery:
             for hook, wh in wanted.items():
                 if hook not in self._runners:
                     self.stats.setdefault(hook, HookStats())
-                    runner = _Runner(wh, threading.Thread(target=self._run, args=(wh,), daemon=True,
-                                                          name=f"headway-webhook-{hook}"))
+                    runner = _Runner(
+                        wh, threading.Thread(target=self._run, args=(wh,), daemon=True, name=f"headway-webhook-{hook}")
+                    )
                     self._runners[hook] = runner
                     runner.thread.start()
 
@@ -188,16 +188,23 @@ class Delivery:
             found = queries.transitions(tx, gen.gen, at, PAGE) if gen is not None else []
             if not found:
                 return False
-            rows = [(t.seq, t.level, t.subject, _encode(transition_of(wh.project, t)).decode())
-                    for t in found if t.type in types]
+            rows = [
+                (t.seq, t.level, t.subject, _encode(transition_of(wh.project, t)).decode())
+                for t in found
+                if t.type in types
+            ]
             return state.enqueue(tx, wh.hook, self.owner, at, rows, found[-1].seq, _now_us())
 
         return self.store.transact(run)
 
     def _send(self, wh: Webhook, http: httpx.Client, stats: HookStats, row: state.Outgoing) -> None:
         body = row.body.encode()
-        headers = {"Content-Type": "application/json", signing.HEADER: signing.sign(wh.secret, body),
-                   "User-Agent": "headway-collector", "Headway-Delivery-Attempt": str(row.attempts + 1)}
+        headers = {
+            "Content-Type": "application/json",
+            signing.HEADER: signing.sign(wh.secret, body),
+            "User-Agent": "headway-collector",
+            "Headway-Delivery-Attempt": str(row.attempts + 1),
+        }
         error = ""
         try:
             response = http.post(wh.url, content=body, headers=headers)
@@ -213,8 +220,14 @@ class Delivery:
         wait = backoff(row.attempts + 1)
         next_at = _now_us() + int(wait * 1e6)
         self.store.transact(lambda tx: state.failed(tx, wh.hook, row.seq, next_at, error))
-        logger.info("webhook %s: transition %d not delivered (%s, attempt %d): again in %.1fs", wh.url, row.seq,
-                    error, row.attempts + 1, wait)
+        logger.info(
+            "webhook %s: transition %d not delivered (%s, attempt %d): again in %.1fs",
+            wh.url,
+            row.seq,
+            error,
+            row.attempts + 1,
+            wait,
+        )
 
     # --- metrics ------------------------------------------------------------------------------
 
@@ -222,15 +235,23 @@ class Delivery:
         """The Prometheus families of one project's webhook delivery (appended to /metrics)."""
         with self._lock:
             hooks = [(r.hook, self.stats[h]) for h, r in self._runners.items() if r.hook.project == project]
-        out = ["# HELP headway_webhook_backlog Transitions waiting in a webhook's outbox.",
-               "# TYPE headway_webhook_backlog gauge"]
+        out = [
+            "# HELP headway_webhook_backlog Transitions waiting in a webhook's outbox.",
+            "# TYPE headway_webhook_backlog gauge",
+        ]
         out += [f'headway_webhook_backlog{{project="{h.project}",hook="{h.hook}"}} {s.backlog}' for h, s in hooks]
-        out += ["# HELP headway_webhook_failures_total Deliveries that got no 2xx (by this collector).",
-                "# TYPE headway_webhook_failures_total counter"]
-        out += [f'headway_webhook_failures_total{{project="{h.project}",hook="{h.hook}"}} {s.failures}'
-                for h, s in hooks]
-        out += ["# HELP headway_webhook_delivered_total Deliveries answered with a 2xx (by this collector).",
-                "# TYPE headway_webhook_delivered_total counter"]
-        out += [f'headway_webhook_delivered_total{{project="{h.project}",hook="{h.hook}"}} {s.delivered}'
-                for h, s in hooks]
+        out += [
+            "# HELP headway_webhook_failures_total Deliveries that got no 2xx (by this collector).",
+            "# TYPE headway_webhook_failures_total counter",
+        ]
+        out += [
+            f'headway_webhook_failures_total{{project="{h.project}",hook="{h.hook}"}} {s.failures}' for h, s in hooks
+        ]
+        out += [
+            "# HELP headway_webhook_delivered_total Deliveries answered with a 2xx (by this collector).",
+            "# TYPE headway_webhook_delivered_total counter",
+        ]
+        out += [
+            f'headway_webhook_delivered_total{{project="{h.project}",hook="{h.hook}"}} {s.delivered}' for h, s in hooks
+        ]
         return "\n".join(out) + "\n"

@@ -14,8 +14,20 @@ from ..config import Milestone
 from . import growth, scoring
 from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result, rate_judged_at
 
-__all__ = ["Mark", "MilestoneResult", "Reading", "Shortfall", "is_succeeding", "milestone_marks", "milestone_results",
-           "on_pace", "read", "shortfalls", "stage_on", "trend_of"]
+__all__ = [
+    "Mark",
+    "MilestoneResult",
+    "Reading",
+    "Shortfall",
+    "is_succeeding",
+    "milestone_marks",
+    "milestone_results",
+    "on_pace",
+    "read",
+    "shortfalls",
+    "stage_on",
+    "trend_of",
+]
 
 # Trend compares the short and the long decayed rates; within +-25% of each other is steady.
 RISING, COOLING = 1.25, 0.8
@@ -43,17 +55,19 @@ Mark = tuple[float, int | None, int | None]  # progress, achieved_at, deadline
 def _mark(m: Milestone, parts: list[tuple[float, int | None]], first_seen: int) -> Mark:
     """A milestone's progress, achieved_at and deadline from its criteria's (done, met at)."""
     if len(parts) == 1:  # the usual case, without the generators
-        (done, achieved_at), = parts
+        ((done, achieved_at),) = parts
         progress = max(0.0, min(1.0, done / m.criteria[0].target))
     else:
-        progress = sum(max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts)) / len(parts)
+        progress = sum(
+            max(0.0, min(1.0, done / c.target)) for c, (done, _) in zip(m.criteria, parts, strict=False)
+        ) / len(parts)
         times = [at for _, at in parts]
         achieved_at = max(times) if all(t is not None for t in times) else None  # type: ignore[type-var]
     return progress, achieved_at, first_seen + m.within if m.within is not None else None
 
 
 def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
-    parts = [criterion_result(c, st) for c, st in zip(m.criteria, crit_states(state, m))]
+    parts = [criterion_result(c, st) for c, st in zip(m.criteria, crit_states(state, m), strict=False)]
     for i, c in enumerate(m.criteria):
         if c.kind == "rate" and parts[i][1] is not None:
             parts[i] = (parts[i][0], rate_judged_at(parts[i][1], state))  # type: ignore[arg-type]
@@ -62,11 +76,14 @@ def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
 
 def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
     """`milestone_results` without the criteria: what a milestone's stored row holds."""
-    return {m.name: _mark(m, _parts(m, state), state.first_seen)
-            for m in lm.milestones if only is None or m.name in only}
+    return {
+        m.name: _mark(m, _parts(m, state), state.first_seen) for m in lm.milestones if only is None or m.name in only
+    }
 
 
-def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> list[MilestoneResult]:
+def milestone_results(
+    lm: LevelModel, state: SubjectState, only: Collection[str] | None = None
+) -> list[MilestoneResult]:
     """Per milestone of the level (or those named in `only`), in model order: independent of `now`."""
     out = []
     for m in lm.milestones:
@@ -74,13 +91,17 @@ def milestone_results(lm: LevelModel, state: SubjectState, only: Collection[str]
             continue
         parts = _parts(m, state)
         progress, achieved_at, deadline = _mark(m, parts, state.first_seen)
-        out.append(MilestoneResult(
-            milestone=m,
-            progress=progress,
-            achieved_at=achieved_at,
-            deadline=deadline,
-            criteria=tuple((min(done, c.target), c.target) for c, (done, _) in zip(m.criteria, parts)),
-        ))
+        out.append(
+            MilestoneResult(
+                milestone=m,
+                progress=progress,
+                achieved_at=achieved_at,
+                deadline=deadline,
+                criteria=tuple(
+                    (min(done, c.target), c.target) for c, (done, _) in zip(m.criteria, parts, strict=False)
+                ),
+            )
+        )
     return out
 
 
@@ -158,11 +179,13 @@ def shortfalls(results: list[MilestoneResult], now: int) -> list[Shortfall]:
     for r in results:
         if r.status(now) not in ("pending", "in_progress"):
             continue
-        out.append(Shortfall(
-            milestone=r.milestone.name,
-            missing=tuple(max(0.0, target - done) for done, target in r.criteria),
-            time_left=r.deadline - now if r.deadline is not None else None,
-        ))
+        out.append(
+            Shortfall(
+                milestone=r.milestone.name,
+                missing=tuple(max(0.0, target - done) for done, target in r.criteria),
+                time_left=r.deadline - now if r.deadline is not None else None,
+            )
+        )
     return out
 
 
@@ -190,8 +213,9 @@ class Reading:
         return "quiet" if self.succeeding else "at_risk"
 
 
-def is_succeeding(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None,
-                  now: int) -> bool:
+def is_succeeding(
+    lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None, now: int
+) -> bool:
     """SPEC section 4: every milestone of an earlier stage achieved, none of the current stage
     missed, and success shown: a milestone achieved, or one open and `on_pace`. Nothing achieved
     and no progress is not succeeding, however new."""

@@ -37,13 +37,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from ..config import Project
-from . import growth as g
 import msgspec
 
+from ..config import Project
+from . import growth as g
 from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
-from .scoring import value_at
-from .scoring import DAY
+from .scoring import DAY, value_at
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
 
 __all__ = [
@@ -62,9 +61,9 @@ __all__ = [
     "SubjectRecord",
     "Transition",
     "fold",
+    "labels_at",
     "nps_keys",
     "partition_of",
-    "labels_at",
     "record_of",
     "subject_keys",
     "sweep",
@@ -182,7 +181,8 @@ class Models:
     def __init__(self, projects: Iterable[Project]) -> None:
         self.projects = {p.name: p for p in projects}
         self.levels: dict[str, dict[str, LevelModel]] = {
-            name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for name, p in self.projects.items()}
+            name: {lv: LevelModel.of(p, lv) for lv in LEVELS} for name, p in self.projects.items()
+        }
         self.milestone_names = {name: frozenset(m.name for m in p.milestones) for name, p in self.projects.items()}
 
     def __getitem__(self, key: tuple[str, str]) -> LevelModel:
@@ -205,9 +205,12 @@ def _is_answer(p: Project, ev: Ev) -> bool:
 
 def nps_keys(p: Project, batch: Iterable[Ev], owns: Collection[SubjectKey] | None = None) -> set[NpsKey]:
     """The NPS periods whose stored answers a fold of `batch` compares against."""
-    return {NpsKey(kind, g.period_of(kind, ev.t), ev.user_id)
-            for ev in batch if _is_answer(p, ev) and (owns is None or SubjectKey("user", ev.user_id) in owns)
-            for kind in g.KINDS}
+    return {
+        NpsKey(kind, g.period_of(kind, ev.t), ev.user_id)
+        for ev in batch
+        if _is_answer(p, ev) and (owns is None or SubjectKey("user", ev.user_id) in owns)
+        for kind in g.KINDS
+    }
 
 
 def record_of(lm: LevelModel, state: SubjectState, days: g.Days) -> SubjectRecord:
@@ -220,9 +223,16 @@ def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
     return stage_on(lm, {name for name, (_, at, _) in marks.items() if at is not None})
 
 
-def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
-         owns: Collection[SubjectKey] | None = None,
-         histories: Mapping[SubjectKey, Sequence[Ev]] | None = None, *, now: int = 0) -> ChangeSet:
+def fold(
+    models: Models,
+    project: str,
+    priors: Priors,
+    batch: Sequence[Ev],
+    owns: Collection[SubjectKey] | None = None,
+    histories: Mapping[SubjectKey, Sequence[Ev]] | None = None,
+    *,
+    now: int = 0,
+) -> ChangeSet:
     """Fold `batch` (new events, in log order) into the owned subjects (None: all of them);
     transitions compare labels at `now`.
 
@@ -286,8 +296,13 @@ def fold(models: Models, project: str, priors: Priors, batch: Sequence[Ev],
     return out
 
 
-def _fold_subject(lm: LevelModel, prior: SubjectRecord | None, evs: list[Ev], per_event: dict[str, Terms],
-                  history: Sequence[Ev] | None) -> tuple[SubjectRecord, bool] | None:
+def _fold_subject(
+    lm: LevelModel,
+    prior: SubjectRecord | None,
+    evs: list[Ev],
+    per_event: dict[str, Terms],
+    history: Sequence[Ev] | None,
+) -> tuple[SubjectRecord, bool] | None:
     """The subject's record with `evs` folded in, and whether it was rebuilt; None: needs its history."""
     days = prior.days if prior is not None else g.Days()
     if history is not None:
@@ -307,8 +322,9 @@ def _fold_subject(lm: LevelModel, prior: SubjectRecord | None, evs: list[Ev], pe
     return prior, False
 
 
-def _marks(lm: LevelModel, record: SubjectRecord, evs: list[Ev],
-           was: tuple[int, int, dict[str, Mark]] | None, rebuilt: bool) -> dict[str, Mark]:
+def _marks(
+    lm: LevelModel, record: SubjectRecord, evs: list[Ev], was: tuple[int, int, dict[str, Mark]] | None, rebuilt: bool
+) -> dict[str, Mark]:
     if was is None or rebuilt or record.state.first_seen != was[0]:
         return milestone_marks(lm, record.state)  # every milestone may have moved
     only = lm.touched(evs)  # the others' standings, a stage's start among them, hold still
@@ -323,8 +339,9 @@ def _funnel_row(first_seen: int, stage_on: int, marks: dict[str, Mark], mileston
     return FunnelRow(first_seen, stage_on, g.funnel_class(progress, achieved_at), tta)
 
 
-def _funnel(out: ChangeSet, key: SubjectKey, was: tuple[int, int, dict[str, Mark]] | None,
-            record: SubjectRecord) -> None:
+def _funnel(
+    out: ChangeSet, key: SubjectKey, was: tuple[int, int, dict[str, Mark]] | None, record: SubjectRecord
+) -> None:
     """Move each changed funnel row of the subject from its old counter cells to its new ones."""
     first_seen, now_on, marks = record.state.first_seen, record.stage_on, record.marks
     for m in (SUBJECT_ROW, *marks):
@@ -360,10 +377,13 @@ def labels_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Ma
     engaged = value_at(state.sums[0], now, lm.half_lives[0]) >= lm.project.engagement.engaged_threshold
     succeeding = is_succeeding(lm, state, results, idx, now)
     quadrant = ("thriving" if succeeding else "stuck") if engaged else ("quiet" if succeeding else "at_risk")
-    return Labels(achieved=achieved,
-                  missed=tuple(r.milestone.name for r in results if r.status(now) == "missed"),
-                  stage=lm.project.stages[idx].name if idx is not None else None,
-                  quadrant=quadrant, trend=trend_of(lm, state, now))
+    return Labels(
+        achieved=achieved,
+        missed=tuple(r.milestone.name for r in results if r.status(now) == "missed"),
+        stage=lm.project.stages[idx].name if idx is not None else None,
+        quadrant=quadrant,
+        trend=trend_of(lm, state, now),
+    )
 
 
 def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRecord, now: int) -> None:
@@ -378,8 +398,9 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
     out.announced[key] = new
 
 
-def changes(lm: LevelModel, key: SubjectKey, record: SubjectRecord, old: Labels, new: Labels,
-            now: int) -> list[Transition]:
+def changes(
+    lm: LevelModel, key: SubjectKey, record: SubjectRecord, old: Labels, new: Labels, now: int
+) -> list[Transition]:
     """The transitions from `old` labels to `new` ones, in one order: milestones (model order),
     stage, quadrant, trend. A milestone's `at` is when it was achieved or its window closed; a
     stage's, when its milestone was achieved or its age reached; quadrant's and trend's, `now`."""
@@ -439,4 +460,3 @@ def _nps(out: ChangeSet, p: Project, priors: Priors, batch: Iterable[Ev]) -> Non
         if was is not None:
             counts[g.nps_bucket(was.answer)] -= 1
         counts[g.nps_bucket(answer.answer)] += 1
-

@@ -109,10 +109,16 @@ class _Named(msgspec.Struct):
 _decode_named = msgspec.json.Decoder(_Named).decode
 
 
-def early_windows(rows: Iterable[tuple[str, int, int | None, int | None, bytes | None]], outcome: str, at: int,
-                  excluded: frozenset[str], weight: Callable[[str, float | None], float]) -> list[Early]:
+def early_windows(
+    rows: Iterable[tuple[str, int, int | None, int | None, bytes | None]],
+    outcome: str,
+    at: int,
+    excluded: frozenset[str],
+    weight: Callable[[str, float | None], float],
+) -> list[Early]:
     """Rows (subject, first_seen, time to achieve or None, event time, raw event), grouped by
-    subject, as `Early` records (an event None: the subject logged nothing in it). An event counts when it comes before the outcome was achieved;
+    subject, as `Early` records (an event None: the subject logged nothing in it). An event
+    counts when it comes before the outcome was achieved;
     events named in `excluded` (the outcome's own criteria) or tagged with the outcome never do.
     """
     out: list[Early] = []
@@ -123,7 +129,7 @@ def early_windows(rows: Iterable[tuple[str, int, int | None, int | None, bytes |
             achieved_at = first_seen + tta if tta is not None else None
             current = Early(subject, achieved_at is not None and achieved_at <= at)
             out.append(current)
-        if t is None or raw is None or achieved_at is not None and t >= achieved_at:
+        if t is None or raw is None or (achieved_at is not None and t >= achieved_at):
             continue
         ev = _decode_named(raw)
         if ev.event in excluded or outcome in ev.milestones:
@@ -213,14 +219,24 @@ def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int, z_family: float)
     difference = newcombe(yw, nw, yn, nn)
     strict = newcombe(yw, nw, yn, nn, z_family)
     return Prediction(
-        event=event, threshold=k, subjects_with=nw, subjects_without=nn, achieved_with=yw, achieved_without=yn,
-        coverage=nw / n, precision=precision, recall=yw / y,
+        event=event,
+        threshold=k,
+        subjects_with=nw,
+        subjects_without=nn,
+        achieved_with=yw,
+        achieved_without=yn,
+        coverage=nw / n,
+        precision=precision,
+        recall=yw / y,
         rate_without=rate_without,
         lift=precision / rate_without if rate_without else None,
         youden=yw / y - (nw - yw) / (n - y),
-        interval=wilson(yw, nw), interval_without=wilson(yn, nn), difference=difference,
+        interval=wilson(yw, nw),
+        interval_without=wilson(yn, nn),
+        difference=difference,
         confident=nw >= MIN_SIDE and nn >= MIN_SIDE and (strict[0] > 0 or strict[1] < 0),
-        best=False, frequent_not_predictive=False,
+        best=False,
+        frequent_not_predictive=False,
     )
 
 
@@ -358,7 +374,7 @@ def suggest_weights(subjects: Sequence[Early], scale: float) -> WeightFit:
             for e, c in s.counts.items():
                 total_n[e] += c
                 total_w[e] += s.weights[e]
-        for e, c in zip(names, per_count):
+        for e, c in zip(names, per_count, strict=False):
             w = round(scale * float(c) / top, 3) if top > 0 and c > 0 else 0.0
             suggested[e] = w
             weights.append(SuggestedWeight(e, total_w[e] / total_n[e], w, float(c), did[e]))
@@ -366,8 +382,15 @@ def suggest_weights(subjects: Sequence[Early], scale: float) -> WeightFit:
     outcomes = [s.outcome for s in test]
     current = [sum(s.weights.values()) for s in test]
     fitted = [sum(suggested[e] * c if e in suggested else s.weights[e] for e, c in s.counts.items()) for s in test]
-    return WeightFit(len(subjects), len(train), len(test), scale, weights, auc(current, outcomes),
-                     auc(fitted, outcomes) if weights else None)
+    return WeightFit(
+        len(subjects),
+        len(train),
+        len(test),
+        scale,
+        weights,
+        auc(current, outcomes),
+        auc(fitted, outcomes) if weights else None,
+    )
 
 
 # --- retention and stickiness ------------------------------------------------------------------------

@@ -76,8 +76,9 @@ _E = TypeVar("_E", bound=_Timed)
 SHARES = 10  # score_shares gives the largest this many
 
 
-def score_shares(events: Iterable[_E], now: int, half_life: int,
-                 weight_of: Callable[[_E], float]) -> list[tuple[str, float]]:
+def score_shares(
+    events: Iterable[_E], now: int, half_life: int, weight_of: Callable[[_E], float]
+) -> list[tuple[str, float]]:
     """Which event names make a subject's score at `now`: (event name, share of the score),
     largest first, the top SHARES. Events after `now` are not part of its score.
 

@@ -36,8 +36,20 @@ import msgspec
 from ..config import Criterion, Milestone, Project
 from . import scoring
 
-__all__ = ["REBUILD", "Ev", "LevelModel", "SubjectState", "Terms", "apply", "build", "decode_state", "encode_state",
-           "new_state", "rate_judged_at", "terms"]
+__all__ = [
+    "REBUILD",
+    "Ev",
+    "LevelModel",
+    "SubjectState",
+    "Terms",
+    "apply",
+    "build",
+    "decode_state",
+    "encode_state",
+    "new_state",
+    "rate_judged_at",
+    "terms",
+]
 
 DAY = scoring.DAY
 ACTIVE_DAYS = 30  # active_days_30d looks back this many days, today included
@@ -240,7 +252,7 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
             sts = state.crit.get(m.name)
             if sts is None:
                 continue
-            for c, st in zip(m.criteria, sts):
+            for c, st in zip(m.criteria, sts, strict=False):
                 _close_window(c, st, ev.t + m.within)  # type: ignore[operator]
             if all(st == _EMPTY for st in sts):
                 del state.crit[m.name]  # as if no event had reached it

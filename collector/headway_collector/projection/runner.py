@@ -81,8 +81,12 @@ class _ProcessWorker:
         ctx = multiprocessing.get_context("spawn")
         reader, self._writer = ctx.Pipe(duplex=False)
         os.set_blocking(self._writer.fileno(), False)  # a full pipe already says "wake up"
-        self.process = ctx.Process(target=_process_main, args=(url, list(configs), owner, os.getpid(), reader),
-                                   name=f"headway-fold-{owner}", daemon=True)
+        self.process = ctx.Process(
+            target=_process_main,
+            args=(url, list(configs), owner, os.getpid(), reader),
+            name=f"headway-fold-{owner}",
+            daemon=True,
+        )
         self.process.start()
         reader.close()
 
@@ -227,19 +231,30 @@ def serve_models(config: Config, store: Store, now: int, *, rebuild: bool = Fals
     the background while the active one serves."""
 
     def run(tx: Tx) -> list[generations.Generation]:
-        return [generations.ensure(tx, p.name, p.version, config.text, now, rebuild=rebuild)
-                for p in config.projects.values()]
+        return [
+            generations.ensure(tx, p.name, p.version, config.text, now, rebuild=rebuild)
+            for p in config.projects.values()
+        ]
 
     made = store.transact(run)
     for gen in made:
         if gen.status == "building":
-            logger.warning("project %s: model %s is being built from the log; reads use the active one until it "
-                           "is done", gen.project, gen.version)
+            logger.warning(
+                "project %s: model %s is being built from the log; reads use the active one until it is done",
+                gen.project,
+                gen.version,
+            )
     return made
 
 
-def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "process",
-            progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+def rescore(
+    config: Config,
+    store: Store,
+    *,
+    jobs: int = 1,
+    mode: Mode = "process",
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> int:
     """Build every project's state anew from the start of the log under `config`'s models, with
     `jobs` fold workers, and switch reads to it; the number of events in the log. Refuses a database
     that a running collector folds (its workers would fold beside these: two writers of one
@@ -247,9 +262,11 @@ def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "proces
     now = time.time_ns() // 1000
     alive = store.transact(lambda tx: generations.alive(tx, now - 2 * LEASE))
     if alive:
-        raise StoreError(f"{store.url} is served by a running collector ({len(alive)} fold worker(s) alive, or stopped "
-                         f"less than {2 * LEASE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
-                         "model without downtime")
+        raise StoreError(
+            f"{store.url} is served by a running collector ({len(alive)} fold worker(s) alive, or stopped "
+            f"less than {2 * LEASE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
+            "model without downtime"
+        )
     building = serve_models(config, store, now, rebuild=True)  # or active at once, on a log never folded
     projection = Projection(store.url, [config], workers=jobs, mode=mode)
     projection.start()
@@ -260,8 +277,10 @@ def rescore(config: Config, store: Store, *, jobs: int = 1, mode: Mode = "proces
                 statuses = {g.gen: g.status for g in generations.generations(r, ("active", "building", "retired"))}
                 gone = [g for g in building if statuses.get(g.gen) in (None, "retired")]
                 if gone:  # another rescore or a collector's reload replaced it
-                    raise StoreError(f"the model generation being built for project {gone[0].project} was replaced "
-                                     "meanwhile (another rescore, or a collector started on this database)")
+                    raise StoreError(
+                        f"the model generation being built for project {gone[0].project} was replaced "
+                        "meanwhile (another rescore, or a collector started on this database)"
+                    )
                 done = min((generations.watermark(r, g.gen) for g in building), default=head)
                 if done >= head and all(statuses.get(g.gen) == "active" for g in building):
                     progress(head, head)

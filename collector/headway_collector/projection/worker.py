@@ -35,8 +35,18 @@ from typing import Protocol
 
 from ..config import Config, ConfigError, loads
 from ..events import from_stored
-from ..model.fold import (ChangeSet, Models, NpsKey, Priors, SubjectKey, SubjectRecord, fold, nps_keys,
-                          partition_of, sweep)
+from ..model.fold import (
+    ChangeSet,
+    Models,
+    NpsKey,
+    Priors,
+    SubjectKey,
+    SubjectRecord,
+    fold,
+    nps_keys,
+    partition_of,
+    sweep,
+)
 from ..model.subject import Ev
 from ..store import derived, generations, log
 from ..store.base import Store, Tx
@@ -87,8 +97,9 @@ class ModelBook:
             return None
         project = cfg.projects.get(gen.project)
         if project is None or project.version != gen.version:
-            logger.error("generation %d: its file does not hold model %s of project %s", gen.gen, gen.version,
-                         gen.project)
+            logger.error(
+                "generation %d: its file does not hold model %s of project %s", gen.gen, gen.version, gen.project
+            )
             return None
         self.add(Config({gen.project: project}))
         return self._models[gen.project, gen.version]
@@ -115,8 +126,16 @@ class _Held:
 class Worker:
     """Folds its share of every generation's partitions until `stop` is set."""
 
-    def __init__(self, store: Store, book: ModelBook, owner: str, *, wake: Wake | None = None,
-                 clock: Callable[[], int] = _now_us, sweep_every: float = SWEEP) -> None:
+    def __init__(
+        self,
+        store: Store,
+        book: ModelBook,
+        owner: str,
+        *,
+        wake: Wake | None = None,
+        clock: Callable[[], int] = _now_us,
+        sweep_every: float = SWEEP,
+    ) -> None:
         self.store, self.book, self.owner = store, book, owner
         self._wake: Wake = wake or threading.Event()
         self._clock = clock
@@ -159,8 +178,11 @@ class Worker:
         if not busy:
             for held in self._held:
                 busy |= self._sweep_some(held)
-        if not busy and any(h.gen.status == "building" for h in self._held) and \
-                time.monotonic() - self._renewed >= SWITCH_CHECK:
+        if (
+            not busy
+            and any(h.gen.status == "building" for h in self._held)
+            and time.monotonic() - self._renewed >= SWITCH_CHECK
+        ):
             self._renew()  # caught up on a model being built: switch to it without waiting a whole RENEW
         return busy
 
@@ -176,12 +198,13 @@ class Worker:
             for gen in generations.generations(tx):
                 if self.book.for_generation(tx, gen) is None:
                     continue
-                if gen.status == "building":
-                    if generations.switch(tx, gen, now):
-                        logger.info("model %s of project %s is built: reads now use it", gen.version, gen.project)
-                        gen = Generation(gen.gen, gen.project, gen.version, "active", gen.partitions)
+                if gen.status == "building" and generations.switch(tx, gen, now):
+                    logger.info("model %s of project %s is built: reads now use it", gen.version, gen.project)
+                    gen = Generation(gen.gen, gen.project, gen.version, "active", gen.partitions)
                 mine = [p for p in range(gen.partitions) if p % n == i]
-                theirs = [p.part for p in generations.partitions(tx, gen.gen) if p.owner == self.owner and p.part not in mine]
+                theirs = [
+                    p.part for p in generations.partitions(tx, gen.gen) if p.owner == self.owner and p.part not in mine
+                ]
                 generations.release(tx, self.owner, gen.gen, theirs)
                 held = generations.claim(tx, gen.gen, mine, self.owner, now, now + LEASE)
                 if held:
@@ -209,8 +232,11 @@ class Worker:
             models = self.book.for_generation(r, gen)
             assert models is not None, "held partitions have a model"
             project = models.projects[gen.project]
-            marks = {p.part: p.watermark for p in generations.partitions(r, gen.gen)
-                     if p.part in parts and p.owner == self.owner}
+            marks = {
+                p.part: p.watermark
+                for p in generations.partitions(r, gen.gen)
+                if p.part in parts and p.owner == self.owner
+            }
             if not marks:
                 self._renewed = 0.0  # the lease is gone: look again
                 return False
@@ -250,8 +276,13 @@ class Worker:
             self._forget(gen)  # the records were changed in place for a commit that did not happen
             raise
         for key, reason in cs.quarantined.items():
-            logger.error("project %s: %s %r quarantined (%s): its events are set aside until a rescore",
-                         gen.project, key.level, key.subject, reason)
+            logger.error(
+                "project %s: %s %r quarantined (%s): its events are set aside until a rescore",
+                gen.project,
+                key.level,
+                key.subject,
+                reason,
+            )
             skip.add(key)
         self._keep(gen, cs)
         for p in lagging:
@@ -259,8 +290,9 @@ class Worker:
         self.folded += cs.events
         return True
 
-    def _owned(self, rows: list[log.LogRow], lagging: set[int], n: int,
-               skip: set[SubjectKey]) -> tuple[list[Ev], set[SubjectKey]]:
+    def _owned(
+        self, rows: list[log.LogRow], lagging: set[int], n: int, skip: set[SubjectKey]
+    ) -> tuple[list[Ev], set[SubjectKey]]:
         """The batch's events that count toward a subject of the lagging partitions, and those subjects."""
         events: list[Ev] = []
         owns: set[SubjectKey] = set()
@@ -269,8 +301,9 @@ class Worker:
             keys = [SubjectKey("user", row.user_id)]
             if row.account_id is not None:
                 keys.append(SubjectKey("account", row.account_id))
-            mine = keys if every else [k for k in keys
-                                       if partition_of(k.level, k.subject, n) in lagging and k not in skip]
+            mine = (
+                keys if every else [k for k in keys if partition_of(k.level, k.subject, n) in lagging and k not in skip]
+            )
             if mine:
                 owns.update(mine)
                 events.append(from_stored(row.raw, row.ts))
@@ -286,16 +319,28 @@ class Worker:
                 loaded.records[key] = rec
         return loaded
 
-    def _fold_with_histories(self, models: Models, gen: Generation, owns: set[SubjectKey], events: list[Ev],
-                             rebuild: set[SubjectKey], upto: int, now: int) -> ChangeSet:
+    def _fold_with_histories(
+        self,
+        models: Models,
+        gen: Generation,
+        owns: set[SubjectKey],
+        events: list[Ev],
+        rebuild: set[SubjectKey],
+        upto: int,
+        now: int,
+    ) -> ChangeSet:
         """Fold again from freshly read records, building `rebuild` from their whole histories."""
         self._forget(gen)  # the first fold changed the kept records in place
         project = models.projects[gen.project]
         with self.store.read() as r:
             priors = derived.load_priors(r, models, gen.project, gen.gen, owns, nps_keys(project, events, owns))
-            histories = {key: [from_stored(raw, ts) for raw, ts in
-                               log.subject_events(r, gen.project, key.level, key.subject, upto=upto)]
-                         for key in sorted(rebuild)}
+            histories = {
+                key: [
+                    from_stored(raw, ts)
+                    for raw, ts in log.subject_events(r, gen.project, key.level, key.subject, upto=upto)
+                ]
+                for key in sorted(rebuild)
+            }
         return fold(models, gen.project, priors, events, owns, histories, now=now)
 
     def _keep(self, gen: Generation, cs: ChangeSet) -> None:
@@ -324,11 +369,21 @@ class Worker:
         with self.store.read() as r:
             models = self.book.for_generation(r, gen)
             assert models is not None, "held partitions have a model"
-            marks = {p.part: p.watermark for p in generations.partitions(r, gen.gen)
-                     if p.part in parts and p.owner == self.owner}
+            marks = {
+                p.part: p.watermark
+                for p in generations.partitions(r, gen.gen)
+                if p.part in parts and p.owner == self.owner
+            }
             n = gen.partitions
-            page = derived.subject_page(r, models, gen.project, gen.gen, after, SWEEP_PAGE,
-                                        lambda k: partition_of(k.level, k.subject, n) in marks)
+            page = derived.subject_page(
+                r,
+                models,
+                gen.project,
+                gen.gen,
+                after,
+                SWEEP_PAGE,
+                lambda k: partition_of(k.level, k.subject, n) in marks,
+            )
         if len(page) < SWEEP_PAGE:
             self._sweeps[gen.gen] = (time.monotonic() + self.sweep_every, None)  # done: the next one starts over
         else:

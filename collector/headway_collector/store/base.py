@@ -118,6 +118,8 @@ def open_store(url: str) -> Store:
         try:
             from .postgres import PostgresStore
         except ImportError as exc:  # psycopg is an extra
-            raise StoreError(f"{url.split(':')[0]} needs the 'postgres' extra: pip install 'headway[postgres]' ({exc})") from None
+            raise StoreError(
+                f"{url.split(':')[0]} needs the 'postgres' extra: pip install 'headway[postgres]' ({exc})"
+            ) from None
         return PostgresStore(url)
     raise StoreError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")

@@ -24,8 +24,18 @@ import msgspec
 
 from ..model import growth as g
 from ..model import scoring
-from ..model.fold import (ChangeSet, Labels, Models, NpsAnswer, NpsKey, Priors, SubjectKey, SubjectRecord,
-                          Transition, record_of)
+from ..model.fold import (
+    ChangeSet,
+    Labels,
+    Models,
+    NpsAnswer,
+    NpsKey,
+    Priors,
+    SubjectKey,
+    SubjectRecord,
+    Transition,
+    record_of,
+)
 from ..model.subject import decode_state, encode_state
 from .base import Tx, chunks
 
@@ -39,8 +49,9 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection[SubjectKey],
-                nps: Collection[NpsKey]) -> Priors:
+def load_priors(
+    tx: Tx, models: Models, project: str, gen: int, keys: Collection[SubjectKey], nps: Collection[NpsKey]
+) -> Priors:
     """The stored records of `keys` and the stored answers of `nps` in generation `gen`."""
     out = Priors()
     for level in ("user", "account"):
@@ -50,13 +61,23 @@ def load_priors(tx: Tx, models: Models, project: str, gen: int, keys: Collection
         days: dict[str, g.Days] = {}
         labels: dict[str, str] = {}
         for part in chunks(ids):
-            labels.update(tx.all(f"SELECT subject, labels FROM subject_labels WHERE gen = ? AND level = ? "
-                                 f"AND subject IN ({_marks(len(part))})", (gen, level, *part)))
-            for sid, blob in tx.all(f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? "
-                                    f"AND subject IN ({_marks(len(part))})", (gen, level, *part)):
+            labels.update(
+                tx.all(
+                    f"SELECT subject, labels FROM subject_labels WHERE gen = ? AND level = ? "
+                    f"AND subject IN ({_marks(len(part))})",
+                    (gen, level, *part),
+                )
+            )
+            for sid, blob in tx.all(
+                f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({_marks(len(part))})",
+                (gen, level, *part),
+            ):
                 states[sid] = bytes(blob)
-            for sid, first, data in tx.all(f"SELECT subject, first_day, days FROM growth_subjects WHERE gen = ? "
-                                           f"AND level = ? AND subject IN ({_marks(len(part))})", (gen, level, *part)):
+            for sid, first, data in tx.all(
+                f"SELECT subject, first_day, days FROM growth_subjects WHERE gen = ? "
+                f"AND level = ? AND subject IN ({_marks(len(part))})",
+                (gen, level, *part),
+            ):
                 days[sid] = g.Days.decode(first, bytes(data))
         for sid, blob in states.items():
             key = SubjectKey(level, sid)
@@ -83,37 +104,63 @@ def apply(tx: Tx, gen: int, cs: ChangeSet, now: int) -> None:
     """Write a change set of generation `gen` (`now`: when, for the quarantine's record)."""
     _save_subjects(tx, gen, cs.records)
     _save_days(tx, gen, cs)
-    _add(tx, "growth_counts", ("gen", "level", "kind", "period"), ("n_active", "n_new", "n_retained"),
-         [(gen, *cell, *delta) for cell, delta in sorted(cs.growth.items()) if any(delta)])
+    _add(
+        tx,
+        "growth_counts",
+        ("gen", "level", "kind", "period"),
+        ("n_active", "n_new", "n_retained"),
+        [(gen, *cell, *delta) for cell, delta in sorted(cs.growth.items()) if any(delta)],
+    )
     if cs.nps_answers:
-        tx.executemany("INSERT INTO growth_nps_answers (gen, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?) "
-                       "ON CONFLICT (gen, kind, period, user_id) DO UPDATE SET t = excluded.t, answer = excluded.answer",
-                       [(gen, *key, *answer) for key, answer in sorted(cs.nps_answers.items())])
-    _add(tx, "growth_nps_counts", ("gen", "kind", "period"), ("promoters", "passives", "detractors"),
-         [(gen, *key, *c) for key, c in sorted(cs.nps_counts.items()) if any(c)])
+        tx.executemany(
+            "INSERT INTO growth_nps_answers (gen, kind, period, user_id, t, answer) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT (gen, kind, period, user_id) DO UPDATE SET t = excluded.t, answer = excluded.answer",
+            [(gen, *key, *answer) for key, answer in sorted(cs.nps_answers.items())],
+        )
+    _add(
+        tx,
+        "growth_nps_counts",
+        ("gen", "kind", "period"),
+        ("promoters", "passives", "detractors"),
+        [(gen, *key, *c) for key, c in sorted(cs.nps_counts.items()) if any(c)],
+    )
     _save_funnel(tx, gen, cs)
     _add(tx, "tags", ("gen", "tag"), ("events",), [(gen, tag, n) for tag, n in sorted(cs.tags.items())])
     if cs.quarantined:
-        tx.executemany("INSERT INTO quarantine (gen, level, subject, reason, at) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT (gen, level, subject) DO NOTHING",
-                       [(gen, key.level, key.subject, reason, now) for key, reason in sorted(cs.quarantined.items())])
+        tx.executemany(
+            "INSERT INTO quarantine (gen, level, subject, reason, at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (gen, level, subject) DO NOTHING",
+            [(gen, key.level, key.subject, reason, now) for key, reason in sorted(cs.quarantined.items())],
+        )
     save_announced(tx, gen, cs)
 
 
 def save_announced(tx: Tx, gen: int, cs: ChangeSet) -> None:
     """Write the labels the change set announced and its transitions (last: see the docstring)."""
     if cs.announced:
-        tx.executemany("INSERT INTO subject_labels (gen, level, subject, labels) VALUES (?,?,?,?) "
-                       "ON CONFLICT (gen, level, subject) DO UPDATE SET labels = excluded.labels",
-                       [(gen, key.level, key.subject, _encode_data(labels).decode())
-                        for key, labels in sorted(cs.announced.items())])
+        tx.executemany(
+            "INSERT INTO subject_labels (gen, level, subject, labels) VALUES (?,?,?,?) "
+            "ON CONFLICT (gen, level, subject) DO UPDATE SET labels = excluded.labels",
+            [
+                (gen, key.level, key.subject, _encode_data(labels).decode())
+                for key, labels in sorted(cs.announced.items())
+            ],
+        )
     _save_transitions(tx, gen, cs.transitions)
 
 
 def subject_row(gen: int, key: SubjectKey, record: SubjectRecord) -> tuple[Any, ...]:
     state = record.state
-    return (gen, key.level, key.subject, state.first_seen, state.last_seen, scoring.sort_key(state.sums[0]),
-            record.stage_on, encode_state(state))
+    return (
+        gen,
+        key.level,
+        key.subject,
+        state.first_seen,
+        state.last_seen,
+        scoring.sort_key(state.sums[0]),
+        record.stage_on,
+        encode_state(state),
+    )
 
 
 def _save_subjects(tx: Tx, gen: int, records: dict[SubjectKey, SubjectRecord]) -> None:
@@ -134,9 +181,12 @@ def _save_days(tx: Tx, gen: int, cs: ChangeSet) -> None:
         days = cs.records[key].days
         rows.append((gen, key.level, key.subject, days.first, days.encode()))
     if rows:
-        tx.executemany("INSERT INTO growth_subjects (gen, level, subject, first_day, days) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT (gen, level, subject) DO UPDATE SET first_day = excluded.first_day, "
-                       "days = excluded.days", rows)
+        tx.executemany(
+            "INSERT INTO growth_subjects (gen, level, subject, first_day, days) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (gen, level, subject) DO UPDATE SET first_day = excluded.first_day, "
+            "days = excluded.days",
+            rows,
+        )
 
 
 def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -146,9 +196,12 @@ def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], r
         return
     columns = ", ".join((*keys, *counters))
     sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
-    tx.executemany(f"INSERT INTO {table} ({columns}) VALUES ({_marks(len(keys) + len(counters))}) "
-                   f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}", rows)
-    emptied = [row[: len(keys)] for row in rows if any(n < 0 for n in row[len(keys):])]
+    tx.executemany(
+        f"INSERT INTO {table} ({columns}) VALUES ({_marks(len(keys) + len(counters))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}",
+        rows,
+    )
+    emptied = [row[: len(keys)] for row in rows if any(n < 0 for n in row[len(keys) :])]
     if emptied:
         where = " AND ".join(f"{k} = ?" for k in keys)
         zero = " AND ".join(f"{c} = 0" for c in counters)
@@ -157,31 +210,50 @@ def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], r
 
 def _save_funnel(tx: Tx, gen: int, cs: ChangeSet) -> None:
     if cs.funnel_rows:
-        rows: list[tuple[Any, ...]] = [(gen, key.level, m, key.subject, *row)
-                                       for (key, m), row in sorted(cs.funnel_rows.items())]
+        rows: list[tuple[Any, ...]] = [
+            (gen, key.level, m, key.subject, *row) for (key, m), row in sorted(cs.funnel_rows.items())
+        ]
         tx.executemany(
             "INSERT INTO funnel_rows (gen, level, milestone, subject, first_seen, stage_on, cls, tta) "
             "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (gen, level, milestone, subject) DO UPDATE SET "
             "first_seen = excluded.first_seen, stage_on = excluded.stage_on, cls = excluded.cls, tta = excluded.tta",
             rows,
         )
-    _add(tx, "funnel_counts", ("gen", "level", "milestone", "cls", "stage_on", "fday"), ("n",),
-         [(gen, *cell, n) for cell, n in sorted(cs.funnel_cells.items()) if n])
-    _add(tx, "funnel_tta", ("gen", "level", "milestone", "bucket"), ("n",),
-         [(gen, *key, n) for key, n in sorted(cs.funnel_tta.items()) if n])
+    _add(
+        tx,
+        "funnel_counts",
+        ("gen", "level", "milestone", "cls", "stage_on", "fday"),
+        ("n",),
+        [(gen, *cell, n) for cell, n in sorted(cs.funnel_cells.items()) if n],
+    )
+    _add(
+        tx,
+        "funnel_tta",
+        ("gen", "level", "milestone", "bucket"),
+        ("n",),
+        [(gen, *key, n) for key, n in sorted(cs.funnel_tta.items()) if n],
+    )
 
 
 def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> None:
-    rows = [(gen, t.level, t.subject, t.type, t.at, _encode_data(t.data).decode())
-            for t in sorted(transitions, key=lambda t: (t.at, t.level, t.subject, t.type))]
+    rows = [
+        (gen, t.level, t.subject, t.type, t.at, _encode_data(t.data).decode())
+        for t in sorted(transitions, key=lambda t: (t.at, t.level, t.subject, t.type))
+    ]
     if rows:
         tx.lock_transitions()
         tx.executemany("INSERT INTO transitions (gen, level, subject, type, at, data) VALUES (?,?,?,?,?,?)", rows)
 
 
-
-def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectKey | None, limit: int,
-                 keep: Callable[[SubjectKey], bool]) -> list[tuple[SubjectKey, SubjectRecord | None]]:
+def subject_page(
+    tx: Tx,
+    models: Models,
+    project: str,
+    gen: int,
+    after: SubjectKey | None,
+    limit: int,
+    keep: Callable[[SubjectKey], bool],
+) -> list[tuple[SubjectKey, SubjectRecord | None]]:
     """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order:
     those that `keep` (decoded only then) as records with their announced labels (None: the row
     does not decode), the others as None too."""
@@ -190,9 +262,12 @@ def subject_page(tx: Tx, models: Models, project: str, gen: int, after: SubjectK
     if after is not None:
         where += " AND (s.level > ? OR (s.level = ? AND s.subject > ?))"
         params += [after.level, after.level, after.subject]
-    rows = tx.all(f"SELECT s.level, s.subject, s.state, l.labels FROM subjects s LEFT JOIN subject_labels l "
-                  f"ON l.gen = s.gen AND l.level = s.level AND l.subject = s.subject WHERE {where} "
-                  f"ORDER BY s.level, s.subject LIMIT {int(limit)}", params)
+    rows = tx.all(
+        f"SELECT s.level, s.subject, s.state, l.labels FROM subjects s LEFT JOIN subject_labels l "
+        f"ON l.gen = s.gen AND l.level = s.level AND l.subject = s.subject WHERE {where} "
+        f"ORDER BY s.level, s.subject LIMIT {int(limit)}",
+        params,
+    )
     out: list[tuple[SubjectKey, SubjectRecord | None]] = []
     for level, sid, blob, labels in rows:
         key = SubjectKey(level, sid)

@@ -21,13 +21,42 @@ from ..model.fold import SubjectKey
 from . import log
 from .base import Tx
 
-__all__ = ["DERIVED_TABLES", "PARTITIONS", "Generation", "Partition", "active", "advance", "alive", "claim", "config_text", "ensure", "generations",
-           "heartbeat", "partitions", "quarantined", "release", "switch", "watermark"]
+__all__ = [
+    "DERIVED_TABLES",
+    "PARTITIONS",
+    "Generation",
+    "Partition",
+    "active",
+    "advance",
+    "alive",
+    "claim",
+    "config_text",
+    "ensure",
+    "generations",
+    "heartbeat",
+    "partitions",
+    "quarantined",
+    "release",
+    "switch",
+    "watermark",
+]
 
 PARTITIONS = 16  # per generation; fold workers share them out
-DERIVED_TABLES = ("subjects", "tags", "growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_counts",
-                  "funnel_rows", "funnel_counts", "funnel_tta", "transitions", "subject_labels", "quarantine",
-                  "partitions")
+DERIVED_TABLES = (
+    "subjects",
+    "tags",
+    "growth_subjects",
+    "growth_counts",
+    "growth_nps_answers",
+    "growth_nps_counts",
+    "funnel_rows",
+    "funnel_counts",
+    "funnel_tta",
+    "transitions",
+    "subject_labels",
+    "quarantine",
+    "partitions",
+)
 
 Status = Literal["building", "active", "retired"]
 
@@ -53,8 +82,9 @@ _COLUMNS = "gen, project, version, status, partitions"
 
 
 def generations(tx: Tx, statuses: tuple[Status, ...] = ("active", "building")) -> list[Generation]:
-    rows = tx.all(f"SELECT {_COLUMNS} FROM generations WHERE status IN ({','.join('?' * len(statuses))}) "
-                  "ORDER BY gen", statuses)
+    rows = tx.all(
+        f"SELECT {_COLUMNS} FROM generations WHERE status IN ({','.join('?' * len(statuses))}) ORDER BY gen", statuses
+    )
     return [Generation(*row) for row in rows]
 
 
@@ -67,10 +97,15 @@ def _create(tx: Tx, project: str, version: str, config: str, status: Status, now
     row = tx.one("SELECT coalesce(max(gen), 0) + 1 FROM generations")
     assert row is not None
     gen = int(row[0])
-    tx.execute("INSERT INTO generations (gen, project, version, status, partitions, created_at, config) "
-               "VALUES (?,?,?,?,?,?,?)", (gen, project, version, status, PARTITIONS, now, config))
-    tx.executemany("INSERT INTO partitions (gen, part, watermark, owner, lease_until) VALUES (?,?,0,NULL,0)",
-                   [(gen, part) for part in range(PARTITIONS)])
+    tx.execute(
+        "INSERT INTO generations (gen, project, version, status, partitions, created_at, config) "
+        "VALUES (?,?,?,?,?,?,?)",
+        (gen, project, version, status, PARTITIONS, now, config),
+    )
+    tx.executemany(
+        "INSERT INTO partitions (gen, part, watermark, owner, lease_until) VALUES (?,?,0,NULL,0)",
+        [(gen, part) for part in range(PARTITIONS)],
+    )
     return Generation(gen, project, version, status, PARTITIONS)
 
 
@@ -126,17 +161,23 @@ def watermark(tx: Tx, gen: int) -> int:
 
 
 def partitions(tx: Tx, gen: int) -> list[Partition]:
-    return [Partition(*row) for row in
-            tx.all("SELECT part, watermark, owner, lease_until FROM partitions WHERE gen = ? ORDER BY part", (gen,))]
+    return [
+        Partition(*row)
+        for row in tx.all(
+            "SELECT part, watermark, owner, lease_until FROM partitions WHERE gen = ? ORDER BY part", (gen,)
+        )
+    ]
 
 
 def claim(tx: Tx, gen: int, parts: list[int], owner: str, now: int, until: int) -> list[int]:
     """Take or renew the leases of `parts` that are free, expired or already ours; the ones held."""
     held = []
     for part in parts:
-        if tx.all("UPDATE partitions SET owner = ?, lease_until = ? WHERE gen = ? AND part = ? "
-                  "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING part",
-                  (owner, until, gen, part, owner, now)):
+        if tx.all(
+            "UPDATE partitions SET owner = ?, lease_until = ? WHERE gen = ? AND part = ? "
+            "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING part",
+            (owner, until, gen, part, owner, now),
+        ):
             held.append(part)
     return held
 
@@ -148,14 +189,19 @@ def release(tx: Tx, owner: str, gen: int | None = None, parts: list[int] | None 
         tx.execute("DELETE FROM workers WHERE owner = ?", (owner,))
         return
     for part in parts or ():
-        tx.execute("UPDATE partitions SET owner = NULL, lease_until = 0 WHERE gen = ? AND part = ? AND owner = ?",
-                   (gen, part, owner))
+        tx.execute(
+            "UPDATE partitions SET owner = NULL, lease_until = 0 WHERE gen = ? AND part = ? AND owner = ?",
+            (gen, part, owner),
+        )
 
 
 def heartbeat(tx: Tx, owner: str, now: int, stale_before: int) -> list[str]:
     """Say that `owner` is alive; the workers alive (ours included), in one order for all."""
-    tx.execute("INSERT INTO workers (owner, heartbeat) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET "
-               "heartbeat = excluded.heartbeat", (owner, now))
+    tx.execute(
+        "INSERT INTO workers (owner, heartbeat) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET "
+        "heartbeat = excluded.heartbeat",
+        (owner, now),
+    )
     tx.execute("DELETE FROM workers WHERE heartbeat < ?", (stale_before,))
     return [r[0] for r in tx.all("SELECT owner FROM workers ORDER BY owner")]
 
@@ -169,12 +215,17 @@ def advance(tx: Tx, gen: int, marks: dict[int, int], upto: int, owner: str) -> b
     """Move the watermarks of partitions `marks` (part -> the watermark the fold started from) to
     `upto`, only if each is still at that value and leased by `owner`."""
     for part, old in sorted(marks.items()):
-        if not tx.all("UPDATE partitions SET watermark = ? WHERE gen = ? AND part = ? AND watermark = ? "
-                      "AND owner = ? RETURNING part", (upto, gen, part, old, owner)):
+        if not tx.all(
+            "UPDATE partitions SET watermark = ? WHERE gen = ? AND part = ? AND watermark = ? "
+            "AND owner = ? RETURNING part",
+            (upto, gen, part, old, owner),
+        ):
             return False
     return True
 
 
 def quarantined(tx: Tx, gen: int) -> dict[SubjectKey, str]:
-    return {SubjectKey(level, subject): reason for level, subject, reason in
-            tx.all("SELECT level, subject, reason FROM quarantine WHERE gen = ?", (gen,))}
+    return {
+        SubjectKey(level, subject): reason
+        for level, subject, reason in tx.all("SELECT level, subject, reason FROM quarantine WHERE gen = ?", (gen,))
+    }

@@ -19,8 +19,9 @@ __all__ = ["active_days", "early_events"]
 PAGE = 2000  # subjects per statement
 
 
-def early_events(tx: Tx, project: str, gen: int, level: str, outcome: str, window: int, born_by: int,
-                 upto: int) -> Iterator[tuple[str, int, int | None, int | None, bytes | None]]:
+def early_events(
+    tx: Tx, project: str, gen: int, level: str, outcome: str, window: int, born_by: int, upto: int
+) -> Iterator[tuple[str, int, int | None, int | None, bytes | None]]:
     """(subject, first_seen, time to achieve, event time, raw event) of every event that a subject
     first seen at or before `born_by` logged (at or below position `upto`) within `window` of its
     first event, in subject order, then time order; a subject without such an event comes once,
@@ -29,8 +30,11 @@ def early_events(tx: Tx, project: str, gen: int, level: str, outcome: str, windo
     where = "gen = ? AND level = ? AND milestone = ? AND first_seen <= ? AND subject > ?"
     after = ""
     while True:
-        bound = tx.one(f"SELECT max(subject) FROM (SELECT subject FROM funnel_rows WHERE {where} "
-                       f"ORDER BY subject LIMIT {PAGE}) page", (gen, level, outcome, born_by, after))
+        bound = tx.one(
+            f"SELECT max(subject) FROM (SELECT subject FROM funnel_rows WHERE {where} "
+            f"ORDER BY subject LIMIT {PAGE}) page",
+            (gen, level, outcome, born_by, after),
+        )
         if bound is None or bound[0] is None:
             return
         rows = tx.all(
@@ -47,6 +51,8 @@ def early_events(tx: Tx, project: str, gen: int, level: str, outcome: str, windo
 
 def active_days(tx: Tx, gen: int, level: str, first_by: int) -> Iterator[g.Days]:
     """The active days of every subject of `level` whose first active day is at or before `first_by`."""
-    for first, data in tx.all("SELECT first_day, days FROM growth_subjects WHERE gen = ? AND level = ? "
-                              "AND first_day <= ?", (gen, level, first_by)):
+    for first, data in tx.all(
+        "SELECT first_day, days FROM growth_subjects WHERE gen = ? AND level = ? AND first_day <= ?",
+        (gen, level, first_by),
+    ):
         yield g.Days.decode(int(first), bytes(data))

@@ -101,8 +101,10 @@ def read_log(tx: Tx, project: str, after: int, limit: int) -> LogBatch:
     `upto` comes from the same snapshot: no position at or below it can still appear.
     """
     upto = min(after + limit, head(tx))
-    rows = tx.all("SELECT seq, project, user_id, account_id, ts, raw FROM events WHERE seq > ? AND seq <= ? "
-                  "ORDER BY seq", (after, upto))
+    rows = tx.all(
+        "SELECT seq, project, user_id, account_id, ts, raw FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+        (after, upto),
+    )
     return LogBatch([LogRow(seq, uid, aid, ts, bytes(raw)) for seq, p, uid, aid, ts, raw in rows if p == project], upto)
 
 
@@ -112,8 +114,9 @@ def received_at(tx: Tx, position: int) -> int | None:
     return int(row[0]) if row is not None else None
 
 
-def subject_events(tx: Tx, project: str, level: str, subject: str, *, upto: int | None = None,
-                   after_ts: int | None = None) -> list[tuple[bytes, int]]:
+def subject_events(
+    tx: Tx, project: str, level: str, subject: str, *, upto: int | None = None, after_ts: int | None = None
+) -> list[tuple[bytes, int]]:
     """One subject's stored events, (raw, corrected time): up to position `upto`, or with
     corrected times after `after_ts`."""
     column = "user_id" if level == "user" else "account_id"

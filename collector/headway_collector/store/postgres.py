@@ -149,8 +149,10 @@ class PostgresStore(GroupCommitStore):
         """Create or upgrade the schema; collectors starting together take turns."""
 
         def run(tx: _Tx) -> None:
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('headway.migrations:' || "
-                       "coalesce(current_schema(), ''), 0))")
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('headway.migrations:' || "
+                "coalesce(current_schema(), ''), 0))"
+            )
             tx.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             applied = {r[0] for r in tx.all("SELECT name FROM migrations")}
             now = _now_us()
@@ -219,9 +221,16 @@ class PostgresStore(GroupCommitStore):
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ConnectionPool(
-                    self.url, kwargs={**self._kwargs, "autocommit": False}, min_size=1, max_size=READERS,
-                    configure=_configure_reader, check=ConnectionPool.check_connection,  # none lost since
-                    name="headway-readers", timeout=CONNECT_TIMEOUT, open=True)
+                    self.url,
+                    kwargs={**self._kwargs, "autocommit": False},
+                    min_size=1,
+                    max_size=READERS,
+                    configure=_configure_reader,
+                    check=ConnectionPool.check_connection,  # none lost since
+                    name="headway-readers",
+                    timeout=CONNECT_TIMEOUT,
+                    open=True,
+                )
             return self._pool
 
     @contextmanager

@@ -17,8 +17,19 @@ from ..model import growth as g
 from ..model.scoring import DAY
 from .base import Tx
 
-__all__ = ["FunnelCounts", "SubjectRow", "read_funnel", "read_growth", "read_nps", "subject_page", "subject_state", "tags",
-           "transitions", "transitions_head", "TransitionRow"]
+__all__ = [
+    "FunnelCounts",
+    "SubjectRow",
+    "TransitionRow",
+    "read_funnel",
+    "read_growth",
+    "read_nps",
+    "subject_page",
+    "subject_state",
+    "tags",
+    "transitions",
+    "transitions_head",
+]
 
 SUBJECT_ROW = ""  # the milestone name of a subject's own funnel row
 NEVER = -(1 << 62)  # a day before every day
@@ -37,8 +48,9 @@ class SubjectRow:
     state: bytes
 
 
-def subject_page(r: Tx, gen: int, level: str, descending: bool, after: tuple[float, str] | None,
-                 limit: int) -> list[SubjectRow]:
+def subject_page(
+    r: Tx, gen: int, level: str, descending: bool, after: tuple[float, str] | None, limit: int
+) -> list[SubjectRow]:
     """Subjects ranked by score (ties by id), after a cursor position."""
     cmp, direction = ("<", "DESC") if descending else (">", "ASC")
     where = "gen = ? AND level = ?"
@@ -46,8 +58,11 @@ def subject_page(r: Tx, gen: int, level: str, descending: bool, after: tuple[flo
     if after is not None:
         where += f" AND (score_key {cmp} ? OR (score_key = ? AND subject {cmp} ?))"
         params += [after[0], after[0], after[1]]
-    rows = r.all(f"SELECT subject, score_key, state FROM subjects WHERE {where} "
-                 f"ORDER BY score_key {direction}, subject {direction} LIMIT {int(limit)}", params)
+    rows = r.all(
+        f"SELECT subject, score_key, state FROM subjects WHERE {where} "
+        f"ORDER BY score_key {direction}, subject {direction} LIMIT {int(limit)}",
+        params,
+    )
     return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
 
 
@@ -58,22 +73,30 @@ def tags(r: Tx, gen: int) -> list[tuple[str, int]]:
 
 def quarantined(r: Tx) -> dict[str, int]:
     """Subjects set aside per project (active and building generations)."""
-    rows = r.all("SELECT g.project, count(*) FROM quarantine q JOIN generations g ON g.gen = q.gen "
-                 "WHERE g.status IN ('active', 'building') GROUP BY g.project")
+    rows = r.all(
+        "SELECT g.project, count(*) FROM quarantine q JOIN generations g ON g.gen = q.gen "
+        "WHERE g.status IN ('active', 'building') GROUP BY g.project"
+    )
     return {p: int(n) for p, n in rows}
 
 
 def read_growth(r: Tx, gen: int, level: str, kind: str, first: int, last: int) -> dict[int, tuple[int, int, int]]:
     """Counters `period -> (active, new, retained)` for periods first..last (absent: none)."""
-    rows = r.all("SELECT period, n_active, n_new, n_retained FROM growth_counts WHERE gen = ? AND level = ? "
-                 "AND kind = ? AND period >= ? AND period <= ?", (gen, level, kind, first, last))
+    rows = r.all(
+        "SELECT period, n_active, n_new, n_retained FROM growth_counts WHERE gen = ? AND level = ? "
+        "AND kind = ? AND period >= ? AND period <= ?",
+        (gen, level, kind, first, last),
+    )
     return {per: (a, n, ret) for per, a, n, ret in rows}
 
 
 def read_nps(r: Tx, gen: int, kind: str, first: int, last: int) -> dict[int, tuple[int, int, int]]:
     """Counters `period -> (promoters, passives, detractors)` for periods first..last."""
-    rows = r.all("SELECT period, promoters, passives, detractors FROM growth_nps_counts WHERE gen = ? "
-                 "AND kind = ? AND period >= ? AND period <= ?", (gen, kind, first, last))
+    rows = r.all(
+        "SELECT period, promoters, passives, detractors FROM growth_nps_counts WHERE gen = ? "
+        "AND kind = ? AND period >= ? AND period <= ?",
+        (gen, kind, first, last),
+    )
     return {per: (pro, pas, det) for per, pro, pas, det in rows}
 
 
@@ -105,17 +128,19 @@ def read_funnel(r: Tx, gen: int, project: Project, level: str, now: int) -> list
         totals, missed = _status(r, gen, level, m, now)
         achieved = totals["achieved"]
         median, p90 = _percentiles(r, gen, level, m.name, achieved)
-        out.append(FunnelCounts(
-            milestone=m,
-            pending=totals["untouched"] - missed["untouched"],
-            in_progress=totals["progressed"] - missed["progressed"],
-            achieved=achieved,
-            missed=missed["untouched"] + missed["progressed"],
-            reached=reached[k],
-            achieved_reached=_reached(r, gen, level, m.name, k, reach)["achieved"],
-            median_tta=median,
-            p90_tta=p90,
-        ))
+        out.append(
+            FunnelCounts(
+                milestone=m,
+                pending=totals["untouched"] - missed["untouched"],
+                in_progress=totals["progressed"] - missed["progressed"],
+                achieved=achieved,
+                missed=missed["untouched"] + missed["progressed"],
+                reached=reached[k],
+                achieved_reached=_reached(r, gen, level, m.name, k, reach)["achieved"],
+                median_tta=median,
+                p90_tta=p90,
+            )
+        )
     return out
 
 
@@ -133,9 +158,11 @@ def _status(r: Tx, gen: int, level: str, m: Milestone, now: int) -> tuple[dict[s
         totals[cls] += int(n)  # PostgreSQL's sum() is NUMERIC
         missed[cls] += int(before)
     if cut is not None:
-        for cls, n in r.all("SELECT cls, count(*) FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
-                            "AND first_seen >= ? AND first_seen < ? GROUP BY cls",
-                            (gen, level, m.name, cut_day * DAY, cut)):
+        for cls, n in r.all(
+            "SELECT cls, count(*) FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
+            "AND first_seen >= ? AND first_seen < ? GROUP BY cls",
+            (gen, level, m.name, cut_day * DAY, cut),
+        ):
             missed[cls] += n
     return totals, missed
 
@@ -151,9 +178,11 @@ def _reached(r: Tx, gen: int, level: str, milestone: str, k: int, cut: int | Non
     ):
         out[cls] += int(n)
     if cut is not None:
-        for cls, n in r.all("SELECT cls, count(*) FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
-                            "AND first_seen >= ? AND first_seen <= ? AND stage_on < ? GROUP BY cls",
-                            (gen, level, milestone, cut_day * DAY, cut, k)):
+        for cls, n in r.all(
+            "SELECT cls, count(*) FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
+            "AND first_seen >= ? AND first_seen <= ? AND stage_on < ? GROUP BY cls",
+            (gen, level, milestone, cut_day * DAY, cut, k),
+        ):
             out[cls] += n
     return out
 
@@ -161,10 +190,13 @@ def _reached(r: Tx, gen: int, level: str, milestone: str, k: int, cut: int | Non
 def _percentiles(r: Tx, gen: int, level: str, milestone: str, achieved: int) -> tuple[int | None, int | None]:
     if achieved <= 0:
         return None, None
-    buckets = r.all("SELECT bucket, n FROM funnel_tta WHERE gen = ? AND level = ? AND milestone = ? AND n > 0 "
-                    "ORDER BY bucket", (gen, level, milestone))
-    return _kth(r, gen, level, milestone, buckets, g.rank(achieved, 1, 2)), \
-        _kth(r, gen, level, milestone, buckets, g.rank(achieved, 9, 10))
+    buckets = r.all(
+        "SELECT bucket, n FROM funnel_tta WHERE gen = ? AND level = ? AND milestone = ? AND n > 0 ORDER BY bucket",
+        (gen, level, milestone),
+    )
+    return _kth(r, gen, level, milestone, buckets, g.rank(achieved, 1, 2)), _kth(
+        r, gen, level, milestone, buckets, g.rank(achieved, 9, 10)
+    )
 
 
 def _kth(r: Tx, gen: int, level: str, milestone: str, buckets: list[tuple[Any, ...]], k: int) -> int | None:
@@ -173,9 +205,11 @@ def _kth(r: Tx, gen: int, level: str, milestone: str, buckets: list[tuple[Any, .
     for b, n in buckets:
         if seen + n >= k:
             hi = g.TTA_EDGES[b + 1] if b + 1 < len(g.TTA_EDGES) else (1 << 63) - 1
-            row = r.one("SELECT tta FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
-                        "AND tta >= ? AND tta < ? ORDER BY tta LIMIT 1 OFFSET ?",
-                        (gen, level, milestone, g.TTA_EDGES[b], hi, k - seen - 1))
+            row = r.one(
+                "SELECT tta FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? "
+                "AND tta >= ? AND tta < ? ORDER BY tta LIMIT 1 OFFSET ?",
+                (gen, level, milestone, g.TTA_EDGES[b], hi, k - seen - 1),
+            )
             return int(row[0]) if row is not None else None
         seen += n
     return None
@@ -198,8 +232,14 @@ def transitions(r: Tx, gen: int, after: int, limit: int, types: tuple[str, ...] 
     if types is not None:
         where += f" AND type IN ({','.join('?' * len(types))})"
         params += types
-    return [TransitionRow(*row) for row in r.all(f"SELECT seq, level, subject, type, at, data FROM transitions "
-                                                 f"WHERE {where} ORDER BY seq LIMIT {int(limit)}", params)]
+    return [
+        TransitionRow(*row)
+        for row in r.all(
+            f"SELECT seq, level, subject, type, at, data FROM transitions "
+            f"WHERE {where} ORDER BY seq LIMIT {int(limit)}",
+            params,
+        )
+    ]
 
 
 def transitions_head(r: Tx) -> int:

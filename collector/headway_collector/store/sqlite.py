@@ -129,7 +129,7 @@ class _Checkpointer:
 class SQLiteStore(GroupCommitStore):
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path = url[len("sqlite:///"):]
+        self.path = url[len("sqlite:///") :]
         self._wconn: sqlite3.Connection | None = None  # the writer thread's
         self._checkpointer: _Checkpointer  # with the writer's connection
         self._local = threading.local()
@@ -247,4 +247,3 @@ class SQLiteStore(GroupCommitStore):
                 return cur.rowcount
         finally:
             conn.close()
-

@@ -20,28 +20,40 @@ __all__ = ["Outgoing", "backlog", "claim", "deliverable", "delivered", "enqueue"
 
 def claim(tx: Tx, hook: str, project: str, owner: str, now: int, until: int, start: int) -> bool:
     """Take or renew the lease of `hook` (made, with its cursor at `start`, if new); whether held."""
-    tx.execute("INSERT INTO webhooks (hook, project, cursor, owner, lease_until) VALUES (?,?,?,NULL,0) "
-               "ON CONFLICT (hook) DO NOTHING", (hook, project, start))
-    return bool(tx.all("UPDATE webhooks SET owner = ?, lease_until = ? WHERE hook = ? "
-                       "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING hook",
-                       (owner, until, hook, owner, now)))
+    tx.execute(
+        "INSERT INTO webhooks (hook, project, cursor, owner, lease_until) VALUES (?,?,?,NULL,0) "
+        "ON CONFLICT (hook) DO NOTHING",
+        (hook, project, start),
+    )
+    return bool(
+        tx.all(
+            "UPDATE webhooks SET owner = ?, lease_until = ? WHERE hook = ? "
+            "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING hook",
+            (owner, until, hook, owner, now),
+        )
+    )
 
 
 def release(tx: Tx, hook: str, owner: str) -> None:
     tx.execute("UPDATE webhooks SET owner = NULL, lease_until = 0 WHERE hook = ? AND owner = ?", (hook, owner))
 
 
-def enqueue(tx: Tx, hook: str, owner: str, cursor: int, rows: list[tuple[int, str, str, str]], upto: int,
-            now: int) -> bool:
+def enqueue(
+    tx: Tx, hook: str, owner: str, cursor: int, rows: list[tuple[int, str, str, str]], upto: int, now: int
+) -> bool:
     """Put `rows` (seq, level, subject, body) in the outbox and move the cursor from `cursor` to
     `upto`, only if it is still there and the lease still `owner`'s; whether it did."""
-    if not tx.all("UPDATE webhooks SET cursor = ? WHERE hook = ? AND cursor = ? AND owner = ? RETURNING hook",
-                  (upto, hook, cursor, owner)):
+    if not tx.all(
+        "UPDATE webhooks SET cursor = ? WHERE hook = ? AND cursor = ? AND owner = ? RETURNING hook",
+        (upto, hook, cursor, owner),
+    ):
         return False
     if rows:
-        tx.executemany("INSERT INTO webhook_outbox (hook, seq, level, subject, body, attempts, next_at) "
-                       "VALUES (?,?,?,?,?,0,?) ON CONFLICT (hook, seq) DO NOTHING",
-                       [(hook, seq, level, subject, body, now) for seq, level, subject, body in rows])
+        tx.executemany(
+            "INSERT INTO webhook_outbox (hook, seq, level, subject, body, attempts, next_at) "
+            "VALUES (?,?,?,?,?,0,?) ON CONFLICT (hook, seq) DO NOTHING",
+            [(hook, seq, level, subject, body, now) for seq, level, subject, body in rows],
+        )
     return True
 
 
@@ -59,9 +71,12 @@ class Outgoing:
 
 def deliverable(tx: Tx, hook: str, now: int, limit: int) -> list[Outgoing]:
     """The outbox rows due now that are their subject's earliest, in position order."""
-    rows = tx.all("SELECT o.seq, o.body, o.attempts FROM webhook_outbox o WHERE o.hook = ? AND o.next_at <= ? "
-                  "AND o.seq = (SELECT min(p.seq) FROM webhook_outbox p WHERE p.hook = o.hook AND p.level = o.level "
-                  f"AND p.subject = o.subject) ORDER BY o.seq LIMIT {int(limit)}", (hook, now))
+    rows = tx.all(
+        "SELECT o.seq, o.body, o.attempts FROM webhook_outbox o WHERE o.hook = ? AND o.next_at <= ? "
+        "AND o.seq = (SELECT min(p.seq) FROM webhook_outbox p WHERE p.hook = o.hook AND p.level = o.level "
+        f"AND p.subject = o.subject) ORDER BY o.seq LIMIT {int(limit)}",
+        (hook, now),
+    )
     return [Outgoing(*row) for row in rows]
 
 
@@ -70,8 +85,10 @@ def delivered(tx: Tx, hook: str, seq: int) -> None:
 
 
 def failed(tx: Tx, hook: str, seq: int, next_at: int, error: str) -> None:
-    tx.execute("UPDATE webhook_outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
-               "WHERE hook = ? AND seq = ?", (next_at, error[:500], hook, seq))
+    tx.execute(
+        "UPDATE webhook_outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE hook = ? AND seq = ?",
+        (next_at, error[:500], hook, seq),
+    )
 
 
 def backlog(tx: Tx, hook: str) -> int:
