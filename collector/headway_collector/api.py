@@ -29,6 +29,7 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
+from .model.fold import SubjectKey
 from .model.subject import LevelModel, SubjectState, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read
@@ -106,7 +107,7 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
         st = stored_state(snap, project, level, sid)
         return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
 
-    return json_response(await consistent_read(state, project, view))
+    return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
 
 
 async def get_user(request: Request) -> Response:

@@ -23,6 +23,7 @@ from .config import Project
 from .errors import APIError, json_response
 from .events import from_stored
 from .model import scoring
+from .model.fold import SubjectKey
 from .model.subject import Ev
 from .params import app_state, count, read_time, ts
 from .reads import Snapshot, consistent_read
@@ -82,5 +83,7 @@ async def scores(request: Request) -> Response:
     days = count(request, "days", DEFAULT_DAYS, MAX_DAYS)
     now = read_time(request, state)
     return json_response(
-        await consistent_read(state, project, lambda snap: _history(snap, project, level, sid, now, days))
+        await consistent_read(
+            state, project, lambda snap: _history(snap, project, level, sid, now, days), SubjectKey(level, sid)
+        )
     )

@@ -160,6 +160,12 @@ def watermark(tx: Tx, gen: int) -> int:
     return int(row[0]) if row is not None and row[0] is not None else 0
 
 
+def partition_watermark(tx: Tx, gen: int, part: int) -> int:
+    """Every log position up to this one is folded into partition `part` of generation `gen`."""
+    row = tx.one("SELECT watermark FROM partitions WHERE gen = ? AND part = ?", (gen, part))
+    return int(row[0]) if row is not None else 0
+
+
 def partitions(tx: Tx, gen: int) -> list[Partition]:
     return [
         Partition(*row)

@@ -16,7 +16,18 @@ from typing import Any, NamedTuple
 
 from .base import Accepted, Tx, chunks
 
-__all__ = ["AppendJob", "LogBatch", "LogRow", "append", "count", "head", "read_log", "received_at", "subject_events"]
+__all__ = [
+    "AppendJob",
+    "LogBatch",
+    "LogRow",
+    "append",
+    "count",
+    "head",
+    "read_log",
+    "received_at",
+    "subject_events",
+    "subject_logged",
+]
 
 
 @dataclass
@@ -112,6 +123,18 @@ def received_at(tx: Tx, position: int) -> int | None:
     """When the event at `position` (or the first one after it) was received."""
     row = tx.one("SELECT received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (position,))
     return int(row[0]) if row is not None else None
+
+
+def subject_logged(tx: Tx, project: str, level: str, subject: str, after: int, upto: int) -> bool:
+    """Whether one subject has events at positions after `after` and up to `upto`."""
+    column = "user_id" if level == "user" else "account_id"
+    return (
+        tx.one(
+            f"SELECT 1 FROM events WHERE project = ? AND {column} = ? AND seq > ? AND seq <= ? LIMIT 1",
+            (project, subject, after, upto),
+        )
+        is not None
+    )
 
 
 def subject_events(

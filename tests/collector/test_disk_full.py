@@ -1,0 +1,65 @@
+"""A full disk: ingest answers 503 with Retry-After, loses nothing it acknowledged, and recovers
+when space returns. The database lives on a small tmpfs mounted for the test (root can mount
+here; elsewhere the test says why it cannot run)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from headway_collector.config import loads
+from tests.collector.helpers import body, event, headers, read_headers
+from tests.conftest import asgi_collector, config_text
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+@pytest.mark.anyio
+async def test_a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers(tmp_path: Path) -> None:
+    cfg = loads(config_text(), "t.toml")
+    with tmpfs(tmp_path / "small", "2m") as disk:
+        async with asgi_collector(cfg, disk / "headway.db") as c:
+            batches = [[event(f"u{i % 40}", "signed_in", properties={"pad": "x" * 900, "i": i}) for i in range(k, k + 100)]
+                       for k in range(0, 6000, 100)]
+            acked: set[str] = set()
+            refused = 0
+            for part in batches:
+                r = await c.post("/v1/batch", content=body(part), headers=headers())
+                if r.status_code == 200:
+                    acked.update(e["id"] for e in part)
+                else:
+                    assert r.status_code == 503 and r.headers["retry-after"], r.text
+                    refused += 1
+            assert refused > 0 and acked, (refused, len(acked))  # the disk filled up, after some were taken
+            resize(disk, "64m")  # space returns
+            for part in batches:  # everything attempted, again: the refused ones go in now
+                r = await c.post("/v1/batch", content=body(part), headers=headers())
+                assert r.status_code == 200, r.text
+            users = (await c.get("/v1/users?limit=1000", headers=read_headers())).json()["items"]
+            assert sum(u["engagement"]["events"] for u in users) == 6000
+        import sqlite3
+
+        conn = sqlite3.connect(disk / "headway.db")
+        try:
+            stored = {r[0] for r in conn.execute("SELECT id FROM events")}
+        finally:
+            conn.close()
+        assert acked <= stored and len(stored) == 6000
