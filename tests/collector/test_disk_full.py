@@ -13,7 +13,7 @@ import pytest
 
 from headway_collector.config import loads
 from tests.collector.helpers import body, event, headers, read_headers
-from tests.conftest import asgi_collector, config_text
+from tests.conftest import LiveCollector, asgi_collector, config_text
 
 
 @contextlib.contextmanager
@@ -63,3 +63,32 @@ async def test_a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers(t
         finally:
             conn.close()
         assert acked <= stored and len(stored) == 6000
+
+
+@pytest.mark.slow
+def test_a_locked_database_is_503_and_the_sdk_backs_off_and_delivers_everything(live_collector: LiveCollector) -> None:
+    """Another process holds SQLite's write lock for longer than the collector waits: ingest answers
+    503 with Retry-After (never a hang), and the SDK, backing off, delivers every event once the lock
+    is gone."""
+    import sqlite3
+    import time
+
+    import headway
+
+    blocker = sqlite3.connect(live_collector.db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock: appends wait busy_timeout, then give up
+    try:
+        with headway.Tracker(live_collector.url, live_collector.write_key, flush_at=100, max_retries=30,
+                             timeout=15) as tracker:
+            for i in range(500):
+                tracker.track(f"u{i % 20}", "signed_in", properties={"i": i})
+            time.sleep(14)  # longer than the collector's 10 s busy timeout: some attempts got 503
+            refused = tracker.stats.retried
+            blocker.execute("ROLLBACK")
+            assert tracker.flush(timeout=90)
+            stats = tracker.stats
+    finally:
+        blocker.close()
+    assert refused > 0 and stats.retried > 0
+    assert (stats.sent, stats.dropped, stats.failed) == (500, 0, 0)
+    assert live_collector.count_events() == 500

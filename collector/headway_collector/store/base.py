@@ -7,13 +7,28 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["CHUNK", "Accepted", "IngestResult", "Overloaded", "Store", "StoreError", "Tx", "chunks", "open_store"]
+__all__ = [
+    "CHUNK",
+    "Accepted",
+    "IngestResult",
+    "Overloaded",
+    "Store",
+    "StoreError",
+    "Tx",
+    "Unavailable",
+    "chunks",
+    "open_store",
+]
 
 T = TypeVar("T")
 
 
 class StoreError(Exception):
     """The store cannot take or give data right now (disk, connection, overload)."""
+
+
+class Unavailable(StoreError):
+    """The database cannot take any write now (locked, full, unreachable): not one request's fault."""
 
 
 class Overloaded(StoreError):

@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from . import log
-from .base import StoreError
+from .base import StoreError, Unavailable
 from .log import AppendJob
 from .migrations import migrate
 from .writer import GroupCommitStore
@@ -205,7 +205,10 @@ class PostgresStore(GroupCommitStore):
                 if conn.broken:  # a restart, a failover, a network cut
                     self._close_writer_conn()
                 if not conn.broken or attempt == 2:
-                    raise self._error("could not commit", exc) from None
+                    error = self._error("could not commit", exc)
+                    if isinstance(exc, psycopg.OperationalError):  # the server, not the request
+                        raise Unavailable(str(error)) from None
+                    raise error from None
                 # Once more on a new connection. Had the commit gone through before the cut,
                 # the events are now duplicates: stored and folded once all the same.
                 logger.warning("%s: lost the connection (%s); committing again", self._where, _one_line(exc))

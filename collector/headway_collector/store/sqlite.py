@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import log
-from .base import StoreError
+from .base import StoreError, Unavailable
 from .log import AppendJob
 from .migrations import migrate
 from .writer import GroupCommitStore
@@ -213,6 +213,8 @@ class SQLiteStore(GroupCommitStore):
         try:
             with self._transaction(self._wconn) as tx:
                 log.append(tx, jobs)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, I/O
+            raise Unavailable(f"{self.path}: {exc}") from None
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
         self._checkpointer.nudge()

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from .base import Accepted, IngestResult, Overloaded, StoreError
+from .base import Accepted, IngestResult, Overloaded, StoreError, Unavailable
 from .log import AppendJob
 
 __all__ = ["GROUP_EVENTS", "MAX_PENDING", "GroupCommitStore", "Writer"]
@@ -106,6 +106,11 @@ class Writer:
             p.job.accepted = p.job.duplicates = 0
         try:
             self._commit_jobs([p.job for p in group])
+        except Unavailable as exc:  # every request would fail alike: answer them all at once
+            logger.warning("commit failed: %s", exc)
+            for p in group:
+                _resolve(p, exc)
+            return
         except Exception as exc:
             if len(group) > 1:  # find the one that fails; the others still commit
                 for p in group:
