@@ -78,6 +78,19 @@ async def asgi_collector(
             yield client
 
 
+def rescore_offline(url: str, cfg: Config, jobs: int = 1) -> None:
+    """`headway-collector rescore` as a library call (fold workers in threads): the log folded
+    anew under `cfg`'s models, reads switched to it."""
+    from headway_collector.projection import rescore
+
+    store = open_store(url)
+    try:
+        store.open()
+        rescore(cfg, store, jobs=jobs, mode="thread")
+    finally:
+        store.close()
+
+
 async def until_served(client: httpx.AsyncClient, version: str, timeout: float = 30.0) -> None:
     """Wait until the collector answers reads with model `version` (a changed model is built in
     the background while the older one serves)."""

@@ -24,10 +24,8 @@ from hypothesis import strategies as st
 
 from headway_collector.config import Config, loads
 from headway_collector.model import growth as g
-from headway_collector.projection import rescore
-from headway_collector.store import open_store
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.conftest import EXAMPLE, OTHER_READ_KEY, OTHER_WRITE_KEY, READ_KEY, WRITE_KEY, asgi_collector, config_text
+from tests.conftest import EXAMPLE, OTHER_READ_KEY, OTHER_WRITE_KEY, READ_KEY, WRITE_KEY, asgi_collector, config_text, rescore_offline
 
 pytestmark = pytest.mark.anyio
 
@@ -166,12 +164,7 @@ async def test_late_event_moves_new_to_an_earlier_period_and_rescore_agrees(tmp_
         assert table(after["periods"]) == [
             ("2024-W01", 1, 0, 0, 0, 1, None), ("2024-W02", 0, 0, 0, 1, 0, 0.0), ("2024-W03", 0, 0, 1, 0, 1, None)]
         funnel = (await c.get("/v1/milestones?at=2024-02-01T00:00:00Z", headers=read_headers())).json()
-    store = open_store(f"sqlite:///{db}")  # re-score from the log: a fresh ingest's aggregates
-    try:
-        store.open()
-        rescore(cfg(), store, mode="thread")
-    finally:
-        store.close()
+    rescore_offline(f"sqlite:///{db}", cfg())  # re-score from the log: a fresh ingest's aggregates
     async with collector(db) as c:
         assert await growth(c, q) == after
         assert (await c.get("/v1/milestones?at=2024-02-01T00:00:00Z", headers=read_headers())).json() == funnel

@@ -20,13 +20,12 @@ import httpx
 import pytest
 
 from headway_collector.cli import main as cli_main
-from headway_collector.projection import rescore
 from headway_collector.store import log, open_store
 from headway_collector.store.base import Accepted
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.collector.test_store_contract import (EPOCH, batches, collector, differences, dump, fresh_url, make_events,
                                                  model, readings, send, stored_events)
-from tests.conftest import LiveCollector, config_text, postgres_schema
+from tests.conftest import LiveCollector, config_text, postgres_schema, rescore_offline
 
 
 def replay_reference(url: str, events: list[dict[str, Any]], at: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
@@ -182,12 +181,7 @@ async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on
         assert good["engagement"]["events"] == 2  # the good subject is folded past the bad one
         metrics = (await c.get("/metrics", headers=read_headers())).text
         assert 'headway_quarantined_subjects{project="acme"} 1' in metrics
-    store = open_store(url)  # a rescore builds it again from the log
-    try:
-        store.open()
-        rescore(model(), store, mode="thread")
-    finally:
-        store.close()
+    rescore_offline(url, model())  # a rescore builds it again from the log
     async with collector(url) as c:
         bad = (await c.get("/v1/users/bad", headers=read_headers())).json()
         assert bad["engagement"]["events"] == 2

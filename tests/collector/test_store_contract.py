@@ -30,11 +30,10 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
-from headway_collector.projection import rescore
 from headway_collector.store import StoreError, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema, until_served
+from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema, rescore_offline, until_served
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)  # the apps' pinned clock
@@ -320,12 +319,7 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         assert want_tables != reference(1, base)[0]  # the change matters
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
-        store = open_store(url)  # re-scoring again under the same model, with two jobs, changes nothing
-        try:
-            store.open()
-            rescore(model(changed=True), store, jobs=2, mode="thread")
-        finally:
-            store.close()
+        rescore_offline(url, model(changed=True), jobs=2)  # again, same model, two jobs: nothing changes
         assert differences(dump(url), want_tables) == []
 
 

@@ -18,11 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headway_collector.config import Config, loads
-from headway_collector.projection import rescore
-from headway_collector.store import open_store
 from tests.collector import oracle
 from tests.collector.helpers import headers, read_headers
-from tests.conftest import asgi_collector, config_text
+from tests.conftest import asgi_collector, config_text, rescore_offline
 
 pytestmark = pytest.mark.anyio
 
@@ -161,8 +159,6 @@ async def test_order_batching_duplicates_and_rescore_change_nothing(events: list
                 i += n
             assert await readings(b, events, at) == expected
         assert blobs(b_db) == blobs(a_db)
-        store = open_store(f"sqlite:///{b_db}")
-        store.open()
-        rescore(CONFIG, store, mode="thread")
+        rescore_offline(f"sqlite:///{b_db}", CONFIG)
         assert blobs(b_db) == blobs(a_db)
     check_against_oracle(expected, events, ts_us(at) or 0)
