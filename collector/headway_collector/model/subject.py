@@ -231,10 +231,10 @@ def build(lm: LevelModel, events: list[Ev]) -> SubjectState | None:
     return state
 
 
-def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -> SubjectState | _Rebuild:
+def apply(lm: LevelModel, state: SubjectState, ev: Ev, known: Terms | None = None) -> SubjectState | _Rebuild:
     """Fold one new (not duplicate) event into ``state`` in place, or answer REBUILD untouched.
 
-    `t` is `terms(lm, ev)` when the caller already has it.
+    `known` is `terms(lm, ev)` when the caller already has it.
     """
     earlier = ev.t < state.first_seen and state.events > 0
     if earlier and lm.has_rate and ev.t // DAY < state.first_seen // DAY:
@@ -246,7 +246,7 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, t: Terms | None = None) -
             return REBUILD
 
     project = lm.project
-    weight, adds = t if t is not None else terms(lm, ev)
+    weight, adds = known if known is not None else terms(lm, ev)
     if earlier:
         for m in lm.windowed:  # the window now closes earlier: drop what falls out of it
             sts = state.crit.get(m.name)
