@@ -25,7 +25,7 @@ from typing import Literal
 from ..config import Config
 from ..store import generations, log, open_store
 from ..store.base import Store, StoreError, Tx
-from .worker import LEASE, ModelBook, Worker
+from .worker import ALIVE, ModelBook, Worker
 
 __all__ = ["Mode", "Projection", "rescore", "serve_models"]
 
@@ -67,12 +67,19 @@ class _PipeWake:
 
     def __init__(self, reader: Connection) -> None:
         self._reader = reader
+        self._closed = False  # the collector is gone (the worker stops at its next orphan check)
 
     def clear(self) -> None:
-        while self._reader.poll(0):
-            self._reader.recv_bytes()
+        try:
+            while not self._closed and self._reader.poll(0):
+                self._reader.recv_bytes()
+        except (EOFError, OSError):
+            self._closed = True
 
     def wait(self, timeout: float) -> bool:
+        if self._closed:
+            time.sleep(timeout)
+            return False
         return self._reader.poll(timeout)
 
 
@@ -193,7 +200,7 @@ class Projection:
     def running(self, store: Store) -> bool:
         """Whether every worker has said it is alive (they take a moment to start)."""
         if not self._all_seen:
-            since = time.time_ns() // 1000 - 2 * LEASE
+            since = time.time_ns() // 1000 - ALIVE
             with store.read() as r:
                 alive = set(generations.alive(r, since))
             self._all_seen = all(self.owner(slot) in alive for slot in range(self.workers))
@@ -260,11 +267,11 @@ def rescore(
     that a running collector folds (its workers would fold beside these: two writers of one
     model's state)."""
     now = time.time_ns() // 1000
-    alive = store.transact(lambda tx: generations.alive(tx, now - 2 * LEASE))
+    alive = store.transact(lambda tx: generations.alive(tx, now - ALIVE))
     if alive:
         raise StoreError(
             f"{store.url} is served by a running collector ({len(alive)} fold worker(s) alive, or stopped "
-            f"less than {2 * LEASE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
+            f"less than {ALIVE // 1_000_000} s ago): send it SIGHUP instead, which builds a changed "
             "model without downtime"
         )
     building = serve_models(config, store, now, rebuild=True)  # or active at once, on a log never folded

@@ -52,12 +52,13 @@ from ..store import derived, generations, log
 from ..store.base import Store, Tx
 from ..store.generations import Generation
 
-__all__ = ["BATCH", "LEASE", "RENEW", "SWEEP", "ModelBook", "Worker"]
+__all__ = ["ALIVE", "BATCH", "LEASE", "RENEW", "SWEEP", "ModelBook", "Worker"]
 
 logger = logging.getLogger("headway_collector.projection")
 
 BATCH = 20_000  # log positions one fold reads at most
-LEASE = 5_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
+LEASE = 4_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
+ALIVE = 3_000_000  # microseconds since its last heartbeat for a worker to count in the sharing-out
 RENEW = 1.0  # seconds between lease renewals
 SWITCH_CHECK = 0.05  # seconds between looks at whether a caught-up model being built can switch
 IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
@@ -192,7 +193,9 @@ class Worker:
         now = self._clock()
 
         def run(tx: Tx) -> list[_Held]:
-            alive = generations.heartbeat(tx, self.owner, now, now - 2 * LEASE)
+            # A dead worker drops out of the sharing-out before its leases expire, so that its
+            # partitions are somebody's share when they become free.
+            alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
             i, n = alive.index(self.owner), len(alive)
             out = []
             for gen in generations.generations(tx):
