@@ -172,7 +172,6 @@ class ChangeSet:
     announced: dict[SubjectKey, Labels] = field(default_factory=dict)  # labels to store (changed ones)
     needs_history: set[SubjectKey] = field(default_factory=set)
     quarantined: dict[SubjectKey, str] = field(default_factory=dict)
-    events: int = 0  # events of the batch that counted toward an owned subject
 
 
 class Models:
@@ -252,7 +251,6 @@ def fold(
                 groups[key].append(ev)
                 counted = True
         if counted:
-            out.events += 1
             per_event[ev.id] = terms(lms["user"], ev)
     history = histories or {}
     for key, evs in groups.items():
@@ -286,7 +284,8 @@ def fold(
             _funnel(out, key, was, record)
         _announce(out, lm, key, record, now)
         out.records[key] = record
-    user_owned = [ev for ev in batch if owns is None or SubjectKey("user", ev.user_id) in owns]
+    # An event's tags and NPS answer count in its user's partition: the events of the owned users.
+    user_owned = [ev for key, evs in groups.items() if key.level == "user" for ev in evs]
     _nps(out, p, priors, user_owned)
     names = models.milestone_names[project]
     for ev in user_owned:

@@ -2,7 +2,8 @@
 
 `Projection` starts `workers` fold workers and keeps them running: one that dies (a crash, a
 SIGKILL) is started again under the same owner name, so it takes up its own leases at once and
-resumes from the watermarks. `reload` restarts them with a new set of models (SIGHUP).
+resumes from the watermarks. A model loaded later (SIGHUP) needs no restart: a worker reads the
+configuration a generation was made from (`ModelBook.for_generation`).
 
 Processes are started with `spawn` (a fork of a threaded server is unsafe) and stop by themselves
 when the collector that started them is gone, so a killed collector leaves no folding orphans.
@@ -147,7 +148,6 @@ class Projection:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.restarts = 0
         self._all_seen = False
 
     def owner(self, slot: int) -> str:
@@ -171,7 +171,6 @@ class Projection:
                 for slot, w in enumerate(self._slots):
                     if w is not None and not w.alive() and not self._stopping.is_set():
                         logger.warning("fold worker %s stopped: starting it again", self.owner(slot))
-                        self.restarts += 1
                         self._slots[slot] = self._spawn(slot)
 
     def wake(self) -> None:
@@ -179,23 +178,6 @@ class Projection:
         for w in self._slots:
             if w is not None:
                 w.wake()
-
-    def reload(self, configs: Sequence[Config]) -> None:
-        """Restart the workers with these models (the served ones and any being built)."""
-        with self._lock:
-            self._configs = list(configs)
-            for slot, w in enumerate(self._slots):
-                if w is not None:
-                    w.stop(10)
-                self._slots[slot] = self._spawn(slot)
-
-    def pids(self) -> list[int]:
-        """The worker processes' ids (process mode), for operators and tests."""
-        return [w.process.pid for w in self._slots if isinstance(w, _ProcessWorker) and w.process.pid is not None]
-
-    def folded(self) -> int:
-        """Events folded by in-process workers since they started (thread mode)."""
-        return sum(w.worker.folded for w in self._slots if isinstance(w, _ThreadWorker))
 
     def running(self, store: Store) -> bool:
         """Whether every worker has said it is alive (they take a moment to start)."""

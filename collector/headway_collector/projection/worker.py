@@ -145,7 +145,6 @@ class Worker:
         self._records: OrderedDict[tuple[int, SubjectKey], SubjectRecord] = OrderedDict()
         self._quarantined: dict[int, set[SubjectKey]] = {}
         self._committed: dict[tuple[int, int], int] = {}  # (gen, part) -> the watermark this worker left it at
-        self.folded = 0  # events folded, for tests and metrics
         self.sweep_every = sweep_every
         self._sweeps: dict[int, tuple[float, SubjectKey | None]] = {}  # gen -> (next sweep due, page cursor)
 
@@ -290,7 +289,6 @@ class Worker:
         self._keep(gen, cs)
         for p in lagging:
             self._committed[gen.gen, p] = batch.upto
-        self.folded += cs.events
         return True
 
     def _owned(

@@ -125,9 +125,14 @@ def received_at(tx: Tx, position: int) -> int | None:
     return int(row[0]) if row is not None else None
 
 
+def _column(level: str) -> str:
+    """The log's column that names a subject of `level`."""
+    return "user_id" if level == "user" else "account_id"
+
+
 def subject_logged(tx: Tx, project: str, level: str, subject: str, after: int, upto: int) -> bool:
     """Whether one subject has events at positions after `after` and up to `upto`."""
-    column = "user_id" if level == "user" else "account_id"
+    column = _column(level)
     return (
         tx.one(
             f"SELECT 1 FROM events WHERE project = ? AND {column} = ? AND seq > ? AND seq <= ? LIMIT 1",
@@ -142,7 +147,7 @@ def subject_events(
 ) -> list[tuple[bytes, int]]:
     """One subject's stored events, (raw, corrected time): up to position `upto`, or with
     corrected times after `after_ts`."""
-    column = "user_id" if level == "user" else "account_id"
+    column = _column(level)
     sql = f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?"
     params: list[Any] = [project, subject]
     if upto is not None:
