@@ -57,7 +57,7 @@ Headway collector starting at {url}  (project {project!r}, config {args.out}, da
   write key: {write}
   read key:  {read}
   dashboard: {url}/#key={read}
-  health: {url}/healthz   API schema: {url}/openapi.json   metrics: {url}/metrics
+  health: {url}/healthz   API schema: {url}/openapi.json   metrics (read key): {url}/metrics
 
 Send an event:
   curl -s {url}/v1/batch -H 'Authorization: Bearer {write}' -H 'Content-Type: application/json' -d '{body}'
