@@ -116,6 +116,7 @@ class Batcher:
             max_events=NEVER if self._max_queue is None else self._max_queue,
             flush_at=self._flush_at,
         )
+        self._put = self._queue.put  # track()'s one call into the queue, looked up once
         if self._closed:
             self._queue.close()
         self._delivery = Delivery(
@@ -158,7 +159,7 @@ class Batcher:
                 return event_id
             data = changed
             event_id = _core.event_id(data)
-        answer = self._queue.put(data)
+        answer = self._put(data)
         if answer:
             if answer == _KICK:
                 self._kick()

@@ -145,6 +145,7 @@ MAX_NAME = wire.MAX_NAME_CHARS
 MAX_DEPTH = wire.MAX_DEPTH
 MAX_WEIGHT = wire.MAX_WEIGHT
 MAX_VALUE = wire.MAX_VALUE
+MAX_EVENT_BYTES = wire.MAX_EVENT_BYTES
 _json = msgspec.json.Encoder()
 _encode = _json.encode
 _NO_PROPERTIES: dict[str, Any] = {}  # never changed: encoded as {}
@@ -182,6 +183,18 @@ def check_name(field: str, value: object, tag: int | None = None) -> str:
         f"{what}contains the lone surrogate {ord(bad.group()):#06x} at index {bad.start()}: "
         "it has no UTF-8 encoding",
     )
+
+
+# Names that passed check_name(), so that the next event with the same user or event name pays
+# one lookup. Bounded: it starts over when full.
+_valid_names: dict[str, None] = {}
+_MAX_VALID_NAMES = 8192
+
+
+def _remember_name(name: str) -> None:
+    if len(_valid_names) >= _MAX_VALID_NAMES:
+        _valid_names.clear()
+    _valid_names[name] = None
 
 
 def to_number(field: str, value: object, limit: float) -> float:
@@ -297,7 +310,7 @@ def _unencodable(properties: dict[str, Any], exc: Exception) -> InvalidEvent:
 # ---------------------------------------------------------------------------------------------
 
 
-class Outgoing(msgspec.Struct, omit_defaults=True):
+class Outgoing(msgspec.Struct, omit_defaults=True, gc=False):
     """``wire.Event`` as the SDK writes it. Fields at their default (null, [] and {}) are left
     out: the collector reads them as their defaults, and an event's null can only come from its
     properties (where NaN and infinities hide: msgspec writes them as null)."""
@@ -337,11 +350,11 @@ def new_event(
     stamped with its id's millisecond. Encoding takes a snapshot of ``properties``: later
     changes to the caller's dict do not change the event.
     """
-    # check_name()'s first line, inlined for the two names every event has
-    if not (user_id.__class__ is str and 0 < len(user_id) <= MAX_NAME and user_id.isascii() and "\x00" not in user_id):
-        check_name("user_id", user_id)
-    if not (event.__class__ is str and 0 < len(event) <= MAX_NAME and event.isascii() and "\x00" not in event):
-        check_name("event", event)
+    # the two names every event has: most were seen before (a str's hash is kept in it)
+    if user_id.__class__ is not str or user_id not in _valid_names:
+        _remember_name(check_name("user_id", user_id))
+    if event.__class__ is not str or event not in _valid_names:
+        _remember_name(check_name("event", event))
     if account_id is not None:
         check_name("account_id", account_id)
     # comparisons with NaN are false: one chained comparison refuses NaN, inf and the too large
@@ -350,7 +363,9 @@ def new_event(
     if value is not None and (value.__class__ is not float or not -MAX_VALUE <= value <= MAX_VALUE):
         value = to_number("value", value, MAX_VALUE)
     tags = to_tags(milestones) if milestones else ()  # a copy, never the caller's list
-    if properties is None:
+    if properties.__class__ is dict:
+        props = properties
+    elif properties is None:
         props = _NO_PROPERTIES
     elif isinstance(properties, dict):
         props = properties
@@ -382,8 +397,14 @@ def new_event(
     except Exception as exc:
         raise _unencodable(props, exc) from None
     size = len(data)
-    if size > wire.MAX_EVENT_BYTES:
-        raise InvalidEvent("event", f"encodes to {size} bytes, over the limit of {wire.MAX_EVENT_BYTES}")
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent("event", f"encodes to {size} bytes, over the limit of {MAX_EVENT_BYTES}")
+    for item in props.values():  # flat properties settle here, cheaper than searching the bytes
+        kind = item.__class__
+        if not (kind is str or kind is int or kind is bool or item is None or (kind is float and item - item == 0.0)):
+            break  # a container, or a float that is not finite (msgspec writes it as null)
+    else:
+        return event_id, data
     if data.find(b"null") >= 0 or (
         size - len(event_id) - len(event) - len(user_id) >= _SHALLOW
         and data.count(b"{") + data.count(b"[") > MAX_DEPTH + 1  # the event's own brace is one

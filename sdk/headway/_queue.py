@@ -15,12 +15,15 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from itertools import islice
+from typing import Protocol, cast
 
+from . import wire
 from ._core import Stats
 
 EVENT_OVERHEAD = sys.getsizeof(b"") + 8  # what a bytes object costs beyond its length, and its slot
 NEVER = sys.maxsize
+MAX_ITEM_BYTES = wire.MAX_EVENT_BYTES + EVENT_OVERHEAD  # the most one queued event can take
 
 # What `EventQueue.put` answers (an int: the common answer is falsy and tested at once).
 QUEUED = 0  # nothing to do
@@ -62,12 +65,20 @@ class Abandoned:
 
 
 class EventQueue:
-    """A bounded queue of encoded events between ``track()`` and the worker; thread-safe."""
+    """A bounded queue of encoded events between ``track()`` and the worker; thread-safe.
+
+    ``put`` takes no lock while the queue is far from its bounds: it appends the event to the
+    deque and its length to ``_sizes`` (each append is atomic), as long as the deque holds
+    fewer than ``room`` items. ``room``, set under the lock, counts the events that surely fit,
+    as if each were as large as an event may be. Past it, ``put`` takes the lock, adds up the
+    lengths appended since (``_account``) and decides exactly. So the bounds hold to within one
+    event per thread that passed the test at the same moment.
+    """
 
     __slots__ = (
-        "_dropping", "_flush_at", "_items", "bytes", "closed", "dropped", "failed", "gave_up",
-        "in_flight", "kick_at", "lock", "lost_at_deadline", "markers", "max_bytes", "max_events",
-        "ready", "retried", "sent", "waiting",
+        "_dropping", "_flush_at", "_items", "_sizes", "bytes", "closed", "dropped", "failed",
+        "gave_up", "in_flight", "kick_at", "lock", "lost_at_deadline", "markers", "max_bytes",
+        "max_events", "ready", "retried", "room", "sent",
     )
 
     def __init__(self, *, max_bytes: int, max_events: int, flush_at: int) -> None:
@@ -76,8 +87,9 @@ class EventQueue:
         self.max_bytes = max_bytes
         self.max_events = max_events
         self._flush_at = flush_at
-        self.bytes = 0  # of the waiting events, overhead included
-        self.waiting = 0  # events waiting (markers are not counted)
+        self.bytes = 0  # of the waiting events whose size is counted, overhead included
+        self._sizes: list[int] = []  # lengths of events put without the lock, not counted yet
+        self.room = 0  # put() appends without the lock while len(_items) is below this
         self.markers = 0
         self.in_flight: list[bytes] = []  # taken by the worker, not settled yet
         self.kick_at = 0  # put() answers KICK at this many waiting: 0 starts the worker at once
@@ -87,30 +99,59 @@ class EventQueue:
         self.gave_up = False  # shutdown's deadline passed: nothing more is counted
         self.lost_at_deadline = 0
         self.sent = self.dropped = self.failed = self.retried = 0
+        self._make_room()
+
+    @property
+    def waiting(self) -> int:
+        """Events waiting (markers are not counted)."""
+        return len(self._items) - self.markers
 
     # ---- the host's side --------------------------------------------------------------------
 
     def put(self, data: bytes) -> int:
         """Append one encoded event; QUEUED, KICK, or DROPPED(_AGAIN) when it does not fit."""
+        items = self._items
+        if len(items) < self.room:
+            items.append(data)
+            self._sizes.append(len(data))
+            return KICK if len(items) - self.markers > self.kick_at else QUEUED
         with self.lock:
+            self._account()
+            waiting = len(items) - self.markers
             size = self.bytes + len(data) + EVENT_OVERHEAD
-            waiting = self.waiting
             if size > self.max_bytes or waiting >= self.max_events:
                 self.dropped += 1
                 if self._dropping:
                     return DROPPED_AGAIN
                 self._dropping = True
                 return DROPPED
-            self._items.append(data)
+            items.append(data)
             self.bytes = size
-            self.waiting = waiting = waiting + 1
-            return KICK if waiting > self.kick_at else QUEUED
+            self._make_room()
+            return KICK if waiting + 1 > self.kick_at else QUEUED
+
+    def _account(self) -> None:
+        """Count the bytes of the events put without the lock (under the lock)."""
+        sizes = self._sizes
+        if sizes:
+            # a copy, then a delete of the same head: one C call each, while other threads
+            # may only append at the end
+            counted = sizes[:]
+            del sizes[:len(counted)]
+            self.bytes += sum(counted) + EVENT_OVERHEAD * len(counted)
+
+    def _make_room(self) -> None:
+        """Set ``room`` from the accounted state (under the lock)."""
+        items = len(self._items)
+        sure = (self.max_bytes - self.bytes) // MAX_ITEM_BYTES
+        self.room = items + max(0, min(sure, self.max_events - (items - self.markers)))
 
     def close(self) -> None:
         """Refuse every later event (shutdown)."""
         with self.lock:
             self.closed = True
             self.max_events = 0
+            self._make_room()
 
     def add_marker(self, marker: Marker) -> bool:
         """Queue a flush request; False when there is nothing to flush."""
@@ -119,6 +160,7 @@ class EventQueue:
                 return False
             self._items.append(marker)
             self.markers += 1
+            self._make_room()
             return True
 
     def busy(self) -> bool:
@@ -150,23 +192,21 @@ class EventQueue:
         with self.lock:
             self.ready = False
             self.kick_at = self._flush_at - 1
+            self._account()
             items = self._items
             if items and items[0].__class__ is Marker:
                 marker = items.popleft()
                 self.markers -= 1
+                self._make_room()
                 assert isinstance(marker, Marker)
                 return Taken([], marker)
-            events: list[bytes] = []
-            size = 0
-            while items and len(events) < max_events:
-                head = items[0]
-                if not isinstance(head, bytes):
-                    break
-                events.append(head)
-                size += len(head)
-                items.popleft()
-            self.bytes -= size + EVENT_OVERHEAD * len(events)
-            self.waiting -= len(events)
+            count = min(max_events, len(items))
+            if self.markers:  # stop at the first marker
+                count = next((i for i, item in enumerate(islice(items, count)) if item.__class__ is Marker), count)
+            pop = items.popleft  # one at a time: put() may be appending at the other end
+            events = cast("list[bytes]", [pop() for _ in range(count)])
+            self.bytes -= sum(map(len, events)) + EVENT_OVERHEAD * count
+            self._make_room()
             self.in_flight = events[:]
             half_empty = self.bytes <= self.max_bytes // 2 and self.waiting <= self.max_events // 2
             if self._dropping and half_empty and not self.closed:
@@ -198,21 +238,26 @@ class EventQueue:
         with self.lock:
             lost, self.in_flight = self.in_flight, []
             self._items.extendleft(reversed(lost))
-            self.waiting += len(lost)
-            self.bytes += sum(len(data) for data in lost) + EVENT_OVERHEAD * len(lost)
+            self.bytes += sum(map(len, lost)) + EVENT_OVERHEAD * len(lost)
+            self._make_room()
 
     def move_to(self, other: EventQueue) -> None:
         """Hand everything waiting, and what was in flight, to a fresh queue (a C-level fork)."""
         self.requeue_in_flight()
-        for item in self._items:
-            if isinstance(item, Marker):
-                other._items.append(item)
-                other.markers += 1
-            else:
-                other._items.append(item)
-                other.waiting += 1
-                other.bytes += len(item) + EVENT_OVERHEAD
-        self._items.clear()
+        with self.lock:
+            moved = list(self._items)
+            self._items.clear()
+            self._sizes.clear()
+            self.markers = self.bytes = 0
+            self._make_room()
+        with other.lock:
+            for item in moved:
+                if isinstance(item, Marker):
+                    other.markers += 1
+                else:
+                    other.bytes += len(item) + EVENT_OVERHEAD
+            other._items.extend(moved)
+            other._make_room()
 
     def abandon(self) -> Abandoned:
         """Shutdown's deadline passed: what is queued or in flight is dropped and counted."""
@@ -224,7 +269,9 @@ class EventQueue:
             left = self.waiting + len(self.in_flight)
             self._items.clear()
             self.in_flight = []
-            self.bytes = self.waiting = self.markers = 0
+            self._sizes.clear()
+            self.bytes = self.markers = 0
+            self._make_room()
             self.dropped += left
             self.lost_at_deadline = left
             return Abandoned(left, markers)
