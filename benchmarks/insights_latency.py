@@ -2,12 +2,12 @@
 
 Builds a collector database (SQLite) of N realistic events (default 1,000,000 of 100,000 users in
 10,000 accounts over 120 days, the generator of `_common.make_workload`): appended to the log with
-`Store.append` in 20,000-event jobs, then folded by one call of the projection's pure fold. Then
+`Store.append` in 20,000-event jobs, then projected as `rescore --jobs N` does. Then
 `headway-collector serve` on it (uvicorn, 127.0.0.1), and with one keep-alive client each endpoint
 once (the first call computes the answer) and `--requests` times more (the answer cached per
 model generation and folded log position).
 
-    python -m benchmarks.insights_latency [--events 1000000] [--users 100000] [--requests 20] [--quick]
+    python -m benchmarks.insights_latency [--events 1000000] [--users 100000] [--requests 20] [--jobs 2] [--quick]
 """
 
 from __future__ import annotations
@@ -34,22 +34,19 @@ ENDPOINTS = (
 )
 
 
-def build(db: Path, config: Path, w: c.Workload) -> dict[str, float]:
-    """Append the workload to the log, then fold it: one call of the projection's pure fold over
-    the whole log on empty priors (what a rebuild is), written with the watermarks at the head in
-    one transaction. `rescore` does the same in batches across processes; on this shared 2-CPU
-    machine it folded about 2,000 events/s, too slow for a million events within the time at hand."""
+def build(db: Path, config: Path, w: c.Workload, jobs: int) -> dict[str, float]:
+    """Append the workload to the log, then project it as `headway-collector rescore --jobs N`
+    does (fold worker processes, the projection's own batches, priors and writes): what the
+    insights then read is exactly what a running collector keeps."""
     from headway_collector.config import load
-    from headway_collector.events import from_stored
-    from headway_collector.model.fold import Models, Priors, fold
-    from headway_collector.projection import serve_models
-    from headway_collector.store import derived, generations, log, open_store
+    from headway_collector.projection import rescore, serve_models
+    from headway_collector.store import open_store
     from headway_collector.store.base import Accepted
 
     cfg = load(config)
     store = open_store(f"sqlite:///{c.fresh_db(db)}")
     store.open()
-    (gen,) = serve_models(cfg, store, time.time_ns() // 1000)
+    serve_models(cfg, store, time.time_ns() // 1000)
     store.start()
     started = time.perf_counter()
 
@@ -65,23 +62,9 @@ def build(db: Path, config: Path, w: c.Workload) -> dict[str, float]:
     print()
     store.close_appends()
     started = time.perf_counter()
-    with store.read() as r:
-        batch = log.read_log(r, c.PROJECT, 0, len(w) + 1)
-    events = [from_stored(row.raw, row.ts) for row in batch.rows]
-    cs = fold(Models([cfg.projects[c.PROJECT]]), c.PROJECT, Priors(), events)
-    assert not cs.needs_history and not cs.quarantined
-    now = time.time_ns() // 1000
-    parts = list(range(gen.partitions))
-
-    def write(tx):  # type: ignore[no-untyped-def]
-        generations.claim(tx, gen.gen, parts, "bench", now, now + 60_000_000)
-        assert generations.advance(tx, gen.gen, {p: 0 for p in parts}, batch.upto, "bench")
-        derived.apply(tx, gen.gen, cs, now)
-        generations.release(tx, "bench")
-
-    store.transact(write)
+    rescore(cfg, store, jobs=jobs, progress=lambda done, total: print(f"\r  projecting: {done:,}/{total:,}", end="", flush=True))
     folded = time.perf_counter() - started
-    print(f"  folded in {folded:.1f}s")
+    print(f"\n  projected in {folded:.1f}s")
     store.close()
     return {"append_s": appended, "fold_s": folded}
 
@@ -91,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=2, help="fold worker processes that project the log")
     p.add_argument("--quick", action="store_true", help="100,000 events of 10,000 users")
     p.add_argument("--keep", type=Path, help="build the database at this path and keep it; reuse it if it exists")
     args = p.parse_args(argv)
@@ -108,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep is not None and args.keep.exists() and args.keep.with_suffix(".times").exists():
             times = {k: float(v) for k, v in (x.split("=") for x in args.keep.with_suffix(".times").read_text().split())}
         else:
-            times = build(db, config, w)
+            times = build(db, config, w, args.jobs)
             if args.keep is not None:
                 args.keep.with_suffix(".times").write_text(" ".join(f"{k}={v}" for k, v in times.items()))
         rows = []
@@ -134,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              c.machine_markdown(),
              f"Database: {args.events:,} events of {args.users:,} users in {max(1, args.users // 10):,} accounts over 120 "
              f"days (`make_workload`); appended with `Store.append` in {APPEND:,}-event jobs in {times['append_s']:.1f}s, "
-             f"folded by one call of the projection's fold on empty priors (a rebuild; see `build`) in {times['fold_s']:.1f}s.", "",
+             f"projected as `rescore --jobs {args.jobs}` does (see `build`) in {times['fold_s']:.1f}s.", "",
              "Each endpoint over real HTTP (`headway-collector serve`, one keep-alive client): the first call computes "
              f"the answer, then {args.requests} calls answered from the cache (per generation, folded position, query).", "",
              "| endpoint | first call ms | cached p50 ms | cached max ms | response bytes | what it said |",

@@ -22,6 +22,7 @@ try:
     from .auth import hash_key, new_key
     from .events import to_us
     from .store import StoreError, open_store
+    from .store.base import Store
 except ImportError as exc:  # `pip install headway` without the extra: main() says which to install
     _MISSING: ImportError | None = exc
 else:
@@ -163,12 +164,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store(url: str, command: str) -> Store:
+    """The store at `url`, opened; a SQLite file that does not exist is one line, not a new database."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if path not in ("", ":memory:") and not Path(path).is_file():
+            raise CLIError(f"no database at {path}: {command} does not create one (check --database)")
+    store = open_store(url)
+    store.open()
+    return store
+
+
 def cmd_rescore(args: argparse.Namespace) -> int:
     from .projection import rescore
 
     cfg = _load(args.config)
-    store = open_store(args.database)
-    store.open()
+    store = _existing_store(args.database, "rescore")
     started = time.monotonic()
     try:
         n = rescore(cfg, store, jobs=args.jobs, progress=_progress("rescoring"))
@@ -196,12 +207,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise CLIError(f"--before {args.before!r} is not a date (e.g. 2025-01-01 or 2025-01-01T00:00:00Z)") from None
     if before.tzinfo is None:  # read as the query API reads dates: UTC
         before = before.replace(tzinfo=UTC)
-    if args.database.startswith("sqlite:///"):
-        path = args.database[len("sqlite:///") :]
-        if path not in ("", ":memory:") and not Path(path).is_file():
-            raise CLIError(f"no database at {path}: prune does not create one (check --database)")
-    store = open_store(args.database)
-    store.open()
+    store = _existing_store(args.database, "prune")
     end = to_us(before)
     with store.read() as r:
         first, total = r.one("SELECT min(ts), count(*) FROM events WHERE ts < ?", (end,)) or (None, 0)
@@ -222,8 +228,7 @@ def cmd_suggest_weights(args: argparse.Namespace) -> int:
     from .insights import suggestion
 
     cfg = _load(args.config)
-    store = open_store(args.database)
-    store.open()
+    store = _existing_store(args.database, "suggest-weights")
     try:
         print(suggestion(cfg, store, args.project, args.outcome, args.window, time.time_ns() // 1000))
     except ValueError as exc:

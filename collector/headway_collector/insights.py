@@ -30,6 +30,7 @@ from .config import Config, Milestone, Project, parse_duration
 from .errors import APIError, json_response
 from .model import growth as g
 from .model import insights as ins
+from .model.early import MAX_WINDOW
 from .model.scoring import DAY
 from .params import app_state, choice, count, read_time, ts
 from .projection import ModelBook
@@ -174,17 +175,16 @@ def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: 
     """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
     least max(window, the outcome's `within`) before it."""
     horizon = max(window, outcome.within or 0)
-    rows = store.early_events(
-        snap.tx,
-        served.name,
-        snap.gen.gen,
-        outcome.level,
-        outcome.name,
-        early_window(outcome, window),
-        at - horizon,
-        snap.folded,
-    )
-    return ins.early_windows(rows, outcome.name, at, _criteria_events(outcome), served.weight)
+    rows = store.early_events(snap.tx, snap.gen.gen, outcome.level, outcome.name, at - horizon)
+    return ins.early_windows(rows, outcome.name, early_window(outcome, window), at, _criteria_events(outcome))
+
+
+def parse_window(text: str) -> int:
+    """An early window (`7d`, `36h`): a duration of at most the early window the projection keeps."""
+    window = parse_duration(text)
+    if window > MAX_WINDOW:
+        raise ValueError(f"{text!r} is longer than {MAX_WINDOW // DAY}d, the early window the projection keeps")
+    return window
 
 
 def _insight_query(request: Request) -> tuple[str, int, str | None, int]:
@@ -194,7 +194,7 @@ def _insight_query(request: Request) -> tuple[str, int, str | None, int]:
         raise APIError(400, "bad_request", "outcome=MILESTONE is required")
     text = q.get("window", DEFAULT_WINDOW)
     try:
-        window = parse_duration(text)
+        window = parse_window(text)
     except ValueError as exc:
         raise APIError(400, "bad_request", f"window: {exc}") from None
     level = choice(request, "level", LEVELS)
@@ -311,7 +311,7 @@ def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, win
     if project not in cfg.projects:
         raise ValueError(f"no project {project!r} in {cfg.path}")
     try:
-        span = parse_duration(window)
+        span = parse_window(window)
     except ValueError as exc:
         raise ValueError(f"--window: {exc}") from None
     with store.read() as r:

@@ -81,13 +81,20 @@ def test_a_serve_that_stopped_leaves_its_port_usable_at_once(tmp_path: Path) -> 
     live.stop()
 
 
-def test_prune_refuses_a_database_file_that_does_not_exist(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["prune", "--before", "2020-01-01"], ["rescore"],
+                                     ["suggest-weights", "--outcome", "converted"]])
+def test_commands_that_read_a_database_refuse_a_file_that_does_not_exist(tmp_path: Path, command: list[str]) -> None:
+    cfg = tmp_path / "h.toml"
+    cfg.write_text(config_text())
+    config = [] if command[0] == "prune" else ["--config", str(cfg)]
     missing = tmp_path / "typo.db"
-    r = run_cli("prune", "--before", "2020-01-01", "--database", f"sqlite:///{missing}")
+    r = run_cli(*command, *config, "--database", f"sqlite:///{missing}")
     assert r.returncode == 1
-    assert one_line(r) == f"headway-collector: no database at {missing}: prune does not create one (check --database)"
+    assert one_line(r) == (
+        f"headway-collector: no database at {missing}: {command[0]} does not create one (check --database)"
+    )
     assert not missing.exists()
-    r = run_cli("prune", "--before", "2020-01-01", cwd=tmp_path)  # the default, headway.db, is not there either
+    r = run_cli(*command, *config, cwd=tmp_path)  # the default, headway.db, is not there either
     assert r.returncode == 1 and "no database at headway.db" in one_line(r)
     assert not (tmp_path / "headway.db").exists()
 

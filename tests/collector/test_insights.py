@@ -13,6 +13,7 @@ import itertools
 import random
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -165,6 +166,82 @@ async def test_insight_errors_and_levels(tmp_path: Path) -> None:
         quick = (await c.get("/v1/insights/predictors", params={"outcome": "quick_win", "window": "7d"},
                              headers=read_headers())).json()
         assert quick["window_s"] == 2 * 86400  # what comes after the outcome's window cannot predict it
+
+
+@st.composite
+def early_histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A few users' events over 120 days (past the 90 days the projection keeps), some tagged with
+    an outcome, some with their own weight, to be sent in any order."""
+    out = []
+    for u in range(draw(st.integers(1, 6))):
+        start = NOW - timedelta(days=125, hours=draw(st.integers(0, 23)))
+        for _ in range(draw(st.integers(1, 14))):
+            # whole days from a start, or an hour off: windows end exactly on some events
+            day = draw(st.one_of(st.sampled_from([0, 1, 2, 7, 30, 90]), st.integers(0, 120)))
+            when = start + timedelta(days=day, hours=draw(st.sampled_from([0, 0, 0, 1, -1])))
+            extra: dict[str, Any] = {}
+            tag = draw(st.sampled_from([None, None, None, "converted", "quick_win"]))
+            if tag is not None:
+                extra["milestones"] = [tag]
+            if draw(st.booleans()):
+                extra["weight"] = draw(st.sampled_from([0.0, 0.5, 3.0]))
+            out.append(ev(f"u{u}", when, draw(st.sampled_from(["A", "B", "C"])), **extra))
+    return out
+
+
+def recounted(events: list[dict[str, Any]], outcome: str, window: timedelta, within: timedelta | None) -> list[Any]:
+    """The early windows the slow and obvious way, from the raw events: `ins.Early` per subject old
+    enough (first seen at least max(window, within) before NOW), counting its events within the
+    window (cut at `within`) of its first event and before its first event tagged with the outcome
+    (within `within` of the first event: the tagged milestone's achievement)."""
+    from headway_collector.model import insights as ins
+
+    horizon = max(window, within or timedelta(0))
+    span = min(window, within) if within is not None else window
+    by_user: dict[str, list[tuple[datetime, dict[str, Any]]]] = {}
+    for e in events:
+        by_user.setdefault(e["user_id"], []).append((datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")), e))
+    out = []
+    for user, evs in sorted(by_user.items()):
+        first = min(t for t, _ in evs)
+        if first > NOW - horizon:
+            continue
+        tagged_at = [t for t, e in evs if outcome in e.get("milestones", []) and (within is None or t <= first + within)]
+        achieved = min(tagged_at) if tagged_at else None
+        early = ins.Early(user, achieved is not None and achieved <= NOW)
+        for t, e in evs:
+            if t <= first + span and (achieved is None or t < achieved) and outcome not in e.get("milestones", []):
+                early.counts[e["event"]] = early.counts.get(e["event"], 0) + 1
+        out.append(early)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=early_histories(), seed=st.integers(0, 2**32 - 1),
+       window=st.sampled_from(["1d", "7d", "30d", "90d"]), outcome=st.sampled_from(["converted", "quick_win"]))
+async def test_predictors_count_what_a_recount_of_the_raw_events_gives_in_any_arrival_order(
+    events: list[dict[str, Any]], seed: int, window: str, outcome: str
+) -> None:
+    from headway_collector.model import insights as ins
+
+    rng = random.Random(seed)
+    shuffled = rng.sample(events, len(events))  # late events move a subject's first event earlier
+    with tempfile.TemporaryDirectory() as tmp:
+        async with collector(planted_config(), Path(tmp) / "e.db") as c:
+            i = 0
+            while i < len(shuffled):
+                n = rng.randint(1, 9)
+                await send(c, shuffled[i : i + n])
+                i += n
+            got = (await c.get("/v1/insights/predictors", params={"outcome": outcome, "window": window,
+                                                                 "at": rfc(NOW), "limit": "10000"},
+                               headers=read_headers())).json()
+    days = int(window[:-1])
+    expect = ins.predictors(recounted(events, outcome, timedelta(days=days),
+                                      timedelta(days=2) if outcome == "quick_win" else None))
+    assert (got["subjects"], got["achieved"]) == (expect.subjects, expect.achieved)
+    rows = {(r["event"], r["threshold"], r["subjects_with"], r["achieved_with"]) for r in got["predictors"]}
+    assert rows == {(r.event, r.threshold, r.subjects_with, r.achieved_with) for r in expect.rows}
 
 
 async def test_the_sdk_reads_all_four(tmp_path: Path) -> None:

@@ -42,10 +42,10 @@ DAY_US = 86_400_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EXAMPLES = settings(max_examples=5, deadline=None, derandomize=True)
 
-# The derived state of the served generations: each subject's row, tag counts, growth and funnel
+# The derived state of the served generations: each subject's row and early events, tag counts, growth and funnel
 # aggregates. (Transitions depend on how the log was cut into folds: not part of the state.)
-TABLES = ("subjects", "tags", "growth_subjects", "growth_counts", "growth_nps_answers", "growth_nps_counts",
-          "funnel_rows", "funnel_counts", "funnel_tta")
+TABLES = ("subjects", "tags", "growth_subjects", "subject_early", "growth_counts", "growth_nps_answers",
+          "growth_nps_counts", "funnel_rows", "funnel_counts", "funnel_tta")
 # Counter tables (counters last): a counter moved back to zero means what no row means.
 COUNTERS = {"growth_counts": 3, "growth_nps_counts": 3, "funnel_counts": 1, "funnel_tta": 1}
 
@@ -352,6 +352,46 @@ def test_upgrade_from_before_the_event_log_reprojects_at_start(tmp_path_factory:
         seen = asyncio.run(restart())
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
+
+
+def test_a_generation_of_an_older_format_serves_while_it_is_rebuilt(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A generation folded before the projection kept early events (format 1: what migration 0008
+    leaves) answers reads at the next start while today's format is built beside it, then the
+    reads switch: the tables are exactly a fresh ingest's, early events included."""
+    want_tables, want_readings = reference(1, tmp_path_factory.getbasetemp())
+    events = sorted(make_events(1), key=lambda e: (e["timestamp"], e["id"]))
+    with fresh_url("sqlite", tmp_path_factory.mktemp("format")) as url:
+
+        async def ingest() -> None:
+            async with collector(url) as c:
+                for b in batches(events, 1000):
+                    await send(c, b)
+
+        asyncio.run(ingest())
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        with conn:
+            conn.execute("UPDATE generations SET format = 1")
+            conn.execute("DELETE FROM subject_early")
+        conn.close()
+
+        async def restart() -> tuple[dict[str, Any], dict[str, Any]]:
+            async with collector(url) as c:
+                first = (await c.get("/v1/users/user-00", headers=read_headers())).status_code
+                for _ in range(600):
+                    model_info = (await c.get("/v1/model", headers=read_headers())).json()
+                    if model_info.get("pending") is None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert first == 200  # the old generation served meanwhile
+                return model_info, await readings(c, events)
+
+        info, seen = asyncio.run(restart())
+        assert info.get("pending") is None
+        assert differences(dump(url), want_tables) == []
+        assert seen == want_readings
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        assert conn.execute("SELECT DISTINCT format FROM generations WHERE status = 'active'").fetchall() == [(2,)]
+        conn.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

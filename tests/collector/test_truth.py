@@ -108,7 +108,8 @@ def blobs(db: Path) -> list[tuple[Any, ...]]:
                             f"WHERE gen IN {active} ORDER BY level, subject").fetchall() + conn.execute(
             "SELECT level, milestone, subject, first_seen, stage_on, cls, tta FROM funnel_rows "
             f"WHERE gen IN {active} ORDER BY 1, 2, 3").fetchall() + conn.execute(
-            f"SELECT tag, events FROM tags WHERE gen IN {active} ORDER BY 1").fetchall()
+            f"SELECT tag, events FROM tags WHERE gen IN {active} ORDER BY 1").fetchall() + conn.execute(
+            f"SELECT level, subject, early FROM subject_early WHERE gen IN {active} ORDER BY 1, 2").fetchall()
     finally:
         conn.close()
 

@@ -41,6 +41,7 @@ import msgspec
 
 from ..config import Project
 from . import growth as g
+from .early import EarlyEvents, fold_early
 from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
 from .scoring import DAY, value_at
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
@@ -124,6 +125,7 @@ class SubjectRecord:
     stage_on: int  # the furthest stage started by an achieved milestone
     days: g.Days  # its active days (events of weight > 0)
     announced: Labels | None = None  # the labels its transitions last told (None: none yet)
+    early: EarlyEvents = field(default_factory=EarlyEvents)  # its early events, for the insights
 
 
 class Labels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -161,6 +163,7 @@ class Priors:
 class ChangeSet:
     records: dict[SubjectKey, SubjectRecord] = field(default_factory=dict)  # to save
     days_changed: set[SubjectKey] = field(default_factory=set)
+    early_changed: set[SubjectKey] = field(default_factory=set)
     funnel_rows: dict[tuple[SubjectKey, str], FunnelRow] = field(default_factory=dict)
     funnel_cells: Counter[FunnelCell] = field(default_factory=Counter)
     funnel_tta: Counter[tuple[Level, str, int]] = field(default_factory=Counter)  # (level, milestone, bucket)
@@ -212,10 +215,10 @@ def nps_keys(p: Project, batch: Iterable[Ev], owns: Collection[SubjectKey] | Non
     }
 
 
-def record_of(lm: LevelModel, state: SubjectState, days: g.Days) -> SubjectRecord:
-    """A subject's record as derived from its state and active days."""
+def record_of(lm: LevelModel, state: SubjectState, days: g.Days, early: EarlyEvents | None = None) -> SubjectRecord:
+    """A subject's record as derived from its state, active days and early events."""
     marks = milestone_marks(lm, state)
-    return SubjectRecord(state, marks, _stage_on(lm, marks), days)
+    return SubjectRecord(state, marks, _stage_on(lm, marks), days, early=early if early is not None else EarlyEvents())
 
 
 def _stage_on(lm: LevelModel, marks: dict[str, Mark]) -> int:
@@ -270,6 +273,13 @@ def fold(
             out.needs_history.add(key)
             continue
         record, rebuilt = folded
+        if rebuilt:  # from its whole history: its early events too
+            record.early = EarlyEvents()
+            early = [(ev.event, ev.milestones, ev.t, p.weight(ev.event, ev.weight)) for ev in history[key]]
+        else:
+            early = [(ev.event, ev.milestones, ev.t, per_event[ev.id][0]) for ev in evs]
+        if fold_early(record.early, record.state.first_seen, early):
+            out.early_changed.add(key)
         record.marks = _marks(lm, record, evs, was, rebuilt)
         record.stage_on = _stage_on(lm, record.marks)
         active_days = {ev.t // DAY for ev in evs if per_event[ev.id][0] > 0}

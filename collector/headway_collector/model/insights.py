@@ -1,9 +1,9 @@
 """Insights: which early behaviour predicts an outcome, the weights the data supports, retention.
 
-Pure: no I/O, no clock (`at` is passed in). The inputs are what the projection keeps or what one
-ordered pass over the log gives (`store.insights`): per subject, the counts of each event name
-within an early window of its first event and whether it reached the outcome (`Early`), and per
-subject its active days (`growth.Days`).
+Pure: no I/O, no clock (`at` is passed in). The inputs are what the projection keeps
+(`store.insights`): per subject, its early events (`model.early`), counted here into each event
+name's count within an early window of its first event with whether it reached the outcome
+(`Early`), and per subject its active days (`growth.Days`).
 
 Predictors (SPEC section 4, "Finding the aha moment"). For an event name e and a threshold k, a
 subject "did it" when it did e at least k times in its early window. Against the outcome:
@@ -45,13 +45,13 @@ import math
 import statistics
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-import msgspec
 import numpy as np
 
 from . import growth as g
+from .early import EarlyEvents, count_before
 from .scoring import DAY
 
 __all__ = [
@@ -98,44 +98,29 @@ class Early:
     weights: dict[str, float] = field(default_factory=dict)  # sums of effective weights per name
 
 
-class _Named(msgspec.Struct):
-    """The fields of a stored event that insights read (the rest is skipped by the decoder)."""
-
-    event: str
-    weight: float | None = None
-    milestones: list[str] = []
-
-
-_decode_named = msgspec.json.Decoder(_Named).decode
-
-
 def early_windows(
-    rows: Iterable[tuple[str, int, int | None, int | None, bytes | None]],
+    rows: Iterable[tuple[str, int, int | None, EarlyEvents]],
     outcome: str,
+    window: int,
     at: int,
     excluded: frozenset[str],
-    weight: Callable[[str, float | None], float],
 ) -> list[Early]:
-    """Rows (subject, first_seen, time to achieve or None, event time, raw event), grouped by
-    subject, as `Early` records (an event None: the subject logged nothing in it). An event
-    counts when it comes before the outcome was achieved;
-    events named in `excluded` (the outcome's own criteria) or tagged with the outcome never do.
-    """
+    """Rows (subject, first_seen, time to achieve or None, early events) as `Early` records: each
+    subject's events of each name within `window` of its first event that come before it achieved
+    the outcome. Events named in `excluded` (the outcome's own criteria) or tagged with the outcome
+    never count."""
     out: list[Early] = []
-    current: Early | None = None
-    achieved_at: int | None = None
-    for subject, first_seen, tta, t, raw in rows:
-        if current is None or current.subject != subject:
-            achieved_at = first_seen + tta if tta is not None else None
-            current = Early(subject, achieved_at is not None and achieved_at <= at)
-            out.append(current)
-        if t is None or raw is None or (achieved_at is not None and t >= achieved_at):
-            continue
-        ev = _decode_named(raw)
-        if ev.event in excluded or outcome in ev.milestones:
-            continue
-        current.counts[ev.event] = current.counts.get(ev.event, 0) + 1
-        current.weights[ev.event] = current.weights.get(ev.event, 0.0) + weight(ev.event, ev.weight)
+    for subject, first_seen, tta, early in rows:
+        achieved_at = first_seen + tta if tta is not None else None
+        current = Early(subject, achieved_at is not None and achieved_at <= at)
+        out.append(current)
+        for group in early.groups:
+            if group.event in excluded or outcome in group.tags:
+                continue
+            n, weight = count_before(group, first_seen + window, achieved_at)
+            if n:
+                current.counts[group.event] = current.counts.get(group.event, 0) + n
+                current.weights[group.event] = current.weights.get(group.event, 0.0) + weight
     return out
 
 

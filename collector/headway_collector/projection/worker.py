@@ -25,6 +25,7 @@ the watermark, so every event is folded exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -202,7 +203,7 @@ class Worker:
                     continue
                 if gen.status == "building" and generations.switch(tx, gen, now):
                     logger.info("model %s of project %s is built: reads now use it", gen.version, gen.project)
-                    gen = Generation(gen.gen, gen.project, gen.version, "active", gen.partitions)
+                    gen = dataclasses.replace(gen, status="active")
                 mine = [p for p in range(gen.partitions) if p % n == i]
                 theirs = [
                     p.part for p in generations.partitions(tx, gen.gen) if p.owner == self.owner and p.part not in mine

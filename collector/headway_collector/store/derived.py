@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from ..model import early as e
 from ..model import growth as g
 from ..model import scoring
 from ..model.fold import (
@@ -59,6 +60,7 @@ def load_priors(
         ids = sorted(k.subject for k in keys if k.level == level)
         states: dict[str, bytes] = {}
         days: dict[str, g.Days] = {}
+        early: dict[str, bytes] = {}
         labels: dict[str, str] = {}
         for part in chunks(ids):
             labels.update(
@@ -79,10 +81,19 @@ def load_priors(
                 (gen, level, *part),
             ):
                 days[sid] = g.Days.decode(first, bytes(data))
+            for sid, data in tx.all(
+                f"SELECT subject, early FROM subject_early WHERE gen = ? AND level = ? "
+                f"AND subject IN ({_marks(len(part))})",
+                (gen, level, *part),
+            ):
+                early[sid] = bytes(data)
         for sid, blob in states.items():
             key = SubjectKey(level, sid)
             try:
-                out.records[key] = record = record_of(lm, decode_state(blob), days.get(sid) or g.Days())
+                stored = early.get(sid)
+                out.records[key] = record = record_of(
+                    lm, decode_state(blob), days.get(sid) or g.Days(), e.decode(stored) if stored is not None else None
+                )
                 if sid in labels:
                     record.announced = _decode_labels(labels[sid])
             except Exception as exc:  # a corrupt row stops its subject alone (the fold quarantines it)
@@ -104,6 +115,7 @@ def apply(tx: Tx, gen: int, cs: ChangeSet, now: int) -> None:
     """Write a change set of generation `gen` (`now`: when, for the quarantine's record)."""
     _save_subjects(tx, gen, cs.records)
     _save_days(tx, gen, cs)
+    _save_early(tx, gen, cs)
     _add(
         tx,
         "growth_counts",
@@ -185,6 +197,16 @@ def _save_days(tx: Tx, gen: int, cs: ChangeSet) -> None:
             "INSERT INTO growth_subjects (gen, level, subject, first_day, days) VALUES (?,?,?,?,?) "
             "ON CONFLICT (gen, level, subject) DO UPDATE SET first_day = excluded.first_day, "
             "days = excluded.days",
+            rows,
+        )
+
+
+def _save_early(tx: Tx, gen: int, cs: ChangeSet) -> None:
+    rows = [(gen, key.level, key.subject, e.encode(cs.records[key].early)) for key in sorted(cs.early_changed)]
+    if rows:
+        tx.executemany(
+            "INSERT INTO subject_early (gen, level, subject, early) VALUES (?,?,?,?) "
+            "ON CONFLICT (gen, level, subject) DO UPDATE SET early = excluded.early",
             rows,
         )
 

@@ -42,10 +42,14 @@ __all__ = [
 ]
 
 PARTITIONS = 16  # per generation; fold workers share them out
+# What the projection stores, by version: a generation of an older format is rebuilt from the log
+# in the background (like a changed model) while it keeps serving. 2: early events (0008).
+FORMAT = 2
 DERIVED_TABLES = (
     "subjects",
     "tags",
     "growth_subjects",
+    "subject_early",
     "growth_counts",
     "growth_nps_answers",
     "growth_nps_counts",
@@ -68,6 +72,7 @@ class Generation:
     version: str
     status: Status
     partitions: int
+    format: int = FORMAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,7 @@ class Partition:
     lease_until: int
 
 
-_COLUMNS = "gen, project, version, status, partitions"
+_COLUMNS = "gen, project, version, status, partitions, format"
 
 
 def generations(tx: Tx, statuses: tuple[Status, ...] = ("active", "building")) -> list[Generation]:
@@ -98,9 +103,9 @@ def _create(tx: Tx, project: str, version: str, config: str, status: Status, now
     assert row is not None
     gen = int(row[0])
     tx.execute(
-        "INSERT INTO generations (gen, project, version, status, partitions, created_at, config) "
-        "VALUES (?,?,?,?,?,?,?)",
-        (gen, project, version, status, PARTITIONS, now, config),
+        "INSERT INTO generations (gen, project, version, status, partitions, created_at, config, format) "
+        "VALUES (?,?,?,?,?,?,?,?)",
+        (gen, project, version, status, PARTITIONS, now, config, FORMAT),
     )
     tx.executemany(
         "INSERT INTO partitions (gen, part, watermark, owner, lease_until) VALUES (?,?,0,NULL,0)",
@@ -110,9 +115,10 @@ def _create(tx: Tx, project: str, version: str, config: str, status: Status, now
 
 
 def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild: bool = False) -> Generation:
-    """The generation that will serve `version`: the active one if it has that version (unless
-    `rebuild`), else a building one (made if need be). A project without any starts active: there
-    is nothing older to serve meanwhile. Building generations of other versions are dropped."""
+    """The generation that will serve `version`: the active one if it has that version in today's
+    `FORMAT` (unless `rebuild`), else a building one (made if need be). A project without any
+    starts active: there is nothing older to serve meanwhile. Building generations of other
+    versions are dropped."""
     tx.lock_log()  # collectors starting together make one generation, not two
     current = active(tx, project)
     building = [g for g in generations(tx, ("building",)) if g.project == project]
@@ -121,7 +127,7 @@ def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild
             _drop(tx, g.gen)
     if current is None:
         return _create(tx, project, version, config, "active", now)
-    if current.version == version and not rebuild:
+    if current.version == version and current.format == FORMAT and not rebuild:
         return current
     for g in building:
         if g.version == version:

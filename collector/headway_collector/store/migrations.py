@@ -284,6 +284,19 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
             "CREATE INDEX webhook_outbox_subject ON webhook_outbox (hook, level, subject, seq)",
         ],
     ),
+    (
+        "0008_subject_early",
+        [
+            # Each subject's early events (`model.early`), which the insights read in place of the
+            # log. A rowid table: the values (up to some kilobytes) stay out of the key's b-tree.
+            """CREATE TABLE subject_early (
+            gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL, early {blob} NOT NULL,
+            PRIMARY KEY (gen, level, subject))""",
+            # Generations made before it lack them: format 1. Each is rebuilt in the background in
+            # today's format (`generations.FORMAT`), and serves until then.
+            "ALTER TABLE generations ADD COLUMN format {int} NOT NULL DEFAULT 1",
+        ],
+    ),
 ]
 
 
