@@ -65,6 +65,7 @@ IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (ap
 CACHE = 200_000  # subject records kept between batches
 SWEEP = 60.0  # seconds between sweeps for transitions that time alone makes
 SWEEP_PAGE = 2_000  # subjects a sweep looks at per transaction
+PRUNE = 10_000  # transitions of retired generations deleted per lease renewal
 
 
 def _now_us() -> int:
@@ -196,6 +197,8 @@ class Worker:
             # partitions are somebody's share when they become free.
             alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
             i, n = alive.index(self.owner), len(alive)
+            if i == 0:  # one worker, so that two deletes never meet
+                generations.prune_retired(tx, PRUNE)
             out = []
             for gen in generations.generations(tx):
                 if self.book.for_generation(tx, gen) is None:
@@ -214,8 +217,12 @@ class Worker:
             return out
 
         before = {(h.gen.gen, p) for h in self._held for p in h.parts}
+        was = {h.gen.gen: h.gen.status for h in self._held}
         self._held = self.store.transact(run)
         self._renewed = time.monotonic()
+        for h in self._held:  # switched: the labels kept are the build's, the stored ones the old model's
+            if was.get(h.gen.gen, h.gen.status) != h.gen.status:
+                self._forget(h.gen)
         for h in self._held:  # a partition held by another meanwhile may have been swept: what is kept is old
             for p in h.parts:
                 if (h.gen.gen, p) not in before:
@@ -264,6 +271,10 @@ class Worker:
             cs.transitions.clear()  # a model being built re-tells history: only the served one speaks
 
         def write(tx: Tx) -> None:
+            # Switched since this worker last looked: its transitions would be lost (cleared while
+            # served) or wrong (told against the build's labels), so fold again.
+            if generations.status(tx, gen.gen) != gen.status:
+                raise _Lost
             if not generations.advance(tx, gen.gen, {p: start for p in lagging}, batch.upto, self.owner):
                 raise _Lost
             derived.apply(tx, gen.gen, cs, now)
