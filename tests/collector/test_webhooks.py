@@ -15,13 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import headway
 import httpx
 import pytest
-
-import headway
 from headway import webhooks
+from headway_collector.config import loads
+from headway_collector.delivery import Delivery
+from headway_collector.model.fold import Labels, Models, Transition, baseline, labels_at
+from headway_collector.model.subject import decode_state
+from headway_collector.projection import ModelBook, serve_models
+from headway_collector.projection.worker import Worker
+from headway_collector.store import generations, open_store, queries
+from headway_collector.store.base import Accepted
+
 from tests.collector.helpers import body, event, headers, read_headers
-from tests.collector.test_store_contract import BACKENDS
+from tests.collector.test_store_contract import BACKENDS, NOW, fresh_url, make_events, us
+from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
 
 SECRET = "whsec_test"
@@ -411,18 +420,6 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
     stopped) when the changed model's generation, built meanwhile, becomes active. Delivery then
     sends every one of them, and after them what the new model says differently (not its
     re-telling of history); the retired generation's transitions are deleted once taken."""
-    from headway_collector.config import loads
-    from headway_collector.delivery import Delivery
-    from headway_collector.model.fold import Labels, baseline, labels_at
-    from headway_collector.projection import ModelBook, serve_models
-    from headway_collector.projection.worker import Worker
-    from headway_collector.store import generations, open_store, queries
-    from headway_collector.store.base import Accepted
-    from headway_collector.model.fold import Models
-    from headway_collector.model.subject import decode_state
-    from tests.collector.test_store_contract import NOW, fresh_url, make_events, us
-    from tests.collector.test_transitions import replay
-
     r = Receiver(ok)
     receivers.append(r)
     hook = hook_block(r.url, TYPES)
@@ -489,12 +486,12 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
             lms = Models(new.projects.values()).levels["acme"]
             held: dict[tuple[str, str], Labels] = {}
             by_id = {str(t.seq): t for t in told + retold}
-            from headway_collector.model.fold import Transition
             for c in sorted(r.delivered(), key=lambda c: int(c.id)):
                 t = by_id[c.id]
                 key = (t.level, t.subject)
-                held[key] = replay(held.get(key, baseline(lms[t.level])),
-                                   Transition(t.type, t.level, t.subject, t.at, json.loads(t.data)))  # type: ignore[arg-type]
+                level = "user" if t.level == "user" else "account"
+                held[key] = replay(held.get(key, baseline(lms[level])),
+                                   Transition(t.type, level, t.subject, t.at, json.loads(t.data)))
             for key, state in states.items():
                 want = labels_at(lms[key[0]], state, now)
                 got = held.get(key, baseline(lms[key[0]]))

@@ -4,14 +4,17 @@ The loop, for every generation being served or built (`store.generations`):
 
 1. every `RENEW` seconds: say it is alive (`heartbeat`), take the partitions that are its share
    among the workers alive (partition p goes to the i-th of n workers when p % n == i), give back
-   the others, and switch a building generation that has caught up;
+   the others, and switch a building generation that has caught up; the first worker alive also
+   deletes a chunk of the transitions that retired generations keep for webhooks that have taken
+   them (`generations.prune_retired`);
 2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
 3. fold (`model.fold`, pure), outside any write transaction, so that appends never wait on it;
 4. commit the change set and the new watermark in one transaction, which moves the watermark only
-   if it is still where the fold started and the lease is still this worker's: a worker that lost
-   its lease, or raced another, commits nothing and drops what it kept.
+   if it is still where the fold started, the lease is still this worker's and the generation's
+   status is still the one the fold assumed: a worker that lost its lease, raced another, or
+   missed a switch, commits nothing and drops what it kept.
 
 5. every `SWEEP` seconds, page by page over the subjects of its partitions of each served
    generation: the transitions that time alone made (a window closed, a score decayed: no event
