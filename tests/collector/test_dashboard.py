@@ -109,6 +109,12 @@ def test_the_dashboard_says_one_thing_and_leads_to_the_subjects(live_collector, 
     subject = dom("#subject/user/w")
     assert re.search(r"2 of 3 prompt_completed, (19\.\d|20) h left", subject), subject  # why: what's missing, time left
     assert "0 of 2 session_started a day" in subject
+    # ... and why the score is what it is: each event name's share, as GET /v1/scores says, to 0.1%
+    shares = httpx.get(f"{live_collector.url}/v1/scores", params={"user_id": "w"}, headers=read_headers()).json()["shares"]
+    assert {x["event"] for x in shares} == {"signed_in", "prompt_completed"}, shares
+    shown = subject[subject.index('id="score-shares"'):]
+    rows = re.findall(r"<tr><td>(\w+)</td><td class=\"num\">.*?([-\d.]+%)</span></td></tr>", shown)
+    assert rows == [(x["event"], f"{100 * x['share']:.1f}%") for x in shares], (rows, shares)
     stuck = dom("#subject/account/stuck-co")  # why its quadrant is what it is
     assert "stuck: engaged (score" in stuck and "not succeeding: team_formed of an earlier stage not achieved" in stuck
 

@@ -10,16 +10,27 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import headway
 import httpx
 import pytest
-
-import headway
 from headway import webhooks
+from headway_collector.config import loads
+from headway_collector.delivery import Delivery
+from headway_collector.model.fold import Labels, Models, Transition, baseline, labels_at
+from headway_collector.model.subject import decode_state
+from headway_collector.projection import ModelBook, serve_models
+from headway_collector.projection.worker import Worker
+from headway_collector.store import generations, open_store, queries
+from headway_collector.store.base import Accepted
+
 from tests.collector.helpers import body, event, headers, read_headers
+from tests.collector.test_store_contract import BACKENDS, NOW, fresh_url, make_events, us
+from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
 
 SECRET = "whsec_test"
@@ -400,3 +411,96 @@ def test_a_stream_pushes_what_commits_after_it_connected(tmp_path: Path) -> None
         assert got and got[0].subject == "late-user" and int(got[0].id) > int(last)
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_only_what_changed(
+        backend: str, tmp_path: Path, receivers: list[Receiver]) -> None:
+    """The old model's transitions are committed but no webhook has taken them (its delivery is
+    stopped) when the changed model's generation, built meanwhile, becomes active. Delivery then
+    sends every one of them, and after them what the new model says differently (not its
+    re-telling of history); the retired generation's transitions are deleted once taken."""
+    r = Receiver(ok)
+    receivers.append(r)
+    hook = hook_block(r.url, TYPES)
+    old = loads(config_text() + hook, "old.toml")
+    new = loads(config_text().replace("engaged_threshold = 20.0", "engaged_threshold = 8.0") + hook, "new.toml")
+    now = us(NOW)
+    with fresh_url(backend, tmp_path) as url:
+        store = open_store(url)
+        store.open()
+        try:
+            serve_models(old, store, now)
+            store.start()
+            first = Delivery(store, lambda: old)
+            first.start()  # the webhook is seen (its cursor starts at the head: 0), then stops
+            wait_for(lambda: first.stats and store.transact(lambda tx: tx.one("SELECT count(*) FROM webhooks"))[0] == 1,
+                     what="the webhook's cursor")
+            first.stop()
+            accepted = [Accepted(e["id"], e["user_id"], e["account_id"], us(datetime.fromisoformat(e["timestamp"])),
+                                 now, json.dumps(e).encode()) for e in make_events(3)]
+            asyncio.run(store.append("acme", accepted))
+            worker = Worker(store, ModelBook([old]), "w", clock=lambda: now, sweep_every=3600)
+
+            def settle(version: str) -> None:
+                deadline = time.monotonic() + 30
+                while True:
+                    busy = worker.step()
+                    with store.read() as rd:
+                        gen = generations.active(rd, "acme")
+                        pending = [g for g in generations.generations(rd, ("building",)) if g.project == "acme"]
+                    if not busy and gen is not None and gen.version == version and not pending:
+                        return
+                    assert time.monotonic() < deadline, "not settled"
+
+            settle(old.projects["acme"].version)
+            with store.read() as rd:
+                old_gen = generations.active(rd, "acme")
+                assert old_gen is not None
+                told = queries.transitions(rd, old_gen.gen, 0, 10_000)
+            assert len(told) > 20
+            serve_models(new, store, now)  # built in the background, then switched to
+            settle(new.projects["acme"].version)
+            for _ in range(20):
+                worker.step()  # its first sweep tells what the new model says differently
+            with store.read() as rd:
+                new_gen = generations.active(rd, "acme")
+                assert new_gen is not None and new_gen.gen != old_gen.gen
+                retold = queries.transitions(rd, new_gen.gen, 0, 10_000)
+                states = {(lvl, sid): decode_state(bytes(blob)) for lvl, sid, blob in
+                          rd.all("SELECT level, subject, state FROM subjects WHERE gen = ?", (new_gen.gen,))}
+
+            second = Delivery(store, lambda: new)
+            second.start()
+            try:
+                wanted = [t for t in told + retold if t.type in TYPES]
+                wait_for(lambda: {c.id for c in r.delivered()} >= {str(t.seq) for t in wanted}, 60, "every transition")
+            finally:
+                second.stop()
+            assert retold and len(retold) < len(told)  # what changed, not history again
+            per_subject: dict[str, list[int]] = {}
+            for c in r.delivered():
+                per_subject.setdefault(c.subject, []).append(int(c.id))
+            assert all(ids == sorted(ids) for ids in per_subject.values())
+            # A receiver that keeps each subject's labels from what it was sent holds the new model's.
+            lms = Models(new.projects.values()).levels["acme"]
+            held: dict[tuple[str, str], Labels] = {}
+            by_id = {str(t.seq): t for t in told + retold}
+            for c in sorted(r.delivered(), key=lambda c: int(c.id)):
+                t = by_id[c.id]
+                key = (t.level, t.subject)
+                level = "user" if t.level == "user" else "account"
+                held[key] = replay(held.get(key, baseline(lms[level])),
+                                   Transition(t.type, level, t.subject, t.at, json.loads(t.data)))
+            for key, state in states.items():
+                want = labels_at(lms[key[0]], state, now)
+                got = held.get(key, baseline(lms[key[0]]))
+                assert (got.stage, got.quadrant, got.trend) == (want.stage, want.quadrant, want.trend), key
+                assert set(got.achieved) >= set(want.achieved), key
+            for _ in range(3):  # the retired generation's transitions go once the webhook has taken them
+                time.sleep(1.05)
+                worker.step()
+            with store.read() as rd:
+                assert queries.transitions(rd, old_gen.gen, 0, 1) == []
+        finally:
+            store.close()

@@ -254,6 +254,16 @@ function whyQuadrant(v, threshold) {
   return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
 }
 
+// Why the score is what it is: each event name's exact share of it now (`GET /v1/scores`, top ten),
+// to 0.1%. A negative weight makes a negative share: its bar is drawn in the at-risk colour.
+function scoreShares(history) {
+  if (!history.shares.length) return h("p", { class: "help" }, "No events count toward the score yet.");
+  const widest = Math.max(...history.shares.map((x) => Math.abs(x.share)));
+  return table([["event"], ["share of the score", "num"]], history.shares.map((x) => [x.event,
+    h("span", { class: "share" }, bar([[Math.abs(x.share), x.share < 0 ? "at_risk" : "in_progress", x.event]], widest),
+      `${(100 * x.share).toFixed(1)}%`)]));
+}
+
 async function showSubject(level, id) {
   $("subject-level").value = level;
   $("subject-id").value = id;
@@ -272,7 +282,9 @@ async function showSubject(level, id) {
       whyNotYet(m), day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
   $("subject").replaceChildren(
     h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`),
-    cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold), h("h3", {}, "Milestones"), milestones);
+    cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold),
+    h("div", { class: "side-by-side" }, h("div", {}, h("h3", {}, "Milestones"), milestones),
+      h("div", { id: "score-shares" }, h("h3", {}, "What the score is made of"), scoreShares(history))));
 }
 
 // ---- insights: predictors, fitted weights, retention, stickiness ----------------------------------

@@ -6,8 +6,9 @@ never the others nor the projection (which only writes transitions). Each thread
 
 1. leases its webhook in the database (`store.webhooks.claim`): with several collectors, one at a
    time delivers it; a dead one's lease runs out after `LEASE` and another takes over;
-2. takes the transitions of its project's active generation past its cursor into its outbox
-   (those of its types), moving the cursor in the same transaction;
+2. takes the transitions of its project past its cursor into its outbox (those of its types),
+   moving the cursor in the same transaction: the active generation's, and a retired one's that
+   a model switch left (they are kept until every webhook's cursor has passed them);
 3. POSTs the outbox rows that are due and their subject's earliest, one by one, signed with
    `headway.webhooks.sign` (the SDK's `verify` is the receiver's side of the same definition);
    a 2xx deletes the row, anything else (an error status, a refused connection, a timeout)
@@ -36,7 +37,7 @@ from headway import webhooks as signing
 
 from ..config import Config, Webhook
 from ..feed import transition_of
-from ..store import generations, queries
+from ..store import queries
 from ..store import webhooks as state
 from ..store.base import Store, Tx
 
@@ -90,6 +91,7 @@ class Delivery:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._forgotten: tuple[frozenset[str], frozenset[str]] | None = None  # (projects, hooks) last reconciled
 
     def start(self) -> None:
         self._reconcile()
@@ -117,7 +119,12 @@ class Delivery:
 
     def _reconcile(self) -> None:
         """One thread per webhook of the configuration: start the new ones, stop the removed ones."""
-        wanted = {h.hook: h for p in self._config().projects.values() for h in p.webhooks}
+        config = self._config()
+        wanted = {h.hook: h for p in config.projects.values() for h in p.webhooks}
+        seen = (frozenset(config.projects), frozenset(wanted))
+        if self._forgotten != seen:  # at start and after a reload: webhooks removed are forgotten
+            self.store.transact(lambda tx: state.forget(tx, sorted(seen[0]), seen[1]))
+            self._forgotten = seen
         with self._lock:
             for hook in [h for h in self._runners if h not in wanted or self._runners[h].hook != wanted[h]]:
                 self._runners.pop(hook).stop.set()
@@ -183,9 +190,8 @@ class Delivery:
         types = set(wh.on)
 
         def run(tx: Tx) -> bool:
-            gen = generations.active(tx, wh.project)
             at = state.cursor(tx, wh.hook)
-            found = queries.transitions(tx, gen.gen, at, PAGE) if gen is not None else []
+            found = queries.project_transitions(tx, wh.project, at, PAGE)
             if not found:
                 return False
             rows = [

@@ -4,14 +4,17 @@ The loop, for every generation being served or built (`store.generations`):
 
 1. every `RENEW` seconds: say it is alive (`heartbeat`), take the partitions that are its share
    among the workers alive (partition p goes to the i-th of n workers when p % n == i), give back
-   the others, and switch a building generation that has caught up;
+   the others, and switch a building generation that has caught up; the first worker alive also
+   deletes a chunk of the transitions that retired generations keep for webhooks that have taken
+   them (`generations.prune_retired`);
 2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
 3. fold (`model.fold`, pure), outside any write transaction, so that appends never wait on it;
 4. commit the change set and the new watermark in one transaction, which moves the watermark only
-   if it is still where the fold started and the lease is still this worker's: a worker that lost
-   its lease, or raced another, commits nothing and drops what it kept.
+   if it is still where the fold started, the lease is still this worker's and the generation's
+   status is still the one the fold assumed: a worker that lost its lease, raced another, or
+   missed a switch, commits nothing and drops what it kept.
 
 5. every `SWEEP` seconds, page by page over the subjects of its partitions of each served
    generation: the transitions that time alone made (a window closed, a score decayed: no event
@@ -66,6 +69,7 @@ IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (ap
 CACHE = 200_000  # subject records kept between batches
 SWEEP = 60.0  # seconds between sweeps for transitions that time alone makes
 SWEEP_PAGE = 2_000  # subjects a sweep looks at per transaction
+PRUNE = 10_000  # transitions of retired generations deleted per lease renewal
 
 
 def _now_us() -> int:
@@ -197,6 +201,8 @@ class Worker:
             # partitions are somebody's share when they become free.
             alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
             i, n = alive.index(self.owner), len(alive)
+            if i == 0:  # one worker, so that two deletes never meet
+                generations.prune_retired(tx, PRUNE)
             out = []
             for gen in generations.generations(tx):
                 if self.book.for_generation(tx, gen) is None:
@@ -215,8 +221,12 @@ class Worker:
             return out
 
         before = {(h.gen.gen, p) for h in self._held for p in h.parts}
+        was = {h.gen.gen: h.gen.status for h in self._held}
         self._held = self.store.transact(run)
         self._renewed = time.monotonic()
+        for h in self._held:  # switched: the labels kept are the build's, the stored ones the old model's
+            if was.get(h.gen.gen, h.gen.status) != h.gen.status:
+                self._forget(h.gen)
         for h in self._held:  # a partition held by another meanwhile may have been swept: what is kept is old
             for p in h.parts:
                 if (h.gen.gen, p) not in before:
@@ -265,6 +275,10 @@ class Worker:
             cs.transitions.clear()  # a model being built re-tells history: only the served one speaks
 
         def write(tx: Tx) -> None:
+            # Switched since this worker last looked: its transitions would be lost (cleared while
+            # served) or wrong (told against the build's labels), so fold again.
+            if generations.status(tx, gen.gen) != gen.status:
+                raise _Lost
             if not generations.advance(tx, gen.gen, {p: start for p in lagging}, batch.upto, self.owner):
                 raise _Lost
             derived.apply(tx, gen.gen, cs, now)

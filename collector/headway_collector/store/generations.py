@@ -35,8 +35,10 @@ __all__ = [
     "generations",
     "heartbeat",
     "partitions",
+    "prune_retired",
     "quarantined",
     "release",
+    "status",
     "switch",
     "watermark",
 ]
@@ -135,9 +137,10 @@ def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild
     return _create(tx, project, version, config, "building", now)
 
 
-def _drop(tx: Tx, gen: int) -> None:
+def _drop(tx: Tx, gen: int, keep: tuple[str, ...] = ()) -> None:
     for table in DERIVED_TABLES:
-        tx.execute(f"DELETE FROM {table} WHERE gen = ?", (gen,))
+        if table not in keep:
+            tx.execute(f"DELETE FROM {table} WHERE gen = ?", (gen,))
     tx.execute("UPDATE generations SET status = 'retired' WHERE gen = ?", (gen,))
 
 
@@ -150,8 +153,42 @@ def switch(tx: Tx, building: Generation, now: int) -> bool:
     old = active(tx, building.project)
     tx.execute("UPDATE generations SET status = 'active', switched_at = ? WHERE gen = ?", (now, building.gen))
     if old is not None:
-        _drop(tx, old.gen)
+        # Hosts were told the old model's labels: the new one announces what differs from those
+        # (at its next fold or sweep of each subject), not its re-telling of history.
+        tx.execute("DELETE FROM subject_labels WHERE gen = ?", (building.gen,))
+        tx.execute("UPDATE subject_labels SET gen = ? WHERE gen = ?", (building.gen, old.gen))
+        # Its transitions stay until every webhook has taken them (`prune_retired`): at least once.
+        _drop(tx, old.gen, keep=("transitions",))
     return True
+
+
+def status(tx: Tx, gen: int) -> Status | None:
+    """Generation `gen`'s status in `tx`'s view (None: gone)."""
+    row = tx.one("SELECT status FROM generations WHERE gen = ?", (gen,))
+    return row[0] if row is not None else None
+
+
+def prune_retired(tx: Tx, limit: int) -> int:
+    """Delete up to `limit` transitions of retired generations that every webhook of their project
+    has taken into its outbox (all of them when it has none); how many."""
+    done = 0
+    for gen, project in tx.all(
+        "SELECT g.gen, g.project FROM generations g WHERE g.status = 'retired' "
+        "AND EXISTS (SELECT 1 FROM transitions t WHERE t.gen = g.gen) ORDER BY g.gen"
+    ):
+        row = tx.one("SELECT min(cursor) FROM webhooks WHERE project = ?", (project,))
+        upto = int(row[0]) if row is not None and row[0] is not None else None
+        bound, params = ("AND seq <= ?", (gen, upto)) if upto is not None else ("", (gen,))
+        done += len(
+            tx.all(
+                "DELETE FROM transitions WHERE seq IN (SELECT seq FROM transitions WHERE gen = ? "
+                f"{bound} ORDER BY seq LIMIT {int(limit - done)}) RETURNING seq",
+                params,
+            )
+        )
+        if done >= limit:
+            break
+    return done
 
 
 def config_text(tx: Tx, gen: int) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "FunnelCounts",
     "SubjectRow",
     "TransitionRow",
+    "project_transitions",
     "read_funnel",
     "read_growth",
     "read_nps",
@@ -238,6 +239,21 @@ def transitions(r: Tx, gen: int, after: int, limit: int, types: tuple[str, ...] 
             f"SELECT seq, level, subject, type, at, data FROM transitions "
             f"WHERE {where} ORDER BY seq LIMIT {int(limit)}",
             params,
+        )
+    ]
+
+
+def project_transitions(r: Tx, project: str, after: int, limit: int) -> list[TransitionRow]:
+    """The transitions of every generation of `project` past position `after`, in commit order:
+    the active one's, and before them those a retired one keeps until every webhook has taken
+    them (`generations.prune_retired`; a building one has none)."""
+    return [
+        TransitionRow(*row)
+        for row in r.all(
+            "SELECT t.seq, t.level, t.subject, t.type, t.at, t.data FROM transitions t "
+            "JOIN generations g ON g.gen = t.gen WHERE g.project = ? AND t.seq > ? "
+            f"ORDER BY t.seq LIMIT {int(limit)}",
+            (project, after),
         )
     ]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .base import Tx
 
-__all__ = ["Outgoing", "backlog", "claim", "deliverable", "delivered", "enqueue", "failed", "release"]
+__all__ = ["Outgoing", "backlog", "claim", "deliverable", "delivered", "enqueue", "failed", "forget", "release"]
 
 
 def claim(tx: Tx, hook: str, project: str, owner: str, now: int, until: int, start: int) -> bool:
@@ -32,6 +32,17 @@ def claim(tx: Tx, hook: str, project: str, owner: str, now: int, until: int, sta
             (owner, until, hook, owner, now),
         )
     )
+
+
+def forget(tx: Tx, projects: list[str], keep: frozenset[str]) -> None:
+    """Delete the cursor and outbox of every webhook of `projects` but `keep` (those of the
+    configuration): nobody delivers them any more, and their cursors would hold the transitions
+    of retired generations (`generations.prune_retired`) forever."""
+    for project in projects:
+        for (hook,) in tx.all("SELECT hook FROM webhooks WHERE project = ? ORDER BY hook", (project,)):
+            if hook not in keep:
+                tx.execute("DELETE FROM webhook_outbox WHERE hook = ?", (hook,))
+                tx.execute("DELETE FROM webhooks WHERE hook = ?", (hook,))
 
 
 def release(tx: Tx, hook: str, owner: str) -> None:
