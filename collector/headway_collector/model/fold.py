@@ -37,12 +37,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-import msgspec
-
 from ..config import Project
 from . import growth as g
-from .early import EarlyEvents, fold_early
+from .early import fold_early
 from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
+from .records import EarlyEvents, Labels
 from .scoring import DAY, value_at
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
 
@@ -126,17 +125,6 @@ class SubjectRecord:
     days: g.Days  # its active days (events of weight > 0)
     announced: Labels | None = None  # the labels its transitions last told (None: none yet)
     early: EarlyEvents = field(default_factory=EarlyEvents)  # its early events, for the insights
-
-
-class Labels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What a subject's transitions have told so far: milestones achieved and missed (in model
-    order), stage, quadrant and trend. Stored as JSON in words (`subject_labels`)."""
-
-    achieved: tuple[str, ...] = ()
-    missed: tuple[str, ...] = ()
-    stage: str | None = None
-    quadrant: str = "at_risk"
-    trend: str = "steady"
 
 
 @dataclass(frozen=True, slots=True)
