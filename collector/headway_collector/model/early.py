@@ -46,26 +46,43 @@ def decode(data: bytes) -> EarlyEvents:
 
 def fold_early(early: EarlyEvents, first_seen: int, events: Iterable[tuple[str, tuple[str, ...], int, float]]) -> bool:
     """Fold (event name, tags, time, effective weight) of new events into `early` for a subject
-    first seen at `first_seen` (after them); True when the record changed."""
+    first seen at `first_seen` (after them); True when the record changed.
+
+    Only the groups that get events are touched; events later than a group's last kept one (the
+    log is mostly in time order) are appended, and once a group holds `KEEP` events a later one
+    changes nothing: a busy subject's record stops changing."""
     horizon = first_seen + MAX_WINDOW
     new: dict[tuple[str, tuple[str, ...]], list[tuple[int, float]]] = {}
     for name, tags, t, weight in events:
         if t <= horizon:
             new.setdefault((name, tags), []).append((t, weight))
-    stale = any(g.times and g.times[-1] > horizon for g in early.groups)
-    if not new and not stale:
-        return False
-    merged = {(g.event, g.tags): list(zip(g.times, g.weights, strict=True)) for g in early.groups}
+    changed = False
+    groups = {(g.event, g.tags): g for g in early.groups}
     for key, pairs in new.items():
-        merged.setdefault(key, []).extend(pairs)
-    groups = []
-    for (name, tags), pairs in sorted(merged.items()):
         pairs.sort()
-        kept = pairs[: bisect.bisect_right(pairs, (horizon, float("inf")))][:KEEP]
-        if kept:
-            groups.append(EarlyGroup(name, tags, [t for t, _ in kept], [w for _, w in kept]))
-    changed = groups != early.groups
-    early.groups = groups
+        group = groups.get(key)
+        if group is None:
+            kept = pairs[:KEEP]
+            groups[key] = EarlyGroup(key[0], key[1], [t for t, _ in kept], [w for _, w in kept])
+        elif pairs[0] >= (group.times[-1], group.weights[-1]):  # after everything kept
+            room = KEEP - len(group.times)
+            if room <= 0:
+                continue
+            group.times += [t for t, _ in pairs[:room]]
+            group.weights += [w for _, w in pairs[:room]]
+        else:
+            kept = sorted([*zip(group.times, group.weights, strict=True), *pairs])[:KEEP]
+            group.times, group.weights = [t for t, _ in kept], [w for _, w in kept]
+        changed = True
+    for key, group in list(groups.items()):  # a late first event moved the horizon earlier
+        if group.times[-1] > horizon:
+            n = bisect.bisect_right(group.times, horizon)
+            group.times, group.weights = group.times[:n], group.weights[:n]
+            if not n:
+                del groups[key]
+            changed = True
+    if changed:
+        early.groups = [groups[key] for key in sorted(groups)]
     return changed
 
 
