@@ -26,7 +26,7 @@ from headway_collector.projection import ModelBook, serve_models
 from headway_collector.projection.worker import Worker
 from headway_collector.store import derived, generations, open_store, queries
 from tests.collector.helpers import read_headers
-from tests.collector.test_store_contract import us
+from tests.collector.test_store_contract import BACKENDS, fresh_url, us
 from tests.conftest import OTHER_READ_KEY, asgi_collector, config_text, postgres_schema
 
 CFG = loads(config_text(), "test.toml")
@@ -255,7 +255,8 @@ async def test_a_model_built_in_the_background_announces_only_what_differs(tmp_p
     async with collector(url, model(changed=True)) as c:
         await until_served(c, model(changed=True).projects["acme"].version)
         after = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
-        assert after["transitions"] == []  # the old model's are gone with it; the build told none
+        # The old model's are kept (a grace period, for feed clients); the build told none.
+        assert after["transitions"][: len(before["transitions"])] == before["transitions"]
         late = [{**events[0], "id": "late-1", "user_id": "newcomer", "event": "prompt_completed", "weight": 50}]
         await send(c, late)
         news = (await c.get("/v1/transitions", params={"since": before["next"]}, headers=read_headers())).json()
@@ -270,3 +271,58 @@ async def test_a_model_built_in_the_background_announces_only_what_differs(tmp_p
             held[key] = replay(held.get(key, baseline(lm)),
                                Transition(t["type"], lm.level, t["subject"], 0, t["data"]))
         assert len(news["transitions"]) < len(before["transitions"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_webhooks_a_retired_generation_keeps_its_transitions_for_the_grace_period(
+        backend: str, tmp_path: Path) -> None:
+    """No webhook holds them: the old model's transitions stay `RETIRED_GRACE` after the switch
+    (feed clients have cursors the server does not know), whatever the lease renewals that prune,
+    and go once it is over."""
+    from headway_collector.store.base import Accepted
+
+    changed = loads(config_text().replace('within = "24h"', 'within = "36h"'), "new.toml")
+    with fresh_url(backend, tmp_path) as url:
+        store = open_store(url)
+        store.open()
+        clock = [START + 3_600_000_000]
+        worker = Worker(store, ModelBook([CFG, changed]), "w", clock=lambda: clock[0], sweep_every=3600)
+
+        def settle(version: str) -> int:
+            deadline = time.monotonic() + 30
+            while True:
+                busy = worker.step()
+                with store.read() as rd:
+                    gen = generations.active(rd, "acme")
+                    building = [g for g in generations.generations(rd, ("building",)) if g.project == "acme"]
+                if not busy and gen is not None and gen.version == version and not building:
+                    return gen.gen
+                assert time.monotonic() < deadline, "not settled"
+
+        def renew() -> None:
+            time.sleep(1.05)  # a lease renewal is due: the first worker prunes then
+            worker.step()
+
+        try:
+            serve_models(CFG, store, clock[0])
+            store.start()
+            raw = b'{"id":"p1","event":"prompt_completed","user_id":"u1","timestamp":"2026-03-02T00:00:00Z"}'
+            asyncio.run(store.append("acme", [Accepted("p1", "u1", None, START, START, raw)]))
+            old = settle(CFG.projects["acme"].version)
+            with store.read() as rd:
+                told = queries.transitions(rd, old, 0, 100)
+            assert told
+            serve_models(changed, store, clock[0])
+            settle(changed.projects["acme"].version)
+            switched = clock[0]
+            clock[0] = switched + generations.RETIRED_GRACE - 1
+            renew()
+            with store.read() as rd:
+                assert queries.transitions(rd, old, 0, 100) == told
+                assert queries.project_transitions(rd, "acme", 0, 100)[: len(told)] == told
+            clock[0] = switched + generations.RETIRED_GRACE
+            renew()
+            with store.read() as rd:
+                assert queries.transitions(rd, old, 0, 100) == []
+        finally:
+            store.close()

@@ -5,8 +5,8 @@ The loop, for every generation being served or built (`store.generations`):
 1. every `RENEW` seconds: say it is alive (`heartbeat`), take the partitions that are its share
    among the workers alive (partition p goes to the i-th of n workers when p % n == i), give back
    the others, and switch a building generation that has caught up; the first worker alive also
-   deletes a chunk of the transitions that retired generations keep for webhooks that have taken
-   them (`generations.prune_retired`);
+   deletes a chunk of the transitions that retired generations keep, once past their grace period
+   and taken by every webhook (`generations.prune_retired`);
 2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
@@ -202,7 +202,7 @@ class Worker:
             alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
             i, n = alive.index(self.owner), len(alive)
             if i == 0:  # one worker, so that two deletes never meet
-                generations.prune_retired(tx, PRUNE)
+                generations.prune_retired(tx, PRUNE, now)
             out = []
             for gen in generations.generations(tx):
                 if self.book.for_generation(tx, gen) is None:
