@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headway_collector.config import loads
-from headway_collector.model.fold import (ChangeSet, Labels, Models, Priors, SubjectKey, Transition, baseline, fold,
+from headway_collector.model.fold import (ChangeSet, LabelRow, Labels, Models, Priors, SubjectKey, Transition, baseline, fold,
                                           labels_at, record_of, subject_keys, sweep)
 from headway_collector.model.growth import Days
 from headway_collector.model.subject import Ev, decode_state, encode_state
@@ -78,16 +78,17 @@ def test_the_transitions_a_subject_gets_are_the_changes_between_its_successive_s
     rng.shuffle(evs)
     cuts = sorted(rng.sample(range(1, len(evs)), min(len(gaps) - 1, len(evs) - 1)))
     batches = [evs[i:j] for i, j in zip([0, *cuts], [*cuts, len(evs)])]
-    stored: dict[SubjectKey, tuple[bytes, Labels | None]] = {}  # as the store keeps them
+    stored: dict[SubjectKey, tuple[bytes, LabelRow | None]] = {}  # as the store keeps them
     told: dict[SubjectKey, Labels] = {}
     now = START
     folded: list[Ev] = []
 
     def priors() -> Priors:
         out = Priors()
-        for key, (blob, announced) in stored.items():
+        for key, (blob, row) in stored.items():
             out.records[key] = record_of(LMS[key.level], decode_state(blob), Days())
-            out.records[key].announced = announced
+            if row is not None:
+                out.records[key].announced, out.records[key].wake_at = row.labels, row.wake_at
         return out
 
     for batch, gap in zip(batches, gaps):
@@ -98,10 +99,11 @@ def test_the_transitions_a_subject_gets_are_the_changes_between_its_successive_s
             histories = {key: [e for e in folded if key in subject_keys(e)] for key in cs.needs_history}
             cs = fold(MODELS, "acme", priors(), batch, histories=histories, now=now)
         assert not cs.needs_history and not cs.quarantined
-        stored.update({key: (encode_state(rec.state), rec.announced) for key, rec in cs.records.items()})
+        stored.update({key: (encode_state(rec.state), cs.announced.get(key, stored.get(key, (b"", None))[1]))
+                       for key, rec in cs.records.items()})
         idle = {k: r for k, r in priors().records.items() if k not in cs.records}
         swept = sweep(MODELS, "acme", idle, now)  # the worker's sweep: subjects time alone moved
-        stored.update({key: (stored[key][0], labels) for key, labels in swept.announced.items()})
+        stored.update({key: (stored[key][0], row) for key, row in swept.announced.items()})
         records = {key: record_of(LMS[key.level], decode_state(blob), Days()) for key, (blob, _) in stored.items()}
         for t in cs.transitions + swept.transitions:
             key = SubjectKey(t.level, t.subject)
@@ -109,8 +111,8 @@ def test_the_transitions_a_subject_gets_are_the_changes_between_its_successive_s
         for key, record in records.items():
             want = labels_at(LMS[key.level], record.state, now)
             assert same_labels(told.get(key, baseline(LMS[key.level])), want), (key, want)
-            announced = stored[key][1]
-            assert announced == want or announced is None and want == baseline(LMS[key.level])
+            row = stored[key][1]
+            assert row is not None and row.labels == want or row is None and want == baseline(LMS[key.level])
 
 
 def test_time_alone_moves_labels_and_the_sweep_announces_it_with_the_watermark_unchanged(tmp_path: Path) -> None:
@@ -326,3 +328,93 @@ def test_without_webhooks_a_retired_generation_keeps_its_transitions_for_the_gra
                 assert queries.transitions(rd, old, 0, 100) == []
         finally:
             store.close()
+
+
+crowd = st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 40 * 24), st.sampled_from(["u1", "u2", "u3"]),
+                           st.sampled_from(["a1", "a2", None]), st.booleans(), st.floats(-5, 60)),
+                 min_size=1, max_size=40)
+# After each fold, sweeps: a gap in minutes, or the earliest wake-up instant known (0: at it, 1: just before).
+sweeps = st.lists(st.lists(st.one_of(st.integers(1, 20 * 24 * 60).map(lambda m: ("gap", m)),
+                                     st.sampled_from([("wake", 0), ("wake", 1)])), max_size=6),
+                  min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crowd, st.randoms(use_true_random=False), sweeps, st.integers(0, 2**32))
+def test_sweeping_only_the_subjects_due_tells_exactly_what_sweeping_every_subject_tells(
+        raw: list[tuple[str, int, str, str | None, bool, float]], rng: random.Random,
+        plan: list[list[tuple[str, int]]], seed: int) -> None:
+    """For any events (weights of both signs), cut into folds, and sweeps at any instants between
+    them (at a wake-up instant and just before it among them): a sweep of the subjects whose
+    `wake_at` has passed gives exactly the transitions of a sweep of every subject. And no
+    subject's labels differ from those it was told at any instant before its `wake_at`."""
+    evs = [Ev(id=f"e{i}", event=name, user_id=user, t=START + hours * 3_600_000_000, account_id=acct,
+              milestones=("converted",) if tag else (), weight=weight)
+           for i, (name, hours, user, acct, tag, weight) in enumerate(raw)]
+    rng.shuffle(evs)
+    cuts = sorted(rng.sample(range(1, len(evs)), min(len(plan) - 1, len(evs) - 1)))
+    batches = [evs[i:j] for i, j in zip([0, *cuts], [*cuts, len(evs)], strict=True)]
+    probe = random.Random(seed)
+    every: dict[SubjectKey, tuple[bytes, LabelRow | None]] = {}  # what each store keeps
+    due: dict[SubjectKey, tuple[bytes, LabelRow | None]] = {}
+    folded: list[Ev] = []
+    now = START
+
+    def records(stored: dict[SubjectKey, tuple[bytes, LabelRow | None]]) -> dict[SubjectKey, Any]:
+        out = {}
+        for key, (blob, row) in stored.items():
+            out[key] = rec = record_of(LMS[key.level], decode_state(blob), Days())
+            if row is not None:
+                rec.announced, rec.wake_at = row.labels, row.wake_at
+        return out
+
+    def told(cs: ChangeSet) -> list[tuple[str, str, str, int, str]]:
+        return [(t.type, t.level, t.subject, t.at, repr(sorted(t.data.items()))) for t in cs.transitions]
+
+    def fold_into(stored: dict[SubjectKey, tuple[bytes, LabelRow | None]], batch: list[Ev]) -> ChangeSet:
+        priors = Priors(records=records(stored))
+        cs = fold(MODELS, "acme", priors, batch, now=now)
+        if cs.needs_history:
+            histories = {key: [e for e in folded if key in subject_keys(e)] for key in cs.needs_history}
+            cs = fold(MODELS, "acme", Priors(records=records(stored)), batch, histories=histories, now=now)
+        assert not cs.needs_history and not cs.quarantined
+        for key, rec in cs.records.items():
+            stored[key] = (encode_state(rec.state), cs.announced.get(key, stored.get(key, (b"", None))[1]))
+        return cs
+
+    def sweep_into(stored: dict[SubjectKey, tuple[bytes, LabelRow | None]], only_due: bool) -> ChangeSet:
+        recs = records(stored)
+        if only_due:
+            recs = {k: r for k, r in recs.items() if r.wake_at is not None and r.wake_at <= now}
+        cs = sweep(MODELS, "acme", recs, now)
+        for key, row in cs.announced.items():
+            stored[key] = (stored[key][0], row)
+        return cs
+
+    def never_late() -> None:
+        for key, rec in records(due).items():
+            told_now = rec.announced or baseline(LMS[key.level])
+            until = rec.wake_at if rec.wake_at is not None else now + 400 * DAY
+            if until <= now:
+                continue  # due: the next sweep looks at it
+            for t in {now, until - 1, probe.randint(now, max(now, until - 1))}:
+                assert labels_at(LMS[key.level], rec.state, t) == told_now, (key, t, rec.wake_at)
+
+    for batch, steps in zip(batches, plan, strict=False):
+        now = max(now, max(e.t for e in batch)) + 60_000_000
+        folded += batch
+        assert told(fold_into(every, batch)) == told(fold_into(due, batch))
+        never_late()
+        for kind, n in steps:
+            if kind == "gap":
+                now += n * 60_000_000
+            else:
+                wakes = [row.wake_at for _, row in due.values() if row is not None and row.wake_at is not None]
+                if not wakes:
+                    continue
+                now = max(now, min(wakes) - n)
+            assert told(sweep_into(every, False)) == told(sweep_into(due, True)), now
+            never_late()
+            for key in every:
+                a, b = every[key][1], due[key][1]
+                assert (a.labels if a else None) == (b.labels if b else None)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from headway_collector.projection.worker import Worker
 from headway_collector.store import generations, open_store, queries
 from headway_collector.store.base import Accepted
 
-from tests.collector.helpers import body, event, headers, read_headers
+from tests.collector.helpers import body, event, headers, read_headers, rfc
 from tests.collector.test_store_contract import BACKENDS, NOW, fresh_url, make_events, us
 from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
@@ -411,6 +411,28 @@ def test_a_stream_pushes_what_commits_after_it_connected(tmp_path: Path) -> None
         assert httpx.post(live.url + "/v1/batch", content=body(evs), headers=headers(), timeout=10).status_code == 200
         listener.join(30)
         assert got and got[0].subject == "late-user" and int(got[0].id) > int(last)
+    finally:
+        live.stop()
+
+
+def test_a_window_that_closes_with_no_event_is_announced_by_the_sweep_of_the_subjects_due(tmp_path: Path) -> None:
+    """One prompt of three, its 24 h window closing 3 s from now: with no further event, the sweep
+    (which reads only the subjects whose wake-up instant has passed) announces the miss at the
+    window's close, within seconds."""
+    live = start(tmp_path, "")
+    try:
+        first = datetime.now(timezone.utc) - timedelta(hours=24) + timedelta(seconds=3)
+        ev = {**event("closing", "prompt_completed"), "timestamp": rfc(first)}
+        assert httpx.post(live.url + "/v1/batch", content=body([ev]), headers=headers(), timeout=10).status_code == 200
+
+        def missed() -> list[dict[str, Any]]:
+            return [t for t in all_transitions(live) if t["subject"] == "closing" and t["type"] == "milestone.missed"]
+
+        assert missed() == []
+        wait_for(lambda: bool(missed()), 20, "the miss")
+        (t,) = missed()
+        closed = datetime.fromisoformat(t["at"]) - timedelta(hours=24)  # the event's time, as skew-corrected
+        assert t["data"] == {"milestone": "onboarding_prompts"} and abs(closed - first) < timedelta(seconds=1)
     finally:
         live.stop()
 
