@@ -454,7 +454,7 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
     """Add the subject's transitions from the labels last announced to its labels at `now`, and
     keep its label row (labels and wake-up instant) when either changed."""
     old = record.announced or baseline(lm)
-    new = labels_at(lm, record.state, now, record.marks)
+    new = _kept_achieved(lm, old, labels_at(lm, record.state, now, record.marks))
     wake = wake_at(lm, record.state, now, record.marks)
     if new == old and wake == record.wake_at:
         return
@@ -462,6 +462,20 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
         out.transitions += changes(lm, key, record, old, new, now)
     record.announced, record.wake_at = new, wake
     out.announced[key] = LabelRow(new, wake)
+
+
+def _kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
+    """`new`, with each milestone already announced achieved kept achieved (and so not missed).
+
+    A late event that moves a subject's first event earlier can undo an achievement (the window
+    now closes earlier, or a rate's age is longer): the state and the query API follow the events,
+    but no transition takes an achievement back (SPEC section 4), so what the host was told stays
+    told, and it is never told the same achievement twice."""
+    undone = set(old.achieved) - set(new.achieved)
+    if not undone:
+        return new
+    achieved = tuple(m.name for m in lm.milestones if m.name in undone or m.name in new.achieved)
+    return msgspec.structs.replace(new, achieved=achieved, missed=tuple(m for m in new.missed if m not in undone))
 
 
 def changes(
