@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG := headway.local.toml
 
-.PHONY: run test lint bench check clean
+.PHONY: run test lint bench check clean compile
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,23 @@ run: $(VENV)/.collector
 	$(PY) -m headway_collector.demo --example headway.example.toml --out $(CONFIG) --host $(HOST) --port $(PORT)
 	$(VENV)/bin/headway-collector serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+# The projection's pure core, compiled with mypyc from the same typed source where a C compiler
+# exists; without one (or if mypyc fails) it runs interpreted. headway_collector.model says which.
+compile: $(VENV)/.dev
+	@if command -v cc >/dev/null 2>&1; then cd collector && ../$(PY) compile_core.py; \
+	else echo "projection core: no C compiler, it runs interpreted"; fi
+
+# The core's own property tests: run a second time interpreted when the first run was compiled.
+INTERPRETED_TESTS := tests/collector/test_truth.py tests/collector/test_store_contract.py \
+	tests/collector/test_model_edges.py tests/collector/test_labels.py tests/collector/test_growth.py \
+	tests/collector/test_funnel.py
+
+# The whole suite as the core is built, then the core's own property tests interpreted too.
+test: $(VENV)/.dev compile
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if $(PY) -c "import sys, headway_collector.model as m; sys.exit(not m.COMPILED)"; then \
+	  echo "the core's tests again, interpreted (HEADWAY_INTERPRETED=1):"; \
+	  HEADWAY_INTERPRETED=1 $(PY) -m pytest -q $(INTERPRETED_TESTS); fi
 
 # ruff and mypy --strict over the SDK and the collector, configured in pyproject.toml
 lint: $(VENV)/.dev
@@ -43,4 +58,4 @@ check: $(VENV)/.collector
 	$(VENV)/bin/headway-collector check --config headway.example.toml
 
 clean:
-	rm -rf $(VENV) *.egg-info headway.db* $(CONFIG)
+	rm -rf $(VENV) *.egg-info headway.db* $(CONFIG) collector/build collector/headway_collector/model/*.so

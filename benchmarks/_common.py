@@ -265,8 +265,9 @@ def free_port() -> int:
 class Server:
     """A server subprocess on 127.0.0.1 and a free port, ready when `/readyz` answers 200."""
 
-    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.cmd, self.port, self.log = cmd, port, log
+        self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -280,7 +281,7 @@ class Server:
 
     def __enter__(self) -> "Server":
         self._logfile = self.log.open("wb")
-        self.process = subprocess.Popen(self.cmd, stdout=self._logfile, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = subprocess.Popen(self.cmd, stdout=self._logfile, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -306,13 +307,15 @@ class Server:
         self._logfile.close()
 
 
-def collector_server(config: Path, db: Path | str, log: Path, *, fold_workers: int = 1) -> Server:
-    """`headway-collector serve` on a SQLite file (a Path) or a database URL (a str)."""
+def collector_server(config: Path, db: Path | str, log: Path, *, fold_workers: int = 1,
+                     interpreted: bool = False) -> Server:
+    """`headway-collector serve` on a SQLite file (a Path) or a database URL (a str); `interpreted`:
+    its projection core from the source even where it is compiled (`HEADWAY_INTERPRETED=1`)."""
     port = free_port()
     url = db if isinstance(db, str) else f"sqlite:///{db}"
     cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(config), "--database", url,
            "--port", str(port), "--log-level", "warning", "--fold-workers", str(fold_workers)]
-    return Server(cmd, port, log)
+    return Server(cmd, port, log, {"HEADWAY_INTERPRETED": "1"} if interpreted else None)
 
 
 def fresh_db(path: Path) -> Path:

@@ -16,7 +16,9 @@ to fold). In the same run, on the same events:
 - bare_http: a bare Starlette + uvicorn server that only stores the events: HTTP's own cost;
 - core: the collector with the example model minus its stages and milestones, 1 fold worker;
 - full: the collector with the full example model, 1 fold worker process (`--fold-workers 1`);
-- full_fw2: the same with 2 fold worker processes (`--fold-workers 2`).
+- full_fw2: the same with 2 fold worker processes (`--fold-workers 2`);
+- full_interpreted: `full` with the projection core run from its source (`HEADWAY_INTERPRETED=1`)
+  where `make compile` built it: what the mypyc build is worth.
 
 Configurations are interleaved over the repeats and reported by their median. After every run
 the stored rows are counted (every acknowledged event must be in the log) and, for the
@@ -48,9 +50,9 @@ import httpx
 from benchmarks import _common as c
 from benchmarks._bare_server import INSERT, connect, events_ddl
 
-CONFIGS = ("floor", "bare_http", "core", "full", "full_fw2")
+CONFIGS = ("floor", "bare_http", "core", "full", "full_fw2", "full_interpreted")
 POSTGRES_CONFIGS = ("pg_1", "pg_2")  # not run by default: they need PostgreSQL (`--configs floor,pg_1,pg_2`)
-COLLECTORS = {"core": 1, "full": 1, "full_fw2": 2, "pg_1": 1, "pg_2": 1}  # configuration -> fold workers each
+COLLECTORS = {"core": 1, "full": 1, "full_fw2": 2, "full_interpreted": 1, "pg_1": 1, "pg_2": 1}  # configuration -> fold workers each
 SERVERS = {"pg_2": 2}  # configuration -> collector processes (1 unless said)
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LABELS = {
@@ -59,6 +61,7 @@ LABELS = {
     "core": "collector, core model (no stages/milestones), 1 fold worker",
     "full": "collector, full example model, 1 fold worker",
     "full_fw2": "collector, full example model, 2 fold workers",
+    "full_interpreted": "collector, full example model, 1 fold worker, core interpreted",
     "pg_1": "1 collector on PostgreSQL, full model, 1 fold worker",
     "pg_2": "2 collectors on one PostgreSQL, full model, 1 fold worker each",
 }
@@ -297,7 +300,7 @@ def make_server(config: str, tmp: Path, db: Path, tag: str) -> c.Server:
         cmd = [sys.executable, "-m", "benchmarks._bare_server", "--db", str(db), "--port", str(port), "--key", c.WRITE_KEY]
         return c.Server(cmd, port, log)
     cfg = c.write_config(tmp / f"{config}.toml", core_only=config == "core")
-    return c.collector_server(cfg, db, log, fold_workers=COLLECTORS[config])
+    return c.collector_server(cfg, db, log, fold_workers=COLLECTORS[config], interpreted=config == "full_interpreted")
 
 
 def sqlite_counter(db: Path) -> Any:
@@ -440,6 +443,9 @@ def write_report(runs: list[Run], args: argparse.Namespace, w_desc: str, profile
         cost = 1 - fmed["full"] / fmed["core"]
         lines.append(f"- the model's cost (1 - full/core, folded rates): {cost:.1%} of ingest throughput "
                      f"(goal < {GOAL_MODEL_COST:.0%}): {'met' if cost < GOAL_MODEL_COST else 'NOT met'}")
+    if "full_interpreted" in fmed and "full" in fmed:
+        lines.append(f"- the projection core compiled with mypyc over interpreted (full model, folded rates): "
+                     f"{fmed['full'] / fmed['full_interpreted']:.2f}x")
     if "full_fw2" in fmed and "full" in fmed:
         lines.append(f"- 2 fold workers over 1 (full model, folded rates): {fmed['full_fw2'] / fmed['full']:.2f}x")
     if "pg_2" in fmed and "pg_1" in fmed:

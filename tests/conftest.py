@@ -21,6 +21,12 @@ from headway_collector.auth import hash_key
 from headway_collector.config import Config, loads
 from headway_collector.store import open_store
 
+def pytest_report_header() -> str:
+    from headway_collector import model
+
+    return "headway projection core: " + ("compiled with mypyc" if model.COMPILED else "interpreted")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "headway.example.toml"
 

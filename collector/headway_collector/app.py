@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, dashboard, feed, history, ingest, insights, reports
+from . import api, dashboard, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
@@ -328,6 +328,11 @@ def create_app(
         store.start()
         state.projection = Projection(store.url, [config], workers=fold_workers, mode=fold_mode)
         state.projection.start()
+        logger.info(
+            "projection: %d fold worker(s), its core %s",
+            fold_workers,
+            "compiled with mypyc" if model.COMPILED else "interpreted (`make compile` builds it with a C compiler)",
+        )
         delivery = Delivery(store, lambda: state.config)
         state.metrics.sections.append(delivery.render)
         delivery.start()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from headway_collector import cli
 from headway_collector.auth import hash_key
+from headway_collector.store import open_store
 from headway_collector.config import ConfigError, loads
 from tests.conftest import EXAMPLE
 
@@ -140,6 +141,9 @@ def test_every_command_is_documented() -> None:
 
 def test_rescore_and_prune_commands(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'h.db'}"
+    store = open_store(db)  # a database with its schema and an empty log
+    store.open()
+    store.close()
     r = run_cli("rescore", "--config", str(EXAMPLE), "--database", db)
     assert r.returncode == 0, r.stderr
     assert "re-scored 0 events" in r.stdout

@@ -23,25 +23,13 @@ from collections.abc import Iterable
 
 import msgspec
 
+from .records import EarlyEvents, EarlyGroup
 from .scoring import DAY
 
 __all__ = ["KEEP", "MAX_WINDOW", "EarlyEvents", "EarlyGroup", "count_before", "decode", "encode", "fold_early"]
 
 MAX_WINDOW = 90 * DAY  # the longest early window a request may ask for
 KEEP = 1000  # events kept per (name, tags) group
-
-
-class EarlyGroup(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """The subject's early events of one name and one set of milestone tags, earliest first."""
-
-    event: str
-    tags: tuple[str, ...]
-    times: list[int]  # microseconds, ascending (ties: by weight)
-    weights: list[float]  # each event's effective weight, in the same order
-
-
-class EarlyEvents(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    groups: list[EarlyGroup] = []  # by (event, tags)
 
 
 _encoder = msgspec.msgpack.Encoder()

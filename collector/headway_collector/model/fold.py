@@ -42,7 +42,7 @@ import msgspec
 
 from ..config import Project
 from . import growth as g
-from .early import EarlyEvents, fold_early
+from .early import fold_early
 from .evaluate import (
     Mark,
     MilestoneResult,
@@ -55,6 +55,7 @@ from .evaluate import (
     trend_wake,
     wake_after,
 )
+from .records import EarlyEvents, Labels
 from .scoring import DAY, value_at
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
 
@@ -141,17 +142,6 @@ class SubjectRecord:
     announced: Labels | None = None  # the labels its transitions last told (None: none yet)
     wake_at: int | None = None  # stored with them: when time alone may change them (None: never)
     early: EarlyEvents = field(default_factory=EarlyEvents)  # its early events, for the insights
-
-
-class Labels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What a subject's transitions have told so far: milestones achieved and missed (in model
-    order), stage, quadrant and trend. Stored as JSON in words (`subject_labels`)."""
-
-    achieved: tuple[str, ...] = ()
-    missed: tuple[str, ...] = ()
-    stage: str | None = None
-    quadrant: str = "at_risk"
-    trend: str = "steady"
 
 
 @dataclass(frozen=True, slots=True)

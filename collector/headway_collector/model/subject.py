@@ -35,6 +35,7 @@ import msgspec
 
 from ..config import Criterion, Milestone, Project
 from . import scoring
+from .records import CritState, Ev, RateDay, SubjectState, _Saved
 
 __all__ = [
     "REBUILD",
@@ -55,56 +56,7 @@ DAY = scoring.DAY
 ACTIVE_DAYS = 30  # active_days_30d looks back this many days, today included
 
 
-class Ev(msgspec.Struct, frozen=True):
-    """An accepted event as the core sees it: times in microseconds since the Unix epoch."""
-
-    id: str
-    event: str
-    user_id: str
-    t: int
-    account_id: str | None = None
-    weight: float | None = None  # the event's own weight; the model may override it
-    value: float | None = None
-    milestones: tuple[str, ...] = ()
-    properties: dict[str, Any] = {}
-
-
-class RateDay(msgspec.Struct, array_like=True):
-    n: int
-    ts: list[int]  # the day's earliest `keep` times
-
-
-class CritState(msgspec.Struct, omit_defaults=True):
-    ts: list[int] = []  # count, tagged
-    firsts: dict[str, int] = {}  # distinct: value -> earliest time
-    steps: list[tuple[int, float]] = []  # sum: (time, amount) per event, up to the crossing
-    days: dict[int, RateDay] = {}  # rate
-    top_day: int | None = None  # rate: latest day seen
-    best: float = 0.0  # rate: best rate reached
-    at: int | None = None  # rate, sum: when the target was first met
-    total: float | None = None  # sum: of `steps`, added in their order (None: not known yet)
-
-
 _EMPTY = CritState()  # what a criterion that no event has reached holds; never changed
-
-
-class SubjectState(msgspec.Struct, omit_defaults=True, array_like=True):
-    first_seen: int
-    last_seen: int
-    events: int = 0
-    sums: list[int] = []  # score, trend short, trend long (see scoring)
-    days: list[int] = []  # active days (weight > 0) among the last ACTIVE_DAYS
-    crit: dict[str, list[CritState]] = {}
-    nps: dict[str, tuple[int, float]] = {}  # user_id -> (time, answer) of the latest answer
-
-
-class _Saved(msgspec.Struct, array_like=True):
-    """A state as saved: MessagePack, its sums as signed big-endian bytes (MessagePack integers
-    stop at 64 bits; the sums have hundreds). Half the size of JSON with decimal sums: a commit
-    rewrites every page its subjects are on, so smaller rows are a cheaper commit."""
-
-    sums: list[bytes]
-    state: SubjectState  # its `sums` left empty
 
 
 _encoder = msgspec.msgpack.Encoder()
