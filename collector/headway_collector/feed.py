@@ -1,12 +1,14 @@
 """Transitions for host apps (SPEC sections 3 and 4): `GET /v1/transitions` and `GET /v1/stream`.
 
-Both read the transitions of the project's active generation in commit order (`store.derived`
-gives positions in that order, on PostgreSQL too), past a cursor: the position `seq` of the last
-one seen, as a decimal string. `/v1/transitions` is a read like the others (read-your-acks: it
-waits until what was acknowledged before it is folded). `/v1/stream` is Server-Sent Events:
-`id:` the cursor, `event:` the type, `data:` the JSON; a client that reconnects sends the last id
-in `Last-Event-ID` and gets what follows, without a gap or a repeat; a comment line every
-`HEARTBEAT` seconds keeps proxies from closing an idle stream.
+Both read the project's transitions in commit order (`store.derived` gives positions in that
+order, on PostgreSQL too), past a cursor: the position `seq` of the last one seen, as a decimal
+string. They read as webhooks do (`queries.project_transitions`): across a model switch, the
+retired generation's last transitions, kept `generations.RETIRED_GRACE` after it, and then the
+new one's, so that a client reading from its cursor misses none. `/v1/transitions` is a read
+like the others (read-your-acks: it waits until what was acknowledged before it is folded).
+`/v1/stream` is Server-Sent Events: `id:` the cursor, `event:` the type, `data:` the JSON; a
+client that reconnects sends the last id in `Last-Event-ID` and gets what follows, without a gap
+or a repeat; a comment line every `HEARTBEAT` seconds keeps proxies from closing an idle stream.
 
 The stream alone also takes the read key as the query parameter `key`: a browser's `EventSource`
 cannot send headers (the dashboard's live feed uses it). A key in a URL can end up in access logs,
@@ -32,7 +34,7 @@ from .errors import APIError, json_response
 from .params import app_state, count, ts, whole_number
 from .reads import Snapshot, consistent_read
 from .state import AppState
-from .store import generations, queries
+from .store import queries
 
 __all__ = ["HEARTBEAT", "list_transitions", "stream", "transition_of"]
 
@@ -69,7 +71,7 @@ def _cursor(name: str, text: str | None) -> int:
 
 
 def _page(snap: Snapshot, project: str, after: int, limit: int) -> TransitionPage:
-    rows = queries.transitions(snap.tx, snap.gen.gen, after, limit)
+    rows = queries.project_transitions(snap.tx, project, after, limit)
     return TransitionPage(
         transitions=[transition_of(project, row) for row in rows], next=str(rows[-1].seq if rows else after)
     )
@@ -135,8 +137,7 @@ def _tail(state: AppState) -> _Tail:
 
 def _read(state: AppState, project: str, after: int) -> list[queries.TransitionRow]:
     with state.store.read() as r:
-        gen = generations.active(r, project)
-        return queries.transitions(r, gen.gen, after, PAGE) if gen is not None else []
+        return queries.project_transitions(r, project, after, PAGE)
 
 
 async def stream(request: Request) -> Response:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from headway_collector.projection.worker import Worker
 from headway_collector.store import generations, open_store, queries
 from headway_collector.store.base import Accepted
 
-from tests.collector.helpers import body, event, headers, read_headers
+from tests.collector.helpers import body, event, headers, read_headers, rfc
 from tests.collector.test_store_contract import BACKENDS, NOW, fresh_url, make_events, us
 from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
@@ -413,13 +415,94 @@ def test_a_stream_pushes_what_commits_after_it_connected(tmp_path: Path) -> None
         live.stop()
 
 
+def test_a_window_that_closes_with_no_event_is_announced_by_the_sweep_of_the_subjects_due(tmp_path: Path) -> None:
+    """One prompt of three, its 24 h window closing 3 s from now: with no further event, the sweep
+    (which reads only the subjects whose wake-up instant has passed) announces the miss at the
+    window's close, within seconds."""
+    live = start(tmp_path, "")
+    try:
+        first = datetime.now(timezone.utc) - timedelta(hours=24) + timedelta(seconds=3)
+        ev = {**event("closing", "prompt_completed"), "timestamp": rfc(first)}
+        assert httpx.post(live.url + "/v1/batch", content=body([ev]), headers=headers(), timeout=10).status_code == 200
+
+        def missed() -> list[dict[str, Any]]:
+            return [t for t in all_transitions(live) if t["subject"] == "closing" and t["type"] == "milestone.missed"]
+
+        assert missed() == []
+        wait_for(lambda: bool(missed()), 20, "the miss")
+        (t,) = missed()
+        closed = datetime.fromisoformat(t["at"]) - timedelta(hours=24)  # the event's time, as skew-corrected
+        assert t["data"] == {"milestone": "onboarding_prompts"} and abs(closed - first) < timedelta(seconds=1)
+    finally:
+        live.stop()
+
+
+def test_a_feed_client_reads_across_a_model_switch_without_a_gap_or_a_repeat(tmp_path: Path) -> None:
+    """A client has read the old model's first transitions when a changed model is built and
+    switched to (SIGHUP), with no webhook at all. Seconds later (several lease renewals, each of
+    which may prune retired generations), from the client's cursor, `GET /v1/transitions` and the
+    stream give the old model's transitions it had not read, then the new model's, each once, in
+    commit order."""
+    live = start(tmp_path, "")
+    try:
+        ingest(live)
+        told = all_transitions(live)
+        assert len(told) > 6
+        cursor = told[2]["id"]  # the client has read three
+        changed = config_text().replace("engaged_threshold = 20.0", "engaged_threshold = 8.0")
+        version = loads(changed, "new.toml").projects["acme"].version
+        live.config_path.write_text(changed)
+        assert live.process is not None
+        live.process.send_signal(signal.SIGHUP)
+
+        def served() -> bool:
+            info = httpx.get(live.url + "/v1/model", headers=read_headers(), timeout=10).json()
+            return bool(info["version"] == version and info.get("pending") is None)
+
+        wait_for(served, 60, "the changed model")
+        time.sleep(2.5)  # lease renewals (every second) that prune what the grace period does not keep
+        evs = [event("newcomer", "prompt_completed", weight=8) for _ in range(3)]
+        assert httpx.post(live.url + "/v1/batch", content=body(evs), headers=headers(), timeout=10).status_code == 200
+        paged: list[dict[str, Any]] = []
+        since = cursor
+        while True:
+            page = httpx.get(live.url + "/v1/transitions", params={"since": since, "limit": 4},
+                             headers=read_headers(), timeout=10).json()
+            if not page["transitions"]:
+                break
+            paged += page["transitions"]
+            since = page["next"]
+        with headway.Client(live.url, READ_KEY) as client:
+            stream = client.stream(since=cursor)
+            streamed = [next(stream).id for _ in paged]
+            stream.close()
+        ids = [int(t["id"]) for t in paged]
+        assert [str(i) for i in ids] == streamed
+        assert ids == sorted(set(ids))  # commit order, nothing twice
+        assert paged[: len(told) - 3] == told[3:]  # the old model's unread ones first, unchanged
+        conn = sqlite3.connect(live.db_path)
+        try:
+            gens = dict(conn.execute("SELECT seq, gen FROM transitions WHERE seq > ? AND seq <= ?",
+                                     (int(cursor), ids[-1])).fetchall())
+            (new_gen,) = conn.execute(
+                "SELECT gen FROM generations WHERE project = 'acme' AND status = 'active'").fetchone()
+        finally:
+            conn.close()
+        assert sorted(gens) == ids  # no gap
+        assert {gens[i] for i in ids[len(told) - 3:]} == {new_gen} != gens[ids[0]]  # then the new model's
+        assert "newcomer" in {t["subject"] for t in paged[len(told) - 3:]}
+    finally:
+        live.stop()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_only_what_changed(
         backend: str, tmp_path: Path, receivers: list[Receiver]) -> None:
     """The old model's transitions are committed but no webhook has taken them (its delivery is
     stopped) when the changed model's generation, built meanwhile, becomes active. Delivery then
     sends every one of them, and after them what the new model says differently (not its
-    re-telling of history); the retired generation's transitions are deleted once taken."""
+    re-telling of history); the retired generation's transitions are deleted once taken and past
+    the grace period."""
     r = Receiver(ok)
     receivers.append(r)
     hook = hook_block(r.url, TYPES)
@@ -440,7 +523,8 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
             accepted = [Accepted(e["id"], e["user_id"], e["account_id"], us(datetime.fromisoformat(e["timestamp"])),
                                  now, json.dumps(e).encode()) for e in make_events(3)]
             asyncio.run(store.append("acme", accepted))
-            worker = Worker(store, ModelBook([old]), "w", clock=lambda: now, sweep_every=3600)
+            clock = [now]
+            worker = Worker(store, ModelBook([old]), "w", clock=lambda: clock[0], sweep_every=3600)
 
             def settle(version: str) -> None:
                 deadline = time.monotonic() + 30
@@ -497,9 +581,16 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
                 got = held.get(key, baseline(lms[key[0]]))
                 assert (got.stage, got.quadrant, got.trend) == (want.stage, want.quadrant, want.trend), key
                 assert set(got.achieved) >= set(want.achieved), key
-            for _ in range(3):  # the retired generation's transitions go once the webhook has taken them
-                time.sleep(1.05)
-                worker.step()
+            def renew(times: int) -> None:
+                for _ in range(times):
+                    time.sleep(1.05)
+                    worker.step()
+
+            renew(2)  # taken by the webhook, but within the grace period: kept for feed clients
+            with store.read() as rd:
+                assert len(queries.transitions(rd, old_gen.gen, 0, 10_000)) == len(told)
+            clock[0] = now + generations.RETIRED_GRACE  # then they go
+            renew(3)
             with store.read() as rd:
                 assert queries.transitions(rd, old_gen.gen, 0, 1) == []
         finally:

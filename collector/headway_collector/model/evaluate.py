@@ -27,6 +27,8 @@ __all__ = [
     "shortfalls",
     "stage_on",
     "trend_of",
+    "trend_wake",
+    "wake_after",
 ]
 
 # Trend compares the short and the long decayed rates; within +-25% of each other is steady.
@@ -149,6 +151,45 @@ def trend_of(lm: LevelModel, state: SubjectState, now: int) -> Literal["rising",
     if short < long_ * COOLING:
         return "cooling"
     return "steady"
+
+
+FAR = 1 << 62  # microseconds: a wake-up instant past any real one, within a 64-bit column
+MARGIN = 1e-9  # relative: what a duration computed in floats is cut by, so that it is early, never late
+
+
+def wake_after(now: int, delta: float) -> int:
+    """`now` plus a duration computed in floats, cut by a margin (at least 1 µs after `now`)."""
+    return min(FAR, now + max(1, int(min(delta, float(FAR)) * (1 - MARGIN)) - 1))
+
+
+def trend_wake(lm: LevelModel, state: SubjectState, now: int) -> int | None:
+    """The earliest instant after `now` at which `trend_of` may answer otherwise with no new event
+    (None: never); early, never late.
+
+    With both decayed rates positive, short/long = c * (2^(age/long) - 1) / (2^(age/short) - 1),
+    which falls at every age, its logarithm by less than ln 2 * (1/short - 1/long) per
+    microsecond (about that once the subject is a few short half-lives old, half of it when very
+    young): crossing RISING or COOLING takes at least ln(ratio/threshold) over that rate. Signs
+    do not change with time; the silence rule ends at last_seen + short half-life.
+    """
+    _, short_hl, long_hl = lm.half_lives
+    age = now - state.first_seen
+    if age <= 0:
+        return state.first_seen + 1
+    times = []
+    if now - state.last_seen <= short_hl:
+        times.append(state.last_seen + short_hl + 1)
+    short = scoring.value_at(state.sums[1], now, short_hl) / _lifetime(age, short_hl)
+    long_ = scoring.value_at(state.sums[2], now, long_hl) / _lifetime(age, long_hl)
+    if short > 0 and long_ > 0:
+        fastest = math.log(2) * (1 / short_hl - 1 / long_hl)
+        ratio = short / long_
+        # Tested as trend_of tests them, so that a ratio on the line is never taken as crossed.
+        if short > long_ * RISING:
+            times.append(wake_after(now, max(0.0, math.log(ratio / RISING)) / fastest))
+        if not short < long_ * COOLING:
+            times.append(wake_after(now, max(0.0, math.log(ratio / COOLING)) / fastest))
+    return min(times, default=None)
 
 
 def on_pace(r: MilestoneResult, first_seen: int, now: int) -> bool:

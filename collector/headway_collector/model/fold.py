@@ -31,16 +31,30 @@ partition, and its tags and NPS answer in its user's partition.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+import msgspec
+
 from ..config import Project
 from . import growth as g
 from .early import fold_early
-from .evaluate import Mark, MilestoneResult, is_succeeding, milestone_marks, stage_at, stage_on, trend_of
+from .evaluate import (
+    Mark,
+    MilestoneResult,
+    is_succeeding,
+    milestone_marks,
+    on_pace,
+    stage_at,
+    stage_on,
+    trend_of,
+    trend_wake,
+    wake_after,
+)
 from .records import EarlyEvents, Labels
 from .scoring import DAY, value_at
 from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
@@ -51,6 +65,7 @@ __all__ = [
     "FunnelCell",
     "FunnelRow",
     "GrowthCell",
+    "LabelRow",
     "Labels",
     "Level",
     "Models",
@@ -67,6 +82,7 @@ __all__ = [
     "record_of",
     "subject_keys",
     "sweep",
+    "wake_at",
 ]
 
 Level = Literal["user", "account"]
@@ -124,7 +140,16 @@ class SubjectRecord:
     stage_on: int  # the furthest stage started by an achieved milestone
     days: g.Days  # its active days (events of weight > 0)
     announced: Labels | None = None  # the labels its transitions last told (None: none yet)
+    wake_at: int | None = None  # stored with them: when time alone may change them (None: never)
     early: EarlyEvents = field(default_factory=EarlyEvents)  # its early events, for the insights
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    """What `subject_labels` keeps of a subject: the labels told and when to look at them again."""
+
+    labels: Labels
+    wake_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +185,7 @@ class ChangeSet:
     nps_counts: dict[tuple[g.Kind, int], list[int]] = field(default_factory=dict)  # [promoters, passives, detractors]
     tags: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
-    announced: dict[SubjectKey, Labels] = field(default_factory=dict)  # labels to store (changed ones)
+    announced: dict[SubjectKey, LabelRow] = field(default_factory=dict)  # label rows to store (changed ones)
     needs_history: set[SubjectKey] = field(default_factory=set)
     quarantined: dict[SubjectKey, str] = field(default_factory=dict)
 
@@ -383,16 +408,64 @@ def labels_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Ma
     )
 
 
+def wake_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark] | None = None) -> int | None:
+    """The earliest instant after `now` at which time alone may change `labels_at` (None: never).
+
+    Exact for what moves at an instant: a window's close (missed, and no longer on pace, the
+    instant after `first_seen + within`), a stage's age, the point where an open window's
+    elapsed share passes the progress (on pace); early, never late, for decayed scores: the
+    engagement threshold is crossed at `now + half_life * log2(score / threshold)` (cut by a
+    margin against rounding), the trend thresholds by a bound (`evaluate.trend_wake`). An early
+    wake-up costs one more look, which finds nothing and computes the next one.
+    """
+    marks = marks if marks is not None else milestone_marks(lm, state)
+    first = state.first_seen
+    times = []
+    for m in lm.milestones:
+        r = MilestoneResult(m, *marks[m.name], ())
+        if r.achieved_at is not None or r.deadline is None or now > r.deadline:
+            continue  # achieved, or no window, or already closed: nothing left to happen by time
+        times.append(r.deadline + 1)
+        if on_pace(r, first, now):  # until the window's elapsed share passes the progress
+            times.append(max(now + 1, first + int(r.progress * (r.deadline - first)) - 1))
+    times += [first + s.after for s in lm.project.stages if s.after is not None and first + s.after > now]
+    threshold = lm.project.engagement.engaged_threshold
+    score = value_at(state.sums[0], now, lm.half_lives[0])
+    # A decayed score moves toward 0: it crosses a threshold of its sign that it is beyond, once.
+    if threshold != 0 and score / threshold >= 1:
+        times.append(wake_after(now, lm.half_lives[0] * math.log2(score / threshold)))
+    trend = trend_wake(lm, state, now)
+    if trend is not None:
+        times.append(trend)
+    return min(times, default=None)
+
+
 def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRecord, now: int) -> None:
-    """Add the subject's transitions from the labels last announced to its labels at `now`."""
+    """Add the subject's transitions from the labels last announced to its labels at `now`, and
+    keep its label row (labels and wake-up instant) when either changed."""
     old = record.announced or baseline(lm)
-    new = labels_at(lm, record.state, now, record.marks)
-    if new == old:
+    new = _kept_achieved(lm, old, labels_at(lm, record.state, now, record.marks))
+    wake = wake_at(lm, record.state, now, record.marks)
+    if new == old and wake == record.wake_at:
         return
-    for t in changes(lm, key, record, old, new, now):
-        out.transitions.append(t)
-    record.announced = new
-    out.announced[key] = new
+    if new != old:
+        out.transitions += changes(lm, key, record, old, new, now)
+    record.announced, record.wake_at = new, wake
+    out.announced[key] = LabelRow(new, wake)
+
+
+def _kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
+    """`new`, with each milestone already announced achieved kept achieved (and so not missed).
+
+    A late event that moves a subject's first event earlier can undo an achievement (the window
+    now closes earlier, or a rate's age is longer): the state and the query API follow the events,
+    but no transition takes an achievement back (SPEC section 4), so what the host was told stays
+    told, and it is never told the same achievement twice."""
+    undone = set(old.achieved) - set(new.achieved)
+    if not undone:
+        return new
+    achieved = tuple(m.name for m in lm.milestones if m.name in undone or m.name in new.achieved)
+    return msgspec.structs.replace(new, achieved=achieved, missed=tuple(m for m in new.missed if m not in undone))
 
 
 def changes(
@@ -430,7 +503,9 @@ def changes(
 
 def sweep(models: Models, project: str, records: Mapping[SubjectKey, SubjectRecord], now: int) -> ChangeSet:
     """The transitions that time alone made (no new event): each record's labels at `now` against
-    those last announced. Only `transitions` and `announced` are filled; records change in place."""
+    those last announced, and its next wake-up instant. Only `transitions` and `announced` are
+    filled; records change in place. Records whose `wake_at` is later than `now` give nothing:
+    the runner passes only those due (and every one after a switch, when it knows none)."""
     out = ChangeSet()
     lms = models.levels[project]
     for key in sorted(records):

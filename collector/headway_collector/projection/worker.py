@@ -5,8 +5,8 @@ The loop, for every generation being served or built (`store.generations`):
 1. every `RENEW` seconds: say it is alive (`heartbeat`), take the partitions that are its share
    among the workers alive (partition p goes to the i-th of n workers when p % n == i), give back
    the others, and switch a building generation that has caught up; the first worker alive also
-   deletes a chunk of the transitions that retired generations keep for webhooks that have taken
-   them (`generations.prune_retired`);
+   deletes a chunk of the transitions that retired generations keep, once past their grace period
+   and taken by every webhook (`generations.prune_retired`);
 2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import Config, ConfigError, loads
@@ -67,7 +67,7 @@ RENEW = 1.0  # seconds between lease renewals
 SWITCH_CHECK = 0.05  # seconds between looks at whether a caught-up model being built can switch
 IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
 CACHE = 200_000  # subject records kept between batches
-SWEEP = 60.0  # seconds between sweeps for transitions that time alone makes
+SWEEP = 1.0  # seconds between sweeps for transitions that time alone makes (of the subjects due: cheap)
 SWEEP_PAGE = 2_000  # subjects a sweep looks at per transaction
 PRUNE = 10_000  # transitions of retired generations deleted per lease renewal
 
@@ -129,6 +129,19 @@ class _Held:
     parts: list[int]
 
 
+@dataclass
+class _Sweep:
+    """Where the sweep of one generation stands: a pass over every subject when the wake-up
+    instants of some held partition are unknown to this worker (a switch carries the old model's
+    labels over), else over the subjects due (`derived.due_page`)."""
+
+    due: float = 0.0  # monotonic time at which the next pass starts
+    full: bool = False
+    covered: set[int] = field(default_factory=set)  # of a full pass: partitions held on every page so far
+    after: SubjectKey | None = None  # of a full pass
+    after_due: tuple[int, SubjectKey] | None = None  # of a pass over the subjects due
+
+
 class Worker:
     """Folds its share of every generation's partitions until `stop` is set."""
 
@@ -151,7 +164,8 @@ class Worker:
         self._quarantined: dict[int, set[SubjectKey]] = {}
         self._committed: dict[tuple[int, int], int] = {}  # (gen, part) -> the watermark this worker left it at
         self.sweep_every = sweep_every
-        self._sweeps: dict[int, tuple[float, SubjectKey | None]] = {}  # gen -> (next sweep due, page cursor)
+        self._sweeps: dict[int, _Sweep] = {}
+        self._swept: set[tuple[int, int]] = set()  # (gen, part) that a full sweep looked at since held
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -202,7 +216,7 @@ class Worker:
             alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
             i, n = alive.index(self.owner), len(alive)
             if i == 0:  # one worker, so that two deletes never meet
-                generations.prune_retired(tx, PRUNE)
+                generations.prune_retired(tx, PRUNE, now)
             out = []
             for gen in generations.generations(tx):
                 if self.book.for_generation(tx, gen) is None:
@@ -231,10 +245,12 @@ class Worker:
             for p in h.parts:
                 if (h.gen.gen, p) not in before:
                     self._committed.pop((h.gen.gen, p), None)
+                    self._swept.discard((h.gen.gen, p))
         live = {h.gen.gen for h in self._held}
         for gen in list(self._quarantined):
             if gen not in live:
                 del self._quarantined[gen]
+        self._swept = {(gen, p) for gen, p in self._swept if gen in live}
 
     # --- folding ------------------------------------------------------------------------------
 
@@ -378,10 +394,11 @@ class Worker:
         gen = held.gen
         if gen.status != "active":
             return False
-        due, after = self._sweeps.get(gen.gen, (0.0, None))
-        if time.monotonic() < due:
+        state = self._sweeps.setdefault(gen.gen, _Sweep())
+        if time.monotonic() < state.due:
             return False
         parts = set(held.parts)
+        now = self._clock()
         with self.store.read() as r:
             models = self.book.for_generation(r, gen)
             assert models is not None, "held partitions have a model"
@@ -391,19 +408,27 @@ class Worker:
                 if p.part in parts and p.owner == self.owner
             }
             n = gen.partitions
-            page = derived.subject_page(
-                r,
-                models,
-                gen.project,
-                gen.gen,
-                after,
-                SWEEP_PAGE,
-                lambda k: partition_of(k.level, k.subject, n) in marks,
-            )
-        if len(page) < SWEEP_PAGE:
-            self._sweeps[gen.gen] = (time.monotonic() + self.sweep_every, None)  # done: the next one starts over
-        else:
-            self._sweeps[gen.gen] = (0.0, page[-1][0])
+
+            def mine(k: SubjectKey) -> bool:
+                return partition_of(k.level, k.subject, n) in marks
+
+            first = state.after is None and state.after_due is None
+            if first:
+                state.full = any((gen.gen, p) not in self._swept for p in marks)
+                state.covered = set(marks)
+            state.covered &= set(marks)
+            before = dataclasses.replace(state)
+            if state.full:
+                page = derived.subject_page(r, models, gen.project, gen.gen, state.after, SWEEP_PAGE, mine)
+                state.after = page[-1][0] if page else None
+            else:
+                page, state.after_due = derived.due_page(
+                    r, models, gen.project, gen.gen, now, state.after_due, SWEEP_PAGE, mine
+                )
+        if len(page) < SWEEP_PAGE:  # done: the next pass starts over
+            if state.full:
+                self._swept |= {(gen.gen, p) for p in state.covered}
+            self._sweeps[gen.gen] = _Sweep(due=time.monotonic() + self.sweep_every)
         skip = self._quarantined.get(gen.gen, set())
         records: dict[SubjectKey, SubjectRecord] = {}
         touched: dict[int, int] = {}
@@ -416,7 +441,7 @@ class Worker:
                 record = kept  # the same as stored, and what the next fold starts from
             records[key] = record
             touched[part] = marks[part]
-        cs = sweep(models, gen.project, records, self._clock())
+        cs = sweep(models, gen.project, records, now)
         if not cs.announced:
             return False
         changed = {partition_of(k.level, k.subject, gen.partitions) for k in cs.announced}
@@ -431,7 +456,7 @@ class Worker:
             self.store.transact(write)
         except BaseException as exc:
             self._forget(gen)  # labels were changed in place for a commit that did not happen
-            self._sweeps[gen.gen] = (0.0, after)  # this page again
+            self._sweeps[gen.gen] = before  # this page again
             if isinstance(exc, _Lost):
                 self._renewed = 0.0
                 return False

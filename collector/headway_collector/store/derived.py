@@ -40,7 +40,7 @@ from ..model.fold import (
 from ..model.subject import decode_state, encode_state
 from .base import Tx, chunks
 
-__all__ = ["apply", "load_priors", "subject_page"]
+__all__ = ["SweepPage", "apply", "due_page", "load_priors", "subject_page"]
 
 _encode_data = msgspec.json.Encoder(order="sorted").encode
 _decode_labels = msgspec.json.Decoder(Labels).decode
@@ -61,15 +61,14 @@ def load_priors(
         states: dict[str, bytes] = {}
         days: dict[str, g.Days] = {}
         early: dict[str, bytes] = {}
-        labels: dict[str, str] = {}
+        labels: dict[str, tuple[str, int | None]] = {}
         for part in chunks(ids):
-            labels.update(
-                tx.all(
-                    f"SELECT subject, labels FROM subject_labels WHERE gen = ? AND level = ? "
-                    f"AND subject IN ({_marks(len(part))})",
-                    (gen, level, *part),
-                )
-            )
+            for sid, text, wake in tx.all(
+                f"SELECT subject, labels, wake_at FROM subject_labels WHERE gen = ? AND level = ? "
+                f"AND subject IN ({_marks(len(part))})",
+                (gen, level, *part),
+            ):
+                labels[sid] = (text, wake)
             for sid, blob in tx.all(
                 f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({_marks(len(part))})",
                 (gen, level, *part),
@@ -95,7 +94,7 @@ def load_priors(
                     lm, decode_state(blob), days.get(sid) or g.Days(), e.decode(stored) if stored is not None else None
                 )
                 if sid in labels:
-                    record.announced = _decode_labels(labels[sid])
+                    _set_labels(record, *labels[sid])
             except Exception as exc:  # a corrupt row stops its subject alone (the fold quarantines it)
                 out.unreadable[key] = f"its stored state does not decode: {type(exc).__name__}: {exc}"
     wanted = sorted(nps)
@@ -151,11 +150,11 @@ def save_announced(tx: Tx, gen: int, cs: ChangeSet) -> None:
     """Write the labels the change set announced and its transitions (last: see the docstring)."""
     if cs.announced:
         tx.executemany(
-            "INSERT INTO subject_labels (gen, level, subject, labels) VALUES (?,?,?,?) "
-            "ON CONFLICT (gen, level, subject) DO UPDATE SET labels = excluded.labels",
+            "INSERT INTO subject_labels (gen, level, subject, labels, wake_at) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (gen, level, subject) DO UPDATE SET labels = excluded.labels, wake_at = excluded.wake_at",
             [
-                (gen, key.level, key.subject, _encode_data(labels).decode())
-                for key, labels in sorted(cs.announced.items())
+                (gen, key.level, key.subject, _encode_data(row.labels).decode(), row.wake_at)
+                for key, row in sorted(cs.announced.items())
             ],
         )
     _save_transitions(tx, gen, cs.transitions)
@@ -267,6 +266,35 @@ def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> No
         tx.executemany("INSERT INTO transitions (gen, level, subject, type, at, data) VALUES (?,?,?,?,?,?)", rows)
 
 
+def _set_labels(record: SubjectRecord, labels: str | None, wake_at: int | None) -> None:
+    record.announced = _decode_labels(labels) if labels is not None else None
+    record.wake_at = wake_at
+
+
+SweepPage = list[tuple[SubjectKey, SubjectRecord | None]]
+
+
+def _sweep_records(
+    models: Models, project: str, rows: list[tuple[Any, ...]], keep: Callable[[SubjectKey], bool]
+) -> SweepPage:
+    """Rows (level, subject, state, labels, wake_at) as records with their label rows: those that
+    `keep` (decoded only then; None: the row does not decode), the others as None too."""
+    out: SweepPage = []
+    for level, sid, blob, labels, wake in rows:
+        key = SubjectKey(level, sid)
+        if not keep(key):
+            out.append((key, None))
+            continue
+        try:
+            record = record_of(models[project, level], decode_state(bytes(blob)), g.Days())
+            _set_labels(record, labels, wake)
+        except Exception:  # the fold quarantines it when an event comes
+            out.append((key, None))
+            continue
+        out.append((key, record))
+    return out
+
+
 def subject_page(
     tx: Tx,
     models: Models,
@@ -275,32 +303,49 @@ def subject_page(
     after: SubjectKey | None,
     limit: int,
     keep: Callable[[SubjectKey], bool],
-) -> list[tuple[SubjectKey, SubjectRecord | None]]:
-    """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order:
-    those that `keep` (decoded only then) as records with their announced labels (None: the row
-    does not decode), the others as None too."""
+) -> SweepPage:
+    """Up to `limit` stored subjects of generation `gen` past `after`, in (level, subject) order
+    (`_sweep_records`): every subject, for a sweep that knows no wake-up instants yet."""
     where = "s.gen = ?"
     params: list[Any] = [gen]
     if after is not None:
         where += " AND (s.level > ? OR (s.level = ? AND s.subject > ?))"
         params += [after.level, after.level, after.subject]
     rows = tx.all(
-        f"SELECT s.level, s.subject, s.state, l.labels FROM subjects s LEFT JOIN subject_labels l "
+        f"SELECT s.level, s.subject, s.state, l.labels, l.wake_at FROM subjects s LEFT JOIN subject_labels l "
         f"ON l.gen = s.gen AND l.level = s.level AND l.subject = s.subject WHERE {where} "
         f"ORDER BY s.level, s.subject LIMIT {int(limit)}",
         params,
     )
-    out: list[tuple[SubjectKey, SubjectRecord | None]] = []
-    for level, sid, blob, labels in rows:
-        key = SubjectKey(level, sid)
-        if not keep(key):
-            out.append((key, None))
-            continue
-        try:
-            record = record_of(models[project, level], decode_state(bytes(blob)), g.Days())
-            record.announced = _decode_labels(labels) if labels is not None else None
-        except Exception:  # the fold quarantines it when an event comes
-            out.append((key, None))
-            continue
-        out.append((key, record))
-    return out
+    return _sweep_records(models, project, rows, keep)
+
+
+def due_page(
+    tx: Tx,
+    models: Models,
+    project: str,
+    gen: int,
+    now: int,
+    after: tuple[int, SubjectKey] | None,
+    limit: int,
+    keep: Callable[[SubjectKey], bool],
+) -> tuple[SweepPage, tuple[int, SubjectKey] | None]:
+    """Up to `limit` subjects of generation `gen` whose wake-up instant is at or before `now`,
+    past `after`, in (wake_at, level, subject) order: an index range (`subject_labels_wake`),
+    however many subjects are not due. With the position of the last (None: none)."""
+    where = "l.gen = ? AND l.wake_at <= ?"
+    params: list[Any] = [gen, now]
+    if after is not None:
+        wake, key = after
+        where += (
+            " AND (l.wake_at > ? OR (l.wake_at = ? AND (l.level > ? OR (l.level = ? AND l.subject > ?))))"
+        )
+        params += [wake, wake, key.level, key.level, key.subject]
+    rows = tx.all(
+        f"SELECT l.level, l.subject, s.state, l.labels, l.wake_at FROM subject_labels l JOIN subjects s "
+        f"ON s.gen = l.gen AND s.level = l.level AND s.subject = l.subject WHERE {where} "
+        f"ORDER BY l.wake_at, l.level, l.subject LIMIT {int(limit)}",
+        params,
+    )
+    last = (int(rows[-1][4]), SubjectKey(rows[-1][0], rows[-1][1])) if rows else None
+    return _sweep_records(models, project, rows, keep), last

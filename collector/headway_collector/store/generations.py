@@ -24,6 +24,7 @@ from .base import Tx
 __all__ = [
     "DERIVED_TABLES",
     "PARTITIONS",
+    "RETIRED_GRACE",
     "Generation",
     "Partition",
     "active",
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 PARTITIONS = 16  # per generation; fold workers share them out
+# How long a retired generation keeps its transitions after the switch, webhooks or not: feed
+# clients (`GET /v1/transitions`, the stream) have cursors the server does not know (7 days,
+# Kafka's default retention: a client that reads at least weekly loses nothing at a switch).
+RETIRED_GRACE = 7 * 86_400_000_000  # microseconds
 # What the projection stores, by version: a generation of an older format is rebuilt from the log
 # in the background (like a changed model) while it keeps serving. 2: early events (0008).
 FORMAT = 2
@@ -168,13 +173,19 @@ def status(tx: Tx, gen: int) -> Status | None:
     return row[0] if row is not None else None
 
 
-def prune_retired(tx: Tx, limit: int) -> int:
-    """Delete up to `limit` transitions of retired generations that every webhook of their project
-    has taken into its outbox (all of them when it has none); how many."""
+def prune_retired(tx: Tx, limit: int, now: int) -> int:
+    """Delete up to `limit` transitions of generations retired `RETIRED_GRACE` or more before `now`
+    that every webhook of their project has taken into its outbox (all of them when it has none);
+    how many."""
     done = 0
+    # A generation is retired by the switch of the next one of its project that became active
+    # (a building one dropped unswitched keeps no transitions).
     for gen, project in tx.all(
         "SELECT g.gen, g.project FROM generations g WHERE g.status = 'retired' "
-        "AND EXISTS (SELECT 1 FROM transitions t WHERE t.gen = g.gen) ORDER BY g.gen"
+        "AND EXISTS (SELECT 1 FROM transitions t WHERE t.gen = g.gen) "
+        "AND (SELECT min(s.switched_at) FROM generations s WHERE s.project = g.project AND s.gen > g.gen) <= ? "
+        "ORDER BY g.gen",
+        (now - RETIRED_GRACE,),
     ):
         row = tx.one("SELECT min(cursor) FROM webhooks WHERE project = ?", (project,))
         upto = int(row[0]) if row is not None and row[0] is not None else None

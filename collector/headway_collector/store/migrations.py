@@ -297,6 +297,16 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
             "ALTER TABLE generations ADD COLUMN format {int} NOT NULL DEFAULT 1",
         ],
     ),
+    (
+        "0009_labels_wake_at",
+        [
+            # The earliest instant at which time alone may change a subject's labels (NULL: never),
+            # so that the sweep reads only the subjects due (`model.fold.wake_at`). Rows from before
+            # it are NULL until the first sweep of each fold worker, which looks at every subject.
+            "ALTER TABLE subject_labels ADD COLUMN wake_at {int}",
+            "CREATE INDEX subject_labels_wake ON subject_labels (gen, wake_at, level, subject)",
+        ],
+    ),
 ]
 
 

@@ -245,8 +245,9 @@ def transitions(r: Tx, gen: int, after: int, limit: int, types: tuple[str, ...] 
 
 def project_transitions(r: Tx, project: str, after: int, limit: int) -> list[TransitionRow]:
     """The transitions of every generation of `project` past position `after`, in commit order:
-    the active one's, and before them those a retired one keeps until every webhook has taken
-    them (`generations.prune_retired`; a building one has none)."""
+    the active one's, and before them those a retired one keeps for a grace period and until every
+    webhook has taken them (`generations.prune_retired`; a building one has none). What webhooks,
+    `GET /v1/transitions` and the stream read."""
     return [
         TransitionRow(*row)
         for row in r.all(
