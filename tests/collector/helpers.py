@@ -6,12 +6,17 @@ import gzip
 import itertools
 import shutil
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+
+from headway_collector.projection.worker import Worker
+from headway_collector.store import generations
+from headway_collector.store.base import Store
 
 from tests.conftest import READ_KEY, WRITE_KEY
 
@@ -86,3 +91,17 @@ def dump_dom(url: str, profile: Path) -> str:
                            "--virtual-time-budget=10000", "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def settle(worker: Worker, store: Store, version: str, project: str = "acme") -> int:
+    """Step an in-process fold worker until `project` is served by `version` with nothing left to
+    fold or build; the active generation's number."""
+    deadline = time.monotonic() + 30
+    while True:
+        busy = worker.step()
+        with store.read() as rd:
+            gen = generations.active(rd, project)
+            building = [g for g in generations.generations(rd, ("building",)) if g.project == project]
+        if not busy and gen is not None and gen.version == version and not building:
+            return gen.gen
+        assert time.monotonic() < deadline, "not settled"

@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,7 @@ from headway_collector.model.subject import Ev, decode_state, encode_state
 from headway_collector.projection import ModelBook, serve_models
 from headway_collector.projection.worker import Worker
 from headway_collector.store import derived, generations, open_store, queries
-from tests.collector.helpers import read_headers
+from tests.collector.helpers import read_headers, settle
 from tests.collector.test_store_contract import BACKENDS, fresh_url, us
 from tests.conftest import OTHER_READ_KEY, asgi_collector, config_text, postgres_schema
 
@@ -303,17 +302,6 @@ def test_without_webhooks_a_retired_generation_keeps_its_transitions_for_the_gra
         clock = [START + 3_600_000_000]
         worker = Worker(store, ModelBook([CFG, changed]), "w", clock=lambda: clock[0], sweep_every=3600)
 
-        def settle(version: str) -> int:
-            deadline = time.monotonic() + 30
-            while True:
-                busy = worker.step()
-                with store.read() as rd:
-                    gen = generations.active(rd, "acme")
-                    building = [g for g in generations.generations(rd, ("building",)) if g.project == "acme"]
-                if not busy and gen is not None and gen.version == version and not building:
-                    return gen.gen
-                assert time.monotonic() < deadline, "not settled"
-
         def renew() -> None:
             time.sleep(1.05)  # a lease renewal is due: the first worker prunes then
             worker.step()
@@ -323,12 +311,12 @@ def test_without_webhooks_a_retired_generation_keeps_its_transitions_for_the_gra
             store.start()
             raw = b'{"id":"p1","event":"prompt_completed","user_id":"u1","timestamp":"2026-03-02T00:00:00Z"}'
             asyncio.run(store.append("acme", [Accepted("p1", "u1", None, START, START, raw)]))
-            old = settle(CFG.projects["acme"].version)
+            old = settle(worker, store, CFG.projects["acme"].version)
             with store.read() as rd:
                 told = queries.transitions(rd, old, 0, 100)
             assert told
             serve_models(changed, store, clock[0])
-            settle(changed.projects["acme"].version)
+            settle(worker, store, changed.projects["acme"].version)
             switched = clock[0]
             clock[0] = switched + generations.RETIRED_GRACE - 1
             renew()

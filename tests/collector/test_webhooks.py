@@ -30,7 +30,7 @@ from headway_collector.projection.worker import Worker
 from headway_collector.store import generations, open_store, queries
 from headway_collector.store.base import Accepted
 
-from tests.collector.helpers import body, event, headers, read_headers, rfc
+from tests.collector.helpers import body, event, headers, read_headers, rfc, settle
 from tests.collector.test_store_contract import BACKENDS, NOW, fresh_url, make_events, us
 from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
@@ -526,25 +526,14 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
             clock = [now]
             worker = Worker(store, ModelBook([old]), "w", clock=lambda: clock[0], sweep_every=3600)
 
-            def settle(version: str) -> None:
-                deadline = time.monotonic() + 30
-                while True:
-                    busy = worker.step()
-                    with store.read() as rd:
-                        gen = generations.active(rd, "acme")
-                        pending = [g for g in generations.generations(rd, ("building",)) if g.project == "acme"]
-                    if not busy and gen is not None and gen.version == version and not pending:
-                        return
-                    assert time.monotonic() < deadline, "not settled"
-
-            settle(old.projects["acme"].version)
+            settle(worker, store, old.projects["acme"].version)
             with store.read() as rd:
                 old_gen = generations.active(rd, "acme")
                 assert old_gen is not None
                 told = queries.transitions(rd, old_gen.gen, 0, 10_000)
             assert len(told) > 20
             serve_models(new, store, now)  # built in the background, then switched to
-            settle(new.projects["acme"].version)
+            settle(worker, store, new.projects["acme"].version)
             for _ in range(20):
                 worker.step()  # its first sweep tells what the new model says differently
             with store.read() as rd:
