@@ -321,3 +321,43 @@ def test_sigkill_loop_of_collector_and_fold_processes_loses_and_doubles_nothing(
     want_tables, want_readings, _ = replay_reference(url, events, at)
     assert differences(dump(url), want_tables) == []
     assert seen == want_readings
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_a_long_commit_does_not_let_a_worker_take_every_partition(tmp_path: Path, blocked: bool) -> None:
+    """Two fold workers share the partitions. One commits for 6 s (ALIVE is 3 s) while the other,
+    waiting for the write lock, cannot say it is alive: the committer must not count it dead and
+    take its share. A worker that is really gone (no long commit to blame) still loses its share."""
+    from headway_collector.config import loads
+    from headway_collector.projection import ModelBook, serve_models
+    from headway_collector.projection.worker import Worker
+    from headway_collector.store import generations
+
+    cfg = loads(config_text(), "test.toml")
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    store.open()
+    try:
+        clock = [int(time.time() * 1e6)]
+        serve_models(cfg, store, clock[0])
+        a, b = (Worker(store, ModelBook([cfg]), name, clock=lambda: clock[0]) for name in ("a", "b"))
+        for _ in range(3):  # both say they are alive, then each takes its half
+            a.step()
+            b.step()
+            a._renewed = b._renewed = 0.0  # renew at every step
+
+        def owners() -> dict[str | None, int]:
+            with store.read() as r:
+                gen = generations.active(r, "acme")
+                assert gen is not None
+                held = [p.owner for p in generations.partitions(r, gen.gen)]
+            return {owner: held.count(owner) for owner in set(held)}
+
+        assert owners() == {"a": 8, "b": 8}
+        clock[0] += 6_000_000  # b silent for 6 s: its leases (4 s) have run out
+        if blocked:
+            a._writing = 6.0  # ... because a's commit held the write lock that long
+        a._renewed = 0.0
+        a.step()
+        assert owners() == ({"a": 8, "b": 8} if blocked else {"a": 16})
+    finally:
+        store.close()

@@ -160,6 +160,7 @@ class Worker:
         self._clock = clock
         self._held: list[_Held] = []
         self._renewed = 0.0
+        self._writing = 0.0  # seconds, the longest write transaction since the last renewal
         self._records: OrderedDict[tuple[int, SubjectKey], SubjectRecord] = OrderedDict()
         self._quarantined: dict[int, set[SubjectKey]] = {}
         self._committed: dict[tuple[int, int], int] = {}  # (gen, part) -> the watermark this worker left it at
@@ -207,13 +208,26 @@ class Worker:
 
     # --- leases -------------------------------------------------------------------------------
 
+    def _write(self, write: Callable[[Tx], None]) -> None:
+        """A write transaction, timed: while it holds the database's write lock, the others cannot
+        say they are alive."""
+        started = time.monotonic()
+        try:
+            self.store.transact(write)
+        finally:
+            self._writing = max(self._writing, time.monotonic() - started)
+
     def _renew(self) -> None:
         now = self._clock()
+        # A dead worker drops out of the sharing-out before its leases expire, so that its
+        # partitions are somebody's share when they become free. Silence while this worker's own
+        # last commit held the write lock is no sign of death: without this allowance, commits
+        # longer than ALIVE let one worker take every partition from the others, over and over.
+        stale_before = now - ALIVE - int(self._writing * 1_000_000)
+        self._writing = 0.0
 
         def run(tx: Tx) -> list[_Held]:
-            # A dead worker drops out of the sharing-out before its leases expire, so that its
-            # partitions are somebody's share when they become free.
-            alive = generations.heartbeat(tx, self.owner, now, now - ALIVE)
+            alive = generations.heartbeat(tx, self.owner, now, stale_before)
             i, n = alive.index(self.owner), len(alive)
             if i == 0:  # one worker, so that two deletes never meet
                 generations.prune_retired(tx, PRUNE, now)
@@ -300,7 +314,7 @@ class Worker:
             derived.apply(tx, gen.gen, cs, now)
 
         try:
-            self.store.transact(write)
+            self._write(write)
         except _Lost:
             self._forget(gen)
             self._renewed = 0.0
@@ -453,7 +467,7 @@ class Worker:
             derived.save_announced(tx, gen.gen, cs)
 
         try:
-            self.store.transact(write)
+            self._write(write)
         except BaseException as exc:
             self._forget(gen)  # labels were changed in place for a commit that did not happen
             self._sweeps[gen.gen] = before  # this page again
