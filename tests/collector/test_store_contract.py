@@ -394,6 +394,35 @@ def test_a_generation_of_an_older_format_serves_while_it_is_rebuilt(tmp_path_fac
         conn.close()
 
 
+def test_a_build_left_from_an_older_format_is_dropped_not_finished(tmp_path: Path) -> None:
+    """An upgrade that finds a model being built in the older format (a rebuild under way when the
+    collector stopped) starts that build again in today's format instead of switching to it."""
+    from headway_collector.store import generations
+
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    store.open()
+    try:
+        def ensure(tx: Any) -> generations.Generation:
+            return generations.ensure(tx, "acme", "v1", "config", 0, rebuild=rebuild)
+
+        rebuild = False
+        first = store.transact(ensure)  # active: nothing older to serve
+        rebuild = True
+        left = store.transact(ensure)  # building beside it
+        conn = sqlite3.connect(tmp_path / "h.db")
+        with conn:  # both as migration 0008 leaves generations made before it
+            conn.execute("UPDATE generations SET format = 1")
+        conn.close()
+        rebuild = False
+        again = store.transact(ensure)
+        with store.read() as r:
+            statuses = {g.gen: (g.status, g.format) for g in generations.generations(r, ("active", "building", "retired"))}
+        assert again.gen not in (first.gen, left.gen) and again.format == generations.FORMAT
+        assert statuses == {first.gen: ("active", 1), left.gen: ("retired", 1), again.gen: ("building", generations.FORMAT)}
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_collectors_starting_together_migrate_once(backend: str, tmp_path: Path) -> None:
     with fresh_url(backend, tmp_path) as url:

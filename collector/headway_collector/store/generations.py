@@ -125,21 +125,26 @@ def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild
     """The generation that will serve `version`: the active one if it has that version in today's
     `FORMAT` (unless `rebuild`), else a building one (made if need be). A project without any
     starts active: there is nothing older to serve meanwhile. Building generations of other
-    versions are dropped."""
+    versions, or of an older format, are dropped."""
+
+    def serves(g: Generation) -> bool:
+        return g.version == version and g.format == FORMAT
+
     tx.lock_log()  # collectors starting together make one generation, not two
     current = active(tx, project)
-    building = [g for g in generations(tx, ("building",)) if g.project == project]
-    for g in building:
-        if g.version != version:
+    building = []
+    for g in generations(tx, ("building",)):
+        if g.project != project:
+            continue
+        if serves(g):
+            building.append(g)
+        else:
             _drop(tx, g.gen)
     if current is None:
         return _create(tx, project, version, config, "active", now)
-    if current.version == version and current.format == FORMAT and not rebuild:
+    if serves(current) and not rebuild:
         return current
-    for g in building:
-        if g.version == version:
-            return g
-    return _create(tx, project, version, config, "building", now)
+    return building[0] if building else _create(tx, project, version, config, "building", now)
 
 
 def _drop(tx: Tx, gen: int, keep: tuple[str, ...] = ()) -> None:
