@@ -226,19 +226,14 @@ class TransitionRow:
     data: str  # JSON
 
 
-def transitions(r: Tx, gen: int, after: int, limit: int, types: tuple[str, ...] | None = None) -> list[TransitionRow]:
+def transitions(r: Tx, gen: int, after: int, limit: int) -> list[TransitionRow]:
     """Generation `gen`'s transitions past position `after`, in commit order (`store.derived`)."""
-    where = "gen = ? AND seq > ?"
-    params: list[Any] = [gen, after]
-    if types is not None:
-        where += f" AND type IN ({','.join('?' * len(types))})"
-        params += types
     return [
         TransitionRow(*row)
         for row in r.all(
             f"SELECT seq, level, subject, type, at, data FROM transitions "
-            f"WHERE {where} ORDER BY seq LIMIT {int(limit)}",
-            params,
+            f"WHERE gen = ? AND seq > ? ORDER BY seq LIMIT {int(limit)}",
+            (gen, after),
         )
     ]
 
