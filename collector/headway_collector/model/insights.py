@@ -57,6 +57,7 @@ from .scoring import DAY
 __all__ = [
     "Cohort",
     "Early",
+    "EarlyRow",
     "Prediction",
     "Predictions",
     "StickinessCounts",
@@ -85,6 +86,9 @@ L2 = 1.0  # ridge penalty on the standardised coefficients
 HELD_OUT = 5  # one subject in HELD_OUT is scored, not fitted
 
 
+EarlyRow = tuple[str, int, int | None, EarlyEvents]  # subject, first_seen, time to achieve, early events
+
+
 # --- early windows ---------------------------------------------------------------------------------
 
 
@@ -99,7 +103,7 @@ class Early:
 
 
 def early_windows(
-    rows: Iterable[tuple[str, int, int | None, EarlyEvents]],
+    rows: Iterable[EarlyRow],
     outcome: str,
     window: int,
     at: int,

@@ -12,13 +12,12 @@ from collections.abc import Iterator
 
 from ..model import early as e
 from ..model import growth as g
+from ..model.insights import EarlyRow
 from .base import Tx
 
-__all__ = ["EarlyRow", "active_days", "early_events"]
+__all__ = ["active_days", "early_events"]
 
 PAGE = 2000  # subjects per statement
-
-EarlyRow = tuple[str, int, int | None, e.EarlyEvents]
 
 
 def early_events(tx: Tx, gen: int, level: str, outcome: str, born_by: int) -> Iterator[EarlyRow]:
