@@ -361,3 +361,72 @@ def test_a_long_commit_does_not_let_a_worker_take_every_partition(tmp_path: Path
         assert owners() == ({"a": 8, "b": 8} if blocked else {"a": 16})
     finally:
         store.close()
+
+
+def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Path, monkeypatch: Any) -> None:
+    """Two fold workers running; one fold of worker a takes longer than ALIVE and LEASE together
+    (as a large batch of a model being built may): a's own thread keeps saying it is alive, so b
+    never takes a's partitions, and a's fold commits."""
+    from headway_collector.config import loads
+    from headway_collector.projection import ModelBook, serve_models
+    from headway_collector.projection import worker as w
+    from headway_collector.store import generations
+
+    cfg = loads(config_text(), "test.toml")
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    store.open()
+    serve_models(cfg, store, int(time.time() * 1e6))
+    slow = threading.Event()
+    slowed = threading.Event()
+    real_fold = w.fold
+
+    def fold(*args: Any, **kwargs: Any) -> Any:  # the real fold, once made slow in worker a
+        if threading.current_thread().name == "fold-a" and slow.is_set():
+            slow.clear()
+            slowed.set()
+            time.sleep((w.ALIVE + w.LEASE) / 1e6 + 1)
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(w, "fold", fold)
+
+    def owners() -> dict[str | None, int]:
+        with store.read() as r:
+            gen = generations.active(r, "acme")
+            assert gen is not None
+            held = [p.owner for p in generations.partitions(r, gen.gen)]
+        return {owner: held.count(owner) for owner in set(held)}
+
+    def folded() -> bool:
+        with store.read() as r:
+            gen = generations.active(r, "acme")
+            assert gen is not None
+            return generations.watermark(r, gen.gen) >= log.head(r)
+
+    stop = threading.Event()
+    workers = [w.Worker(store, ModelBook([cfg]), name) for name in ("a", "b")]
+    threads = [threading.Thread(target=x.run, args=(stop,), name=f"fold-{x.owner}") for x in workers]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while owners() != {"a": 8, "b": 8}:
+            assert time.monotonic() < deadline, owners()
+            time.sleep(0.1)
+        slow.set()
+        now = datetime.now(timezone.utc)
+        rows = [Accepted(e["id"], e["user_id"], e["account_id"], int(datetime.fromisoformat(e["timestamp"]).timestamp()
+                                                                    * 1e6), 1, json.dumps(e).encode())
+                for e in make_events(seed=5, n=200, now=now)]
+        store.transact(lambda tx: log.append(tx, [log.AppendJob("acme", rows)]))
+        assert slowed.wait(10)
+        deadline = time.monotonic() + 30
+        while not folded():  # b folds its half at once; a's half waits for the slow fold
+            assert owners() == {"a": 8, "b": 8}
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert owners() == {"a": 8, "b": 8}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        store.close()

@@ -37,10 +37,10 @@ WATCH = 0.2  # seconds between looks at the workers
 
 
 class _ThreadWorker:
-    def __init__(self, url: str, configs: Sequence[Config], owner: str) -> None:
+    def __init__(self, url: str, configs: Sequence[Config], owner: str, builds_only: bool) -> None:
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.worker = Worker(open_store(url), ModelBook(configs), owner, wake=self._wake)
+        self.worker = Worker(open_store(url), ModelBook(configs), owner, wake=self._wake, builds_only=builds_only)
         self._thread = threading.Thread(target=self._run, name=f"headway-fold-{owner}", daemon=True)
         self._thread.start()
 
@@ -85,13 +85,13 @@ class _PipeWake:
 
 
 class _ProcessWorker:
-    def __init__(self, url: str, configs: Sequence[Config], owner: str) -> None:
+    def __init__(self, url: str, configs: Sequence[Config], owner: str, builds_only: bool) -> None:
         ctx = multiprocessing.get_context("spawn")
         reader, self._writer = ctx.Pipe(duplex=False)
         os.set_blocking(self._writer.fileno(), False)  # a full pipe already says "wake up"
         self.process = ctx.Process(
             target=_process_main,
-            args=(url, list(configs), owner, os.getpid(), reader),
+            args=(url, list(configs), owner, builds_only, os.getpid(), reader),
             name=f"headway-fold-{owner}",
             daemon=True,
         )
@@ -116,7 +116,9 @@ class _ProcessWorker:
         self.process.join()
 
 
-def _process_main(url: str, configs: list[Config], owner: str, parent: int, wake: Connection) -> None:
+def _process_main(
+    url: str, configs: list[Config], owner: str, builds_only: bool, parent: int, wake: Connection
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -130,7 +132,7 @@ def _process_main(url: str, configs: list[Config], owner: str, parent: int, wake
     threading.Thread(target=orphaned, daemon=True).start()
     store = open_store(url)
     try:
-        Worker(store, ModelBook(configs), owner, wake=_PipeWake(wake)).run(stop)
+        Worker(store, ModelBook(configs), owner, wake=_PipeWake(wake), builds_only=builds_only).run(stop)
     finally:
         store.close()
 
@@ -138,10 +140,20 @@ def _process_main(url: str, configs: list[Config], owner: str, parent: int, wake
 class Projection:
     """The fold workers of one collector, kept running."""
 
-    def __init__(self, url: str, configs: Sequence[Config], *, workers: int = 1, mode: Mode = "thread") -> None:
+    def __init__(
+        self,
+        url: str,
+        configs: Sequence[Config],
+        *,
+        workers: int = 1,
+        mode: Mode = "thread",
+        builds_only: bool = False,
+    ) -> None:
+        """`builds_only`: fold no active generation of a project that has one being built (a
+        rescore's workers: nothing reads the old model meanwhile, and the switch drops it)."""
         if workers < 1:
             raise ValueError("at least one fold worker")
-        self.url, self.mode, self.workers = url, mode, workers
+        self.url, self.mode, self.workers, self.builds_only = url, mode, workers, builds_only
         self._configs = list(configs)
         self._prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._slots: list[_ThreadWorker | _ProcessWorker | None] = [None] * workers
@@ -155,8 +167,8 @@ class Projection:
 
     def _spawn(self, slot: int) -> _ThreadWorker | _ProcessWorker:
         if self.mode == "thread":
-            return _ThreadWorker(self.url, self._configs, self.owner(slot))
-        return _ProcessWorker(self.url, self._configs, self.owner(slot))
+            return _ThreadWorker(self.url, self._configs, self.owner(slot), self.builds_only)
+        return _ProcessWorker(self.url, self._configs, self.owner(slot), self.builds_only)
 
     def start(self) -> None:
         with self._lock:
@@ -257,7 +269,7 @@ def rescore(
             "model without downtime"
         )
     building = serve_models(config, store, now, rebuild=True)  # or active at once, on a log never folded
-    projection = Projection(store.url, [config], workers=jobs, mode=mode)
+    projection = Projection(store.url, [config], workers=jobs, mode=mode, builds_only=True)
     projection.start()
     try:
         while True:

@@ -7,7 +7,9 @@ The loop, for every generation being served or built (`store.generations`):
    the others, and switch a building generation that has caught up; the first worker alive also
    deletes a chunk of the transitions that retired generations keep, once past their grace period
    and taken by every webhook (`generations.prune_retired`);
-2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest,
+2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest
+   (about `FOLD_SECONDS` of work at the pace of its last fold: a generation far behind is folded
+   in large batches, so that each subject's records are written once per many of its events),
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
 3. fold (`model.fold`, pure), outside any write transaction, so that appends never wait on it;
@@ -22,6 +24,9 @@ The loop, for every generation being served or built (`store.generations`):
    unchanged: the same compare-and-set as a fold (`generations.advance` from w to w), so a sweep
    that raced a fold of the same partition commits nothing and tries again at its next page.
 
+Beside the loop, a thread says every `RENEW` seconds that the worker is alive and extends its
+leases (`generations.keep_alive`), so that a long fold is not taken for a dead worker.
+
 A crash anywhere loses at most a fold that had not committed; the next worker starts again from
 the watermark, so every event is folded exactly once.
 """
@@ -29,6 +34,7 @@ the watermark, so every event is folded exactly once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -41,6 +47,7 @@ from ..config import Config, ConfigError, loads
 from ..events import from_stored
 from ..model.fold import (
     ChangeSet,
+    Level,
     Models,
     NpsKey,
     Priors,
@@ -60,10 +67,16 @@ __all__ = ["ALIVE", "BATCH", "LEASE", "RENEW", "SWEEP", "ModelBook", "Worker"]
 
 logger = logging.getLogger("headway_collector.projection")
 
-BATCH = 20_000  # log positions one fold reads at most
+BATCH = 20_000  # log positions a fold reads at least (unless fewer are there)
+MAX_BATCH = 250_000  # and at most: the rows and their decoded events are held in memory
+# Seconds of work one fold of a served model aims at: the more events per fold, the fewer times
+# each subject's records are decoded, folded and written, but a read may wait for one. A model
+# being built, which no read waits for, is folded in batches up to `MAX_BATCH`.
+FOLD_SECONDS = 0.5
 LEASE = 4_000_000  # microseconds a lease lasts without renewal; a dead worker's partitions wait this long
 ALIVE = 3_000_000  # microseconds since its last heartbeat for a worker to count in the sharing-out
 RENEW = 1.0  # seconds between lease renewals
+STUCK = 120.0  # seconds a step may run and still have its leases extended
 SWITCH_CHECK = 0.05  # seconds between looks at whether a caught-up model being built can switch
 IDLE = 0.02  # seconds between looks at the log when nothing woke the worker (appends of other collectors)
 CACHE = 200_000  # subject records kept between batches
@@ -130,6 +143,14 @@ class _Held:
 
 
 @dataclass
+class _Pace:
+    """A full fold: how many log positions it read, and how many a second it went through."""
+
+    size: int
+    per_second: float
+
+
+@dataclass
 class _Sweep:
     """Where the sweep of one generation stands: a pass over every subject when the wake-up
     instants of some held partition are unknown to this worker (a switch carries the old model's
@@ -154,12 +175,16 @@ class Worker:
         wake: Wake | None = None,
         clock: Callable[[], int] = _now_us,
         sweep_every: float = SWEEP,
+        builds_only: bool = False,
     ) -> None:
+        """`builds_only`: leave alone the active generation of a project that has one being built."""
         self.store, self.book, self.owner = store, book, owner
+        self.builds_only = builds_only
         self._wake: Wake = wake or threading.Event()
         self._clock = clock
         self._held: list[_Held] = []
         self._renewed = 0.0
+        self._stepping = 0.0  # monotonic time the current step started
         self._writing = 0.0  # seconds, the longest write transaction since the last renewal
         self._records: OrderedDict[tuple[int, SubjectKey], SubjectRecord] = OrderedDict()
         self._quarantined: dict[int, set[SubjectKey]] = {}
@@ -167,11 +192,17 @@ class Worker:
         self.sweep_every = sweep_every
         self._sweeps: dict[int, _Sweep] = {}
         self._swept: set[tuple[int, int]] = set()  # (gen, part) that a full sweep looked at since held
+        self._pace: dict[int, _Pace] = {}  # gen -> its last full fold's
+        self._parts: dict[int, dict[Level, dict[str, int]]] = {}  # partitions -> level -> subject -> partition
 
     def run(self, stop: threading.Event) -> None:
+        done = threading.Event()
+        beat = threading.Thread(target=self._keep_alive, args=(done,), name=f"headway-beat-{self.owner}", daemon=True)
+        beat.start()
         try:
             while not stop.is_set():
                 self._wake.clear()  # before looking: a wake that arrives during the step is kept
+                self._stepping = time.monotonic()
                 try:
                     busy = self.step()
                 except Exception:  # a store error: log it, wait, start from the watermarks again
@@ -183,6 +214,8 @@ class Worker:
                 if not busy:
                     self._wake.wait(IDLE)
         finally:
+            done.set()
+            beat.join()
             try:
                 self.store.transact(lambda tx: generations.release(tx, self.owner))
             except Exception:  # leases expire by themselves
@@ -208,6 +241,22 @@ class Worker:
 
     # --- leases -------------------------------------------------------------------------------
 
+    def _keep_alive(self, done: threading.Event) -> None:
+        """On its own thread: every `RENEW` seconds, say this worker is alive and extend its
+        leases, however long a fold takes (a fold of a model being built may take longer than
+        `ALIVE`: without this, the others would count it dead, take its partitions, and its
+        commit would fail, over and over). A step running for `STUCK` seconds is not kept alive."""
+        while not done.wait(RENEW):
+            if time.monotonic() - self._stepping > STUCK:
+                continue
+            now = self._clock()
+            try:
+                self.store.transact(
+                    functools.partial(generations.keep_alive, owner=self.owner, now=now, until=now + LEASE)
+                )
+            except Exception:  # the next round, or the step's own renewal, tries again
+                logger.warning("fold worker %s could not say it is alive", self.owner, exc_info=True)
+
     def _write(self, write: Callable[[Tx], None]) -> None:
         """A write transaction, timed: while it holds the database's write lock, the others cannot
         say they are alive."""
@@ -232,13 +281,16 @@ class Worker:
             if i == 0:  # one worker, so that two deletes never meet
                 generations.prune_retired(tx, PRUNE, now)
             out = []
-            for gen in generations.generations(tx):
+            gens = generations.generations(tx)
+            built = {g.project for g in gens if g.status == "building"} if self.builds_only else set()
+            for gen in gens:
                 if self.book.for_generation(tx, gen) is None:
                     continue
                 if gen.status == "building" and generations.switch(tx, gen, now):
                     logger.info("model %s of project %s is built: reads now use it", gen.version, gen.project)
                     gen = dataclasses.replace(gen, status="active")
-                mine = [p for p in range(gen.partitions) if p % n == i]
+                skip = gen.status == "active" and gen.project in built
+                mine = [p for p in range(gen.partitions) if p % n == i and not skip]
                 theirs = [
                     p.part for p in generations.partitions(tx, gen.gen) if p.owner == self.owner and p.part not in mine
                 ]
@@ -268,9 +320,25 @@ class Worker:
 
     # --- folding ------------------------------------------------------------------------------
 
+    def _batch_size(self, gen: Generation) -> int:
+        """How many log positions the next fold of `gen` reads: twice as many as its last full
+        fold, up to `MAX_BATCH`, and for a served model up to about `FOLD_SECONDS` of work at that
+        fold's pace; `BATCH` at least. Doubling from `BATCH` keeps the first folds short, so that a
+        worker that took every partition before the others started gives their share back soon
+        (it renews its leases between folds). A fold that caught up was short because the log
+        was, which says nothing of the pace: it leaves the size where it was."""
+        pace = self._pace.get(gen.gen)
+        if pace is None:
+            return BATCH
+        size = min(MAX_BATCH, 2 * pace.size)
+        if gen.status != "building":
+            size = min(size, int(pace.per_second * FOLD_SECONDS))
+        return max(BATCH, size)
+
     def _fold_some(self, held: _Held) -> bool:
         gen = held.gen
         parts = set(held.parts)
+        started = time.monotonic()
         with self.store.read() as r:
             models = self.book.for_generation(r, gen)
             assert models is not None, "held partitions have a model"
@@ -287,7 +355,8 @@ class Worker:
             # Partitions further ahead (taken over from another worker) wait until the others catch up.
             lagging = {p for p, w in marks.items() if w == start}
             ahead = [w for w in marks.values() if w > start]
-            batch = log.read_log(r, gen.project, start, min(BATCH, min(ahead) - start) if ahead else BATCH)
+            limit = self._batch_size(gen)
+            batch = log.read_log(r, gen.project, start, min(limit, min(ahead) - start) if ahead else limit)
             if batch.upto <= start:
                 return False
             if any(self._committed.get((gen.gen, p)) != start for p in lagging):
@@ -334,6 +403,8 @@ class Worker:
         self._keep(gen, cs)
         for p in lagging:
             self._committed[gen.gen, p] = batch.upto
+        if batch.upto - start == limit:
+            self._pace[gen.gen] = _Pace(limit, limit / max(time.monotonic() - started, 1e-3))
         return True
 
     def _owned(
@@ -343,16 +414,28 @@ class Worker:
         events: list[Ev] = []
         owns: set[SubjectKey] = set()
         every = len(lagging) == n and not skip  # one worker holding every partition: no hashing
+        parts = self._parts.setdefault(n, {"user": {}, "account": {}})
         for row in rows:
-            keys = [SubjectKey("user", row.user_id)]
-            if row.account_id is not None:
-                keys.append(SubjectKey("account", row.account_id))
-            mine = (
-                keys if every else [k for k in keys if partition_of(k.level, k.subject, n) in lagging and k not in skip]
-            )
+            mine = False
+            subjects: tuple[tuple[Level, str | None], ...] = (("user", row.user_id), ("account", row.account_id))
+            for level, subject in subjects:
+                if subject is None:
+                    continue
+                if not every:
+                    known = parts[level]
+                    part = known.get(subject)
+                    if part is None:
+                        part = known[subject] = partition_of(level, subject, n)
+                    if part not in lagging:
+                        continue
+                key = SubjectKey(level, subject)
+                if key not in skip:
+                    owns.add(key)
+                    mine = True
             if mine:
-                owns.update(mine)
                 events.append(from_stored(row.raw, row.ts))
+        if sum(len(known) for known in parts.values()) > CACHE:
+            del self._parts[n]
         return events, owns
 
     def _priors(self, r: Tx, models: Models, gen: Generation, owns: set[SubjectKey], nps: set[NpsKey]) -> Priors:

@@ -35,6 +35,7 @@ __all__ = [
     "ensure",
     "generations",
     "heartbeat",
+    "keep_alive",
     "partitions",
     "prune_retired",
     "quarantined",
@@ -260,15 +261,25 @@ def release(tx: Tx, owner: str, gen: int | None = None, parts: list[int] | None 
         )
 
 
-def heartbeat(tx: Tx, owner: str, now: int, stale_before: int) -> list[str]:
-    """Say that `owner` is alive; the workers alive (ours included), in one order for all."""
+def _beat(tx: Tx, owner: str, now: int) -> None:
     tx.execute(
         "INSERT INTO workers (owner, heartbeat) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET "
         "heartbeat = excluded.heartbeat",
         (owner, now),
     )
+
+
+def heartbeat(tx: Tx, owner: str, now: int, stale_before: int) -> list[str]:
+    """Say that `owner` is alive; the workers alive (ours included), in one order for all."""
+    _beat(tx, owner, now)
     tx.execute("DELETE FROM workers WHERE heartbeat < ?", (stale_before,))
     return [r[0] for r in tx.all("SELECT owner FROM workers ORDER BY owner")]
+
+
+def keep_alive(tx: Tx, owner: str, now: int, until: int) -> None:
+    """Say that `owner` is alive and extend the leases it holds that have not run out; take nothing."""
+    _beat(tx, owner, now)
+    tx.execute("UPDATE partitions SET lease_until = ? WHERE owner = ? AND lease_until >= ?", (until, owner, now))
 
 
 def alive(tx: Tx, since: int) -> list[str]:

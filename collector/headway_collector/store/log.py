@@ -116,6 +116,7 @@ def read_log(tx: Tx, project: str, after: int, limit: int) -> LogBatch:
         "SELECT seq, project, user_id, account_id, ts, raw FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
         (after, upto),
     )
+    # The project is compared here, not in SQL: there, the planners take its index over the range.
     return LogBatch([LogRow(seq, uid, aid, ts, bytes(raw)) for seq, p, uid, aid, ts, raw in rows if p == project], upto)
 
 
