@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -122,6 +124,21 @@ class ModelBook:
             return None
         self.add(Config({gen.project: project}))
         return self._models[gen.project, gen.version]
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Without the cyclic garbage collector: a fold allocates millions of objects that live until
+    it ends, and the collections they trigger each walk every object alive (the kept records too);
+    measured on 1M events, a quarter of a fold's time. Reference counting still frees what dies,
+    and cycles made meanwhile wait for the next collection."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Wake(Protocol):
@@ -227,7 +244,8 @@ class Worker:
             self._renew()
         busy = False
         for held in self._held:
-            busy |= self._fold_some(held)
+            with _no_cycle_collection():
+                busy |= self._fold_some(held)
         if not busy:
             for held in self._held:
                 busy |= self._sweep_some(held)
