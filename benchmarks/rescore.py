@@ -3,8 +3,8 @@
 Builds a collector database (SQLite, the collector's schema) whose event log holds N realistic
 events, appended through the store (`Store.append`, what the app calls after decoding a
 request; 20,000-event appends, one commit each; nothing folded), runs one untimed rescore so
-that the active generation is at the head of the log (as on a database a collector serves: a
-rescore folds an active generation that is behind too, beside the one it builds), then times
+that the active generation is at the head of the log (as on a database a collector serves),
+then times
 `headway-collector rescore --jobs 1` and `--jobs 2` on it as subprocesses: each builds a new
 model generation from the start of the log with that many fold worker processes and switches
 reads to it. After each, the derived tables of the active generation (the `gen` column left
@@ -155,7 +155,7 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
         "Before the timed runs, one untimed `rescore --jobs 2` "
         f"({warmup.wall:.1f}s) folds the log into the generation the appends were made under, so that the timed "
         "runs start, as on a served database, from an active generation at the head of the log (a rescore "
-        "also folds an active generation that is behind, beside the one it builds: twice the work).", "",
+        "leaves alone the active generation it replaces, behind or not).", "",
         "## Results", "",
         "Events/s is logged events over the wall time of the whole command (interpreter start, spawning the "
         "fold worker processes and the switch included); the command's own time is what it prints.", "",
