@@ -323,6 +323,17 @@ def test_sigkill_loop_of_collector_and_fold_processes_loses_and_doubles_nothing(
     assert seen == want_readings
 
 
+def partition_owners(store: Any) -> dict[str | None, int]:
+    """How many partitions of the active generation of project acme each worker holds."""
+    from headway_collector.store import generations
+
+    with store.read() as r:
+        gen = generations.active(r, "acme")
+        assert gen is not None
+        held = [p.owner for p in generations.partitions(r, gen.gen)]
+    return {owner: held.count(owner) for owner in set(held)}
+
+
 @pytest.mark.parametrize("blocked", [True, False])
 def test_a_long_commit_does_not_let_a_worker_take_every_partition(tmp_path: Path, blocked: bool) -> None:
     """Two fold workers share the partitions. One commits for 6 s (ALIVE is 3 s) while the other,
@@ -331,7 +342,6 @@ def test_a_long_commit_does_not_let_a_worker_take_every_partition(tmp_path: Path
     from headway_collector.config import loads
     from headway_collector.projection import ModelBook, serve_models
     from headway_collector.projection.worker import Worker
-    from headway_collector.store import generations
 
     cfg = loads(config_text(), "test.toml")
     store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
@@ -345,20 +355,13 @@ def test_a_long_commit_does_not_let_a_worker_take_every_partition(tmp_path: Path
             b.step()
             a._renewed = b._renewed = 0.0  # renew at every step
 
-        def owners() -> dict[str | None, int]:
-            with store.read() as r:
-                gen = generations.active(r, "acme")
-                assert gen is not None
-                held = [p.owner for p in generations.partitions(r, gen.gen)]
-            return {owner: held.count(owner) for owner in set(held)}
-
-        assert owners() == {"a": 8, "b": 8}
+        assert partition_owners(store) == {"a": 8, "b": 8}
         clock[0] += 6_000_000  # b silent for 6 s: its leases (4 s) have run out
         if blocked:
             a._writing = 6.0  # ... because a's commit held the write lock that long
         a._renewed = 0.0
         a.step()
-        assert owners() == ({"a": 8, "b": 8} if blocked else {"a": 16})
+        assert partition_owners(store) == ({"a": 8, "b": 8} if blocked else {"a": 16})
     finally:
         store.close()
 
@@ -389,13 +392,6 @@ def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Pat
 
     monkeypatch.setattr(w, "fold", fold)
 
-    def owners() -> dict[str | None, int]:
-        with store.read() as r:
-            gen = generations.active(r, "acme")
-            assert gen is not None
-            held = [p.owner for p in generations.partitions(r, gen.gen)]
-        return {owner: held.count(owner) for owner in set(held)}
-
     def folded() -> bool:
         with store.read() as r:
             gen = generations.active(r, "acme")
@@ -409,8 +405,8 @@ def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Pat
         t.start()
     try:
         deadline = time.monotonic() + 20
-        while owners() != {"a": 8, "b": 8}:
-            assert time.monotonic() < deadline, owners()
+        while partition_owners(store) != {"a": 8, "b": 8}:
+            assert time.monotonic() < deadline, partition_owners(store)
             time.sleep(0.1)
         slow.set()
         now = datetime.now(timezone.utc)
@@ -421,10 +417,10 @@ def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Pat
         assert slowed.wait(10)
         deadline = time.monotonic() + 30
         while not folded():  # b folds its half at once; a's half waits for the slow fold
-            assert owners() == {"a": 8, "b": 8}
+            assert partition_owners(store) == {"a": 8, "b": 8}
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert owners() == {"a": 8, "b": 8}
+        assert partition_owners(store) == {"a": 8, "b": 8}
     finally:
         stop.set()
         for t in threads:
