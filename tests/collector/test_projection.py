@@ -391,6 +391,10 @@ def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Pat
         return real_fold(*args, **kwargs)
 
     monkeypatch.setattr(w, "fold", fold)
+    # Shorter than the defaults, in the same proportions, to keep the test short.
+    monkeypatch.setattr(w, "ALIVE", 1_000_000)
+    monkeypatch.setattr(w, "LEASE", 1_500_000)
+    monkeypatch.setattr(w, "RENEW", 0.2)
 
     def folded() -> bool:
         with store.read() as r:
