@@ -8,8 +8,9 @@ The loop, for every generation being served or built (`store.generations`):
    deletes a chunk of the transitions that retired generations keep, once past their grace period
    and taken by every webhook (`generations.prune_retired`);
 2. read, in one snapshot, the watermarks of its partitions, a batch of the log past the lowest
-   (about `FOLD_SECONDS` of work at the pace of its last fold: a generation far behind is folded
-   in large batches, so that each subject's records are written once per many of its events),
+   (doubling while the generation is behind, up to `MAX_BATCH`, and for a served model at most
+   about `FOLD_SECONDS` of work: `_batch_size`; a generation far behind is folded in large
+   batches, so that each subject's records are written once per many of its events),
    and the stored records of the subjects the batch touches (kept between batches: only this
    worker writes them while it holds their partitions);
 3. fold (`model.fold`, pure), outside any write transaction, so that appends never wait on it;
@@ -334,6 +335,7 @@ class Worker:
         for gen in list(self._quarantined):
             if gen not in live:
                 del self._quarantined[gen]
+        self._pace = {gen: pace for gen, pace in self._pace.items() if gen in live}
         self._swept = {(gen, p) for gen, p in self._swept if gen in live}
 
     # --- folding ------------------------------------------------------------------------------
