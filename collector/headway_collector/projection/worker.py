@@ -50,7 +50,6 @@ from ..config import Config, ConfigError, loads
 from ..events import from_stored
 from ..model.fold import (
     ChangeSet,
-    Level,
     Models,
     NpsKey,
     Priors,
@@ -211,7 +210,7 @@ class Worker:
         self._sweeps: dict[int, _Sweep] = {}
         self._swept: set[tuple[int, int]] = set()  # (gen, part) that a full sweep looked at since held
         self._pace: dict[int, _Pace] = {}  # gen -> its last full fold's
-        self._parts: dict[int, dict[Level, dict[str, int]]] = {}  # partitions -> level -> subject -> partition
+        self._parts: dict[int, dict[SubjectKey, int]] = {}  # partitions -> subject -> its partition
 
     def run(self, stop: threading.Event) -> None:
         done = threading.Event()
@@ -434,29 +433,26 @@ class Worker:
         events: list[Ev] = []
         owns: set[SubjectKey] = set()
         every = len(lagging) == n and not skip  # one worker holding every partition: no hashing
-        parts = self._parts.setdefault(n, {"user": {}, "account": {}})
         for row in rows:
-            mine = False
-            subjects: tuple[tuple[Level, str | None], ...] = (("user", row.user_id), ("account", row.account_id))
-            for level, subject in subjects:
-                if subject is None:
-                    continue
-                if not every:
-                    known = parts[level]
-                    part = known.get(subject)
-                    if part is None:
-                        part = known[subject] = partition_of(level, subject, n)
-                    if part not in lagging:
-                        continue
-                key = SubjectKey(level, subject)
-                if key not in skip:
-                    owns.add(key)
-                    mine = True
+            keys = [SubjectKey("user", row.user_id)]
+            if row.account_id is not None:
+                keys.append(SubjectKey("account", row.account_id))
+            mine = keys if every else [k for k in keys if self._partition(k, n) in lagging and k not in skip]
             if mine:
+                owns.update(mine)
                 events.append(from_stored(row.raw, row.ts))
-        if sum(len(known) for known in parts.values()) > CACHE:
-            del self._parts[n]
         return events, owns
+
+    def _partition(self, key: SubjectKey, n: int) -> int:
+        """`partition_of`, remembered (up to `CACHE` subjects): a batch meets the same subjects
+        over and over."""
+        known = self._parts.setdefault(n, {})
+        part = known.get(key)
+        if part is None:
+            if len(known) >= CACHE:
+                known.clear()
+            part = known[key] = partition_of(key.level, key.subject, n)
+        return part
 
     def _priors(self, r: Tx, models: Models, gen: Generation, owns: set[SubjectKey], nps: set[NpsKey]) -> Priors:
         records = self._records
