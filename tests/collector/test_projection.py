@@ -430,3 +430,36 @@ def test_a_fold_longer_than_alive_keeps_its_partitions_and_commits(tmp_path: Pat
         for t in threads:
             t.join()
         store.close()
+
+
+def test_a_cycle_frozen_after_a_fold_step_is_collected_once_the_frozen_objects_double(monkeypatch: Any) -> None:
+    """A worker freezes what each step leaves alive, so that no collection walks the records it
+    keeps; a cycle made in a step and dead later still goes, at the full collection that runs
+    when the steps have frozen as many objects again as the last one left (`_LongLived`)."""
+    import gc
+    import weakref
+
+    from headway_collector.projection import worker as w
+
+    monkeypatch.setattr(w, "FROZEN_FLOOR", 20_000)
+    policy = w._LongLived()
+
+    class Node:
+        me: Any = None
+
+    try:
+        with policy.step():
+            node = Node()
+            node.me = node
+            dead = weakref.ref(node)
+            del node
+        gc.collect()
+        assert dead() is not None  # frozen: not even a full collection walks it
+        kept: list[list[list[int]]] = []
+        while dead() is not None:
+            with policy.step():
+                kept.append([[] for _ in range(1_000)])  # what folds keep: long-lived objects
+            assert len(kept) <= 21, "the cycle was never collected"
+        assert len(kept) > 10  # not before the frozen objects neared the floor
+    finally:
+        gc.unfreeze()
