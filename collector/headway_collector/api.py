@@ -30,9 +30,9 @@ from .config import Project
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import SubjectKey
-from .model.subject import LevelModel, SubjectState, decode_state
+from .model.subject import LevelModel, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
-from .reads import Snapshot, consistent_read
+from .reads import Snapshot, consistent_read, subject_state
 from .store import generations, log, queries
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "metrics",
     "model",
     "readyz",
-    "stored_state",
 ]
 
 MAX_LIMIT = 1000
@@ -88,14 +87,6 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     return AccountView(account_id=sid, nps=nps_view(r.nps), **common)
 
 
-def stored_state(snap: Snapshot, project: Project, level: str, sid: str) -> SubjectState:
-    """A subject's state in the snapshot, or a 404."""
-    blob = queries.subject_state(snap.tx, snap.gen.gen, level, sid)
-    if blob is None:
-        raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
-    return decode_state(blob)
-
-
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
@@ -104,7 +95,7 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
 
     def view(snap: Snapshot) -> UserView | AccountView:
         lm = snap.models[project.name, level]
-        st = stored_state(snap, project, level, sid)
+        st = subject_state(snap, project, level, sid)
         return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
 
     return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))

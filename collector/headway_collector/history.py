@@ -17,7 +17,6 @@ from headway.wire import ScoreHistory, ScorePoint, ScoreShare
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .api import stored_state
 from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
@@ -26,7 +25,7 @@ from .model import scoring
 from .model.fold import SubjectKey
 from .model.subject import Ev
 from .params import app_state, count, read_time, ts
-from .reads import Snapshot, consistent_read
+from .reads import Snapshot, consistent_read, subject_state
 from .store import log
 
 __all__ = ["MAX_DAYS", "scores"]
@@ -51,8 +50,8 @@ def _history(
 ) -> ScoreHistory:
     lm = snap.models[project.name, level]
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`
-    # One snapshot: the state and the events agree (the state holds every event up to the watermark).
-    total = stored_state(snap, project, level, sid).sums[0]
+    # One snapshot: the state and the events agree (both hold every event up to `snap.folded`).
+    total = subject_state(snap, project, level, sid).sums[0]
     stored = [from_stored(raw, t) for raw, t in log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)]
     half_life = lm.half_lives[0]
 

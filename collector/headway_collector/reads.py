@@ -5,15 +5,21 @@ every batch acknowledged before the read arrived is at or below it) and the wate
 project's active generation: when the watermark has reached the head, the read answers from that
 same snapshot, so it sees one model generation, folded at least that far. Otherwise it waits
 (1 ms, doubling to 20 ms) and looks again with a new snapshot, keeping the head it first saw: it
-waits for what came before it, not for what keeps arriving. A read of one subject (its view, its
-score history) waits only for that subject: for its partition's watermark, or not at all when
-none of its events lies between that watermark and the head. Past `AppState.read_wait` seconds
+waits for what came before it, not for what keeps arriving. Past `AppState.read_wait` seconds
 (5 by default) it answers 503 with Retry-After, never a silently stale answer.
+
+A read of one subject (its view, its score history) does not wait: in the same snapshot it takes
+the subject's events between its partition's watermark and the head (`Snapshot.pending`) and
+folds them into the stored state itself (`subject_state`), with the projection's own function
+(`model.subject.fold_in`). The state is a function of the subject's set of events, so the answer
+is the one the projection will store. It waits as above when the subject is quarantined (the
+projection sets its events aside) or has more than `PENDING` events not yet folded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +29,19 @@ from starlette.concurrency import run_in_threadpool
 
 from .config import Project
 from .errors import APIError
-from .model.fold import Models, SubjectKey, partition_of
+from .events import from_stored
+from .model.fold import Level, Models, SubjectKey, partition_of
+from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .state import AppState
-from .store import generations, log
+from .store import generations, log, queries
 from .store.base import Tx
 from .store.generations import Generation
 
-__all__ = ["Snapshot", "consistent_read"]
+__all__ = ["PENDING", "Snapshot", "consistent_read", "subject_state"]
+
+logger = logging.getLogger("headway_collector.reads")
+
+PENDING = 10_000  # a subject's events not yet folded that its read folds itself; with more, it waits
 
 T = TypeVar("T")
 
@@ -41,7 +53,8 @@ class Snapshot:
     tx: Tx
     gen: Generation
     models: Models
-    folded: int  # every log position up to this one is in the generation's state
+    folded: int  # every log position up to this one is in what the read sees
+    pending: tuple[Ev, ...] = ()  # a one-subject read's events past what is stored, up to `folded`
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +73,19 @@ def _attempt(
         gen = generations.active(r, project.name)
         if gen is None:
             return _Attempt(head, head)
+        pending: list[Ev] = []
         if subject is None:
             folded = generations.watermark(r, gen.gen)
-        else:  # one subject's read needs its own events folded, not everybody's
+        else:  # one subject's read needs its own events, not everybody's
             part = partition_of(subject.level, subject.subject, gen.partitions)
             folded = generations.partition_watermark(r, gen.gen, part)
-            if folded < head and not log.subject_logged(r, project.name, subject.level, subject.subject, folded, head):
-                folded = head  # nothing of it is waiting: its state holds every acknowledged event
+            if folded < head:
+                rows = log.subject_events(
+                    r, project.name, subject.level, subject.subject, after=folded, upto=head, limit=PENDING + 1
+                )
+                if not rows or (len(rows) <= PENDING and not generations.is_quarantined(r, gen.gen, subject)):
+                    pending = [from_stored(raw, ts) for raw, ts in rows]
+                    folded = head
         if folded < head:
             return _Attempt(head, head - folded)
         models = state.book.for_generation(r, gen)
@@ -77,7 +96,7 @@ def _attempt(
                 f"the model {gen.version} of project {project.name!r} does not load in this collector; retry later",
                 {"Retry-After": "1"},
             )
-        return _Attempt(head, 0, body(Snapshot(r, gen, models, folded)))
+        return _Attempt(head, 0, body(Snapshot(r, gen, models, folded, tuple(pending))))
 
 
 async def consistent_read(
@@ -103,3 +122,28 @@ async def consistent_read(
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.02)
+
+
+def subject_state(snap: Snapshot, project: Project, level: Level, sid: str) -> SubjectState:
+    """A subject's state as of `snap.folded`: the stored one with the snapshot's pending events
+    folded in; a 404 if it has no event."""
+    blob = queries.subject_state(snap.tx, snap.gen.gen, level, sid)
+    state = decode_state(blob) if blob is not None else None
+    if snap.pending:
+        lm = snap.models[project.name, level]
+        try:
+            state = fold_in(lm, state, list(snap.pending))
+            if state is None:  # a late event the stored state cannot take: from its whole history
+                history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
+                state = build(lm, [from_stored(raw, ts) for raw, ts in history])
+        except Exception:  # what the projection will quarantine: no answer until it has
+            logger.exception("project %s: %s %r could not be folded for a read", project.name, level, sid)
+            raise APIError(
+                503,
+                "projection_behind",
+                f"the {level} {sid!r} is not folded yet; retry later",
+                {"Retry-After": "1"},
+            ) from None
+    if state is None:
+        raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
+    return state

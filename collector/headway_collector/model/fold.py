@@ -57,7 +57,7 @@ from .evaluate import (
 )
 from .records import EarlyEvents, Labels
 from .scoring import DAY, value_at
-from .subject import REBUILD, Ev, LevelModel, SubjectState, Terms, apply, build, new_state, terms
+from .subject import Ev, LevelModel, SubjectState, Terms, build, fold_in, terms
 
 __all__ = [
     "LEVELS",
@@ -334,11 +334,9 @@ def _fold_subject(
             return SubjectRecord(state, {}, 0, days), True
         prior.state = state
         return prior, True
-    evs.sort(key=lambda e: (e.t, e.id))  # in time order a batch folds without rebuilds
-    state = prior.state if prior is not None else new_state(lm, evs[0])
-    for ev in evs:
-        if apply(lm, state, ev, per_event[ev.id]) is REBUILD:
-            return None
+    state = fold_in(lm, prior.state if prior is not None else None, evs, per_event)
+    if state is None:
+        return None
     if prior is None:
         return SubjectRecord(state, {}, 0, days), False
     return prior, False

@@ -47,6 +47,7 @@ __all__ = [
     "build",
     "decode_state",
     "encode_state",
+    "fold_in",
     "new_state",
     "rate_judged_at",
     "terms",
@@ -173,13 +174,31 @@ def new_state(lm: LevelModel, ev: Ev) -> SubjectState:
     )
 
 
+def _in_time(ev: Ev) -> tuple[int, str]:
+    return ev.t, ev.id
+
+
 def build(lm: LevelModel, events: list[Ev]) -> SubjectState | None:
     """The state of a subject from all its events: the same fold, in time order."""
     state = None
-    for ev in sorted(events, key=lambda e: (e.t, e.id)):
+    for ev in sorted(events, key=_in_time):
         state = new_state(lm, ev) if state is None else state
         result = apply(lm, state, ev)
         assert result is not REBUILD, "events in time order never need a rebuild"
+    return state
+
+
+def fold_in(
+    lm: LevelModel, state: SubjectState | None, events: list[Ev], known: dict[str, Terms] | None = None
+) -> SubjectState | None:
+    """`state` (None: no event yet) with new `events` folded in, in time order (in place; `events`
+    is sorted); None if one of them needs the subject's whole history instead (`build`).
+    `known`: `terms` of the events by id, when the caller has them."""
+    events.sort(key=_in_time)  # in time order a batch folds without rebuilds
+    state = state if state is not None else new_state(lm, events[0])
+    for ev in events:
+        if apply(lm, state, ev, known[ev.id] if known is not None else None) is REBUILD:
+            return None
     return state
 
 

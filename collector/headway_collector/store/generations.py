@@ -35,6 +35,7 @@ __all__ = [
     "ensure",
     "generations",
     "heartbeat",
+    "is_quarantined",
     "keep_alive",
     "partitions",
     "prune_retired",
@@ -305,3 +306,8 @@ def quarantined(tx: Tx, gen: int) -> dict[SubjectKey, str]:
         SubjectKey(level, subject): reason
         for level, subject, reason in tx.all("SELECT level, subject, reason FROM quarantine WHERE gen = ?", (gen,))
     }
+
+
+def is_quarantined(tx: Tx, gen: int, key: SubjectKey) -> bool:
+    row = tx.one("SELECT 1 FROM quarantine WHERE gen = ? AND level = ? AND subject = ?", (gen, key.level, key.subject))
+    return row is not None

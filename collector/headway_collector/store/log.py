@@ -26,7 +26,6 @@ __all__ = [
     "read_log",
     "received_at",
     "subject_events",
-    "subject_logged",
 ]
 
 
@@ -131,30 +130,32 @@ def _column(level: str) -> str:
     return "user_id" if level == "user" else "account_id"
 
 
-def subject_logged(tx: Tx, project: str, level: str, subject: str, after: int, upto: int) -> bool:
-    """Whether one subject has events at positions after `after` and up to `upto`."""
-    column = _column(level)
-    return (
-        tx.one(
-            f"SELECT 1 FROM events WHERE project = ? AND {column} = ? AND seq > ? AND seq <= ? LIMIT 1",
-            (project, subject, after, upto),
-        )
-        is not None
-    )
-
-
 def subject_events(
-    tx: Tx, project: str, level: str, subject: str, *, upto: int | None = None, after_ts: int | None = None
+    tx: Tx,
+    project: str,
+    level: str,
+    subject: str,
+    *,
+    after: int | None = None,
+    upto: int | None = None,
+    after_ts: int | None = None,
+    limit: int | None = None,
 ) -> list[tuple[bytes, int]]:
-    """One subject's stored events, (raw, corrected time): up to position `upto`, or with
-    corrected times after `after_ts`."""
+    """One subject's stored events, (raw, corrected time): at positions after `after` and up to
+    `upto`, or with corrected times after `after_ts`; at most `limit` of them."""
     column = _column(level)
     sql = f"SELECT raw, ts FROM events WHERE project = ? AND {column} = ?"
     params: list[Any] = [project, subject]
+    if after is not None:
+        sql += " AND seq > ?"
+        params.append(after)
     if upto is not None:
         sql += " AND seq <= ?"
         params.append(upto)
     if after_ts is not None:
         sql += " AND ts > ?"
         params.append(after_ts)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
     return [(bytes(raw), ts) for raw, ts in tx.all(sql, params)]
