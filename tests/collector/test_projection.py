@@ -25,7 +25,7 @@ from headway_collector.cli import main as cli_main
 from headway_collector.store import log, open_store
 from headway_collector.store.base import Accepted
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.collector.test_store_contract import (EPOCH, batches, collector, differences, dump, fresh_url, make_events,
+from tests.collector.test_store_contract import (BACKENDS, EPOCH, batches, collector, differences, dump, fresh_url, make_events,
                                                  model, readings, send, stored_events)
 from tests.conftest import LiveCollector, config_text, postgres_schema, rescore_offline
 
@@ -481,10 +481,11 @@ async def subject_readings(client: httpx.AsyncClient, events: list[dict[str, Any
     return out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), share=st.floats(0.0, 0.9))
 def test_a_subject_read_folds_what_the_projection_has_not_and_answers_what_it_will(
-    tmp_path_factory: pytest.TempPathFactory, seed: int, share: float
+    tmp_path_factory: pytest.TempPathFactory, backend: str, seed: int, share: float
 ) -> None:
     """While the projection folds nothing, a read of one subject folds that subject's events
     acknowledged since its partition's watermark itself (`reads.subject_state`): it answers at
@@ -516,6 +517,6 @@ def test_a_subject_read_folds_what_the_projection_has_not_and_answers_what_it_wi
             after = await subject_readings(c, events, at)
             assert before == after
 
-    with pytest.MonkeyPatch.context() as mp, fresh_url("sqlite", tmp_path_factory.mktemp("reads")) as url:
+    with pytest.MonkeyPatch.context() as mp, fresh_url(backend, tmp_path_factory.mktemp("reads")) as url:
         mp.setattr(Worker, "_fold_some", maybe_fold)
         asyncio.run(run(url))
