@@ -25,8 +25,8 @@ from headway_collector.cli import main as cli_main
 from headway_collector.store import log, open_store
 from headway_collector.store.base import Accepted
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.collector.test_store_contract import (BACKENDS, EPOCH, batches, collector, differences, dump, fresh_url, make_events,
-                                                 model, readings, send, stored_events)
+from tests.collector.test_store_contract import (BACKENDS, EPOCH, batches, collector, differences, dump, fresh_url,
+                                                 make_events, model, readings, send, stored_events)
 from tests.conftest import LiveCollector, config_text, postgres_schema, rescore_offline
 
 
@@ -472,7 +472,8 @@ async def subject_readings(client: httpx.AsyncClient, events: list[dict[str, Any
     users = sorted({e["user_id"] for e in events})
     accounts = sorted({e["account_id"] for e in events if e["account_id"]})
     paths = [f"/v1/users/{u}?at={at}" for u in users] + [f"/v1/accounts/{a}?at={at}" for a in accounts]
-    paths += [f"/v1/scores?user_id={u}&at={at}" for u in users] + [f"/v1/scores?account_id={a}&at={at}" for a in accounts]
+    paths += [f"/v1/scores?user_id={u}&at={at}" for u in users]
+    paths += [f"/v1/scores?account_id={a}&at={at}" for a in accounts]
     out = {}
     for path in paths:
         r = await client.get(path, headers=read_headers())
