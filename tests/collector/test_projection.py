@@ -179,7 +179,7 @@ async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on
     more = [dict(e, id=e["id"] + "-2", timestamp=rfc(t0 + timedelta(days=1))) for e in ev]
     async with collector(url) as c:
         await send(c, more)
-        assert (await c.get("/v1/users?limit=10", headers=read_headers())).status_code == 200  # waits for the fold
+        assert (await c.get("/v1/model", headers=read_headers())).status_code == 200  # waits for the fold
         good = (await c.get("/v1/users/good", headers=read_headers())).json()
         assert good["engagement"]["events"] == 2  # the good subject is folded past the bad one
         metrics = (await c.get("/metrics", headers=read_headers())).text
