@@ -76,6 +76,7 @@ __all__ = [
     "SubjectRecord",
     "Transition",
     "fold",
+    "kept_achieved",
     "labels_at",
     "nps_keys",
     "partition_of",
@@ -442,7 +443,7 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
     """Add the subject's transitions from the labels last announced to its labels at `now`, and
     keep its label row (labels and wake-up instant) when either changed."""
     old = record.announced or baseline(lm)
-    new = _kept_achieved(lm, old, labels_at(lm, record.state, now, record.marks))
+    new = kept_achieved(lm, old, labels_at(lm, record.state, now, record.marks))
     wake = wake_at(lm, record.state, now, record.marks)
     if new == old and wake == record.wake_at:
         return
@@ -452,7 +453,7 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
     out.announced[key] = LabelRow(new, wake)
 
 
-def _kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
+def kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
     """`new`, with each milestone already announced achieved kept achieved (and so not missed).
 
     A late event that moves a subject's first event earlier can undo an achievement (the window
