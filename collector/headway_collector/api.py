@@ -189,7 +189,10 @@ def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int)
         rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN)
         for row in rows:
             after = (row.score_key, row.subject)
-            st = decode_state(row.state)
+            try:
+                st = decode_state(row.state)
+            except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
+                continue
             reading = read(lm, st, now)
             if _keeps(q, reading, now):
                 items.append(_view(lm, row.subject, reading, st.first_seen, st.last_seen, now))

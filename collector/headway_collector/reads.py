@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
 from starlette.concurrency import run_in_threadpool
 
 from .config import Project
@@ -128,7 +129,15 @@ def subject_state(snap: Snapshot, project: Project, level: Level, sid: str) -> S
     """A subject's state as of `snap.folded`: the stored one with the snapshot's pending events
     folded in; a 404 if it has no event."""
     blob = queries.subject_state(snap.tx, snap.gen.gen, level, sid)
-    state = decode_state(blob) if blob is not None else None
+    try:
+        state = decode_state(blob) if blob is not None else None
+    except msgspec.DecodeError:  # a corrupt row: the projection quarantined it
+        raise APIError(
+            503,
+            "subject_unreadable",
+            f"the stored state of {level} {sid!r} does not decode; a rescore builds it again from the log",
+            {"Retry-After": "60"},
+        ) from None
     if snap.pending:
         lm = snap.models[project.name, level]
         try:

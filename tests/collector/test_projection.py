@@ -182,6 +182,10 @@ async def test_a_subject_that_cannot_be_folded_is_quarantined_and_the_rest_go_on
         assert (await c.get("/v1/model", headers=read_headers())).status_code == 200  # waits for the fold
         good = (await c.get("/v1/users/good", headers=read_headers())).json()
         assert good["engagement"]["events"] == 2  # the good subject is folded past the bad one
+        listed = (await c.get("/v1/users?limit=10", headers=read_headers())).json()["items"]
+        assert [u["user_id"] for u in listed] == ["good"]  # the corrupt row does not stop a list
+        bad = await c.get("/v1/users/bad", headers=read_headers())
+        assert bad.status_code == 503 and bad.json()["error"]["code"] == "subject_unreadable"
         metrics = (await c.get("/metrics", headers=read_headers())).text
         assert 'headway_quarantined_subjects{project="acme"} 1' in metrics
     rescore_offline(url, model())  # a rescore builds it again from the log
