@@ -13,7 +13,8 @@ the subject's events between its partition's watermark and the head (`Snapshot.p
 folds them into the stored state itself (`subject_state`), with the projection's own function
 (`model.subject.fold_in`). The state is a function of the subject's set of events, so the answer
 is the one the projection will store. It waits as above when the subject is quarantined (the
-projection sets its events aside) or has more than `PENDING` events not yet folded.
+projection sets its events aside) or has more than `PENDING` events not yet folded: then for
+its partition's watermark, without reading its events again at each look.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def _attempt(
     state: AppState, project: Project, body: Callable[[Snapshot], object], head: int | None, subject: SubjectKey | None
 ) -> _Attempt:
     with state.store.read() as r:
+        first = head is None
         if head is None:
             head = log.head(r)
         gen = generations.active(r, project.name)
@@ -80,7 +82,7 @@ def _attempt(
         else:  # one subject's read needs its own events, not everybody's
             part = partition_of(subject.level, subject.subject, gen.partitions)
             folded = generations.partition_watermark(r, gen.gen, part)
-            if folded < head:
+            if folded < head and first:  # once it waits, it waits for the watermark: no reading again
                 rows = log.subject_events(
                     r, project.name, subject.level, subject.subject, after=folded, upto=head, limit=PENDING + 1
                 )
