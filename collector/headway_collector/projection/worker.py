@@ -553,7 +553,7 @@ class Worker:
             n = gen.partitions
 
             def mine(k: SubjectKey) -> bool:
-                return partition_of(k.level, k.subject, n) in marks
+                return self._partition(k, n) in marks
 
             first = state.after is None and state.after_due is None
             if first:
@@ -576,7 +576,7 @@ class Worker:
         records: dict[SubjectKey, SubjectRecord] = {}
         touched: dict[int, int] = {}
         for key, record in page:
-            part = partition_of(key.level, key.subject, gen.partitions)
+            part = self._partition(key, gen.partitions)
             if part not in marks or record is None or key in skip:
                 continue
             kept = self._records.get((gen.gen, key))
@@ -587,7 +587,7 @@ class Worker:
         cs = sweep(models, gen.project, records, now)
         if not cs.announced:
             return False
-        changed = {partition_of(k.level, k.subject, gen.partitions) for k in cs.announced}
+        changed = {self._partition(k, gen.partitions) for k in cs.announced}
 
         def write(tx: Tx) -> None:
             for part in sorted(changed):
