@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from headway.wire import MAX_WEIGHT
 
 __all__ = [
     "TRANSITION_TYPES",
@@ -357,6 +358,12 @@ class _Builder:
             raise self.fail(loc, f"{loc[-1]} must be a finite number, got {value}")
         return value
 
+    def weight(self, loc: list[str | int], value: float) -> float:
+        """A weight: finite and within ±1e6, as an event's own (SPEC sections 2 and 4)."""
+        if not -MAX_WEIGHT <= self.finite(loc, value) <= MAX_WEIGHT:
+            raise self.fail(loc, f"{loc[-1]} = {value:g}: weights lie within ±{MAX_WEIGHT:g}")
+        return value
+
     def config(self, raw: dict[str, _RawProject], data: dict[str, Any]) -> Config:
         seen_keys: dict[str, str] = {}
         projects = {}
@@ -392,10 +399,10 @@ class _Builder:
             half_life=self.duration(eng_at + ["half_life"], e.half_life),
             trend_short=short,
             trend_long=long_,
-            default_weight=self.finite(eng_at + ["default_weight"], e.default_weight),
+            default_weight=self.weight(eng_at + ["default_weight"], e.default_weight),
             engaged_threshold=self.finite(eng_at + ["engaged_threshold"], e.engaged_threshold),
         )
-        weights = {k: self.finite(at + ["weights", k], v) for k, v in rp.weights.items()}
+        weights = {k: self.weight(at + ["weights", k], v) for k, v in rp.weights.items()}
         stages = self.stages(at, rp.stages)
         milestones = self.milestones(at, rp.milestones, stages)
         self.check_stage_triggers(at, stages, milestones)

@@ -51,6 +51,9 @@ def line_of(text: str, needle: str) -> int:
         ('engaged_threshold = 20.0', 'engaged_threshold = 20.0\nbogus = 1', "unknown field `bogus`", 1),
         ('after = "180d"', 'after = "10d"', "'after' must grow", 0),
         ('within = "10d"', 'within = "99999999d"', "over 100 years", 0),
+        ("report_shared = 5", "report_shared = 1e300", "report_shared = 1e+300: weights lie within ±1e+06", 0),
+        ("report_shared = 5", "report_shared = -1000000.5", "weights lie within ±1e+06", 0),
+        ("default_weight = 1.0", "default_weight = 5e7", "default_weight = 5e+07: weights lie within ±1e+06", 0),
     ],
 )
 def test_bad_models_are_refused_with_line_and_reason(old: str, new: str, reason: str, offset: int) -> None:
@@ -117,6 +120,16 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr
     r = run_cli("serve")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_check_refuses_weights_beyond_a_million(tmp_path: Path) -> None:
+    """SPEC section 4: weights lie within ±1e6; `check` names the line, as for any other key."""
+    for old, new in (("report_shared = 5", "report_shared = 1e300"), ("default_weight = 1.0", "default_weight = 5e7")):
+        bad = tmp_path / "weights.toml"
+        bad.write_text(TEXT.replace(old, new))
+        r = run_cli("check", "--config", str(bad))
+        assert r.returncode == 1 and "weights lie within" in r.stderr, r.stderr
+        assert f"{bad}:{line_of(TEXT, old)}: " in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_keys_new_prints_a_key_and_its_hash() -> None:
