@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from typing import Any, Literal
 
@@ -27,15 +28,17 @@ from starlette.responses import PlainTextResponse, Response
 
 from .auth import authorize
 from .config import Project
-from .errors import APIError, json_response
+from .errors import json_response
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import SubjectKey
 from .model.subject import LevelModel, decode_state
-from .params import app_state, choice, count, nps_view, read_time, ts
+from .params import AT, MAX_NAME, NO_PARAMS, Params, app_state, choice, invalid, nps_view, read_time, text, ts, whole
 from .reads import Snapshot, consistent_read, subject_state
 from .store import generations, log, queries
 
 __all__ = [
+    "LIST",
+    "ONE",
     "get_account",
     "get_user",
     "healthz",
@@ -50,6 +53,18 @@ MAX_LIMIT = 1000
 STATUSES = ("pending", "in_progress", "achieved", "missed")
 QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
 TRENDS = ("rising", "steady", "cooling")
+MAX_CURSOR_TEXT = 1100  # base64 of 8 bytes and an id of 200 characters of up to 4 bytes
+
+ONE = Params(text("subject", "the user's or account's id (any characters)", required=True, where="path"), AT)
+ORDER = choice("order", "by score", ("desc", "asc"), default="desc")
+LIMIT = whole("limit", "items a page", default=50, most=MAX_LIMIT)
+CURSOR = text("cursor", "next_cursor of the page before", most=MAX_CURSOR_TEXT)
+STAGE = text("stage", "a stage of the model", most=MAX_NAME)
+QUADRANT = choice("quadrant", "the quadrant", QUADRANTS)
+TREND = choice("trend", "the trend", TRENDS)
+MILESTONE = text("milestone", "a milestone of the model (with status: its status)", most=MAX_NAME)
+STATUS = choice("status", "the milestone's status (needs milestone)", STATUSES)
+LIST = Params(ORDER, LIMIT, CURSOR, STAGE, QUADRANT, TREND, MILESTONE, STATUS, AT)
 
 
 def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int, now: int) -> UserView | AccountView:
@@ -90,8 +105,9 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
+    q = ONE.read(request)
     sid = request.path_params["subject"]
-    now = read_time(request, state)
+    now = read_time(q[AT], state)
 
     def view(snap: Snapshot) -> UserView | AccountView:
         lm = snap.models[project.name, level]
@@ -119,11 +135,12 @@ def _encode_cursor(key: float, sid: str) -> str:
 def _decode_cursor(text: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        if len(raw) < 8:
+        key: float = struct.unpack(">d", raw[:8])[0]
+        if not math.isfinite(key):
             raise ValueError
-        return struct.unpack(">d", raw[:8])[0], raw[8:].decode()
+        return key, raw[8:].decode()
     except (ValueError, binascii.Error, UnicodeDecodeError, struct.error):
-        raise APIError(400, "bad_request", "cursor is not one this API gave out") from None
+        raise invalid("cursor", "not one this API gave out") from None
 
 
 class _ListQuery(msgspec.Struct):
@@ -135,32 +152,28 @@ class _ListQuery(msgspec.Struct):
     trend: str | None
     milestone: str | None
     status: str | None
+    at: int | None
 
 
 def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
-    q = request.query_params
-    order = choice(request, "order", ("desc", "asc")) or "desc"
-    limit = count(request, "limit", 50, MAX_LIMIT)
-    stage = q.get("stage")
+    q = LIST.read(request)
+    stage, milestone, status, cursor = q[STAGE], q[MILESTONE], q[STATUS], q[CURSOR]
     if stage is not None and stage not in {s.name for s in project.stages}:
-        raise APIError(400, "bad_request", f"unknown stage {stage!r}")
-    milestone = q.get("milestone")
-    names = {m.name for m in project.milestones_at(level)}
-    if milestone is not None and milestone not in names:
-        raise APIError(400, "bad_request", f"unknown {level} milestone {milestone!r}")
-    status = choice(request, "status", STATUSES)
+        raise invalid("stage", f"{stage!r} is not a stage of the model")
+    if milestone is not None and milestone not in {m.name for m in project.milestones_at(level)}:
+        raise invalid("milestone", f"{milestone!r} is not a {level} milestone of the model")
     if status is not None and milestone is None:
-        raise APIError(400, "bad_request", "status filters a milestone: give milestone=NAME too")
-    cursor = q.get("cursor")
+        raise invalid("status", "filters a milestone: give milestone=NAME too")
     return _ListQuery(
-        order=order,
-        limit=limit,
-        after=_decode_cursor(cursor) if cursor else None,
+        order=q[ORDER],
+        limit=q[LIMIT],
+        after=_decode_cursor(cursor) if cursor is not None else None,
         stage=stage,
-        quadrant=choice(request, "quadrant", QUADRANTS),
-        trend=choice(request, "trend", TRENDS),
+        quadrant=q[QUADRANT],
+        trend=q[TREND],
         milestone=milestone,
         status=status,
+        at=q[AT],
     )
 
 
@@ -206,7 +219,7 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
-    now = read_time(request, state)
+    now = read_time(q.at, state)
     items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
     page = (
         UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
@@ -246,14 +259,17 @@ def _model_info(project: Project, snap: Snapshot) -> ModelInfo:
 async def model(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
+    NO_PARAMS.read(request)
     return json_response(await consistent_read(state, project, lambda snap: _model_info(project, snap)))
 
 
 async def healthz(request: Request) -> Response:
+    NO_PARAMS.read(request)
     return json_response({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    NO_PARAMS.read(request)
     state = app_state(request)
     if (
         not state.ready
@@ -275,5 +291,6 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")  # private: see metrics.py
+    NO_PARAMS.read(request)
     text = await run_in_threadpool(state.metrics.render, project.name)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

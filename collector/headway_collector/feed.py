@@ -30,18 +30,24 @@ from starlette.responses import Response, StreamingResponse
 
 from .auth import authorize, authorize_key
 from .config import Config, Project
-from .errors import APIError, json_response
-from .params import app_state, count, ts, whole_number
+from .errors import json_response
+from .params import Params, app_state, cursor, text, ts, whole
 from .reads import Snapshot, consistent_read
 from .state import AppState
 from .store import queries
 
-__all__ = ["HEARTBEAT", "list_transitions", "stream", "transition_of"]
+__all__ = ["HEARTBEAT", "STREAM", "TRANSITIONS", "list_transitions", "stream", "transition_of"]
 
 HEARTBEAT = 15.0  # seconds between comment lines on an idle stream
 POLL = 0.1  # seconds between looks for new transitions
 PAGE = 500  # transitions a stream reads at once
 MAX_LIMIT = 1000
+
+SINCE = cursor("since", "the id of the last transition seen (0: from the first)")
+LIMIT = whole("limit", "transitions a page", default=100, most=MAX_LIMIT)
+TRANSITIONS = Params(SINCE, LIMIT)
+LAST_EVENT_ID = cursor("Last-Event-ID", "the id to resume after, as browsers send it; wins over since", where="header")
+STREAM = Params(SINCE, LAST_EVENT_ID, text("key", "a read key (EventSource cannot send headers)"))
 
 _decode_data = msgspec.json.Decoder(dict).decode
 _encode = msgspec.json.Encoder().encode
@@ -59,17 +65,6 @@ def transition_of(project: str, row: queries.TransitionRow) -> Transition:
     )
 
 
-def _cursor(name: str, text: str | None) -> int:
-    if text is None or text == "":
-        return 0
-    n = whole_number(text.strip())
-    if n is None:
-        raise APIError(
-            400, "bad_request", f"{name} must be a cursor (a whole number, the id of a transition); got {text!r}"
-        )
-    return n
-
-
 def _page(snap: Snapshot, project: str, after: int, limit: int) -> TransitionPage:
     rows = queries.project_transitions(snap.tx, project, after, limit)
     return TransitionPage(
@@ -80,8 +75,8 @@ def _page(snap: Snapshot, project: str, after: int, limit: int) -> TransitionPag
 async def list_transitions(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    after = _cursor("since", request.query_params.get("since"))
-    limit = count(request, "limit", 100, MAX_LIMIT)
+    q = TRANSITIONS.read(request)
+    after, limit = q[SINCE], q[LIMIT]
     return json_response(await consistent_read(state, project, lambda snap: _page(snap, project.name, after, limit)))
 
 
@@ -143,7 +138,8 @@ def _read(state: AppState, project: str, after: int) -> list[queries.TransitionR
 async def stream(request: Request) -> Response:
     state = app_state(request)
     project = _stream_project(request, state.config)
-    after = _cursor("Last-Event-ID", request.headers.get("last-event-id") or request.query_params.get("since"))
+    q = STREAM.read(request)
+    after = q[LAST_EVENT_ID] if request.headers.get("last-event-id") else q[SINCE]
 
     tail = _tail(state)
 

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from .auth import authorize
 from .errors import APIError, json_response
 from .events import EventRejected, decode_event, to_us
-from .params import whole_number
+from .params import NO_PARAMS, whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
@@ -236,6 +236,7 @@ async def batch(request: Request) -> Response:
     state: AppState = request.app.state.headway
     started = time.perf_counter()
     project = authorize(request, state.config, "write")
+    NO_PARAMS.read(request)
     encoding = _check_headers(request)
     try:
         with BUDGET.hold() as take:

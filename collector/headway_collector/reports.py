@@ -14,18 +14,26 @@ from starlette.responses import Response
 
 from .auth import authorize
 from .config import Project
-from .errors import APIError, json_response
+from .errors import json_response
 from .model import growth as g
-from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
+from .params import AT, Params, app_state, choice, instant, invalid, nps_view, read_time, rfc3339, ts
 from .reads import Snapshot, consistent_read
 from .state import AppState
 from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps
 
-__all__ = ["growth", "milestones"]
+__all__ = ["GROWTH", "MILESTONES", "growth", "milestones"]
 
 DEFAULT_PERIODS = 12
 MAX_PERIODS = 1000
 LEVELS = ("user", "account")
+
+PERIOD = choice("period", "the period", g.KINDS, default="week")
+LEVEL = choice("level", "user or account", LEVELS, default="user")
+FROM = instant("from", "the first period holds it; default: 12 periods back", dates=True)
+TO = instant("to", "the last period holds it; default at", dates=True)
+GROWTH = Params(PERIOD, LEVEL, FROM, TO, AT)
+FUNNEL_LEVEL = choice("level", "user or account; default both", LEVELS)
+MILESTONES = Params(FUNNEL_LEVEL, AT)
 
 
 # --- GET /v1/growth -------------------------------------------------------------------------------
@@ -40,30 +48,25 @@ class _GrowthQuery(msgspec.Struct, frozen=True):
 
 
 def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
-    q = request.query_params
-    kind: g.Kind = choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
-    level = choice(request, "level", LEVELS) or "user"
-    start, end = q.get("from"), q.get("to")
-    now = read_time(request, state)
-    end_us = instant("to", end, dates=True) if end is not None else now
+    q = GROWTH.read(request)
+    kind = q[PERIOD]
+    start, end = q[FROM], q[TO]
+    now = read_time(q[AT], state)
+    end_us = end if end is not None else now
     last = g.period_of(kind, end_us)
-    first = g.period_of(kind, instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
+    first = g.period_of(kind, start) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
         # Without `to`, name the end actually used (`at`, else now), not the missing parameter.
-        to = repr(end) if end is not None else f"{rfc3339(end_us)} (the default: {'at' if 'at' in q else 'now'})"
-        raise APIError(400, "bad_request", f"from={start!r} is after to={to}")
-    try:
-        g.period_label(kind, first), g.period_label(kind, last)
-    except (ValueError, OverflowError):
-        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
+        given = request.query_params
+        default = f"{rfc3339(end_us)} (the default: {'at' if 'at' in given else 'now'})"
+        raise invalid("from", f"{given['from']!r} is after to={repr(given['to']) if end is not None else default}")
     if last - first + 1 > MAX_PERIODS:
-        raise APIError(
-            400,
-            "bad_request",
+        raise invalid(
+            "from",
             f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
             "narrow from/to or use a longer period",
         )
-    return _GrowthQuery(kind=kind, level=level, first=first, last=last, current=g.period_of(kind, now))
+    return _GrowthQuery(kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now))
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
@@ -130,6 +133,6 @@ def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Fu
 async def milestones(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    level = choice(request, "level", LEVELS)
-    now = read_time(request, state)
+    q = MILESTONES.read(request)
+    level, now = q[FUNNEL_LEVEL], read_time(q[AT], state)
     return json_response(await consistent_read(state, project, lambda snap: _funnel(snap, project, level, now)))

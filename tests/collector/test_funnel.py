@@ -151,10 +151,10 @@ async def test_window_and_age_boundaries_are_exact(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("query", "message"), [
-    ("level=team", "level must be one of user, account"),
-    ("at=2024-03-01T00:00:00", "needs a timezone"),
-    ("at=2024-03-01", "is not an RFC3339 timestamp"),
-    ("at=later", "is not an RFC3339 timestamp"),
+    ("level=team", "level: must be one of user, account"),
+    ("at=2024-03-01T00:00:00", "at: '2024-03-01T00:00:00' needs an offset"),
+    ("at=2024-03-01", "at: '2024-03-01' is not an RFC 3339 date-time"),
+    ("at=later", "at: 'later' is not an RFC 3339 date-time"),
 ])
 async def test_bad_parameters_are_400(tmp_path: Path, query: str, message: str) -> None:
     async with collector(tmp_path / "h.db") as c:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headway_collector.app import ROUTES
+from headway_collector.app import ENDPOINTS
 from headway_collector.dashboard import FILES
 from headway_collector.config import loads
 from tests.collector import oracle
@@ -135,7 +135,7 @@ def test_the_dashboard_reads_only_routes_the_collector_has() -> None:
     assert called == {"v1/milestones", "v1/accounts", "v1/growth", "v1/model", "v1/scores", "v1/retention",
                       "v1/stickiness", "v1/insights/predictors", "v1/insights/weights"}
     assert "`v1/${level}s/${encodeURIComponent(id)}`" in script  # one user or account
-    paths = {path.split("/{")[0].lstrip("/") for path, *_ in ROUTES}
+    paths = {e.path.split("/{")[0].lstrip("/") for e in ENDPOINTS}
     assert called <= paths and {"v1/users", "v1/accounts"} <= paths
 
 
