@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import api, dashboard, feed, history, ingest, insights, model, reports
-from .config import Config, ConfigError, load
+from .config import TRANSITION_TYPES, Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .metrics import Metrics
@@ -119,10 +119,26 @@ _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
 }
 
 
+# One event of /v1/stream (OpenAPI before 3.2 has a stream's `schema` describe each event).
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the cursor: Last-Event-ID resumes after it"},
+        "event": {"enum": list(TRANSITION_TYPES)},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Transition"},
+        },
+    },
+}
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI document, its schemas generated from the wire Structs: every parameter and
     every status each operation answers (schemathesis checks that it is true)."""
-    types = [e.response for e in ENDPOINTS if e.response is not None] + [wire.Batch, wire.ErrorBody]
+    types = [e.response for e in ENDPOINTS if e.response is not None] + [wire.Batch, wire.ErrorBody, wire.Transition]
     (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
     retry = {"Retry-After": {"required": True, "schema": {"type": "string"}, "description": "seconds"}}
@@ -134,7 +150,7 @@ def openapi() -> dict[str, Any]:
         elif path == "/metrics":
             ok = {"content": {"text/plain": {"schema": {"type": "string"}}}}
         elif path == "/v1/stream":
-            ok = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+            ok = {"content": {"text/event-stream": {"schema": _EVENT}}}
         else:
             ok = {"content": {"application/json": {"schema": _PLAIN[path]}}}
         responses: dict[str, Any] = {"200": {"description": "OK", **ok}}

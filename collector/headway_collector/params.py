@@ -2,11 +2,12 @@
 
 A `Param` holds a parameter's name, where it is sent (query, path or header), its JSON Schema
 (type, range, default: what `/openapi.json` says) and the parser that enforces exactly that
-schema. An endpoint lists its parameters in a `Params`, beside its handler; the route table
-(`app.ENDPOINTS`) names that same `Params`, so the route checks the request against it and the
-OpenAPI document is generated from it: they cannot say different things. A parameter the
-endpoint does not declare is 400 `unknown_parameter`; a value outside its declaration is 400
-`invalid_parameter`; both name the parameter.
+schema. An endpoint lists its parameters in a `Params` beside its handler, and the handler
+reads the request through it (`Params.read`, after checking the key); the route table
+(`app.ENDPOINTS`) names that same `Params`, and the OpenAPI document is generated from it: the
+two cannot say different things (tests/collector/test_params.py sends every declared edge). A
+parameter the endpoint does not declare is 400 `unknown_parameter`; a value outside its
+declaration is 400 `invalid_parameter`; both name the parameter.
 
 Adding a parameter is one line in the endpoint's `Params(...)` (e.g.
 `whole("periods", "periods back; default 12", default=12, most=120)`); the handler reads its
@@ -67,7 +68,7 @@ FIRST_INSTANT = 0
 LAST_INSTANT = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
 MAX_CURSOR = 2**63 - 1  # transition positions are 64-bit integers in both stores
 MAX_ID = 200  # ids and event names are at most 200 characters (SPEC section 2)
-MAX_NAME = 1000  # a stage's or milestone's name: the model does not bound them; longer ones are not sensible
+MAX_NAME = 1000  # a stage's or milestone's name as a parameter (the model file does not bound them)
 _INSTANT_RANGE = "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z once its offset is applied"
 _DIGITS = 19  # significant digits past which a whole number is larger than any range here
 

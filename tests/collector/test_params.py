@@ -10,7 +10,9 @@ answered 503 "retry" instead of 400, one by one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,9 +20,11 @@ import httpx
 import pytest
 from headway_collector.app import openapi
 from headway_collector.config import loads
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.collector.helpers import PINNED, PINNED_US, at_event, read_headers, send_at
-from tests.conftest import READ_KEY, WRITE_KEY, asgi_collector, config_text
+from tests.collector.helpers import PINNED, PINNED_US, at_event, body, event, headers, read_headers, send_at
+from tests.conftest import READ_KEY, WRITE_KEY, LiveCollector, asgi_collector, config_text, postgres_schema
 
 DOCUMENT = openapi()
 OPERATIONS = [(path, method) for path, methods in DOCUMENT["paths"].items() for method in methods]
@@ -41,6 +45,7 @@ ALONGSIDE: dict[tuple[str, ...], dict[str, str]] = {
 }
 VALID_ON = {("/v1/accounts", "milestone"): "team_formed", ("/v1/accounts/{subject}", "subject"): "acme-co"}
 STREAMS = {"/v1/stream"}  # a 200 never ends: only refusals are read here
+ANY_EXAMPLES = int(os.environ.get("HEADWAY_PARAM_EXAMPLES", "25"))  # strings per parameter and store
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +253,68 @@ def test_every_operation_declares_its_parameters_in_the_document() -> None:
             assert schema.get("type") == "string" or {"minimum", "maximum", "default"} <= set(schema), (path, p)
             bounded = {"enum", "format", "anyOf", "maxLength", "pattern"} & set(schema)
             assert schema.get("type") != "string" or bounded, (path, p)
+
+
+# --- any string in any parameter: a documented 4xx or a 200, never a 5xx ------------------------------------
+
+ANY_NAME = {"name": None, "in": "query"}  # a parameter the operation does not declare, of any name
+FIELDS = [(path, method, p) for path, method in OPERATIONS
+          for p in [*DOCUMENT["paths"][path][method]["parameters"], ANY_NAME]]
+# Query strings carry any text but lone surrogates (no UTF-8 for them); header values are latin-1
+# without control characters (HTTP carries nothing else); a path segment is not empty.
+ANY_TEXT = st.text(st.characters(exclude_categories=["Cs"]))
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A client of `headway-collector serve` on 127.0.0.1 with a user u1 in account acme-co, on
+    either store."""
+    tmp = tmp_path_factory.mktemp(f"live-{request.param}")
+    (tmp / "headway.toml").write_text(config_text())
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(postgres_schema()) if request.param == "postgres" else None
+        collector = LiveCollector(config_path=tmp / "headway.toml", db_path=tmp / "headway.db", database=database)
+        collector.start()
+        stack.callback(collector.stop)
+        client = stack.enter_context(httpx.Client(base_url=collector.url, timeout=30))
+        r = client.post("/v1/batch", headers=headers(),
+                        content=body([event("u1", account_id="acme-co"), event("u2", "report_viewed")]))
+        assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+        yield client
+
+
+def answer(client: httpx.Client, path: str, method: str, values: dict[str, str], where: dict[str, str]) -> int:
+    """The status of one request (a stream's 200 is read no further than its status line)."""
+    url = path.replace("{subject}", quote(values.get("subject", VALID["subject"]), safe=""))
+    query = {k: v for k, v in values.items() if where.get(k, "query") == "query"}
+    sent = headers() if method == "post" else read_headers()
+    raw = [(k.encode(), v.encode()) for k, v in sent.items()]
+    raw += [(k.encode(), v.encode("latin-1")) for k, v in values.items() if where.get(k) == "header"]
+    content = body([]) if method == "post" else None
+    with client.stream(method.upper(), url, params=query, headers=raw, content=content) as r:
+        return r.status_code
+
+
+@pytest.mark.parametrize(("path", "method", "parameter"), FIELDS,
+                         ids=[f"{m} {p} {q['name'] or '(any other name)'}" for p, m, q in FIELDS])
+def test_any_string_in_any_parameter_is_a_documented_answer(live: httpx.Client, path: str, method: str,
+                                                           parameter: dict[str, Any]) -> None:
+    operation = DOCUMENT["paths"][path][method]
+    documented = {int(s) for s in operation["responses"]}
+    where = {p["name"]: p["in"] for p in operation["parameters"]}
+    base = {p["name"]: VALID_ON.get((path, p["name"]), VALID[p["name"]]) for p in operation["parameters"]
+            if p["required"]} | BASE.get(path, {})
+    text = HEADER_TEXT if parameter["in"] == "header" else ANY_TEXT
+    if parameter["in"] == "path":
+        text = text.filter(lambda t: t not in ("", ".", ".."))  # a dot segment is another path
+    names = ANY_TEXT.filter(lambda n: n not in where) if parameter["name"] is None else st.just(parameter["name"])
+
+    @settings(max_examples=ANY_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(name=names, value=text)
+    def run(name: str, value: str) -> None:
+        status = answer(live, path, method, {**base, name: value}, where)
+        assert status in documented and status < 500, (path, name, value, status)
+
+    run()
