@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 MAX_LIMIT = 1000
-STATUSES = ("pending", "in_progress", "achieved", "missed")
-QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
+STATUSES = ("pending", "in_progress", "achieved", "lapsed", "missed")
+QUADRANTS = ("new", "thriving", "stuck", "quiet", "at_risk")
 TRENDS = ("rising", "steady", "cooling")
 
 

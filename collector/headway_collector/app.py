@@ -142,10 +142,10 @@ _LIST = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
     _query("cursor", {"type": "string"}, "next_cursor of the page before"),
     _query("stage", {"type": "string"}, "a stage of the model"),
-    _query("quadrant", {"enum": ["thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
+    _query("quadrant", {"enum": ["new", "thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
     _query("trend", {"enum": ["rising", "steady", "cooling"]}, "the trend"),
     _query("milestone", {"type": "string"}, "a milestone of the model (with status: its status)"),
-    _query("status", {"enum": ["pending", "in_progress", "achieved", "missed"]}, "needs milestone"),
+    _query("status", {"enum": ["pending", "in_progress", "achieved", "lapsed", "missed"]}, "needs milestone"),
     _AT,
 ]
 _DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC3339"}

@@ -133,8 +133,8 @@ class ErrorBody(msgspec.Struct):
 
 # --- Query API (SPEC section 3) ---------------------------------------------------------------
 
-Status = Literal["pending", "in_progress", "achieved", "missed"]
-Quadrant = Literal["thriving", "stuck", "quiet", "at_risk"]
+Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
+Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
 Trend = Literal["rising", "steady", "cooling"]
 
 
@@ -393,8 +393,9 @@ class Stickiness(msgspec.Struct):
     active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
 class Transition(msgspec.Struct, frozen=True):
     """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
-    ``milestone.missed``, ``stage.entered``, ``quadrant.changed``, ``trend.changed``; ``data``
-    holds ``{"milestone": name}`` or ``{"from": old, "to": new}``. ``id`` is also its cursor."""
+    ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,
+    ``trend.changed``; ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
+    ``id`` is also its cursor."""
 
     id: str
     type: str
