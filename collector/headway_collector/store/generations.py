@@ -52,8 +52,10 @@ PARTITIONS = 16  # per generation; fold workers share them out
 # Kafka's default retention: a client that reads at least weekly loses nothing at a switch).
 RETIRED_GRACE = 7 * 86_400_000_000  # microseconds
 # What the projection stores, by version: a generation of an older format is rebuilt from the log
-# in the background (like a changed model) while it keeps serving. 2: early events (0008).
-FORMAT = 2
+# in the background (like a changed model) while it keeps serving. 2: early events (0008). 3: the
+# lifecycle rules (stage-scoped success, `new`, recurring milestones: their states keep the
+# latest items and a Run, and the labels a `lapsed` list).
+FORMAT = 3
 DERIVED_TABLES = (
     "subjects",
     "tags",
