@@ -26,6 +26,7 @@ __all__ = [
     "NPS",
     "AccountPage",
     "AccountView",
+    "Backtest",
     "Batch",
     "BatchEnvelope",
     "BatchResponse",
@@ -46,6 +47,7 @@ __all__ = [
     "PendingModel",
     "Predictor",
     "Predictors",
+    "QuadrantOutcome",
     "Rejection",
     "Retention",
     "ScoreHistory",
@@ -365,6 +367,30 @@ class Weights(msgspec.Struct):
     current_auc: float | None
     fitted_auc: float | None
     weights: list[SuggestedWeight]
+
+
+class QuadrantOutcome(msgspec.Struct):
+    """The cases of one quadrant at T and how many of them had the outcome."""
+
+    cases: int
+    outcomes: int
+    rate: float | None  # outcomes / cases; None without cases
+
+
+class Backtest(msgspec.Struct):
+    """``GET /v1/insights/backtest``: how well the model's score and quadrants at past instants
+    predicted the outcome within the horizon (SPEC section 4, "Does the model predict?")."""
+
+    outcome: str  # "churned" or a milestone
+    horizon: str  # the duration asked for, e.g. "30d"
+    level: str
+    snapshots: list[datetime]
+    cases: int  # (subject, snapshot) pairs
+    outcomes: int
+    base_rate: float | None
+    auc: float | None  # 1 is perfect, 0.5 chance; None without cases on both sides
+    auc_interval: list[float] | None  # [low, high], DeLong 95%
+    quadrants: dict[str, QuadrantOutcome]
 
 
 class Cohort(msgspec.Struct):

@@ -56,6 +56,7 @@ __all__ = [
     "all_cases",
     "auc",
     "compare",
+    "first_snapshot",
     "replay",
     "snapshot_count",
     "snapshots",
@@ -72,10 +73,14 @@ def snapshot_count(start: int, every: int, horizon: int, at: int) -> int:
     return max(0, (at - horizon - start) // every + 1)
 
 
+def first_snapshot(first_event: int, every: int, since: int | None = None) -> int:
+    """`since`, by default midnight UTC of the first event's day, plus `every`."""
+    return since if since is not None else first_event // DAY * DAY + every
+
+
 def snapshots(first_event: int, every: int, horizon: int, at: int, since: int | None = None) -> list[int]:
-    """The snapshot instants: from `since` (default: midnight UTC of the first event's day, plus
-    `every`), every `every`, while T + horizon <= at."""
-    start = since if since is not None else first_event // DAY * DAY + every
+    """The snapshot instants: from `first_snapshot`, every `every`, while T + horizon <= at."""
+    start = first_snapshot(first_event, every, since)
     return [start + k * every for k in range(snapshot_count(start, every, horizon, at))]
 
 
