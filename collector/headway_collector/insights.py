@@ -21,7 +21,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from headway.wire import Cohort, Interval, Predictor, Predictors, Retention, Stickiness, SuggestedWeight, Weights
+from headway.wire import (
+    Cohort,
+    HeldOutRule,
+    Interval,
+    Predictor,
+    Predictors,
+    Retention,
+    Stickiness,
+    SuggestedWeight,
+    Weights,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -235,6 +245,21 @@ def _predictor(r: ins.Prediction) -> Predictor:
         confident=r.confident,
         best=r.best,
         frequent_not_predictive=r.frequent_not_predictive,
+        p=r.p,
+        q=r.q,
+        held_out=_held_out(r.held_out) if r.held_out is not None else None,
+    )
+
+
+def _held_out(h: ins.HeldOut) -> HeldOutRule:
+    return HeldOutRule(
+        subjects_with=h.subjects_with,
+        subjects_without=h.subjects_without,
+        achieved_with=h.achieved_with,
+        achieved_without=h.achieved_without,
+        precision=h.precision,
+        rate_without=h.rate_without,
+        lift=h.lift,
     )
 
 
@@ -256,6 +281,7 @@ async def predictors(request: Request) -> Response:
             base_rate=found.achieved / found.subjects if found.subjects else None,
             proposal=_predictor(found.proposal) if found.proposal is not None else None,
             predictors=[_predictor(r) for r in found.rows[:limit]],
+            held_out=found.held_out,
         )
 
     return await cached_answer(request, "predictors", (name, window, level, at, limit), body)
