@@ -22,9 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from headway import AsyncClient
 from headway_collector.config import Config, loads
 from tests.collector.helpers import body, headers, read_headers, rfc
-from tests.conftest import asgi_collector, config_text, postgres_schema, rescore_offline
+from tests.conftest import READ_KEY, asgi_collector, config_text, postgres_schema, rescore_offline
 
 pytestmark = pytest.mark.anyio
 
@@ -227,7 +228,11 @@ async def test_backtest_parameters_are_checked(tmp_path: Path) -> None:
             r = await c.get("/v1/insights/backtest", params=params, headers=read_headers())
             assert r.status_code == 400 and set(r.json()["error"]) == {"code", "message"}, (params, r.text)
         empty = await backtest(c, outcome="churned", horizon="200d")
+        async with AsyncClient("http://collector", READ_KEY, transport=c._transport) as hw:
+            typed = await hw.backtest("churned", "14d", every="14d", since=START + timedelta(days=14), at=NOW)
     assert empty["snapshots"] == [] and empty["cases"] == 0 and empty["auc"] is None and empty["base_rate"] is None
+    assert typed.snapshots[0] == START + timedelta(days=14) and typed.snapshots[1] - typed.snapshots[0] == timedelta(days=14)
+    assert typed.cases == sum(q.cases for q in typed.quadrants.values())
 
 
 def derived(db: Path) -> list[Any]:
