@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def make_history(n: int, users: int, end_us: int, seed: int = 7) -> c.Workload:
             rows.append((int(start + days[j] * c.DAY_US + offsets[j]), u, kind))
     rows.sort()
     encode = msgspec.json.encode
-    ids_rng = __import__("random").Random(seed)
+    ids_rng = random.Random(seed)
     raws, ids, uids, aids, tss = [], [], [], [], []
     for t, u, kind in rows:
         uid, aid = f"user_{u:06d}", f"acct_{u % max(1, users // 10):05d}"

@@ -42,7 +42,7 @@ from scipy import stats
 
 from .evaluate import read
 from .scoring import DAY
-from .subject import Ev, LevelModel, SubjectState, apply, new_state
+from .subject import Ev, LevelModel, SubjectState, apply, build
 
 __all__ = [
     "CHURNED",
@@ -115,6 +115,12 @@ def _achieved(lm: LevelModel, state: SubjectState, milestone: str, now: int) -> 
     raise KeyError(milestone)
 
 
+def _first(lm: LevelModel, ev: Ev) -> SubjectState:
+    state = build(lm, [ev])
+    assert state is not None
+    return state
+
+
 def replay(models: Sequence[LevelModel], subject: str, events: Sequence[Ev], plan: Plan) -> list[Case]:
     """The subject's cases: its events folded once per model, in time order, read at each snapshot
     (and, for a milestone, at each snapshot + horizon) on the state of the events up to then."""
@@ -132,9 +138,10 @@ def replay(models: Sequence[LevelModel], subject: str, events: Sequence[Ev], pla
         while i < len(history) and history[i].t <= now:
             ev = history[i]
             if not states:
-                states = [new_state(lm, ev) for lm in models]
-            for lm, state in zip(models, states, strict=True):
-                apply(lm, state, ev)  # in time order: never REBUILD
+                states = [_first(lm, ev) for lm in models]
+            else:
+                for lm, state in zip(models, states, strict=True):
+                    apply(lm, state, ev)  # in time order: never REBUILD
             i += 1
         if not states:
             continue  # not seen yet
