@@ -344,3 +344,30 @@ def test_no_thread_to_be_had_still_delivers_at_shutdown(monkeypatch: pytest.Monk
     assert tracker.flush(0.1) is False  # nobody to send yet
     assert tracker.shutdown(5)
     assert sorted(e.id for e in transport.events) == sorted(ids)
+
+
+def test_a_200_that_is_not_a_batch_response_fails_and_says_the_endpoint_looks_wrong(
+    sink: Sink, errors: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a web server at the wrong URL answers every POST with a page: nothing was delivered
+    sink.default = lambda got: (200, {"Content-Type": "text/html"}, b"<html><body>Welcome</body></html>")
+    with caplog.at_level(logging.WARNING, logger="headway"):
+        with headway.Tracker(sink.url, "wk", flush_interval=0.05, on_error=errors.append) as t:
+            ids = {t.track("u", "e") for _ in range(3)}
+            assert t.flush(10)
+            assert t.stats == headway.Stats(failed=3)
+    assert len(sink.received) == 1  # given up at once, never retried
+    [error] = errors
+    assert isinstance(error, headway.DeliveryError) and set(error.event_ids) == ids and error.status == 200
+    assert "endpoint looks wrong" in str(error) and "<html>" in str(error)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "endpoint looks wrong" in warnings[0]
+
+
+def test_a_json_200_of_another_shape_is_no_batch_response_either(sink: Sink, errors: list) -> None:
+    sink.default = lambda got: json_answer(200, {"ok": True})
+    with headway.Tracker(sink.url, "wk", flush_interval=0.05, on_error=errors.append) as t:
+        t.track("u", "e")
+        assert t.flush(10)
+        assert t.stats == headway.Stats(failed=1)
+    assert "endpoint looks wrong" in str(errors[0])
