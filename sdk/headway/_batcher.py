@@ -38,7 +38,7 @@ _KICK = KICK
 OnError = Callable[[HeadwayError], object]
 BeforeSend = Callable[[wire.Event], "wire.Event | None"]
 
-MAX_QUEUE_BYTES = 32 << 20  # the default bound of the queue: 32 MiB of events
+MAX_QUEUE_BYTES = 48 << 20  # the default bound of the queue: 48 MiB of events (docs/sdk.md)
 
 
 class Batcher:
