@@ -52,13 +52,16 @@ PARTITIONS = 16  # per generation; fold workers share them out
 # Kafka's default retention: a client that reads at least weekly loses nothing at a switch).
 RETIRED_GRACE = 7 * 86_400_000_000  # microseconds
 # What the projection stores, by version: a generation of an older format is rebuilt from the log
-# in the background (like a changed model) while it keeps serving. 2: early events (0008).
-FORMAT = 2
+# in the background (like a changed model) while it keeps serving. 2: early events (0008);
+# 3: memberships and revenue changes (0010).
+FORMAT = 3
 DERIVED_TABLES = (
     "subjects",
     "tags",
     "growth_subjects",
     "subject_early",
+    "memberships",
+    "revenue_changes",
     "growth_counts",
     "growth_nps_answers",
     "growth_nps_counts",
