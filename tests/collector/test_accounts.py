@@ -15,12 +15,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import headway
 import httpx
 import pytest
+from headway import wire
 
 from headway_collector.config import loads
 from tests.collector.helpers import body, headers, read_headers
-from tests.conftest import asgi_collector, config_text
+from tests.conftest import LiveCollector, asgi_collector, config_text
 
 pytestmark = pytest.mark.anyio
 
@@ -160,3 +162,28 @@ async def test_revenue_needs_a_revenue_event(tmp_path: Path) -> None:
         bad = await c.get("/v1/revenue", params={"periods": "121"}, headers=read_headers())
     assert r.status_code == 400 and "revenue" in r.json()["error"]["message"]
     assert bad.status_code == 400 and "periods" in bad.json()["error"]["message"]
+
+
+async def test_the_sdk_clients_read_revenue_members_and_mrr_order(live_collector: LiveCollector) -> None:
+    """`headway.Client` and `AsyncClient` against `headway-collector serve`: typed answers."""
+    events = REVENUE + [ev("ann", "2026-03-01T10:00:00Z", "a"), ev("ann", "2026-06-10T10:00:00Z", "b")]
+    r = httpx.post(live_collector.url + "/v1/batch", content=body(events), headers=headers(), timeout=10)
+    assert r.status_code == 200 and r.json()["accepted"] == len(events)
+    at = datetime(2026, 6, 15, tzinfo=timezone.utc)
+    with headway.Client(live_collector.url, live_collector.read_key) as client:
+        revenue = client.revenue("month", periods=3, at=at)
+        of_a = client.users(account_id="a")
+        by_mrr = client.accounts(order="mrr_desc")
+        ann = client.user("ann")
+        account = client.account("c")
+    async with headway.AsyncClient(live_collector.url, live_collector.read_key) as aclient:
+        assert await aclient.revenue("month", periods=3, at=at) == revenue
+    assert isinstance(revenue, wire.Revenue) and revenue.period == "month"
+    may = revenue.periods[1]
+    assert (may.expansion, may.churned, may.mrr_end, may.partial) == (50.0, 200.0, 520.0, False)
+    assert revenue.periods[2].partial and revenue.periods[2].reactivated == 120.0
+    assert sorted(u.user_id for u in of_a.items) == ["ann", "billing"]
+    assert [a.account_id for a in by_mrr.items] == ["e", "c", "a", "b", "d"]  # e's 999 counts now
+    assert [a.id for a in ann.accounts] == ["b", "a"]
+    assert account.revenue is not None and account.revenue.mrr == 250.0
+    assert account.members is not None and account.members.total == 1  # billing
