@@ -76,6 +76,13 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
         "Growth accounting per period: new, retained, resurrected, churned, NPS",
     ),
     (
+        "/v1/revenue",
+        "GET",
+        reports.revenue,
+        wire.Revenue,
+        "Revenue per period: MRR movements, retention, logo churn, quick ratio; MRR by quadrant",
+    ),
+    (
         "/v1/milestones",
         "GET",
         reports.milestones,
@@ -144,8 +151,8 @@ _SUBJECT = {
     "schema": {"type": "string", "minLength": 1},
     "description": "the user's or account's id (any characters)",
 }
+_ORDER = _query("order", {"enum": ["desc", "asc"]}, "by score; default desc")
 _LIST = [
-    _query("order", {"enum": ["desc", "asc"]}, "by score; default desc"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
     _query("cursor", {"type": "string"}, "next_cursor of the page before"),
     _query("stage", {"type": "string"}, "a stage of the model"),
@@ -160,9 +167,22 @@ _DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or R
 # with Retry-After). Every error body is an ErrorBody.
 _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
     "/v1/batch": ([], (400, 401, 403, 408, 413, 415)),
-    "/v1/users": (_LIST, (400, 401, 403)),
+    "/v1/users": (
+        [_ORDER, *_LIST, _query("account_id", {"type": "string"}, "the users of this account only")],
+        (400, 401, 403),
+    ),
     "/v1/users/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
-    "/v1/accounts": (_LIST, (400, 401, 403)),
+    "/v1/accounts": (
+        [
+            _query(
+                "order",
+                {"enum": ["desc", "asc", "mrr_desc"]},
+                "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc); default desc",
+            ),
+            *_LIST,
+        ],
+        (400, 401, 403),
+    ),
     "/v1/accounts/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
     "/v1/model": ([], (401, 403)),
     "/v1/scores": (
@@ -185,6 +205,14 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
         (400, 401, 403),
     ),
     "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
+    "/v1/revenue": (
+        [
+            _query("period", {"enum": ["day", "week", "month"]}, "default month"),
+            _query("periods", {"type": "integer", "minimum": 1, "maximum": 120}, "how many periods; default 12"),
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
     "/v1/retention": (
         [
             _query("period", {"enum": ["week", "month"]}, "default week"),

@@ -20,6 +20,9 @@ the number of partitions folding side by side:
   subjects whose labels time alone moved (a window closed, a score decayed), with no events.
   Announced labels and transitions depend on when the folds ran: they are not part of the state
   that the byte-for-byte comparisons of derived tables cover;
+- the accounts' sides (`Membership` rows, min/max merges of the times each user's events carried
+  each account, in the user's partition; `RevenueChange` rows, a set, in the account's partition):
+  functions of the set of events, so any order and batching write the same rows;
 - the subjects that could not be folded: `needs_history` (a late event that `subject.apply` cannot
   fold in place: the runner calls again with those subjects' whole histories) and `quarantined`
   (an error: that subject alone is set aside, with the reason, and the others go on).
@@ -56,6 +59,7 @@ from .evaluate import (
     wake_after,
 )
 from .records import EarlyEvents, Labels
+from .revenue import RevenueChange
 from .scoring import DAY, value_at
 from .subject import Ev, LevelModel, SubjectState, Terms, build, crit_states, fold_in, recurring_next, terms
 
@@ -68,6 +72,8 @@ __all__ = [
     "LabelRow",
     "Labels",
     "Level",
+    "MemberKey",
+    "Membership",
     "Models",
     "NpsAnswer",
     "NpsKey",
@@ -75,6 +81,7 @@ __all__ = [
     "SubjectKey",
     "SubjectRecord",
     "Transition",
+    "add_memberships",
     "fold",
     "kept_achieved",
     "labels_at",
@@ -133,6 +140,21 @@ class GrowthCell(NamedTuple):
     period: int
 
 
+class MemberKey(NamedTuple):
+    account: str
+    user_id: str
+
+
+class Membership(NamedTuple):
+    """When a user's events first and last carried an account."""
+
+    first_seen: int
+    last_seen: int
+
+    def merge(self, other: Membership) -> Membership:
+        return Membership(min(self.first_seen, other.first_seen), max(self.last_seen, other.last_seen))
+
+
 @dataclass(slots=True)
 class SubjectRecord:
     """A subject as stored: its state, and what its other rows hold (functions of the state and days)."""
@@ -188,6 +210,8 @@ class ChangeSet:
     tags: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
     announced: dict[SubjectKey, LabelRow] = field(default_factory=dict)  # label rows to store (changed ones)
+    memberships: dict[MemberKey, Membership] = field(default_factory=dict)  # merged into the stored (min/max)
+    revenue: set[RevenueChange] = field(default_factory=set)  # added to the stored set
     needs_history: set[SubjectKey] = field(default_factory=set)
     quarantined: dict[SubjectKey, str] = field(default_factory=dict)
 
@@ -312,12 +336,37 @@ def fold(
     # An event's tags and NPS answer count in its user's partition: the events of the owned users.
     user_owned = [ev for key, evs in groups.items() if key.level == "user" for ev in evs]
     _nps(out, p, priors, user_owned)
+    _accounts(out, p, groups)
     names = models.milestone_names[project]
     for ev in user_owned:
         for tag in ev.milestones:
             if tag not in names:
                 out.tags[tag] += 1
     return out
+
+
+def add_memberships(into: dict[MemberKey, Membership], evs: Iterable[Ev]) -> None:
+    """Merge into `into` the memberships that `evs` show (an event with an account: its user's)."""
+    for ev in evs:
+        if ev.account_id is not None:
+            seen = Membership(ev.t, ev.t)
+            key = MemberKey(ev.account_id, ev.user_id)
+            was = into.get(key)
+            into[key] = was.merge(seen) if was is not None else seen
+
+
+def _accounts(out: ChangeSet, p: Project, groups: Mapping[SubjectKey, list[Ev]]) -> None:
+    """The memberships that the owned users' events show, and the owned accounts' revenue changes
+    (a revenue event without a value, or with a negative one, changes nothing: docs/reports.md)."""
+    for key, evs in groups.items():
+        if key.level == "user":
+            add_memberships(out.memberships, evs)
+        elif p.revenue_event is not None:
+            out.revenue.update(
+                RevenueChange(key.subject, ev.t, ev.id, ev.value)
+                for ev in evs
+                if ev.event == p.revenue_event and ev.value is not None and ev.value >= 0
+            )
 
 
 def _fold_subject(
