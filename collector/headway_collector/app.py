@@ -152,7 +152,7 @@ _DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or R
 # Per path of ROUTES: its parameters, and the error statuses it answers besides 503 (any route,
 # with Retry-After). Every error body is an ErrorBody.
 _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
-    "/v1/batch": ([], (400, 401, 403, 408, 413, 415)),
+    "/v1/batch": ([], (400, 401, 403, 408, 413, 415, 429)),
     "/v1/users": (_LIST, (400, 401, 403)),
     "/v1/users/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
     "/v1/accounts": (_LIST, (400, 401, 403)),
@@ -305,6 +305,7 @@ def create_app(
         book=ModelBook([config]),
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
     )
+    state.metrics.sections.append(ingest.BUDGET.render)
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:

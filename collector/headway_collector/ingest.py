@@ -2,7 +2,8 @@
 
 Every input is refused in bounded time and memory (docs/collector.md, "Limits"): the body
 must arrive within BODY_SECONDS (else 408); the bodies this process holds at once are capped
-at HELD_BYTES (past it, 503 with Retry-After); a gzip body inflates to 8 MiB at most; past
+at HELD_BYTES (past it, 503 with Retry-After), one project's at PROJECT_HELD_BYTES (past it,
+429), counting the bytes that have arrived; a gzip body inflates to 8 MiB at most; past
 1,000 events the array is skipped, not built; a body nested too deep for msgspec is
 split by a walk that does not recurse.
 """
@@ -37,10 +38,11 @@ from .params import whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
-__all__ = ["BODY_SECONDS", "HELD_BYTES", "batch"]
+__all__ = ["BODY_SECONDS", "BUDGET", "HELD_BYTES", "PROJECT_HELD_BYTES", "batch"]
 
 BODY_SECONDS = 10.0  # the whole body must arrive within this (uvicorn has no body read timeout)
 HELD_BYTES = 32 << 20  # request bodies one process holds at once, read or being read
+PROJECT_HELD_BYTES = HELD_BYTES // 2  # of which one project's keys may hold: another project is never shut out
 
 
 # The events array as a Struct of MAX_BATCH_EVENTS + 1 positions: msgspec fills at most that
@@ -64,44 +66,72 @@ WALK_TOKENS = 100_000
 
 
 class _Budget:
-    """Bytes of request bodies held by this process (memory is per process; one event loop)."""
+    """Bytes of request bodies held by this process (memory is per process; one event loop), in
+    all and per project: only bytes that have arrived count, so a sender that declares a large
+    `Content-Length` and then dribbles holds what it sent, not what it promised."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
+    def __init__(self, limit: int, per_project: int) -> None:
+        self.limit, self.per_project, self.held = limit, per_project, 0
+        self.by_project: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[Callable[[int], None]]:
-        """A `take(total)` that raises the held count to `total` bytes for this request, or 503."""
+    def hold(self, project: str) -> Iterator[Callable[[int], None]]:
+        """A `take(total)` that raises the held count to `total` bytes for this request, or
+        answers 503 (the process holds its limit) or 429 (the project holds its share)."""
         mine = 0
 
         def take(total: int) -> None:
             nonlocal mine
-            if total <= mine:
+            more = total - mine
+            if more <= 0:
                 return
-            if self.held + total - mine > self.limit:
+            if self.held + more > self.limit:
                 raise APIError(
                     503,
                     "overloaded",
                     f"the collector holds {self.held} bytes of request bodies, its limit; retry later",
                     {"Retry-After": "1"},
                 )
-            self.held += total - mine
+            ours = self.by_project.get(project, 0)
+            if ours + more > self.per_project:
+                raise APIError(
+                    429,
+                    "too_many_requests",
+                    f"this project's requests hold {ours} bytes of bodies being read, its share of "
+                    f"{self.per_project}; retry later",
+                    {"Retry-After": "1"},
+                )
+            self.held += more
+            self.by_project[project] = ours + more
             mine = total
 
         try:
             yield take
         finally:
             self.held -= mine
+            left = self.by_project.pop(project, 0) - mine
+            if left:
+                self.by_project[project] = left
+
+    def render(self, project: str) -> str:
+        """The held bytes as `/metrics` shows them to `project`'s read key."""
+        return (
+            "# HELP headway_ingest_held_bytes Bytes of request bodies this process holds (all projects).\n"
+            "# TYPE headway_ingest_held_bytes gauge\n"
+            f"headway_ingest_held_bytes {self.held}\n"
+            "# HELP headway_ingest_project_held_bytes Bytes of this project's request bodies held.\n"
+            "# TYPE headway_ingest_project_held_bytes gauge\n"
+            f'headway_ingest_project_held_bytes{{project="{project}"}} {self.by_project.get(project, 0)}\n'
+        )
 
 
-BUDGET = _Budget(HELD_BYTES)
+BUDGET = _Budget(HELD_BYTES, PROJECT_HELD_BYTES)
 
 
 async def _read_body(request: Request, take: Callable[[int], None]) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (whole_number(declared) or 0) > MAX_BATCH_BYTES:
         raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
-    take(whole_number(declared or "") or 0)
     parts, size = [], 0
     try:
         async with asyncio.timeout(BODY_SECONDS):
@@ -238,7 +268,7 @@ async def batch(request: Request) -> Response:
     project = authorize(request, state.config, "write")
     encoding = _check_headers(request)
     try:
-        with BUDGET.hold() as take:
+        with BUDGET.hold(project.name) as take:
             body = await _read_body(request, take)
             received_at = state.clock()
             accepted, rejected = _judge(state, body, encoding, received_at)
