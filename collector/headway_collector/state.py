@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from anyio import CapacityLimiter
+
 from .config import Config
 from .metrics import Metrics
 from .projection import ModelBook, Projection
@@ -30,3 +32,4 @@ class AppState:
     clock: Callable[[], int] = field(default=_now_us)  # microseconds; tests may pin it
     ready: bool = False
     read_wait: float = READ_WAIT
+    judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once
