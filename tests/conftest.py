@@ -129,6 +129,7 @@ class LiveCollector:
     process: subprocess.Popen[bytes] | None = None
     database: str | None = None  # a database URL instead of the SQLite file at db_path
     fold_workers: int = 1
+    args: list[str] = field(default_factory=list)  # more `serve` options
 
     @property
     def url(self) -> str:
@@ -137,7 +138,7 @@ class LiveCollector:
     def start(self, timeout: float = 20.0) -> None:
         cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(self.config_path),
                "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning",
-               "--fold-workers", str(self.fold_workers)]
+               "--fold-workers", str(self.fold_workers), *self.args]
         log = self.config_path.with_name(f"collector-{self.port}.log")  # a file: a pipe nobody reads can fill up
         with log.open("ab") as sink:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink)

@@ -26,6 +26,7 @@ from . import api, dashboard, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
+from .limits import ServeLimits
 from .metrics import Metrics
 from .projection import Mode, ModelBook, Projection, serve_models
 from .projection.status import lag
@@ -222,7 +223,7 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
             _query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
             _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)"),
         ],
-        (400, 401, 403),
+        (400, 401, 403, 429),
     ),
     "/healthz": ([], ()),
     "/readyz": ([], ()),
@@ -295,7 +296,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread", reload_on_sighup: bool = False
+    config: Config,
+    store: Store,
+    *,
+    fold_workers: int = 1,
+    fold_mode: Mode = "thread",
+    reload_on_sighup: bool = False,
+    limits: ServeLimits | None = None,
 ) -> Starlette:
     """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
     threads or processes) started and stopped by the lifespan."""
@@ -304,8 +311,9 @@ def create_app(
         store=store,
         book=ModelBook([config]),
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
+        limits=limits or ServeLimits(),
     )
-    state.metrics.sections.append(ingest.BUDGET.render)
+    state.metrics.sections += [ingest.BUDGET.render, lambda project: feed.render_streams(state, project)]
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:
