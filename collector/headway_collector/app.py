@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, dashboard, feed, history, ingest, insights, model, reports
+from . import api, dashboard, disk, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
@@ -234,7 +234,7 @@ _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
     "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
     "/readyz": {
         "type": "object",
-        "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+        "properties": {"status": {"enum": ["ready", "starting", "disk_full"]}, "queue_depth": {"type": "integer"}},
         "required": ["status"],
     },
 }
@@ -313,7 +313,11 @@ def create_app(
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
         limits=limits or ServeLimits(),
     )
-    state.metrics.sections += [ingest.BUDGET.render, lambda project: feed.render_streams(state, project)]
+    state.metrics.sections += [
+        ingest.BUDGET.render,
+        lambda project: feed.render_streams(state, project),
+        lambda project: disk.render(state, project),
+    ]
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .auth import authorize
+from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
 from .events import EventRejected, decode_event, to_us
 from .params import whole_number
@@ -272,6 +273,7 @@ async def batch(request: Request) -> Response:
     project = authorize(request, state.config, "write")
     encoding = _check_headers(request)
     try:
+        _check_room(state)
         with BUDGET.hold(project.name) as take:
             body = await _read_body(request, take)
             received_at = state.clock()
@@ -300,6 +302,18 @@ async def batch(request: Request) -> Response:
         ok = dup = 0
     state.metrics.batch(project.name, ok, dup, time.perf_counter() - started)
     return json_response(BatchResponse(accepted=ok, duplicates=dup, rejected=rejected))
+
+
+def _check_room(state: AppState) -> None:
+    disk = room(state)
+    if disk is not None and disk.short:
+        raise APIError(
+            503,
+            "disk_full",
+            f"the database's disk has {disk.free} bytes free, less than the {disk.reserve} left to "
+            "the projection; retry later",
+            {"Retry-After": str(DISK_RETRY)},
+        )
 
 
 def _reason(message: str) -> str:
