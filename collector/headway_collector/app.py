@@ -314,7 +314,7 @@ def create_app(
         limits=limits or ServeLimits(),
     )
     state.metrics.sections += [
-        ingest.BUDGET.render,
+        ingest.BUDGET.held.render,
         lambda project: feed.render_streams(state, project),
         lambda project: disk.render(state, project),
     ]

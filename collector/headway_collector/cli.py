@@ -314,44 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level"
     )
     d = ServeLimits()
-    s.add_argument(
-        "--header-timeout",
-        type=_seconds,
-        default=d.header_timeout,
-        help=f"seconds a request's headers may take to arrive, else 408 and close (default {d.header_timeout:g})",
-    )
-    s.add_argument(
-        "--keep-alive-timeout",
-        type=_positive,
-        default=d.keep_alive,
-        help=f"whole seconds an idle connection is kept between requests (default {d.keep_alive})",
-    )
-    s.add_argument(
-        "--max-connections",
-        type=_positive,
-        default=d.max_connections,
-        help=f"open connections per worker process; past it, 503 and close (default {d.max_connections})",
-    )
-    s.add_argument(
-        "--max-streams",
-        type=_positive,
-        default=d.max_streams,
-        help=f"/v1/stream connections per worker process; past it, 503 (default {d.max_streams})",
-    )
-    s.add_argument(
-        "--max-streams-per-project",
-        type=_positive,
-        default=d.max_streams_per_project,
-        help=f"of which one project's read keys may hold; past it, 429 (default {d.max_streams_per_project})",
-    )
-    s.add_argument(
-        "--disk-reserve",
-        type=_whole,
-        default=d.disk_reserve // MiB,
-        metavar="MIB",
-        help="free MiB ingest leaves on the SQLite database's disk for the projection; past it, 503 "
-        f"(default {d.disk_reserve // MiB}; 0: none)",
-    )
+    limits: list[tuple[str, Callable[[str], float], float, str]] = [
+        ("--header-timeout", _seconds, d.header_timeout, "seconds a request's headers may take, else 408 and close"),
+        ("--keep-alive-timeout", _positive, d.keep_alive, "whole seconds an idle connection is kept between requests"),
+        ("--max-connections", _positive, d.max_connections, "open connections per worker process; past it, 503"),
+        ("--max-streams", _positive, d.max_streams, "/v1/stream connections per worker process; past it, 503"),
+        ("--max-streams-per-project", _positive, d.max_streams_per_project, "of them one project's keys; then 429"),
+        ("--disk-reserve", _whole, d.disk_reserve // MiB, "free MiB ingest leaves the projection (SQLite; 0: none)"),
+    ]
+    for flag, kind, default, text in limits:
+        s.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser(

@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from .auth import authorize, authorize_key
 from .config import Config, Project
 from .errors import APIError, json_response
-from .limits import ServeLimits
+from .limits import ServeLimits, Shares
 from .params import app_state, count, ts, whole_number
 from .reads import Snapshot, consistent_read
 from .state import AppState
@@ -105,50 +105,31 @@ class _Tail:
     def __init__(self) -> None:
         self.head = 0
         self.moved = asyncio.Event()
-        self.streams = 0
-        self.by_project: dict[str, int] = {}
+        self.streams = Shares("headway_streams_open", "Server-Sent Event streams open")
         self.task: asyncio.Task[None] | None = None
 
     def admit(self, project: str, limits: ServeLimits) -> None:
         """Count one more stream of `project`, or answer 503 (the process serves its limit) or
         429 (the project holds its share)."""
-        if self.streams >= limits.max_streams:
+        if self.streams.total >= limits.max_streams:
             raise APIError(
                 503,
                 "overloaded",
-                f"the collector serves {self.streams} streams, its limit; retry later",
+                f"the collector serves {self.streams.total} streams, its limit; retry later",
                 {"Retry-After": str(STREAM_RETRY)},
             )
-        ours = self.by_project.get(project, 0)
-        if ours >= limits.max_streams_per_project:
+        if self.streams.of(project) >= limits.max_streams_per_project:
             raise APIError(
                 429,
                 "too_many_streams",
-                f"this project's read keys hold {ours} streams, its limit; close one, or retry later",
+                f"this project's read keys hold {self.streams.of(project)} streams, its limit; "
+                "close one, or retry later",
                 {"Retry-After": str(STREAM_RETRY)},
             )
-        self.streams += 1
-        self.by_project[project] = ours + 1
-
-    def leave(self, project: str) -> None:
-        self.streams -= 1
-        left = self.by_project.pop(project) - 1
-        if left:
-            self.by_project[project] = left
-
-    def render(self, project: str) -> str:
-        """The open streams as `/metrics` shows them to `project`'s read key."""
-        return (
-            "# HELP headway_streams_open Server-Sent Event streams this process serves (all projects).\n"
-            "# TYPE headway_streams_open gauge\n"
-            f"headway_streams_open {self.streams}\n"
-            "# HELP headway_project_streams_open This project's open streams.\n"
-            "# TYPE headway_project_streams_open gauge\n"
-            f'headway_project_streams_open{{project="{project}"}} {self.by_project.get(project, 0)}\n'
-        )
+        self.streams.add(project, 1)
 
     async def _watch(self, state: AppState) -> None:
-        while self.streams > 0:
+        while self.streams.total > 0:
             head = await run_in_threadpool(_head, state)
             if head != self.head:
                 self.head = head
@@ -200,7 +181,7 @@ def _tail(state: AppState) -> _Tail:
 
 
 def render_streams(state: AppState, project: str) -> str:
-    return _tail(state).render(project)
+    return _tail(state).streams.render(project)
 
 
 def _read(state: AppState, project: str, after: int) -> list[queries.TransitionRow]:
@@ -240,4 +221,4 @@ async def stream(request: Request) -> Response:
             await tail.past(state, max(after, seen), HEARTBEAT - (time.monotonic() - beat))
 
     tail.admit(project.name, state.limits)
-    return _EventStream(events(after), lambda: tail.leave(project.name))
+    return _EventStream(events(after), lambda: tail.streams.add(project.name, -1))

@@ -36,6 +36,7 @@ from .auth import authorize
 from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
 from .events import EventRejected, decode_event, to_us
+from .limits import Shares
 from .params import whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
@@ -73,8 +74,8 @@ class _Budget:
     `Content-Length` and then dribbles holds what it sent, not what it promised."""
 
     def __init__(self, limit: int, per_project: int) -> None:
-        self.limit, self.per_project, self.held = limit, per_project, 0
-        self.by_project: dict[str, int] = {}
+        self.limit, self.per_project = limit, per_project
+        self.held = Shares("headway_ingest_held_bytes", "Bytes of request bodies held")
 
     @contextlib.contextmanager
     def hold(self, project: str) -> Iterator[Callable[[int], None]]:
@@ -87,44 +88,28 @@ class _Budget:
             more = total - mine
             if more <= 0:
                 return
-            if self.held + more > self.limit:
+            if self.held.total + more > self.limit:
                 raise APIError(
                     503,
                     "overloaded",
-                    f"the collector holds {self.held} bytes of request bodies, its limit; retry later",
+                    f"the collector holds {self.held.total} bytes of request bodies, its limit; retry later",
                     {"Retry-After": "1"},
                 )
-            ours = self.by_project.get(project, 0)
-            if ours + more > self.per_project:
+            if self.held.of(project) + more > self.per_project:
                 raise APIError(
                     429,
                     "too_many_requests",
-                    f"this project's requests hold {ours} bytes of bodies being read, its share of "
-                    f"{self.per_project}; retry later",
+                    f"this project's requests hold {self.held.of(project)} bytes of bodies being read, "
+                    f"its share of {self.per_project}; retry later",
                     {"Retry-After": "1"},
                 )
-            self.held += more
-            self.by_project[project] = ours + more
+            self.held.add(project, more)
             mine = total
 
         try:
             yield take
         finally:
-            self.held -= mine
-            left = self.by_project.pop(project, 0) - mine
-            if left:
-                self.by_project[project] = left
-
-    def render(self, project: str) -> str:
-        """The held bytes as `/metrics` shows them to `project`'s read key."""
-        return (
-            "# HELP headway_ingest_held_bytes Bytes of request bodies this process holds (all projects).\n"
-            "# TYPE headway_ingest_held_bytes gauge\n"
-            f"headway_ingest_held_bytes {self.held}\n"
-            "# HELP headway_ingest_project_held_bytes Bytes of this project's request bodies held.\n"
-            "# TYPE headway_ingest_project_held_bytes gauge\n"
-            f'headway_ingest_project_held_bytes{{project="{project}"}} {self.by_project.get(project, 0)}\n'
-        )
+            self.held.add(project, -mine)
 
 
 BUDGET = _Budget(HELD_BYTES, PROJECT_HELD_BYTES)

@@ -88,7 +88,7 @@ def test_one_project_holds_at_most_its_share_of_the_body_budget(
     ours = httpx.post(live_collector.url + "/v1/batch", content=body([event("acme-fine")]), headers=headers(), timeout=DEADLINE)
     assert ours.status_code == 200, ours.text
     assert theirs.status_code == 429 and theirs.headers["retry-after"] and theirs.json()["error"]["code"] == "too_many_requests"
-    assert metric(live_collector, "headway_ingest_project_held_bytes", OTHER_READ_KEY) <= PROJECT_HELD_BYTES
+    assert metric(live_collector, "headway_project_ingest_held_bytes", OTHER_READ_KEY) <= PROJECT_HELD_BYTES
 
 
 def test_a_client_that_goes_away_mid_body_is_one_info_line(live_collector: LiveCollector) -> None:
