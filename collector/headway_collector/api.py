@@ -32,6 +32,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from .auth import authorize
 from .config import Project
+from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
@@ -380,14 +381,17 @@ async def readyz(request: Request) -> Response:
     ):
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
     lag = await run_in_threadpool(state.metrics.projection_lag)
-    return json_response(
-        {
-            "status": "ready",
-            "queue_depth": state.store.queue_depth(),
-            "projection_lag_events": lag.events,
-            "projection_lag_seconds": lag.seconds,
-        }
-    )
+    answer: dict[str, object] = {
+        "status": "ready",
+        "queue_depth": state.store.queue_depth(),
+        "projection_lag_events": lag.events,
+        "projection_lag_seconds": lag.seconds,
+    }
+    disk = await run_in_threadpool(room, state)
+    if disk is not None and disk.short:  # ingest refuses, and a projection short of room stalls
+        answer.update(status="disk_full", disk_free_bytes=disk.free, disk_reserve_bytes=disk.reserve)
+        return json_response(answer, 503, {"Retry-After": str(DISK_RETRY)})
+    return json_response(answer)
 
 
 async def metrics(request: Request) -> Response:

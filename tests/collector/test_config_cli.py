@@ -137,6 +137,7 @@ def test_keys_new_prints_a_key_and_its_hash() -> None:
 def test_every_command_is_documented() -> None:
     parser = cli.build_parser()
     readme = (EXAMPLE.parent / "README.md").read_text()
+    docs = readme + "".join(p.read_text() for p in (EXAMPLE.parent / "docs").glob("*.md"))
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name, sub in commands.items():
         assert sub.description, name
@@ -144,6 +145,7 @@ def test_every_command_is_documented() -> None:
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help"
+                assert any(o in docs for o in action.option_strings), f"{name} {action.option_strings} is not in the docs"
 
 
 def test_rescore_and_prune_commands(tmp_path: Path) -> None:

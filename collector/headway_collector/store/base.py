@@ -111,6 +111,10 @@ class Store(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def free_bytes(self) -> int | None:
+        """Free bytes on the database's disk; None where this process cannot see it (a server's)."""
+        ...
+
     def prune(self, before: int) -> int: ...
 
 
