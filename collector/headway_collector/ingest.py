@@ -258,12 +258,27 @@ async def batch(request: Request) -> Response:
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
         ok, dup = result.accepted, result.duplicates
+        if result.erased:
+            rejected = _with_erased(state, rejected, len(accepted), result.erased)
         if state.projection is not None:
             state.projection.wake()
     else:
         ok = dup = 0
     state.metrics.batch(project.name, ok, dup, time.perf_counter() - started)
     return json_response(BatchResponse(accepted=ok, duplicates=dup, rejected=rejected))
+
+
+ERASED = "the event id was erased (headway-collector erase): the event is not stored again"
+
+
+def _with_erased(state: AppState, rejected: list[Rejection], n: int, erased: tuple[int, ...]) -> list[Rejection]:
+    """`rejected` and the accepted events that the store refused as erased, in batch order.
+    (The accepted events are the batch's events that `_judge` did not reject, in order.)"""
+    refused = {r.index for r in rejected}
+    kept = [i for i in range(n + len(refused)) if i not in refused]
+    for _ in erased:
+        state.metrics.reject("erased")
+    return sorted(rejected + [Rejection(index=kept[i], error=ERASED) for i in erased], key=lambda r: r.index)
 
 
 def _reason(message: str) -> str:
