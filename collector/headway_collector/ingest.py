@@ -276,8 +276,7 @@ def _with_erased(state: AppState, rejected: list[Rejection], n: int, erased: tup
     (The accepted events are the batch's events that `_judge` did not reject, in order.)"""
     refused = {r.index for r in rejected}
     kept = [i for i in range(n + len(refused)) if i not in refused]
-    for _ in erased:
-        state.metrics.reject("erased")
+    state.metrics.reject("erased", len(erased))
     return sorted(rejected + [Rejection(index=kept[i], error=ERASED) for i in erased], key=lambda r: r.index)
 
 

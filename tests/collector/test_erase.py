@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -25,6 +26,8 @@ from headway_collector.cli import main as cli_main
 from headway_collector.store import open_store
 from headway_collector.store.generations import DERIVED_TABLES
 from headway_collector.store.log import id_hash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.collector.helpers import body, headers, read_headers
 from tests.collector.test_store_contract import (
@@ -170,6 +173,40 @@ def test_erase_an_account_with_no_collector_running_equals_a_fresh_ingest_withou
                 return await readings(c, kept)
 
         assert asyncio.run(read()) == want_readings
+
+
+def test_erasing_any_subject_equals_a_fresh_ingest_without_its_events(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Any history (users moving between accounts included), any user or account erased: the
+    served tables are a fresh ingest's of what is left, byte for byte."""
+
+    @settings(max_examples=4, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 10_000), level=st.sampled_from(["user", "account"]), pick=st.integers(0, 99),
+           moved=st.floats(0, 0.5))
+    def check(seed: int, level: str, pick: int, moved: float) -> None:
+        rng = random.Random(seed)
+        events = make_events(seed, n=160, users=9, accounts=3)
+        for e in events:  # some events of a user in another account, or in none
+            if rng.random() < moved:
+                e["account_id"] = rng.choice([None, "acct-0", "acct-1", "acct-2"])
+        column = "user_id" if level == "user" else "account_id"
+        subjects = sorted({e[column] for e in events if e[column] is not None})
+        victim = subjects[pick % len(subjects)]
+        kept = [e for e in events if e[column] != victim]
+        tmp = tmp_path_factory.mktemp("any")
+        want_tables, _, want_log = fresh_ingest(kept, tmp)
+        with fresh_url("sqlite", tmp) as url:
+
+            async def ingest() -> None:
+                async with collector(url) as c:
+                    for b in batches(events, 50):
+                        await send(c, b)
+
+            asyncio.run(ingest())
+            assert erase(f"--{level}", victim, "--database", url) == 0
+            assert differences(dump(url, STATE), want_tables) == []
+            assert stored_events(url) == want_log
+
+    check()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
