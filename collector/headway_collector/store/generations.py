@@ -1,9 +1,10 @@
 """Model generations, the projection's partitions and their watermarks, leases and quarantine.
 
 A generation is one project's derived state under one model version. Reads use the project's
-`active` generation; a changed model gets a `building` one, which the projection folds from the
-start of the log beside the active one, and `switch` makes it active in one transaction once it
-has caught up: a read's snapshot sees one generation or the other, never a mix.
+`active` generation; a changed model gets a `building` one (so does an erasure: `rebuild`), which
+the projection folds from the start of the log beside the active one, and `switch` makes it active
+in one transaction once it has caught up: a read's snapshot sees one generation or the other,
+never a mix.
 
 Each generation has `PARTITIONS` partitions, each with its watermark (every log position up to it
 is folded) and a lease (who folds it, until when). `advance` moves a watermark only from the value
