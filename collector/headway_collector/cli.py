@@ -1,4 +1,4 @@
-"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest (SPEC section 8).
+"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase (SPEC section 8).
 
 A thin layer: it builds the configuration and the store and calls the library. Every error
 is one line on stderr and exit code 1; nothing prints a traceback.
@@ -294,6 +294,48 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from .model.fold import SubjectKey
+    from .projection.erase import erase_events, rebuilt
+
+    key = SubjectKey("user", args.user) if args.user is not None else SubjectKey("account", args.account)
+    store = _existing_store(args.database, "erase")
+    started = time.monotonic()
+    try:
+        try:
+            last = erase_events(store, args.project, key, _progress("erasing"))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        others = [k for k in last.vanished if k != key]
+        print(
+            f"erased {key.level} {key.subject!r} of project {args.project!r}: {last.events} event(s) removed from "
+            f"the log, their ids refused from now on; {len(others)} other subject(s) left without events "
+            f"({sum(k.level == 'user' for k in others)} user(s), {sum(k.level == 'account' for k in others)} "
+            f"account(s)); {last.transitions} stored transition(s) and {last.deliveries} undelivered webhook "
+            "delivery(ies) of them deleted"
+        )
+        if last.rebuilt is None:
+            print("nothing derived to rebuild: no collector has folded this project yet")
+            return 0
+        sys.stdout.flush()
+        try:
+            rebuilt(store, args.project, last.rebuilt.gen, _progress("rebuilding"))
+        except KeyboardInterrupt:
+            print(
+                "stopped waiting: the events are erased; the derived state is rebuilt by a running collector "
+                "(or the next one to start), which switches reads to it when done",
+                file=sys.stderr,
+            )
+            return 130
+    finally:
+        store.close()
+    print(
+        f"rebuilt project {args.project!r} from the log without them (generation {last.rebuilt.gen}) in "
+        f"{time.monotonic() - started:.1f}s: scores, milestones and aggregates are as if they never arrived"
+    )
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
@@ -416,6 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     bt.add_argument("--project", help="the project (needed when the config has several)")
     bt.set_defaults(func=cmd_backtest)
+
+    er = sub.add_parser(
+        "erase",
+        help="erase a user's or an account's events (the right to erasure)",
+        description="Delete every stored event of a user (events with that user_id) or of an account "
+        "(events with that account_id), refuse their ids if sent again, and rebuild everything derived "
+        "from the log without them; works beside a running collector.",
+    )
+    er.add_argument("--project", required=True, help="the project the subject belongs to")
+    who = er.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the user_id whose events to erase")
+    who.add_argument("--account", help="the account_id whose events to erase (its users' events in it too)")
+    er.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    er.set_defaults(func=cmd_erase)
     return p
 
 

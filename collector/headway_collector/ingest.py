@@ -281,6 +281,8 @@ async def batch(request: Request) -> Response:
         except StoreError as exc:
             raise APIError(503, "unavailable", f"{exc}; retry later", {"Retry-After": "2"}) from None
         ok, dup = result.accepted, result.duplicates
+        if result.erased:
+            rejected = _with_erased(state, rejected, len(accepted), result.erased)
         if state.projection is not None:
             state.projection.wake()
     else:
@@ -299,6 +301,18 @@ def _check_room(state: AppState) -> None:
             "the projection; retry later",
             {"Retry-After": str(DISK_RETRY)},
         )
+
+
+ERASED = "the event id was erased (headway-collector erase): the event is not stored again"
+
+
+def _with_erased(state: AppState, rejected: list[Rejection], n: int, erased: tuple[int, ...]) -> list[Rejection]:
+    """`rejected` and the accepted events that the store refused as erased, in batch order.
+    (The accepted events are the batch's events that `_judge` did not reject, in order.)"""
+    refused = {r.index for r in rejected}
+    kept = [i for i in range(n + len(refused)) if i not in refused]
+    state.metrics.reject("erased", len(erased))
+    return sorted(rejected + [Rejection(index=kept[i], error=ERASED) for i in erased], key=lambda r: r.index)
 
 
 def _reason(message: str) -> str:

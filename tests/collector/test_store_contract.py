@@ -137,14 +137,14 @@ async def send(client: httpx.AsyncClient, events: list[dict[str, Any]], sent_at:
     return out
 
 
-def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+def dump(url: str, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
     """The derived tables of a store's active generations, every row without its generation
     number (sorted in Python: collations may differ), and the number of stored events."""
     store = open_store(url)
     try:
         with store.read() as r:
             out = {}
-            for name in TABLES:
+            for name in tables:
                 rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)[1:]
                         for row in r.all(f"SELECT t.* FROM {name} t JOIN generations g ON g.gen = t.gen "
                                          "WHERE g.status = 'active'")]

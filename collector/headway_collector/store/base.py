@@ -52,6 +52,7 @@ class IngestResult:
     accepted: int
     duplicates: int
     position: int  # the log position up to which this batch is durable
+    erased: tuple[int, ...] = ()  # indexes of the events refused: their ids were erased (`log.erased_ids`)
 
 
 class Tx(Protocol):

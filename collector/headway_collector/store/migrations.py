@@ -327,6 +327,16 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
             PRIMARY KEY (gen, account, t, id)) {norowid}""",
         ],
     ),
+    (
+        "0011_erased_events",
+        [
+            # The ids of events erased by `headway-collector erase`, as hashes (`log.id_hash`): the
+            # same ids sent again are refused at append, and the table holds no id in the clear.
+            """CREATE TABLE erased_events (
+            project {text} NOT NULL, id_hash {blob} NOT NULL, erased_at {int} NOT NULL,
+            PRIMARY KEY (project, id_hash)) {norowid}""",
+        ],
+    ),
 ]
 
 

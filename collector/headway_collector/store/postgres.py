@@ -196,8 +196,8 @@ class PostgresStore(GroupCommitStore):
         """On the writer thread: append the jobs in one transaction (again after a deadlock or a lost connection)."""
 
         def run(tx: _Tx) -> None:
-            for job in jobs:  # a retry counts again from zero
-                job.accepted = job.duplicates = 0
+            for job in jobs:
+                job.reset()
             log.append(tx, jobs)
 
         for attempt in (1, 2):
