@@ -23,10 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, dashboard, feed, history, ingest, insights, model, reports
+from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
 from .config import TRANSITION_TYPES, Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
+from .limits import ServeLimits
 from .metrics import Metrics
 from .params import NO_PARAMS, Params
 from .projection import Mode, ModelBook, Projection, serve_models
@@ -75,12 +76,12 @@ class Endpoint:
 
 _READ = (400, 401, 403)
 ENDPOINTS = [
-    Endpoint("/v1/batch", "POST", ingest.batch, NO_PARAMS, wire.BatchResponse, (400, 401, 403, 408, 413, 415),
-             "Ingest a batch of events (write key)"),
-    Endpoint("/v1/users", "GET", api.list_users, api.LIST, wire.UserPage, _READ,
+    Endpoint("/v1/batch", "POST", ingest.batch, NO_PARAMS, wire.BatchResponse,
+             (400, 401, 403, 408, 413, 415, 429), "Ingest a batch of events (write key)"),
+    Endpoint("/v1/users", "GET", api.list_users, api.USERS, wire.UserPage, _READ,
              "Users by score, filtered, with a cursor"),
     Endpoint("/v1/users/{subject:id}", "GET", api.get_user, api.ONE, wire.UserView, (*_READ, 404), "One user"),
-    Endpoint("/v1/accounts", "GET", api.list_accounts, api.LIST, wire.AccountPage, _READ,
+    Endpoint("/v1/accounts", "GET", api.list_accounts, api.ACCOUNTS, wire.AccountPage, _READ,
              "Accounts by score, filtered, with a cursor"),
     Endpoint("/v1/accounts/{subject:id}", "GET", api.get_account, api.ONE, wire.AccountView, (*_READ, 404),
              "One account"),
@@ -90,6 +91,8 @@ ENDPOINTS = [
              "One user's or account's score once a day over the last days"),
     Endpoint("/v1/growth", "GET", reports.growth, reports.GROWTH, wire.Growth, _READ,
              "Growth accounting per period: new, retained, resurrected, churned, NPS"),
+    Endpoint("/v1/revenue", "GET", reports.revenue, reports.REVENUE, wire.Revenue, _READ,
+             "Revenue per period: MRR movements, retention, logo churn, quick ratio; MRR by quadrant"),
     Endpoint("/v1/milestones", "GET", reports.milestones, reports.MILESTONES, wire.Funnel, _READ,
              "The milestone funnel: counts by status, share, time to achieve"),
     Endpoint("/v1/retention", "GET", insights.retention, insights.RETENTION, wire.Retention, _READ,
@@ -100,9 +103,11 @@ ENDPOINTS = [
              "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
     Endpoint("/v1/insights/weights", "GET", insights.weights, insights.WEIGHTS, wire.Weights, _READ,
              "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
+    Endpoint("/v1/insights/backtest", "GET", backtest.backtest, backtest.BACKTEST, wire.Backtest, _READ,
+             "How well the model's score and quadrants at past instants predicted churn or a milestone"),
     Endpoint("/v1/transitions", "GET", feed.list_transitions, feed.TRANSITIONS, wire.TransitionPage, _READ,
              "Transitions in commit order, past a cursor"),
-    Endpoint("/v1/stream", "GET", feed.stream, feed.STREAM, None, _READ,
+    Endpoint("/v1/stream", "GET", feed.stream, feed.STREAM, None, (*_READ, 429),
              "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
     Endpoint("/healthz", "GET", api.healthz, NO_PARAMS, None, (400,), "Liveness"),
     Endpoint("/readyz", "GET", api.readyz, NO_PARAMS, None, (400,), "Readiness"),
@@ -113,7 +118,7 @@ _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
     "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
     "/readyz": {
         "type": "object",
-        "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+        "properties": {"status": {"enum": ["ready", "starting", "disk_full"]}, "queue_depth": {"type": "integer"}},
         "required": ["status"],
     },
 }
@@ -191,7 +196,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread", reload_on_sighup: bool = False
+    config: Config,
+    store: Store,
+    *,
+    fold_workers: int = 1,
+    fold_mode: Mode = "thread",
+    reload_on_sighup: bool = False,
+    limits: ServeLimits | None = None,
 ) -> Starlette:
     """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
     threads or processes) started and stopped by the lifespan."""
@@ -200,7 +211,13 @@ def create_app(
         store=store,
         book=ModelBook([config]),
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
+        limits=limits or ServeLimits(),
     )
+    state.metrics.sections += [
+        ingest.BUDGET.held.render,
+        lambda project: feed.render_streams(state, project),
+        lambda project: disk.render(state, project),
+    ]
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:

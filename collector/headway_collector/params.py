@@ -50,6 +50,7 @@ __all__ = [
     "instant",
     "invalid",
     "nps_view",
+    "parse_instant",
     "read_time",
     "rfc3339",
     "text",
@@ -210,7 +211,7 @@ def text(
     return Param(name, description, schema, _text(most), None, where, required)
 
 
-def _instant(text: str, dates: bool) -> int:
+def parse_instant(text: str, *, dates: bool = False) -> int:
     """RFC 3339 with an offset (or, when `dates`, YYYY-MM-DD: that day's 00:00 UTC) ->
     microseconds, within FIRST_INSTANT..LAST_INSTANT."""
     if dates and len(text) == 10:
@@ -241,15 +242,16 @@ def instant(name: str, description: str, *, dates: bool = False) -> Param[int | 
         else {"type": "string", "format": "date-time"}
     )
     return Param(
-        name, f"{description} ({_INSTANT_RANGE})", schema, lambda text: _instant(text, dates), None
+        name, f"{description} ({_INSTANT_RANGE})", schema, lambda text: parse_instant(text, dates=dates), None
     )
 
 
 _DURATION = re.compile(r"[0-9]{1,12}[smhd]")
 
 
-def duration(name: str, description: str, *, default: str, most: int) -> Param[int]:
-    """A duration such as `7d` or `36h` (microseconds), of at most `most`."""
+def duration(name: str, description: str, *, most: int, default: str | None = None) -> Param[int]:
+    """A duration such as `7d` or `36h` (microseconds), of at most `most`; without a `default`,
+    required."""
 
     def parse(text: str) -> int:
         if not _DURATION.fullmatch(text):
@@ -259,8 +261,11 @@ def duration(name: str, description: str, *, default: str, most: int) -> Param[i
             raise ValueError(f"{text!r} is longer than {most // 86_400_000_000}d")
         return us
 
-    schema = {"type": "string", "pattern": "^[0-9]{1,12}[smhd]$", "default": default}
-    return Param(name, description, schema, parse, parse(default))
+    # JSON Schema has no maximum for a duration: the extension says it, in seconds.
+    schema = {"type": "string", "pattern": "^[0-9]{1,12}[smhd]$", "x-maximum-seconds": most // 1_000_000}
+    if default is None:  # the value is never used: a required parameter is given or refused
+        return Param(name, description, schema, parse, 0, required=True)
+    return Param(name, description, {**schema, "default": default}, parse, parse(default))
 
 
 AT = instant("at", "read as of this instant; default now")

@@ -25,7 +25,7 @@ from ._transport import _HTTPX_ERRORS, map_httpx_error
 __all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
-Order = Literal["desc", "asc"]
+Order = Literal["desc", "asc", "mrr_desc"]
 Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
@@ -34,8 +34,9 @@ At = datetime | str | None
 
 class Filters(TypedDict, total=False):
     """Filters of ``users`` / ``accounts``: ``order`` by score ("desc", the default, or
-    "asc"), ``limit`` a page, ``cursor`` from the previous page, and ``stage``, ``quadrant``,
-    ``trend``, ``milestone`` (with ``status``) to narrow the list."""
+    "asc"; accounts also "mrr_desc": by MRR, the greatest first), ``limit`` a page, ``cursor``
+    from the previous page, and ``stage``, ``quadrant``, ``trend``, ``milestone`` (with
+    ``status``) to narrow the list; ``account_id`` (users only): that account's users."""
 
     order: Order
     limit: int
@@ -45,6 +46,7 @@ class Filters(TypedDict, total=False):
     trend: str
     milestone: str
     status: str
+    account_id: str
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
@@ -153,6 +155,17 @@ class _BaseClient:
         return _Call(f"/v1/insights/{path}", params, kind)
 
     @staticmethod
+    def _backtest(outcome: str, horizon: str, every: str | None, since: When, level: Level | None,
+                  at: At) -> _Call[wire.Backtest]:
+        if not isinstance(outcome, str) or not outcome:
+            raise ValueError("outcome must be 'churned' or a milestone name, a non-empty str")
+        if not isinstance(horizon, str) or not horizon:
+            raise ValueError("horizon must be a duration such as '30d'")
+        params = _params(outcome=outcome, horizon=horizon, every=every, since=_instant("since", since), level=level,
+                         at=_instant("at", at, dates=False))
+        return _Call("/v1/insights/backtest", params, wire.Backtest)
+
+    @staticmethod
     def _retention(period: Literal["week", "month"], cohorts: int, level: Level | None,
                    at: At) -> _Call[wire.Retention]:
         if isinstance(cohorts, bool) or not isinstance(cohorts, int) or cohorts < 1:
@@ -166,6 +179,13 @@ class _BaseClient:
             raise ValueError(f"days must be an int >= 1, got {days!r}")
         return _Call("/v1/stickiness", _params(days=days, level=level, at=_instant("at", at, dates=False)),
                      wire.Stickiness)
+
+    @staticmethod
+    def _revenue(period: Period, periods: int, at: At) -> _Call[wire.Revenue]:
+        if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
+            raise ValueError(f"periods must be an int >= 1, got {periods!r}")
+        return _Call("/v1/revenue", _params(period=period, periods=periods, at=_instant("at", at, dates=False)),
+                     wire.Revenue)
 
     @staticmethod
     def _transitions(since: str | None, limit: int) -> _Call[wire.TransitionPage]:
@@ -284,6 +304,12 @@ class Client(_BaseClient):
         at ``at`` (an aware datetime; default: the collector's now)."""
         return self._get(self._scores(user_id, account_id, days, at))
 
+    def revenue(self, period: Period = "month", *, periods: int = 12, at: At = None) -> wire.Revenue:
+        """MRR movements per period (new, reactivated, expansion, contraction, churned), retention,
+        logo churn and quick ratio, the last period holding ``at`` (an aware datetime; default:
+        the collector's now), and the MRR of the accounts in each quadrant at ``at``."""
+        return self._get(self._revenue(period, periods, at))
+
     def model(self) -> wire.ModelInfo:
         """The active model, its version hash, and tags that name no milestone."""
         return self._get(self._model())
@@ -309,6 +335,14 @@ class Client(_BaseClient):
         """Weights fitted to predict ``outcome`` from early event counts, beside the current ones,
         with a held-out AUC for both."""
         return self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+
+    def backtest(self, outcome: str, horizon: str, *, every: str | None = None, since: When = None,
+                 level: Level | None = None, at: At = None) -> wire.Backtest:
+        """How well the model's score and quadrants at past snapshots (every ``every``, default
+        "7d", from ``since``) predicted ``outcome`` ("churned" or a milestone) within ``horizon``
+        (e.g. "30d"): cases, base rate, AUC with its 95% interval, outcome rate per quadrant."""
+        return self._get(self._backtest(outcome, horizon, every, since, level, at))
+
     def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
         """Transitions in commit order past the cursor ``since`` (a transition's ``id``, or the
         page's ``next``); from the first one when None."""
@@ -414,6 +448,9 @@ class AsyncClient(_BaseClient):
     ) -> wire.ScoreHistory:
         return await self._get(self._scores(user_id, account_id, days, at))
 
+    async def revenue(self, period: Period = "month", *, periods: int = 12, at: At = None) -> wire.Revenue:
+        return await self._get(self._revenue(period, periods, at))
+
     async def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
         return await self._get(self._transitions(since, limit))
 
@@ -453,6 +490,10 @@ class AsyncClient(_BaseClient):
     async def weights(self, outcome: str, *, window: str | None = None, level: Level | None = None,
                       at: At = None) -> wire.Weights:
         return await self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+
+    async def backtest(self, outcome: str, horizon: str, *, every: str | None = None, since: When = None,
+                       level: Level | None = None, at: At = None) -> wire.Backtest:
+        return await self._get(self._backtest(outcome, horizon, every, since, level, at))
 
     async def aclose(self) -> None:
         await self._http.aclose()

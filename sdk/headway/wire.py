@@ -25,7 +25,10 @@ __all__ = [
     "MAX_WEIGHT",
     "NPS",
     "AccountPage",
+    "AccountRevenue",
+    "AccountSeen",
     "AccountView",
+    "Backtest",
     "Batch",
     "BatchEnvelope",
     "BatchResponse",
@@ -40,14 +43,21 @@ __all__ = [
     "FunnelStep",
     "Growth",
     "GrowthPeriod",
+    "HeldOutRule",
     "Interval",
+    "Members",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
     "Predictor",
     "Predictors",
+    "QuadrantCounts",
+    "QuadrantMRR",
+    "QuadrantOutcome",
     "Rejection",
     "Retention",
+    "Revenue",
+    "RevenuePeriod",
     "ScoreHistory",
     "ScorePoint",
     "ScoreShare",
@@ -133,8 +143,8 @@ class ErrorBody(msgspec.Struct):
 
 # --- Query API (SPEC section 3) ---------------------------------------------------------------
 
-Status = Literal["pending", "in_progress", "achieved", "missed"]
-Quadrant = Literal["thriving", "stuck", "quiet", "at_risk"]
+Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
+Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
 Trend = Literal["rising", "steady", "cooling"]
 
 
@@ -180,6 +190,36 @@ class NPS(msgspec.Struct):
     detractors: int
 
 
+class AccountSeen(msgspec.Struct):
+    """An account that a user's events carried, and when they first and last did."""
+
+    id: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class QuadrantCounts(msgspec.Struct):
+    new: int = 0
+    thriving: int = 0
+    stuck: int = 0
+    quiet: int = 0
+    at_risk: int = 0
+
+
+class Members(msgspec.Struct):
+    """An account's users (those its events carried), and how many are in each quadrant."""
+
+    total: int
+    by_quadrant: QuadrantCounts
+
+
+class AccountRevenue(msgspec.Struct):
+    """An account's MRR at the reading's instant, and when the revenue event that set it happened."""
+
+    mrr: float
+    since: datetime | None
+
+
 class UserView(msgspec.Struct):
     user_id: str
     first_seen: datetime
@@ -189,6 +229,7 @@ class UserView(msgspec.Struct):
     success: Success
     quadrant: Quadrant
     milestones: list[MilestoneView]
+    accounts: list[AccountSeen] = []  # most recently seen first
 
 
 class AccountView(msgspec.Struct):
@@ -201,6 +242,8 @@ class AccountView(msgspec.Struct):
     quadrant: Quadrant
     milestones: list[MilestoneView]
     nps: NPS | None = None
+    members: Members | None = None
+    revenue: AccountRevenue | None = None
 
 
 class UserPage(msgspec.Struct):
@@ -275,6 +318,43 @@ class Growth(msgspec.Struct):
     periods: list[GrowthPeriod]
 
 
+class QuadrantMRR(msgspec.Struct):
+    new: float = 0.0
+    thriving: float = 0.0
+    stuck: float = 0.0
+    quiet: float = 0.0
+    at_risk: float = 0.0
+
+
+class RevenuePeriod(msgspec.Struct):
+    """One period of ``GET /v1/revenue``: ``mrr_end = mrr_start + new + reactivated + expansion -
+    contraction - churned``; a ratio is None when its divisor is 0."""
+
+    start: datetime
+    partial: bool
+    mrr_start: float
+    new: float
+    reactivated: float
+    expansion: float
+    contraction: float
+    churned: float
+    mrr_end: float
+    accounts_start: int
+    accounts_churned: int
+    logo_churn_rate: float | None
+    net_retention: float | None
+    gross_retention: float | None
+    quick_ratio: float | None
+
+
+class Revenue(msgspec.Struct):
+    """``GET /v1/revenue``: MRR movements per period, oldest first, and MRR by quadrant at ``at``."""
+
+    period: str
+    periods: list[RevenuePeriod]
+    by_quadrant: QuadrantMRR
+
+
 class UnknownTag(msgspec.Struct):
     tag: str
     count: int
@@ -305,6 +385,18 @@ class Interval(msgspec.Struct):
     high: float
 
 
+class HeldOutRule(msgspec.Struct):
+    """A best threshold measured on the held-out half of the subjects (who did not choose it)."""
+
+    subjects_with: int
+    subjects_without: int
+    achieved_with: int
+    achieved_without: int
+    precision: float | None
+    rate_without: float | None
+    lift: float | None
+
+
 class Predictor(msgspec.Struct):
     """The rule "did `event` at least `threshold` times in the early window" against the outcome."""
 
@@ -323,9 +415,12 @@ class Predictor(msgspec.Struct):
     subjects_without: int
     achieved_with: int
     achieved_without: int
-    confident: bool  # enough subjects on each side, and `difference` excludes 0
-    best: bool  # the best threshold of its event
+    confident: bool  # q < 0.05, and enough subjects on each side
+    best: bool  # the best threshold of its event, chosen on the selection half of the subjects
     frequent_not_predictive: bool  # most subjects do it, and it moves the outcome rate by little or nothing
+    p: float = 1.0  # Fisher's exact test of the rule's 2x2 table, two-sided
+    q: float = 1.0  # Benjamini-Hochberg adjusted p over every rule of the answer
+    held_out: HeldOutRule | None = None  # on the best row: its counts on the half that did not choose it
 
 
 class Predictors(msgspec.Struct):
@@ -341,6 +436,7 @@ class Predictors(msgspec.Struct):
     base_rate: float | None
     proposal: Predictor | None  # the best confident rule that raises the rate: the aha moment, or none
     predictors: list[Predictor]
+    held_out: int = 0  # subjects in the half that measures each best threshold
 
 
 class SuggestedWeight(msgspec.Struct):
@@ -367,6 +463,30 @@ class Weights(msgspec.Struct):
     weights: list[SuggestedWeight]
 
 
+class QuadrantOutcome(msgspec.Struct):
+    """The cases of one quadrant at T and how many of them had the outcome."""
+
+    cases: int
+    outcomes: int
+    rate: float | None  # outcomes / cases; None without cases
+
+
+class Backtest(msgspec.Struct):
+    """``GET /v1/insights/backtest``: how well the model's score and quadrants at past instants
+    predicted the outcome within the horizon (SPEC section 4, "Does the model predict?")."""
+
+    outcome: str  # "churned" or a milestone
+    horizon: str  # the duration asked for, e.g. "30d"
+    level: str
+    snapshots: list[datetime]
+    cases: int  # (subject, snapshot) pairs
+    outcomes: int
+    base_rate: float | None
+    auc: float | None  # 1 is perfect, 0.5 chance; None without cases on both sides
+    auc_interval: list[float] | None  # [low, high], DeLong 95%
+    quadrants: dict[str, QuadrantOutcome]
+
+
 class Cohort(msgspec.Struct):
     start: datetime
     size: int
@@ -391,10 +511,13 @@ class Stickiness(msgspec.Struct):
     mau: int  # subjects active on at least one of the days
     dau_mau: float | None
     active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
+
+
 class Transition(msgspec.Struct, frozen=True):
     """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
-    ``milestone.missed``, ``stage.entered``, ``quadrant.changed``, ``trend.changed``; ``data``
-    holds ``{"milestone": name}`` or ``{"from": old, "to": new}``. ``id`` is also its cursor."""
+    ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,
+    ``trend.changed``; ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
+    ``id`` is also its cursor."""
 
     id: str
     type: str
