@@ -238,6 +238,9 @@ def cmd_suggest_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+BACKTEST_NICE = 10  # the CPU priority a backtest lowers itself by (benchmarks/results/backtest_ingest.md)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from .backtest import run_cli
     from .insights import project_name
@@ -247,6 +250,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         project = project_name(cfg, args.project)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    os.nice(BACKTEST_NICE)  # a long read beside a serving collector: ingest and reads first
     store = _existing_store(args.database, "backtest")
     question = {k: getattr(args, k) for k in ("outcome", "horizon", "every", "since", "at", "level")}
     try:
