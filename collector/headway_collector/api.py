@@ -5,17 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import msgspec
 from headway.wire import (
     AccountPage,
+    AccountRevenue,
+    AccountSeen,
     AccountView,
     CriterionProgress,
     Engagement,
+    Members,
     MilestoneView,
     ModelInfo,
     PendingModel,
+    QuadrantCounts,
     Success,
     UnknownTag,
     UserPage,
@@ -27,13 +32,17 @@ from starlette.responses import PlainTextResponse, Response
 
 from .auth import authorize
 from .config import Project
+from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
-from .model.fold import SubjectKey
+from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
+from .model.revenue import AccountRevenue as Mrr
+from .model.revenue import by_account
 from .model.subject import LevelModel, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
-from .reads import Snapshot, consistent_read, subject_state
+from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .store import generations, log, queries
+from .store.base import chunks
 
 __all__ = [
     "get_account",
@@ -47,9 +56,10 @@ __all__ = [
 ]
 
 MAX_LIMIT = 1000
-STATUSES = ("pending", "in_progress", "achieved", "missed")
-QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
+STATUSES = ("pending", "in_progress", "achieved", "lapsed", "missed")
+QUADRANTS = ("new", "thriving", "stuck", "quiet", "at_risk")
 TRENDS = ("rising", "steady", "cooling")
+ORDERS = {"user": ("desc", "asc"), "account": ("desc", "asc", "mrr_desc")}
 
 
 def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int, now: int) -> UserView | AccountView:
@@ -87,6 +97,60 @@ def _view(lm: LevelModel, sid: str, r: Reading, first_seen: int, last_seen: int,
     return AccountView(account_id=sid, nps=nps_view(r.nps), **common)
 
 
+# --- the accounts' sides: a user's accounts, an account's members and revenue -------------------
+
+
+def _accounts_seen(rows: dict[MemberKey, Membership], now: int) -> dict[str, list[AccountSeen]]:
+    """Per user, its accounts seen at or before `now`, the most recently seen first."""
+    out: dict[str, list[AccountSeen]] = {}
+    for key, m in sorted(rows.items(), key=lambda kv: (kv[0].user_id, -kv[1].last_seen, kv[0].account)):
+        if m.first_seen <= now:
+            out.setdefault(key.user_id, []).append(
+                AccountSeen(id=key.account, first_seen=ts(m.first_seen), last_seen=ts(m.last_seen))
+            )
+    return out
+
+
+def _stored_memberships(snap: Snapshot, users: list[str], now: int) -> dict[MemberKey, Membership]:
+    return {
+        MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen)
+        for m in queries.memberships_of(snap.tx, snap.gen.gen, users, now)
+    }
+
+
+def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) -> dict[str, Members]:
+    """Per account, its users seen at or before `now`, counted by their quadrant at `now`."""
+    lm = snap.models[project.name, "user"]
+    counts: dict[str, dict[str, int]] = {a: {} for a in accounts}
+    for account, blob in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
+        try:
+            quadrant = read(lm, decode_state(blob), now).quadrant
+        except msgspec.DecodeError:  # a corrupt row: quarantined, left out like in the lists
+            continue
+        counts[account][quadrant] = counts[account].get(quadrant, 0) + 1
+    return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
+
+
+def _revenue(mrr: Mrr | None, now: int) -> AccountRevenue:
+    return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
+
+
+def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) -> list[Any]:
+    """`items` (views of one level) with their accounts' sides filled in: a batch of reads per page."""
+    if not items:
+        return items
+    if isinstance(items[0], UserView):
+        seen = _accounts_seen(_stored_memberships(snap, [v.user_id for v in items], now), now)
+        return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
+    ids = [v.account_id for v in items]
+    members = _members(snap, project, ids, now)
+    mrr = by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now, ids))
+    return [
+        msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
+        for v in items
+    ]
+
+
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
@@ -95,10 +159,18 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
 
     def view(snap: Snapshot) -> UserView | AccountView:
         lm = snap.models[project.name, level]
-        st = subject_state(snap, project, level, sid)
-        return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
+        st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
+        v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
+        if isinstance(v, UserView):  # its memberships: those stored, and those of its events not yet folded
+            rows = _stored_memberships(snap, [sid], now)
+            add_memberships(rows, snap.pending)
+            return msgspec.structs.replace(v, accounts=_accounts_seen(rows, now).get(sid, []))
+        return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
 
-    return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
+    # A user's read waits for its own partition (it folds its pending events itself); an account's
+    # members are users of every partition, so its read waits for them all.
+    key = SubjectKey(level, sid) if level == "user" else None
+    return json_response(await consistent_read(state, project, view, key))
 
 
 async def get_user(request: Request) -> Response:
@@ -135,11 +207,15 @@ class _ListQuery(msgspec.Struct):
     trend: str | None
     milestone: str | None
     status: str | None
+    account_id: str | None  # users: of this account only
 
 
 def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
     q = request.query_params
-    order = choice(request, "order", ("desc", "asc")) or "desc"
+    order = choice(request, "order", ORDERS[level]) or "desc"
+    account_id = q.get("account_id")
+    if account_id is not None and level != "user":
+        raise APIError(400, "bad_request", "account_id filters the users of an account: GET /v1/users?account_id=")
     limit = count(request, "limit", 50, MAX_LIMIT)
     stage = q.get("stage")
     if stage is not None and stage not in {s.name for s in project.stages}:
@@ -161,6 +237,7 @@ def _list_query(request: Request, project: Project, level: str) -> _ListQuery:
         trend=choice(request, "trend", TRENDS),
         milestone=milestone,
         status=status,
+        account_id=account_id,
     )
 
 
@@ -181,25 +258,61 @@ def _keeps(q: _ListQuery, r: Reading, now: int) -> bool:
 SCAN = 500  # rows read per step while filling a filtered page
 
 
+Position = tuple[float, str]  # where a list stands: (score, or MRR, and the subject's id)
+
+
+def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
+    """The subjects in score order past the cursor (of one account's users, with `account_id`)."""
+    after = q.after
+    members = queries.Members(q.account_id, now) if q.account_id is not None else None
+    while True:
+        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, members)
+        for row in rows:
+            after = (row.score_key, row.subject)
+            yield after, row
+        if len(rows) < SCAN:
+            return
+
+
+def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
+    """The accounts by MRR at `now`, the greatest first (ties by id), past the cursor: the paying
+    ones from their revenue changes, then the others in id order (their MRR is 0)."""
+    mrr = {a: rev.mrr(now) for a, rev in by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now)).items()}
+    paying = sorted((a for a, m in mrr.items() if m > 0), key=lambda a: (-mrr[a], a))
+    after = q.after
+    if after is None or after[0] > 0:
+        if after is not None:
+            paying = [a for a in paying if (-mrr[a], a) > (-after[0], after[1])]
+        for part in chunks(paying, SCAN):
+            rows = queries.subject_rows(snap.tx, snap.gen.gen, "account", part)
+            yield from (((mrr[a], a), rows[a]) for a in part if a in rows)
+        after = None
+    last = after[1] if after is not None else None
+    while True:
+        ids = queries.account_ids(snap.tx, snap.gen.gen, last, SCAN)
+        rows = queries.subject_rows(snap.tx, snap.gen.gen, "account", [a for a in ids if mrr.get(a, 0) <= 0])
+        yield from (((0.0, a), rows[a]) for a in ids if a in rows)
+        if len(ids) < SCAN:
+            return
+        last = ids[-1]
+
+
 def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
     lm = snap.models[project.name, level]
     items: list[Any] = []
-    after = q.after
-    while True:
-        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN)
-        for row in rows:
-            after = (row.score_key, row.subject)
-            try:
-                st = decode_state(row.state)
-            except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
-                continue
-            reading = read(lm, st, now)
-            if _keeps(q, reading, now):
-                items.append(_view(lm, row.subject, reading, st.first_seen, st.last_seen, now))
-                if len(items) == q.limit:
-                    return items, _encode_cursor(row.score_key, row.subject)
-        if len(rows) < SCAN:
-            return items, None
+    cursor = None
+    for position, row in _by_mrr(snap, q, now) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
+        try:
+            st = decode_state(row.state)
+        except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
+            continue
+        reading = read(lm, st, now)
+        if _keeps(q, reading, now):
+            items.append(_view(lm, row.subject, reading, st.first_seen, st.last_seen, now))
+            if len(items) == q.limit:
+                cursor = _encode_cursor(*position)
+                break
+    return _with_sides(snap, project, items, now), cursor
 
 
 async def _list_endpoint(request: Request, level: Literal["user", "account"]) -> Response:
@@ -207,7 +320,13 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
     now = read_time(request, state)
-    items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
+    at = now if "at" in request.query_params else None
+
+    def body(snap: Snapshot) -> tuple[list[Any], str | None]:
+        exact_at(snap, at)
+        return _list(snap, project, level, q, now)
+
+    items, cursor = await consistent_read(state, project, body)
     page = (
         UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
     )
@@ -262,14 +381,17 @@ async def readyz(request: Request) -> Response:
     ):
         return json_response({"status": "starting"}, 503, {"Retry-After": "1"})
     lag = await run_in_threadpool(state.metrics.projection_lag)
-    return json_response(
-        {
-            "status": "ready",
-            "queue_depth": state.store.queue_depth(),
-            "projection_lag_events": lag.events,
-            "projection_lag_seconds": lag.seconds,
-        }
-    )
+    answer: dict[str, object] = {
+        "status": "ready",
+        "queue_depth": state.store.queue_depth(),
+        "projection_lag_events": lag.events,
+        "projection_lag_seconds": lag.seconds,
+    }
+    disk = await run_in_threadpool(room, state)
+    if disk is not None and disk.short:  # ingest refuses, and a projection short of room stalls
+        answer.update(status="disk_full", disk_free_bytes=disk.free, disk_reserve_bytes=disk.reserve)
+        return json_response(answer, 503, {"Retry-After": str(DISK_RETRY)})
+    return json_response(answer)
 
 
 async def metrics(request: Request) -> Response:

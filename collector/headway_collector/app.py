@@ -22,10 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, backtest, dashboard, feed, history, ingest, insights, model, reports
+from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
+from .limits import ServeLimits
 from .metrics import Metrics
 from .projection import Mode, ModelBook, Projection, serve_models
 from .projection.status import lag
@@ -74,6 +75,13 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
         reports.growth,
         wire.Growth,
         "Growth accounting per period: new, retained, resurrected, churned, NPS",
+    ),
+    (
+        "/v1/revenue",
+        "GET",
+        reports.revenue,
+        wire.Revenue,
+        "Revenue per period: MRR movements, retention, logo churn, quick ratio; MRR by quadrant",
     ),
     (
         "/v1/milestones",
@@ -144,25 +152,38 @@ _SUBJECT = {
     "schema": {"type": "string", "minLength": 1},
     "description": "the user's or account's id (any characters)",
 }
+_ORDER = _query("order", {"enum": ["desc", "asc"]}, "by score; default desc")
 _LIST = [
-    _query("order", {"enum": ["desc", "asc"]}, "by score; default desc"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
     _query("cursor", {"type": "string"}, "next_cursor of the page before"),
     _query("stage", {"type": "string"}, "a stage of the model"),
-    _query("quadrant", {"enum": ["thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
+    _query("quadrant", {"enum": ["new", "thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
     _query("trend", {"enum": ["rising", "steady", "cooling"]}, "the trend"),
     _query("milestone", {"type": "string"}, "a milestone of the model (with status: its status)"),
-    _query("status", {"enum": ["pending", "in_progress", "achieved", "missed"]}, "needs milestone"),
+    _query("status", {"enum": ["pending", "in_progress", "achieved", "lapsed", "missed"]}, "needs milestone"),
     _AT,
 ]
 _DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC3339"}
 # Per path of ROUTES: its parameters, and the error statuses it answers besides 503 (any route,
 # with Retry-After). Every error body is an ErrorBody.
 _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
-    "/v1/batch": ([], (400, 401, 403, 408, 413, 415)),
-    "/v1/users": (_LIST, (400, 401, 403)),
+    "/v1/batch": ([], (400, 401, 403, 408, 413, 415, 429)),
+    "/v1/users": (
+        [_ORDER, *_LIST, _query("account_id", {"type": "string"}, "the users of this account only")],
+        (400, 401, 403),
+    ),
     "/v1/users/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
-    "/v1/accounts": (_LIST, (400, 401, 403)),
+    "/v1/accounts": (
+        [
+            _query(
+                "order",
+                {"enum": ["desc", "asc", "mrr_desc"]},
+                "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc); default desc",
+            ),
+            *_LIST,
+        ],
+        (400, 401, 403),
+    ),
     "/v1/accounts/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
     "/v1/model": ([], (401, 403)),
     "/v1/scores": (
@@ -185,6 +206,14 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
         (400, 401, 403),
     ),
     "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
+    "/v1/revenue": (
+        [
+            _query("period", {"enum": ["day", "week", "month"]}, "default month"),
+            _query("periods", {"type": "integer", "minimum": 1, "maximum": 120}, "how many periods; default 12"),
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
     "/v1/retention": (
         [
             _query("period", {"enum": ["week", "month"]}, "default week"),
@@ -240,7 +269,7 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
             _query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
             _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)"),
         ],
-        (400, 401, 403),
+        (400, 401, 403, 429),
     ),
     "/healthz": ([], ()),
     "/readyz": ([], ()),
@@ -251,7 +280,7 @@ _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
     "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
     "/readyz": {
         "type": "object",
-        "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+        "properties": {"status": {"enum": ["ready", "starting", "disk_full"]}, "queue_depth": {"type": "integer"}},
         "required": ["status"],
     },
 }
@@ -313,7 +342,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread", reload_on_sighup: bool = False
+    config: Config,
+    store: Store,
+    *,
+    fold_workers: int = 1,
+    fold_mode: Mode = "thread",
+    reload_on_sighup: bool = False,
+    limits: ServeLimits | None = None,
 ) -> Starlette:
     """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
     threads or processes) started and stopped by the lifespan."""
@@ -322,7 +357,13 @@ def create_app(
         store=store,
         book=ModelBook([config]),
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
+        limits=limits or ServeLimits(),
     )
+    state.metrics.sections += [
+        ingest.BUDGET.held.render,
+        lambda project: feed.render_streams(state, project),
+        lambda project: disk.render(state, project),
+    ]
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest (SPEC section 8).
+"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase (SPEC section 8).
 
 A thin layer: it builds the configuration and the store and calls the library. Every error
 is one line on stderr and exit code 1; nothing prints a traceback.
@@ -21,6 +21,8 @@ try:
     from . import config as config_mod
     from .auth import hash_key, new_key
     from .events import to_us
+    from .limits import ENV as LIMITS_ENV
+    from .limits import MiB, ServeLimits
     from .store import StoreError, open_store
     from .store.base import Store
 except ImportError as exc:  # `pip install headway` without the extra: main() says which to install
@@ -99,6 +101,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _load(args.config)  # refuse a bad file, a busy port or an unreachable database before anything starts
     _check_port(args.host, args.port)
+    limits = ServeLimits(
+        header_timeout=args.header_timeout,
+        keep_alive=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        max_streams=args.max_streams,
+        max_streams_per_project=args.max_streams_per_project,
+        disk_reserve=args.disk_reserve * MiB,
+    )
+    _open_files_for(limits.max_connections)
     store = open_store(args.database)
     store.open()
     store.close()
@@ -106,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["HEADWAY_CONFIG"] = args.config
     os.environ["HEADWAY_DATABASE"] = args.database
     os.environ["HEADWAY_FOLD_WORKERS"] = str(args.fold_workers)
+    os.environ[LIMITS_ENV] = limits.to_env()
     logging.getLogger("headway_collector").info(
         "Headway collector on http://%s:%d (database %s, config %s, %d fold worker(s))",
         args.host,
@@ -123,13 +135,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http="headway_collector.protocol:LimitedProtocol",  # header timeout, connection cap
+        timeout_keep_alive=limits.keep_alive,
     )
     return 0
+
+
+OPEN_FILES_SPARE = 256  # file descriptors besides the connections: database, fold workers, logs
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise this process's open-file limit to what `connections` need (up to the hard limit),
+    or refuse in one line: past it, new connections and the database's files would fail."""
+    import resource
+
+    need = connections + OPEN_FILES_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise CLIError(
+                f"--max-connections {connections} needs {need} open files, but this process may open "
+                f"at most {hard} (ulimit -Hn): lower --max-connections or raise the limit"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def app_from_env():  # type: ignore[no-untyped-def]
     """The app for uvicorn's workers, built from what `serve` put in the environment."""
     from .app import create_app
+    from .limits import from_env
 
     cfg = config_mod.load(os.environ["HEADWAY_CONFIG"])
     return create_app(
@@ -138,6 +172,7 @@ def app_from_env():  # type: ignore[no-untyped-def]
         fold_workers=int(os.environ.get("HEADWAY_FOLD_WORKERS", "1")),
         fold_mode="process",
         reload_on_sighup=True,
+        limits=from_env(),
     )
 
 
@@ -263,10 +298,68 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from .model.fold import SubjectKey
+    from .projection.erase import erase_events, rebuilt
+
+    key = SubjectKey("user", args.user) if args.user is not None else SubjectKey("account", args.account)
+    store = _existing_store(args.database, "erase")
+    started = time.monotonic()
+    try:
+        try:
+            last = erase_events(store, args.project, key, _progress("erasing"))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        others = [k for k in last.vanished if k != key]
+        print(
+            f"erased {key.level} {key.subject!r} of project {args.project!r}: {last.events} event(s) removed from "
+            f"the log, their ids refused from now on; {len(others)} other subject(s) left without events "
+            f"({sum(k.level == 'user' for k in others)} user(s), {sum(k.level == 'account' for k in others)} "
+            f"account(s)); {last.transitions} stored transition(s) and {last.deliveries} undelivered webhook "
+            "delivery(ies) of them deleted"
+        )
+        if last.rebuilt is None:
+            print("nothing derived to rebuild: no collector has folded this project yet")
+            return 0
+        sys.stdout.flush()
+        try:
+            rebuilt(store, args.project, last.rebuilt.gen, _progress("rebuilding"))
+        except KeyboardInterrupt:
+            print(
+                "stopped waiting: the events are erased; the derived state is rebuilt by a running collector "
+                "(or the next one to start), which switches reads to it when done",
+                file=sys.stderr,
+            )
+            return 130
+    finally:
+        store.close()
+    print(
+        f"rebuilt project {args.project!r} from the log without them (generation {last.rebuilt.gen}) in "
+        f"{time.monotonic() - started:.1f}s: scores, milestones and aggregates are as if they never arrived"
+    )
+    return 0
+
+
 def _positive(text: str) -> int:
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
+
+
+def _whole(text: str) -> int:
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level"
     )
+    d = ServeLimits()
+    limits: list[tuple[str, Callable[[str], float], float, str]] = [
+        ("--header-timeout", _seconds, d.header_timeout, "seconds a request's headers may take, else 408 and close"),
+        ("--keep-alive-timeout", _positive, d.keep_alive, "whole seconds an idle connection is kept between requests"),
+        ("--max-connections", _positive, d.max_connections, "open connections per worker process; past it, 503"),
+        ("--max-streams", _positive, d.max_streams, "/v1/stream connections per worker process; past it, 503"),
+        ("--max-streams-per-project", _positive, d.max_streams_per_project, "of them one project's keys; then 429"),
+        ("--disk-reserve", _whole, d.disk_reserve // MiB, "free MiB ingest leaves the projection (SQLite; 0: none)"),
+    ]
+    for flag, kind, default, text in limits:
+        s.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser(
@@ -358,6 +462,20 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     bt.add_argument("--project", help="the project (needed when the config has several)")
     bt.set_defaults(func=cmd_backtest)
+
+    er = sub.add_parser(
+        "erase",
+        help="erase a user's or an account's events (the right to erasure)",
+        description="Delete every stored event of a user (events with that user_id) or of an account "
+        "(events with that account_id), refuse their ids if sent again, and rebuild everything derived "
+        "from the log without them; works beside a running collector.",
+    )
+    er.add_argument("--project", required=True, help="the project the subject belongs to")
+    who = er.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the user_id whose events to erase")
+    who.add_argument("--account", help="the account_id whose events to erase (its users' events in it too)")
+    er.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    er.set_defaults(func=cmd_erase)
     return p
 
 

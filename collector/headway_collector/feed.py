@@ -9,6 +9,8 @@ like the others (read-your-acks: it waits until what was acknowledged before it 
 `/v1/stream` is Server-Sent Events: `id:` the cursor, `event:` the type, `data:` the JSON; a
 client that reconnects sends the last id in `Last-Event-ID` and gets what follows, without a gap
 or a repeat; a comment line every `HEARTBEAT` seconds keeps proxies from closing an idle stream.
+A process serves at most `ServeLimits.max_streams` streams (past it, 503) and one project's read
+keys at most `max_streams_per_project` of them (past it, 429), both with `Retry-After`.
 
 The stream alone also takes the read key as the query parameter `key`: a browser's `EventSource`
 cannot send headers (the dashboard's live feed uses it). A key in a URL can end up in access logs,
@@ -20,25 +22,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 from headway.wire import Transition, TransitionPage
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .auth import authorize, authorize_key
 from .config import Config, Project
 from .errors import APIError, json_response
+from .limits import ServeLimits, Shares
 from .params import app_state, count, ts, whole_number
 from .reads import Snapshot, consistent_read
 from .state import AppState
 from .store import queries
 
-__all__ = ["HEARTBEAT", "list_transitions", "stream", "transition_of"]
+__all__ = ["HEARTBEAT", "list_transitions", "render_streams", "stream", "transition_of"]
 
 HEARTBEAT = 15.0  # seconds between comment lines on an idle stream
+STREAM_RETRY = 5  # seconds a stream refused for the limits is told to wait (Retry-After)
 POLL = 0.1  # seconds between looks for new transitions
 PAGE = 500  # transitions a stream reads at once
 MAX_LIMIT = 1000
@@ -94,16 +99,37 @@ def _stream_project(request: Request, config: Config) -> Project:
 
 class _Tail:
     """The transitions' last position, looked at every POLL seconds by one task per collector
-    while streams are open, so that idle streams cost no query each."""
+    while streams are open, so that idle streams cost no query each; and the streams open, in
+    all and per project, against the process's limits (`ServeLimits`)."""
 
     def __init__(self) -> None:
         self.head = 0
         self.moved = asyncio.Event()
-        self.streams = 0
+        self.streams = Shares("headway_streams_open", "Server-Sent Event streams open")
         self.task: asyncio.Task[None] | None = None
 
+    def admit(self, project: str, limits: ServeLimits) -> None:
+        """Count one more stream of `project`, or answer 503 (the process serves its limit) or
+        429 (the project holds its share)."""
+        if self.streams.total >= limits.max_streams:
+            raise APIError(
+                503,
+                "overloaded",
+                f"the collector serves {self.streams.total} streams, its limit; retry later",
+                {"Retry-After": str(STREAM_RETRY)},
+            )
+        if self.streams.of(project) >= limits.max_streams_per_project:
+            raise APIError(
+                429,
+                "too_many_streams",
+                f"this project's read keys hold {self.streams.of(project)} streams, its limit; "
+                "close one, or retry later",
+                {"Retry-After": str(STREAM_RETRY)},
+            )
+        self.streams.add(project, 1)
+
     async def _watch(self, state: AppState) -> None:
-        while self.streams > 0:
+        while self.streams.total > 0:
             head = await run_in_threadpool(_head, state)
             if head != self.head:
                 self.head = head
@@ -122,6 +148,25 @@ class _Tail:
             await asyncio.wait_for(self.moved.wait(), timeout)
 
 
+class _EventStream(StreamingResponse):
+    """A stream's response: its place among the open streams is given back when the response
+    ends, however it ends (the client went away, the server stops), and its generator is closed
+    then, not whenever the garbage collector gets to it."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], leave: Callable[[], None]) -> None:
+        super().__init__(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.events, self.leave = events, leave
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.leave()
+            await self.events.aclose()
+
+
 def _head(state: AppState) -> int:
     with state.store.read() as r:
         return queries.transitions_head(r)
@@ -133,6 +178,10 @@ def _tail(state: AppState) -> _Tail:
         tail = _Tail()
         state._transitions_tail = tail  # type: ignore[attr-defined]
     return tail
+
+
+def render_streams(state: AppState, project: str) -> str:
+    return _tail(state).streams.render(project)
 
 
 def _read(state: AppState, project: str, after: int) -> list[queries.TransitionRow]:
@@ -147,34 +196,29 @@ async def stream(request: Request) -> Response:
 
     tail = _tail(state)
 
-    async def events(after: int) -> AsyncIterator[bytes]:
-        tail.streams += 1
-        try:
-            yield b"retry: 1000\n\n"
-            beat = time.monotonic()
-            seen = -1  # the tail position last read up to (another project's transitions move it too)
-            while True:
-                if tail.head != seen:
-                    seen = tail.head
-                    rows = await run_in_threadpool(_read, state, project.name, after)
-                    if rows:
-                        chunk = bytearray()
-                        for row in rows:
-                            data = _encode(transition_of(project.name, row))
-                            chunk += b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), data)
-                            after = row.seq
-                        yield bytes(chunk)
-                        beat = time.monotonic()
-                        if len(rows) == PAGE:
-                            seen = -1  # more to read at once
-                            continue
-                if time.monotonic() - beat >= HEARTBEAT:
-                    yield b": heartbeat\n\n"
+    async def events(after: int) -> AsyncGenerator[bytes, None]:
+        yield b"retry: 1000\n\n"
+        beat = time.monotonic()
+        seen = -1  # the tail position last read up to (another project's transitions move it too)
+        while True:
+            if tail.head != seen:
+                seen = tail.head
+                rows = await run_in_threadpool(_read, state, project.name, after)
+                if rows:
+                    chunk = bytearray()
+                    for row in rows:
+                        data = _encode(transition_of(project.name, row))
+                        chunk += b"id: %d\nevent: %s\ndata: %s\n\n" % (row.seq, row.type.encode(), data)
+                        after = row.seq
+                    yield bytes(chunk)
                     beat = time.monotonic()
-                await tail.past(state, max(after, seen), HEARTBEAT - (time.monotonic() - beat))
-        finally:
-            tail.streams -= 1
+                    if len(rows) == PAGE:
+                        seen = -1  # more to read at once
+                        continue
+            if time.monotonic() - beat >= HEARTBEAT:
+                yield b": heartbeat\n\n"
+                beat = time.monotonic()
+            await tail.past(state, max(after, seen), HEARTBEAT - (time.monotonic() - beat))
 
-    return StreamingResponse(
-        events(after), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    tail.admit(project.name, state.limits)
+    return _EventStream(events(after), lambda: tail.streams.add(project.name, -1))

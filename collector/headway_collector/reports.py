@@ -1,14 +1,18 @@
-"""Reading the whole customer base: `GET /v1/growth` and `GET /v1/milestones` (read keys).
+"""Reading the whole customer base: `GET /v1/growth`, `GET /v1/milestones` and `GET /v1/revenue`
+(read keys).
 
-Both answer from aggregates that the projection keeps (`store.queries`), never from a scan of the
-events: a request reads a few counter rows per period or per milestone, plus a bounded index
-range, whatever the number of stored events. docs/reports.md explains the definitions.
+Growth and the funnel answer from aggregates that the projection keeps (`store.queries`), never
+from a scan of the events: a request reads a few counter rows per period or per milestone, plus a
+bounded index range, whatever the number of stored events. Revenue reads the revenue changes up to
+`at` (one row per revenue event, a small share of the log) and computes the periods from them
+(`model.revenue`), so that a late revenue event re-states every period it falls in.
+docs/reports.md explains the definitions.
 """
 
 from __future__ import annotations
 
 import msgspec
-from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod
+from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod, QuadrantMRR, Revenue, RevenuePeriod
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,12 +20,15 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
-from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
-from .reads import Snapshot, consistent_read
+from .model import revenue as rv
+from .model.evaluate import read
+from .model.subject import decode_state
+from .params import app_state, choice, count, instant, nps_view, read_time, rfc3339, ts
+from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .state import AppState
-from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps
+from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps, revenue_changes, subject_rows
 
-__all__ = ["growth", "milestones"]
+__all__ = ["growth", "milestones", "revenue"]
 
 DEFAULT_PERIODS = 12
 MAX_PERIODS = 1000
@@ -132,4 +139,81 @@ async def milestones(request: Request) -> Response:
     project = authorize(request, state.config, "read")
     level = choice(request, "level", LEVELS)
     now = read_time(request, state)
-    return json_response(await consistent_read(state, project, lambda snap: _funnel(snap, project, level, now)))
+    at = now if "at" in request.query_params else None
+
+    def body(snap: Snapshot) -> Funnel:
+        exact_at(snap, at)
+        return _funnel(snap, project, level, now)
+
+    return json_response(await consistent_read(state, project, body))
+
+
+# --- GET /v1/revenue ------------------------------------------------------------------------------
+
+DEFAULT_REVENUE_PERIODS = 12
+MAX_REVENUE_PERIODS = 120  # ten years of months; a request reads every revenue change up to `at` once
+
+
+def _bounds(kind: g.Kind, n: int, now: int) -> list[int]:
+    """The starts of the `n` periods that end with the one holding `now`, and the end of that one."""
+    last = g.period_of(kind, now)
+    try:
+        g.period_label(kind, last - n + 1), g.period_label(kind, last + 1)
+    except (ValueError, OverflowError):
+        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
+    return [g.period_start(kind, p) for p in range(last - n + 1, last + 2)]
+
+
+def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int) -> Revenue:
+    if snap.models.projects[project.name].revenue_event is None:
+        raise APIError(
+            400,
+            "bad_request",
+            f"the model of project {project.name!r} names no revenue event: add [projects.{project.name}.revenue] "
+            'event = "..." (docs/reports.md)',
+        )
+    accounts = rv.by_account(revenue_changes(snap.tx, snap.gen.gen, now))
+    mrr = {a: rev.mrr(now) for a, rev in accounts.items()}
+    paying = [a for a in accounts if mrr[a] > 0]
+    lm = snap.models[project.name, "account"]
+    by_quadrant: dict[str, float] = {}
+    for a, row in sorted(subject_rows(snap.tx, snap.gen.gen, "account", paying).items()):
+        try:
+            st = decode_state(row.state)
+        except msgspec.DecodeError:  # a corrupt row: quarantined; its MRR is in the periods only
+            continue
+        if st.last_seen > now:  # a later event counted in it: as of `now`, from its events up to it
+            st = subject_state(snap, project, "account", a, now)
+        quadrant = read(lm, st, now).quadrant
+        by_quadrant[quadrant] = by_quadrant.get(quadrant, 0.0) + mrr[a]
+    periods = [
+        RevenuePeriod(
+            start=ts(p.start),
+            partial=p.partial,
+            mrr_start=p.mrr_start,
+            new=p.new,
+            reactivated=p.reactivated,
+            expansion=p.expansion,
+            contraction=p.contraction,
+            churned=p.churned,
+            mrr_end=p.mrr_end,
+            accounts_start=p.accounts_start,
+            accounts_churned=p.accounts_churned,
+            logo_churn_rate=p.logo_churn_rate,
+            net_retention=p.net_retention,
+            gross_retention=p.gross_retention,
+            quick_ratio=p.quick_ratio,
+        )
+        for p in rv.periods(accounts, bounds, now)
+    ]
+    return Revenue(period=kind, periods=periods, by_quadrant=QuadrantMRR(**by_quadrant))
+
+
+async def revenue(request: Request) -> Response:
+    state = app_state(request)
+    project = authorize(request, state.config, "read")
+    kind: g.Kind = choice(request, "period", g.KINDS) or "month"  # type: ignore[assignment]
+    n = count(request, "periods", DEFAULT_REVENUE_PERIODS, MAX_REVENUE_PERIODS)
+    now = read_time(request, state)
+    bounds = _bounds(kind, n, now)
+    return json_response(await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now)))

@@ -6,7 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from anyio import CapacityLimiter
+
 from .config import Config
+from .limits import ServeLimits
 from .metrics import Metrics
 from .projection import ModelBook, Projection
 from .store.base import Store
@@ -30,3 +33,5 @@ class AppState:
     clock: Callable[[], int] = field(default=_now_us)  # microseconds; tests may pin it
     ready: bool = False
     read_wait: float = READ_WAIT
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once

@@ -79,8 +79,8 @@ def test_the_dashboard_says_one_thing_and_leads_to_the_subjects(live_collector, 
     accounts = dom("#accounts")
     assert 'class="error"' not in accounts
     # Every dot sits in the band of its quadrant: succeeding above the split line, the rest below.
-    split = float(re.search(r'<line x1="64" x2="710" y1="([\d.]+)"', accounts).group(1))  # type: ignore[union-attr]
-    dots = re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)" r="4" fill="var\(--(\w+)\)"', accounts)
+    split = float(re.search(r'<line x1="\d+" x2="\d+" y1="([\d.]+)" y2="\1" stroke="#999"', accounts).group(1))  # type: ignore[union-attr]
+    dots = re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)" r="4" fill="var\(--(\w+), var\(--other\)\)"', accounts)
     assert sorted(q for _, q in dots) == sorted(want.values())
     for cy, q in dots:
         assert (float(cy) < split) == (q in ("thriving", "quiet")), (cy, q, split)

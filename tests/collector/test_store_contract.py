@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
-from headway_collector.store import StoreError, open_store
+from headway_collector.store import StoreError, generations, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema, rescore_offline, until_served
@@ -45,7 +45,7 @@ EXAMPLES = settings(max_examples=5, deadline=None, derandomize=True)
 # The derived state of the served generations: each subject's row and early events, tag counts, growth and funnel
 # aggregates. (Transitions depend on how the log was cut into folds: not part of the state.)
 TABLES = ("subjects", "tags", "growth_subjects", "subject_early", "growth_counts", "growth_nps_answers",
-          "growth_nps_counts", "funnel_rows", "funnel_counts", "funnel_tta")
+          "growth_nps_counts", "funnel_rows", "funnel_counts", "funnel_tta", "memberships", "revenue_changes")
 # Counter tables (counters last): a counter moved back to zero means what no row means.
 COUNTERS = {"growth_counts": 3, "growth_nps_counts": 3, "funnel_counts": 1, "funnel_tta": 1}
 
@@ -68,7 +68,7 @@ def make_events(seed: int, n: int = 300, users: int = 28, accounts: int = 4, now
     rng = random.Random(seed)
     starts = {u: now - timedelta(days=rng.uniform(3, 45)) for u in range(users)}
     names = ["signed_in", "report_viewed", "report_shared", "invited_teammate", "prompt_completed",
-             "message_sent", "session_started", "session_started", "nps_response", "custom"]
+             "message_sent", "session_started", "session_started", "nps_response", "custom", "mrr_changed"]
     out = []
     for i in range(n):
         u = rng.randrange(users)
@@ -84,6 +84,8 @@ def make_events(seed: int, n: int = 300, users: int = 28, accounts: int = 4, now
             e["value"] = float(rng.randrange(1, 700))
         elif name == "nps_response":
             e["value"] = float(rng.randrange(0, 11))
+        elif name == "mrr_changed":  # some at one instant: the greater id wins
+            e["value"] = float(rng.choice([0, 49, 99, 199]))
         elif name == "custom":
             e["weight"] = rng.choice([0.5, 3.25, -1.0])
         elif name == "signed_in":
@@ -135,14 +137,14 @@ async def send(client: httpx.AsyncClient, events: list[dict[str, Any]], sent_at:
     return out
 
 
-def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+def dump(url: str, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
     """The derived tables of a store's active generations, every row without its generation
     number (sorted in Python: collations may differ), and the number of stored events."""
     store = open_store(url)
     try:
         with store.read() as r:
             out = {}
-            for name in TABLES:
+            for name in tables:
                 rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)[1:]
                         for row in r.all(f"SELECT t.* FROM {name} t JOIN generations g ON g.gen = t.gen "
                                          "WHERE g.status = 'active'")]
@@ -176,12 +178,14 @@ def differences(got: dict[str, list[tuple[Any, ...]]], want: dict[str, list[tupl
 
 
 async def readings(client: httpx.AsyncClient, events: list[dict[str, Any]], at: str = AT) -> dict[str, Any]:
-    """What the API says at `at`: every subject, the lists, the model (unknown tags), the funnel, growth."""
+    """What the API says at `at`: every subject, the lists, the model (unknown tags), the funnel,
+    growth, revenue and each account's users."""
     users = sorted({e["user_id"] for e in events})
     accounts = sorted({e["account_id"] for e in events if e["account_id"]})
     paths = [f"/v1/users/{u}" for u in users] + [f"/v1/accounts/{a}" for a in accounts]
     paths += ["/v1/users?limit=1000", "/v1/users?limit=1000&order=asc", "/v1/accounts?limit=1000", "/v1/model",
-              "/v1/milestones"]
+              "/v1/milestones", "/v1/accounts?limit=1000&order=mrr_desc", "/v1/revenue?period=week&periods=8"]
+    paths += [f"/v1/users?account_id={a}&limit=1000" for a in accounts]
     paths += [f"/v1/growth?period={p}&level={lv}" for p in ("day", "week", "month") for lv in ("user", "account")]
     out = {}
     for path in paths:
@@ -390,7 +394,8 @@ def test_a_generation_of_an_older_format_serves_while_it_is_rebuilt(tmp_path_fac
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        assert conn.execute("SELECT DISTINCT format FROM generations WHERE status = 'active'").fetchall() == [(2,)]
+        want = [(generations.FORMAT,)]  # today's (3 since the lifecycle rules)
+        assert conn.execute("SELECT DISTINCT format FROM generations WHERE status = 'active'").fetchall() == want
         conn.close()
 
 

@@ -52,6 +52,7 @@ class IngestResult:
     accepted: int
     duplicates: int
     position: int  # the log position up to which this batch is durable
+    erased: tuple[int, ...] = ()  # indexes of the events refused: their ids were erased (`log.erased_ids`)
 
 
 class Tx(Protocol):
@@ -110,6 +111,10 @@ class Store(Protocol):
         ...
 
     def queue_depth(self) -> int: ...
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the database's disk; None where this process cannot see it (a server's)."""
+        ...
 
     def prune(self, before: int) -> int: ...
 

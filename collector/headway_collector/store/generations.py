@@ -1,9 +1,10 @@
 """Model generations, the projection's partitions and their watermarks, leases and quarantine.
 
 A generation is one project's derived state under one model version. Reads use the project's
-`active` generation; a changed model gets a `building` one, which the projection folds from the
-start of the log beside the active one, and `switch` makes it active in one transaction once it
-has caught up: a read's snapshot sees one generation or the other, never a mix.
+`active` generation; a changed model gets a `building` one (so does an erasure: `rebuild`), which
+the projection folds from the start of the log beside the active one, and `switch` makes it active
+in one transaction once it has caught up: a read's snapshot sees one generation or the other,
+never a mix.
 
 Each generation has `PARTITIONS` partitions, each with its watermark (every log position up to it
 is folded) and a lease (who folds it, until when). `advance` moves a watermark only from the value
@@ -40,7 +41,9 @@ __all__ = [
     "partitions",
     "prune_retired",
     "quarantined",
+    "rebuild",
     "release",
+    "revoke",
     "status",
     "switch",
     "watermark",
@@ -52,13 +55,17 @@ PARTITIONS = 16  # per generation; fold workers share them out
 # Kafka's default retention: a client that reads at least weekly loses nothing at a switch).
 RETIRED_GRACE = 7 * 86_400_000_000  # microseconds
 # What the projection stores, by version: a generation of an older format is rebuilt from the log
-# in the background (like a changed model) while it keeps serving. 2: early events (0008).
-FORMAT = 2
+# in the background (like a changed model) while it keeps serving. 2: early events (0008). 3: the
+# lifecycle rules (stage-scoped success, `new`, recurring milestones: their states keep the
+# latest items and a Run, and the labels a `lapsed` list), memberships and revenue changes (0010).
+FORMAT = 3
 DERIVED_TABLES = (
     "subjects",
     "tags",
     "growth_subjects",
     "subject_early",
+    "memberships",
+    "revenue_changes",
     "growth_counts",
     "growth_nps_answers",
     "growth_nps_counts",
@@ -149,6 +156,22 @@ def ensure(tx: Tx, project: str, version: str, config: str, now: int, *, rebuild
     return building[0] if building else _create(tx, project, version, config, "building", now)
 
 
+def rebuild(tx: Tx, project: str, now: int) -> Generation | None:
+    """A building generation of the project's newest model (the one being built, else the active
+    one), folded from the start of the log: it replaces a build under way, which may have folded
+    what the log no longer holds. None when the project has no generation (nothing derived)."""
+    tx.lock_log()  # as `ensure`: one build per project
+    mine = [g for g in generations(tx) if g.project == project]
+    if not mine:
+        return None
+    newest = mine[-1]  # a building generation is newer than the active one
+    config = config_text(tx, newest.gen)
+    for g in mine:
+        if g.status == "building":
+            _drop(tx, g.gen)
+    return _create(tx, project, newest.version, config, "building", now)
+
+
 def _drop(tx: Tx, gen: int, keep: tuple[str, ...] = ()) -> None:
     for table in DERIVED_TABLES:
         if table not in keep:
@@ -157,18 +180,29 @@ def _drop(tx: Tx, gen: int, keep: tuple[str, ...] = ()) -> None:
 
 
 def switch(tx: Tx, building: Generation, now: int) -> bool:
-    """Make a building generation active if it has folded every committed position."""
-    tx.lock_log()  # no append commits between the check and the switch, and no other switch
+    """Make a building generation active if it has folded as far as the active one (every
+    committed position, when there is none). Not "every committed position" always: under a
+    steady stream of appends the head moves on between any fold and the switch's look, and a
+    build would never switch; as far as the served one, reads lose nothing by the switch."""
+    tx.lock_log()  # no other switch meanwhile
     row = tx.one("SELECT status FROM generations WHERE gen = ?", (building.gen,))
-    if row is None or row[0] != "building" or watermark(tx, building.gen) < log.head(tx):
-        return False  # another worker switched it (or dropped it) meanwhile, or it is behind
     old = active(tx, building.project)
+    caught_up = watermark(tx, old.gen) if old is not None else log.head(tx)
+    if row is None or row[0] != "building" or watermark(tx, building.gen) < caught_up:
+        return False  # another worker switched it (or dropped it) meanwhile, or it is behind
     tx.execute("UPDATE generations SET status = 'active', switched_at = ? WHERE gen = ?", (now, building.gen))
     if old is not None:
         # Hosts were told the old model's labels: the new one announces what differs from those
-        # (at its next fold or sweep of each subject), not its re-telling of history.
+        # (at its next fold or sweep of each subject), not its re-telling of history. A subject
+        # the new generation does not have (its events erased) keeps none (`_drop` deletes them).
         tx.execute("DELETE FROM subject_labels WHERE gen = ?", (building.gen,))
-        tx.execute("UPDATE subject_labels SET gen = ? WHERE gen = ?", (building.gen, old.gen))
+        tx.execute(
+            "UPDATE subject_labels SET gen = ? WHERE gen = ? AND (EXISTS (SELECT 1 FROM subjects s WHERE "
+            "s.gen = ? AND s.level = subject_labels.level AND s.subject = subject_labels.subject) OR EXISTS "
+            "(SELECT 1 FROM quarantine q WHERE q.gen = ? AND q.level = subject_labels.level AND "
+            "q.subject = subject_labels.subject))",
+            (building.gen, old.gen, building.gen, building.gen),
+        )
         # Its transitions stay until every webhook has taken them (`prune_retired`): at least once.
         _drop(tx, old.gen, keep=("transitions",))
     return True
@@ -260,6 +294,13 @@ def release(tx: Tx, owner: str, gen: int | None = None, parts: list[int] | None 
             "UPDATE partitions SET owner = NULL, lease_until = 0 WHERE gen = ? AND part = ? AND owner = ?",
             (gen, part, owner),
         )
+
+
+def revoke(tx: Tx, gen: int) -> None:
+    """Take every lease of `gen` back: a fold or sweep of it under way commits nothing (`advance`
+    checks the owner) and its worker starts again from the watermarks, reading anew what it had
+    read (`headway-collector erase` has just deleted some of it)."""
+    tx.execute("UPDATE partitions SET owner = NULL, lease_until = 0 WHERE gen = ?", (gen,))
 
 
 def _beat(tx: Tx, owner: str, now: int) -> None:

@@ -11,7 +11,8 @@ any transaction runs. Group commit makes one lock and one fsync serve many reque
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .base import Accepted, Tx, chunks
@@ -22,7 +23,9 @@ __all__ = [
     "LogRow",
     "append",
     "count",
+    "erased_ids",
     "head",
+    "id_hash",
     "read_log",
     "received_at",
     "subject_events",
@@ -38,6 +41,12 @@ class AppendJob:
     accepted: int = 0
     duplicates: int = 0
     position: int = 0
+    erased: list[int] = field(default_factory=list)  # indexes in `events` of ids erased before
+
+    def reset(self) -> None:
+        """Forget a failed attempt's counts: a retry counts again from zero."""
+        self.accepted = self.duplicates = 0
+        self.erased.clear()
 
 
 class LogRow(NamedTuple):
@@ -61,6 +70,9 @@ def append(tx: Tx, jobs: list[AppendJob]) -> None:
         for job in group:
             for acc in job.events:
                 first.setdefault(acc.id, acc)
+        refused = erased_ids(tx, project, list(first))
+        for event_id in refused:
+            del first[event_id]
         new: set[str] = set()
         for part in chunks(list(first.values())):
             params: list[Any] = []
@@ -77,8 +89,10 @@ def append(tx: Tx, jobs: list[AppendJob]) -> None:
                 last = max(last, seq)
         claimed: set[str] = set()
         for job in group:
-            for acc in job.events:
-                if acc.id in new and acc.id not in claimed:
+            for i, acc in enumerate(job.events):
+                if acc.id in refused:
+                    job.erased.append(i)
+                elif acc.id in new and acc.id not in claimed:
                     claimed.add(acc.id)
                     job.accepted += 1
                 else:
@@ -86,6 +100,27 @@ def append(tx: Tx, jobs: list[AppendJob]) -> None:
     position = last or head(tx)  # all duplicates: durable up to what is already there
     for job in jobs:
         job.position = position
+
+
+def id_hash(project: str, event_id: str) -> bytes:
+    """What `erased_events` keeps of an erased event's id: a hash, not the id."""
+    return hashlib.sha256(f"{project}\0{event_id}".encode()).digest()
+
+
+def erased_ids(tx: Tx, project: str, ids: list[str]) -> set[str]:
+    """Those of `ids` that `headway-collector erase` erased from the project. A project with no
+    erasure (the usual case) costs one index probe a commit, not one per event."""
+    if not ids or tx.one("SELECT 1 FROM erased_events WHERE project = ? LIMIT 1", (project,)) is None:
+        return set()
+    by_hash = {id_hash(project, event_id): event_id for event_id in ids}
+    out: set[str] = set()
+    for part in chunks(list(by_hash)):
+        rows = tx.all(
+            f"SELECT id_hash FROM erased_events WHERE project = ? AND id_hash IN ({','.join('?' * len(part))})",
+            (project, *part),
+        )
+        out.update(by_hash[bytes(h)] for (h,) in rows)
+    return out
 
 
 def head(tx: Tx) -> int:

@@ -121,6 +121,9 @@ class PostgresStore(GroupCommitStore):
         self._local = threading.local()  # each thread's connection for `transact`
         self._conns: list[psycopg.Connection[Any]] = []
 
+    def free_bytes(self) -> None:
+        return None  # the server's disk: its operator watches it (docs/collector.md, "A full disk")
+
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         return StoreError(f"{self._where}: {doing}: {_one_line(exc)}")
 
@@ -193,8 +196,8 @@ class PostgresStore(GroupCommitStore):
         """On the writer thread: append the jobs in one transaction (again after a deadlock or a lost connection)."""
 
         def run(tx: _Tx) -> None:
-            for job in jobs:  # a retry counts again from zero
-                job.accepted = job.duplicates = 0
+            for job in jobs:
+                job.reset()
             log.append(tx, jobs)
 
         for attempt in (1, 2):

@@ -1,4 +1,5 @@
-"""What the query API reads: subjects, lists, tags, growth, NPS and the funnel, of one generation.
+"""What the query API reads: subjects, lists, tags, growth, NPS, the funnel, memberships and
+revenue changes, of one generation.
 
 Every read takes the generation it reads (`generations.active` in the same snapshot), so that a
 read never mixes two models. Growth and funnel reads touch only the aggregates the projection
@@ -9,23 +10,33 @@ bounded index range, whatever the number of stored events (docs/reports.md).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import Milestone, Project
 from ..model import growth as g
+from ..model.revenue import RevenueChange
 from ..model.scoring import DAY
-from .base import Tx
+from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
+    "Members",
+    "MembershipRow",
     "SubjectRow",
     "TransitionRow",
+    "account_ids",
+    "latest_event",
+    "member_states",
+    "memberships_of",
     "project_transitions",
     "read_funnel",
     "read_growth",
     "read_nps",
+    "revenue_changes",
     "subject_page",
+    "subject_rows",
     "subject_state",
     "tags",
     "transitions",
@@ -42,6 +53,12 @@ def subject_state(r: Tx, gen: int, level: str, subject: str) -> bytes | None:
     return bytes(row[0]) if row is not None else None
 
 
+def latest_event(r: Tx, gen: int) -> int | None:
+    """The time of the generation's latest folded event (every event has a user), or None."""
+    row = r.one("SELECT max(last_seen) FROM subjects WHERE gen = ? AND level = 'user'", (gen,))
+    return int(row[0]) if row is not None and row[0] is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
     subject: str
@@ -49,22 +66,123 @@ class SubjectRow:
     state: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Narrows a list of users to an account's: those its events carried at or before `at`."""
+
+    account: str
+    at: int
+
+
 def subject_page(
-    r: Tx, gen: int, level: str, descending: bool, after: tuple[float, str] | None, limit: int
+    r: Tx,
+    gen: int,
+    level: str,
+    descending: bool,
+    after: tuple[float, str] | None,
+    limit: int,
+    members: Members | None = None,
 ) -> list[SubjectRow]:
-    """Subjects ranked by score (ties by id), after a cursor position."""
+    """Subjects ranked by score (ties by id), after a cursor position (`members`: of one account)."""
     cmp, direction = ("<", "DESC") if descending else (">", "ASC")
-    where = "gen = ? AND level = ?"
-    params: list[Any] = [gen, level]
+    join, params = "", list[Any]()
+    if members is not None:
+        join = "JOIN memberships m ON m.gen = s.gen AND m.account = ? AND m.user_id = s.subject AND m.first_seen <= ? "
+        params = [members.account, members.at]
+    where = "s.gen = ? AND s.level = ?"
+    params += [gen, level]
     if after is not None:
-        where += f" AND (score_key {cmp} ? OR (score_key = ? AND subject {cmp} ?))"
+        where += f" AND (s.score_key {cmp} ? OR (s.score_key = ? AND s.subject {cmp} ?))"
         params += [after[0], after[0], after[1]]
     rows = r.all(
-        f"SELECT subject, score_key, state FROM subjects WHERE {where} "
-        f"ORDER BY score_key {direction}, subject {direction} LIMIT {int(limit)}",
+        f"SELECT s.subject, s.score_key, s.state FROM subjects s {join}WHERE {where} "
+        f"ORDER BY s.score_key {direction}, s.subject {direction} LIMIT {int(limit)}",
         params,
     )
     return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
+
+
+def subject_rows(r: Tx, gen: int, level: str, ids: Sequence[str]) -> dict[str, SubjectRow]:
+    """The stored subjects among `ids`."""
+    out = {}
+    for part in chunks(sorted(ids)):
+        for sid, key, blob in r.all(
+            f"SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? "
+            f"AND subject IN ({','.join('?' * len(part))})",
+            (gen, level, *part),
+        ):
+            out[sid] = SubjectRow(sid, key, bytes(blob))
+    return out
+
+
+def account_ids(r: Tx, gen: int, after: str | None, limit: int) -> list[str]:
+    """Account ids in id order, past `after` (None: from the first)."""
+    rows = r.all(
+        f"SELECT subject FROM subjects WHERE gen = ? AND level = 'account' AND subject > ? "
+        f"ORDER BY subject LIMIT {int(limit)}",
+        (gen, after if after is not None else ""),
+    )
+    return [sid for (sid,) in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRow:
+    account: str
+    user_id: str
+    first_seen: int
+    last_seen: int
+
+
+def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[MembershipRow]:
+    """The accounts of `users` that their events carried at or before `at`, per user the most
+    recently seen first (ties by account id)."""
+    out: list[MembershipRow] = []
+    for part in chunks(sorted(users)):
+        out += [
+            MembershipRow(*row)
+            for row in r.all(
+                f"SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+                f"AND user_id IN ({','.join('?' * len(part))})",
+                (gen, at, *part),
+            )
+        ]
+    out.sort(key=lambda m: (m.user_id, -m.last_seen, m.account))
+    return out
+
+
+def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tuple[str, bytes]]:
+    """(account, stored state of a user) for each user that the accounts' events carried at or
+    before `at`."""
+    out: list[tuple[str, bytes]] = []
+    for part in chunks(sorted(accounts)):
+        out += [
+            (account, bytes(blob))
+            for account, blob in r.all(
+                "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
+                f"AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? "
+                f"AND m.account IN ({','.join('?' * len(part))})",
+                (gen, at, *part),
+            )
+        ]
+    return out
+
+
+def revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str] | None = None) -> list[RevenueChange]:
+    """The revenue changes at or before `upto` (of `accounts` only, when given)."""
+    if accounts is None:
+        rows = r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ?", (gen, upto))
+        return [RevenueChange(*row) for row in rows]
+    out: list[RevenueChange] = []
+    for part in chunks(sorted(accounts)):
+        out += [
+            RevenueChange(*row)
+            for row in r.all(
+                f"SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? "
+                f"AND account IN ({','.join('?' * len(part))})",
+                (gen, upto, *part),
+            )
+        ]
+    return out
 
 
 def tags(r: Tx, gen: int) -> list[tuple[str, int]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -277,6 +278,14 @@ class SQLiteStore(GroupCommitStore):
             self._checkpointer.close()
             self._wconn.close()
             self._wconn = None
+
+    def free_bytes(self) -> int | None:
+        if self.path in ("", ":memory:"):
+            return None
+        try:
+            return shutil.disk_usage(Path(self.path).parent).free
+        except OSError:
+            return None
 
     # --- reading ------------------------------------------------------------------------------
 

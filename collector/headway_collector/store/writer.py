@@ -102,8 +102,8 @@ class Writer:
                     _resolve(late, StoreError("the store is closed"))
 
     def _commit(self, group: list[_Pending]) -> None:
-        for p in group:  # a retry counts again from zero
-            p.job.accepted = p.job.duplicates = 0
+        for p in group:
+            p.job.reset()
         try:
             self._commit_jobs([p.job for p in group])
         except Unavailable as exc:  # every request would fail alike: answer them all at once
@@ -120,7 +120,8 @@ class Writer:
             _resolve(group[0], exc if isinstance(exc, StoreError) else StoreError(f"the store could not commit: {exc}"))
             return
         for p in group:
-            _resolve(p, IngestResult(accepted=p.job.accepted, duplicates=p.job.duplicates, position=p.job.position))
+            job = p.job
+            _resolve(p, IngestResult(job.accepted, job.duplicates, job.position, tuple(job.erased)))
 
 
 class GroupCommitStore:
