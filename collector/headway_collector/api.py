@@ -34,6 +34,7 @@ from .auth import authorize
 from .config import Project
 from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
+from .events import from_stored
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
 from .model.revenue import AccountRevenue as Mrr
@@ -111,23 +112,35 @@ def _accounts_seen(rows: dict[MemberKey, Membership], now: int) -> dict[str, lis
     return out
 
 
-def _stored_memberships(snap: Snapshot, users: list[str], now: int) -> dict[MemberKey, Membership]:
-    return {
+def _stored_memberships(snap: Snapshot, project: Project, users: list[str], now: int) -> dict[MemberKey, Membership]:
+    """The users' memberships as of `now`: a membership last seen after it (a read at a past
+    `at`) is seen again in the user's events at or before `now`, so no later event shows."""
+    rows = {
         MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen)
         for m in queries.memberships_of(snap.tx, snap.gen.gen, users, now)
     }
+    for user in sorted({key.user_id for key, m in rows.items() if m.last_seen > now}):
+        history = log.subject_events(snap.tx, project.name, "user", user, upto=snap.folded)
+        seen: dict[MemberKey, Membership] = {}
+        add_memberships(seen, (ev for ev in (from_stored(raw, t) for raw, t in history) if ev.t <= now))
+        rows.update((key, m) for key, m in seen.items() if key in rows)
+    return rows
 
 
 def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) -> dict[str, Members]:
-    """Per account, its users seen at or before `now`, counted by their quadrant at `now`."""
+    """Per account, its users seen at or before `now`, counted by their quadrant at `now` (a user
+    with a later event read as of `now`, from its events up to it)."""
     lm = snap.models[project.name, "user"]
     counts: dict[str, dict[str, int]] = {a: {} for a in accounts}
-    for account, blob in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
+    for member in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
         try:
-            quadrant = read(lm, decode_state(blob), now).quadrant
+            st = decode_state(member.state)
         except msgspec.DecodeError:  # a corrupt row: quarantined, left out like in the lists
             continue
-        counts[account][quadrant] = counts[account].get(quadrant, 0) + 1
+        if st.last_seen > now:
+            st = subject_state(snap, project, "user", member.user_id, now)
+        quadrant = read(lm, st, now).quadrant
+        counts[member.account][quadrant] = counts[member.account].get(quadrant, 0) + 1
     return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
 
 
@@ -140,7 +153,7 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
     if not items:
         return items
     if isinstance(items[0], UserView):
-        seen = _accounts_seen(_stored_memberships(snap, [v.user_id for v in items], now), now)
+        seen = _accounts_seen(_stored_memberships(snap, project, [v.user_id for v in items], now), now)
         return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
     ids = [v.account_id for v in items]
     members = _members(snap, project, ids, now)
@@ -162,8 +175,8 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
         st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
         if isinstance(v, UserView):  # its memberships: those stored, and those of its events not yet folded
-            rows = _stored_memberships(snap, [sid], now)
-            add_memberships(rows, snap.pending)
+            rows = _stored_memberships(snap, project, [sid], now)
+            add_memberships(rows, (ev for ev in snap.pending if ev.t <= now))
             return msgspec.structs.replace(v, accounts=_accounts_seen(rows, now).get(sid, []))
         return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import Milestone, Project
 from ..model import growth as g
@@ -22,6 +22,7 @@ from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
+    "MemberState",
     "Members",
     "MembershipRow",
     "SubjectRow",
@@ -150,16 +151,21 @@ def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[Membe
     return out
 
 
-def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tuple[str, bytes]]:
-    """(account, stored state of a user) for each user that the accounts' events carried at or
-    before `at`."""
-    out: list[tuple[str, bytes]] = []
+class MemberState(NamedTuple):
+    account: str
+    user_id: str
+    state: bytes
+
+
+def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MemberState]:
+    """The stored state of each user that the accounts' events carried at or before `at`."""
+    out: list[MemberState] = []
     for part in chunks(sorted(accounts)):
         out += [
-            (account, bytes(blob))
-            for account, blob in r.all(
-                "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
-                f"AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? "
+            MemberState(account, user_id, bytes(blob))
+            for account, user_id, blob in r.all(
+                "SELECT m.account, m.user_id, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen "
+                "AND s.level = 'user' AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? "
                 f"AND m.account IN ({','.join('?' * len(part))})",
                 (gen, at, *part),
             )
