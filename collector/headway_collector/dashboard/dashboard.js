@@ -317,19 +317,21 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
-// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean"):
+// success is judged in the current stage, or the latest earlier one with milestones of the level.
 function whyQuadrant(v, threshold) {
+  if (v.quadrant === "new") return h("p", { class: "help why-quadrant" }, "new: too new to judge (younger than new_for).");
   const stages = (model.stages || []).map((st) => st.name);
   const here = stages.indexOf(v.stage);
+  const judged = stages.slice(0, here + 1).reverse().find((st) => v.milestones.some((m) => m.stage === st));
   const names = (ms) => ms.map((m) => m.name).join(", ");
-  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
-  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
+  const failed = v.milestones.filter((m) => m.stage === judged && (m.status === "missed" || m.status === "lapsed"));
   const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
     : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
-  let success = "succeeding";
-  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
-  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
-  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
+  let success = `succeeding in ${judged || "its stage"}`;
+  if (!judged && stages.length) success = "not succeeding: no milestone in this stage or an earlier one";
+  else if (failed.length) success = `not succeeding: ${names(failed)} ${failed.length > 1 ? "missed or lapsed" : failed[0].status} in ${judged}`;
+  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = `not succeeding: nothing achieved and no progress on pace in ${judged || "any milestone"}`;
   return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
 }
 

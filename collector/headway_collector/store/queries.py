@@ -31,6 +31,7 @@ __all__ = [
     "latest_event",
     "member_states",
     "memberships_of",
+    "milestone_states",
     "project_transitions",
     "read_funnel",
     "read_growth",
@@ -58,6 +59,18 @@ def latest_event(r: Tx, gen: int) -> int | None:
     """The time of the generation's latest folded event (every event has a user), or None."""
     row = r.one("SELECT max(last_seen) FROM subjects WHERE gen = ? AND level = 'user'", (gen,))
     return int(row[0]) if row is not None and row[0] is not None else None
+
+
+def milestone_states(r: Tx, gen: int, level: str, milestone: str) -> list[bytes]:
+    """The stored states of the subjects that some event brought forward on `milestone` (its
+    funnel row not untouched): a recurring milestone's status moves with time, so the funnel
+    reads it from them."""
+    rows = r.all(
+        "SELECT s.state FROM funnel_rows f JOIN subjects s ON s.gen = f.gen AND s.level = f.level "
+        "AND s.subject = f.subject WHERE f.gen = ? AND f.level = ? AND f.milestone = ? AND f.cls <> 'untouched'",
+        (gen, level, milestone),
+    )
+    return [bytes(blob) for (blob,) in rows]
 
 
 @dataclass(frozen=True, slots=True)
