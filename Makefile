@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONFIG := headway.local.toml
 
-.PHONY: run test lint bench check clean compile
+.PHONY: run test lint bench check clean compile dist
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,13 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.run
 
+# A wheel of this repository in dist/ (no package index publishes headway): `pip install
+# dist/headway-*.whl` gives the SDK alone, `'dist/headway-...whl[collector]'` the collector too.
+dist: | $(VENV)/bin/python
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
 check: $(VENV)/.collector
 	$(VENV)/bin/headway-collector check --config headway.example.toml
 
 clean:
-	rm -rf $(VENV) *.egg-info headway.db* $(CONFIG) collector/build collector/headway_collector/model/*.so
+	rm -rf $(VENV) *.egg-info headway.db* $(CONFIG) build dist collector/build collector/headway_collector/model/*.so

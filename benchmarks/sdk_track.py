@@ -8,7 +8,7 @@ contender runs in its own process, the runs interleaved over the repeats, report
   call) that puts a dict (the call's fields and a timestamp) on a `queue.SimpleQueue`; a worker
   thread makes the id, encodes with msgspec and posts batches of 100: the least an async SDK
   can do on the host's thread;
-- headway: `headway.Tracker` with its defaults (a queue bounded at 32 MiB of events);
+- headway: `headway.Tracker` with its defaults (a queue bounded at 48 MiB of events);
 - segment: `segment.analytics.Client` (segment-analytics-python), defaults and with
   `max_queue_size` the size of the burst;
 - posthog: `posthog.Posthog`, defaults and with `max_queue_size` the size of the burst.
@@ -55,7 +55,7 @@ PROPS = {"path": "/pricing", "plan": "team"}
 CONTENDERS = {
     "floor": "floor: dict on a SimpleQueue (track()'s call shape), id+encode+send on a worker",
     "floor-bare": "floor without its worker: dict on a SimpleQueue, nothing sent",
-    "headway": "headway, defaults (queue bound 32 MiB)",
+    "headway": "headway, defaults (queue bound 48 MiB)",
     "segment": "segment-analytics-python, max_queue_size = burst",
     "segment-defaults": "segment-analytics-python, defaults",
     "posthog": "posthog, max_queue_size = burst",
@@ -496,7 +496,7 @@ def report(runs: dict[str, list[dict[str, Any]]], e2e: dict[str, Any] | None, rs
         "steadier.",
         "- Headway's `track()` validates (names, numbers, tags), makes a UUIDv7, encodes the whole "
         "event once with msgspec (which refuses what does not encode and snapshots the dict) and "
-        "puts its JSON on the queue, bounded by bytes (32 MiB by default: about 130,000 small "
+        "puts its JSON on the queue, bounded by bytes (48 MiB by default: about 179,000 small "
         "events); the worker only joins the events' JSON into batches, gzips and posts them.",
         "- The defaults rows show what each SDK does with a burst bigger than its queue: the share "
         "delivered is what was not dropped. A queue bounded by a count fills in milliseconds when "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,17 +18,42 @@ README = (ROOT / "README.md").read_text()
 pytestmark = pytest.mark.slow
 
 
-def test_the_sdk_example_works_as_written(live_collector: LiveCollector) -> None:
+def run_example(live: LiveCollector, env: dict[str, str] | None = None) -> str:
+    """The README's SDK example against ``live``, by the Python the README names (the venv's,
+    which runs these tests); what it printed."""
+    assert "`.venv/bin/python example.py`" in README  # the README says which Python runs it
     code = re.search(r"```python\n(.*?)```", README, re.S)
     assert code is not None
     example = code.group(1)
     assert len(example.strip().splitlines()) <= 6  # import, blank, and five lines at most
-    example = (example.replace("http://127.0.0.1:8000", live_collector.url)
-               .replace('"hw_w_..."', repr(live_collector.write_key))
-               .replace('"hw_r_..."', repr(live_collector.read_key)))
-    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60)
+    example = (example.replace("http://127.0.0.1:8000", live.url)
+               .replace('"hw_w_..."', repr(live.write_key))
+               .replace('"hw_r_..."', repr(live.read_key)))
+    example += "\nimport sys; print(headway.__file__, file=sys.stderr)"
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) > 0
+    return out.stderr.strip().splitlines()[-1]
+
+
+def test_the_sdk_example_works_as_written(live_collector: LiveCollector) -> None:
+    run_example(live_collector)
+
+
+def test_the_readme_installs_the_sdk_from_this_repository(live_collector: LiveCollector, tmp_path: Path) -> None:
+    """No index publishes headway: the README installs it from the repository, and the SDK so
+    installed runs the example (issue 22: `pip install headway` failed)."""
+    installs = re.findall(r"pip install (\S+?)`", README)
+    assert installs and all(target != "headway" for target in installs), installs
+    assert "pip install /path/to/this/repository" in README and "make dist" in README
+    target = tmp_path / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if out.returncode and re.search(r"NewConnectionError|Could not find a version|Temporary failure", out.stderr):
+        pytest.skip(f"pip cannot reach an index for its build tools: {out.stderr[-300:]}")
+    assert out.returncode == 0, out.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
+    assert run_example(live_collector, env).startswith(str(target))  # the installed copy ran
 
 
 def test_make_run_prints_keys_and_a_curl_line_that_works(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from .model.evaluate import Reading, read, shortfalls
 from .model.fold import SubjectKey
 from .model.subject import LevelModel, decode_state
 from .params import app_state, choice, count, nps_view, read_time, ts
-from .reads import Snapshot, consistent_read, subject_state
+from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .store import generations, log, queries
 
 __all__ = [
@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 MAX_LIMIT = 1000
-STATUSES = ("pending", "in_progress", "achieved", "missed")
-QUADRANTS = ("thriving", "stuck", "quiet", "at_risk")
+STATUSES = ("pending", "in_progress", "achieved", "lapsed", "missed")
+QUADRANTS = ("new", "thriving", "stuck", "quiet", "at_risk")
 TRENDS = ("rising", "steady", "cooling")
 
 
@@ -95,7 +95,7 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
 
     def view(snap: Snapshot) -> UserView | AccountView:
         lm = snap.models[project.name, level]
-        st = subject_state(snap, project, level, sid)
+        st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         return _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
 
     return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
@@ -207,7 +207,13 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
     now = read_time(request, state)
-    items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
+    at = now if "at" in request.query_params else None
+
+    def body(snap: Snapshot) -> tuple[list[Any], str | None]:
+        exact_at(snap, at)
+        return _list(snap, project, level, q, now)
+
+    items, cursor = await consistent_read(state, project, body)
     page = (
         UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
     )

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, dashboard, feed, history, ingest, insights, model, reports
+from . import api, backtest, dashboard, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
@@ -111,6 +111,13 @@ ROUTES: list[tuple[str, str, Any, Any, str]] = [
         "Weights fitted to predict an outcome, with held-out AUCs beside the current ones",
     ),
     (
+        "/v1/insights/backtest",
+        "GET",
+        backtest.backtest,
+        wire.Backtest,
+        "How well the model's score and quadrants at past instants predicted churn or a milestone",
+    ),
+    (
         "/v1/transitions",
         "GET",
         feed.list_transitions,
@@ -142,10 +149,10 @@ _LIST = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
     _query("cursor", {"type": "string"}, "next_cursor of the page before"),
     _query("stage", {"type": "string"}, "a stage of the model"),
-    _query("quadrant", {"enum": ["thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
+    _query("quadrant", {"enum": ["new", "thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
     _query("trend", {"enum": ["rising", "steady", "cooling"]}, "the trend"),
     _query("milestone", {"type": "string"}, "a milestone of the model (with status: its status)"),
-    _query("status", {"enum": ["pending", "in_progress", "achieved", "missed"]}, "needs milestone"),
+    _query("status", {"enum": ["pending", "in_progress", "achieved", "lapsed", "missed"]}, "needs milestone"),
     _AT,
 ]
 _DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC3339"}
@@ -205,6 +212,17 @@ _OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
         [
             _query("outcome", {"type": "string"}, "a milestone of the model (required)"),
             _query("window", {"type": "string"}, "early window, a duration like 7d"),
+            _LEVEL,
+            _AT,
+        ],
+        (400, 401, 403),
+    ),
+    "/v1/insights/backtest": (
+        [
+            _query("outcome", {"type": "string"}, "churned, or a milestone of the model (required)"),
+            _query("horizon", {"type": "string"}, "how far past each snapshot to look, like 30d (required)"),
+            _query("every", {"type": "string"}, "time between snapshots, a duration; default 7d"),
+            _query("since", _DAY_OR_INSTANT, "the first snapshot; default the first event's day + every"),
             _LEVEL,
             _AT,
         ],

@@ -1,4 +1,4 @@
-"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, erase (SPEC section 8).
+"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase (SPEC section 8).
 
 A thin layer: it builds the configuration and the store and calls the library. Every error
 is one line on stderr and exit code 1; nothing prints a traceback.
@@ -230,11 +230,32 @@ def cmd_suggest_weights(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     store = _existing_store(args.database, "suggest-weights")
     try:
-        print(suggestion(cfg, store, args.project, args.outcome, args.window, time.time_ns() // 1000))
+        print(suggestion(cfg, store, args.project, args.outcome, args.window, time.time_ns() // 1000, args.horizon))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     finally:
         store.close()
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from .backtest import run_cli
+    from .insights import project_name
+
+    cfg = _load(args.config)
+    try:
+        project = project_name(cfg, args.project)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    store = _existing_store(args.database, "backtest")
+    question = {k: getattr(args, k) for k in ("outcome", "horizon", "every", "since", "at", "level")}
+    try:
+        lines = run_cli(cfg, store, project, question, time.time_ns() // 1000, _progress("replaying events"))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        store.close()
+    print("\n".join(lines))
     return 0
 
 
@@ -350,7 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--outcome", required=True, help="the outcome milestone")
     sw.add_argument("--window", default="7d", help="the early window from each subject's first event (default 7d)")
     sw.add_argument("--project", help="the project (needed when the config has several)")
+    sw.add_argument(
+        "--horizon",
+        default="30d",
+        help="also backtest the suggested weights: the outcome within this long of each snapshot (default 30d)",
+    )
     sw.set_defaults(func=cmd_suggest_weights)
+
+    bt = sub.add_parser(
+        "backtest",
+        help="judge a candidate model beside the served one on what happened next",
+        description="Replay the event log with the model in --config and with the model the database serves: "
+        "at snapshots every --every, how well each one's score and quadrants predicted --outcome within "
+        "--horizon (AUC with its 95%% interval, outcome rate per quadrant), and which predicts better. "
+        "Reads the log only: the served state and the derived tables are untouched.",
+    )
+    bt.add_argument("--config", required=True, help="the candidate TOML model")
+    bt.add_argument("--outcome", required=True, help="churned, or a milestone of the served model")
+    bt.add_argument("--horizon", required=True, help="how far past each snapshot to look for the outcome, e.g. 30d")
+    bt.add_argument("--every", default="7d", help="time between snapshots (default 7d)")
+    bt.add_argument("--since", help="the first snapshot, a date or RFC3339 (default: the first event's day + every)")
+    bt.add_argument("--at", help="the last snapshot is at most this minus the horizon (default now)")
+    bt.add_argument("--level", choices=["user", "account"], help="user or account (default user, or the milestone's)")
+    bt.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
+    bt.add_argument("--project", help="the project (needed when the config has several)")
+    bt.set_defaults(func=cmd_backtest)
 
     er = sub.add_parser(
         "erase",

@@ -40,7 +40,14 @@ MAX_DURATION = 36_500 * _UNITS["d"]  # deadlines stay within the calendar
 _DURATION = re.compile(r"(\d+)([smhd])")
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KINDS = ("count", "sum", "distinct", "tagged", "rate")
-TRANSITION_TYPES = ("milestone.achieved", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed")
+TRANSITION_TYPES = (
+    "milestone.achieved",
+    "milestone.lapsed",
+    "milestone.missed",
+    "stage.entered",
+    "quadrant.changed",
+    "trend.changed",
+)
 
 
 class ConfigError(Exception):
@@ -90,6 +97,7 @@ class Milestone:
     level: Literal["user", "account"]
     criteria: tuple[Criterion, ...]
     within: int | None = None  # microseconds from the subject's first event
+    recurring: int | None = None  # microseconds: judged over the trailing window (t - recurring, t]
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class Engagement:
     trend_long: int = 30 * 86400 * US
     default_weight: float = 1.0
     engaged_threshold: float = 20.0
+    new_for: int = 86400 * US  # younger subjects read quadrant "new" (0: never)
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,7 @@ class _RawMilestone(_Strict):
     level: str
     criteria: list[_RawCriterion]
     within: str | None = None
+    recurring: str | None = None
 
 
 class _RawStage(_Strict):
@@ -202,6 +212,7 @@ class _RawEngagement(_Strict):
     trend: list[str] = msgspec.field(default_factory=lambda: ["3d", "30d"])
     default_weight: float = 1.0
     engaged_threshold: float = 20.0
+    new_for: str = "1d"
 
 
 class _RawNPS(_Strict):
@@ -394,6 +405,7 @@ class _Builder:
             trend_long=long_,
             default_weight=self.finite(eng_at + ["default_weight"], e.default_weight),
             engaged_threshold=self.finite(eng_at + ["engaged_threshold"], e.engaged_threshold),
+            new_for=0 if e.new_for == "0s" else self.duration(eng_at + ["new_for"], e.new_for),
         )
         weights = {k: self.finite(at + ["weights", k], v) for k, v in rp.weights.items()}
         stages = self.stages(at, rp.stages)
@@ -490,9 +502,25 @@ class _Builder:
                 )
             if not m.criteria:
                 raise self.fail(loc + ["criteria"], f"milestone {m.name!r} needs at least one criterion")
+            if m.within is not None and m.recurring is not None:
+                raise self.fail(
+                    loc + ["recurring"],
+                    f"milestone {m.name!r}: 'within' and 'recurring' exclude each other "
+                    "(a window from the first event, or a trailing window at every instant)",
+                )
             within = self.duration(loc + ["within"], m.within) if m.within is not None else None
+            recurring = self.duration(loc + ["recurring"], m.recurring) if m.recurring is not None else None
             criteria = tuple(self.criterion(loc + ["criteria", j], m, c) for j, c in enumerate(m.criteria))
-            out.append(Milestone(name=m.name, stage=m.stage, level=m.level, criteria=criteria, within=within))  # type: ignore[arg-type]
+            out.append(
+                Milestone(
+                    name=m.name,
+                    stage=m.stage,
+                    level=m.level,  # type: ignore[arg-type]
+                    criteria=criteria,
+                    within=within,
+                    recurring=recurring,
+                )
+            )
         return tuple(out)
 
     def criterion(self, loc: list[str | int], m: _RawMilestone, c: _RawCriterion) -> Criterion:

@@ -21,7 +21,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from headway.wire import Cohort, Interval, Predictor, Predictors, Retention, Stickiness, SuggestedWeight, Weights
+from headway.wire import (
+    Cohort,
+    HeldOutRule,
+    Interval,
+    Predictor,
+    Predictors,
+    Retention,
+    Stickiness,
+    SuggestedWeight,
+    Weights,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,6 +41,7 @@ from .errors import APIError, json_response
 from .model import growth as g
 from .model import insights as ins
 from .model.early import MAX_WINDOW
+from .model.fold import Models
 from .model.scoring import DAY
 from .params import app_state, choice, count, read_time, ts
 from .projection import ModelBook
@@ -38,14 +49,21 @@ from .reads import Snapshot, consistent_read
 from .state import AppState
 from .store import generations
 from .store import insights as store
-from .store.base import Store
+from .store.base import Store, Tx
+from .store.generations import Generation
 
 __all__ = [
+    "LEVELS",
+    "MINUTE",
     "AnswerCache",
+    "cached_answer",
     "early",
     "fitted",
+    "outcome_milestone",
     "predictors",
+    "project_name",
     "retention",
+    "served_models",
     "stickiness",
     "suggestion",
     "weight_scale",
@@ -89,7 +107,7 @@ def _cache(request: Request) -> AnswerCache:
     return cache
 
 
-async def _answer(
+async def cached_answer(
     request: Request, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]
 ) -> Response:
     state = app_state(request)
@@ -129,7 +147,7 @@ async def retention(request: Request) -> Response:
             cohorts=[Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained) for c in table],
         )
 
-    return await _answer(request, "retention", (kind, cohorts, level, at // DAY), body)
+    return await cached_answer(request, "retention", (kind, cohorts, level, at // DAY), body)
 
 
 async def stickiness(request: Request) -> Response:
@@ -143,13 +161,13 @@ async def stickiness(request: Request) -> Response:
             days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
         )
 
-    return await _answer(request, "stickiness", (days, level, at // DAY), body)
+    return await cached_answer(request, "stickiness", (days, level, at // DAY), body)
 
 
 # --- predictors and weights ---------------------------------------------------------------------------
 
 
-def _outcome(served: Project, name: str, level: str | None) -> Milestone:
+def outcome_milestone(served: Project, name: str, level: str | None) -> Milestone:
     m = next((m for m in served.milestones if m.name == name), None)
     if m is None:
         raise APIError(400, "bad_request", f"outcome={name!r} is not a milestone of the served model")
@@ -227,6 +245,21 @@ def _predictor(r: ins.Prediction) -> Predictor:
         confident=r.confident,
         best=r.best,
         frequent_not_predictive=r.frequent_not_predictive,
+        p=r.p,
+        q=r.q,
+        held_out=_held_out(r.held_out) if r.held_out is not None else None,
+    )
+
+
+def _held_out(h: ins.HeldOut) -> HeldOutRule:
+    return HeldOutRule(
+        subjects_with=h.subjects_with,
+        subjects_without=h.subjects_without,
+        achieved_with=h.achieved_with,
+        achieved_without=h.achieved_without,
+        precision=h.precision,
+        rate_without=h.rate_without,
+        lift=h.lift,
     )
 
 
@@ -235,7 +268,7 @@ async def predictors(request: Request) -> Response:
     limit = count(request, "limit", 200, 10_000)
 
     def body(snap: Snapshot, served: Project) -> Predictors:
-        m = _outcome(served, name, level)
+        m = outcome_milestone(served, name, level)
         found = ins.predictors(early(snap, served, m, window, at))
         return Predictors(
             outcome=m.name,
@@ -248,9 +281,10 @@ async def predictors(request: Request) -> Response:
             base_rate=found.achieved / found.subjects if found.subjects else None,
             proposal=_predictor(found.proposal) if found.proposal is not None else None,
             predictors=[_predictor(r) for r in found.rows[:limit]],
+            held_out=found.held_out,
         )
 
-    return await _answer(request, "predictors", (name, window, level, at, limit), body)
+    return await cached_answer(request, "predictors", (name, window, level, at, limit), body)
 
 
 def weight_scale(served: Project) -> float:
@@ -260,7 +294,7 @@ def weight_scale(served: Project) -> float:
 
 def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str | None, at: int) -> Weights:
     """`GET /v1/insights/weights` in a snapshot (also what `headway-collector suggest-weights` prints)."""
-    m = _outcome(served, name, level)
+    m = outcome_milestone(served, name, level)
     fit = ins.suggest_weights(early(snap, served, m, window, at), weight_scale(served))
     return Weights(
         outcome=m.name,
@@ -284,7 +318,7 @@ def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str |
 
 async def weights(request: Request) -> Response:
     name, window, level, at = _insight_query(request)
-    return await _answer(
+    return await cached_answer(
         request,
         "weights",
         (name, window, level, at),
@@ -301,31 +335,55 @@ def _toml_key(name: str) -> str:
     return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
 
 
-def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, window: str, now: int) -> str:
-    """The TOML lines of the weights the data supports, read from what the projection has folded
-    (a one-line `ValueError` when there is nothing to read)."""
+def project_name(cfg: Config, project: str | None) -> str:
+    """The project a command works on: the one asked for, or the config's only one."""
     if project is None:
         if len(cfg.projects) != 1:
             raise ValueError(f"the config has projects {', '.join(sorted(cfg.projects))}: choose one with --project")
-        project = next(iter(cfg.projects))
+        return next(iter(cfg.projects))
     if project not in cfg.projects:
         raise ValueError(f"no project {project!r} in {cfg.path}")
+    return project
+
+
+def served_models(r: Tx, cfg: Config, project: str) -> tuple[Generation, Models]:
+    """The generation a database serves the project with, and its models (a one-line `ValueError`
+    when there is none)."""
+    gen = generations.active(r, project)
+    if gen is None:
+        raise ValueError(f"project {project!r} has no model state in this database yet")
+    models = ModelBook([cfg]).for_generation(r, gen)
+    if models is None:
+        raise ValueError(f"the model {gen.version} that this database serves for {project!r} does not load")
+    return gen, models
+
+
+def suggestion(
+    cfg: Config, store: Store, project: str | None, outcome: str, window: str, now: int, horizon: str | None = None
+) -> str:
+    """The TOML lines of the weights the data supports, read from what the projection has folded
+    (a one-line `ValueError` when there is nothing to read); with `horizon`, followed by the backtest
+    of those weights beside the current ones (comment lines)."""
+    from .backtest import suggested_lines  # it builds on this module
+
+    project = project_name(cfg, project)
     try:
         span = parse_window(window)
     except ValueError as exc:
         raise ValueError(f"--window: {exc}") from None
     with store.read() as r:
-        gen = generations.active(r, project)
-        if gen is None:
-            raise ValueError(f"project {project!r} has no model state in this database yet")
-        models = ModelBook([cfg]).for_generation(r, gen)
-        if models is None:
-            raise ValueError(f"the model {gen.version} that this database serves for {project!r} does not load")
+        gen, models = served_models(r, cfg, project)
         snap = Snapshot(r, gen, models, generations.watermark(r, gen.gen))
+        served = models.projects[project]
         try:
-            w = fitted(snap, models.projects[project], outcome, span, None, now)
+            w = fitted(snap, served, outcome, span, None, now)
         except APIError as exc:
             raise ValueError(exc.message) from None
+        backtested = (
+            suggested_lines(snap, served, outcome, {s.event: s.suggested for s in w.weights}, horizon, now)
+            if horizon is not None and w.weights
+            else []
+        )
 
     def auc(v: float | None) -> str:
         return f"{v:.3f}" if v is not None else "n/a"
@@ -342,4 +400,4 @@ def suggestion(cfg: Config, store: Store, project: str | None, outcome: str, win
         lines.insert(
             1, "# these predict no better than the current weights on the held-out subjects: keep the current ones"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + backtested)

@@ -34,12 +34,13 @@ from .errors import APIError
 from .events import from_stored
 from .model.fold import Level, Models, SubjectKey, partition_of
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
+from .params import rfc3339
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import Tx
 from .store.generations import Generation
 
-__all__ = ["PENDING", "Snapshot", "consistent_read", "subject_state"]
+__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "subject_state"]
 
 logger = logging.getLogger("headway_collector.reads")
 
@@ -127,9 +128,26 @@ async def consistent_read(
         delay = min(delay * 2, 0.02)
 
 
-def subject_state(snap: Snapshot, project: Project, level: Level, sid: str) -> SubjectState:
+def exact_at(snap: Snapshot, at: int | None) -> None:
+    """A read of stored aggregates at a given `at` (None: not given) answers only when no stored
+    event follows `at` (SPEC section 3): what it reads counts every stored event, so it would mix
+    in later ones. 400 `at_unsupported` otherwise."""
+    if at is None:
+        return
+    latest = queries.latest_event(snap.tx, snap.gen.gen)
+    if latest is not None and latest > at:
+        raise APIError(
+            400,
+            "at_unsupported",
+            f"at={rfc3339(at)} is earlier than stored events ({rfc3339(latest)}): this read counts every "
+            "stored event, so it answers only at or after the latest; one subject's view answers any `at`",
+        )
+
+
+def subject_state(snap: Snapshot, project: Project, level: Level, sid: str, at: int | None = None) -> SubjectState:
     """A subject's state as of `snap.folded`: the stored one with the snapshot's pending events
-    folded in; a 404 if it has no event."""
+    folded in; a 404 if it has no event. With `at`, as of that instant: from the events at or
+    before it alone (built from the subject's stored events when a later one is folded in)."""
     blob = queries.subject_state(snap.tx, snap.gen.gen, level, sid)
     try:
         state = decode_state(blob) if blob is not None else None
@@ -155,6 +173,10 @@ def subject_state(snap: Snapshot, project: Project, level: Level, sid: str) -> S
                 f"the {level} {sid!r} is not folded yet; retry later",
                 {"Retry-After": "1"},
             ) from None
+    if state is not None and at is not None and state.last_seen > at:
+        history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
+        evs = [from_stored(raw, t) for raw, t in history if t <= at]
+        state = build(snap.models[project.name, level], evs)
     if state is None:
         raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
     return state

@@ -17,7 +17,7 @@ from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
 from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
-from .reads import Snapshot, consistent_read
+from .reads import Snapshot, consistent_read, exact_at
 from .state import AppState
 from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps
 
@@ -132,4 +132,10 @@ async def milestones(request: Request) -> Response:
     project = authorize(request, state.config, "read")
     level = choice(request, "level", LEVELS)
     now = read_time(request, state)
-    return json_response(await consistent_read(state, project, lambda snap: _funnel(snap, project, level, now)))
+    at = now if "at" in request.query_params else None
+
+    def body(snap: Snapshot) -> Funnel:
+        exact_at(snap, at)
+        return _funnel(snap, project, level, now)
+
+    return json_response(await consistent_read(state, project, body))

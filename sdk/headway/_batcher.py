@@ -38,7 +38,7 @@ _KICK = KICK
 OnError = Callable[[HeadwayError], object]
 BeforeSend = Callable[[wire.Event], "wire.Event | None"]
 
-MAX_QUEUE_BYTES = 32 << 20  # the default bound of the queue: 32 MiB of events
+MAX_QUEUE_BYTES = 48 << 20  # the default bound of the queue: 48 MiB of events (docs/sdk.md)
 
 
 class Batcher:
@@ -105,6 +105,7 @@ class Batcher:
         self._exit_timeout = float(exit_timeout)
         self._backoff = (float(backoff[0]), float(backoff[1]))
         self._closed = False
+        self._warned_unbound = False
         self._reset()
         _register(self)
 
@@ -166,6 +167,19 @@ class Batcher:
             else:
                 self._dropped(answer)
         return event_id
+
+    def _drop_unbound(self, event: str) -> str:
+        """``track_bound()`` in a middleware's request with no user: drop and count the event
+        (logged for the first one only: an anonymous page may be hit all day); its would-be id."""
+        self._queue.count_dropped()
+        if not self._warned_unbound:
+            self._warned_unbound = True
+            logger.warning(
+                "headway: track_bound(%r) in a request with no user bound (identify() answered no "
+                "user): the event is dropped and counted in stats.dropped; later ones are not logged",
+                event,
+            )
+        return _core.new_id(time.time())
 
     def _run_hook(self, event_id: str, data: bytes) -> bytes | None:
         """``before_send`` on the caller's thread; whatever goes wrong drops the event."""

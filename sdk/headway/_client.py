@@ -153,6 +153,17 @@ class _BaseClient:
         return _Call(f"/v1/insights/{path}", params, kind)
 
     @staticmethod
+    def _backtest(outcome: str, horizon: str, every: str | None, since: When, level: Level | None,
+                  at: At) -> _Call[wire.Backtest]:
+        if not isinstance(outcome, str) or not outcome:
+            raise ValueError("outcome must be 'churned' or a milestone name, a non-empty str")
+        if not isinstance(horizon, str) or not horizon:
+            raise ValueError("horizon must be a duration such as '30d'")
+        params = _params(outcome=outcome, horizon=horizon, every=every, since=_instant("since", since), level=level,
+                         at=_instant("at", at, dates=False))
+        return _Call("/v1/insights/backtest", params, wire.Backtest)
+
+    @staticmethod
     def _retention(period: Literal["week", "month"], cohorts: int, level: Level | None,
                    at: At) -> _Call[wire.Retention]:
         if isinstance(cohorts, bool) or not isinstance(cohorts, int) or cohorts < 1:
@@ -309,6 +320,14 @@ class Client(_BaseClient):
         """Weights fitted to predict ``outcome`` from early event counts, beside the current ones,
         with a held-out AUC for both."""
         return self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+
+    def backtest(self, outcome: str, horizon: str, *, every: str | None = None, since: When = None,
+                 level: Level | None = None, at: At = None) -> wire.Backtest:
+        """How well the model's score and quadrants at past snapshots (every ``every``, default
+        "7d", from ``since``) predicted ``outcome`` ("churned" or a milestone) within ``horizon``
+        (e.g. "30d"): cases, base rate, AUC with its 95% interval, outcome rate per quadrant."""
+        return self._get(self._backtest(outcome, horizon, every, since, level, at))
+
     def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
         """Transitions in commit order past the cursor ``since`` (a transition's ``id``, or the
         page's ``next``); from the first one when None."""
@@ -453,6 +472,10 @@ class AsyncClient(_BaseClient):
     async def weights(self, outcome: str, *, window: str | None = None, level: Level | None = None,
                       at: At = None) -> wire.Weights:
         return await self._get(self._insight("weights", outcome, window, level, at, wire.Weights))
+
+    async def backtest(self, outcome: str, horizon: str, *, every: str | None = None, since: When = None,
+                       level: Level | None = None, at: At = None) -> wire.Backtest:
+        return await self._get(self._backtest(outcome, horizon, every, since, level, at))
 
     async def aclose(self) -> None:
         await self._http.aclose()

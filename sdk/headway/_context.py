@@ -26,12 +26,14 @@ __all__ = ["Binding", "BoundTracking", "bind", "current"]
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """What is bound now: ``user_id`` and ``account_id`` (None when unbound), and the
-    ``tracker`` that a middleware was given (None otherwise)."""
+    """What is bound now: ``user_id`` and ``account_id`` (None when unbound), the ``tracker``
+    that a middleware was given (None otherwise), and ``request``: True inside a middleware's
+    request (where ``track_bound()`` with nobody bound drops the event instead of raising)."""
 
     user_id: str | None = None
     account_id: str | None = None
     tracker: Batcher | None = None
+    request: bool = False
 
     def merged(
         self, user_id: str | None, account_id: str | None, tracker: Batcher | None = None
@@ -45,10 +47,12 @@ class Binding:
             self.user_id if user_id is None else user_id,
             self.account_id if account_id is None else account_id,
             self.tracker if tracker is None else tracker,
+            self.request,
         )
 
 
 _UNBOUND = Binding()
+_REQUEST = Binding(request=True)  # what a middleware's request starts from
 _current: contextvars.ContextVar[Binding] = contextvars.ContextVar("headway.binding", default=_UNBOUND)
 
 
@@ -83,13 +87,13 @@ def identified(identity: object, tracker: Batcher | None) -> Binding:
     """A middleware's ``identify`` result as a `Binding`: None (nobody), a user id, a
     ``(user_id, account_id)`` pair, or a mapping with ``user_id`` / ``account_id``."""
     if identity is None:
-        return _UNBOUND.merged(None, None, tracker)
+        return _REQUEST.merged(None, None, tracker)
     if isinstance(identity, str):
-        return _UNBOUND.merged(identity, None, tracker)
+        return _REQUEST.merged(identity, None, tracker)
     if isinstance(identity, Mapping):
-        return _UNBOUND.merged(identity.get("user_id"), identity.get("account_id"), tracker)
+        return _REQUEST.merged(identity.get("user_id"), identity.get("account_id"), tracker)
     if isinstance(identity, tuple) and len(identity) == 2:
-        return _UNBOUND.merged(identity[0], identity[1], tracker)
+        return _REQUEST.merged(identity[0], identity[1], tracker)
     raise TypeError(
         "identify() must return None, a user id, a (user_id, account_id) pair or a mapping, "
         f"got {identity!r}"
@@ -110,13 +114,17 @@ class BoundTracking:
         """``track()`` with ``user_id`` and ``account_id`` taken from the binding when not given.
 
         Each given argument wins over the bound one. Takes the same keywords as ``track()``
-        (weight, milestones, value, properties, timestamp). Raises `InvalidEvent` on the
-        ``user_id`` field when none is given and none is bound.
+        (weight, milestones, value, properties, timestamp). When no user is given and none is
+        bound: inside a middleware's request (an anonymous one), the event is dropped, counted
+        in ``stats.dropped`` and logged once per tracker, because an integration must never
+        fail its host's request; anywhere else it raises `InvalidEvent` on ``user_id``.
         """
         bound = _current.get()
         if user_id is None:
             user_id = bound.user_id
             if user_id is None:
+                if bound.request:
+                    return self._drop_unbound(event)  # type: ignore[attr-defined,no-any-return]
                 raise InvalidEvent(
                     "user_id", "not given and none bound (headway.bind() or the middleware's identify)"
                 )

@@ -196,8 +196,11 @@ class Delivery:
         try:
             rejected = _batch_response.decode(response.body).rejected
         except (msgspec.DecodeError, msgspec.ValidationError):
-            logger.warning("headway: unexpected batch response %r", response.body[:200])
-            rejected = []
+            # A 2xx that is not a batch response comes from something else than a collector
+            # (a web server or proxy at the wrong URL): nothing was stored. Retrying would get
+            # the same answer, so the batch fails at once, with a report that names the cause.
+            self._settle_wrong_endpoint(events, response)
+            return
         reasons = {_core.event_id(events[r.index]): r.error for r in rejected if 0 <= r.index < len(events)}
         self._queue.settle(len(events), sent=len(events) - len(reasons), failed=len(reasons))
         if reasons:
@@ -209,6 +212,17 @@ class Delivery:
                 rejections=reasons,
             ))
 
+    def _settle_wrong_endpoint(self, events: list[bytes], response: Response) -> None:
+        self._queue.settle(len(events), failed=len(events))
+        kind = _header(response, "content-type") or "no content type"
+        self._report_lost(
+            events,
+            f"{len(events)} events not delivered: the endpoint looks wrong: {self._url} answered "
+            f"{response.status} ({kind}) with no batch response: {response.body[:120]!r}",
+            response.status,
+            None,
+        )
+
     def _settle_failed(self, events: list[bytes], status: int | None, answer: Answer) -> None:
         self._queue.settle(len(events), failed=len(events))
         if isinstance(answer, Response):
@@ -218,8 +232,10 @@ class Delivery:
         retried = "" if _core.verdict(status) != "retry" else f" after {self._max_retries} retries"
         self._report_lost(events, f"{len(events)} events not delivered{retried}: {cause}", status, cause)
 
-    def _report_lost(self, events: list[bytes], what: str, status: int | None, cause: BaseException) -> None:
-        """Whole events not delivered for one ``cause``."""
+    def _report_lost(
+        self, events: list[bytes], what: str, status: int | None, cause: BaseException | None
+    ) -> None:
+        """Whole events not delivered for one ``cause`` (None: ``what`` says it all)."""
         error = DeliveryError(what, event_ids=tuple(_core.event_id(data) for data in events), status=status)
         error.__cause__ = cause
         self._report(error)

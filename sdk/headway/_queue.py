@@ -222,6 +222,11 @@ class EventQueue:
             self.sent += sent
             self.failed += failed
 
+    def count_dropped(self) -> None:
+        """One event that never reached the queue was dropped (``track_bound()`` with no user)."""
+        with self.lock:
+            self.dropped += 1
+
     def count_retried(self, events: int) -> None:
         with self.lock:
             self.retried += events

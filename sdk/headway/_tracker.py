@@ -32,7 +32,7 @@ class Tracker(BoundTracking, Batcher):
     """Sends events to a Headway collector from a background thread; never hurts the host.
 
     ``Tracker(endpoint, write_key, *, flush_at=100, flush_interval=0.5, max_queue=None,
-    max_queue_bytes=32 << 20, timeout=10, max_retries=10, gzip=True, on_error=None,
+    max_queue_bytes=48 << 20, timeout=10, max_retries=10, gzip=True, on_error=None,
     before_send=None, transport=None, exit_timeout=3.0, backoff=(0.5, 60.0))``
 
     - ``endpoint``: the collector's base URL (``http://127.0.0.1:8000``); ``write_key``: a

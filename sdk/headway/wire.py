@@ -26,6 +26,7 @@ __all__ = [
     "NPS",
     "AccountPage",
     "AccountView",
+    "Backtest",
     "Batch",
     "BatchEnvelope",
     "BatchResponse",
@@ -40,12 +41,14 @@ __all__ = [
     "FunnelStep",
     "Growth",
     "GrowthPeriod",
+    "HeldOutRule",
     "Interval",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
     "Predictor",
     "Predictors",
+    "QuadrantOutcome",
     "Rejection",
     "Retention",
     "ScoreHistory",
@@ -133,8 +136,8 @@ class ErrorBody(msgspec.Struct):
 
 # --- Query API (SPEC section 3) ---------------------------------------------------------------
 
-Status = Literal["pending", "in_progress", "achieved", "missed"]
-Quadrant = Literal["thriving", "stuck", "quiet", "at_risk"]
+Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
+Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
 Trend = Literal["rising", "steady", "cooling"]
 
 
@@ -305,6 +308,18 @@ class Interval(msgspec.Struct):
     high: float
 
 
+class HeldOutRule(msgspec.Struct):
+    """A best threshold measured on the held-out half of the subjects (who did not choose it)."""
+
+    subjects_with: int
+    subjects_without: int
+    achieved_with: int
+    achieved_without: int
+    precision: float | None
+    rate_without: float | None
+    lift: float | None
+
+
 class Predictor(msgspec.Struct):
     """The rule "did `event` at least `threshold` times in the early window" against the outcome."""
 
@@ -323,9 +338,12 @@ class Predictor(msgspec.Struct):
     subjects_without: int
     achieved_with: int
     achieved_without: int
-    confident: bool  # enough subjects on each side, and `difference` excludes 0
-    best: bool  # the best threshold of its event
+    confident: bool  # q < 0.05, and enough subjects on each side
+    best: bool  # the best threshold of its event, chosen on the selection half of the subjects
     frequent_not_predictive: bool  # most subjects do it, and it moves the outcome rate by little or nothing
+    p: float = 1.0  # Fisher's exact test of the rule's 2x2 table, two-sided
+    q: float = 1.0  # Benjamini-Hochberg adjusted p over every rule of the answer
+    held_out: HeldOutRule | None = None  # on the best row: its counts on the half that did not choose it
 
 
 class Predictors(msgspec.Struct):
@@ -341,6 +359,7 @@ class Predictors(msgspec.Struct):
     base_rate: float | None
     proposal: Predictor | None  # the best confident rule that raises the rate: the aha moment, or none
     predictors: list[Predictor]
+    held_out: int = 0  # subjects in the half that measures each best threshold
 
 
 class SuggestedWeight(msgspec.Struct):
@@ -365,6 +384,30 @@ class Weights(msgspec.Struct):
     current_auc: float | None
     fitted_auc: float | None
     weights: list[SuggestedWeight]
+
+
+class QuadrantOutcome(msgspec.Struct):
+    """The cases of one quadrant at T and how many of them had the outcome."""
+
+    cases: int
+    outcomes: int
+    rate: float | None  # outcomes / cases; None without cases
+
+
+class Backtest(msgspec.Struct):
+    """``GET /v1/insights/backtest``: how well the model's score and quadrants at past instants
+    predicted the outcome within the horizon (SPEC section 4, "Does the model predict?")."""
+
+    outcome: str  # "churned" or a milestone
+    horizon: str  # the duration asked for, e.g. "30d"
+    level: str
+    snapshots: list[datetime]
+    cases: int  # (subject, snapshot) pairs
+    outcomes: int
+    base_rate: float | None
+    auc: float | None  # 1 is perfect, 0.5 chance; None without cases on both sides
+    auc_interval: list[float] | None  # [low, high], DeLong 95%
+    quadrants: dict[str, QuadrantOutcome]
 
 
 class Cohort(msgspec.Struct):
@@ -393,8 +436,9 @@ class Stickiness(msgspec.Struct):
     active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
 class Transition(msgspec.Struct, frozen=True):
     """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
-    ``milestone.missed``, ``stage.entered``, ``quadrant.changed``, ``trend.changed``; ``data``
-    holds ``{"milestone": name}`` or ``{"from": old, "to": new}``. ``id`` is also its cursor."""
+    ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,
+    ``trend.changed``; ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
+    ``id`` is also its cursor."""
 
     id: str
     type: str

@@ -95,3 +95,114 @@ def status(result: dict[str, Any], now: int) -> str:
     if result["deadline"] is not None and now > result["deadline"]:
         return "missed"
     return "in_progress" if result["progress"] > 0 else "pending"
+
+
+# --- the lifecycle (SPEC section 4): recurring milestones, stage, quadrant, as of an instant -------
+
+
+def _key(c: Any, e: E) -> str | None:
+    key = e.user if c.of == "user_id" else (e.props or {}).get(c.of or "")
+    return None if key is None else str(key)
+
+
+def _hits(m: Milestone, c: Any, events: list[E]) -> list[E]:
+    return [e for e in events if (m.name in e.tags if c.kind == "tagged" else e.event == c.event)]
+
+
+def _trailing(m: Milestone, c: Any, events: list[E], t: int) -> tuple[float, bool]:
+    """(done, met) of one criterion of a recurring milestone over its window (t - w, t]."""
+    w = c.over if c.kind == "rate" else m.recurring
+    inside = [e for e in _hits(m, c, events) if t - w < e.t <= t]
+    if c.kind == "sum":
+        total = 0.0
+        for e in sorted(inside, key=lambda e: (e.t, e.value or 0.0)):
+            total += e.value or 0.0
+        return total, total >= c.target
+    if c.kind == "distinct":
+        n = len({k for e in inside if (k := _key(c, e)) is not None})
+        return float(n), n >= c.target
+    if c.kind == "rate":
+        days = w // DAY
+        return len(inside) / days, len(inside) >= c.target * days
+    return float(len(inside)), len(inside) >= c.target
+
+
+def recurring(m: Milestone, events: list[E], at: int) -> dict[str, Any]:
+    """A recurring milestone at `at` from the events at or before it: whether it holds at every
+    instant where that can change (an event entering or leaving a window), the slow way."""
+    events = [e for e in events if e.t <= at]
+    edges = sorted({p for c in m.criteria for e in _hits(m, c, events)
+                    for p in (e.t, e.t + (c.over if c.kind == "rate" else m.recurring)) if p <= at})
+    start = ended = None
+    was = False
+    for p in edges:
+        now = all(_trailing(m, c, events, p)[1] for c in m.criteria)
+        if now and not was:
+            start, ended = p, None
+        elif was and not now:
+            ended = p
+        was = now
+    dones = [_trailing(m, c, events, at)[0] for c in m.criteria]
+    return {
+        "progress": sum(max(0.0, min(1.0, d / c.target)) for d, c in zip(dones, m.criteria)) / len(dones),
+        "achieved_at": start,
+        "holding": was,
+        "ended": ended,
+        "deadline": None,
+        "criteria": [(min(d, c.target), c.target) for d, c in zip(dones, m.criteria)],
+    }
+
+
+def standing(m: Milestone, events: list[E], at: int) -> dict[str, Any]:
+    """A milestone of a subject as of `at`: from its events at or before `at` alone, with `status`."""
+    mine = [e for e in events if e.t <= at]
+    if m.recurring is not None:
+        r = recurring(m, mine, at)
+        r["status"] = ("achieved" if r["holding"] else "lapsed" if r["achieved_at"] is not None
+                       else "in_progress" if r["progress"] > 0 else "pending")
+        return r
+    r = milestone(m, mine)
+    r["status"] = status(r, at)
+    return r
+
+
+def labels(project: Project, level: str, events: list[E], at: int) -> dict[str, Any]:
+    """Stage and quadrant as of `at` (SPEC section 4), from the subject's events at or before it."""
+    mine = [e for e in events if e.t <= at]
+    first = min(e.t for e in mine)
+    ms = project.milestones_at(level)
+    got = {m.name: standing(m, mine, at) for m in ms}
+    stages = project.stages
+    idx = None
+    if stages:
+        idx = 0
+        for i, s in enumerate(stages):
+            if (s.after is not None and at - first >= s.after) or (s.on is not None and s.on in got
+                                                                    and got[s.on]["achieved_at"] is not None):
+                idx = i
+    judged = ms
+    if idx is not None:
+        having = [i for i, s in enumerate(stages) if i <= idx and any(m.stage == s.name for m in ms)]
+        judged = tuple(m for m in ms if having and m.stage == stages[having[-1]].name)
+
+    def shows(m: Milestone) -> bool:
+        r = got[m.name]
+        if r["status"] == "achieved":
+            return True
+        if r["status"] != "pending" and r["status"] != "in_progress":
+            return False
+        if r["deadline"] is None:
+            return r["progress"] > 0
+        return at <= r["deadline"] and r["progress"] > 0 and \
+            r["progress"] >= (at - first) / (r["deadline"] - first)
+
+    succeeding = bool(judged) and not any(got[m.name]["status"] in ("missed", "lapsed") for m in judged) \
+        and any(shows(m) for m in judged)
+    engaged = score(project, mine, at) >= project.engagement.engaged_threshold
+    if at - first < project.engagement.new_for:
+        quadrant = "new"
+    elif engaged:
+        quadrant = "thriving" if succeeding else "stuck"
+    else:
+        quadrant = "quiet" if succeeding else "at_risk"
+    return {"stage": stages[idx].name if idx is not None else None, "quadrant": quadrant, "milestones": got}

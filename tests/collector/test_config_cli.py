@@ -24,7 +24,11 @@ def test_example_model_is_accepted_exactly() -> None:
     cfg = loads(TEXT)
     p = cfg.projects["acme"]
     assert [s.name for s in p.stages] == ["trial", "onboarding", "adoption", "expansion"]
-    assert [m.name for m in p.milestones] == ["onboarding_prompts", "team_formed", "converted", "first_value", "daily_habit"]
+    assert [m.name for m in p.milestones] == [
+        "onboarding_prompts", "team_formed", "converted", "first_value", "reporting_rhythm", "daily_habit"]
+    assert [m.recurring for m in p.milestones][-2:] == [30 * 86400 * 10**6, 14 * 86400 * 10**6]
+    assert p.engagement.new_for == 86400 * 10**6
+    assert loads(TEXT.replace('new_for = "1d"', 'new_for = "0s"')).projects["acme"].engagement.new_for == 0
     assert p.weight("invited_teammate", 3.0) == 10  # the model's weight wins
     assert p.weight("custom", 3.0) == 3.0  # then the event's own
     assert p.weight("custom", None) == 1.0  # then default_weight
@@ -51,6 +55,9 @@ def line_of(text: str, needle: str) -> int:
         ('engaged_threshold = 20.0', 'engaged_threshold = 20.0\nbogus = 1', "unknown field `bogus`", 1),
         ('after = "180d"', 'after = "10d"', "'after' must grow", 0),
         ('within = "10d"', 'within = "99999999d"', "over 100 years", 0),
+        ('new_for = "1d"', 'new_for = "a day"', "malformed duration", 0),
+        ('recurring = "30d"', 'recurring = "30d"\nwithin = "40d"', "'within' and 'recurring' exclude each other", 0),
+        ('recurring = "14d"', 'recurring = "0d"', "greater than zero", 0),
     ],
 )
 def test_bad_models_are_refused_with_line_and_reason(old: str, new: str, reason: str, offset: int) -> None:

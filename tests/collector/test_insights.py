@@ -77,11 +77,18 @@ def ev(user: str, when: datetime, name: str, **extra: Any) -> dict[str, Any]:
     return {"id": f"i-{next(_ids):07d}", "event": name, "user_id": user, "timestamp": rfc(when), **extra}
 
 
-def planted(n: int, seed: int = 7) -> list[dict[str, Any]]:
+def planted(n: int, seed: int = 7, early_converters: int = 0) -> list[dict[str, Any]]:
     """Subjects who do X at least 5 times in their first 7 days convert 80% of the time, the others
-    20%; everyone does Y, a few to a dozen times, whatever they do with X."""
+    20%; everyone does Y, a few to a dozen times, whatever they do with X. `early_converters` more
+    convert on their first day and then do Z a lot (the outcome's effect, not its cause)."""
     rng = random.Random(seed)
     out = []
+    for i in range(early_converters):
+        user = f"e{i:05d}"
+        t0 = NOW - timedelta(days=40) + timedelta(minutes=rng.randrange(30 * 24 * 60))
+        out.append(ev(user, t0, "signed_up"))
+        out.append(ev(user, t0 + timedelta(hours=2), "upgraded", milestones=["converted"]))
+        out += [ev(user, t0 + timedelta(hours=3 + k), "Z") for k in range(10)]
     for i in range(n):
         user = f"u{i:05d}"
         t0 = NOW - timedelta(days=40) + timedelta(minutes=rng.randrange(30 * 24 * 60))
@@ -102,7 +109,7 @@ def planted_config() -> Config:
 
 async def test_the_planted_aha_moment_is_found_and_fitted_weights_beat_uniform(tmp_path: Path) -> None:
     async with collector(planted_config(), tmp_path / "p.db") as c:
-        await send(c, planted(800))
+        await send(c, planted(800, early_converters=60))
         r = await c.get("/v1/insights/predictors", params={"outcome": "converted", "window": "7d"},
                         headers=read_headers())
         assert r.status_code == 200, r.text
@@ -119,9 +126,16 @@ async def test_the_planted_aha_moment_is_found_and_fitted_weights_beat_uniform(t
     assert top["interval"]["low"] < top["precision"] < top["interval"]["high"]
     assert top["subjects_with"] + top["subjects_without"] == 800
     assert (got["proposal"]["event"], got["proposal"]["threshold"]) == ("X", 5)
+    # Chosen on one half, measured on the other: the planted rule holds there too.
+    held = top["held_out"]
+    assert got["held_out"] == held["subjects_with"] + held["subjects_without"] and 300 < got["held_out"] < 500
+    assert held["lift"] > 2.5 and held["precision"] > 0.65 and held["rate_without"] < 0.35
+    assert top["q"] < 1e-6 and top["p"] <= top["q"]
     ys = [row for row in got["predictors"] if row["event"] == "Y"]
     assert ys and all(row["frequent_not_predictive"] for row in ys)
-    assert not any(row["confident"] for row in ys)
+    assert not any(row["confident"] for row in ys) and all(row["q"] >= 0.05 for row in ys)
+    assert len({row["subjects_with"] for row in ys}) == len(ys)  # one row per distinct group
+    assert not any(row["event"] == "Z" for row in got["predictors"])  # early converters left out: landmark
     measured = [row for row in ys if row["lift"] is not None and min(row["subjects_with"], row["subjects_without"]) >= 100]
     assert measured and all(0.75 <= row["lift"] <= 1.33 for row in measured), measured
     assert all(row["event"] != "upgraded" for row in got["predictors"])  # the outcome itself predicts nothing
@@ -190,10 +204,10 @@ def early_histories(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def recounted(events: list[dict[str, Any]], outcome: str, window: timedelta, within: timedelta | None) -> list[Any]:
-    """The early windows the slow and obvious way, from the raw events: `ins.Early` per subject old
-    enough (first seen at least max(window, within) before NOW), counting its events within the
-    window (cut at `within`) of its first event and before its first event tagged with the outcome
-    (within `within` of the first event: the tagged milestone's achievement)."""
+    """The early windows the slow and obvious way, from the raw events, by the landmark design:
+    `ins.Early` per subject old enough (first seen at least max(window, within) before NOW) that had
+    not reached the outcome (its first event tagged with it, within `within` of the first event) by
+    the end of its window (cut at `within`), counting its events within that window."""
     from headway_collector.model import insights as ins
 
     horizon = max(window, within or timedelta(0))
@@ -208,9 +222,11 @@ def recounted(events: list[dict[str, Any]], outcome: str, window: timedelta, wit
             continue
         tagged_at = [t for t, e in evs if outcome in e.get("milestones", []) and (within is None or t <= first + within)]
         achieved = min(tagged_at) if tagged_at else None
+        if achieved is not None and achieved <= first + span:
+            continue
         early = ins.Early(user, achieved is not None and achieved <= NOW)
         for t, e in evs:
-            if t <= first + span and (achieved is None or t < achieved) and outcome not in e.get("milestones", []):
+            if t <= first + span and outcome not in e.get("milestones", []):
                 early.counts[e["event"]] = early.counts.get(e["event"], 0) + 1
         out.append(early)
     return out

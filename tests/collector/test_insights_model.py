@@ -76,7 +76,12 @@ def test_predictor_counts_equal_brute_force(subjects: list[tuple[dict[str, int],
         assert r.interval[0] <= r.precision <= r.interval[1]
         assert r.difference[0] <= r.precision - (r.rate_without or 0.0) <= r.difference[1] or r.subjects_without == 0
         assert not r.confident  # 25 subjects at most: never enough for a confident rule
-    assert sum(r.best for r in found.rows) == len({r.event for r in found.rows})
+    assert sum(r.best for r in found.rows) <= len({r.event for r in found.rows})
+    for event in {r.event for r in found.rows}:  # one row per distinct group of subjects
+        groups = [r.subjects_with for r in found.rows if r.event == event]
+        assert len(groups) == len(set(groups))
+    for r in found.rows:
+        assert 0 <= r.p <= r.q <= 1 and (r.held_out is not None) == r.best
 
 
 def test_fit_logistic_recovers_a_planted_signal() -> None:
@@ -130,3 +135,30 @@ def test_retention_and_stickiness_on_bitmaps_equal_sets(subjects: list[set[int]]
     counts = [len({d for d in ds if today - n < d <= today}) for ds in subjects]
     assert s.active_days == [counts.count(i) for i in range(1, n + 1)]
     assert s.mau == sum(1 for c in counts if c) and s.dau == pytest.approx(sum(counts) / n)
+
+
+def test_a_frequent_decoy_is_never_confident_and_q_values_are_benjamini_hochberg() -> None:
+    """Everyone does the decoy 1 to 30 times whatever happens; the aha event at least 4 times
+    doubles the rate. Over thousands of subjects the decoy's many thresholds stay below confidence,
+    and every q is the step-up adjustment of the p values, recomputed here by hand."""
+    rng = random.Random(11)
+    subjects = []
+    for i in range(4000):
+        aha = rng.randint(0, 8)
+        counts = {"decoy": rng.randint(1, 30)}
+        if aha:
+            counts["aha"] = aha
+        subjects.append(ins.Early(f"s{i}", rng.random() < (0.5 if aha >= 4 else 0.2), counts))
+    found = ins.predictors(subjects)
+    decoy = [r for r in found.rows if r.event == "decoy"]
+    assert len(decoy) >= 15 and not any(r.confident for r in decoy)
+    assert all(r.frequent_not_predictive for r in decoy)
+    best = next(r for r in found.rows if r.event == "aha" and r.best)
+    assert best.threshold == 4 and best.confident and found.proposal == best
+    assert best.held_out is not None and best.held_out.lift is not None and best.held_out.lift > 1.8
+    m = len(found.rows)
+    ordered = sorted(found.rows, key=lambda r: r.p)
+    running = 1.0
+    for rank in range(m, 0, -1):  # step-up: q_(i) = min over j >= i of p_(j) * m / j
+        running = min(running, ordered[rank - 1].p * m / rank)
+        assert ordered[rank - 1].q == pytest.approx(running)

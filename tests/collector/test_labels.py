@@ -22,10 +22,14 @@ from tests.collector.helpers import at_event as ev
 from tests.collector.helpers import milestone
 from tests.collector.helpers import read_at as get
 from tests.collector.helpers import send_at as send
-from tests.conftest import asgi_collector, config_text
+from tests.conftest import EXAMPLE, asgi_collector, config_text
 
 CONFIG = loads(config_text(), "t.toml")
 PROJECT = CONFIG.projects["acme"]
+# The example without `new` and with a daily habit that, once met, stays met (not recurring): for
+# the rules that `new` would hide in a subject's first day, and for a rate's own rules.
+PLAIN = loads(config_text(EXAMPLE.read_text().replace('new_for = "1d"', 'new_for = "0s"').replace(
+    'recurring = "14d"', "", 1)), "plain.toml")
 
 
 @pytest.fixture
@@ -34,19 +38,35 @@ async def c(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def plain(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_collector(PLAIN, tmp_path / "p.db", clock=lambda: NOW_US) as client:
+        yield client
+
+
 # --- succeeding: shown success, on pace ---------------------------------------------------------
 
 
 @pytest.mark.anyio
-async def test_a_brand_new_user_with_nothing_done_is_not_succeeding(c: httpx.AsyncClient) -> None:
+async def test_a_brand_new_user_reads_new_and_then_not_succeeding(c: httpx.AsyncClient) -> None:
     await send(c, ev("new", "signed_in", NOW - timedelta(minutes=5)))
     view = await get(c, "/v1/users/new")
     assert view["success"] == {"progress": 0.0, "achieved": 0, "total": 2}
-    assert view["quadrant"] == "at_risk"  # was "quiet": succeeding, however new
+    assert view["quadrant"] == "new"  # was "at_risk": a guess about a 5-minute-old user
+    later = NOW - timedelta(minutes=5) + timedelta(days=1)  # new_for = 1d: judged from then on
+    assert (await get(c, "/v1/users/new", at=later - timedelta(microseconds=1)))["quadrant"] == "new"
+    assert (await get(c, "/v1/users/new", at=later))["quadrant"] == "at_risk"
 
 
 @pytest.mark.anyio
-async def test_progress_succeeds_while_on_pace_with_its_window(c: httpx.AsyncClient) -> None:
+async def test_a_brand_new_user_with_nothing_done_is_not_succeeding(plain: httpx.AsyncClient) -> None:
+    await send(plain, ev("new", "signed_in", NOW - timedelta(minutes=5)))
+    assert (await get(plain, "/v1/users/new"))["quadrant"] == "at_risk"  # new_for = "0s": judged at once
+
+
+@pytest.mark.anyio
+async def test_progress_succeeds_while_on_pace_with_its_window(plain: httpx.AsyncClient) -> None:
+    c = plain  # with new_for = "1d", a user reads `new` for the whole of this 24 h window
     start = NOW - timedelta(hours=24)
     await send(c, ev("p", "signed_in", start), ev("p", "prompt_completed", start + timedelta(hours=1)))
     # 1 of 3 prompts (a third) in the window's first 6 hours (a quarter of 24 h): on pace.
@@ -59,26 +79,80 @@ async def test_progress_succeeds_while_on_pace_with_its_window(c: httpx.AsyncCli
 
 @pytest.mark.anyio
 async def test_progress_without_a_window_is_on_pace(c: httpx.AsyncClient) -> None:
-    await send(c, ev("s", "session_started", NOW - timedelta(hours=5)))
-    view = await get(c, "/v1/users/s")  # half of daily_habit (1 session in its first day), which has no window
-    assert milestone(view, "daily_habit")["progress"] == 0.5 and view["quadrant"] == "quiet"
+    # In adoption (40 days old), 7 of the 28 sessions daily_habit needs in its trailing 14 days.
+    await send(c, ev("s", "signed_in", NOW - timedelta(days=40)),
+               *(ev("s", "session_started", NOW - timedelta(days=d)) for d in range(7)))
+    view = await get(c, "/v1/users/s")
+    habit = milestone(view, "daily_habit")
+    assert view["stage"] == "adoption" and habit["status"] == "in_progress" and habit["progress"] == 0.25
+    assert view["quadrant"] == "quiet"
 
 
 @pytest.mark.anyio
-async def test_an_account_that_converted_with_a_trial_window_open_is_not_succeeding(c: httpx.AsyncClient) -> None:
-    """SPEC: every milestone of an earlier stage must be achieved. Converting moved the account
-    into 'onboarding' while 'team_formed' (trial, 7 users within 10 days) is open and not
-    achieved, so it is not succeeding: at risk until the team forms (docs/collector.md)."""
+async def test_an_achievement_of_an_earlier_stage_does_not_make_success_later(c: httpx.AsyncClient) -> None:
+    """SPEC: success is judged in the stage the subject is in now. Converting moved the account
+    into 'onboarding'; its trial success (converted, the team formed) does not count there, and
+    the trial's open window does not doom it: it succeeds once first_value shows progress."""
     start = NOW - timedelta(days=6)
     await send(c, ev("b1", "signed_in", start, account_id="conv"),
-               ev("b1", "upgraded", start + timedelta(days=1), account_id="conv", milestones=["converted"]))
+               ev("b1", "upgraded", start + timedelta(days=1), account_id="conv", milestones=["converted"]),
+               *(ev(f"b{i}", "signed_in", start + timedelta(days=2), account_id="conv") for i in range(2, 8)))
     view = await get(c, "/v1/accounts/conv")
     assert view["stage"] == "onboarding" and milestone(view, "converted")["status"] == "achieved"
-    assert milestone(view, "team_formed")["status"] == "in_progress"
-    assert view["quadrant"] == "at_risk"
-    await send(c, *(ev(f"b{i}", "signed_in", start + timedelta(days=2), account_id="conv") for i in range(2, 8)))
+    assert milestone(view, "team_formed")["status"] == "achieved"
+    assert view["quadrant"] == "at_risk"  # was "quiet": success in the trial, none in onboarding
+    await send(c, ev("b1", "report_shared", NOW - timedelta(hours=1), account_id="conv"))
     view = await get(c, "/v1/accounts/conv")
-    assert milestone(view, "team_formed")["status"] == "achieved" and view["quadrant"] == "quiet"
+    assert milestone(view, "first_value")["status"] == "in_progress" and view["quadrant"] == "quiet"
+
+
+@pytest.mark.anyio
+async def test_a_stage_without_milestones_is_judged_by_the_latest_earlier_one(c: httpx.AsyncClient) -> None:
+    """'expansion' has no milestone: a 200-day-old account is judged by 'adoption'."""
+    start = NOW - timedelta(days=200)
+    await send(c, ev("x1", "signed_in", start, account_id="old"),
+               *(ev("x1", "report_shared", NOW - timedelta(days=d), account_id="old") for d in range(4)))
+    view = await get(c, "/v1/accounts/old")
+    assert view["stage"] == "expansion" and milestone(view, "reporting_rhythm")["status"] == "achieved"
+    assert view["quadrant"] == "quiet"
+
+
+@pytest.mark.anyio
+async def test_a_silent_user_who_succeeded_in_its_trial_is_at_risk(c: httpx.AsyncClient) -> None:
+    """The user from issue 20: 3 prompts on day 1, then 45 days of silence. Was `quiet` for life."""
+    start = NOW - timedelta(days=46)
+    await send(c, *(ev("gone", "prompt_completed", start + timedelta(hours=h)) for h in range(3)))
+    view = await get(c, "/v1/users/gone")
+    assert milestone(view, "onboarding_prompts")["status"] == "achieved"
+    assert (view["stage"], view["quadrant"]) == ("adoption", "at_risk")
+    assert (await get(c, "/v1/users/gone", at=start + timedelta(days=2)))["quadrant"] == "quiet"  # in its trial
+
+
+@pytest.mark.anyio
+async def test_a_habit_lapses_by_time_alone_and_is_achieved_again(c: httpx.AsyncClient) -> None:
+    start = NOW - timedelta(days=60)
+    # 2 sessions a day for days 30..45: the trailing 14 days hold 28 sessions from day 44 on.
+    await send(c, ev("hab", "signed_in", start),
+               *(ev("hab", "session_started", start + timedelta(days=d, hours=h)) for d in range(30, 46) for h in (1, 2)))
+    met = start + timedelta(days=43, hours=2)  # the 28th session
+    lapse = start + timedelta(days=32, hours=1) + timedelta(days=14)  # the 28th-latest session leaves
+    at_met = milestone(await get(c, "/v1/users/hab", at=met), "daily_habit")
+    assert at_met["status"] == "achieved" and at_met["achieved_at"] == met.isoformat().replace("+00:00", "Z")
+    view = await get(c, "/v1/users/hab")  # 15 days after the last session
+    habit = milestone(view, "daily_habit")
+    assert habit["status"] == "lapsed" and habit["progress"] == 0.0 and view["quadrant"] == "at_risk"
+    assert habit["achieved_at"] == met.isoformat().replace("+00:00", "Z")
+    assert milestone(await get(c, "/v1/users/hab", at=lapse), "daily_habit")["status"] == "lapsed"
+    before = milestone(await get(c, "/v1/users/hab", at=lapse - timedelta(microseconds=1)), "daily_habit")
+    assert before["status"] == "achieved"
+    lapsed = await get(c, "/v1/users", milestone="daily_habit", status="lapsed")
+    assert [u["user_id"] for u in lapsed["items"]] == ["hab"]
+    again = [ev("hab", "session_started", NOW - timedelta(hours=h)) for h in range(28)]
+    await send(c, *again)
+    habit = milestone(await get(c, "/v1/users/hab"), "daily_habit")
+    assert habit["status"] == "achieved" and habit["achieved_at"] == NOW.isoformat().replace("+00:00", "Z")
+    lapsed = await get(c, "/v1/users", milestone="daily_habit", status="lapsed")
+    assert lapsed["items"] == []
 
 
 # --- trend ---------------------------------------------------------------------------------------
@@ -109,7 +183,8 @@ async def test_a_long_customer_speeding_up_is_rising_and_one_slowing_down_coolin
 
 
 @pytest.mark.anyio
-async def test_three_sessions_in_a_first_hour_are_not_a_daily_habit(c: httpx.AsyncClient) -> None:
+async def test_three_sessions_in_a_first_hour_are_not_a_daily_habit(plain: httpx.AsyncClient) -> None:
+    c = plain  # a habit that is not recurring
     start = NOW - timedelta(days=3)  # 12:00 UTC
     await send(c, *(ev("h", "session_started", start + timedelta(minutes=m)) for m in (0, 20, 40)),
                ev("h", "signed_in", start + timedelta(hours=3)))
@@ -119,7 +194,8 @@ async def test_three_sessions_in_a_first_hour_are_not_a_daily_habit(c: httpx.Asy
 
 
 @pytest.mark.anyio
-async def test_a_met_rate_is_achieved_when_its_window_is_over(c: httpx.AsyncClient) -> None:
+async def test_a_met_rate_is_achieved_when_its_window_is_over(plain: httpx.AsyncClient) -> None:
+    c = plain  # a habit that is not recurring
     start = NOW - timedelta(days=3)
     await send(c, *(ev("d", "session_started", start + timedelta(minutes=m)) for m in (0, 20, 40)))
     judged = start + timedelta(days=1)  # the first 24 h (longer than the rest of its UTC day)
@@ -131,7 +207,8 @@ async def test_a_met_rate_is_achieved_when_its_window_is_over(c: httpx.AsyncClie
 
 
 @pytest.mark.anyio
-async def test_a_rate_met_on_a_later_day_is_judged_at_that_days_end(c: httpx.AsyncClient) -> None:
+async def test_a_rate_met_on_a_later_day_is_judged_at_that_days_end(plain: httpx.AsyncClient) -> None:
+    c = plain  # a habit that is not recurring
     start = NOW - timedelta(days=10)
     day3 = datetime(start.year, start.month, start.day, tzinfo=timezone.utc) + timedelta(days=3)
     # 5 sessions on day 2 (5 over 3 days of age: under 2 a day), 6 on day 3 (11 over 4 days: met).

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
-from headway_collector.store import StoreError, open_store
+from headway_collector.store import StoreError, generations, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
 from tests.conftest import POSTGRES_URL, LiveCollector, asgi_collector, config_text, postgres_schema, rescore_offline, until_served
@@ -390,7 +390,8 @@ def test_a_generation_of_an_older_format_serves_while_it_is_rebuilt(tmp_path_fac
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
-        assert conn.execute("SELECT DISTINCT format FROM generations WHERE status = 'active'").fetchall() == [(2,)]
+        want = [(generations.FORMAT,)]  # today's (3 since the lifecycle rules)
+        assert conn.execute("SELECT DISTINCT format FROM generations WHERE status = 'active'").fetchall() == want
         conn.close()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +45,11 @@ def replay(labels: Labels, t: Transition) -> Labels:
         fields["achieved"] = (*labels.achieved, t.data["milestone"])
         # A late event can achieve a milestone already announced missed: achieved supersedes it.
         fields["missed"] = tuple(m for m in labels.missed if m != t.data["milestone"])
+        fields["lapsed"] = tuple(m for m in labels.lapsed if m != t.data["milestone"])  # achieved again
+    elif t.type == "milestone.lapsed":
+        assert t.data["milestone"] in labels.achieved and t.data["milestone"] not in labels.lapsed, t
+        fields["achieved"] = tuple(m for m in labels.achieved if m != t.data["milestone"])
+        fields["lapsed"] = (*labels.lapsed, t.data["milestone"])
     elif t.type == "milestone.missed":
         assert t.data["milestone"] not in labels.missed, "announced twice"
         fields["missed"] = (*labels.missed, t.data["milestone"])
@@ -55,8 +61,8 @@ def replay(labels: Labels, t: Transition) -> Labels:
 
 
 def same_labels(a: Labels, b: Labels) -> bool:
-    return (set(a.achieved), set(a.missed), a.stage, a.quadrant, a.trend) == \
-        (set(b.achieved), set(b.missed), b.stage, b.quadrant, b.trend)
+    return (set(a.achieved), set(a.missed), set(a.lapsed), a.stage, a.quadrant, a.trend) == \
+        (set(b.achieved), set(b.missed), set(b.lapsed), b.stage, b.quadrant, b.trend)
 
 
 events = st.lists(st.tuples(st.sampled_from(NAMES), st.integers(0, 40 * 24), st.sampled_from(["a1", None]),
@@ -118,8 +124,8 @@ def test_the_transitions_a_subject_gets_are_the_changes_between_its_successive_s
             # no transition takes it back, and it is not told missed either.
             undone = set(got.achieved) - set(want.achieved)
             assert set(got.achieved) >= set(want.achieved), (key, want)
-            assert (set(got.missed), got.stage, got.quadrant, got.trend) == (
-                set(want.missed) - undone, want.stage, want.quadrant, want.trend), (key, want)
+            assert (set(got.missed), set(got.lapsed), got.stage, got.quadrant, got.trend) == (
+                set(want.missed) - undone, set(want.lapsed), want.stage, want.quadrant, want.trend), (key, want)
             row = stored[key][1]
             assert row is not None and same_labels(row.labels, got) or row is None and want == baseline(LMS[key.level])
 
@@ -226,7 +232,8 @@ async def test_get_transitions_pages_in_commit_order_for_the_keys_project_only(t
         assert r.status_code == 200
         everything = (await c.get("/v1/transitions", params={"limit": 1000}, headers=read_headers())).json()
         ids = [t["id"] for t in everything["transitions"]]
-        assert len(ids) >= 10 and ids == sorted(ids, key=int) and everything["next"] == ids[-1]
+        # Each user's achievement (the users are new: no quadrant change yet), and the account's.
+        assert len(ids) >= 5 and ids == sorted(ids, key=int) and everything["next"] == ids[-1]
         achieved = {t["subject"] for t in everything["transitions"] if t["type"] == "milestone.achieved"}
         assert achieved == {f"u{u}" for u in range(5)}
         assert all(t["project"] == "acme" and set(t) == {"id", "type", "project", "level", "subject", "at", "data"}
@@ -299,7 +306,7 @@ def test_without_webhooks_a_retired_generation_keeps_its_transitions_for_the_gra
     with fresh_url(backend, tmp_path) as url:
         store = open_store(url)
         store.open()
-        clock = [START + 3_600_000_000]
+        clock = [START + 2 * DAY]  # past `new` (1 day): its first fold has something to tell
         worker = Worker(store, ModelBook([CFG, changed]), "w", clock=lambda: clock[0], sweep_every=3600)
 
         def renew() -> None:
@@ -421,3 +428,67 @@ def test_sweeping_only_the_subjects_due_tells_exactly_what_sweeping_every_subjec
             for key in every:
                 a, b = every[key][1], due[key][1]
                 assert (a.labels if a else None) == (b.labels if b else None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lapse_and_the_end_of_new_are_told_by_the_sweep_alone(backend: str, tmp_path: Path) -> None:
+    """Four reports shared in an account's first hours achieve reporting_rhythm (4 in 30 days).
+    With no event after them, the sweep alone tells the account's quadrant leaving `new` a day
+    after its first event, and the lapse at the instant the earliest report leaves the window;
+    each in the first sweep after its instant (sweeps every step here), at that instant, once."""
+    from headway_collector.store.base import Accepted
+
+    times = [START + h * 3_600_000_000 for h in range(4)]
+    accepted = [Accepted(f"r{i}", "u1", "a1", t, t, msgspec.json.encode(
+        {"id": f"r{i}", "event": "report_shared", "user_id": "u1", "account_id": "a1",
+         "timestamp": (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=t)).isoformat()}))
+        for i, t in enumerate(times)]
+    with fresh_url(backend, tmp_path) as url:
+        store = open_store(url)
+        store.open()
+        clock = [times[-1] + 1]
+        try:
+            serve_models(CFG, store, clock[0])
+            store.start()
+            asyncio.run(store.append("acme", accepted))
+            worker = Worker(store, ModelBook([CFG]), "sweeper", clock=lambda: clock[0], sweep_every=0)
+
+            def told() -> list[tuple[str, str, int, Any]]:
+                for _ in range(20):
+                    worker.step()
+                with store.read() as r:
+                    gen = generations.active(r, "acme")
+                    assert gen is not None
+                    return [(t.type, t.subject, t.at, msgspec.json.decode(t.data))
+                            for t in queries.transitions(r, gen.gen, 0, 100) if t.level == "account"]
+
+            def watermarks() -> list[int]:
+                with store.read() as r:
+                    gen = generations.active(r, "acme")
+                    assert gen is not None
+                    return [p.watermark for p in generations.partitions(r, gen.gen)]
+
+            def ours(told: list[tuple[str, str, int, Any]]) -> list[tuple[str, int, Any]]:
+                return [(kind, at, data) for kind, _, at, data in told
+                        if data.get("milestone") == "reporting_rhythm" or data.get("from") == "new"]
+
+            first = told()
+            folded = watermarks()
+            achieved = ("milestone.achieved", times[-1], {"milestone": "reporting_rhythm"})
+            assert ours(first) == [achieved]  # new: no quadrant to tell yet
+            clock[0] = START + DAY - 1
+            assert ours(told()) == [achieved]
+            clock[0] = START + DAY  # a day old: judged from now on
+            aged = [achieved, ("quadrant.changed", START + DAY, {"from": "new", "to": "at_risk"})]
+            assert ours(told()) == aged
+            lapse = times[0] + 30 * DAY  # the earliest of the 4 reports leaves the trailing 30 days
+            clock[0] = lapse - 1
+            assert ours(told()) == aged
+            clock[0] = lapse
+            lapsed = [*aged, ("milestone.lapsed", lapse, {"milestone": "reporting_rhythm"})]
+            assert ours(told()) == lapsed
+            clock[0] = lapse + DAY
+            assert ours(told()) == lapsed  # told once
+            assert watermarks() == folded  # by the sweep alone: no event was folded since
+        finally:
+            store.close()

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from headway_collector.config import Config, loads
@@ -32,7 +32,9 @@ BASE = NOW - 40 * DAY
 # The example's structure with targets small enough that random histories reach them.
 MODEL = (Path(__file__).parents[2] / "headway.example.toml").read_text()
 for old, new in [("target = 7 }", "target = 3 }"), ("target = 2000 }", "target = 40 }"),
-                 ('over = "14d", target = 2 }', 'over = "3d", target = 2 }')]:
+                 ('over = "14d", target = 2 }', 'over = "2d", target = 1 }'), ('recurring = "30d"', 'recurring = "5d"'),
+                 ('event = "report_shared", target = 4 }', 'event = "report_shared", target = 2 }'),
+                 ('after = "30d"', 'after = "8d"')]:
     assert old in MODEL
     MODEL = MODEL.replace(old, new)
 MODEL += """
@@ -57,7 +59,7 @@ def histories(draw: st.DrawFn) -> list[oracle.E]:
     for i in range(n):
         day = draw(st.integers(0, 20))
         t = BASE + day * DAY + draw(st.sampled_from([0, 1, 3600, 7200, 86399])) * 1_000_000 + draw(st.integers(0, 3)) * 1_000_000
-        name = draw(st.sampled_from(NAMES))
+        name = draw(st.sampled_from(NAMES + ["session_started", "report_shared"] * 2))  # recurring ones more often
         value = draw(st.none() | st.integers(-5, 30).map(float)) if name in ("message_sent", "nps_response") else None
         out.append(oracle.E(
             id=f"e{i:04d}",
@@ -89,14 +91,20 @@ async def send(client: httpx.AsyncClient, events: list[oracle.E]) -> None:
 
 
 async def readings(client: httpx.AsyncClient, events: list[oracle.E], at: str) -> dict[str, Any]:
+    """Each subject as of `at` (404: no event at or before it), and the lists: answered only when
+    no stored event follows `at` (else 400 at_unsupported)."""
     out = {}
     for level, ids in (("users", {e.user for e in events}), ("accounts", {e.account for e in events if e.account})):
         for sid in sorted(ids):
             r = await client.get(f"/v1/{level}/{quote(sid)}", params={"at": at}, headers=read_headers())
-            assert r.status_code == 200
-            out[f"{level}/{sid}"] = r.json()
+            assert r.status_code in (200, 404), r.text
+            out[f"{level}/{sid}"] = r.json() if r.status_code == 200 else r.status_code
     for level in ("users", "accounts"):
-        out[level] = (await client.get(f"/v1/{level}", params={"at": at, "limit": 1000}, headers=read_headers())).json()
+        r = await client.get(f"/v1/{level}", params={"at": at, "limit": 1000}, headers=read_headers())
+        later = any(e.t > (ts_us(at) or 0) for e in events)
+        assert r.status_code == (400 if later else 200), r.text
+        out[level] = r.json()
+        assert not later or out[level]["error"]["code"] == "at_unsupported"
     return out
 
 
@@ -122,34 +130,54 @@ def ts_us(text: str | None) -> int | None:
 
 
 def check_against_oracle(got: dict[str, Any], events: list[oracle.E], at: int) -> None:
+    """Each subject as of `at`: only its events at or before `at` count (SPEC section 3)."""
     for key, view in got.items():
         if "/" not in key:
             continue
         level, sid = key.split("/", 1)
-        mine = [e for e in events if (e.user if level == "users" else e.account) == sid]
+        mine = [e for e in events if (e.user if level == "users" else e.account) == sid and e.t <= at]
+        if not mine:
+            assert view == 404, (sid, view)
+            continue
         assert view["engagement"]["events"] == len(mine)
         assert view["engagement"]["score"] == pytest.approx(oracle.score(PROJECT, mine, at), rel=1e-9, abs=1e-12)
         lv = "user" if level == "users" else "account"
+        want = oracle.labels(PROJECT, lv, mine, at)
+        assert (view["stage"], view["quadrant"]) == (want["stage"], want["quadrant"]), (sid, view, want)
         for m, mv in zip(PROJECT.milestones_at(lv), view["milestones"]):
-            expect = oracle.milestone(m, mine)
+            expect = want["milestones"][m.name]
             assert mv["name"] == m.name
             assert ts_us(mv["achieved_at"]) == expect["achieved_at"], (m.name, sid)
             assert ts_us(mv["deadline"]) == expect["deadline"]
             assert mv["progress"] == expect["progress"], (m.name, sid)
             assert [(c["done"], c["target"]) for c in mv["criteria"]] == expect["criteria"]
-            assert mv["status"] == oracle.status(expect, at)
+            assert mv["status"] == expect["status"]
+            event(f"{m.name}: {mv['status']}" if m.recurring else mv["status"])
+        event(f"quadrant {view['quadrant']}")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(events=histories(), seed=st.integers(0, 2**32 - 1))
 async def test_order_batching_duplicates_and_rescore_change_nothing(events: list[oracle.E], seed: int) -> None:
     rng = random.Random(seed)
-    at = (NOW_DT - timedelta(days=rng.choice([0, 15, 25]))).isoformat()
+    # Now, in the middle of the history, or a day after one of its events (a subject may be `new`).
+    at = (NOW_DT - timedelta(days=rng.choice([0, 15, 25, 30]), seconds=rng.choice([0, 1]))).isoformat()
+    if rng.random() < 0.3:
+        at = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
+            microseconds=rng.choice(events).t + rng.choice([0, DAY - 1, DAY, 3 * DAY]))).isoformat()
     with tempfile.TemporaryDirectory() as tmp:
         a_db, b_db = Path(tmp) / "a.db", Path(tmp) / "b.db"
         async with asgi_collector(CONFIG, a_db, clock=lambda: NOW) as a:
-            await send(a, sorted(events, key=lambda e: (e.t, e.id)))
+            ordered = sorted(events, key=lambda e: (e.t, e.id))
+            upto = [e for e in ordered if e.t <= (ts_us(at) or 0)]
+            if upto:  # a read as of `at` before the later events arrive: the same bytes after
+                await send(a, upto)
+                before = await readings(a, upto, at)
+            await send(a, [e for e in ordered if e.t > (ts_us(at) or 0)])
             expected = await readings(a, events, at)
+            if upto:
+                assert {k: v for k, v in expected.items() if "/" in k and v != 404} == \
+                    {k: v for k, v in before.items() if "/" in k}
         shuffled = events + rng.sample(events, k=min(len(events), rng.randint(0, 5)))  # duplicates too
         rng.shuffle(shuffled)
         async with asgi_collector(CONFIG, b_db, clock=lambda: NOW) as b:

@@ -5,6 +5,7 @@ test_e2e.py.)"""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -344,3 +345,71 @@ def test_no_thread_to_be_had_still_delivers_at_shutdown(monkeypatch: pytest.Monk
     assert tracker.flush(0.1) is False  # nobody to send yet
     assert tracker.shutdown(5)
     assert sorted(e.id for e in transport.events) == sorted(ids)
+
+
+def test_a_200_that_is_not_a_batch_response_fails_and_says_the_endpoint_looks_wrong(
+    sink: Sink, errors: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a web server at the wrong URL answers every POST with a page: nothing was delivered
+    sink.default = lambda got: (200, {"Content-Type": "text/html"}, b"<html><body>Welcome</body></html>")
+    with caplog.at_level(logging.WARNING, logger="headway"):
+        with headway.Tracker(sink.url, "wk", flush_interval=0.05, on_error=errors.append) as t:
+            ids = {t.track("u", "e") for _ in range(3)}
+            assert t.flush(10)
+            assert t.stats == headway.Stats(failed=3)
+    assert len(sink.received) == 1  # given up at once, never retried
+    [error] = errors
+    assert isinstance(error, headway.DeliveryError) and set(error.event_ids) == ids and error.status == 200
+    assert "endpoint looks wrong" in str(error) and "<html>" in str(error)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "endpoint looks wrong" in warnings[0]
+
+
+def test_a_json_200_of_another_shape_is_no_batch_response_either(sink: Sink, errors: list) -> None:
+    sink.default = lambda got: json_answer(200, {"ok": True})
+    with headway.Tracker(sink.url, "wk", flush_interval=0.05, on_error=errors.append) as t:
+        t.track("u", "e")
+        assert t.flush(10)
+        assert t.stats == headway.Stats(failed=1)
+    assert "endpoint looks wrong" in str(errors[0])
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the RSS from /proc")
+def test_the_default_queue_holds_a_burst_of_155000_small_events_in_less_than_64_mib(sink: Sink) -> None:
+    """A host's tight loop with every default: none of the burst is dropped while the collector
+    is slow to answer, and the process grows by less than 64 MiB (issue 22: a 32 MiB bound of
+    msgspec's oversized bytes dropped 2.2% of it). benchmarks/sdk_burst.py measures the same
+    against the real collector."""
+    from headway import _core
+
+    props: dict[str, str] = {"path": "/pricing", "plan": "team", "ref": ""}
+    size = len(_core.new_event("user_000000", "page_viewed", None, (), "acct_00000", None, props, None)[1])
+    props["ref"] = "x" * (240 - size)
+    calls = [(f"user_{i % 10_000:06d}", f"acct_{i % 1000:05d}") for i in range(155_000)]
+    sink.release.clear()
+    sink.default = sink.hang  # the collector does not answer yet: the whole burst waits
+    t = headway.Tracker(sink.url, "wk")
+    try:
+        t.track("warm_up", "e")
+        t.flush(0.01)
+        while not sink.received:  # the worker holds the warm-up event, waiting for an answer
+            threading.Event().wait(0.01)
+        before = _rss()
+        for user, account in calls:
+            t.track(user, "page_viewed", account_id=account, properties=props)
+        growth = _rss() - before
+        assert t.stats == headway.Stats(queued=155_001)
+        assert growth < 64 << 20, f"RSS grew by {growth / 2**20:.1f} MiB"
+        sink.default = None
+        sink.release.set()
+        assert t.flush(300)
+        assert t.stats == headway.Stats(sent=155_001)
+    finally:
+        sink.release.set()
+        t.shutdown(5)
+    assert len(sink.ids()) == 155_001

@@ -12,18 +12,34 @@ from typing import Literal
 
 from ..config import Milestone
 from . import growth, scoring
-from .subject import ACTIVE_DAYS, DAY, LevelModel, SubjectState, crit_states, criterion_result, rate_judged_at
+from .records import Run
+from .subject import (
+    ACTIVE_DAYS,
+    DAY,
+    LevelModel,
+    SubjectState,
+    crit_states,
+    criterion_result,
+    latest_item,
+    rate_judged_at,
+    recurring_walk,
+    trailing_done,
+)
 
 __all__ = [
+    "Judgement",
     "Mark",
     "MilestoneResult",
+    "Quadrant",
     "Reading",
     "Shortfall",
     "is_succeeding",
+    "judge",
     "milestone_marks",
     "milestone_results",
     "on_pace",
     "read",
+    "results_at",
     "shortfalls",
     "stage_on",
     "trend_of",
@@ -35,17 +51,34 @@ __all__ = [
 RISING, COOLING = 1.25, 0.8
 
 
+Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
+Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
+
+
 @dataclass(frozen=True)
 class MilestoneResult:
+    """A milestone's standing. A recurring one's is at the instant it was read at (`milestone_results`'s
+    `now`): `progress` its trailing progress, `achieved_at` when its last run of holding began,
+    `holding` whether its criteria hold there, `ended` when its last run ended (if known)."""
+
     milestone: Milestone
     progress: float
     achieved_at: int | None
     deadline: int | None
     criteria: tuple[tuple[float, float], ...]  # (done, target)
+    holding: bool = False  # recurring only
+    ended: int | None = None  # recurring only
 
-    def status(self, now: int) -> Literal["pending", "in_progress", "achieved", "missed"]:
-        if self.achieved_at is not None:
+    @property
+    def achieved(self) -> bool:
+        """Achieved now: a recurring milestone while it holds, any other once achieved."""
+        return self.holding if self.milestone.recurring is not None else self.achieved_at is not None
+
+    def status(self, now: int) -> Status:
+        if self.achieved:
             return "achieved"
+        if self.achieved_at is not None:
+            return "lapsed"  # a recurring milestone that held and no longer does
         if self.deadline is not None and now > self.deadline:
             return "missed"
         return "in_progress" if self.progress > 0 else "pending"
@@ -76,20 +109,48 @@ def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
     return parts
 
 
+def _recurring(m: Milestone, state: SubjectState, now: int) -> MilestoneResult:
+    """A recurring milestone at `now` (at its latest item, if later)."""
+    sts = crit_states(state, m)
+    latest = latest_item(m, sts)
+    at = now if latest is None else max(now, latest)
+    start, holding, ended = recurring_walk(m, sts, state.runs.get(m.name) or _NO_RUN, at)
+    dones = [trailing_done(m, c, st, at) for c, st in zip(m.criteria, sts, strict=False)]
+    return MilestoneResult(
+        milestone=m,
+        progress=sum(max(0.0, min(1.0, d / c.target)) for c, d in zip(m.criteria, dones, strict=False)) / len(dones),
+        achieved_at=start,
+        deadline=None,
+        criteria=tuple((min(d, c.target), c.target) for c, d in zip(m.criteria, dones, strict=False)),
+        holding=holding,
+        ended=ended,
+    )
+
+
+_NO_RUN = Run(None, False)
+
+
 def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] | None = None) -> dict[str, Mark]:
-    """`milestone_results` without the criteria: what a milestone's stored row holds."""
-    return {
-        m.name: _mark(m, _parts(m, state), state.first_seen) for m in lm.milestones if only is None or m.name in only
-    }
-
-
-def milestone_results(
-    lm: LevelModel, state: SubjectState, only: Collection[str] | None = None
-) -> list[MilestoneResult]:
-    """Per milestone of the level (or those named in `only`), in model order: independent of `now`."""
-    out = []
+    """What a milestone's stored row holds: a function of the state alone (a recurring
+    milestone's as of its latest item: `results_at` reads it at an instant)."""
+    out: dict[str, Mark] = {}
     for m in lm.milestones:
         if only is not None and m.name not in only:
+            continue
+        if m.recurring is not None:
+            r = _recurring(m, state, state.first_seen)
+            out[m.name] = (r.progress, r.achieved_at, None)
+        else:
+            out[m.name] = _mark(m, _parts(m, state), state.first_seen)
+    return out
+
+
+def milestone_results(lm: LevelModel, state: SubjectState, now: int) -> list[MilestoneResult]:
+    """Per milestone of the level, in model order, at `now`."""
+    out = []
+    for m in lm.milestones:
+        if m.recurring is not None:
+            out.append(_recurring(m, state, now))
             continue
         parts = _parts(m, state)
         progress, achieved_at, deadline = _mark(m, parts, state.first_seen)
@@ -105,6 +166,15 @@ def milestone_results(
             )
         )
     return out
+
+
+def results_at(lm: LevelModel, state: SubjectState, marks: dict[str, Mark], now: int) -> list[MilestoneResult]:
+    """`milestone_results` without the criteria, from the stored marks (a recurring milestone
+    from its state, at `now`): what the labels need."""
+    return [
+        _recurring(m, state, now) if m.recurring is not None else MilestoneResult(m, *marks[m.name], ())
+        for m in lm.milestones
+    ]
 
 
 def stage_on(lm: LevelModel, achieved: Collection[str]) -> int:
@@ -197,7 +267,7 @@ def on_pace(r: MilestoneResult, first_seen: int, now: int) -> bool:
     window that has elapsed (half way through "3 prompts in 24 h" at 12 h, 2 of 3 done is on
     pace, 1 of 3 is not)."""
     if r.achieved_at is not None or r.progress <= 0:
-        return False
+        return False  # achieved (a recurring one: or lapsed)
     if r.deadline is None:
         return True
     if now > r.deadline:
@@ -231,6 +301,57 @@ def shortfalls(results: list[MilestoneResult], now: int) -> list[Shortfall]:
 
 
 @dataclass(frozen=True)
+class Judgement:
+    """How a subject stands at an instant: its stage, and the quadrant's two axes and verdict."""
+
+    stage: int | None  # index into the project's stages (None: no stages)
+    engaged: bool
+    succeeding: bool
+    quadrant: Quadrant
+
+
+def judging_stage(lm: LevelModel, idx: int | None) -> int | None:
+    """The stage success is judged in: the current one, or the latest earlier one that has a
+    milestone of the level (None: none has)."""
+    if idx is None:
+        return None
+    return max((i for i in lm.judged if i <= idx), default=None)
+
+
+def is_succeeding(lm: LevelModel, results: list[MilestoneResult], idx: int | None, first_seen: int, now: int) -> bool:
+    """SPEC section 4: in the judging stage (every milestone, without stages), none missed or
+    lapsed, and success shown: one achieved, or one open and `on_pace`. Nothing achieved and no
+    progress is not succeeding."""
+    if idx is not None:
+        j = judging_stage(lm, idx)
+        if j is None:
+            return False
+        results = [r for r in results if lm.stage_of[r.milestone.name] == j]
+    shown = False
+    for r in results:
+        status = r.status(now)
+        if status in ("missed", "lapsed"):
+            return False
+        shown = shown or status == "achieved" or on_pace(r, first_seen, now)
+    return shown
+
+
+def judge(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], now: int) -> Judgement:
+    """The one rule for stage, engagement, success and quadrant, for reads, folds and sweeps."""
+    idx = stage_at(lm, state, stage_on(lm, {r.milestone.name for r in results if r.achieved_at is not None}), now)
+    engaged = scoring.value_at(state.sums[0], now, lm.half_lives[0]) >= lm.project.engagement.engaged_threshold
+    succeeding = is_succeeding(lm, results, idx, state.first_seen, now)
+    quadrant: Quadrant
+    if now - state.first_seen < lm.project.engagement.new_for:
+        quadrant = "new"  # too new to judge
+    elif engaged:
+        quadrant = "thriving" if succeeding else "stuck"
+    else:
+        quadrant = "quiet" if succeeding else "at_risk"
+    return Judgement(idx, engaged, succeeding, quadrant)
+
+
+@dataclass(frozen=True)
 class Reading:
     """Everything the query API shows for a subject at `now`."""
 
@@ -245,51 +366,33 @@ class Reading:
     total: int
     engaged: bool
     succeeding: bool
+    quadrant: Quadrant
     nps: tuple[int, int, int] | None  # promoters, passives, detractors
-
-    @property
-    def quadrant(self) -> Literal["thriving", "stuck", "quiet", "at_risk"]:
-        if self.engaged:
-            return "thriving" if self.succeeding else "stuck"
-        return "quiet" if self.succeeding else "at_risk"
-
-
-def is_succeeding(
-    lm: LevelModel, state: SubjectState, results: list[MilestoneResult], idx: int | None, now: int
-) -> bool:
-    """SPEC section 4: every milestone of an earlier stage achieved, none of the current stage
-    missed, and success shown: a milestone achieved, or one open and `on_pace`. Nothing achieved
-    and no progress is not succeeding, however new."""
-    if idx is not None:
-        index_of = {s.name: i for i, s in enumerate(lm.project.stages)}
-        for r in results:
-            si = index_of[r.milestone.stage]
-            if (si < idx and r.achieved_at is None) or (si == idx and r.status(now) == "missed"):
-                return False
-    return any(r.achieved_at is not None or on_pace(r, state.first_seen, now) for r in results)
 
 
 def read(lm: LevelModel, state: SubjectState, now: int) -> Reading:
-    results = milestone_results(lm, state)
-    idx = stage_at(lm, state, stage_on(lm, {r.milestone.name for r in results if r.achieved_at is not None}), now)
+    """A subject at `now`, from its state (folded from the events the reader chose: all stored,
+    or those at or before `now` for a read as of it)."""
+    results = milestone_results(lm, state, now)
+    j = judge(lm, state, results, now)
     stages = lm.project.stages
-    score = scoring.value_at(state.sums[0], now, lm.half_lives[0])
     today = now // DAY
     nps = None
     if state.nps:
         buckets = [growth.nps_bucket(v) for _, v in state.nps.values()]
         nps = (buckets.count(0), buckets.count(1), buckets.count(2))
     return Reading(
-        score=score,
+        score=scoring.value_at(state.sums[0], now, lm.half_lives[0]),
         events=state.events,
         active_days_30d=sum(1 for d in state.days if today - ACTIVE_DAYS < d <= today),
         trend=trend_of(lm, state, now),
-        stage=stages[idx].name if idx is not None else None,
+        stage=stages[j.stage].name if j.stage is not None else None,
         milestones=results,
         progress=sum(r.progress for r in results) / len(results) if results else 0.0,
-        achieved=sum(r.achieved_at is not None for r in results),
+        achieved=sum(r.achieved for r in results),
         total=len(results),
-        engaged=score >= lm.project.engagement.engaged_threshold,
-        succeeding=is_succeeding(lm, state, results, idx, now),
+        engaged=j.engaged,
+        succeeding=j.succeeding,
+        quadrant=j.quadrant,
         nps=nps,
     )

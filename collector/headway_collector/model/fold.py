@@ -46,10 +46,10 @@ from .early import fold_early
 from .evaluate import (
     Mark,
     MilestoneResult,
-    is_succeeding,
+    judge,
     milestone_marks,
     on_pace,
-    stage_at,
+    results_at,
     stage_on,
     trend_of,
     trend_wake,
@@ -57,7 +57,7 @@ from .evaluate import (
 )
 from .records import EarlyEvents, Labels
 from .scoring import DAY, value_at
-from .subject import Ev, LevelModel, SubjectState, Terms, build, fold_in, terms
+from .subject import Ev, LevelModel, SubjectState, Terms, build, crit_states, fold_in, recurring_next, terms
 
 __all__ = [
     "LEVELS",
@@ -78,6 +78,7 @@ __all__ = [
     "fold",
     "kept_achieved",
     "labels_at",
+    "labels_of",
     "nps_keys",
     "partition_of",
     "record_of",
@@ -383,44 +384,55 @@ def _count_row(out: ChangeSet, level: Level, milestone: str, row: FunnelRow, n: 
 
 
 def baseline(lm: LevelModel) -> Labels:
-    """The labels of a subject before its first event: nothing to announce for those."""
+    """The labels of a subject before its first event: nothing to announce for those (a new
+    subject reads `new`, unless `new_for` is off)."""
     stages = lm.project.stages
-    return Labels(stage=stages[0].name if stages else None)
+    quadrant = "new" if lm.project.engagement.new_for > 0 else "at_risk"
+    return Labels(stage=stages[0].name if stages else None, quadrant=quadrant)
+
+
+def labels_of(lm: LevelModel, state: SubjectState, results: list[MilestoneResult], now: int) -> Labels:
+    """The labels of `results` (the subject's milestones at `now`), by the rule reads use (`evaluate.judge`)."""
+    j = judge(lm, state, results, now)
+    statuses = [(r.milestone.name, r.status(now)) for r in results]
+    return Labels(
+        achieved=tuple(name for name, status in statuses if status == "achieved"),
+        missed=tuple(name for name, status in statuses if status == "missed"),
+        lapsed=tuple(name for name, status in statuses if status == "lapsed"),
+        stage=lm.project.stages[j.stage].name if j.stage is not None else None,
+        quadrant=j.quadrant,
+        trend=trend_of(lm, state, now),
+    )
 
 
 def labels_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark] | None = None) -> Labels:
     """A subject's labels at `now`, as the query API reads them (`model.evaluate.read`); `marks`:
     its milestones' stored marks, when known (the same as `milestone_marks(lm, state)`)."""
     marks = marks if marks is not None else milestone_marks(lm, state)
-    results = [MilestoneResult(m, *marks[m.name], ()) for m in lm.milestones]
-    achieved = tuple(r.milestone.name for r in results if r.achieved_at is not None)
-    idx = stage_at(lm, state, stage_on(lm, achieved), now)
-    engaged = value_at(state.sums[0], now, lm.half_lives[0]) >= lm.project.engagement.engaged_threshold
-    succeeding = is_succeeding(lm, state, results, idx, now)
-    quadrant = ("thriving" if succeeding else "stuck") if engaged else ("quiet" if succeeding else "at_risk")
-    return Labels(
-        achieved=achieved,
-        missed=tuple(r.milestone.name for r in results if r.status(now) == "missed"),
-        stage=lm.project.stages[idx].name if idx is not None else None,
-        quadrant=quadrant,
-        trend=trend_of(lm, state, now),
-    )
+    return labels_of(lm, state, results_at(lm, state, marks, now), now)
 
 
 def wake_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark] | None = None) -> int | None:
     """The earliest instant after `now` at which time alone may change `labels_at` (None: never).
 
     Exact for what moves at an instant: a window's close (missed, and no longer on pace, the
-    instant after `first_seen + within`), a stage's age, the point where an open window's
-    elapsed share passes the progress (on pace); early, never late, for decayed scores: the
-    engagement threshold is crossed at `now + half_life * log2(score / threshold)` (cut by a
-    margin against rounding), the trend thresholds by a bound (`evaluate.trend_wake`). An early
-    wake-up costs one more look, which finds nothing and computes the next one.
+    instant after `first_seen + within`), a stage's age, the end of `new`, a recurring
+    milestone's item leaving its trailing window (lapsed, or no trailing progress left), the
+    point where an open window's elapsed share passes the progress (on pace); early, never late,
+    for decayed scores: the engagement threshold is crossed at `now + half_life * log2(score /
+    threshold)` (cut by a margin against rounding), the trend thresholds by a bound
+    (`evaluate.trend_wake`). An early wake-up costs one more look, which finds nothing and
+    computes the next one.
     """
     marks = marks if marks is not None else milestone_marks(lm, state)
     first = state.first_seen
     times = []
     for m in lm.milestones:
+        if m.recurring is not None:
+            nxt = recurring_next(m, crit_states(state, m), now)
+            if nxt is not None:
+                times.append(nxt)
+            continue
         r = MilestoneResult(m, *marks[m.name], ())
         if r.achieved_at is not None or r.deadline is None or now > r.deadline:
             continue  # achieved, or no window, or already closed: nothing left to happen by time
@@ -428,6 +440,9 @@ def wake_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark
         if on_pace(r, first, now):  # until the window's elapsed share passes the progress
             times.append(max(now + 1, first + int(r.progress * (r.deadline - first)) - 1))
     times += [first + s.after for s in lm.project.stages if s.after is not None and first + s.after > now]
+    new_for = lm.project.engagement.new_for
+    if first + new_for > now:
+        times.append(first + new_for)
     threshold = lm.project.engagement.engaged_threshold
     score = value_at(state.sums[0], now, lm.half_lives[0])
     # A decayed score moves toward 0: it crosses a threshold of its sign that it is beyond, once.
@@ -443,24 +458,27 @@ def _announce(out: ChangeSet, lm: LevelModel, key: SubjectKey, record: SubjectRe
     """Add the subject's transitions from the labels last announced to its labels at `now`, and
     keep its label row (labels and wake-up instant) when either changed."""
     old = record.announced or baseline(lm)
-    new = kept_achieved(lm, old, labels_at(lm, record.state, now, record.marks))
+    results = results_at(lm, record.state, record.marks, now)
+    new = kept_achieved(lm, old, labels_of(lm, record.state, results, now))
     wake = wake_at(lm, record.state, now, record.marks)
     if new == old and wake == record.wake_at:
         return
     if new != old:
-        out.transitions += changes(lm, key, record, old, new, now)
+        out.transitions += changes(lm, key, record, old, new, now, results)
     record.announced, record.wake_at = new, wake
     out.announced[key] = LabelRow(new, wake)
 
 
 def kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
-    """`new`, with each milestone already announced achieved kept achieved (and so not missed).
+    """`new`, with each non-recurring milestone already announced achieved kept achieved (and so
+    not missed).
 
     A late event that moves a subject's first event earlier can undo an achievement (the window
     now closes earlier, or a rate's age is longer): the state and the query API follow the events,
     but no transition takes an achievement back (SPEC section 4), so what the host was told stays
-    told, and it is never told the same achievement twice."""
-    undone = set(old.achieved) - set(new.achieved)
+    told, and it is never told the same achievement twice. A recurring milestone's achievement
+    ends by design: its lapse is told (`milestone.lapsed`), and a new achievement again."""
+    undone = set(old.achieved) - set(new.achieved) - {m.name for m in lm.milestones if m.recurring is not None}
     if not undone:
         return new
     achieved = tuple(m.name for m in lm.milestones if m.name in undone or m.name in new.achieved)
@@ -468,20 +486,34 @@ def kept_achieved(lm: LevelModel, old: Labels, new: Labels) -> Labels:
 
 
 def changes(
-    lm: LevelModel, key: SubjectKey, record: SubjectRecord, old: Labels, new: Labels, now: int
+    lm: LevelModel,
+    key: SubjectKey,
+    record: SubjectRecord,
+    old: Labels,
+    new: Labels,
+    now: int,
+    results: list[MilestoneResult] | None = None,
 ) -> list[Transition]:
     """The transitions from `old` labels to `new` ones, in one order: milestones (model order),
-    stage, quadrant, trend. A milestone's `at` is when it was achieved or its window closed; a
-    stage's, when its milestone was achieved or its age reached; quadrant's and trend's, `now`."""
+    stage, quadrant, trend. A milestone's `at` is when it was achieved, lapsed or its window
+    closed; a stage's, when its milestone was achieved or its age reached; quadrant's and
+    trend's, `now`. `results`: the milestones at `now`, when known."""
     out: list[Transition] = []
 
     def add(kind: str, at: int, data: dict[str, Any]) -> None:
         out.append(Transition(kind, key.level, key.subject, at, data))
 
     marks = record.marks or milestone_marks(lm, record.state)
+    by_name = {r.milestone.name: r for r in results or results_at(lm, record.state, marks, now)}
     for name in new.achieved:
         if name not in old.achieved:
-            add("milestone.achieved", marks[name][1] or now, {"milestone": name})
+            add("milestone.achieved", by_name[name].achieved_at or now, {"milestone": name})
+    for name in new.lapsed:
+        if name not in old.lapsed:
+            r = by_name[name]
+            if name not in old.achieved:  # achieved and lapsed since the last look: both are told
+                add("milestone.achieved", r.achieved_at or now, {"milestone": name})
+            add("milestone.lapsed", r.ended or now, {"milestone": name})
     for name in new.missed:
         if name not in old.missed:
             add("milestone.missed", marks[name][2] or now, {"milestone": name})
@@ -489,7 +521,7 @@ def changes(
         stage = lm.project.stages[lm.project.stage_index(new.stage)]
         at = None
         if stage.on is not None and stage.on in new.achieved:
-            at = marks[stage.on][1]
+            at = by_name[stage.on].achieved_at
         elif stage.after is not None:
             at = record.state.first_seen + stage.after
         add("stage.entered", at if at is not None else now, {"from": old.stage, "to": new.stage})

@@ -5,23 +5,34 @@ Pure: no I/O, no clock (`at` is passed in). The inputs are what the projection k
 name's count within an early window of its first event with whether it reached the outcome
 (`Early`), and per subject its active days (`growth.Days`).
 
-Predictors (SPEC section 4, "Finding the aha moment"). For an event name e and a threshold k, a
-subject "did it" when it did e at least k times in its early window. Against the outcome:
+Predictors (SPEC section 4, "Finding the aha moment"). A landmark design: the landmark is the end
+of a subject's early window (`first_seen + window`); a subject counts only if it was observed for
+the whole window and had not reached the outcome at the landmark, and its behaviour is counted over
+the whole window (`early_windows`). So behaviour caused by the outcome cannot pass for its cause.
+For an event name e and a threshold k, a subject "did it" when it did e at least k times in its
+early window. Against the outcome:
 
 - `coverage` = did / subjects; `precision` = outcome rate of those who did it; `recall` = the
   share of the achievers who did it; `lift` = precision / the outcome rate of those who did not;
-- `interval`: the Wilson 95% interval of the precision; `difference`: Newcombe's 95% interval
-  (from the two Wilson intervals) of the rate with minus the rate without;
+- `interval`: the Wilson 95% interval of the precision (`scipy.stats.binomtest`); `difference`:
+  Newcombe's 95% interval (his method 10, from the two Wilson intervals) of the rate with minus
+  the rate without;
+- one row per distinct group of subjects: thresholds that select the same subjects are one rule,
+  shown at the smallest of them;
+- `p`: Fisher's exact two-sided test of the 2x2 table (`scipy.stats.fisher_exact`); `q`: the
+  Benjamini-Hochberg adjusted p over every row of every event (`scipy.stats.false_discovery_control`):
+  a row is `confident` when q < `FDR` and each side rests on at least `MIN_SIDE` subjects;
 - rows are ranked by Youden's J = recall - (false positives / subjects without the outcome):
   how much better than chance the rule "did e at least k times" separates the two groups. J
   favours neither rare nor common events, unlike lift (rare events get huge lifts on few subjects)
   or recall (the first event of every subject has recall 1);
-- a row is `confident` when each side rests on at least `MIN_SIDE` subjects and the difference
-  interval excludes 0 at the Bonferroni-corrected level for the number of rules tested (the
-  reported intervals are plain 95% ones; the correction stops the best of many thresholds of a
-  noise event from looking confident by chance); the proposal (the aha moment) is the best confident row with a positive
-  difference, or none. Small samples give wide intervals, hence no proposal: never a confident
-  wrong one;
+- `best`: each event's threshold with the highest J among the subjects of one half (`selection`,
+  by a hash of the subject id), and `held_out` its counts, rates and lift among the other half,
+  which played no part in choosing it: the best of many thresholds looks better on the data that
+  chose it than it is;
+- the proposal (the aha moment) is the first-ranked `best` row that is confident, raises the rate
+  (its difference interval above 0) and still raises it on the held-out half, or none. Small
+  samples give wide intervals, hence no proposal: never a confident wrong one;
 - an event that most subjects do (`FREQUENT` at k = 1) and whose best row either is not
   confident or moves the rate by less than `NEGLIGIBLE` is flagged `frequent_not_predictive`.
 
@@ -42,13 +53,13 @@ exactly 1, 2, ..., n of them, the mean daily actives (DAU), the subjects active 
 from __future__ import annotations
 
 import math
-import statistics
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy import stats
 
 from . import growth as g
 from .early import EarlyEvents, count_before
@@ -58,6 +69,7 @@ __all__ = [
     "Cohort",
     "Early",
     "EarlyRow",
+    "HeldOut",
     "Prediction",
     "Predictions",
     "StickinessCounts",
@@ -70,6 +82,7 @@ __all__ = [
     "newcombe",
     "predictors",
     "retention",
+    "selection",
     "stickiness",
     "suggest_weights",
     "thresholds",
@@ -78,6 +91,7 @@ __all__ = [
 
 Z95 = 1.959963984540054
 MIN_SIDE = 10  # subjects on each side of a rule before it can be confident
+FDR = 0.05  # a rule is confident at a Benjamini-Hochberg q below it
 FREQUENT = 0.5  # coverage at k = 1 from which an event is "frequent"
 NEGLIGIBLE = 0.05  # a difference of rates below this predicts nothing worth a weight
 MIN_FEATURE = 5  # subjects who did an event before it becomes a feature of the fit
@@ -109,19 +123,23 @@ def early_windows(
     at: int,
     excluded: frozenset[str],
 ) -> list[Early]:
-    """Rows (subject, first_seen, time to achieve or None, early events) as `Early` records: each
-    subject's events of each name within `window` of its first event that come before it achieved
-    the outcome. Events named in `excluded` (the outcome's own criteria) or tagged with the outcome
-    never count."""
+    """Rows (subject, first_seen, time to achieve or None, early events) as `Early` records, by the
+    landmark design: a subject that achieved the outcome by the end of its window (`first_seen +
+    window`, the landmark) is left out; the others count every event of each name within the
+    window, and their outcome is whether they achieved it after the landmark, by `at`. The caller
+    gives only subjects observed for the whole window (first seen at least `window` before `at`).
+    Events named in `excluded` (the outcome's own criteria) or tagged with the outcome never count."""
     out: list[Early] = []
     for subject, first_seen, tta, early in rows:
-        achieved_at = first_seen + tta if tta is not None else None
-        current = Early(subject, achieved_at is not None and achieved_at <= at)
+        landmark = first_seen + window
+        if tta is not None and first_seen + tta <= landmark:
+            continue  # reached before the landmark: its window's behaviour may be the outcome's effect
+        current = Early(subject, tta is not None and first_seen + tta <= at)
         out.append(current)
         for group in early.groups:
             if group.event in excluded or outcome in group.tags:
                 continue
-            n, weight = count_before(group, first_seen + window, achieved_at)
+            n, weight = count_before(group, landmark, None)
             if n:
                 current.counts[group.event] = current.counts.get(group.event, 0) + n
                 current.weights[group.event] = current.weights.get(group.event, 0.0) + weight
@@ -132,14 +150,12 @@ def early_windows(
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion k/n; (0, 1) without observations."""
+    """The Wilson score interval of a proportion k/n (`scipy.stats.binomtest`); (0, 1) without
+    observations. `z` sets the confidence level (1.96: 95%)."""
     if n <= 0:
         return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=2 * stats.norm.cdf(z) - 1, method="wilson")
+    return (0.0 if k == 0 else float(ci.low)), (1.0 if k == n else float(ci.high))
 
 
 def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float]:
@@ -170,11 +186,34 @@ def thresholds(most: int) -> list[int]:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldOut:
+    """A rule's counts among the held-out half of the subjects (those that did not choose it)."""
+
+    subjects_with: int
+    subjects_without: int
+    achieved_with: int
+    achieved_without: int
+
+    @property
+    def precision(self) -> float | None:
+        return self.achieved_with / self.subjects_with if self.subjects_with else None
+
+    @property
+    def rate_without(self) -> float | None:
+        return self.achieved_without / self.subjects_without if self.subjects_without else None
+
+    @property
+    def lift(self) -> float | None:
+        p, r = self.precision, self.rate_without
+        return p / r if p is not None and r else None
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """One rule "did `event` at least `threshold` times in the early window" against the outcome."""
 
     event: str
-    threshold: int
+    threshold: int  # the smallest k that selects these subjects
     subjects_with: int
     subjects_without: int
     achieved_with: int
@@ -188,9 +227,12 @@ class Prediction:
     interval: tuple[float, float]  # Wilson 95% of `precision`
     interval_without: tuple[float, float]  # Wilson 95% of `rate_without`
     difference: tuple[float, float]  # Newcombe 95% of precision - rate_without
+    p: float  # Fisher's exact test, two-sided
+    q: float  # Benjamini-Hochberg over every row
     confident: bool
-    best: bool  # the best threshold of its event
+    best: bool  # the best threshold of its event, chosen on the selection half
     frequent_not_predictive: bool
+    held_out: HeldOut | None  # the best row's counts on the held-out half; None on other rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,17 +241,54 @@ class Predictions:
     achieved: int
     rows: list[Prediction]  # best first (Youden's J, then event name, then threshold)
     proposal: Prediction | None
+    held_out: int  # subjects in the held-out half
 
 
-def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int, z_family: float) -> Prediction:
+def selection(subject: str) -> bool:
+    """Is the subject in the half that chooses each event's best threshold? A stable hash."""
+    return zlib.crc32(b"aha\x00" + subject.encode("utf-8", "surrogatepass")) % 2 == 0
+
+
+@dataclass(slots=True)
+class _Cut:
+    """The subjects who did an event at least `k` times: all of them, and those of the selection half."""
+
+    k: int
+    nw: int
+    yw: int
+    snw: int  # of the selection half
+    syw: int
+
+
+def _cuts(seen: list[tuple[int, bool, bool]]) -> list[_Cut]:
+    """One cut per distinct group of subjects, highest threshold first; `seen` (count, outcome,
+    selection half) is sorted most first."""
+    out: list[_Cut] = []
+    i = nw = yw = snw = syw = 0
+    for k in reversed(thresholds(seen[0][0])):  # from the highest: the "did" side only grows
+        grew = False
+        while i < len(seen) and seen[i][0] >= k:
+            _, outcome, chosen = seen[i]
+            nw, yw = nw + 1, yw + outcome
+            if chosen:
+                snw, syw = snw + 1, syw + outcome
+            i += 1
+            grew = True
+        if grew:
+            out.append(_Cut(k, nw, yw, snw, syw))
+        elif out:
+            out[-1].k = k  # the same subjects: the smaller threshold names the group
+    return out
+
+
+def _rule(event: str, cut: _Cut, n: int, y: int, q: float, p: float) -> Prediction:
+    nw, yw = cut.nw, cut.yw
     nn, yn = n - nw, y - yw
     precision = yw / nw
     rate_without = yn / nn if nn else None
-    difference = newcombe(yw, nw, yn, nn)
-    strict = newcombe(yw, nw, yn, nn, z_family)
     return Prediction(
         event=event,
-        threshold=k,
+        threshold=cut.k,
         subjects_with=nw,
         subjects_without=nn,
         achieved_with=yw,
@@ -222,50 +301,77 @@ def _rule(event: str, k: int, nw: int, yw: int, n: int, y: int, z_family: float)
         youden=yw / y - (nw - yw) / (n - y),
         interval=wilson(yw, nw),
         interval_without=wilson(yn, nn),
-        difference=difference,
-        confident=nw >= MIN_SIDE and nn >= MIN_SIDE and (strict[0] > 0 or strict[1] < 0),
+        difference=newcombe(yw, nw, yn, nn),
+        p=p,
+        q=q,
+        confident=q < FDR and nw >= MIN_SIDE and nn >= MIN_SIDE,
         best=False,
         frequent_not_predictive=False,
+        held_out=None,
     )
 
 
+def _fisher(cut: _Cut, n: int, y: int) -> float:
+    table = [[cut.yw, cut.nw - cut.yw], [y - cut.yw, n - y - (cut.nw - cut.yw)]]
+    return float(stats.fisher_exact(table).pvalue)
+
+
+def _chosen(cuts: list[_Cut], sn: int, sy: int) -> _Cut | None:
+    """The cut with the highest Youden's J among the selection half (the smaller threshold on a
+    tie); None when that half cannot tell (no subject doing it, or one outcome only)."""
+    if sy == 0 or sy == sn or not any(c.snw for c in cuts):
+        return None
+    return max(cuts, key=lambda c: (c.syw / sy - (c.snw - c.syw) / (sn - sy), -c.k))
+
+
 def predictors(subjects: Sequence[Early]) -> Predictions:
-    """Every (event, threshold) rule that at least one subject meets, ranked by Youden's J."""
+    """Every distinct (event, threshold) rule, ranked by Youden's J, with its q value, and each
+    event's best threshold chosen on one half and measured on the other (see the module)."""
     n = len(subjects)
     y = sum(s.outcome for s in subjects)
+    chosen_half = [selection(s.subject) for s in subjects]
+    sn = sum(chosen_half)
+    sy = sum(s.outcome for s, c in zip(subjects, chosen_half, strict=True) if c)
     if y == 0 or y == n:  # nothing to separate: every rule has J = 0
-        return Predictions(n, y, [], None)
-    by_event: dict[str, list[tuple[int, bool]]] = defaultdict(list)
-    for s in subjects:
-        for name, c in s.counts.items():
-            by_event[name].append((c, s.outcome))
-    for seen in by_event.values():
-        seen.sort(reverse=True)  # most first
-    tested = sum(len(thresholds(seen[0][0])) for seen in by_event.values())
-    z_family = statistics.NormalDist().inv_cdf(1 - 0.025 / max(1, tested))
-    rows: list[Prediction] = []
+        return Predictions(n, y, [], None, n - sn)
+    by_event: dict[str, list[tuple[int, bool, bool]]] = defaultdict(list)
+    for s, c in zip(subjects, chosen_half, strict=True):
+        for name, count in s.counts.items():
+            by_event[name].append((count, s.outcome, c))
+    cuts: dict[str, list[_Cut]] = {}
     for name, seen in by_event.items():
-        mine: list[Prediction] = []
-        i = nw = yw = 0
-        for k in reversed(thresholds(seen[0][0])):  # from the highest: the "did" side only grows
-            while i < len(seen) and seen[i][0] >= k:
-                nw += 1
-                yw += seen[i][1]
-                i += 1
-            if nw:
-                mine.append(_rule(name, k, nw, yw, n, y, z_family))
-        top = max(mine, key=lambda r: (r.youden, -r.threshold))
-        at_one = next(r for r in mine if r.threshold == 1)
+        seen.sort(reverse=True)  # most first
+        cuts[name] = _cuts(seen)
+    tested = [(name, cut) for name in cuts for cut in cuts[name]]
+    ps = [_fisher(cut, n, y) for _, cut in tested]
+    qs = [float(q) for q in stats.false_discovery_control(ps, method="bh")]
+    by_cut = {id(cut): _rule(name, cut, n, y, q, p) for (name, cut), p, q in zip(tested, ps, qs, strict=True)}
+    rows: list[Prediction] = []
+    for mine in cuts.values():
+        best = _chosen(mine, sn, sy)
+        made = [by_cut[id(c)] for c in mine]
+        top = by_cut[id(best)] if best is not None else max(made, key=lambda r: (r.youden, -r.threshold))
+        at_one = by_cut[id(mine[-1])]  # the lowest threshold: everyone who did it
         negligible = not top.confident or abs(top.precision - (top.rate_without or 0.0)) < NEGLIGIBLE
         flag = at_one.coverage >= FREQUENT and negligible
-        rows += [_flagged(r, r is top, flag) for r in mine]
+        for cut, r in zip(mine, made, strict=True):
+            held = None
+            if cut is best:
+                hnw, hyw = cut.nw - cut.snw, cut.yw - cut.syw
+                held = HeldOut(hnw, n - sn - hnw, hyw, y - sy - hyw)
+            marked = held is not None or flag
+            rows.append(replace(r, best=cut is best, frequent_not_predictive=flag, held_out=held) if marked else r)
     rows.sort(key=lambda r: (-r.youden, r.event, r.threshold))
-    proposal = next((r for r in rows if r.confident and r.difference[0] > 0 and r.youden > 0), None)
-    return Predictions(n, y, rows, proposal)
+    proposal = next((r for r in rows if r.best and r.confident and r.difference[0] > 0 and _replicates(r)), None)
+    return Predictions(n, y, rows, proposal, n - sn)
 
 
-def _flagged(r: Prediction, best: bool, flag: bool) -> Prediction:
-    return replace(r, best=best, frequent_not_predictive=flag) if best or flag else r
+def _replicates(r: Prediction) -> bool:
+    """Does the rule raise the outcome rate on the held-out half too?"""
+    ho = r.held_out
+    if ho is None or ho.precision is None or ho.rate_without is None:
+        return False
+    return ho.precision > ho.rate_without
 
 
 # --- fitted weights --------------------------------------------------------------------------------
@@ -299,22 +405,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int =
 
 
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """The area under the ROC curve (ties count half); None without both classes."""
-    pos = sum(1 for b in labels if b)
-    neg = len(labels) - pos
+    """The area under the ROC curve (ties count half): the Mann-Whitney U of the scores with the
+    outcome against those without, over the product of their counts; None without both classes."""
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    pos, neg = int(y.sum()), len(y) - int(y.sum())
     if pos == 0 or neg == 0:
         return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    rank_sum = 0.0
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        mid = (i + j) / 2 + 1  # the mean rank of the tied run, 1-based
-        rank_sum += mid * sum(1 for m in range(i, j + 1) if labels[order[m]])
-        i = j + 1
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    return float(stats.mannwhitneyu(x[y], x[~y], method="asymptotic").statistic) / (pos * neg)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["CritState", "EarlyEvents", "EarlyGroup", "Ev", "Labels", "RateDay", "SubjectState"]
+__all__ = ["CritState", "EarlyEvents", "EarlyGroup", "Ev", "Labels", "RateDay", "Run", "SubjectState"]
 
 
 class Ev(msgspec.Struct, frozen=True):
@@ -33,6 +33,10 @@ class RateDay(msgspec.Struct, array_like=True):
 
 
 class CritState(msgspec.Struct, omit_defaults=True):
+    """A criterion's kept items. In a recurring milestone: count, tagged and rate keep the latest
+    times in `ts`, distinct each value's latest time in `firsts`, sum the steps of its trailing
+    window (see `subject`)."""
+
     ts: list[int] = []  # count, tagged
     firsts: dict[str, int] = {}  # distinct: value -> earliest time
     steps: list[tuple[int, float]] = []  # sum: (time, amount) per event, up to the crossing
@@ -43,6 +47,14 @@ class CritState(msgspec.Struct, omit_defaults=True):
     total: float | None = None  # sum: of `steps`, added in their order (None: not known yet)
 
 
+class Run(msgspec.Struct, array_like=True):
+    """A recurring milestone's past, as of the instant just before its latest kept item: when its
+    last run of holding began (None: never), and whether it held at that instant."""
+
+    start: int | None
+    held: bool
+
+
 class SubjectState(msgspec.Struct, omit_defaults=True, array_like=True):
     first_seen: int
     last_seen: int
@@ -51,6 +63,7 @@ class SubjectState(msgspec.Struct, omit_defaults=True, array_like=True):
     days: list[int] = []  # active days (weight > 0) among the last ACTIVE_DAYS
     crit: dict[str, list[CritState]] = {}
     nps: dict[str, tuple[int, float]] = {}  # user_id -> (time, answer) of the latest answer
+    runs: dict[str, Run] = {}  # recurring milestone -> its Run, once an event reached it
 
 
 class _Saved(msgspec.Struct, array_like=True):
@@ -66,8 +79,9 @@ class Labels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a subject's transitions have told so far: milestones achieved and missed (in model
     order), stage, quadrant and trend. Stored as JSON in words (`subject_labels`)."""
 
-    achieved: tuple[str, ...] = ()
+    achieved: tuple[str, ...] = ()  # achieved now (a recurring one: holding now)
     missed: tuple[str, ...] = ()
+    lapsed: tuple[str, ...] = ()
     stage: str | None = None
     quadrant: str = "at_risk"
     trend: str = "steady"

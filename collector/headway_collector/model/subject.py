@@ -16,6 +16,15 @@ or duplication, folding the same set gives the same state, and `build` over the 
   lose it when an earlier first event closes the window before everything it held: a state
   holds no empty entry, so that equal states encode to equal bytes.
 
+Recurring milestones (`recurring = "<duration>"`) are judged over a trailing window at every
+instant, so their criteria keep the *latest* items instead: count, tagged and rate the latest
+`keep` times, distinct the `keep` values seen latest (each with its latest time), sum the steps
+within its window of its latest step; enough to judge any instant at or after the milestone's
+latest item. Their `Run` says when the last run of holding began, as of just before that latest
+item. An event in time order (at or after that item) first moves the Run up to its instant,
+then joins the items. A late one is folded in place only when it provably changes neither: it
+falls before what is kept and its window ends before the last run began; otherwise REBUILD.
+
 An event older than the subject's first event moves every window's close earlier: each
 criterion's kept items are cut at the new close, which is exact because they are the earliest
 ones. A few rare late arrivals cannot be folded in place, and `apply` answers `REBUILD` for
@@ -28,14 +37,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
 
 from ..config import Criterion, Milestone, Project
 from . import scoring
-from .records import CritState, Ev, RateDay, SubjectState, _Saved
+from .records import CritState, Ev, RateDay, Run, SubjectState, _Saved
 
 __all__ = [
     "REBUILD",
@@ -48,9 +57,13 @@ __all__ = [
     "decode_state",
     "encode_state",
     "fold_in",
+    "latest_item",
     "new_state",
     "rate_judged_at",
+    "recurring_next",
+    "recurring_walk",
     "terms",
+    "trailing_done",
 ]
 
 DAY = scoring.DAY
@@ -110,6 +123,8 @@ class LevelModel:
     windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
     names_by_event: dict[str, frozenset[str]]  # the milestones an event name counts toward
     rated: frozenset[str] = frozenset()  # milestones with a rate: any event may judge it (`rate_judged_at`)
+    stage_of: dict[str, int] = field(default_factory=dict)  # milestone -> index of its stage
+    judged: frozenset[int] = frozenset()  # stages that have a milestone of this level
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> LevelModel:
@@ -130,10 +145,12 @@ class LevelModel:
             half_lives=(e.half_life, e.trend_short, e.trend_long),
             by_event={k: tuple(v) for k, v in by_event.items()},
             tagged={k: tuple(v) for k, v in tagged.items()},
-            has_rate=any(c.kind == "rate" for m in ms for c in m.criteria),
+            has_rate=any(c.kind == "rate" for m in ms if m.recurring is None for c in m.criteria),
             windowed=tuple(m for m in ms if m.within is not None),
             names_by_event={k: frozenset(m.name for m, _, _ in v) for k, v in by_event.items()},
-            rated=frozenset(m.name for m in ms if any(c.kind == "rate" for c in m.criteria)),
+            rated=frozenset(m.name for m in ms if m.recurring is None and any(c.kind == "rate" for c in m.criteria)),
+            stage_of={m.name: project.stage_index(m.stage) for m in ms},
+            judged=frozenset(project.stage_index(m.stage) for m in ms),
         )
 
     def touched(self, events: list[Ev]) -> set[str]:
@@ -211,9 +228,21 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, known: Terms | None = Non
     if earlier and lm.has_rate and ev.t // DAY < state.first_seen // DAY:
         return REBUILD  # every rate's days-of-age change
     matches = lm.matches(ev)
+    recurring: dict[str, Milestone] = {}  # the recurring milestones the event folds into, in order
     for m, i, c in matches:
         sts = state.crit.get(m.name)  # a criterion no event has reached never needs a rebuild
-        if sts is not None and _needs_rebuild(c, sts[i], ev):
+        if m.recurring is not None:
+            if c.kind == "distinct" and _distinct_key(c, ev) is None:
+                continue
+            if sts is None:
+                recurring[m.name] = m
+                continue
+            latest = latest_item(m, sts)
+            if latest is None or ev.t >= latest:
+                recurring[m.name] = m
+            elif not _late_changes_nothing(m, c, sts[i], state.runs[m.name], ev):
+                return REBUILD
+        elif sts is not None and _needs_rebuild(c, sts[i], ev):
             return REBUILD
 
     project = lm.project
@@ -239,11 +268,23 @@ def apply(lm: LevelModel, state: SubjectState, ev: Ev, known: Terms | None = Non
     else:
         _prune_days(state)
 
+    for m in recurring.values():  # first the Run, up to the event's instant
+        sts = state.crit.get(m.name)
+        latest = latest_item(m, sts) if sts is not None else None
+        if sts is None or latest is None:
+            _put_sorted(state.runs, m.name, Run(None, False))
+        elif ev.t > latest:
+            start, held, _ = recurring_walk(m, sts, state.runs[m.name], ev.t - 1)
+            state.runs[m.name] = Run(start, held)
     for m, i, c in matches:
         if m.within is not None and ev.t > state.first_seen + m.within:
             continue  # past the window: counts toward nothing
         if c.kind == "distinct" and _distinct_key(c, ev) is None:
             continue  # without the property: counts toward nothing
+        if m.recurring is not None:
+            if m.name in recurring:
+                _fold_latest(m, c, _crit_for_update(state, m)[i], ev)
+            continue
         _fold_criterion(c, _crit_for_update(state, m)[i], ev, state.first_seen)
 
     if lm.level == "account" and project.nps_event == ev.event and ev.value is not None and 0 <= ev.value <= 10:
@@ -422,6 +463,140 @@ def _fold_rate(c: Criterion, st: CritState, t: int, first_seen: int) -> None:
     floor = top - 2 * over + 1
     for d in [d for d in st.days if d < floor]:
         del st.days[d]
+
+
+# --- recurring milestones ------------------------------------------------------------------------
+
+
+def _window(m: Milestone, c: Criterion) -> int:
+    """The trailing window a criterion of a recurring milestone is judged over: a rate's own."""
+    if c.kind == "rate" and c.over is not None:
+        return c.over
+    assert m.recurring is not None
+    return m.recurring
+
+
+def _times(c: Criterion, st: CritState) -> list[int]:
+    if c.kind == "distinct":
+        return list(st.firsts.values())
+    if c.kind == "sum":
+        return [t for t, _ in st.steps]
+    return st.ts
+
+
+def latest_item(m: Milestone, sts: list[CritState]) -> int | None:
+    """The latest time a recurring milestone's criteria keep (None: none yet)."""
+    return max((max(ts) for c, st in zip(m.criteria, sts, strict=False) if (ts := _times(c, st))), default=None)
+
+
+def _count_in(m: Milestone, c: Criterion, st: CritState, t: int) -> int:
+    lo = t - _window(m, c)
+    return sum(1 for x in _times(c, st) if lo < x <= t)
+
+
+def trailing_done(m: Milestone, c: Criterion, st: CritState, t: int) -> float:
+    """What a criterion of a recurring milestone has done over its trailing window at `t` (at or
+    after the milestone's latest item): count, distinct, sum, or for a rate, the count per day."""
+    if c.kind == "sum":
+        lo = t - _window(m, c)
+        total = 0.0
+        for x, a in st.steps:  # in (time, amount) order: the same float sum in any arrival order
+            if lo < x <= t:
+                total += a
+        return total
+    n = _count_in(m, c, st, t)
+    return n / (_window(m, c) // DAY) if c.kind == "rate" else float(n)
+
+
+def _holds(m: Milestone, sts: list[CritState], t: int) -> bool:
+    for c, st in zip(m.criteria, sts, strict=False):
+        if c.kind == "rate":  # over a complete window: `keep` events in it (count per day * days)
+            if _count_in(m, c, st, t) < c.keep:
+                return False
+        elif trailing_done(m, c, st, t) < c.target:
+            return False
+    return True
+
+
+def _showing(m: Milestone, sts: list[CritState], t: int) -> bool:
+    """Some trailing progress at `t`."""
+    return any(trailing_done(m, c, st, t) > 0 for c, st in zip(m.criteria, sts, strict=False))
+
+
+def _changes(m: Milestone, sts: list[CritState], after: int) -> list[int]:
+    """The instants after `after` at which a kept item leaves its window, in order."""
+    out = {x + _window(m, c) for c, st in zip(m.criteria, sts, strict=False) for x in _times(c, st)}
+    return sorted(p for p in out if p > after)
+
+
+def recurring_walk(m: Milestone, sts: list[CritState], run: Run, upto: int) -> tuple[int | None, bool, int | None]:
+    """At `upto` (or at the latest item, if later): (when the last run of holding began, or None;
+    whether it holds; when the last run ended, if known and it does not hold)."""
+    latest = latest_item(m, sts)
+    if latest is None:
+        return run.start, False, None
+    holds = _holds(m, sts, latest)
+    start = (run.start if run.held else latest) if holds else run.start
+    ended = latest if run.held and not holds else None
+    for p in _changes(m, sts, latest):
+        if p > upto:
+            break
+        now_holds = _holds(m, sts, p)
+        if now_holds and not holds:
+            start, ended = p, None
+        elif holds and not now_holds:
+            ended = p
+        holds = now_holds
+    return start, holds, ended
+
+
+def recurring_next(m: Milestone, sts: list[CritState], now: int) -> int | None:
+    """The first instant after `now` at which time alone changes whether the milestone holds or
+    shows trailing progress (None: never): exact, since only items leaving a window change them."""
+    latest = latest_item(m, sts)
+    if latest is None:
+        return None
+    at = max(now, latest)
+    was = (_holds(m, sts, at), _showing(m, sts, at))
+    for p in _changes(m, sts, at):
+        if (_holds(m, sts, p), _showing(m, sts, p)) != was:
+            return p
+    return None
+
+
+def _late_changes_nothing(m: Milestone, c: Criterion, st: CritState, run: Run, ev: Ev) -> bool:
+    """Whether an event earlier than the milestone's latest item leaves its state as it is: it is
+    not among the kept items, and its window ends before the last run began (so no run moves)."""
+    if run.start is None or ev.t + _window(m, c) >= run.start:
+        return False
+    if c.kind == "distinct":
+        key = _distinct_key(c, ev)
+        kept = st.firsts.get(key or "")
+        if kept is not None:
+            return kept >= ev.t
+        return len(st.firsts) >= c.keep and (ev.t, key or "") < min((t, k) for k, t in st.firsts.items())
+    if c.kind == "sum":
+        return bool(st.steps) and ev.t <= st.steps[-1][0] - _window(m, c)
+    return len(st.ts) >= c.keep and ev.t <= st.ts[0]
+
+
+def _fold_latest(m: Milestone, c: Criterion, st: CritState, ev: Ev) -> None:
+    """Add an event at or after the milestone's latest item to a criterion of a recurring one."""
+    if c.kind == "distinct":
+        key = _distinct_key(c, ev)
+        assert key is not None
+        firsts = st.firsts
+        firsts[key] = max(firsts.get(key, ev.t), ev.t)
+        if len(firsts) > c.keep:  # the value seen least lately leaves
+            del firsts[min((t, k) for k, t in firsts.items())[1]]
+        st.firsts = dict(sorted(firsts.items()))
+    elif c.kind == "sum":
+        bisect.insort(st.steps, (ev.t, ev.value or 0.0))
+        floor = st.steps[-1][0] - _window(m, c)
+        del st.steps[: bisect.bisect_right(st.steps, floor, key=lambda s: s[0])]
+    else:
+        bisect.insort(st.ts, ev.t)
+        del st.ts[: max(0, len(st.ts) - c.keep)]
 
 
 # --- reading a criterion ------------------------------------------------------------------------

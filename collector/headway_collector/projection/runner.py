@@ -26,6 +26,7 @@ from typing import Literal
 from ..config import Config
 from ..store import generations, log, open_store
 from ..store.base import Store, StoreError, Tx
+from . import rebuild
 from .worker import ALIVE, ModelBook, Worker
 
 __all__ = ["Mode", "Projection", "rescore", "serve_models"]
@@ -257,7 +258,8 @@ def rescore(
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> int:
     """Build every project's state anew from the start of the log under `config`'s models, with
-    `jobs` fold workers, and switch reads to it; the number of events in the log. Refuses a database
+    `jobs` jobs (`rebuild`: each folds the whole histories of its share of the partitions at
+    once), and switch reads to it; the number of events in the log. Refuses a database
     that a running collector folds (its workers would fold beside these: two writers of one
     model's state)."""
     now = time.time_ns() // 1000
@@ -269,6 +271,18 @@ def rescore(
             "model without downtime"
         )
     building = serve_models(config, store, now, rebuild=True)  # or active at once, on a log never folded
+    todo = [g for g in building if g.status == "building"]
+    if todo:
+        rebuild.build(store.url, config, todo, jobs, mode == "process", progress)
+
+        def switch(tx: Tx) -> int | None:
+            switched = [generations.switch(tx, g, time.time_ns() // 1000) for g in todo]
+            return log.count(tx) if all(switched) else None
+
+        count = store.transact(switch)
+        if count is not None:
+            return count
+    # Appended meanwhile (or replaced): the fold workers fold the rest, and switch.
     projection = Projection(store.url, [config], workers=jobs, mode=mode, builds_only=True)
     projection.start()
     try:

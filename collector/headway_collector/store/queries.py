@@ -21,6 +21,7 @@ __all__ = [
     "FunnelCounts",
     "SubjectRow",
     "TransitionRow",
+    "latest_event",
     "project_transitions",
     "read_funnel",
     "read_growth",
@@ -40,6 +41,12 @@ def subject_state(r: Tx, gen: int, level: str, subject: str) -> bytes | None:
     """A subject's stored state (MessagePack), or None."""
     row = r.one("SELECT state FROM subjects WHERE gen = ? AND level = ? AND subject = ?", (gen, level, subject))
     return bytes(row[0]) if row is not None else None
+
+
+def latest_event(r: Tx, gen: int) -> int | None:
+    """The time of the generation's latest folded event (every event has a user), or None."""
+    row = r.one("SELECT max(last_seen) FROM subjects WHERE gen = ? AND level = 'user'", (gen,))
+    return int(row[0]) if row is not None and row[0] is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,3 +199,30 @@ def test_wsgi_flush_after_each_response(sink: Sink) -> None:
             assert [e["event"] for e in events(sink)] == ["flushed"]
     finally:
         tracker.shutdown(5)
+
+
+def test_track_bound_with_nobody_bound_never_fails_the_request(sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
+    """In a middleware's request with no user (identify answered None, or failed), track_bound()
+    drops the event and counts it: the host's request still answers. Logged once per tracker."""
+    with headway.Tracker(sink.url, "wk") as tracker:
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            event_id = tracker.track_bound("anonymous_view")
+            with headway.bind(account_id="a1"):  # an account alone is no user either
+                tracker.track_bound("anonymous_view")
+            start_response("200 OK", [])
+            return [event_id.encode()]
+
+        middleware = wsgi.HeadwayMiddleware(app, identify=lambda environ: environ.get("HTTP_X_USER"), tracker=tracker)
+        with caplog.at_level(logging.WARNING, "headway"), httpx.Client(
+            transport=httpx.WSGITransport(app=middleware), base_url="http://app"
+        ) as client:
+            answers = [client.get("/") for _ in range(3)] + [client.get("/", headers={"X-User": "u1"})]
+        assert [a.status_code for a in answers] == [200] * 4
+        assert tracker.flush(10)
+        assert tracker.stats == headway.Stats(sent=2, dropped=6)
+    assert [e["user_id"] for e in events(sink)] == ["u1", "u1"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no user bound" in warnings[0] and "anonymous_view" in warnings[0]
+    with pytest.raises(headway.InvalidEvent):  # outside any request it is the caller's mistake
+        tracker.track_bound("nobody")
