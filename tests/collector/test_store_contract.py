@@ -323,6 +323,27 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         assert differences(dump(url), want_tables) == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`headway-collector rescore --jobs 2`, its second job folding in a process of its own, builds
+    what a fresh ingest under the model does, exactly."""
+    base = tmp_path_factory.getbasetemp()
+    events = make_events(1)
+    want_tables = reference(1, base, changed=True)[0]
+    config = tmp_path_factory.mktemp("changed") / "changed.toml"
+    config.write_text(model(changed=True).text)
+    with fresh_url(backend, tmp_path_factory.mktemp("rescore-command")) as url:
+
+        async def ingest() -> None:
+            async with collector(url) as c:
+                for b in batches(events, 70):
+                    await send(c, b)
+
+        asyncio.run(ingest())
+        assert cli_main(["rescore", "--config", str(config), "--database", url, "--jobs", "2"]) == 0
+        assert differences(dump(url), want_tables) == []
+
+
 def test_upgrade_from_before_the_event_log_reprojects_at_start(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A database from before migration 0006 (events without positions, derived tables without
     generations) opens, keeps every event, and is projected anew: exactly a fresh ingest."""
