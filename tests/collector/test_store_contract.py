@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
+from headway_collector.projection import rebuild
 from headway_collector.store import StoreError, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
@@ -324,9 +325,11 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pytest.TempPathFactory,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """`headway-collector rescore --jobs 2`, its second job folding in a process of its own, builds
-    what a fresh ingest under the model does, exactly."""
+    what a fresh ingest under the model does, exactly; and so does a rescore whose jobs fold their
+    partitions in rounds (a log longer than `rebuild.ROUND_EVENTS` a job)."""
     base = tmp_path_factory.getbasetemp()
     events = make_events(1)
     want_tables = reference(1, base, changed=True)[0]
@@ -341,6 +344,9 @@ def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pyte
 
         asyncio.run(ingest())
         assert cli_main(["rescore", "--config", str(config), "--database", url, "--jobs", "2"]) == 0
+        assert differences(dump(url), want_tables) == []
+        monkeypatch.setattr(rebuild, "ROUND_EVENTS", 40)  # 300 events: 4 rounds of 2 partitions a job
+        rescore_offline(url, model(changed=True), jobs=2)
         assert differences(dump(url), want_tables) == []
 
 

@@ -42,7 +42,7 @@ from .worker import LEASE, RENEW
 __all__ = ["ROUND_EVENTS", "build"]
 
 PAGE = 250_000  # log positions read per query
-ROUND_EVENTS = 2_000_000  # log positions per job above which its partitions are folded in rounds
+ROUND_EVENTS = 1_000_000  # log positions per job above which it folds its partitions in rounds (~1 kB an event)
 
 
 def build(
