@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -127,6 +128,7 @@ class Rescore:
     wall: float  # the whole command, interpreter start included
     inner: float | None  # what the command itself reports
     rows: int | None  # what it reports having re-scored
+    cpu: float = 0.0  # CPU seconds (user + system) of the command and its job processes
     digest: dict[str, tuple[int, str]] | None = None
 
     @property
@@ -143,13 +145,16 @@ def run_rescore(config: Path, db: Path, events: int, jobs: int, profile_to: Path
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         cmd = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking", "--subprocesses", "--output",
                str(profile_to), "--", *cmd]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=c.ROOT)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if proc.returncode != 0:
         raise RuntimeError(f"rescore failed ({proc.returncode}): {proc.stderr[-2000:]}")
     m = re.search(r"re-scored (\d+) events with \d+ job\(s\) in ([\d.]+)s", proc.stdout)
-    return Rescore(jobs, events, wall, float(m.group(2)) if m else None, int(m.group(1)) if m else None)
+    return Rescore(jobs, events, wall, float(m.group(2)) if m else None, int(m.group(1)) if m else None, cpu)
 
 
 def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s: float, runs: list[Rescore],
@@ -175,15 +180,18 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
         "leaves alone the active generation it replaces, behind or not).", "",
         "## Results", "",
         "Events/s is logged events over the wall time of the whole command (interpreter start, spawning the "
-        "fold worker processes and the switch included); the command's own time is what it prints.", "",
-        "| jobs | run | events | wall s | events/s | command's own time s | share of the generic read+decode floor | "
-        "share of the `from_stored` floor | derived tables identical to the first run's |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "fold worker processes and the switch included); the command's own time is what it prints. CPU is the "
+        "command's and its job processes' user + system time: it moves much less than wall time when other "
+        "work shares the machine (see the load average).", "",
+        "| jobs | run | events | wall s | events/s | command's own time s | CPU s (all its processes) | CPU µs/event | "
+        "share of the generic read+decode floor | share of the `from_stored` floor | "
+        "derived tables identical to the first run's |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for i, r in enumerate(runs):
         inner = f"{r.inner:.1f}" if r.inner is not None else "-"
         lines.append(f"| {r.jobs} | {sum(q.jobs == r.jobs for q in runs[: i + 1])} | {r.events:,} | {r.wall:.1f} | "
-                     f"{c.fmt_rate(r.rate)} | {inner} | {r.rate / floors[GENERIC]:.3f} | "
+                     f"{c.fmt_rate(r.rate)} | {inner} | {r.cpu:.1f} | {1e6 * r.cpu / r.events:.1f} | {r.rate / floors[GENERIC]:.3f} | "
                      f"{r.rate / floors['decode']:.3f} | "
                      f"{'yes' if r.digest == first else 'NO'} |")
     lines += ["", "Goals from the issue:", ""]
