@@ -191,8 +191,8 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build_s
     for i, r in enumerate(runs):
         inner = f"{r.inner:.1f}" if r.inner is not None else "-"
         lines.append(f"| {r.jobs} | {sum(q.jobs == r.jobs for q in runs[: i + 1])} | {r.events:,} | {r.wall:.1f} | "
-                     f"{c.fmt_rate(r.rate)} | {inner} | {r.cpu:.1f} | {1e6 * r.cpu / r.events:.1f} | {r.rate / floors[GENERIC]:.3f} | "
-                     f"{r.rate / floors['decode']:.3f} | "
+                     f"{c.fmt_rate(r.rate)} | {inner} | {r.cpu:.1f} | {1e6 * r.cpu / r.events:.1f} | "
+                     f"{r.rate / floors[GENERIC]:.3f} | {r.rate / floors['decode']:.3f} | "
                      f"{'yes' if r.digest == first else 'NO'} |")
     lines += ["", "Goals from the issue:", ""]
     if 1 in med and 2 in med:
