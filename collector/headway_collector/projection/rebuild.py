@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,7 +87,11 @@ def build(
 
 
 def _process_main(url: str, config: Config, gens: list[Generation], job: int, jobs: int, prefix: str) -> None:
-    _run(url, config, gens, job, jobs, prefix, lambda done, head: None)
+    try:
+        _run(url, config, gens, job, jobs, prefix, lambda done, head: None)
+    except Exception as exc:  # one line, not a traceback: the command says that a job failed
+        print(f"error: rescore job {job}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _run(
