@@ -38,6 +38,7 @@ from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
 from .model.revenue import AccountRevenue as Mrr
 from .model.revenue import by_account
 from .model.subject import LevelModel, decode_state
+from .mrr import MrrCache
 from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read, subject_state
 from .store import generations, log, queries
@@ -273,10 +274,10 @@ def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[t
             return
 
 
-def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
+def _by_mrr(snap: Snapshot, q: _ListQuery, now: int, cache: MrrCache) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The accounts by MRR at `now`, the greatest first (ties by id), past the cursor: the paying
     ones from their revenue changes, then the others in id order (their MRR is 0)."""
-    mrr = {a: rev.mrr(now) for a, rev in by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now)).items()}
+    mrr = {a: rev.mrr(now) for a, rev in cache.accounts(snap.tx, snap.gen.gen, snap.gen.version).items()}
     paying = sorted((a for a, m in mrr.items() if m > 0), key=lambda a: (-mrr[a], a))
     after = q.after
     if after is None or after[0] > 0:
@@ -296,11 +297,13 @@ def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position,
         last = ids[-1]
 
 
-def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
+def _list(
+    snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int, cache: MrrCache
+) -> tuple[list[Any], str | None]:
     lm = snap.models[project.name, level]
     items: list[Any] = []
     cursor = None
-    for position, row in _by_mrr(snap, q, now) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
+    for position, row in _by_mrr(snap, q, now, cache) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
         try:
             st = decode_state(row.state)
         except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
@@ -319,7 +322,7 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)
     now = read_time(request, state)
-    items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now))
+    items, cursor = await consistent_read(state, project, lambda snap: _list(snap, project, level, q, now, state.mrr))
     page = (
         UserPage(items=items, next_cursor=cursor) if level == "user" else AccountPage(items=items, next_cursor=cursor)
     )

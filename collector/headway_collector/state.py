@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .metrics import Metrics
+from .mrr import MrrCache
 from .projection import ModelBook, Projection
 from .store.base import Store
 
@@ -30,3 +31,4 @@ class AppState:
     clock: Callable[[], int] = field(default=_now_us)  # microseconds; tests may pin it
     ready: bool = False
     read_wait: float = READ_WAIT
+    mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes

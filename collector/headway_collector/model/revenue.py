@@ -123,15 +123,15 @@ class RevenuePeriod:
 
 
 def periods(accounts: Mapping[str, AccountRevenue], bounds: Sequence[int], at: int) -> list[RevenuePeriod]:
-    """The periods [bounds[k], bounds[k+1]), oldest first, from the accounts' MRR (built from the
-    changes at or before `at` only: an end past `at` reads the MRR at `at`)."""
+    """The periods [bounds[k], bounds[k+1]), oldest first, from the accounts' MRR as of `at`:
+    changes after `at` count nowhere, so an end past `at` reads the MRR at `at`."""
     out = []
     for s, e in itertools.pairwise(bounds):
         mrr_start = new = reactivated = expansion = contraction = churned = mrr_end = 0.0
         accounts_start = accounts_churned = 0
         for a in sorted(accounts):
             rev = accounts[a]
-            ms, me = rev.mrr(s), rev.mrr(e)
+            ms, me = rev.mrr(min(s, at)), rev.mrr(min(e, at))
             mrr_start += ms
             mrr_end += me
             if ms > 0:

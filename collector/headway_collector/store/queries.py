@@ -34,6 +34,7 @@ __all__ = [
     "read_growth",
     "read_nps",
     "revenue_changes",
+    "revenue_count",
     "subject_page",
     "subject_rows",
     "subject_state",
@@ -160,11 +161,23 @@ def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tup
     return out
 
 
-def revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str] | None = None) -> list[RevenueChange]:
-    """The revenue changes at or before `upto` (of `accounts` only, when given)."""
+def revenue_count(r: Tx, gen: int) -> int:
+    """How many revenue changes generation `gen` holds: rows are only ever added (insert or
+    ignore), so the count names the set (`mrr.MrrCache`)."""
+    row = r.one("SELECT count(*) FROM revenue_changes WHERE gen = ?", (gen,))
+    return int(row[0]) if row is not None else 0
+
+
+def revenue_changes(
+    r: Tx, gen: int, upto: int | None = None, accounts: Sequence[str] | None = None
+) -> list[RevenueChange]:
+    """The revenue changes at or before `upto` (None: all of them; of `accounts` only, when given)."""
     if accounts is None:
-        rows = r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ?", (gen, upto))
-        return [RevenueChange(*row) for row in rows]
+        where, params = ("gen = ?", (gen,)) if upto is None else ("gen = ? AND t <= ?", (gen, upto))
+        return [
+            RevenueChange(*row)
+            for row in r.all(f"SELECT account, t, id, value FROM revenue_changes WHERE {where}", params)
+        ]
     out: list[RevenueChange] = []
     for part in chunks(sorted(accounts)):
         out += [
