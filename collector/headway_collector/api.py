@@ -144,7 +144,7 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
         return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
     ids = [v.account_id for v in items]
     members = _members(snap, project, ids, now)
-    mrr = by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now, ids))
+    mrr = by_account(queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids))
     return [
         msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
         for v in items

@@ -27,6 +27,7 @@ __all__ = [
     "SubjectRow",
     "TransitionRow",
     "account_ids",
+    "account_revenue_changes",
     "member_states",
     "memberships_of",
     "project_transitions",
@@ -96,17 +97,18 @@ def subject_page(
     return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
 
 
+def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The rows of `sql`, which ends in `IN ({})`, for every one of `ids`, a chunk at a time."""
+    out: list[tuple[Any, ...]] = []
+    for part in chunks(sorted(ids)):
+        out += r.all(sql.format(",".join("?" * len(part))), (*params, *part))
+    return out
+
+
 def subject_rows(r: Tx, gen: int, level: str, ids: Sequence[str]) -> dict[str, SubjectRow]:
     """The stored subjects among `ids`."""
-    out = {}
-    for part in chunks(sorted(ids)):
-        for sid, key, blob in r.all(
-            f"SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? "
-            f"AND subject IN ({','.join('?' * len(part))})",
-            (gen, level, *part),
-        ):
-            out[sid] = SubjectRow(sid, key, bytes(blob))
-    return out
+    sql = "SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({})"
+    return {sid: SubjectRow(sid, key, bytes(blob)) for sid, key, blob in _by_chunks(r, sql, (gen, level), ids)}
 
 
 def account_ids(r: Tx, gen: int, after: str | None, limit: int) -> list[str]:
@@ -130,16 +132,11 @@ class MembershipRow:
 def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[MembershipRow]:
     """The accounts of `users` that their events carried at or before `at`, per user the most
     recently seen first (ties by account id)."""
-    out: list[MembershipRow] = []
-    for part in chunks(sorted(users)):
-        out += [
-            MembershipRow(*row)
-            for row in r.all(
-                f"SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
-                f"AND user_id IN ({','.join('?' * len(part))})",
-                (gen, at, *part),
-            )
-        ]
+    sql = (
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND user_id IN ({})"
+    )
+    out = [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), users)]
     out.sort(key=lambda m: (m.user_id, -m.last_seen, m.account))
     return out
 
@@ -147,18 +144,11 @@ def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[Membe
 def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tuple[str, bytes]]:
     """(account, stored state of a user) for each user that the accounts' events carried at or
     before `at`."""
-    out: list[tuple[str, bytes]] = []
-    for part in chunks(sorted(accounts)):
-        out += [
-            (account, bytes(blob))
-            for account, blob in r.all(
-                "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
-                f"AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? "
-                f"AND m.account IN ({','.join('?' * len(part))})",
-                (gen, at, *part),
-            )
-        ]
-    return out
+    sql = (
+        "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
+        "AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? AND m.account IN ({})"
+    )
+    return [(account, bytes(blob)) for account, blob in _by_chunks(r, sql, (gen, at), accounts)]
 
 
 def revenue_count(r: Tx, gen: int) -> int:
@@ -168,27 +158,17 @@ def revenue_count(r: Tx, gen: int) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def revenue_changes(
-    r: Tx, gen: int, upto: int | None = None, accounts: Sequence[str] | None = None
-) -> list[RevenueChange]:
-    """The revenue changes at or before `upto` (None: all of them; of `accounts` only, when given)."""
-    if accounts is None:
-        where, params = ("gen = ?", (gen,)) if upto is None else ("gen = ? AND t <= ?", (gen, upto))
-        return [
-            RevenueChange(*row)
-            for row in r.all(f"SELECT account, t, id, value FROM revenue_changes WHERE {where}", params)
-        ]
-    out: list[RevenueChange] = []
-    for part in chunks(sorted(accounts)):
-        out += [
-            RevenueChange(*row)
-            for row in r.all(
-                f"SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? "
-                f"AND account IN ({','.join('?' * len(part))})",
-                (gen, upto, *part),
-            )
-        ]
-    return out
+def revenue_changes(r: Tx, gen: int) -> list[RevenueChange]:
+    """Every revenue change of generation `gen`."""
+    return [
+        RevenueChange(*row) for row in r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ?", (gen,))
+    ]
+
+
+def account_revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str]) -> list[RevenueChange]:
+    """The revenue changes of `accounts` at or before `upto`."""
+    sql = "SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? AND account IN ({})"
+    return [RevenueChange(*row) for row in _by_chunks(r, sql, (gen, upto), accounts)]
 
 
 def tags(r: Tx, gen: int) -> list[tuple[str, int]]:
