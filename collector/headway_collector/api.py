@@ -264,9 +264,9 @@ Position = tuple[float, str]  # where a list stands: (score, or MRR, and the sub
 def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The subjects in score order past the cursor (of one account's users, with `account_id`)."""
     after = q.after
-    members = queries.Members(q.account_id, now) if q.account_id is not None else None
+    of_account = queries.OfAccount(q.account_id, now) if q.account_id is not None else None
     while True:
-        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, members)
+        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, of_account)
         for row in rows:
             after = (row.score_key, row.subject)
             yield after, row

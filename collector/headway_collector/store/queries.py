@@ -22,8 +22,8 @@ from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
-    "Members",
     "MembershipRow",
+    "OfAccount",
     "SubjectRow",
     "TransitionRow",
     "account_ids",
@@ -62,7 +62,7 @@ class SubjectRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Members:
+class OfAccount:
     """Narrows a list of users to an account's: those its events carried at or before `at`."""
 
     account: str
@@ -76,14 +76,14 @@ def subject_page(
     descending: bool,
     after: tuple[float, str] | None,
     limit: int,
-    members: Members | None = None,
+    of_account: OfAccount | None = None,
 ) -> list[SubjectRow]:
-    """Subjects ranked by score (ties by id), after a cursor position (`members`: of one account)."""
+    """Subjects ranked by score (ties by id), after a cursor position (`of_account`: its users only)."""
     cmp, direction = ("<", "DESC") if descending else (">", "ASC")
     join, params = "", list[Any]()
-    if members is not None:
+    if of_account is not None:
         join = "JOIN memberships m ON m.gen = s.gen AND m.account = ? AND m.user_id = s.subject AND m.first_seen <= ? "
-        params = [members.account, members.at]
+        params = [of_account.account, of_account.at]
     where = "s.gen = ? AND s.level = ?"
     params += [gen, level]
     if after is not None:
