@@ -35,8 +35,7 @@ from .config import Project
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
-from .model.revenue import AccountRevenue as Mrr
-from .model.revenue import by_account
+from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
 from .mrr import MrrCache
 from .params import app_state, choice, count, nps_view, read_time, ts
@@ -131,7 +130,7 @@ def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) ->
     return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
 
 
-def _revenue(mrr: Mrr | None, now: int) -> AccountRevenue:
+def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
     return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
 
 

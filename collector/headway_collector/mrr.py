@@ -1,7 +1,7 @@
 """Each generation's accounts' MRR over time, built once per set of revenue changes.
 
 `GET /v1/revenue` and `GET /v1/accounts?order=mrr_desc` need every account's MRR step function
-(`model.revenue.AccountRevenue`). Building it reads every revenue change of the generation; the
+(`model.revenue.MrrHistory`). Building it reads every revenue change of the generation; the
 rows of a generation are only ever added (insert or ignore, `store.derived`), so their count, read
 in the request's snapshot, says whether the set is still the one built last: then the request
 reuses it (a few milliseconds of `count(*)` instead of reading and sorting every row). A new
@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .model.revenue import AccountRevenue, by_account
+from .model.revenue import MrrHistory, by_account
 from .store import queries
 from .store.base import Tx
 
@@ -29,9 +29,9 @@ class MrrCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._built: OrderedDict[tuple[int, str, int], dict[str, AccountRevenue]] = OrderedDict()
+        self._built: OrderedDict[tuple[int, str, int], dict[str, MrrHistory]] = OrderedDict()
 
-    def accounts(self, r: Tx, gen: int, version: str) -> dict[str, AccountRevenue]:
+    def accounts(self, r: Tx, gen: int, version: str) -> dict[str, MrrHistory]:
         key = (gen, version, queries.revenue_count(r, gen))
         with self._lock:
             found = self._built.get(key)

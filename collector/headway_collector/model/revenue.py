@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["AccountRevenue", "RevenueChange", "RevenuePeriod", "by_account", "periods", "ratio"]
+__all__ = ["MrrHistory", "RevenueChange", "RevenuePeriod", "by_account", "periods", "ratio"]
 
 
 class RevenueChange(NamedTuple):
@@ -39,7 +39,7 @@ class RevenueChange(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class AccountRevenue:
+class MrrHistory:
     """One account's MRR as a step function: `values[i]` holds from `times[i]` on (one per instant)."""
 
     times: list[int]
@@ -47,7 +47,7 @@ class AccountRevenue:
     first_paid: int | None  # the first instant its MRR was > 0 (None: never)
 
     @classmethod
-    def of(cls, changes: Iterable[RevenueChange]) -> AccountRevenue:
+    def of(cls, changes: Iterable[RevenueChange]) -> MrrHistory:
         """From one account's changes, in any order."""
         times: list[int] = []
         values: list[float] = []
@@ -77,12 +77,12 @@ class AccountRevenue:
         return self.first_paid is not None and self.first_paid < t
 
 
-def by_account(changes: Iterable[RevenueChange]) -> dict[str, AccountRevenue]:
+def by_account(changes: Iterable[RevenueChange]) -> dict[str, MrrHistory]:
     """Each account's MRR step function, keyed by account id in id order."""
     grouped: dict[str, list[RevenueChange]] = {}
     for c in changes:
         grouped.setdefault(c.account, []).append(c)
-    return {a: AccountRevenue.of(grouped[a]) for a in sorted(grouped)}
+    return {a: MrrHistory.of(grouped[a]) for a in sorted(grouped)}
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -122,7 +122,7 @@ class RevenuePeriod:
         return ratio(self.new + self.reactivated + self.expansion, self.contraction + self.churned)
 
 
-def periods(accounts: Mapping[str, AccountRevenue], bounds: Sequence[int], at: int) -> list[RevenuePeriod]:
+def periods(accounts: Mapping[str, MrrHistory], bounds: Sequence[int], at: int) -> list[RevenuePeriod]:
     """The periods [bounds[k], bounds[k+1]), oldest first, from the accounts' MRR as of `at`:
     changes after `at` count nowhere, so an end past `at` reads the MRR at `at`."""
     out = []
