@@ -37,9 +37,9 @@ from .errors import APIError, json_response
 from .events import from_stored
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
-from .model.revenue import AccountRevenue as Mrr
-from .model.revenue import by_account
+from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
+from .mrr import MrrCache
 from .params import app_state, choice, count, nps_view, read_time, ts
 from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .store import generations, log, queries
@@ -144,7 +144,7 @@ def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) ->
     return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
 
 
-def _revenue(mrr: Mrr | None, now: int) -> AccountRevenue:
+def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
     return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
 
 
@@ -157,7 +157,7 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
         return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
     ids = [v.account_id for v in items]
     members = _members(snap, project, ids, now)
-    mrr = by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now, ids))
+    mrr = by_account(queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids))
     return [
         msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
         for v in items
@@ -277,9 +277,9 @@ Position = tuple[float, str]  # where a list stands: (score, or MRR, and the sub
 def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The subjects in score order past the cursor (of one account's users, with `account_id`)."""
     after = q.after
-    members = queries.Members(q.account_id, now) if q.account_id is not None else None
+    of_account = queries.OfAccount(q.account_id, now) if q.account_id is not None else None
     while True:
-        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, members)
+        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, of_account)
         for row in rows:
             after = (row.score_key, row.subject)
             yield after, row
@@ -287,10 +287,10 @@ def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[t
             return
 
 
-def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
+def _by_mrr(snap: Snapshot, q: _ListQuery, now: int, cache: MrrCache) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The accounts by MRR at `now`, the greatest first (ties by id), past the cursor: the paying
     ones from their revenue changes, then the others in id order (their MRR is 0)."""
-    mrr = {a: rev.mrr(now) for a, rev in by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now)).items()}
+    mrr = {a: rev.mrr(now) for a, rev in cache.accounts(snap.tx, snap.gen.gen, snap.gen.version).items()}
     paying = sorted((a for a, m in mrr.items() if m > 0), key=lambda a: (-mrr[a], a))
     after = q.after
     if after is None or after[0] > 0:
@@ -310,11 +310,13 @@ def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position,
         last = ids[-1]
 
 
-def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
+def _list(
+    snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int, cache: MrrCache
+) -> tuple[list[Any], str | None]:
     lm = snap.models[project.name, level]
     items: list[Any] = []
     cursor = None
-    for position, row in _by_mrr(snap, q, now) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
+    for position, row in _by_mrr(snap, q, now, cache) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
         try:
             st = decode_state(row.state)
         except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
@@ -337,7 +339,7 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
 
     def body(snap: Snapshot) -> tuple[list[Any], str | None]:
         exact_at(snap, at)
-        return _list(snap, project, level, q, now)
+        return _list(snap, project, level, q, now, state.mrr)
 
     items, cursor = await consistent_read(state, project, body)
     page = (

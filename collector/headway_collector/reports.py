@@ -24,6 +24,7 @@ from .model import growth as g
 from .model import revenue as rv
 from .model.evaluate import read, recurring_result
 from .model.subject import decode_state
+from .mrr import MrrCache
 from .params import app_state, choice, count, instant, nps_view, read_time, rfc3339, ts
 from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .state import AppState
@@ -33,7 +34,6 @@ from .store.queries import (
     read_funnel,
     read_growth,
     read_nps,
-    revenue_changes,
     subject_rows,
 )
 
@@ -190,7 +190,7 @@ def _bounds(kind: g.Kind, n: int, now: int) -> list[int]:
     return [g.period_start(kind, p) for p in range(last - n + 1, last + 2)]
 
 
-def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int) -> Revenue:
+def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int, cache: MrrCache) -> Revenue:
     if snap.models.projects[project.name].revenue_event is None:
         raise APIError(
             400,
@@ -198,7 +198,7 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
             f"the model of project {project.name!r} names no revenue event: add [projects.{project.name}.revenue] "
             'event = "..." (docs/reports.md)',
         )
-    accounts = rv.by_account(revenue_changes(snap.tx, snap.gen.gen, now))
+    accounts = cache.accounts(snap.tx, snap.gen.gen, snap.gen.version)
     mrr = {a: rev.mrr(now) for a, rev in accounts.items()}
     paying = [a for a in accounts if mrr[a] > 0]
     lm = snap.models[project.name, "account"]
@@ -242,4 +242,6 @@ async def revenue(request: Request) -> Response:
     n = count(request, "periods", DEFAULT_REVENUE_PERIODS, MAX_REVENUE_PERIODS)
     now = read_time(request, state)
     bounds = _bounds(kind, n, now)
-    return json_response(await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now)))
+    return json_response(
+        await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now, state.mrr))
+    )
