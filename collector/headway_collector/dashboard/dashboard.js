@@ -317,20 +317,33 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
-// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+// Why the quadrant is what it is, in the words of the rule (SPEC section 4, "Quadrant"; docs/collector.md,
+// "What the labels mean"): success is judged in the judging stage, the current one or, when it has no
+// milestone of this level, the latest earlier one that has. The verdict is the API's quadrant; this
+// names the milestones behind it.
 function whyQuadrant(v, threshold) {
   const stages = (model.stages || []).map((st) => st.name);
   const here = stages.indexOf(v.stage);
   const names = (ms) => ms.map((m) => m.name).join(", ");
-  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
-  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
   const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
     : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
-  let success = "succeeding";
-  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
-  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
-  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
-  return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
+  if (v.quadrant === "new") {
+    const young = (model.engagement && model.engagement.new_for) || "1d";
+    return h("p", { class: "help why-quadrant" }, `new: first seen ${day(v.first_seen)}, younger than ${young}: too early to judge; ${engaged}.`);
+  }
+  const judging = Math.max(-1, ...v.milestones.map((m) => stages.indexOf(m.stage)).filter((i) => i <= here));
+  const ms = v.milestones.filter((m) => judging >= 0 && stages.indexOf(m.stage) === judging);
+  const where = judging === here ? `in ${v.stage}` : `in ${stages[judging]} (the latest stage with milestones of this level)`;
+  const failed = ms.filter((m) => m.status === "missed" || m.status === "lapsed");
+  const achieved = ms.filter((m) => m.status === "achieved");
+  let success;
+  if (!ms.length) success = "no milestone of this level up to its stage";
+  else if (failed.length) success = `not succeeding ${where}: ${failed.map((m) => `${m.name} ${m.status}`).join(", ")}`;
+  else if (v.quadrant === "thriving" || v.quadrant === "quiet") {
+    const going = ms.filter((m) => m.progress > 0);
+    success = `succeeding ${where}: ${achieved.length ? `${names(achieved)} achieved` : `${names(going.length ? going : ms)} on pace`}`;
+  } else success = `not succeeding ${where}: ${names(ms.filter((m) => m.status !== "achieved"))} not achieved, nothing on pace`;
+  return h("p", { class: "help why-quadrant" }, `${label(v.quadrant)}: ${engaged}; ${success}.`);
 }
 
 // Why the score is what it is: each event name's exact share of it now (`GET /v1/scores`, top ten),
@@ -392,14 +405,17 @@ async function showSubject(level, id) {
 const MRR_UP = [["new", "mrr_new", "new"], ["reactivated", "mrr_reactivated", "reactivated"], ["expansion", "mrr_expansion", "expansion"]];
 const MRR_DOWN = [["contraction", "mrr_contraction", "contraction"], ["churned", "mrr_churned", "churned"]];
 
-// The MRR of the accounts in each quadrant at this instant: a bar per quadrant, its share of the
-// whole, the stuck and at-risk ones (the money at stake) first among the judged.
+// The MRR of the accounts in each quadrant at this instant: a bar per quadrant and its share of
+// the whole, led by the sum of the stuck and at-risk ones (the money at stake).
+const AT_STAKE = ["stuck", "at_risk"];
 function mrrByQuadrant(byQuadrant) {
   const quadrants = shown(QUADRANTS, CLASSIC_QUADRANTS, Object.keys(byQuadrant));
   const whole = quadrants.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
   if (!whole) return h("p", {}, "No MRR at this instant.");
   const widest = Math.max(...quadrants.map((q) => byQuadrant[q] || 0));
-  return h("div", {}, legend(quadrants.map((q) => [label(q), q])),
+  const stake = AT_STAKE.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
+  return h("div", {}, h("p", { class: "at-stake" }, `At stake (stuck and at risk): ${money(stake)} of ${money(whole)} MRR (${pct(stake / whole)}).`),
+    legend(quadrants.map((q) => [label(q), q])),
     table([["quadrant"], ["MRR", "num"], ["share", "num"]], quadrants.map((q) => [chip(q, q),
       h("span", { class: "share" }, bar([[byQuadrant[q] || 0, q, label(q), listHref("account", { quadrant: q })]], widest), money(byQuadrant[q] || 0)),
       pct((byQuadrant[q] || 0) / whole)])));
