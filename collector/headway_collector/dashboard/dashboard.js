@@ -132,16 +132,20 @@ function quadrantMap(items, threshold) {
   const x = (score) => Math.log10(1 + Math.max(0, score));
   const maxX = Math.max(x(threshold) * 2, ...items.map((a) => x(a.engagement.score)), 1);
   const px = (v) => L + P + ((W - L - R - 2 * P) * v) / maxX;
-  const band = (H - B - T) / 2, gap = 8;
+  const band = (H - B - T) / 2, gap = 8, top = 24; // top: a strip at each band's top for the region's name
   const mid = T + band;
   const judged = (q) => CLASSIC_QUADRANTS.includes(q);
-  // progress 0..1 within its band, leaving a gap at the split so that no dot sits on the line
-  const py = (a) => (UPPER.includes(a.quadrant) || !judged(a.quadrant) ? mid - gap : H - B - P) - (band - gap - P) * a.success.progress;
+  // progress 0..1 within its band, below the strip of the region's name and clear of the split line
+  const py = (a) => (UPPER.includes(a.quadrant) || !judged(a.quadrant) ? mid - gap - (band - gap - top) * a.success.progress
+    : H - B - P - (band - P - top) * a.success.progress);
   const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "accounts by engagement and success" });
   const xT = px(x(threshold));
+  const placed = []; // boxes taken by the regions' names and the dots' names, which avoid them
   for (const [q, x0, y0, x1, y1] of [["quiet", L, T, xT, mid], ["thriving", xT, T, W - R, mid], ["at_risk", L, mid, xT, H - B], ["stuck", xT, mid, W - R, H - B]]) {
     g.append(s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: colour(q), "fill-opacity": 0.07 }));
-    g.append(s("text", { class: "region", x: q === "quiet" || q === "at_risk" ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:${colour(q)}`, "text-anchor": q === "quiet" || q === "at_risk" ? "start" : "end" }, label(q)));
+    const left = q === "quiet" || q === "at_risk", width = 8 + 7 * label(q).length;
+    g.append(s("text", { class: "region", x: left ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:${colour(q)}`, "text-anchor": left ? "start" : "end" }, label(q)));
+    placed.push({ x0: left ? x0 + 4 : x1 - 4 - width, x1: left ? x0 + 4 + width : x1 - 4, y0: y0 + 4, y1: y0 + 18 });
   }
   g.append(s("line", { x1: xT, x2: xT, y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "4 3" }));
   g.append(s("line", { x1: L, x2: W - R, y1: mid, y2: mid, stroke: "#999" }));
@@ -158,7 +162,6 @@ function quadrantMap(items, threshold) {
   // Names: the busiest account first, then stuck and at-risk accounts, then by score.
   const rank = { stuck: 0, at_risk: 1, thriving: 2, quiet: 3 };
   const busiest = items.reduce((top, a) => (top === null || a.engagement.score > top.engagement.score ? a : top), null);
-  const placed = [];
   const labels = s("g", { class: "names" });
   const order = items.slice().sort((a, b) => (b === busiest) - (a === busiest) || (rank[a.quadrant] ?? 4) - (rank[b.quadrant] ?? 4) || b.engagement.score - a.engagement.score);
   for (const a of order) {
@@ -170,12 +173,14 @@ function quadrantMap(items, threshold) {
     g.append(dot);
     const text = a.account_id.length > 18 ? `${a.account_id.slice(0, 17)}…` : a.account_id;
     const width = 8 + 6.2 * text.length;
-    // beside the dot on the right, or on its left where the right has no room
-    for (const [x0, anchor] of [[cx + 6, "start"], [cx - 6 - width, "end"]]) {
-      const box = { x0, x1: x0 + width, y0: cy - 6, y1: cy + 6 };
-      if (placed.length >= 60 || box.x0 < L || box.x1 > W - R || placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) continue;
+    // beside the dot on the right, else on its left, else the same a line below or above
+    const spots = [0, 14, -14].flatMap((dy) => [[cx + 6, "start", dy], [cx - 6 - width, "end", dy]]);
+    for (const [x0, anchor, dy] of spots) {
+      const box = { x0, x1: x0 + width, y0: cy + dy - 6, y1: cy + dy + 6 };
+      if (placed.length >= 64 || box.x0 < L || box.x1 > W - R || box.y0 < T || box.y1 > H - B ||
+        placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) continue;
       placed.push(box);
-      labels.append(s("text", { x: anchor === "start" ? box.x0 : cx - 6, y: cy + 4, "text-anchor": anchor }, text));
+      labels.append(s("text", { x: anchor === "start" ? box.x0 : cx - 6, y: cy + dy + 4, "text-anchor": anchor }, text));
       break;
     }
   }
