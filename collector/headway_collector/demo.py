@@ -2,11 +2,12 @@
 `--serve`) the collector itself, seeded with demo data on a fresh database.
 
 The copy (not committed) keeps its plaintext demo keys in a comment, so reruns reuse them.
-The demo data is a few months of five accounts on the example model, so that every dashboard view
-has something to show: an account in each quadrant and a brand-new one, the recurring milestones
-achieved and then lapsed, and MRR through the model's revenue event (new, an expansion, a
-contraction, a churn to 0 and a reactivation, each more than a month from the account's previous
-change so that they fall in different months whatever the day).
+The demo data is a few months of five accounts and some users on their own on the example model,
+so that every dashboard view has something to show: an account in each quadrant and a brand-new
+one, weekly cohorts of new users, the recurring milestones achieved and then lapsed, and MRR
+through the model's revenue event (new, an expansion, a contraction, a churn to 0 and a
+reactivation, each more than a month from the account's previous change so that they fall in
+different months whatever the day).
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ DEMO = (
 )
 # a brand-new account: first seen two hours ago, one onboarding prompt done of three
 NEW = ("newco", "nina", 2.0 / 24)
+# users trying the product on their own (no account), one every four days: two in three keen
+# (all prompts done, reports viewed in their first days, sessions twice a day since: a daily
+# habit), the others drift off after a week, one of them back lately. Weekly cohorts for
+# retention and growth, and early behaviour that predicts `daily_habit` for the insights.
+TRIALISTS = 16
 
 
 def demo_events(now: datetime) -> list[dict[str, Any]]:
@@ -92,7 +98,7 @@ def demo_events(now: datetime) -> list[dict[str, Any]]:
     rng = random.Random(7)
     events: list[dict[str, Any]] = []
 
-    def ev(user: str, account: str, name: str, days_ago: float, **extra: Any) -> None:
+    def ev(user: str, account: str | None, name: str, days_ago: float, **extra: Any) -> None:
         events.append({"id": f"demo-{len(events)}", "event": name, "user_id": user, "account_id": account,
                        "timestamp": (now - timedelta(days=days_ago)).isoformat(), **extra})
 
@@ -124,6 +130,21 @@ def demo_events(now: datetime) -> list[dict[str, Any]]:
         for days_ago, mrr in a.mrr:
             ev(lead, a.account_id, "mrr_changed", days_ago, value=mrr)
         ev(a.users[-1], a.account_id, "nps_response", a.age_days / 2, value=float(rng.choice((3, 6, 8, 9, 10))))
+    for i in range(TRIALISTS):
+        user, joined, keen = f"trial-{i + 1:02d}", 64.0 - 4 * i, i % 3 != 2
+        ev(user, None, "signed_in", joined)
+        for k in range(3 if keen else 1):
+            ev(user, None, "prompt_completed", joined - 0.02 * (k + 1))
+        for k in range(4 if keen else 1):
+            ev(user, None, "report_viewed", joined - 0.5 * (k + 1))
+        last = 0.0 if keen else max(0.0, joined - 7)
+        day = joined - 0.1
+        while day > last:
+            for _ in range(2 if keen else 1):
+                ev(user, None, "session_started", day - rng.uniform(0, 0.08))
+            day -= 1.0
+        if i == 2:  # drifted off, back this week
+            ev(user, None, "session_started", 1.5)
     account, user, age = NEW
     ev(user, account, "signed_in", age)
     ev(user, account, "prompt_completed", age - 0.01)

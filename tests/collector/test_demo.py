@@ -80,9 +80,12 @@ def test_the_demo_gives_every_view_data(tmp_path: Path) -> None:
         assert revenue["periods"][-1]["mrr_end"] == sum(a.mrr[-1][1] for a in DEMO)
         assert sum(1 for mrr in revenue["by_quadrant"].values() if mrr) >= 3
         # growth, a subject's score, insights, the live feed
-        assert sum(p["new"] for p in get("/v1/growth", period="week")["periods"]) > 0
+        growth = get("/v1/growth", period="week")["periods"]
+        assert all(sum(p[k] for p in growth) > 0 for k in ("new", "retained", "resurrected", "churned"))
         assert len(get("/v1/scores", user_id="alice", days=90)["points"]) > 30
-        assert get("/v1/stickiness", days=30)["mau"] > 0 and get("/v1/retention", period="week")["cohorts"]
+        assert get("/v1/stickiness", days=30)["mau"] > 0
+        assert sum(c["size"] for c in get("/v1/retention", period="week", cohorts=8)["cohorts"]) >= 8
+        assert get("/v1/insights/predictors", outcome="daily_habit", window="7d")["predictors"]
         kinds = Counter(t["type"] for t in get("/v1/transitions", limit=1000)["transitions"])
         assert {"milestone.achieved", "milestone.lapsed", "milestone.missed", "quadrant.changed"} <= set(kinds)
     finally:
