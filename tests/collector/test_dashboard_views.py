@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from tests.collector.browser import CHROMIUM, Browser
 from tests.collector.helpers import headers, read_headers
 from tests.collector.test_dashboard import seed
-from tests.conftest import LiveCollector, config_text
+from tests.conftest import EXAMPLE, LiveCollector, config_text
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the page is not rendered")]
@@ -83,26 +84,32 @@ def shown_number(x: float, digits: int = 1) -> str:
     return text.rstrip("0").rstrip(".") if digits else text
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    tmp = tmp_path_factory.mktemp("dashboard")
+@contextmanager
+def open_site(tmp: Path, model: str) -> Iterator[tuple[LiveCollector, Browser]]:
+    """The collector on `model` (with the test keys) over uvicorn, and Chromium holding its key."""
     config = tmp / "headway.toml"
-    config.write_text(config_text())
+    config.write_text(config_text(model))
     live = LiveCollector(config_path=config, db_path=tmp / "headway.db")
     live.start()
     browser = None
     try:
-        quadrants = seed(live.url)
-        mrr = seed_revenue(live.url)
-        quadrants[NEW[1]] = "new"
         browser = Browser(Path(tmp / "profile"))
         browser.goto(f"{live.url}/#key={live.read_key}")  # the page keeps the key in its storage
         browser.wait_for('document.readyState === "complete" && localStorage.getItem("headway-read-key") !== null')
-        yield Site(live, browser, quadrants, mrr)
+        yield live, browser
     finally:
         if browser is not None:
             browser.close()
         live.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with open_site(tmp_path_factory.mktemp("dashboard"), EXAMPLE.read_text()) as (live, browser):
+        quadrants = seed(live.url)
+        mrr = seed_revenue(live.url)
+        quadrants[NEW[1]] = "new"
+        yield Site(live, browser, quadrants, mrr)
 
 
 def test_funnel_shows_each_milestone_with_a_legend(site: Site) -> None:
@@ -297,3 +304,23 @@ def test_a_quadrant_or_status_the_page_does_not_know_gets_a_neutral_colour(site:
     })()""")
     assert painted == ["var(--lapsed, var(--other))", "var(--other)", "lapsed"]
     assert site.browser.errors == []
+
+
+def test_without_a_revenue_event_the_page_shows_no_mrr_and_says_why(tmp_path: Path) -> None:
+    """A model that names no revenue event: `GET /v1/revenue` answers 400, and every account's
+    `revenue` reads 0. The page says that revenue is not measured (the revenue view names the
+    setting to add) rather than showing accounts that pay 0."""
+    model = EXAMPLE.read_text().replace('[projects.acme.revenue]\nevent = "mrr_changed"', "")
+    assert "[projects.acme.revenue]" not in model
+    with open_site(tmp_path, model) as (live, browser):
+        seed(live.url)
+        site = Site(live, browser, {}, {})
+        assert site.get("/v1/revenue").status_code == 400
+        assert site.get("/v1/accounts/stuck-co").json()["revenue"]["mrr"] == 0
+        shown = site.view("#revenue", "view-revenue", 'document.querySelector("#revenue-chart").children.length')
+        assert "No revenue event configured" in shown["text"] and "[projects.<name>.revenue]" in shown["text"]
+        assert "names no revenue event" in shown["text"]  # the collector's own message
+        shown = site.view("#subject/account/stuck-co", "view-subject", 'document.querySelector("#people tbody tr")')
+        assert "MRR" not in shown["text"]
+        shown = site.view("#accounts", "view-accounts", 'document.querySelector("#stuck table")')
+        assert "MRR" not in shown["text"]

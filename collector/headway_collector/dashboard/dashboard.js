@@ -188,11 +188,12 @@ function quadrantMap(items, threshold) {
   return g;
 }
 
-// The MRR column of an account list, when the collector reports revenue.
-const hasRevenue = (items) => items.some((a) => a.revenue && a.revenue.mrr !== undefined);
+// MRR is shown when the model names a revenue event: without one every account's `revenue` reads
+// 0, which would say "pays nothing" where the truth is "not measured".
+const measuresRevenue = () => Boolean(model && model.revenue);
 
 function subjectTable(level, items) {
-  const mrr = hasRevenue(items);
+  const mrr = measuresRevenue() && items.some((a) => a.revenue);
   return table([[level], ["quadrant"], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ...(mrr ? [["MRR", "num"]] : []), ["last seen", "date"]],
     items.map((a) => [subjectLink(level, a[`${level}_id`]), chip(a.quadrant, a.quadrant), num(a.engagement.score), a.engagement.trend,
       `${a.success.achieved}/${a.success.total} · ${pct(a.success.progress)}`, a.stage || "–", ...(mrr ? [money(a.revenue && a.revenue.mrr)] : []), day(a.last_seen)]));
@@ -390,7 +391,7 @@ async function showSubject(level, id) {
     card("active days (30)", v.engagement.active_days_30d), card("stage", v.stage || "–"),
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
-  if (v.revenue) cards.append(card(v.revenue.since ? `MRR since ${day(v.revenue.since)}` : "MRR", money(v.revenue.mrr)));
+  if (v.revenue && measuresRevenue()) cards.append(card(v.revenue.since ? `MRR since ${day(v.revenue.since)}` : "MRR", money(v.revenue.mrr)));
   const accounts = v.accounts && v.accounts.length
     ? h("p", { class: "help" }, "accounts: ", ...v.accounts.flatMap((a, i) => [i ? ", " : "", subjectLink("account", a.id)])) : "";
   const milestones = v.milestones.length ? table(
