@@ -1,11 +1,12 @@
 """`make run`'s demo as a newcomer meets it: `python -m headway_collector.demo --serve` starts
 the real collector on a fresh database, seeds the demo data, and every dashboard view then has
 data to show, read through the API (SPEC 3): each quadrant and a new account, the recurring
-milestones achieved and lapsed, every MRR movement, transitions, retention and stickiness. A
-rerun on the same database sends nothing."""
+milestones achieved and lapsed, every MRR movement, transitions, retention and stickiness; and
+each view draws it in Chromium (when installed). A rerun on the same database sends nothing."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from headway_collector.demo import DEMO, NEW
 
+from tests.collector.browser import CHROMIUM, Browser
 from tests.conftest import EXAMPLE, free_port
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,28 @@ def start_demo(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
 def stop(demo: subprocess.Popen[bytes]) -> None:
     demo.send_signal(signal.SIGINT)  # the collector is its child: stopped the way Ctrl-C stops both
     assert demo.wait(timeout=60) == 0
+
+
+# Each view of the dashboard and what it draws from the demo data.
+VIEWS = [("#funnel", "#funnel tbody tr"), ("#accounts", "#quadrant-map svg circle"),
+         ("#growth", "#growth-chart svg rect"), ("#revenue", "#revenue-chart svg rect"),
+         ("#subject/account/globex", "#people tbody tr"), ("#subject/user/alice", "#subject svg polyline"),
+         ("#insights", "#insights-retention tbody tr"), ("#live", "#live-feed li")]
+
+
+def every_view_draws(url: str, key: str, profile: Path) -> None:
+    """In Chromium, each view shows what it draws, and the page raises nothing."""
+    browser = Browser(profile)
+    try:
+        browser.goto(f"{url}/#key={key}")
+        browser.wait_for('document.readyState === "complete" && localStorage.getItem("headway-read-key") !== null')
+        for fragment, drawn in VIEWS:
+            browser.goto(f"{url}/{fragment}")
+            shown = f"document.querySelector({json.dumps(drawn)})"
+            browser.wait_for(f'{shown} && !document.getElementById("status").textContent')
+            assert browser.errors == [], (fragment, browser.errors)
+    finally:
+        browser.close()
 
 
 def test_the_demo_gives_every_view_data(tmp_path: Path) -> None:
@@ -88,6 +112,8 @@ def test_the_demo_gives_every_view_data(tmp_path: Path) -> None:
         assert get("/v1/insights/predictors", outcome="daily_habit", window="7d")["predictors"]
         kinds = Counter(t["type"] for t in get("/v1/transitions", limit=1000)["transitions"])
         assert {"milestone.achieved", "milestone.lapsed", "milestone.missed", "quadrant.changed"} <= set(kinds)
+        if CHROMIUM is not None:
+            every_view_draws(f"http://127.0.0.1:{port}", read, tmp_path / "profile")
     finally:
         stop(demo)
     again, log = start_demo(tmp_path, port)  # the same database: nothing sent twice
