@@ -35,11 +35,12 @@ from .auth import authorize
 from .config import Project
 from .disk import DISK_RETRY, room
 from .errors import json_response
+from .events import from_stored
 from .model.evaluate import Reading, read, shortfalls
 from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
-from .model.revenue import AccountRevenue as Mrr
-from .model.revenue import by_account
+from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
+from .mrr import MrrCache
 from .params import AT, MAX_NAME, NO_PARAMS, Params, app_state, choice, invalid, nps_view, read_time, text, ts, whole
 from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .store import generations, log, queries
@@ -133,27 +134,39 @@ def _accounts_seen(rows: dict[MemberKey, Membership], now: int) -> dict[str, lis
     return out
 
 
-def _stored_memberships(snap: Snapshot, users: list[str], now: int) -> dict[MemberKey, Membership]:
-    return {
+def _stored_memberships(snap: Snapshot, project: Project, users: list[str], now: int) -> dict[MemberKey, Membership]:
+    """The users' memberships as of `now`: a membership last seen after it (a read at a past
+    `at`) is seen again in the user's events at or before `now`, so no later event shows."""
+    rows = {
         MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen)
         for m in queries.memberships_of(snap.tx, snap.gen.gen, users, now)
     }
+    for user in sorted({key.user_id for key, m in rows.items() if m.last_seen > now}):
+        history = log.subject_events(snap.tx, project.name, "user", user, upto=snap.folded)
+        seen: dict[MemberKey, Membership] = {}
+        add_memberships(seen, (ev for ev in (from_stored(raw, t) for raw, t in history) if ev.t <= now))
+        rows.update((key, m) for key, m in seen.items() if key in rows)
+    return rows
 
 
 def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) -> dict[str, Members]:
-    """Per account, its users seen at or before `now`, counted by their quadrant at `now`."""
+    """Per account, its users seen at or before `now`, counted by their quadrant at `now` (a user
+    with a later event read as of `now`, from its events up to it)."""
     lm = snap.models[project.name, "user"]
     counts: dict[str, dict[str, int]] = {a: {} for a in accounts}
-    for account, blob in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
+    for member in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
         try:
-            quadrant = read(lm, decode_state(blob), now).quadrant
+            st = decode_state(member.state)
         except msgspec.DecodeError:  # a corrupt row: quarantined, left out like in the lists
             continue
-        counts[account][quadrant] = counts[account].get(quadrant, 0) + 1
+        if st.last_seen > now:
+            st = subject_state(snap, project, "user", member.user_id, now)
+        quadrant = read(lm, st, now).quadrant
+        counts[member.account][quadrant] = counts[member.account].get(quadrant, 0) + 1
     return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
 
 
-def _revenue(mrr: Mrr | None, now: int) -> AccountRevenue:
+def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
     return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
 
 
@@ -162,11 +175,11 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
     if not items:
         return items
     if isinstance(items[0], UserView):
-        seen = _accounts_seen(_stored_memberships(snap, [v.user_id for v in items], now), now)
+        seen = _accounts_seen(_stored_memberships(snap, project, [v.user_id for v in items], now), now)
         return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
     ids = [v.account_id for v in items]
     members = _members(snap, project, ids, now)
-    mrr = by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now, ids))
+    mrr = by_account(queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids))
     return [
         msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
         for v in items
@@ -185,8 +198,8 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
         st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
         if isinstance(v, UserView):  # its memberships: those stored, and those of its events not yet folded
-            rows = _stored_memberships(snap, [sid], now)
-            add_memberships(rows, snap.pending)
+            rows = _stored_memberships(snap, project, [sid], now)
+            add_memberships(rows, (ev for ev in snap.pending if ev.t <= now))
             return msgspec.structs.replace(v, accounts=_accounts_seen(rows, now).get(sid, []))
         return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
 
@@ -281,9 +294,9 @@ Position = tuple[float, str]  # where a list stands: (score, or MRR, and the sub
 def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The subjects in score order past the cursor (of one account's users, with `account_id`)."""
     after = q.after
-    members = queries.Members(q.account_id, now) if q.account_id is not None else None
+    of_account = queries.OfAccount(q.account_id, now) if q.account_id is not None else None
     while True:
-        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, members)
+        rows = queries.subject_page(snap.tx, snap.gen.gen, level, q.order == "desc", after, SCAN, of_account)
         for row in rows:
             after = (row.score_key, row.subject)
             yield after, row
@@ -291,10 +304,10 @@ def _by_score(snap: Snapshot, level: str, q: _ListQuery, now: int) -> Iterator[t
             return
 
 
-def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position, queries.SubjectRow]]:
+def _by_mrr(snap: Snapshot, q: _ListQuery, now: int, cache: MrrCache) -> Iterator[tuple[Position, queries.SubjectRow]]:
     """The accounts by MRR at `now`, the greatest first (ties by id), past the cursor: the paying
     ones from their revenue changes, then the others in id order (their MRR is 0)."""
-    mrr = {a: rev.mrr(now) for a, rev in by_account(queries.revenue_changes(snap.tx, snap.gen.gen, now)).items()}
+    mrr = {a: rev.mrr(now) for a, rev in cache.accounts(snap.tx, snap.gen.gen, snap.gen.version).items()}
     paying = sorted((a for a, m in mrr.items() if m > 0), key=lambda a: (-mrr[a], a))
     after = q.after
     if after is None or after[0] > 0:
@@ -314,11 +327,13 @@ def _by_mrr(snap: Snapshot, q: _ListQuery, now: int) -> Iterator[tuple[Position,
         last = ids[-1]
 
 
-def _list(snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int) -> tuple[list[Any], str | None]:
+def _list(
+    snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int, cache: MrrCache
+) -> tuple[list[Any], str | None]:
     lm = snap.models[project.name, level]
     items: list[Any] = []
     cursor = None
-    for position, row in _by_mrr(snap, q, now) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
+    for position, row in _by_mrr(snap, q, now, cache) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
         try:
             st = decode_state(row.state)
         except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
@@ -340,7 +355,7 @@ async def _list_endpoint(request: Request, level: Literal["user", "account"]) ->
 
     def body(snap: Snapshot) -> tuple[list[Any], str | None]:
         exact_at(snap, q.at)
-        return _list(snap, project, level, q, now)
+        return _list(snap, project, level, q, now, state.mrr)
 
     items, cursor = await consistent_read(state, project, body)
     page = (

@@ -219,7 +219,8 @@ def compare_models(q: Question, done: Replayed, headers: tuple[str, str], names:
         lines.append(f"{name:<22}{cells[0]:<34}{cells[1]:<34}")
     paired = bt.compare(done.cases, q.outcome)
     if paired is not None:
-        lines.append(f"{'paired (DeLong)':<22}AUC difference {paired.difference:+.3f}, p = {paired.p_value:.2g}")
+        p = f"p = {paired.p_value:.2g}" if paired.p_value > 0 else "p < 1e-300"
+        lines.append(f"{'paired (DeLong)':<22}AUC difference {paired.difference:+.3f}, {p}")
     lines += ["", verdict(q.outcome, reports[0], reports[1], names)]
     return lines
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from .install import install_extra
+
 try:
     from . import config as config_mod
     from .auth import hash_key, new_key
@@ -25,7 +27,7 @@ try:
     from .limits import MiB, ServeLimits
     from .store import StoreError, open_store
     from .store.base import Store
-except ImportError as exc:  # `pip install headway` without the extra: main() says which to install
+except ImportError as exc:  # the SDK installed without the extra: main() says which to install
     _MISSING: ImportError | None = exc
 else:
     _MISSING = None
@@ -45,10 +47,8 @@ class CLIError(Exception):
 
 
 def _missing_extra(exc: ImportError) -> str:
-    return (
-        f"the collector needs the 'collector' extra ({exc.name or exc} is not installed): "
-        "pip install 'headway[collector]'"
-    )
+    missing = exc.name or exc
+    return f"the collector needs the 'collector' extra ({missing} is not installed): {install_extra('collector')}"
 
 
 def _check_port(host: str, port: int) -> None:
@@ -273,6 +273,9 @@ def cmd_suggest_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+BACKTEST_NICE = 10  # the CPU priority a backtest lowers itself by (benchmarks/results/backtest_ingest.md)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from .backtest import run_cli
     from .insights import project_name
@@ -282,6 +285,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         project = project_name(cfg, args.project)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    os.nice(BACKTEST_NICE)  # a long read beside a serving collector: ingest and reads first
     store = _existing_store(args.database, "backtest")
     question = {k: getattr(args, k) for k in ("outcome", "horizon", "every", "since", "at", "level")}
     try:

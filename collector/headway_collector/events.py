@@ -52,7 +52,26 @@ def deeper_than(raw: bytes, most: int) -> bool:
     return bool(depth.max() > most)
 
 
-def _ev(e: Event, t: int) -> Ev:
+class _Stored(msgspec.Struct):
+    """What a stored event's raw JSON holds for the core. It was judged when it arrived
+    (`decode_event`), and its time is the stored corrected one: decoding it again with the wire's
+    `Event` (every constraint checked, the timestamp parsed) costs about a quarter more per event,
+    on every fold and rescore, to learn nothing."""
+
+    id: str
+    event: str
+    user_id: str
+    account_id: str | None = None
+    weight: float | None = None
+    milestones: tuple[str, ...] = ()
+    value: float | None = None
+    properties: dict[str, Any] = {}
+
+
+_decode_stored = msgspec.json.Decoder(_Stored).decode
+
+
+def _ev(e: Event | _Stored, t: int) -> Ev:
     return Ev(
         id=e.id,
         event=e.event,
@@ -94,36 +113,6 @@ def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
     return _ev(e, t)
 
 
-class _Stored(msgspec.Struct):
-    """What a stored event's raw JSON holds for the core. It was judged when it arrived
-    (`decode_event`), and its time is the stored corrected one: decoding it again with the wire's
-    `Event` (every constraint checked, the timestamp parsed) would cost a third more per event,
-    on every fold and rescore, to learn nothing."""
-
-    id: str
-    event: str
-    user_id: str
-    account_id: str | None = None
-    weight: float | None = None
-    milestones: tuple[str, ...] = ()
-    value: float | None = None
-    properties: dict[str, Any] = {}
-
-
-_decode_stored = msgspec.json.Decoder(_Stored).decode
-
-
 def from_stored(raw: bytes, t: int) -> Ev:
     """An event as stored (what arrived, and its corrected time) back into the core's shape."""
-    e = _decode_stored(raw)
-    return Ev(
-        id=e.id,
-        event=e.event,
-        user_id=e.user_id,
-        t=t,
-        account_id=e.account_id,
-        weight=e.weight,
-        value=e.value,
-        milestones=e.milestones,
-        properties=e.properties,
-    )
+    return _ev(_decode_stored(raw), t)

@@ -3,10 +3,11 @@
 
 Growth and the funnel answer from aggregates that the projection keeps (`store.queries`), never
 from a scan of the events: a request reads a few counter rows per period or per milestone, plus a
-bounded index range, whatever the number of stored events. Revenue reads the revenue changes up to
-`at` (one row per revenue event, a small share of the log) and computes the periods from them
-(`model.revenue`), so that a late revenue event re-states every period it falls in.
-docs/reports.md explains the definitions.
+bounded index range, whatever the number of stored events; a recurring milestone's counts alone
+read the states of the subjects that progressed on it (its status moves with time). Revenue reads
+the revenue changes up to `at` (one row per revenue event, a small share of the log) and computes
+the periods from them (`model.revenue`), so that a late revenue event re-states every period it
+falls in. docs/reports.md explains the definitions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
 from .model import revenue as rv
-from .model.evaluate import read
+from .model.evaluate import read, recurring_result
 from .model.subject import decode_state
+from .mrr import MrrCache
 from .params import (
     AT,
     LAST_INSTANT,
@@ -39,7 +41,14 @@ from .params import (
 )
 from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .state import AppState
-from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps, revenue_changes, subject_rows
+from .store.queries import (
+    FunnelCounts,
+    milestone_states,
+    read_funnel,
+    read_growth,
+    read_nps,
+    subject_rows,
+)
 
 __all__ = ["GROWTH", "MILESTONES", "REVENUE", "growth", "milestones", "revenue"]
 
@@ -125,12 +134,28 @@ def _seconds(us: int | None) -> float | None:
     return us / 1e6 if us is not None else None
 
 
-def _step(level: str, c: FunnelCounts) -> FunnelStep:
+def _recurring_counts(snap: Snapshot, level: str, c: FunnelCounts, now: int) -> dict[str, int]:
+    """A recurring milestone's counts at `now`: its status moves with time alone (it lapses, its
+    trailing progress fades), so each subject that ever progressed on it is read at `now`."""
+    m = c.milestone
+    counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
+    for blob in milestone_states(snap.tx, snap.gen.gen, level, m.name):
+        try:
+            state = decode_state(blob)
+        except msgspec.DecodeError:  # quarantined: counted as its row says
+            continue
+        counts["pending"] -= 1
+        counts[recurring_result(m, state, now).status(now)] += 1
+    return {**counts, "missed": 0}
+
+
+def _step(level: str, c: FunnelCounts, counts: dict[str, int] | None = None) -> FunnelStep:
     return FunnelStep(
         name=c.milestone.name,
         stage=c.milestone.stage,
         level=level,
-        counts={"pending": c.pending, "in_progress": c.in_progress, "achieved": c.achieved, "missed": c.missed},
+        counts=counts
+        or dict(pending=c.pending, in_progress=c.in_progress, achieved=c.achieved, lapsed=0, missed=c.missed),
         reached_stage=c.reached,
         achieved_share=c.achieved_reached / c.reached if c.reached else None,
         median_time_to_achieve_s=_seconds(c.median_tta),
@@ -145,7 +170,8 @@ def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Fu
     for lv in (level,) if level is not None else LEVELS:
         for c in read_funnel(snap.tx, snap.gen.gen, served, lv, now):
             m = c.milestone
-            steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c)))
+            counts = _recurring_counts(snap, lv, c, now) if m.recurring is not None else None
+            steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c, counts)))
     steps.sort(key=lambda s: (s[0], s[1]))
     return Funnel(level=level, milestones=[s for *_, s in steps])
 
@@ -184,7 +210,7 @@ def _bounds(kind: g.Kind, n: int, now: int) -> list[int]:
     return [*starts, end]
 
 
-def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int) -> Revenue:
+def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int, cache: MrrCache) -> Revenue:
     if snap.models.projects[project.name].revenue_event is None:
         raise APIError(
             400,
@@ -192,7 +218,7 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
             f"the model of project {project.name!r} names no revenue event: add [projects.{project.name}.revenue] "
             'event = "..." (docs/reports.md)',
         )
-    accounts = rv.by_account(revenue_changes(snap.tx, snap.gen.gen, now))
+    accounts = cache.accounts(snap.tx, snap.gen.gen, snap.gen.version)
     mrr = {a: rev.mrr(now) for a, rev in accounts.items()}
     paying = [a for a in accounts if mrr[a] > 0]
     lm = snap.models[project.name, "account"]
@@ -236,4 +262,6 @@ async def revenue(request: Request) -> Response:
     kind, n = q[REVENUE_PERIOD], q[PERIODS]
     now = read_time(q[AT], state)
     bounds = _bounds(kind, n, now)
-    return json_response(await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now)))
+    return json_response(
+        await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now, state.mrr))
+    )

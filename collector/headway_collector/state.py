@@ -11,6 +11,7 @@ from anyio import CapacityLimiter
 from .config import Config
 from .limits import ServeLimits
 from .metrics import Metrics
+from .mrr import MrrCache
 from .projection import ModelBook, Projection
 from .store.base import Store
 
@@ -35,3 +36,4 @@ class AppState:
     read_wait: float = READ_WAIT
     limits: ServeLimits = field(default_factory=ServeLimits)
     judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once
+    mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes

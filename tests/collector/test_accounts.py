@@ -129,6 +129,8 @@ async def test_members_accounts_and_mrr_order(tmp_path: Path) -> None:
         pages.append(await get(c, "/v1/users", account_id="a", limit=1, at=AT, cursor=pages[0]["next_cursor"]))
         of_a_late = await get(c, "/v1/users", account_id="a")
         filtered = await get(c, "/v1/users", account_id="a", order="asc", at=AT)
+        by_quadrant = {q: await get(c, "/v1/users", account_id="a", quadrant=q, at=AT)
+                       for q in ("thriving", "stuck", "quiet", "at_risk")}
         by_mrr = await get(c, "/v1/accounts", order="mrr_desc", at=AT)
         by_mrr_pages = [await get(c, "/v1/accounts", order="mrr_desc", limit=2, at=AT)]
         while by_mrr_pages[-1]["next_cursor"] is not None:
@@ -149,6 +151,9 @@ async def test_members_accounts_and_mrr_order(tmp_path: Path) -> None:
     assert "dan" in [u["user_id"] for u in of_a_late["items"]]
     assert [u["user_id"] for u in filtered["items"]] == [u["user_id"] for u in of_a["items"]][::-1]
     assert all(any(a["id"] == "a" for a in u["accounts"]) for u in of_a["items"])
+    for q, page in by_quadrant.items():  # with another filter: the account's users in that quadrant
+        assert [u["user_id"] for u in page["items"]] == [u["user_id"] for u in of_a["items"] if u["quadrant"] == q]
+        assert len(page["items"]) == members["by_quadrant"][q]
     order = [(a["account_id"], a["revenue"]["mrr"]) for a in by_mrr["items"]]
     assert order == [("c", 250.0), ("a", 150.0), ("b", 120.0), ("d", 80.0), ("e", 40.0)]
     assert [a["account_id"] for p in by_mrr_pages for a in p["items"]] == [a for a, _ in order]

@@ -269,6 +269,25 @@ def test_erase_beside_a_serve_process_while_it_ingests(backend: str, tmp_path: P
         assert http.get(f"/v1/users/{victim}", headers=read_headers()).status_code == 404
 
 
+def test_erasing_the_last_events_of_the_log_with_no_collector_running(tmp_path: Path) -> None:
+    """The erased events are the log's last positions: the rebuild switches all the same (the
+    served generation had folded past what the log now holds)."""
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    events = make_events(seed=8, n=60)
+    last = dict(events[-1], id="the-last", user_id="last-user")
+
+    async def ingest() -> None:
+        async with collector(url) as c:
+            await send(c, events)
+            await send(c, [last])
+
+    asyncio.run(ingest())
+    r = run_cli("erase", "--project", "acme", "--user", "last-user", "--database", url)
+    assert r.returncode == 0, r.stderr
+    assert "1 event(s) removed" in r.stdout and "rebuilt project 'acme'" in r.stdout
+    assert rows_naming(url, "last-user")["subjects"] == 0
+
+
 def test_erase_errors_are_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'h.db'}"
 

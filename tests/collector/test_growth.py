@@ -265,7 +265,7 @@ async def test_projects_with_the_same_milestones_count_only_their_own_subjects(t
         for path in ("/v1/growth", "/v1/milestones"):
             assert (await c.get(path, headers=read_headers(OTHER_WRITE_KEY))).status_code == 403  # their write key
             assert (await c.get(path, headers=read_headers("test-read-elsewhere"))).status_code == 401
-    zero = {"pending": 0, "in_progress": 0, "achieved": 0, "missed": 0}
+    zero = {"pending": 0, "in_progress": 0, "achieved": 0, "lapsed": 0, "missed": 0}
     acme, other = by_step(funnel[READ_KEY]), by_step(funnel[OTHER_READ_KEY])
     assert acme.keys() == other.keys() and len(acme) == len(cfg.projects["acme"].milestones)
     assert acme[("onboarding_prompts", "user")] == {**zero, "achieved": 1, "in_progress": 1}  # sam, ann

@@ -136,8 +136,7 @@ def test_the_dashboard_reads_only_routes_the_collector_has() -> None:
                       "v1/stickiness", "v1/insights/predictors", "v1/insights/weights", "v1/revenue"}
     assert "`v1/${level}s/${encodeURIComponent(id)}`" in script  # one user or account
     paths = {e.path.split("/{")[0].lstrip("/") for e in ENDPOINTS}
-    # GET /v1/revenue (SPEC 3) may not be served yet: the revenue view says so on its 404
-    assert called - paths <= {"v1/revenue"} and {"v1/users", "v1/accounts"} <= paths
+    assert called <= paths and "v1/revenue" in paths
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the script's syntax is not checked")

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
+from headway_collector.projection import rebuild
 from headway_collector.store import StoreError, generations, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
@@ -324,6 +325,32 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
         rescore_offline(url, model(changed=True), jobs=2)  # again, same model, two jobs: nothing changes
+        assert differences(dump(url), want_tables) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pytest.TempPathFactory,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`headway-collector rescore --jobs 2`, its second job folding in a process of its own, builds
+    what a fresh ingest under the model does, exactly; and so does a rescore whose jobs fold their
+    partitions in rounds (a log longer than `rebuild.ROUND_EVENTS` a job)."""
+    base = tmp_path_factory.getbasetemp()
+    events = make_events(1)
+    want_tables = reference(1, base, changed=True)[0]
+    config = tmp_path_factory.mktemp("changed") / "changed.toml"
+    config.write_text(model(changed=True).text)
+    with fresh_url(backend, tmp_path_factory.mktemp("rescore-command")) as url:
+
+        async def ingest() -> None:
+            async with collector(url) as c:
+                for b in batches(events, 70):
+                    await send(c, b)
+
+        asyncio.run(ingest())
+        assert cli_main(["rescore", "--config", str(config), "--database", url, "--jobs", "2"]) == 0
+        assert differences(dump(url), want_tables) == []
+        monkeypatch.setattr(rebuild, "ROUND_EVENTS", 40)  # 300 events: 4 rounds of 2 partitions a job
+        rescore_offline(url, model(changed=True), jobs=2)
         assert differences(dump(url), want_tables) == []
 
 

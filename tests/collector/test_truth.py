@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from headway_collector.config import Config, loads
 from tests.collector import oracle
 from tests.collector.helpers import headers, read_headers
-from tests.conftest import asgi_collector, config_text, rescore_offline
+from tests.conftest import asgi_collector, config_text, postgres_schema, rescore_offline
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +191,28 @@ async def test_order_batching_duplicates_and_rescore_change_nothing(events: list
         rescore_offline(f"sqlite:///{b_db}", CONFIG)
         assert blobs(b_db) == blobs(a_db)
     check_against_oracle(expected, events, ts_us(at) or 0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=histories(), seed=st.integers(0, 2**32 - 1))
+async def test_reads_as_of_an_instant_agree_on_postgresql_with_two_fold_workers(events: list[oracle.E], seed: int) -> None:
+    """The lifecycle on PostgreSQL, with two fold workers and events in random batches and order:
+    each subject read as of a past instant (recurring lapses, `new`, the stage-scoped quadrant)
+    is what the oracle says, and the lists answer only when no stored event follows that instant."""
+    rng = random.Random(seed)
+    at = rfc_us(rng.choice(events).t + rng.choice([0, DAY, 3 * DAY, 9 * DAY]))
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    with postgres_schema() as url:
+        async with asgi_collector(CONFIG, url=url, clock=lambda: NOW, fold_workers=2) as c:
+            i = 0
+            while i < len(shuffled):
+                n = rng.randint(1, 9)
+                await send(c, shuffled[i : i + n])
+                i += n
+            got = await readings(c, events, at)
+    check_against_oracle(got, events, ts_us(at) or 0)
+
+
+def rfc_us(t: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=t)).isoformat()

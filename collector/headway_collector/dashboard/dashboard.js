@@ -132,16 +132,20 @@ function quadrantMap(items, threshold) {
   const x = (score) => Math.log10(1 + Math.max(0, score));
   const maxX = Math.max(x(threshold) * 2, ...items.map((a) => x(a.engagement.score)), 1);
   const px = (v) => L + P + ((W - L - R - 2 * P) * v) / maxX;
-  const band = (H - B - T) / 2, gap = 8;
+  const band = (H - B - T) / 2, gap = 8, top = 24; // top: a strip at each band's top for the region's name
   const mid = T + band;
   const judged = (q) => CLASSIC_QUADRANTS.includes(q);
-  // progress 0..1 within its band, leaving a gap at the split so that no dot sits on the line
-  const py = (a) => (UPPER.includes(a.quadrant) || !judged(a.quadrant) ? mid - gap : H - B - P) - (band - gap - P) * a.success.progress;
+  // progress 0..1 within its band, below the strip of the region's name and clear of the split line
+  const py = (a) => (UPPER.includes(a.quadrant) || !judged(a.quadrant) ? mid - gap - (band - gap - top) * a.success.progress
+    : H - B - P - (band - P - top) * a.success.progress);
   const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "accounts by engagement and success" });
   const xT = px(x(threshold));
+  const placed = []; // boxes taken by the regions' names and the dots' names, which avoid them
   for (const [q, x0, y0, x1, y1] of [["quiet", L, T, xT, mid], ["thriving", xT, T, W - R, mid], ["at_risk", L, mid, xT, H - B], ["stuck", xT, mid, W - R, H - B]]) {
     g.append(s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: colour(q), "fill-opacity": 0.07 }));
-    g.append(s("text", { class: "region", x: q === "quiet" || q === "at_risk" ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:${colour(q)}`, "text-anchor": q === "quiet" || q === "at_risk" ? "start" : "end" }, label(q)));
+    const left = q === "quiet" || q === "at_risk", width = 8 + 7 * label(q).length;
+    g.append(s("text", { class: "region", x: left ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:${colour(q)}`, "text-anchor": left ? "start" : "end" }, label(q)));
+    placed.push({ x0: left ? x0 + 4 : x1 - 4 - width, x1: left ? x0 + 4 + width : x1 - 4, y0: y0 + 4, y1: y0 + 18 });
   }
   g.append(s("line", { x1: xT, x2: xT, y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "4 3" }));
   g.append(s("line", { x1: L, x2: W - R, y1: mid, y2: mid, stroke: "#999" }));
@@ -158,7 +162,6 @@ function quadrantMap(items, threshold) {
   // Names: the busiest account first, then stuck and at-risk accounts, then by score.
   const rank = { stuck: 0, at_risk: 1, thriving: 2, quiet: 3 };
   const busiest = items.reduce((top, a) => (top === null || a.engagement.score > top.engagement.score ? a : top), null);
-  const placed = [];
   const labels = s("g", { class: "names" });
   const order = items.slice().sort((a, b) => (b === busiest) - (a === busiest) || (rank[a.quadrant] ?? 4) - (rank[b.quadrant] ?? 4) || b.engagement.score - a.engagement.score);
   for (const a of order) {
@@ -170,12 +173,14 @@ function quadrantMap(items, threshold) {
     g.append(dot);
     const text = a.account_id.length > 18 ? `${a.account_id.slice(0, 17)}…` : a.account_id;
     const width = 8 + 6.2 * text.length;
-    // beside the dot on the right, or on its left where the right has no room
-    for (const [x0, anchor] of [[cx + 6, "start"], [cx - 6 - width, "end"]]) {
-      const box = { x0, x1: x0 + width, y0: cy - 6, y1: cy + 6 };
-      if (placed.length >= 60 || box.x0 < L || box.x1 > W - R || placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) continue;
+    // beside the dot on the right, else on its left, else the same a line below or above
+    const spots = [0, 14, -14].flatMap((dy) => [[cx + 6, "start", dy], [cx - 6 - width, "end", dy]]);
+    for (const [x0, anchor, dy] of spots) {
+      const box = { x0, x1: x0 + width, y0: cy + dy - 6, y1: cy + dy + 6 };
+      if (placed.length >= 64 || box.x0 < L || box.x1 > W - R || box.y0 < T || box.y1 > H - B ||
+        placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) continue;
       placed.push(box);
-      labels.append(s("text", { x: anchor === "start" ? box.x0 : cx - 6, y: cy + 4, "text-anchor": anchor }, text));
+      labels.append(s("text", { x: anchor === "start" ? box.x0 : cx - 6, y: cy + dy + 4, "text-anchor": anchor }, text));
       break;
     }
   }
@@ -183,11 +188,12 @@ function quadrantMap(items, threshold) {
   return g;
 }
 
-// The MRR column of an account list, when the collector reports revenue.
-const hasRevenue = (items) => items.some((a) => a.revenue && a.revenue.mrr !== undefined);
+// MRR is shown when the model names a revenue event: without one every account's `revenue` reads
+// 0, which would say "pays nothing" where the truth is "not measured".
+const measuresRevenue = () => Boolean(model && model.revenue);
 
 function subjectTable(level, items) {
-  const mrr = hasRevenue(items);
+  const mrr = measuresRevenue() && items.some((a) => a.revenue);
   return table([[level], ["quadrant"], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ...(mrr ? [["MRR", "num"]] : []), ["last seen", "date"]],
     items.map((a) => [subjectLink(level, a[`${level}_id`]), chip(a.quadrant, a.quadrant), num(a.engagement.score), a.engagement.trend,
       `${a.success.achieved}/${a.success.total} · ${pct(a.success.progress)}`, a.stage || "–", ...(mrr ? [money(a.revenue && a.revenue.mrr)] : []), day(a.last_seen)]));
@@ -317,20 +323,35 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
-// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+// Why the quadrant is what it is, in the words of the rule (SPEC section 4, "Quadrant"; docs/collector.md,
+// "What the labels mean"): success is judged in the judging stage, the current one or, when it has no
+// milestone of this level, the latest earlier one that has. The verdict is the API's quadrant; this
+// names the milestones behind it.
 function whyQuadrant(v, threshold) {
+  if (v.quadrant === "new") return h("p", { class: "help why-quadrant" }, "new: too new to judge (younger than new_for).");
   const stages = (model.stages || []).map((st) => st.name);
   const here = stages.indexOf(v.stage);
+  const judged = stages.slice(0, here + 1).reverse().find((st) => v.milestones.some((m) => m.stage === st));
   const names = (ms) => ms.map((m) => m.name).join(", ");
-  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
-  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
   const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
     : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
-  let success = "succeeding";
-  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
-  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
-  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
-  return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
+  if (v.quadrant === "new") {
+    const young = (model.engagement && model.engagement.new_for) || "1d";
+    return h("p", { class: "help why-quadrant" }, `new: first seen ${day(v.first_seen)}, younger than ${young}: too early to judge; ${engaged}.`);
+  }
+  const judging = Math.max(-1, ...v.milestones.map((m) => stages.indexOf(m.stage)).filter((i) => i <= here));
+  const ms = v.milestones.filter((m) => judging >= 0 && stages.indexOf(m.stage) === judging);
+  const where = judging === here ? `in ${v.stage}` : `in ${stages[judging]} (the latest stage with milestones of this level)`;
+  const failed = ms.filter((m) => m.status === "missed" || m.status === "lapsed");
+  const achieved = ms.filter((m) => m.status === "achieved");
+  let success;
+  if (!ms.length) success = "no milestone of this level up to its stage";
+  else if (failed.length) success = `not succeeding ${where}: ${failed.map((m) => `${m.name} ${m.status}`).join(", ")}`;
+  else if (v.quadrant === "thriving" || v.quadrant === "quiet") {
+    const going = ms.filter((m) => m.progress > 0);
+    success = `succeeding ${where}: ${achieved.length ? `${names(achieved)} achieved` : `${names(going.length ? going : ms)} on pace`}`;
+  } else success = `not succeeding ${where}: ${names(ms.filter((m) => m.status !== "achieved"))} not achieved, nothing on pace`;
+  return h("p", { class: "help why-quadrant" }, `${label(v.quadrant)}: ${engaged}; ${success}.`);
 }
 
 // Why the score is what it is: each event name's exact share of it now (`GET /v1/scores`, top ten),
@@ -372,7 +393,7 @@ async function showSubject(level, id) {
     card("active days (30)", v.engagement.active_days_30d), card("stage", v.stage || "–"),
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
-  if (v.revenue) cards.append(card(v.revenue.since ? `MRR since ${day(v.revenue.since)}` : "MRR", money(v.revenue.mrr)));
+  if (v.revenue && measuresRevenue()) cards.append(card(v.revenue.since ? `MRR since ${day(v.revenue.since)}` : "MRR", money(v.revenue.mrr)));
   const accounts = v.accounts && v.accounts.length
     ? h("p", { class: "help" }, "accounts: ", ...v.accounts.flatMap((a, i) => [i ? ", " : "", subjectLink("account", a.id)])) : "";
   const milestones = v.milestones.length ? table(
@@ -392,14 +413,17 @@ async function showSubject(level, id) {
 const MRR_UP = [["new", "mrr_new", "new"], ["reactivated", "mrr_reactivated", "reactivated"], ["expansion", "mrr_expansion", "expansion"]];
 const MRR_DOWN = [["contraction", "mrr_contraction", "contraction"], ["churned", "mrr_churned", "churned"]];
 
-// The MRR of the accounts in each quadrant at this instant: a bar per quadrant, its share of the
-// whole, the stuck and at-risk ones (the money at stake) first among the judged.
+// The MRR of the accounts in each quadrant at this instant: a bar per quadrant and its share of
+// the whole, led by the sum of the stuck and at-risk ones (the money at stake).
+const AT_STAKE = ["stuck", "at_risk"];
 function mrrByQuadrant(byQuadrant) {
   const quadrants = shown(QUADRANTS, CLASSIC_QUADRANTS, Object.keys(byQuadrant));
   const whole = quadrants.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
   if (!whole) return h("p", {}, "No MRR at this instant.");
   const widest = Math.max(...quadrants.map((q) => byQuadrant[q] || 0));
-  return h("div", {}, legend(quadrants.map((q) => [label(q), q])),
+  const stake = AT_STAKE.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
+  return h("div", {}, h("p", { class: "at-stake" }, `At stake (stuck and at risk): ${money(stake)} of ${money(whole)} MRR (${pct(stake / whole)}).`),
+    legend(quadrants.map((q) => [label(q), q])),
     table([["quadrant"], ["MRR", "num"], ["share", "num"]], quadrants.map((q) => [chip(q, q),
       h("span", { class: "share" }, bar([[byQuadrant[q] || 0, q, label(q), listHref("account", { quadrant: q })]], widest), money(byQuadrant[q] || 0)),
       pct((byQuadrant[q] || 0) / whole)])));

@@ -14,19 +14,19 @@ very instant a period ends is that period's, the instant its successor starts fr
 - `expansion`: e - s when 0 < s < e; `contraction`: s - e when 0 < e < s; `churned`: s when
   s > 0 and e = 0;
 
-so that `mrr_end = mrr_start + new + reactivated + expansion - contraction - churned`. Sums run
-over the accounts in id order, so the floats add up the same way in every process.
+so that `mrr_end = mrr_start + new + reactivated + expansion - contraction - churned` (up to the
+rounding of floats: each sum is correctly rounded, `math.fsum`, so it is the same in any order).
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["AccountRevenue", "RevenueChange", "RevenuePeriod", "by_account", "periods", "ratio"]
+__all__ = ["MrrHistory", "RevenueChange", "RevenuePeriod", "by_account", "periods", "ratio"]
 
 
 class RevenueChange(NamedTuple):
@@ -39,7 +39,7 @@ class RevenueChange(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class AccountRevenue:
+class MrrHistory:
     """One account's MRR as a step function: `values[i]` holds from `times[i]` on (one per instant)."""
 
     times: list[int]
@@ -47,7 +47,7 @@ class AccountRevenue:
     first_paid: int | None  # the first instant its MRR was > 0 (None: never)
 
     @classmethod
-    def of(cls, changes: Iterable[RevenueChange]) -> AccountRevenue:
+    def of(cls, changes: Iterable[RevenueChange]) -> MrrHistory:
         """From one account's changes, in any order."""
         times: list[int] = []
         values: list[float] = []
@@ -77,12 +77,12 @@ class AccountRevenue:
         return self.first_paid is not None and self.first_paid < t
 
 
-def by_account(changes: Iterable[RevenueChange]) -> dict[str, AccountRevenue]:
+def by_account(changes: Iterable[RevenueChange]) -> dict[str, MrrHistory]:
     """Each account's MRR step function, keyed by account id in id order."""
     grouped: dict[str, list[RevenueChange]] = {}
     for c in changes:
         grouped.setdefault(c.account, []).append(c)
-    return {a: AccountRevenue.of(grouped[a]) for a in sorted(grouped)}
+    return {a: MrrHistory.of(grouped[a]) for a in sorted(grouped)}
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -122,46 +122,76 @@ class RevenuePeriod:
         return ratio(self.new + self.reactivated + self.expansion, self.contraction + self.churned)
 
 
-def periods(accounts: Mapping[str, AccountRevenue], bounds: Sequence[int], at: int) -> list[RevenuePeriod]:
-    """The periods [bounds[k], bounds[k+1]), oldest first, from the accounts' MRR (built from the
-    changes at or before `at` only: an end past `at` reads the MRR at `at`)."""
-    out = []
-    for s, e in itertools.pairwise(bounds):
-        mrr_start = new = reactivated = expansion = contraction = churned = mrr_end = 0.0
-        accounts_start = accounts_churned = 0
-        for a in sorted(accounts):
-            rev = accounts[a]
-            ms, me = rev.mrr(s), rev.mrr(e)
-            mrr_start += ms
-            mrr_end += me
-            if ms > 0:
-                accounts_start += 1
-                if me == 0:
-                    churned += ms
-                    accounts_churned += 1
-                elif me > ms:
-                    expansion += me - ms
-                elif me < ms:
-                    contraction += ms - me
-            elif me > 0:
-                if rev.paid_before(s):
-                    reactivated += me
-                else:
-                    new += me
-        out.append(
-            RevenuePeriod(
-                start=s,
-                end=e,
-                partial=s <= at < e,
-                mrr_start=mrr_start,
-                new=new,
-                reactivated=reactivated,
-                expansion=expansion,
-                contraction=contraction,
-                churned=churned,
-                mrr_end=mrr_end,
-                accounts_start=accounts_start,
-                accounts_churned=accounts_churned,
-            )
+@dataclass(slots=True)
+class _Moves:
+    """What the accounts that changed in one period add to its movements (summed with `math.fsum`)."""
+
+    new: list[float] = field(default_factory=list)
+    reactivated: list[float] = field(default_factory=list)
+    expansion: list[float] = field(default_factory=list)
+    contraction: list[float] = field(default_factory=list)
+    churned: list[float] = field(default_factory=list)
+
+    def add(self, rev: MrrHistory, s: int, ms: float, me: float) -> None:
+        if ms > 0 and me == 0:
+            self.churned.append(ms)
+        elif 0 < ms < me:
+            self.expansion.append(me - ms)
+        elif 0 < me < ms:
+            self.contraction.append(ms - me)
+        elif ms == 0 and me > 0:
+            (self.reactivated if rev.paid_before(s) else self.new).append(me)
+
+
+def periods(accounts: Mapping[str, MrrHistory], bounds: Sequence[int], at: int) -> list[RevenuePeriod]:
+    """The periods [bounds[k], bounds[k+1]), oldest first, from the accounts' MRR as of `at`:
+    changes after `at` count nowhere, so an end past `at` reads the MRR at `at`.
+
+    An account moves a period only if one of its changes falls inside it, so the work is one pass
+    over the changes, not over every account in every period: each account's MRR at the first
+    bound, then its changes bound by bound. Sums are `math.fsum` (correctly rounded), so they do
+    not depend on the order of the accounts either.
+    """
+    cuts = [min(b, at) for b in bounds]  # where each bound's MRR is read
+    current: list[float] = []  # each account's MRR at the bound reached
+    changes: list[list[tuple[int, float]]] = [[] for _ in cuts]  # per bound: (account, its new MRR)
+    moves = [_Moves() for _ in cuts[1:]]
+    for i, rev in enumerate(accounts.values()):
+        step = rev.step(cuts[0])
+        before = rev.values[step] if step >= 0 else 0.0
+        current.append(before)
+        j = 1
+        step += 1
+        while step < len(rev.times) and rev.times[step] <= cuts[-1]:
+            j = bisect.bisect_left(cuts, rev.times[step], j)  # the first bound at or after the change
+            step = bisect.bisect_right(rev.times, cuts[j], step)  # past the last change up to that bound
+            after = rev.values[step - 1]
+            if after != before:
+                moves[j - 1].add(rev, bounds[j - 1], before, after)
+                changes[j].append((i, after))
+                before = after
+    totals, paying = [math.fsum(current)], [sum(1 for v in current if v > 0)]
+    for j in range(1, len(cuts)):
+        n = paying[-1]
+        for i, after in changes[j]:
+            n += (after > 0) - (current[i] > 0)
+            current[i] = after
+        totals.append(math.fsum(current) if changes[j] else totals[-1])
+        paying.append(n)
+    return [
+        RevenuePeriod(
+            start=bounds[k],
+            end=bounds[k + 1],
+            partial=bounds[k] <= at < bounds[k + 1],
+            mrr_start=totals[k],
+            new=math.fsum(m.new),
+            reactivated=math.fsum(m.reactivated),
+            expansion=math.fsum(m.expansion),
+            contraction=math.fsum(m.contraction),
+            churned=math.fsum(m.churned),
+            mrr_end=totals[k + 1],
+            accounts_start=paying[k],
+            accounts_churned=len(m.churned),
         )
-    return out
+        for k, m in enumerate(moves)
+    ]

@@ -180,14 +180,16 @@ def _drop(tx: Tx, gen: int, keep: tuple[str, ...] = ()) -> None:
 
 
 def switch(tx: Tx, building: Generation, now: int) -> bool:
-    """Make a building generation active if it has folded as far as the active one (every
-    committed position, when there is none). Not "every committed position" always: under a
-    steady stream of appends the head moves on between any fold and the switch's look, and a
-    build would never switch; as far as the served one, reads lose nothing by the switch."""
+    """Make a building generation active if it has folded every committed position or as far as
+    the active one. Not "every committed position" alone: under a steady stream of appends the
+    head moves on between any fold and the switch's look, and a build would never switch; as far
+    as the served one, reads lose nothing by the switch. Not "as far as the active one" alone: an
+    erasure may have taken the last positions out of the log, below the active one's watermark."""
     tx.lock_log()  # no other switch meanwhile
     row = tx.one("SELECT status FROM generations WHERE gen = ?", (building.gen,))
     old = active(tx, building.project)
-    caught_up = watermark(tx, old.gen) if old is not None else log.head(tx)
+    head = log.head(tx)
+    caught_up = min(watermark(tx, old.gen), head) if old is not None else head
     if row is None or row[0] != "building" or watermark(tx, building.gen) < caught_up:
         return False  # another worker switched it (or dropped it) meanwhile, or it is behind
     tx.execute("UPDATE generations SET status = 'active', switched_at = ? WHERE gen = ?", (now, building.gen))

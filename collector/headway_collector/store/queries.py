@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import Milestone, Project
 from ..model import growth as g
@@ -22,19 +22,23 @@ from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
-    "Members",
+    "MemberState",
     "MembershipRow",
+    "OfAccount",
     "SubjectRow",
     "TransitionRow",
     "account_ids",
+    "account_revenue_changes",
     "latest_event",
     "member_states",
     "memberships_of",
+    "milestone_states",
     "project_transitions",
     "read_funnel",
     "read_growth",
     "read_nps",
     "revenue_changes",
+    "revenue_count",
     "subject_page",
     "subject_rows",
     "subject_state",
@@ -59,6 +63,18 @@ def latest_event(r: Tx, gen: int) -> int | None:
     return int(row[0]) if row is not None and row[0] is not None else None
 
 
+def milestone_states(r: Tx, gen: int, level: str, milestone: str) -> list[bytes]:
+    """The stored states of the subjects that some event brought forward on `milestone` (its
+    funnel row not untouched): a recurring milestone's status moves with time, so the funnel
+    reads it from them."""
+    rows = r.all(
+        "SELECT s.state FROM funnel_rows f JOIN subjects s ON s.gen = f.gen AND s.level = f.level "
+        "AND s.subject = f.subject WHERE f.gen = ? AND f.level = ? AND f.milestone = ? AND f.cls <> 'untouched'",
+        (gen, level, milestone),
+    )
+    return [bytes(blob) for (blob,) in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
     subject: str
@@ -67,7 +83,7 @@ class SubjectRow:
 
 
 @dataclass(frozen=True, slots=True)
-class Members:
+class OfAccount:
     """Narrows a list of users to an account's: those its events carried at or before `at`."""
 
     account: str
@@ -81,14 +97,14 @@ def subject_page(
     descending: bool,
     after: tuple[float, str] | None,
     limit: int,
-    members: Members | None = None,
+    of_account: OfAccount | None = None,
 ) -> list[SubjectRow]:
-    """Subjects ranked by score (ties by id), after a cursor position (`members`: of one account)."""
+    """Subjects ranked by score (ties by id), after a cursor position (`of_account`: its users only)."""
     cmp, direction = ("<", "DESC") if descending else (">", "ASC")
     join, params = "", list[Any]()
-    if members is not None:
+    if of_account is not None:
         join = "JOIN memberships m ON m.gen = s.gen AND m.account = ? AND m.user_id = s.subject AND m.first_seen <= ? "
-        params = [members.account, members.at]
+        params = [of_account.account, of_account.at]
     where = "s.gen = ? AND s.level = ?"
     params += [gen, level]
     if after is not None:
@@ -102,17 +118,18 @@ def subject_page(
     return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
 
 
+def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The rows of `sql`, which ends in `IN ({})`, for every one of `ids`, a chunk at a time."""
+    out: list[tuple[Any, ...]] = []
+    for part in chunks(sorted(ids)):
+        out += r.all(sql.format(",".join("?" * len(part))), (*params, *part))
+    return out
+
+
 def subject_rows(r: Tx, gen: int, level: str, ids: Sequence[str]) -> dict[str, SubjectRow]:
     """The stored subjects among `ids`."""
-    out = {}
-    for part in chunks(sorted(ids)):
-        for sid, key, blob in r.all(
-            f"SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? "
-            f"AND subject IN ({','.join('?' * len(part))})",
-            (gen, level, *part),
-        ):
-            out[sid] = SubjectRow(sid, key, bytes(blob))
-    return out
+    sql = "SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({})"
+    return {sid: SubjectRow(sid, key, bytes(blob)) for sid, key, blob in _by_chunks(r, sql, (gen, level), ids)}
 
 
 def account_ids(r: Tx, gen: int, after: str | None, limit: int) -> list[str]:
@@ -136,53 +153,48 @@ class MembershipRow:
 def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[MembershipRow]:
     """The accounts of `users` that their events carried at or before `at`, per user the most
     recently seen first (ties by account id)."""
-    out: list[MembershipRow] = []
-    for part in chunks(sorted(users)):
-        out += [
-            MembershipRow(*row)
-            for row in r.all(
-                f"SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
-                f"AND user_id IN ({','.join('?' * len(part))})",
-                (gen, at, *part),
-            )
-        ]
+    sql = (
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND user_id IN ({})"
+    )
+    out = [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), users)]
     out.sort(key=lambda m: (m.user_id, -m.last_seen, m.account))
     return out
 
 
-def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tuple[str, bytes]]:
-    """(account, stored state of a user) for each user that the accounts' events carried at or
-    before `at`."""
-    out: list[tuple[str, bytes]] = []
-    for part in chunks(sorted(accounts)):
-        out += [
-            (account, bytes(blob))
-            for account, blob in r.all(
-                "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
-                f"AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? "
-                f"AND m.account IN ({','.join('?' * len(part))})",
-                (gen, at, *part),
-            )
-        ]
-    return out
+class MemberState(NamedTuple):
+    account: str
+    user_id: str
+    state: bytes
 
 
-def revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str] | None = None) -> list[RevenueChange]:
-    """The revenue changes at or before `upto` (of `accounts` only, when given)."""
-    if accounts is None:
-        rows = r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ?", (gen, upto))
-        return [RevenueChange(*row) for row in rows]
-    out: list[RevenueChange] = []
-    for part in chunks(sorted(accounts)):
-        out += [
-            RevenueChange(*row)
-            for row in r.all(
-                f"SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? "
-                f"AND account IN ({','.join('?' * len(part))})",
-                (gen, upto, *part),
-            )
-        ]
-    return out
+def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MemberState]:
+    """The stored state of each user that the accounts' events carried at or before `at`."""
+    sql = (
+        "SELECT m.account, m.user_id, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen "
+        "AND s.level = 'user' AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? AND m.account IN ({})"
+    )
+    return [MemberState(a, user, bytes(blob)) for a, user, blob in _by_chunks(r, sql, (gen, at), accounts)]
+
+
+def revenue_count(r: Tx, gen: int) -> int:
+    """How many revenue changes generation `gen` holds: rows are only ever added (insert or
+    ignore), so the count names the set (`mrr.MrrCache`)."""
+    row = r.one("SELECT count(*) FROM revenue_changes WHERE gen = ?", (gen,))
+    return int(row[0]) if row is not None else 0
+
+
+def revenue_changes(r: Tx, gen: int) -> list[RevenueChange]:
+    """Every revenue change of generation `gen`."""
+    return [
+        RevenueChange(*row) for row in r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ?", (gen,))
+    ]
+
+
+def account_revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str]) -> list[RevenueChange]:
+    """The revenue changes of `accounts` at or before `upto`."""
+    sql = "SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? AND account IN ({})"
+    return [RevenueChange(*row) for row in _by_chunks(r, sql, (gen, upto), accounts)]
 
 
 def tags(r: Tx, gen: int) -> list[tuple[str, int]]:
