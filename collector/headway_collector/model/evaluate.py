@@ -33,6 +33,7 @@ __all__ = [
     "Quadrant",
     "Reading",
     "Shortfall",
+    "Status",
     "is_succeeding",
     "judge",
     "milestone_marks",
