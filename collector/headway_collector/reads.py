@@ -15,6 +15,10 @@ folds them into the stored state itself (`subject_state`), with the projection's
 is the one the projection will store. It waits as above when the subject is quarantined (the
 projection sets its events aside) or has more than `PENDING` events not yet folded: then for
 its partition's watermark, without reading its events again at each look.
+
+Reads are as of their instant (`at`, SPEC section 3): a subject's state that holds an event after
+`at` is built from its stored events at or before `at` (`subject_state`); a read of stored
+aggregates at an `at` that some stored event follows answers 400 `at_unsupported` (`exact_at`).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ __all__ = [
     "Quadrant",
     "Reading",
     "Shortfall",
+    "Status",
     "is_succeeding",
     "judge",
     "milestone_marks",
@@ -112,6 +113,8 @@ def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
 
 def recurring_result(m: Milestone, state: SubjectState, now: int) -> MilestoneResult:
     """A recurring milestone at `now` (at its latest item, if later)."""
+    if m.name not in state.crit:  # no event reached it: pending
+        return MilestoneResult(m, 0.0, None, None, tuple((0.0, c.target) for c in m.criteria))
     sts = crit_states(state, m)
     latest = latest_item(m, sts)
     at = now if latest is None else max(now, latest)

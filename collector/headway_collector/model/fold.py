@@ -478,6 +478,8 @@ def wake_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark
     times = []
     for m in lm.milestones:
         if m.recurring is not None:
+            if m.name not in state.crit:
+                continue  # no event reached it: nothing happens by time
             nxt = recurring_next(m, crit_states(state, m), now)
             if nxt is not None:
                 times.append(nxt)

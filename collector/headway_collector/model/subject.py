@@ -488,9 +488,13 @@ def latest_item(m: Milestone, sts: list[CritState]) -> int | None:
     """The latest time a recurring milestone's criteria keep (None: none yet)."""
     latest = None
     for c, st in zip(m.criteria, sts, strict=False):
-        times = _times(c, st)
-        if times:
-            top = max(times)
+        if c.kind == "distinct":
+            top = max(st.firsts.values()) if st.firsts else None
+        elif c.kind == "sum":
+            top = st.steps[-1][0] if st.steps else None  # in (time, amount) order
+        else:
+            top = st.ts[-1] if st.ts else None  # in time order
+        if top is not None:
             latest = top if latest is None else max(latest, top)
     return latest
 
