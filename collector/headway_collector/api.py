@@ -34,12 +34,12 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model.evaluate import Reading, read, shortfalls
-from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
+from .model.fold import MemberKey, Membership, SubjectKey, add_memberships, revenue_of
 from .model.revenue import MrrHistory, by_account
-from .model.subject import LevelModel, decode_state
+from .model.subject import Ev, LevelModel, decode_state
 from .mrr import MrrCache
 from .params import app_state, choice, count, nps_view, read_time, ts
-from .reads import Snapshot, consistent_read, subject_state
+from .reads import Snapshot, consistent_read, states_of, subject_state
 from .store import generations, log, queries
 from .store.base import chunks
 
@@ -110,24 +110,46 @@ def _accounts_seen(rows: dict[MemberKey, Membership], now: int) -> dict[str, lis
     return out
 
 
-def _stored_memberships(snap: Snapshot, users: list[str], now: int) -> dict[MemberKey, Membership]:
-    return {
-        MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen)
-        for m in queries.memberships_of(snap.tx, snap.gen.gen, users, now)
-    }
+def _memberships(rows: list[queries.MembershipRow], pending: tuple[Ev, ...]) -> dict[MemberKey, Membership]:
+    """Stored membership rows with those of the read's events not yet folded merged in."""
+    out = {MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen) for m in rows}
+    add_memberships(out, pending)
+    return out
 
 
-def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) -> dict[str, Members]:
-    """Per account, its users seen at or before `now`, counted by their quadrant at `now`."""
+def _users_sides(snap: Snapshot, items: list[UserView], now: int) -> list[UserView]:
+    rows = _memberships(queries.memberships_of(snap.tx, snap.gen.gen, [v.user_id for v in items], now), snap.pending)
+    seen = _accounts_seen(rows, now)
+    return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
+
+
+def _accounts_sides(snap: Snapshot, project: Project, items: list[AccountView], now: int) -> list[AccountView]:
+    """Each account's members by their quadrant at `now`, and its revenue: the stored rows, with
+    the read's events not yet folded (a one-account read's own) and the members' (`states_of`)."""
+    ids = [v.account_id for v in items]
+    rows = _memberships(queries.account_memberships(snap.tx, snap.gen.gen, ids, now), snap.pending)
+    users = {key for key, m in rows.items() if m.first_seen <= now}
+    states = states_of(snap, project, "user", sorted({key.user_id for key in users}))
     lm = snap.models[project.name, "user"]
-    counts: dict[str, dict[str, int]] = {a: {} for a in accounts}
-    for account, blob in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
-        try:
-            quadrant = read(lm, decode_state(blob), now).quadrant
-        except msgspec.DecodeError:  # a corrupt row: quarantined, left out like in the lists
-            continue
-        counts[account][quadrant] = counts[account].get(quadrant, 0) + 1
-    return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
+    quadrants = {uid: read(lm, st, now).quadrant for uid, st in states.items()}
+    counts: dict[str, dict[str, int]] = {a: {} for a in ids}
+    for key in users:
+        if key.user_id in quadrants and key.account in counts:
+            by = counts[key.account]
+            by[quadrants[key.user_id]] = by.get(quadrants[key.user_id], 0) + 1
+    served = snap.models.projects[project.name]
+    changes = queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids)
+    mrr = by_account([*changes, *(c for c in revenue_of(served, snap.pending) if c.t <= now)])
+    return [
+        msgspec.structs.replace(
+            v,
+            members=Members(
+                total=sum(counts[v.account_id].values()), by_quadrant=QuadrantCounts(**counts[v.account_id])
+            ),
+            revenue=_revenue(mrr.get(v.account_id), now),
+        )
+        for v in items
+    ]
 
 
 def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
@@ -139,15 +161,8 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
     if not items:
         return items
     if isinstance(items[0], UserView):
-        seen = _accounts_seen(_stored_memberships(snap, [v.user_id for v in items], now), now)
-        return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
-    ids = [v.account_id for v in items]
-    members = _members(snap, project, ids, now)
-    mrr = by_account(queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids))
-    return [
-        msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
-        for v in items
-    ]
+        return _users_sides(snap, items, now)
+    return _accounts_sides(snap, project, items, now)
 
 
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
@@ -160,16 +175,9 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
         lm = snap.models[project.name, level]
         st = subject_state(snap, project, level, sid)
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
-        if isinstance(v, UserView):  # its memberships: those stored, and those of its events not yet folded
-            rows = _stored_memberships(snap, [sid], now)
-            add_memberships(rows, snap.pending)
-            return msgspec.structs.replace(v, accounts=_accounts_seen(rows, now).get(sid, []))
         return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
 
-    # A user's read waits for its own partition (it folds its pending events itself); an account's
-    # members are users of every partition, so its read waits for them all.
-    key = SubjectKey(level, sid) if level == "user" else None
-    return json_response(await consistent_read(state, project, view, key))
+    return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
 
 
 async def get_user(request: Request) -> Response:

@@ -27,8 +27,8 @@ __all__ = [
     "SubjectRow",
     "TransitionRow",
     "account_ids",
+    "account_memberships",
     "account_revenue_changes",
-    "member_states",
     "memberships_of",
     "project_transitions",
     "read_funnel",
@@ -141,14 +141,13 @@ def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[Membe
     return out
 
 
-def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[tuple[str, bytes]]:
-    """(account, stored state of a user) for each user that the accounts' events carried at or
-    before `at`."""
+def account_memberships(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MembershipRow]:
+    """The users of `accounts` that their events carried at or before `at`."""
     sql = (
-        "SELECT m.account, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen AND s.level = 'user' "
-        "AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? AND m.account IN ({})"
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND account IN ({})"
     )
-    return [(account, bytes(blob)) for account, blob in _by_chunks(r, sql, (gen, at), accounts)]
+    return [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), accounts)]
 
 
 def revenue_count(r: Tx, gen: int) -> int:
