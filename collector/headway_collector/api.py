@@ -37,12 +37,12 @@ from .disk import DISK_RETRY, room
 from .errors import json_response
 from .events import from_stored
 from .model.evaluate import Reading, read, shortfalls
-from .model.fold import MemberKey, Membership, SubjectKey, add_memberships
+from .model.fold import MemberKey, Membership, SubjectKey, add_memberships, revenue_of
 from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
 from .mrr import MrrCache
 from .params import AT, MAX_NAME, NO_PARAMS, Params, app_state, choice, invalid, nps_view, read_time, text, ts, whole
-from .reads import Snapshot, consistent_read, exact_at, subject_state
+from .reads import Snapshot, consistent_read, exact_at, states_of, subject_state
 from .store import generations, log, queries
 from .store.base import chunks
 
@@ -134,36 +134,59 @@ def _accounts_seen(rows: dict[MemberKey, Membership], now: int) -> dict[str, lis
     return out
 
 
-def _stored_memberships(snap: Snapshot, project: Project, users: list[str], now: int) -> dict[MemberKey, Membership]:
-    """The users' memberships as of `now`: a membership last seen after it (a read at a past
-    `at`) is seen again in the user's events at or before `now`, so no later event shows."""
-    rows = {
-        MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen)
-        for m in queries.memberships_of(snap.tx, snap.gen.gen, users, now)
-    }
-    for user in sorted({key.user_id for key, m in rows.items() if m.last_seen > now}):
+def _memberships(
+    snap: Snapshot, project: Project, rows: list[queries.MembershipRow], now: int
+) -> dict[MemberKey, Membership]:
+    """Stored membership rows as of `now`, with those of the read's events not yet folded merged
+    in: a membership last seen after `now` (a read at a past `at`) is seen again in the user's
+    events at or before it, so that no later event shows."""
+    out = {MemberKey(m.account, m.user_id): Membership(m.first_seen, m.last_seen) for m in rows}
+    for user in sorted({key.user_id for key, m in out.items() if m.last_seen > now}):
         history = log.subject_events(snap.tx, project.name, "user", user, upto=snap.folded)
         seen: dict[MemberKey, Membership] = {}
         add_memberships(seen, (ev for ev in (from_stored(raw, t) for raw, t in history) if ev.t <= now))
-        rows.update((key, m) for key, m in seen.items() if key in rows)
-    return rows
+        out.update((key, m) for key, m in seen.items() if key in out)
+    add_memberships(out, (ev for ev in snap.pending if ev.t <= now))
+    return out
 
 
-def _members(snap: Snapshot, project: Project, accounts: list[str], now: int) -> dict[str, Members]:
-    """Per account, its users seen at or before `now`, counted by their quadrant at `now` (a user
-    with a later event read as of `now`, from its events up to it)."""
+def _users_sides(snap: Snapshot, project: Project, items: list[UserView], now: int) -> list[UserView]:
+    rows = queries.memberships_of(snap.tx, snap.gen.gen, [v.user_id for v in items], now)
+    seen = _accounts_seen(_memberships(snap, project, rows, now), now)
+    return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
+
+
+def _accounts_sides(snap: Snapshot, project: Project, items: list[AccountView], now: int) -> list[AccountView]:
+    """Each account's members by their quadrant at `now`, and its revenue: the stored rows, with
+    the read's events not yet folded (a one-account read's own) and the members' (`states_of`)."""
+    ids = [v.account_id for v in items]
+    rows = _memberships(snap, project, queries.account_memberships(snap.tx, snap.gen.gen, ids, now), now)
+    users = {key for key, m in rows.items() if m.first_seen <= now}
+    states = states_of(snap, project, "user", sorted({key.user_id for key in users}))
     lm = snap.models[project.name, "user"]
-    counts: dict[str, dict[str, int]] = {a: {} for a in accounts}
-    for member in queries.member_states(snap.tx, snap.gen.gen, accounts, now):
-        try:
-            st = decode_state(member.state)
-        except msgspec.DecodeError:  # a corrupt row: quarantined, left out like in the lists
-            continue
-        if st.last_seen > now:
-            st = subject_state(snap, project, "user", member.user_id, now)
-        quadrant = read(lm, st, now).quadrant
-        counts[member.account][quadrant] = counts[member.account].get(quadrant, 0) + 1
-    return {a: Members(total=sum(c.values()), by_quadrant=QuadrantCounts(**c)) for a, c in counts.items()}
+    # A member with a later event (a read at a past `at`): as of `now`, from its events up to it.
+    quadrants = {
+        uid: read(lm, st if st.last_seen <= now else subject_state(snap, project, "user", uid, now), now).quadrant
+        for uid, st in states.items()
+    }
+    counts: dict[str, dict[str, int]] = {a: {} for a in ids}
+    for key in users:
+        if key.user_id in quadrants and key.account in counts:
+            by = counts[key.account]
+            by[quadrants[key.user_id]] = by.get(quadrants[key.user_id], 0) + 1
+    served = snap.models.projects[project.name]
+    changes = queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids)
+    mrr = by_account([*changes, *(c for c in revenue_of(served, snap.pending) if c.t <= now)])
+    return [
+        msgspec.structs.replace(
+            v,
+            members=Members(
+                total=sum(counts[v.account_id].values()), by_quadrant=QuadrantCounts(**counts[v.account_id])
+            ),
+            revenue=_revenue(mrr.get(v.account_id), now),
+        )
+        for v in items
+    ]
 
 
 def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
@@ -175,15 +198,8 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
     if not items:
         return items
     if isinstance(items[0], UserView):
-        seen = _accounts_seen(_stored_memberships(snap, project, [v.user_id for v in items], now), now)
-        return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
-    ids = [v.account_id for v in items]
-    members = _members(snap, project, ids, now)
-    mrr = by_account(queries.account_revenue_changes(snap.tx, snap.gen.gen, now, ids))
-    return [
-        msgspec.structs.replace(v, members=members[v.account_id], revenue=_revenue(mrr.get(v.account_id), now))
-        for v in items
-    ]
+        return _users_sides(snap, project, items, now)
+    return _accounts_sides(snap, project, items, now)
 
 
 async def _get(request: Request, level: Literal["user", "account"]) -> Response:
@@ -197,16 +213,9 @@ async def _get(request: Request, level: Literal["user", "account"]) -> Response:
         lm = snap.models[project.name, level]
         st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
-        if isinstance(v, UserView):  # its memberships: those stored, and those of its events not yet folded
-            rows = _stored_memberships(snap, project, [sid], now)
-            add_memberships(rows, (ev for ev in snap.pending if ev.t <= now))
-            return msgspec.structs.replace(v, accounts=_accounts_seen(rows, now).get(sid, []))
         return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
 
-    # A user's read waits for its own partition (it folds its pending events itself); an account's
-    # members are users of every partition, so its read waits for them all.
-    key = SubjectKey(level, sid) if level == "user" else None
-    return json_response(await consistent_read(state, project, view, key))
+    return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
 
 
 async def get_user(request: Request) -> Response:

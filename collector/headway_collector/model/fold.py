@@ -21,7 +21,8 @@ the number of partitions folding side by side:
   Announced labels and transitions depend on when the folds ran: they are not part of the state
   that the byte-for-byte comparisons of derived tables cover;
 - the accounts' sides (`Membership` rows, min/max merges of the times each user's events carried
-  each account, in the user's partition; `RevenueChange` rows, a set, in the account's partition):
+  each account, in the user's partition and in the account's; `RevenueChange` rows, a set, in the
+  account's partition):
   functions of the set of events, so any order and batching write the same rows;
 - the subjects that could not be folded: `needs_history` (a late event that `subject.apply` cannot
   fold in place: the runner calls again with those subjects' whole histories) and `quarantined`
@@ -37,7 +38,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -89,6 +90,7 @@ __all__ = [
     "nps_keys",
     "partition_of",
     "record_of",
+    "revenue_of",
     "subject_keys",
     "sweep",
     "wake_at",
@@ -355,18 +357,23 @@ def add_memberships(into: dict[MemberKey, Membership], evs: Iterable[Ev]) -> Non
             into[key] = was.merge(seen) if was is not None else seen
 
 
+def revenue_of(p: Project, evs: Iterable[Ev]) -> Iterator[RevenueChange]:
+    """The revenue changes among `evs` (a revenue event without a value, or with a negative one,
+    changes nothing: docs/reports.md)."""
+    if p.revenue_event is not None:
+        for ev in evs:
+            if ev.event == p.revenue_event and ev.account_id is not None and ev.value is not None and ev.value >= 0:
+                yield RevenueChange(ev.account_id, ev.t, ev.id, ev.value)
+
+
 def _accounts(out: ChangeSet, p: Project, groups: Mapping[SubjectKey, list[Ev]]) -> None:
-    """The memberships that the owned users' events show, and the owned accounts' revenue changes
-    (a revenue event without a value, or with a negative one, changes nothing: docs/reports.md)."""
+    """The memberships that the owned subjects' events show, written by the user's partition and
+    by the account's alike (the same min/max merge: a read of either subject, which waits for its
+    own partition only, finds every event of its own there); the owned accounts' revenue changes."""
     for key, evs in groups.items():
-        if key.level == "user":
-            add_memberships(out.memberships, evs)
-        elif p.revenue_event is not None:
-            out.revenue.update(
-                RevenueChange(key.subject, ev.t, ev.id, ev.value)
-                for ev in evs
-                if ev.event == p.revenue_event and ev.value is not None and ev.value >= 0
-            )
+        add_memberships(out.memberships, evs)
+        if key.level == "account":
+            out.revenue.update(revenue_of(p, evs))
 
 
 def _fold_subject(

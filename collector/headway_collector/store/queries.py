@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..config import Milestone, Project
 from ..model import growth as g
@@ -22,15 +22,14 @@ from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
-    "MemberState",
     "MembershipRow",
     "OfAccount",
     "SubjectRow",
     "TransitionRow",
     "account_ids",
+    "account_memberships",
     "account_revenue_changes",
     "latest_event",
-    "member_states",
     "memberships_of",
     "milestone_states",
     "project_transitions",
@@ -162,19 +161,13 @@ def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[Membe
     return out
 
 
-class MemberState(NamedTuple):
-    account: str
-    user_id: str
-    state: bytes
-
-
-def member_states(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MemberState]:
-    """The stored state of each user that the accounts' events carried at or before `at`."""
+def account_memberships(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MembershipRow]:
+    """The users of `accounts` that their events carried at or before `at`."""
     sql = (
-        "SELECT m.account, m.user_id, s.state FROM memberships m JOIN subjects s ON s.gen = m.gen "
-        "AND s.level = 'user' AND s.subject = m.user_id WHERE m.gen = ? AND m.first_seen <= ? AND m.account IN ({})"
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND account IN ({})"
     )
-    return [MemberState(a, user, bytes(blob)) for a, user, blob in _by_chunks(r, sql, (gen, at), accounts)]
+    return [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), accounts)]
 
 
 def revenue_count(r: Tx, gen: int) -> int:
