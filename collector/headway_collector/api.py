@@ -402,11 +402,21 @@ def _model_info(project: Project, snap: Snapshot) -> ModelInfo:
     )
 
 
+MODEL = Params(AT)
+
+
 async def model(request: Request) -> Response:
+    """The active model; with `at`, once every event acknowledged is folded, and (like every
+    aggregate) only at an `at` that no stored event follows: its unknown tags count them all."""
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    NO_PARAMS.read(request)
-    return json_response(await consistent_read(state, project, lambda snap: _model_info(project, snap)))
+    at = MODEL.read(request)[AT]
+
+    def body(snap: Snapshot) -> ModelInfo:
+        exact_at(snap, at)
+        return _model_info(project, snap)
+
+    return json_response(await consistent_read(state, project, body))
 
 
 async def healthz(request: Request) -> Response:

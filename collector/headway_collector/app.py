@@ -86,7 +86,7 @@ ENDPOINTS = [
              "Accounts by score, filtered, with a cursor"),
     Endpoint("/v1/accounts/{subject:id}", "GET", api.get_account, api.ONE, wire.AccountView, (*_READ, 404),
              "One account"),
-    Endpoint("/v1/model", "GET", api.model, NO_PARAMS, wire.ModelInfo, _READ,
+    Endpoint("/v1/model", "GET", api.model, api.MODEL, wire.ModelInfo, _READ,
              "The active model, its version, unknown tags"),
     Endpoint("/v1/scores", "GET", history.scores, history.SCORES, wire.ScoreHistory, (*_READ, 404),
              "One user's or account's score once a day over the last days"),
