@@ -25,8 +25,7 @@ $(VENV)/.bench: pyproject.toml | $(VENV)/bin/python
 	touch $@ $(VENV)/.dev $(VENV)/.collector
 
 run: $(VENV)/.collector
-	$(PY) -m headway_collector.demo --example headway.example.toml --out $(CONFIG) --host $(HOST) --port $(PORT)
-	$(VENV)/bin/headway-collector serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+	$(PY) -m headway_collector.demo --example headway.example.toml --out $(CONFIG) --host $(HOST) --port $(PORT) --serve
 
 # The projection's pure core, compiled with mypyc from the same typed source where a C compiler
 # exists; without one (or if mypyc fails) it runs interpreted. headway_collector.model says which.

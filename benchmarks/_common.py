@@ -151,6 +151,7 @@ EVENT_MIX: list[tuple[str, float]] = [
     ("nps_response", 0.02),
     ("plan_upgraded", 0.01),
     ("goal_confirmed", 0.01),
+    ("mrr_changed", 0.01),  # the model's revenue event: an account's new MRR
 ]
 PLANS = ("free", "trial", "team", "business")
 SOURCES = ("web", "ios", "android", "api")
@@ -241,6 +242,8 @@ def make_workload(n: int, *, users: int = 10_000, accounts: int = 1_000, days: i
             ev["weight"] = 0.2  # the SDK's own weight: the model names no weight for it
         elif kind == "plan_upgraded":
             ev["milestones"], ev["value"] = ["converted"], float(rng.choice((49, 99, 499)))
+        elif kind == "mrr_changed":
+            ev["value"] = float(rng.choice((0, 49, 99, 199, 499)))
         elif kind == "goal_confirmed":
             ev["milestones"] = ["goal_confirmed"]  # names no milestone: counted in `tags`
         elif kind == "prompt_completed" and rng.random() < 0.1:

@@ -19,6 +19,7 @@ import pytest
 from headway_collector.app import create_app
 from headway_collector.auth import hash_key
 from headway_collector.config import Config, loads
+from headway_collector.limits import ServeLimits
 from headway_collector.store import open_store
 
 def pytest_report_header() -> str:
@@ -63,7 +64,7 @@ def config() -> Config:
 @contextlib.asynccontextmanager
 async def asgi_collector(
     cfg: Config, db: Path | None = None, *, url: str | None = None, clock: Callable[[], int] | None = None,
-    fold_workers: int = 1,
+    fold_workers: int = 1, limits: ServeLimits | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan included, over httpx's ASGI transport: on the SQLite file `db`,
     or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema).
@@ -75,7 +76,7 @@ async def asgi_collector(
     if url is None:
         assert db is not None, "give a SQLite file or a database URL"
         url = f"sqlite:///{db}"
-    app = create_app(cfg, open_store(url), fold_workers=fold_workers)
+    app = create_app(cfg, open_store(url), fold_workers=fold_workers, limits=limits)
     if clock is not None:
         app.state.headway.clock = clock
     async with app.router.lifespan_context(app):
@@ -129,6 +130,7 @@ class LiveCollector:
     process: subprocess.Popen[bytes] | None = None
     database: str | None = None  # a database URL instead of the SQLite file at db_path
     fold_workers: int = 1
+    args: list[str] = field(default_factory=list)  # more `serve` options
 
     @property
     def url(self) -> str:
@@ -137,7 +139,7 @@ class LiveCollector:
     def start(self, timeout: float = 20.0) -> None:
         cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(self.config_path),
                "--database", self.database or f"sqlite:///{self.db_path}", "--port", str(self.port), "--log-level", "warning",
-               "--fold-workers", str(self.fold_workers)]
+               "--fold-workers", str(self.fold_workers), *self.args]
         log = self.config_path.with_name(f"collector-{self.port}.log")  # a file: a pipe nobody reads can fill up
         with log.open("ab") as sink:
             self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -22,17 +24,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import api, backtest, dashboard, feed, history, ingest, insights, model, reports
-from .config import Config, ConfigError, load
+from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
+from .config import TRANSITION_TYPES, Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
+from .limits import ServeLimits
 from .metrics import Metrics
+from .params import NO_PARAMS, Params
 from .projection import Mode, ModelBook, Projection, serve_models
 from .projection.status import lag
 from .state import AppState
 from .store.base import Store
 
-__all__ = ["create_app"]
+__all__ = ["ENDPOINTS", "Endpoint", "create_app"]
 
 logger = logging.getLogger("headway_collector")
 
@@ -53,206 +57,86 @@ class _IdConvertor(Convertor[str]):
 
 register_url_convertor("id", _IdConvertor())
 
-ROUTES: list[tuple[str, str, Any, Any, str]] = [
-    # path, method, endpoint, response type, summary
-    ("/v1/batch", "POST", ingest.batch, wire.BatchResponse, "Ingest a batch of events (write key)"),
-    ("/v1/users", "GET", api.list_users, wire.UserPage, "Users by score, filtered, with a cursor"),
-    ("/v1/users/{subject:id}", "GET", api.get_user, wire.UserView, "One user"),
-    ("/v1/accounts", "GET", api.list_accounts, wire.AccountPage, "Accounts by score, filtered, with a cursor"),
-    ("/v1/accounts/{subject:id}", "GET", api.get_account, wire.AccountView, "One account"),
-    ("/v1/model", "GET", api.model, wire.ModelInfo, "The active model, its version, unknown tags"),
-    (
-        "/v1/scores",
-        "GET",
-        history.scores,
-        wire.ScoreHistory,
-        "One user's or account's score once a day over the last days",
-    ),
-    (
-        "/v1/growth",
-        "GET",
-        reports.growth,
-        wire.Growth,
-        "Growth accounting per period: new, retained, resurrected, churned, NPS",
-    ),
-    (
-        "/v1/milestones",
-        "GET",
-        reports.milestones,
-        wire.Funnel,
-        "The milestone funnel: counts by status, share, time to achieve",
-    ),
-    (
-        "/v1/retention",
-        "GET",
-        insights.retention,
-        wire.Retention,
-        "Retention cohorts: subjects first active in a period, active k periods later",
-    ),
-    (
-        "/v1/stickiness",
-        "GET",
-        insights.stickiness,
-        wire.Stickiness,
-        "Stickiness: DAU/MAU and subjects by active days over the last days",
-    ),
-    (
-        "/v1/insights/predictors",
-        "GET",
-        insights.predictors,
-        wire.Predictors,
-        "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)",
-    ),
-    (
-        "/v1/insights/weights",
-        "GET",
-        insights.weights,
-        wire.Weights,
-        "Weights fitted to predict an outcome, with held-out AUCs beside the current ones",
-    ),
-    (
-        "/v1/insights/backtest",
-        "GET",
-        backtest.backtest,
-        wire.Backtest,
-        "How well the model's score and quadrants at past instants predicted churn or a milestone",
-    ),
-    (
-        "/v1/transitions",
-        "GET",
-        feed.list_transitions,
-        wire.TransitionPage,
-        "Transitions in commit order, past a cursor",
-    ),
-    ("/v1/stream", "GET", feed.stream, None, "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
-    ("/healthz", "GET", api.healthz, None, "Liveness"),
-    ("/readyz", "GET", api.readyz, None, "Readiness"),
-    ("/metrics", "GET", api.metrics, None, "Prometheus metrics"),
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A route, and what /openapi.json says of it: its parameters (the `Params` its handler
+    reads, declared beside the handler), its answer, and the error statuses it gives besides 503
+    (any route, with Retry-After). Every error body is an ErrorBody."""
+
+    path: str
+    method: str
+    handler: Handler
+    params: Params
+    response: type | None  # a wire Struct; None: a body described in `openapi`
+    errors: tuple[int, ...]
+    summary: str
+
+
+_READ = (400, 401, 403)
+ENDPOINTS = [
+    Endpoint("/v1/batch", "POST", ingest.batch, NO_PARAMS, wire.BatchResponse,
+             (400, 401, 403, 408, 413, 415, 429), "Ingest a batch of events (write key)"),
+    Endpoint("/v1/users", "GET", api.list_users, api.USERS, wire.UserPage, _READ,
+             "Users by score, filtered, with a cursor"),
+    Endpoint("/v1/users/{subject:id}", "GET", api.get_user, api.ONE, wire.UserView, (*_READ, 404), "One user"),
+    Endpoint("/v1/accounts", "GET", api.list_accounts, api.ACCOUNTS, wire.AccountPage, _READ,
+             "Accounts by score, filtered, with a cursor"),
+    Endpoint("/v1/accounts/{subject:id}", "GET", api.get_account, api.ONE, wire.AccountView, (*_READ, 404),
+             "One account"),
+    Endpoint("/v1/model", "GET", api.model, NO_PARAMS, wire.ModelInfo, _READ,
+             "The active model, its version, unknown tags"),
+    Endpoint("/v1/scores", "GET", history.scores, history.SCORES, wire.ScoreHistory, (*_READ, 404),
+             "One user's or account's score once a day over the last days"),
+    Endpoint("/v1/growth", "GET", reports.growth, reports.GROWTH, wire.Growth, _READ,
+             "Growth accounting per period: new, retained, resurrected, churned, NPS"),
+    Endpoint("/v1/revenue", "GET", reports.revenue, reports.REVENUE, wire.Revenue, _READ,
+             "Revenue per period: MRR movements, retention, logo churn, quick ratio; MRR by quadrant"),
+    Endpoint("/v1/milestones", "GET", reports.milestones, reports.MILESTONES, wire.Funnel, _READ,
+             "The milestone funnel: counts by status, share, time to achieve"),
+    Endpoint("/v1/retention", "GET", insights.retention, insights.RETENTION, wire.Retention, _READ,
+             "Retention cohorts: subjects first active in a period, active k periods later"),
+    Endpoint("/v1/stickiness", "GET", insights.stickiness, insights.STICKINESS, wire.Stickiness, _READ,
+             "Stickiness: DAU/MAU and subjects by active days over the last days"),
+    Endpoint("/v1/insights/predictors", "GET", insights.predictors, insights.PREDICTORS, wire.Predictors, _READ,
+             "Which early behaviour predicts an outcome (lift, coverage, precision, recall, 95% intervals)"),
+    Endpoint("/v1/insights/weights", "GET", insights.weights, insights.WEIGHTS, wire.Weights, _READ,
+             "Weights fitted to predict an outcome, with held-out AUCs beside the current ones"),
+    Endpoint("/v1/insights/backtest", "GET", backtest.backtest, backtest.BACKTEST, wire.Backtest, _READ,
+             "How well the model's score and quadrants at past instants predicted churn or a milestone"),
+    Endpoint("/v1/transitions", "GET", feed.list_transitions, feed.TRANSITIONS, wire.TransitionPage, _READ,
+             "Transitions in commit order, past a cursor"),
+    Endpoint("/v1/stream", "GET", feed.stream, feed.STREAM, None, (*_READ, 429),
+             "Transitions as Server-Sent Events (Last-Event-ID resumes)"),
+    Endpoint("/healthz", "GET", api.healthz, NO_PARAMS, None, (400,), "Liveness"),
+    Endpoint("/readyz", "GET", api.readyz, NO_PARAMS, None, (400,), "Readiness"),
+    Endpoint("/metrics", "GET", api.metrics, NO_PARAMS, None, _READ, "Prometheus metrics"),
 ]
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
-
-
-_AT = _query("at", {"type": "string", "format": "date-time"}, "read as of this instant (RFC3339); default now")
-_LEVEL = _query("level", {"enum": ["user", "account"]}, "user or account")
-_SUBJECT = {
-    "name": "subject",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "minLength": 1},
-    "description": "the user's or account's id (any characters)",
-}
-_LIST = [
-    _query("order", {"enum": ["desc", "asc"]}, "by score; default desc"),
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "items a page; default 50"),
-    _query("cursor", {"type": "string"}, "next_cursor of the page before"),
-    _query("stage", {"type": "string"}, "a stage of the model"),
-    _query("quadrant", {"enum": ["new", "thriving", "stuck", "quiet", "at_risk"]}, "the quadrant"),
-    _query("trend", {"enum": ["rising", "steady", "cooling"]}, "the trend"),
-    _query("milestone", {"type": "string"}, "a milestone of the model (with status: its status)"),
-    _query("status", {"enum": ["pending", "in_progress", "achieved", "lapsed", "missed"]}, "needs milestone"),
-    _AT,
-]
-_DAY_OR_INSTANT = {"type": "string", "description": "YYYY-MM-DD (00:00 UTC) or RFC3339"}
-# Per path of ROUTES: its parameters, and the error statuses it answers besides 503 (any route,
-# with Retry-After). Every error body is an ErrorBody.
-_OPERATIONS: dict[str, tuple[list[dict[str, Any]], tuple[int, ...]]] = {
-    "/v1/batch": ([], (400, 401, 403, 408, 413, 415)),
-    "/v1/users": (_LIST, (400, 401, 403)),
-    "/v1/users/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
-    "/v1/accounts": (_LIST, (400, 401, 403)),
-    "/v1/accounts/{subject:id}": ([_SUBJECT, _AT], (400, 401, 403, 404)),
-    "/v1/model": ([], (401, 403)),
-    "/v1/scores": (
-        [
-            _query("user_id", {"type": "string"}, "the user (or give account_id)"),
-            _query("account_id", {"type": "string"}, "the account (or give user_id)"),
-            _query("days", {"type": "integer", "minimum": 1, "maximum": 400}, "days back; default 90"),
-            _AT,
-        ],
-        (400, 401, 403, 404),
-    ),
-    "/v1/growth": (
-        [
-            _query("period", {"enum": ["day", "week", "month"]}, "default week"),
-            _LEVEL,
-            _query("from", _DAY_OR_INSTANT, "the first period holds it"),
-            _query("to", _DAY_OR_INSTANT, "the last period holds it; default at"),
-            _AT,
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/milestones": ([_LEVEL, _AT], (400, 401, 403)),
-    "/v1/retention": (
-        [
-            _query("period", {"enum": ["week", "month"]}, "default week"),
-            _query("cohorts", {"type": "integer", "minimum": 1}, "how many cohorts; default 8"),
-            _LEVEL,
-            _AT,
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/stickiness": (
-        [_query("days", {"type": "integer", "minimum": 1}, "days back; default 30"), _LEVEL, _AT],
-        (400, 401, 403),
-    ),
-    "/v1/insights/predictors": (
-        [
-            _query("outcome", {"type": "string"}, "a milestone of the model (required)"),
-            _query("window", {"type": "string"}, "early window, a duration like 7d"),
-            _LEVEL,
-            _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "rows; default 200"),
-            _AT,
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/insights/weights": (
-        [
-            _query("outcome", {"type": "string"}, "a milestone of the model (required)"),
-            _query("window", {"type": "string"}, "early window, a duration like 7d"),
-            _LEVEL,
-            _AT,
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/insights/backtest": (
-        [
-            _query("outcome", {"type": "string"}, "churned, or a milestone of the model (required)"),
-            _query("horizon", {"type": "string"}, "how far past each snapshot to look, like 30d (required)"),
-            _query("every", {"type": "string"}, "time between snapshots, a duration; default 7d"),
-            _query("since", _DAY_OR_INSTANT, "the first snapshot; default the first event's day + every"),
-            _LEVEL,
-            _AT,
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/transitions": (
-        [
-            _query("since", {"type": "string"}, "the cursor of the last transition seen"),
-            _query("limit", {"type": "integer", "minimum": 1}, "transitions a page; default 100"),
-        ],
-        (400, 401, 403),
-    ),
-    "/v1/stream": (
-        [
-            _query("since", {"type": "string"}, "the cursor to resume after (or Last-Event-ID)"),
-            _query("key", {"type": "string"}, "a read key (EventSource cannot send headers)"),
-        ],
-        (400, 401, 403),
-    ),
-    "/healthz": ([], ()),
-    "/readyz": ([], ()),
-    "/metrics": ([], (401, 403)),
-}
 _OPEN = {"/healthz", "/readyz"}  # no key
 _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
     "/healthz": {"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
     "/readyz": {
         "type": "object",
-        "properties": {"status": {"enum": ["ready", "starting"]}, "queue_depth": {"type": "integer"}},
+        "properties": {"status": {"enum": ["ready", "starting", "disk_full"]}, "queue_depth": {"type": "integer"}},
         "required": ["status"],
+    },
+}
+
+
+# One event of /v1/stream (OpenAPI before 3.2 has a stream's `schema` describe each event).
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the cursor: Last-Event-ID resumes after it"},
+        "event": {"enum": list(TRANSITION_TYPES)},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/Transition"},
+        },
     },
 }
 
@@ -260,38 +144,38 @@ _PLAIN: dict[str, Any] = {  # the bodies that are not wire Structs
 def openapi() -> dict[str, Any]:
     """The OpenAPI document, its schemas generated from the wire Structs: every parameter and
     every status each operation answers (schemathesis checks that it is true)."""
-    types = [t for *_, t, _ in ROUTES if t is not None] + [wire.Batch, wire.ErrorBody]
+    types = [e.response for e in ENDPOINTS if e.response is not None] + [wire.Batch, wire.ErrorBody, wire.Transition]
     (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
     retry = {"Retry-After": {"required": True, "schema": {"type": "string"}, "description": "seconds"}}
     paths: dict[str, Any] = {}
-    for path, method, _, rtype, summary in ROUTES:
-        parameters, errors = _OPERATIONS[path]
-        if rtype is not None:
-            ok = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{rtype.__name__}"}}}}
+    for e in ENDPOINTS:
+        path = e.path
+        if e.response is not None:
+            ok = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{e.response.__name__}"}}}}
         elif path == "/metrics":
             ok = {"content": {"text/plain": {"schema": {"type": "string"}}}}
         elif path == "/v1/stream":
-            ok = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+            ok = {"content": {"text/event-stream": {"schema": _EVENT}}}
         else:
             ok = {"content": {"application/json": {"schema": _PLAIN[path]}}}
         responses: dict[str, Any] = {"200": {"description": "OK", **ok}}
-        responses.update({str(code): {"description": HTTPStatus(code).phrase, **error} for code in errors})
+        responses.update({str(code): {"description": HTTPStatus(code).phrase, **error} for code in e.errors})
         unavailable = ok if path == "/readyz" else error  # readyz answers {"status": "starting"}
         responses["503"] = {
             "description": "busy or starting: retry after Retry-After seconds",
             "headers": retry,
             **unavailable,
         }
-        op: dict[str, Any] = {"summary": summary, "parameters": parameters, "responses": responses}
+        op: dict[str, Any] = {"summary": e.summary, "parameters": e.params.openapi(), "responses": responses}
         if path in _OPEN:
             op["security"] = []
-        if method == "POST":
+        if e.method == "POST":
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}},
             }
-        paths.setdefault(path.replace(":id", ""), {})[method.lower()] = op
+        paths.setdefault(path.replace(":id", ""), {})[e.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Headway collector", "version": "1"},
@@ -313,7 +197,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    config: Config, store: Store, *, fold_workers: int = 1, fold_mode: Mode = "thread", reload_on_sighup: bool = False
+    config: Config,
+    store: Store,
+    *,
+    fold_workers: int = 1,
+    fold_mode: Mode = "thread",
+    reload_on_sighup: bool = False,
+    limits: ServeLimits | None = None,
 ) -> Starlette:
     """The collector: the HTTP API over `store`, with its projection (`fold_workers` workers in
     threads or processes) started and stopped by the lifespan."""
@@ -322,7 +212,13 @@ def create_app(
         store=store,
         book=ModelBook([config]),
         metrics=Metrics(store.queue_depth, lambda: lag(store, state.clock())),
+        limits=limits or ServeLimits(),
     )
+    state.metrics.sections += [
+        ingest.BUDGET.held.render,
+        lambda project: feed.render_streams(state, project),
+        lambda project: disk.render(state, project),
+    ]
     spec = openapi()
 
     async def openapi_json(request: Request) -> Response:
@@ -361,6 +257,11 @@ def create_app(
         started = time.monotonic()  # serve once the fold workers run (a spawned process takes a moment)
         while time.monotonic() - started < START_WAIT and not await run_in_threadpool(state.projection.running, store):
             await asyncio.sleep(0.01)
+        # What start-up made (modules, models, connections) lives as long as the process: frozen, the
+        # cyclic collector never walks it again. Its full collections, triggered while a request
+        # decodes an event of many containers, walked all of it and held the GIL (12 ms such an
+        # event, not 2).
+        gc.freeze()
         state.ready = True
         try:
             yield
@@ -374,7 +275,7 @@ def create_app(
             state.projection.stop()
             store.close()
 
-    routes: list[BaseRoute] = [Route(path, endpoint, methods=[method]) for path, method, endpoint, _, _ in ROUTES]
+    routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     routes += dashboard.routes()
     app = Starlette(

@@ -22,20 +22,21 @@ from headway.wire import Backtest, QuadrantOutcome
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .config import Config, Project, parse_duration
+from .config import MAX_DURATION, Config, Project, parse_duration
 from .errors import APIError
 from .events import from_stored
-from .insights import LEVELS, MINUTE, cached_answer, outcome_milestone, served_models
+from .insights import LEVELS, MINUTE, authorized, cached_answer, outcome_milestone, served_models
 from .model import backtest as bt
 from .model.fold import Level
 from .model.subject import LevelModel
-from .params import app_state, choice, instant, read_time, rfc3339, ts
+from .params import AT, MAX_NAME, Params, app_state, choice, duration, instant, parse_instant, rfc3339, text, ts
 from .reads import Snapshot
 from .store import insights as store
 from .store import log
 from .store.base import Store, Tx
 
 __all__ = [
+    "BACKTEST",
     "MAX_EVENTS",
     "MAX_SNAPSHOTS",
     "Question",
@@ -53,6 +54,13 @@ __all__ = [
 MAX_EVENTS = 2_000_000  # events an HTTP backtest replays at most (about a minute of one core)
 MAX_SNAPSHOTS = 1000
 DEFAULT_EVERY = "7d"
+
+OUTCOME = text("outcome", "churned, or a milestone of the model", required=True, most=MAX_NAME)
+HORIZON = duration("horizon", "how far past each snapshot to look, like 30d", most=MAX_DURATION)
+EVERY = duration("every", "time between snapshots", default=DEFAULT_EVERY, most=MAX_DURATION)
+SINCE = instant("since", "the first snapshot; default the first event's day + every", dates=True)
+LEVEL = choice("level", "user or account; default: the outcome's (user for churned)", LEVELS)
+BACKTEST = Params(OUTCOME, HORIZON, EVERY, SINCE, LEVEL, AT)
 
 Progress = Callable[[int, int], None]
 
@@ -138,27 +146,13 @@ def report(q: Question, done: Replayed, model: int = 0) -> Backtest:
     )
 
 
-def _duration(name: str, text: str) -> int:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise APIError(400, "bad_request", f"{name}: {exc}") from None
-
-
 async def backtest(request: Request) -> Response:
-    q = request.query_params
-    outcome = q.get("outcome")
-    if not outcome:
-        raise APIError(400, "bad_request", "outcome=churned or outcome=MILESTONE is required")
-    horizon_text = q.get("horizon")
-    if not horizon_text:
-        raise APIError(400, "bad_request", "horizon=DURATION (e.g. 30d) is required")
-    horizon = _duration("horizon", horizon_text)
-    every = _duration("every", q.get("every", DEFAULT_EVERY))
-    since = instant("since", q["since"], dates=True) if "since" in q else None
-    level = choice(request, "level", LEVELS)
-    state = app_state(request)
-    at = read_time(request, state) if "at" in q else state.clock() // MINUTE * MINUTE
+    project, q = authorized(request, BACKTEST)
+    outcome, horizon, every, since, level = q[OUTCOME], q[HORIZON], q[EVERY], q[SINCE], q[LEVEL]
+    horizon_text = request.query_params["horizon"]
+    at = q[AT]
+    if at is None:  # as of the current minute: the cached answer holds for a minute
+        at = app_state(request).clock() // MINUTE * MINUTE
 
     def body(snap: Snapshot, served: Project) -> Backtest:
         question = Question(outcome, horizon_text, horizon, every, since, at, level_of(served, outcome, level))
@@ -170,7 +164,7 @@ async def backtest(request: Request) -> Response:
             raise APIError(400, "too_large", str(exc)) from None
         return report(question, done)
 
-    return await cached_answer(request, "backtest", (outcome, horizon, every, since, level, at), body)
+    return await cached_answer(request, project, "backtest", (outcome, horizon, every, since, level, at), body)
 
 
 # --- headway-collector backtest, and the backtest of suggested weights ---------------------------------
@@ -225,7 +219,8 @@ def compare_models(q: Question, done: Replayed, headers: tuple[str, str], names:
         lines.append(f"{name:<22}{cells[0]:<34}{cells[1]:<34}")
     paired = bt.compare(done.cases, q.outcome)
     if paired is not None:
-        lines.append(f"{'paired (DeLong)':<22}AUC difference {paired.difference:+.3f}, p = {paired.p_value:.2g}")
+        p = f"p = {paired.p_value:.2g}" if paired.p_value > 0 else "p < 1e-300"
+        lines.append(f"{'paired (DeLong)':<22}AUC difference {paired.difference:+.3f}, {p}")
     lines += ["", verdict(q.outcome, reports[0], reports[1], names)]
     return lines
 
@@ -246,21 +241,24 @@ def run_cli(
     return compare_models(q, done, headers, ("the active model", "candidate"))
 
 
+def _option_instant(option: str, text: str | None) -> int | None:
+    try:
+        return parse_instant(text, dates=True) if text else None
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
 def _question(served: Project, a: dict[str, str | None], now: int) -> Question:
     outcome, horizon = a["outcome"] or "", a["horizon"] or ""
     try:
         level = level_of(served, outcome, a.get("level"))
     except APIError as exc:
         raise ValueError(exc.message) from None
-    try:
-        span = parse_duration(horizon)
-        every = parse_duration(a.get("every") or DEFAULT_EVERY)
-        since_text, at_text = a.get("since"), a.get("at")
-        since = instant("--since", since_text, dates=True) if since_text else None
-        at = instant("--at", at_text, dates=True) if at_text else now
-    except APIError as exc:
-        raise ValueError(exc.message) from None
-    return Question(outcome, horizon, span, every, since, at, level)
+    span = parse_duration(horizon)
+    every = parse_duration(a.get("every") or DEFAULT_EVERY)
+    since = _option_instant("--since", a.get("since"))
+    at = _option_instant("--at", a.get("at"))
+    return Question(outcome, horizon, span, every, since, now if at is None else at, level)
 
 
 def suggested_lines(

@@ -17,13 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from .install import install_extra
+
 try:
     from . import config as config_mod
     from .auth import hash_key, new_key
     from .events import to_us
+    from .limits import ENV as LIMITS_ENV
+    from .limits import MiB, ServeLimits
     from .store import StoreError, open_store
     from .store.base import Store
-except ImportError as exc:  # `pip install headway` without the extra: main() says which to install
+except ImportError as exc:  # the SDK installed without the extra: main() says which to install
     _MISSING: ImportError | None = exc
 else:
     _MISSING = None
@@ -43,10 +47,8 @@ class CLIError(Exception):
 
 
 def _missing_extra(exc: ImportError) -> str:
-    return (
-        f"the collector needs the 'collector' extra ({exc.name or exc} is not installed): "
-        "pip install 'headway[collector]'"
-    )
+    missing = exc.name or exc
+    return f"the collector needs the 'collector' extra ({missing} is not installed): {install_extra('collector')}"
 
 
 def _check_port(host: str, port: int) -> None:
@@ -99,6 +101,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _load(args.config)  # refuse a bad file, a busy port or an unreachable database before anything starts
     _check_port(args.host, args.port)
+    limits = ServeLimits(
+        header_timeout=args.header_timeout,
+        keep_alive=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        max_streams=args.max_streams,
+        max_streams_per_project=args.max_streams_per_project,
+        disk_reserve=args.disk_reserve * MiB,
+    )
+    _open_files_for(limits.max_connections)
     store = open_store(args.database)
     store.open()
     store.close()
@@ -106,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["HEADWAY_CONFIG"] = args.config
     os.environ["HEADWAY_DATABASE"] = args.database
     os.environ["HEADWAY_FOLD_WORKERS"] = str(args.fold_workers)
+    os.environ[LIMITS_ENV] = limits.to_env()
     logging.getLogger("headway_collector").info(
         "Headway collector on http://%s:%d (database %s, config %s, %d fold worker(s))",
         args.host,
@@ -123,13 +135,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http="headway_collector.protocol:LimitedProtocol",  # header timeout, connection cap
+        timeout_keep_alive=limits.keep_alive,
     )
     return 0
+
+
+OPEN_FILES_SPARE = 256  # file descriptors besides the connections: database, fold workers, logs
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise this process's open-file limit to what `connections` need (up to the hard limit),
+    or refuse in one line: past it, new connections and the database's files would fail."""
+    import resource
+
+    need = connections + OPEN_FILES_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise CLIError(
+                f"--max-connections {connections} needs {need} open files, but this process may open "
+                f"at most {hard} (ulimit -Hn): lower --max-connections or raise the limit"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def app_from_env():  # type: ignore[no-untyped-def]
     """The app for uvicorn's workers, built from what `serve` put in the environment."""
     from .app import create_app
+    from .limits import from_env
 
     cfg = config_mod.load(os.environ["HEADWAY_CONFIG"])
     return create_app(
@@ -138,6 +172,7 @@ def app_from_env():  # type: ignore[no-untyped-def]
         fold_workers=int(os.environ.get("HEADWAY_FOLD_WORKERS", "1")),
         fold_mode="process",
         reload_on_sighup=True,
+        limits=from_env(),
     )
 
 
@@ -238,6 +273,9 @@ def cmd_suggest_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+BACKTEST_NICE = 10  # the CPU priority a backtest lowers itself by (benchmarks/results/backtest_ingest.md)
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from .backtest import run_cli
     from .insights import project_name
@@ -247,6 +285,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         project = project_name(cfg, args.project)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    os.nice(BACKTEST_NICE)  # a long read beside a serving collector: ingest and reads first
     store = _existing_store(args.database, "backtest")
     question = {k: getattr(args, k) for k in ("outcome", "horizon", "every", "since", "at", "level")}
     try:
@@ -307,6 +346,22 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _whole(text: str) -> int:
+    if not text.isdecimal():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="headway-collector", description="Headway's collector: ingest, scores, milestones, query API.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -325,6 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="uvicorn log level"
     )
+    d = ServeLimits()
+    limits: list[tuple[str, Callable[[str], float], float, str]] = [
+        ("--header-timeout", _seconds, d.header_timeout, "seconds a request's headers may take, else 408 and close"),
+        ("--keep-alive-timeout", _positive, d.keep_alive, "whole seconds an idle connection is kept between requests"),
+        ("--max-connections", _positive, d.max_connections, "open connections per worker process; past it, 503"),
+        ("--max-streams", _positive, d.max_streams, "/v1/stream connections per worker process; past it, 503"),
+        ("--max-streams-per-project", _positive, d.max_streams_per_project, "of them one project's keys; then 429"),
+        ("--disk-reserve", _whole, d.disk_reserve // MiB, "free MiB ingest leaves the projection (SQLite; 0: none)"),
+    ]
+    for flag, kind, default, text in limits:
+        s.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser(

@@ -12,12 +12,14 @@ import hmac
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from headway.wire import MAX_WEIGHT
 
 __all__ = [
     "TRANSITION_TYPES",
@@ -48,6 +50,11 @@ TRANSITION_TYPES = (
     "quadrant.changed",
     "trend.changed",
 )
+# The new values of the transitions that a webhook's `to` filters (stage names come from the model).
+TO_VALUES = {
+    "quadrant.changed": ("new", "thriving", "stuck", "quiet", "at_risk"),
+    "trend.changed": ("rising", "steady", "cooling"),
+}
 
 
 class ConfigError(Exception):
@@ -119,17 +126,39 @@ class Engagement:
 
 @dataclass(frozen=True)
 class Webhook:
-    """`[[projects.NAME.webhooks]]`: the transitions of types `on` are POSTed to `url`, signed with `secret`."""
+    """`[[projects.NAME.webhooks]]`: the transitions of types `on` are POSTed to `url`, signed with
+    `secret`; `level`, `milestones` and `to` (None: not given) narrow them, so that it serves as an
+    alert. Each filter concerns the transitions it names and lets the others through: `milestones`
+    the milestone transitions, `to` those with a new value (stage, quadrant, trend)."""
 
     project: str
     url: str
     secret: str = field(repr=False)
     on: tuple[str, ...]
+    level: str | None = None
+    milestones: frozenset[str] | None = None
+    to: frozenset[str] | None = None
 
     @property
     def hook(self) -> str:
-        """Its name in the delivery tables: the same while its project, URL and types stay."""
-        return hashlib.sha256(msgspec.json.encode([self.project, self.url, sorted(self.on)])).hexdigest()[:16]
+        """Its name in the delivery tables: the same while its project, URL, types and filters stay
+        (a webhook without filters keeps the name it had before filters existed)."""
+        ident: list[Any] = [self.project, self.url, sorted(self.on)]
+        if self.level is not None or self.milestones is not None or self.to is not None:
+            ident.append([self.level, sorted(self.milestones or ()), sorted(self.to or ())])
+        return hashlib.sha256(msgspec.json.encode(ident)).hexdigest()[:16]
+
+    def sends(self, kind: str, level: str, data: Mapping[str, Any]) -> bool:
+        """Whether a transition goes to this webhook: its type is in `on` and it passes every filter."""
+        if kind not in self.on or (self.level is not None and level != self.level):
+            return False
+        if (
+            self.milestones is not None
+            and kind.startswith("milestone.")
+            and data.get("milestone") not in self.milestones
+        ):
+            return False
+        return self.to is None or "to" not in data or data["to"] in self.to
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,7 @@ class Project:
     engagement: Engagement = field(default_factory=Engagement)
     weights: dict[str, float] = field(default_factory=dict)
     nps_event: str | None = None
+    revenue_event: str | None = None  # its value: the account's MRR from then on
     stages: tuple[Stage, ...] = ()
     milestones: tuple[Milestone, ...] = ()
     model: dict[str, Any] = field(default_factory=dict)  # as written, for GET /v1/model
@@ -223,6 +253,13 @@ class _RawWebhook(_Strict):
     url: str
     secret: str
     on: list[str]
+    level: str | None = None
+    milestones: list[str] | None = None
+    to: list[str] | None = None
+
+
+class _RawRevenue(_Strict):
+    event: str
 
 
 class _RawProject(_Strict):
@@ -231,6 +268,7 @@ class _RawProject(_Strict):
     engagement: _RawEngagement = msgspec.field(default_factory=_RawEngagement)
     weights: dict[str, float] = {}
     nps: _RawNPS | None = None
+    revenue: _RawRevenue | None = None
     stages: list[_RawStage] = []
     milestones: list[_RawMilestone] = []
     webhooks: list[_RawWebhook] = []
@@ -368,6 +406,12 @@ class _Builder:
             raise self.fail(loc, f"{loc[-1]} must be a finite number, got {value}")
         return value
 
+    def weight(self, loc: list[str | int], value: float) -> float:
+        """A weight: finite and within ±1e6, as an event's own (SPEC sections 2 and 4)."""
+        if not -MAX_WEIGHT <= self.finite(loc, value) <= MAX_WEIGHT:
+            raise self.fail(loc, f"{loc[-1]} = {value:g}: weights lie within ±{MAX_WEIGHT:g}")
+        return value
+
     def config(self, raw: dict[str, _RawProject], data: dict[str, Any]) -> Config:
         seen_keys: dict[str, str] = {}
         projects = {}
@@ -403,15 +447,17 @@ class _Builder:
             half_life=self.duration(eng_at + ["half_life"], e.half_life),
             trend_short=short,
             trend_long=long_,
-            default_weight=self.finite(eng_at + ["default_weight"], e.default_weight),
+            default_weight=self.weight(eng_at + ["default_weight"], e.default_weight),
             engaged_threshold=self.finite(eng_at + ["engaged_threshold"], e.engaged_threshold),
             new_for=0 if e.new_for == "0s" else self.duration(eng_at + ["new_for"], e.new_for),
         )
-        weights = {k: self.finite(at + ["weights", k], v) for k, v in rp.weights.items()}
+        weights = {k: self.weight(at + ["weights", k], v) for k, v in rp.weights.items()}
         stages = self.stages(at, rp.stages)
         milestones = self.milestones(at, rp.milestones, stages)
         self.check_stage_triggers(at, stages, milestones)
-        webhooks = self.webhooks(name, at, rp.webhooks)
+        webhooks = self.webhooks(name, at, rp.webhooks, stages, milestones)
+        if rp.revenue is not None and not rp.revenue.event:
+            raise self.fail(at + ["revenue", "event"], "revenue.event must name the event that carries the MRR")
         model = {k: v for k, v in data.items() if k not in ("write_keys", "read_keys", "webhooks")}
         version = hashlib.sha256(msgspec.json.encode(model, order="sorted")).hexdigest()[:16]
         return Project(
@@ -421,6 +467,7 @@ class _Builder:
             engagement=engagement,
             weights=weights,
             nps_event=rp.nps.event if rp.nps else None,
+            revenue_event=rp.revenue.event if rp.revenue else None,
             stages=stages,
             milestones=milestones,
             model=model,
@@ -428,7 +475,14 @@ class _Builder:
             webhooks=webhooks,
         )
 
-    def webhooks(self, project: str, at: list[str | int], raw: list[_RawWebhook]) -> tuple[Webhook, ...]:
+    def webhooks(
+        self,
+        project: str,
+        at: list[str | int],
+        raw: list[_RawWebhook],
+        stages: tuple[Stage, ...],
+        milestones: tuple[Milestone, ...],
+    ) -> tuple[Webhook, ...]:
         out: list[Webhook] = []
         for i, w in enumerate(raw):
             loc = at + ["webhooks", i]
@@ -450,11 +504,60 @@ class _Builder:
                         loc + ["on"],
                         f"webhooks[{i}].on: unknown type of transition {kind!r} (one of {', '.join(TRANSITION_TYPES)})",
                     )
-            hook = Webhook(project, w.url, w.secret, tuple(dict.fromkeys(w.on)))
+            hook = Webhook(
+                project, w.url, w.secret, tuple(dict.fromkeys(w.on)), *self.filters(loc, i, w, stages, milestones)
+            )
             if any(o.hook == hook.hook for o in out):
-                raise self.fail(loc + ["url"], f"webhooks[{i}] repeats an earlier webhook (same url and types)")
+                raise self.fail(
+                    loc + ["url"], f"webhooks[{i}] repeats an earlier webhook (same url, types and filters)"
+                )
             out.append(hook)
         return tuple(out)
+
+    def filters(
+        self, loc: list[str | int], i: int, w: _RawWebhook, stages: tuple[Stage, ...], milestones: tuple[Milestone, ...]
+    ) -> tuple[str | None, frozenset[str] | None, frozenset[str] | None]:
+        """A webhook's `level`, `milestones` and `to`, each checked against its types and the model:
+        a filter that could never let a transition of `on` through is a mistake, refused here."""
+        if w.level is not None and w.level not in ("user", "account"):
+            raise self.fail(loc + ["level"], f"webhooks[{i}].level must be 'user' or 'account', not {w.level!r}")
+        if w.milestones is not None:
+            if not any(kind.startswith("milestone.") for kind in w.on):
+                raise self.fail(
+                    loc + ["milestones"], f"webhooks[{i}].milestones filters milestone transitions: none is in 'on'"
+                )
+            names = {m.name for m in milestones if w.level is None or m.level == w.level}
+            for name in w.milestones:
+                if name not in names:
+                    raise self.fail(
+                        loc + ["milestones"],
+                        f"webhooks[{i}].milestones: {name!r} is not a milestone of the model"
+                        + (f" at level {w.level!r}" if w.level is not None else ""),
+                    )
+            if not w.milestones:
+                raise self.fail(loc + ["milestones"], f"webhooks[{i}].milestones is empty: it would send none")
+        if w.to is not None:
+            values = {**TO_VALUES, "stage.entered": tuple(s.name for s in stages)}
+            allowed = {v for kind in w.on for v in values.get(kind, ())}
+            if not any(kind in values for kind in w.on):
+                raise self.fail(
+                    loc + ["to"],
+                    f"webhooks[{i}].to filters stage, quadrant and trend transitions: none is in 'on'",
+                )
+            for value in w.to:
+                if value not in allowed:
+                    raise self.fail(
+                        loc + ["to"],
+                        f"webhooks[{i}].to: {value!r} is no new value of {', '.join(k for k in w.on if k in values)} "
+                        f"(one of {', '.join(sorted(allowed))})",
+                    )
+            if not w.to:
+                raise self.fail(loc + ["to"], f"webhooks[{i}].to is empty: it would send none")
+        return (
+            w.level,
+            frozenset(w.milestones) if w.milestones is not None else None,
+            frozenset(w.to) if w.to is not None else None,
+        )
 
     def stages(self, at: list[str | int], raw: list[_RawStage]) -> tuple[Stage, ...]:
         out: list[Stage] = []

@@ -6,6 +6,7 @@ import logging
 
 import msgspec
 from headway.wire import ErrorBody, ErrorDetail
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,7 +33,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class GuardMiddleware:
     """The last line: an unexpected failure answers 503 (retry later), never a 500.
 
-    Nothing is acknowledged before its commit, so a client that retries loses nothing.
+    Nothing is acknowledged before its commit, so a client that retries loses nothing. A client
+    that goes away before its body has arrived is no error of ours: one INFO line (a traceback
+    for each would let anyone flood the log).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -51,6 +54,8 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            log.info("client went away during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             if not started:

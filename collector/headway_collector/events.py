@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import numpy as np
 from headway.wire import MAX_DEPTH, MAX_EVENT_BYTES, MAX_VALUE, MAX_WEIGHT, Event
 
 from .model.subject import Ev
@@ -17,8 +17,9 @@ FUTURE_LIMIT_US = 24 * 3600 * 1_000_000  # corrected times further ahead than th
 _decode = msgspec.json.Decoder(Event).decode
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-# A JSON string (skipped: brackets inside it are text), or a run of openers, or of closers.
-_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+')
+_STEP = np.zeros(256, np.int8)  # what a byte does to the nesting depth
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # what the depth scan drops first
 EVENT_DEPTH = MAX_DEPTH + 1  # the event's own object, then `properties` at level 1 (SPEC section 2)
 
 
@@ -36,23 +37,41 @@ def deeper_than(raw: bytes, most: int) -> bool:
 
     msgspec recurses while decoding (or skipping) a value and gives up with a RecursionError
     near Python's recursion limit; this scan has no such limit, and costs two `count`s when
-    `raw` holds few brackets.
+    `raw` holds few brackets. Otherwise it is a few vectorised passes over the bytes (a token
+    at a time in Python took 5.8 ms for an event of 10,800 `[]`): the strings' insides are
+    masked by the parity of the quotes before them (escaped quotes and backslashes removed
+    first), and the depth is the running sum of +1 an opener, -1 a closer.
     """
     if raw.count(b"{") + raw.count(b"[") <= most:
         return False
-    depth = 0
-    for m in _NESTING.finditer(raw):
-        token = m.group()
-        if token[0] in b"[{":
-            depth += len(token)
-            if depth > most:
-                return True
-        elif token[0] != 0x22:  # closers
-            depth -= len(token)
-    return False
+    if b"\\" in raw:  # as JSON reads escapes, left to right: escaped backslashes first, then quotes
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    chars = np.frombuffer(raw.translate(None, _NOT_STRUCTURE), np.uint8)
+    in_string = np.cumsum(chars == 0x22, dtype=np.int32) & 1
+    depth = np.cumsum(np.where(in_string, 0, _STEP[chars]), dtype=np.int32)
+    return bool(depth.max() > most)
 
 
-def _ev(e: Event, t: int) -> Ev:
+class _Stored(msgspec.Struct):
+    """What a stored event's raw JSON holds for the core. It was judged when it arrived
+    (`decode_event`), and its time is the stored corrected one: decoding it again with the wire's
+    `Event` (every constraint checked, the timestamp parsed) costs about a quarter more per event,
+    on every fold and rescore, to learn nothing."""
+
+    id: str
+    event: str
+    user_id: str
+    account_id: str | None = None
+    weight: float | None = None
+    milestones: tuple[str, ...] = ()
+    value: float | None = None
+    properties: dict[str, Any] = {}
+
+
+_decode_stored = msgspec.json.Decoder(_Stored).decode
+
+
+def _ev(e: Event | _Stored, t: int) -> Ev:
     return Ev(
         id=e.id,
         event=e.event,
@@ -94,36 +113,6 @@ def decode_event(raw: bytes, skew_us: int, received_at: int) -> Ev:
     return _ev(e, t)
 
 
-class _Stored(msgspec.Struct):
-    """What a stored event's raw JSON holds for the core. It was judged when it arrived
-    (`decode_event`), and its time is the stored corrected one: decoding it again with the wire's
-    `Event` (every constraint checked, the timestamp parsed) would cost a third more per event,
-    on every fold and rescore, to learn nothing."""
-
-    id: str
-    event: str
-    user_id: str
-    account_id: str | None = None
-    weight: float | None = None
-    milestones: tuple[str, ...] = ()
-    value: float | None = None
-    properties: dict[str, Any] = {}
-
-
-_decode_stored = msgspec.json.Decoder(_Stored).decode
-
-
 def from_stored(raw: bytes, t: int) -> Ev:
     """An event as stored (what arrived, and its corrected time) back into the core's shape."""
-    e = _decode_stored(raw)
-    return Ev(
-        id=e.id,
-        event=e.event,
-        user_id=e.user_id,
-        t=t,
-        account_id=e.account_id,
-        weight=e.weight,
-        value=e.value,
-        milestones=e.milestones,
-        properties=e.properties,
-    )
+    return _ev(_decode_stored(raw), t)

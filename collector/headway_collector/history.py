@@ -19,30 +19,30 @@ from starlette.responses import Response
 
 from .auth import authorize
 from .config import Project
-from .errors import APIError, json_response
+from .errors import json_response
 from .events import from_stored
 from .model import scoring
 from .model.fold import SubjectKey
 from .model.subject import Ev
-from .params import app_state, count, read_time, ts
+from .params import AT, Params, app_state, invalid, read_time, text, ts, whole
 from .reads import Snapshot, consistent_read, subject_state
 from .store import log
 
-__all__ = ["MAX_DAYS", "scores"]
+__all__ = ["MAX_DAYS", "SCORES", "scores"]
 
 MAX_DAYS = 400
-DEFAULT_DAYS = 90
+USER_ID = text("user_id", "the user (or give account_id)")
+ACCOUNT_ID = text("account_id", "the account (or give user_id)")
+DAYS = whole("days", "days back", default=90, most=MAX_DAYS)
+SCORES = Params(USER_ID, ACCOUNT_ID, DAYS, AT)
 
 
-def _subject(request: Request) -> tuple[Literal["user", "account"], str]:
-    given = [
-        (level, request.query_params[f"{level}_id"])
-        for level in ("user", "account")
-        if f"{level}_id" in request.query_params
-    ]
-    if len(given) != 1 or not given[0][1]:
-        raise APIError(400, "bad_request", "give exactly one of user_id or account_id")
-    return given[0]  # type: ignore[return-value]
+def _subject(user_id: str | None, account_id: str | None) -> tuple[Literal["user", "account"], str]:
+    if user_id is not None and account_id is None:
+        return "user", user_id
+    if account_id is not None and user_id is None:
+        return "account", account_id
+    raise invalid("user_id", "give exactly one of user_id or account_id")
 
 
 def _history(
@@ -78,9 +78,10 @@ def _history(
 async def scores(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    level, sid = _subject(request)
-    days = count(request, "days", DEFAULT_DAYS, MAX_DAYS)
-    now = read_time(request, state)
+    q = SCORES.read(request)
+    level, sid = _subject(q[USER_ID], q[ACCOUNT_ID])
+    days = q[DAYS]
+    now = read_time(q[AT], state)
     return json_response(
         await consistent_read(
             state, project, lambda snap: _history(snap, project, level, sid, now, days), SubjectKey(level, sid)

@@ -2,9 +2,10 @@
 
 Every input is refused in bounded time and memory (docs/collector.md, "Limits"): the body
 must arrive within BODY_SECONDS (else 408); the bodies this process holds at once are capped
-at HELD_BYTES (past it, 503 with Retry-After); a gzip body inflates to 8 MiB at most; past
+at HELD_BYTES (past it, 503 with Retry-After), one project's at PROJECT_HELD_BYTES (past it,
+429), counting the bytes that have arrived; a gzip body inflates to 8 MiB at most; past
 1,000 events the array is skipped, not built; a body nested too deep for msgspec is
-split by a walk that does not recurse.
+split by a walk that does not recurse. All of that runs on a thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 
+import anyio
 import msgspec
 from headway.wire import (
     MAX_BATCH_BYTES,
@@ -31,16 +33,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .auth import authorize
+from .disk import DISK_RETRY, room
 from .errors import APIError, json_response
 from .events import EventRejected, decode_event, to_us
-from .params import whole_number
+from .limits import Shares
+from .params import NO_PARAMS, whole_number
 from .state import AppState
 from .store.base import Accepted, Overloaded, StoreError
 
-__all__ = ["BODY_SECONDS", "HELD_BYTES", "batch"]
+__all__ = ["BODY_SECONDS", "BUDGET", "HELD_BYTES", "PROJECT_HELD_BYTES", "batch"]
 
 BODY_SECONDS = 10.0  # the whole body must arrive within this (uvicorn has no body read timeout)
 HELD_BYTES = 32 << 20  # request bodies one process holds at once, read or being read
+PROJECT_HELD_BYTES = HELD_BYTES // 2  # of which one project's keys may hold: another project is never shut out
 
 
 # The events array as a Struct of MAX_BATCH_EVENTS + 1 positions: msgspec fills at most that
@@ -57,51 +62,63 @@ class _LazyEnvelope(BatchEnvelope):
 
 _decode_envelope = msgspec.json.Decoder(_LazyEnvelope).decode
 # What `_split_deep` walks: a JSON string, a run of openers, a run of closers, a comma. The walk
-# costs about 3.5 us a token, on the event loop: past WALK_TOKENS (0.35 s) the batch is refused
+# costs about 3.5 us a token (on the judging thread): past WALK_TOKENS (0.35 s) the batch is refused
 # whole. (8 MiB of `"",` before one deep event took 9 s.) A 1,000-event batch has ~25,000.
 _STRUCTURE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|,')
 WALK_TOKENS = 100_000
 
 
 class _Budget:
-    """Bytes of request bodies held by this process (memory is per process; one event loop)."""
+    """Bytes of request bodies held by this process (memory is per process; one event loop), in
+    all and per project: only bytes that have arrived count, so a sender that declares a large
+    `Content-Length` and then dribbles holds what it sent, not what it promised."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
+    def __init__(self, limit: int, per_project: int) -> None:
+        self.limit, self.per_project = limit, per_project
+        self.held = Shares("headway_ingest_held_bytes", "Bytes of request bodies held")
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[Callable[[int], None]]:
-        """A `take(total)` that raises the held count to `total` bytes for this request, or 503."""
+    def hold(self, project: str) -> Iterator[Callable[[int], None]]:
+        """A `take(total)` that raises the held count to `total` bytes for this request, or
+        answers 503 (the process holds its limit) or 429 (the project holds its share)."""
         mine = 0
 
         def take(total: int) -> None:
             nonlocal mine
-            if total <= mine:
+            more = total - mine
+            if more <= 0:
                 return
-            if self.held + total - mine > self.limit:
+            if self.held.total + more > self.limit:
                 raise APIError(
                     503,
                     "overloaded",
-                    f"the collector holds {self.held} bytes of request bodies, its limit; retry later",
+                    f"the collector holds {self.held.total} bytes of request bodies, its limit; retry later",
                     {"Retry-After": "1"},
                 )
-            self.held += total - mine
+            if self.held.of(project) + more > self.per_project:
+                raise APIError(
+                    429,
+                    "too_many_requests",
+                    f"this project's requests hold {self.held.of(project)} bytes of bodies being read, "
+                    f"its share of {self.per_project}; retry later",
+                    {"Retry-After": "1"},
+                )
+            self.held.add(project, more)
             mine = total
 
         try:
             yield take
         finally:
-            self.held -= mine
+            self.held.add(project, -mine)
 
 
-BUDGET = _Budget(HELD_BYTES)
+BUDGET = _Budget(HELD_BYTES, PROJECT_HELD_BYTES)
 
 
 async def _read_body(request: Request, take: Callable[[int], None]) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (whole_number(declared) or 0) > MAX_BATCH_BYTES:
         raise APIError(413, "too_large", f"body of {declared} bytes is over the {MAX_BATCH_BYTES}-byte limit")
-    take(whole_number(declared or "") or 0)
     parts, size = [], 0
     try:
         async with asyncio.timeout(BODY_SECONDS):
@@ -213,8 +230,11 @@ def _check_headers(request: Request) -> str:
 
 
 def _judge(state: AppState, body: bytes, encoding: str, received_at: int) -> tuple[list[Accepted], list[Rejection]]:
-    """The batch's events, kept or refused one by one. Synchronous: the inflated body and the
-    envelope are gone before the request waits for its commit."""
+    """The batch's events, kept or refused one by one. On a thread, one batch at a time a
+    process (`state.judging`): inflating 8 MiB, walking a deep body and judging 1,000 events
+    is work no request may do on the event loop (a 34 KB gzip batch held it 4.9 s), and one at
+    a time keeps the memory bound (one inflated body and its events). The inflated body and
+    the envelope are gone before the request waits for its commit."""
     if encoding == "gzip":
         body = _gunzip(body)
     sent_at, events = _envelope(body)
@@ -236,12 +256,16 @@ async def batch(request: Request) -> Response:
     state: AppState = request.app.state.headway
     started = time.perf_counter()
     project = authorize(request, state.config, "write")
+    NO_PARAMS.read(request)
     encoding = _check_headers(request)
     try:
-        with BUDGET.hold() as take:
+        _check_room(state)
+        with BUDGET.hold(project.name) as take:
             body = await _read_body(request, take)
             received_at = state.clock()
-            accepted, rejected = _judge(state, body, encoding, received_at)
+            accepted, rejected = await anyio.to_thread.run_sync(
+                _judge, state, body, encoding, received_at, limiter=state.judging
+            )
             del body
     except APIError as exc:
         state.metrics.reject(exc.code)
@@ -266,6 +290,18 @@ async def batch(request: Request) -> Response:
         ok = dup = 0
     state.metrics.batch(project.name, ok, dup, time.perf_counter() - started)
     return json_response(BatchResponse(accepted=ok, duplicates=dup, rejected=rejected))
+
+
+def _check_room(state: AppState) -> None:
+    disk = room(state)
+    if disk is not None and disk.short:
+        raise APIError(
+            503,
+            "disk_full",
+            f"the database's disk has {disk.free} bytes free, less than the {disk.reserve} left to "
+            "the projection; retry later",
+            {"Retry-After": str(DISK_RETRY)},
+        )
 
 
 ERASED = "the event id was erased (headway-collector erase): the event is not stored again"

@@ -19,7 +19,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from headway.wire import (
     Cohort,
@@ -43,7 +43,7 @@ from .model import insights as ins
 from .model.early import MAX_WINDOW
 from .model.fold import Models
 from .model.scoring import DAY
-from .params import app_state, choice, count, read_time, ts
+from .params import AT, MAX_NAME, Params, Query, app_state, choice, duration, invalid, read_time, text, ts, whole
 from .projection import ModelBook
 from .reads import Snapshot, consistent_read
 from .state import AppState
@@ -55,7 +55,12 @@ from .store.generations import Generation
 __all__ = [
     "LEVELS",
     "MINUTE",
+    "PREDICTORS",
+    "RETENTION",
+    "STICKINESS",
+    "WEIGHTS",
     "AnswerCache",
+    "authorized",
     "cached_answer",
     "early",
     "fitted",
@@ -73,9 +78,22 @@ __all__ = [
 T = TypeVar("T")
 LEVELS = ("user", "account")
 MINUTE = 60 * 1_000_000
-DEFAULT_WINDOW = "7d"
 MAX_COHORTS = 120
 MAX_DAYS = 366
+
+LEVEL = choice("level", "user or account", LEVELS, default="user")
+RETENTION_PERIODS: tuple[g.Kind, ...] = ("week", "month")
+RETENTION_PERIOD = choice("period", "the period of a cohort", RETENTION_PERIODS, default="week")
+COHORTS = whole("cohorts", "how many cohorts", default=8, most=MAX_COHORTS)
+RETENTION = Params(RETENTION_PERIOD, COHORTS, LEVEL, AT)
+DAYS = whole("days", "days back", default=30, most=MAX_DAYS)
+STICKINESS = Params(DAYS, LEVEL, AT)
+OUTCOME = text("outcome", "a milestone of the model", required=True, most=MAX_NAME)
+WINDOW = duration("window", "the early window", default="7d", most=MAX_WINDOW)
+OUTCOME_LEVEL = choice("level", "user or account; default: the outcome's", LEVELS)
+LIMIT = whole("limit", "rows", default=200, most=10_000)
+PREDICTORS = Params(OUTCOME, WINDOW, OUTCOME_LEVEL, LIMIT, AT)
+WEIGHTS = Params(OUTCOME, WINDOW, OUTCOME_LEVEL, AT)
 
 
 class AnswerCache:
@@ -107,11 +125,16 @@ def _cache(request: Request) -> AnswerCache:
     return cache
 
 
+def authorized(request: Request, params: Params) -> tuple[Project, Query]:
+    """The key first (401 before 400), then the parameters."""
+    project = authorize(request, app_state(request).config, "read")
+    return project, params.read(request)
+
+
 async def cached_answer(
-    request: Request, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]
+    request: Request, project: Project, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]
 ) -> Response:
     state = app_state(request)
-    project = authorize(request, state.config, "read")
     cache = _cache(request)
 
     def read(snap: Snapshot) -> T:
@@ -121,22 +144,14 @@ async def cached_answer(
     return json_response(await consistent_read(state, project, read))
 
 
-def _level(request: Request) -> str:
-    return choice(request, "level", LEVELS) or "user"
-
-
 # --- retention and stickiness -------------------------------------------------------------------------
 
 
 async def retention(request: Request) -> Response:
-    kind: g.Kind = choice(request, "period", ("week", "month")) or "week"  # type: ignore[assignment]
-    cohorts = count(request, "cohorts", 8, MAX_COHORTS)
-    level = _level(request)
-    at = read_time(request, app_state(request))
-    try:
-        g.period_label(kind, g.period_of(kind, at) - cohorts + 1), g.period_label(kind, g.period_of(kind, at))
-    except (ValueError, OverflowError):
-        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
+    project, q = authorized(request, RETENTION)
+    kind = q[RETENTION_PERIOD]
+    cohorts, level = q[COHORTS], q[LEVEL]
+    at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Retention:
         days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)
@@ -147,13 +162,13 @@ async def retention(request: Request) -> Response:
             cohorts=[Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained) for c in table],
         )
 
-    return await cached_answer(request, "retention", (kind, cohorts, level, at // DAY), body)
+    return await cached_answer(request, project, "retention", (kind, cohorts, level, at // DAY), body)
 
 
 async def stickiness(request: Request) -> Response:
-    days = count(request, "days", 30, MAX_DAYS)
-    level = _level(request)
-    at = read_time(request, app_state(request))
+    project, q = authorized(request, STICKINESS)
+    days, level = q[DAYS], q[LEVEL]
+    at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Stickiness:
         s = ins.stickiness(store.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
@@ -161,7 +176,7 @@ async def stickiness(request: Request) -> Response:
             days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
         )
 
-    return await cached_answer(request, "stickiness", (days, level, at // DAY), body)
+    return await cached_answer(request, project, "stickiness", (days, level, at // DAY), body)
 
 
 # --- predictors and weights ---------------------------------------------------------------------------
@@ -170,11 +185,9 @@ async def stickiness(request: Request) -> Response:
 def outcome_milestone(served: Project, name: str, level: str | None) -> Milestone:
     m = next((m for m in served.milestones if m.name == name), None)
     if m is None:
-        raise APIError(400, "bad_request", f"outcome={name!r} is not a milestone of the served model")
+        raise invalid("outcome", f"{name!r} is not a milestone of the served model")
     if level is not None and level != m.level:
-        raise APIError(
-            400, "bad_request", f"outcome {name!r} is a milestone of {m.level}s; level={level!r} cannot reach it"
-        )
+        raise invalid("level", f"outcome {name!r} is a milestone of {m.level}s; level={level!r} cannot reach it")
     return m
 
 
@@ -205,20 +218,18 @@ def parse_window(text: str) -> int:
     return window
 
 
-def _insight_query(request: Request) -> tuple[str, int, str | None, int]:
-    q = request.query_params
-    outcome = q.get("outcome")
-    if not outcome:
-        raise APIError(400, "bad_request", "outcome=MILESTONE is required")
-    text = q.get("window", DEFAULT_WINDOW)
-    try:
-        window = parse_window(text)
-    except ValueError as exc:
-        raise APIError(400, "bad_request", f"window: {exc}") from None
-    level = choice(request, "level", LEVELS)
+class _InsightQuery(NamedTuple):
+    outcome: str
+    window: int
+    level: str | None
+    at: int
+
+
+def _insight_query(request: Request, q: Query) -> _InsightQuery:
     state: AppState = app_state(request)
-    at = read_time(request, state) if "at" in q else state.clock() // MINUTE * MINUTE
-    return outcome, window, level, at
+    at = q[AT]  # without it, as of the current minute: the cached answer holds for a minute
+    minute = state.clock() // MINUTE * MINUTE
+    return _InsightQuery(q[OUTCOME], q[WINDOW], q[OUTCOME_LEVEL], minute if at is None else at)
 
 
 def _interval(pair: tuple[float, float]) -> Interval:
@@ -264,8 +275,9 @@ def _held_out(h: ins.HeldOut) -> HeldOutRule:
 
 
 async def predictors(request: Request) -> Response:
-    name, window, level, at = _insight_query(request)
-    limit = count(request, "limit", 200, 10_000)
+    project, q = authorized(request, PREDICTORS)
+    name, window, level, at = _insight_query(request, q)
+    limit = q[LIMIT]
 
     def body(snap: Snapshot, served: Project) -> Predictors:
         m = outcome_milestone(served, name, level)
@@ -284,7 +296,7 @@ async def predictors(request: Request) -> Response:
             held_out=found.held_out,
         )
 
-    return await cached_answer(request, "predictors", (name, window, level, at, limit), body)
+    return await cached_answer(request, project, "predictors", (name, window, level, at, limit), body)
 
 
 def weight_scale(served: Project) -> float:
@@ -317,9 +329,11 @@ def fitted(snap: Snapshot, served: Project, name: str, window: int, level: str |
 
 
 async def weights(request: Request) -> Response:
-    name, window, level, at = _insight_query(request)
+    project, q = authorized(request, WEIGHTS)
+    name, window, level, at = _insight_query(request, q)
     return await cached_answer(
         request,
+        project,
         "weights",
         (name, window, level, at),
         lambda snap, served: fitted(snap, served, name, window, level, at),

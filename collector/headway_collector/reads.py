@@ -15,6 +15,10 @@ folds them into the stored state itself (`subject_state`), with the projection's
 is the one the projection will store. It waits as above when the subject is quarantined (the
 projection sets its events aside) or has more than `PENDING` events not yet folded: then for
 its partition's watermark, without reading its events again at each look.
+
+Reads are as of their instant (`at`, SPEC section 3): a subject's state that holds an event after
+`at` is built from its stored events at or before `at` (`subject_state`); a read of stored
+aggregates at an `at` that some stored event follows answers 400 `at_unsupported` (`exact_at`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,7 +44,7 @@ from .store import generations, log, queries
 from .store.base import Tx
 from .store.generations import Generation
 
-__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "subject_state"]
+__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "states_of", "subject_state"]
 
 logger = logging.getLogger("headway_collector.reads")
 
@@ -180,3 +184,32 @@ def subject_state(snap: Snapshot, project: Project, level: Level, sid: str, at: 
     if state is None:
         raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
     return state
+
+
+def states_of(snap: Snapshot, project: Project, level: Level, ids: Sequence[str]) -> dict[str, SubjectState]:
+    """The states of `ids` as of `snap.folded`, as `subject_state` gives one: each stored state with
+    the subject's events that its own partition has not folded yet folded in (an account's read
+    waits for its own partition only; its members' partitions may be behind). Subjects without
+    events, or that cannot be read or folded (the projection quarantines them), are left out."""
+    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
+    lm = snap.models[project.name, level]
+    out = {}
+    for sid in ids:
+        row = rows.get(sid)
+        try:
+            state = decode_state(row.state) if row is not None else None
+            mark = marks.get(partition_of(level, sid, snap.gen.partitions), snap.folded)
+            if mark < snap.folded:
+                pending = log.subject_events(snap.tx, project.name, level, sid, after=mark, upto=snap.folded)
+                if pending:
+                    state = fold_in(lm, state, [from_stored(raw, ts) for raw, ts in pending])
+                    if state is None:  # a late event the stored state cannot take: from its whole history
+                        history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
+                        state = build(lm, [from_stored(raw, ts) for raw, ts in history])
+        except Exception:  # what the projection quarantines: left out, like in the lists
+            logger.exception("project %s: %s %r could not be read", project.name, level, sid)
+            continue
+        if state is not None:
+            out[sid] = state
+    return out

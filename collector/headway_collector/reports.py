@@ -1,14 +1,19 @@
-"""Reading the whole customer base: `GET /v1/growth` and `GET /v1/milestones` (read keys).
+"""Reading the whole customer base: `GET /v1/growth`, `GET /v1/milestones` and `GET /v1/revenue`
+(read keys).
 
-Both answer from aggregates that the projection keeps (`store.queries`), never from a scan of the
-events: a request reads a few counter rows per period or per milestone, plus a bounded index
-range, whatever the number of stored events. docs/reports.md explains the definitions.
+Growth and the funnel answer from aggregates that the projection keeps (`store.queries`), never
+from a scan of the events: a request reads a few counter rows per period or per milestone, plus a
+bounded index range, whatever the number of stored events; a recurring milestone's counts alone
+read the states of the subjects that progressed on it (its status moves with time). Revenue reads
+the revenue changes up to `at` (one row per revenue event, a small share of the log) and computes
+the periods from them (`model.revenue`), so that a late revenue event re-states every period it
+falls in. docs/reports.md explains the definitions.
 """
 
 from __future__ import annotations
 
 import msgspec
-from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod
+from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod, QuadrantMRR, Revenue, RevenuePeriod
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,16 +21,48 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
-from .params import app_state, choice, instant, nps_view, read_time, rfc3339, ts
-from .reads import Snapshot, consistent_read, exact_at
+from .model import revenue as rv
+from .model.evaluate import read, recurring_result
+from .model.subject import decode_state
+from .mrr import MrrCache
+from .params import (
+    AT,
+    LAST_INSTANT,
+    Params,
+    app_state,
+    choice,
+    instant,
+    invalid,
+    nps_view,
+    read_time,
+    rfc3339,
+    ts,
+    whole,
+)
+from .reads import Snapshot, consistent_read, exact_at, subject_state
 from .state import AppState
-from .store.queries import FunnelCounts, read_funnel, read_growth, read_nps
+from .store.queries import (
+    FunnelCounts,
+    milestone_states,
+    read_funnel,
+    read_growth,
+    read_nps,
+    subject_rows,
+)
 
-__all__ = ["growth", "milestones"]
+__all__ = ["GROWTH", "MILESTONES", "REVENUE", "growth", "milestones", "revenue"]
 
 DEFAULT_PERIODS = 12
 MAX_PERIODS = 1000
 LEVELS = ("user", "account")
+
+PERIOD = choice("period", "the period", g.KINDS, default="week")
+LEVEL = choice("level", "user or account", LEVELS, default="user")
+FROM = instant("from", "the first period holds it; default: 12 periods back", dates=True)
+TO = instant("to", "the last period holds it; default at", dates=True)
+GROWTH = Params(PERIOD, LEVEL, FROM, TO, AT)
+FUNNEL_LEVEL = choice("level", "user or account; default both", LEVELS)
+MILESTONES = Params(FUNNEL_LEVEL, AT)
 
 
 # --- GET /v1/growth -------------------------------------------------------------------------------
@@ -40,30 +77,25 @@ class _GrowthQuery(msgspec.Struct, frozen=True):
 
 
 def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
-    q = request.query_params
-    kind: g.Kind = choice(request, "period", g.KINDS) or "week"  # type: ignore[assignment]
-    level = choice(request, "level", LEVELS) or "user"
-    start, end = q.get("from"), q.get("to")
-    now = read_time(request, state)
-    end_us = instant("to", end, dates=True) if end is not None else now
+    q = GROWTH.read(request)
+    kind = q[PERIOD]
+    start, end = q[FROM], q[TO]
+    now = read_time(q[AT], state)
+    end_us = end if end is not None else now
     last = g.period_of(kind, end_us)
-    first = g.period_of(kind, instant("from", start, dates=True)) if start is not None else last - DEFAULT_PERIODS + 1
+    first = g.period_of(kind, start) if start is not None else last - DEFAULT_PERIODS + 1
     if first > last:
         # Without `to`, name the end actually used (`at`, else now), not the missing parameter.
-        to = repr(end) if end is not None else f"{rfc3339(end_us)} (the default: {'at' if 'at' in q else 'now'})"
-        raise APIError(400, "bad_request", f"from={start!r} is after to={to}")
-    try:
-        g.period_label(kind, first), g.period_label(kind, last)
-    except (ValueError, OverflowError):
-        raise APIError(400, "bad_request", f"the {kind}s asked for fall outside years 1 to 9999") from None
+        given = request.query_params
+        default = f"{rfc3339(end_us)} (the default: {'at' if 'at' in given else 'now'})"
+        raise invalid("from", f"{given['from']!r} is after to={repr(given['to']) if end is not None else default}")
     if last - first + 1 > MAX_PERIODS:
-        raise APIError(
-            400,
-            "bad_request",
+        raise invalid(
+            "from",
             f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
             "narrow from/to or use a longer period",
         )
-    return _GrowthQuery(kind=kind, level=level, first=first, last=last, current=g.period_of(kind, now))
+    return _GrowthQuery(kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now))
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
@@ -102,12 +134,28 @@ def _seconds(us: int | None) -> float | None:
     return us / 1e6 if us is not None else None
 
 
-def _step(level: str, c: FunnelCounts) -> FunnelStep:
+def _recurring_counts(snap: Snapshot, level: str, c: FunnelCounts, now: int) -> dict[str, int]:
+    """A recurring milestone's counts at `now`: its status moves with time alone (it lapses, its
+    trailing progress fades), so each subject that ever progressed on it is read at `now`."""
+    m = c.milestone
+    counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
+    for blob in milestone_states(snap.tx, snap.gen.gen, level, m.name):
+        try:
+            state = decode_state(blob)
+        except msgspec.DecodeError:  # quarantined: counted as its row says
+            continue
+        counts["pending"] -= 1
+        counts[recurring_result(m, state, now).status(now)] += 1
+    return {**counts, "missed": 0}
+
+
+def _step(level: str, c: FunnelCounts, counts: dict[str, int] | None = None) -> FunnelStep:
     return FunnelStep(
         name=c.milestone.name,
         stage=c.milestone.stage,
         level=level,
-        counts={"pending": c.pending, "in_progress": c.in_progress, "achieved": c.achieved, "missed": c.missed},
+        counts=counts
+        or dict(pending=c.pending, in_progress=c.in_progress, achieved=c.achieved, lapsed=0, missed=c.missed),
         reached_stage=c.reached,
         achieved_share=c.achieved_reached / c.reached if c.reached else None,
         median_time_to_achieve_s=_seconds(c.median_tta),
@@ -122,7 +170,8 @@ def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Fu
     for lv in (level,) if level is not None else LEVELS:
         for c in read_funnel(snap.tx, snap.gen.gen, served, lv, now):
             m = c.milestone
-            steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c)))
+            counts = _recurring_counts(snap, lv, c, now) if m.recurring is not None else None
+            steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c, counts)))
     steps.sort(key=lambda s: (s[0], s[1]))
     return Funnel(level=level, milestones=[s for *_, s in steps])
 
@@ -130,12 +179,89 @@ def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Fu
 async def milestones(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
-    level = choice(request, "level", LEVELS)
-    now = read_time(request, state)
-    at = now if "at" in request.query_params else None
+    q = MILESTONES.read(request)
+    level, at = q[FUNNEL_LEVEL], q[AT]
+    now = read_time(at, state)
 
     def body(snap: Snapshot) -> Funnel:
         exact_at(snap, at)
         return _funnel(snap, project, level, now)
 
     return json_response(await consistent_read(state, project, body))
+
+
+# --- GET /v1/revenue ------------------------------------------------------------------------------
+
+MAX_REVENUE_PERIODS = 120  # ten years of months; a request reads every revenue change up to `at` once
+REVENUE_PERIOD = choice("period", "the period", g.KINDS, default="month")
+PERIODS = whole("periods", "how many periods, the last holding at", default=12, most=MAX_REVENUE_PERIODS)
+REVENUE = Params(REVENUE_PERIOD, PERIODS, AT)
+
+
+def _bounds(kind: g.Kind, n: int, now: int) -> list[int]:
+    """The starts of the `n` periods that end with the one holding `now`, and the end of that one
+    (past the last instant a read takes when that period is the last of year 9999)."""
+    last = g.period_of(kind, now)
+    starts = [g.period_start(kind, p) for p in range(last - n + 1, last + 1)]
+    try:
+        end = g.period_start(kind, last + 1)
+    except (ValueError, OverflowError):  # year 10000: no calendar date
+        end = LAST_INSTANT + 1
+    return [*starts, end]
+
+
+def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int, cache: MrrCache) -> Revenue:
+    if snap.models.projects[project.name].revenue_event is None:
+        raise APIError(
+            400,
+            "bad_request",
+            f"the model of project {project.name!r} names no revenue event: add [projects.{project.name}.revenue] "
+            'event = "..." (docs/reports.md)',
+        )
+    accounts = cache.accounts(snap.tx, snap.gen.gen, snap.gen.version)
+    mrr = {a: rev.mrr(now) for a, rev in accounts.items()}
+    paying = [a for a in accounts if mrr[a] > 0]
+    lm = snap.models[project.name, "account"]
+    by_quadrant: dict[str, float] = {}
+    for a, row in sorted(subject_rows(snap.tx, snap.gen.gen, "account", paying).items()):
+        try:
+            st = decode_state(row.state)
+        except msgspec.DecodeError:  # a corrupt row: quarantined; its MRR is in the periods only
+            continue
+        if st.last_seen > now:  # a later event counted in it: as of `now`, from its events up to it
+            st = subject_state(snap, project, "account", a, now)
+        quadrant = read(lm, st, now).quadrant
+        by_quadrant[quadrant] = by_quadrant.get(quadrant, 0.0) + mrr[a]
+    periods = [
+        RevenuePeriod(
+            start=ts(p.start),
+            partial=p.partial,
+            mrr_start=p.mrr_start,
+            new=p.new,
+            reactivated=p.reactivated,
+            expansion=p.expansion,
+            contraction=p.contraction,
+            churned=p.churned,
+            mrr_end=p.mrr_end,
+            accounts_start=p.accounts_start,
+            accounts_churned=p.accounts_churned,
+            logo_churn_rate=p.logo_churn_rate,
+            net_retention=p.net_retention,
+            gross_retention=p.gross_retention,
+            quick_ratio=p.quick_ratio,
+        )
+        for p in rv.periods(accounts, bounds, now)
+    ]
+    return Revenue(period=kind, periods=periods, by_quadrant=QuadrantMRR(**by_quadrant))
+
+
+async def revenue(request: Request) -> Response:
+    state = app_state(request)
+    project = authorize(request, state.config, "read")
+    q = REVENUE.read(request)
+    kind, n = q[REVENUE_PERIOD], q[PERIODS]
+    now = read_time(q[AT], state)
+    bounds = _bounds(kind, n, now)
+    return json_response(
+        await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now, state.mrr))
+    )

@@ -6,8 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from anyio import CapacityLimiter
+
 from .config import Config
+from .limits import ServeLimits
 from .metrics import Metrics
+from .mrr import MrrCache
 from .projection import ModelBook, Projection
 from .store.base import Store
 
@@ -30,3 +34,6 @@ class AppState:
     clock: Callable[[], int] = field(default=_now_us)  # microseconds; tests may pin it
     ready: bool = False
     read_wait: float = READ_WAIT
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once
+    mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes

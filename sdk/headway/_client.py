@@ -25,7 +25,7 @@ from ._transport import _HTTPX_ERRORS, map_httpx_error
 __all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
-Order = Literal["desc", "asc"]
+Order = Literal["desc", "asc", "mrr_desc"]
 Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
@@ -34,8 +34,9 @@ At = datetime | str | None
 
 class Filters(TypedDict, total=False):
     """Filters of ``users`` / ``accounts``: ``order`` by score ("desc", the default, or
-    "asc"), ``limit`` a page, ``cursor`` from the previous page, and ``stage``, ``quadrant``,
-    ``trend``, ``milestone`` (with ``status``) to narrow the list."""
+    "asc"; accounts also "mrr_desc": by MRR, the greatest first), ``limit`` a page, ``cursor``
+    from the previous page, and ``stage``, ``quadrant``, ``trend``, ``milestone`` (with
+    ``status``) to narrow the list; ``account_id`` (users only): that account's users."""
 
     order: Order
     limit: int
@@ -45,6 +46,7 @@ class Filters(TypedDict, total=False):
     trend: str
     milestone: str
     status: str
+    account_id: str
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
@@ -179,6 +181,13 @@ class _BaseClient:
                      wire.Stickiness)
 
     @staticmethod
+    def _revenue(period: Period, periods: int, at: At) -> _Call[wire.Revenue]:
+        if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
+            raise ValueError(f"periods must be an int >= 1, got {periods!r}")
+        return _Call("/v1/revenue", _params(period=period, periods=periods, at=_instant("at", at, dates=False)),
+                     wire.Revenue)
+
+    @staticmethod
     def _transitions(since: str | None, limit: int) -> _Call[wire.TransitionPage]:
         return _Call("/v1/transitions", _params(since=since, limit=limit), wire.TransitionPage)
 
@@ -294,6 +303,12 @@ class Client(_BaseClient):
         """One user's or account's score once a day over the last ``days`` days, the last point
         at ``at`` (an aware datetime; default: the collector's now)."""
         return self._get(self._scores(user_id, account_id, days, at))
+
+    def revenue(self, period: Period = "month", *, periods: int = 12, at: At = None) -> wire.Revenue:
+        """MRR movements per period (new, reactivated, expansion, contraction, churned), retention,
+        logo churn and quick ratio, the last period holding ``at`` (an aware datetime; default:
+        the collector's now), and the MRR of the accounts in each quadrant at ``at``."""
+        return self._get(self._revenue(period, periods, at))
 
     def model(self) -> wire.ModelInfo:
         """The active model, its version hash, and tags that name no milestone."""
@@ -432,6 +447,9 @@ class AsyncClient(_BaseClient):
         self, *, user_id: str | None = None, account_id: str | None = None, days: int = 90, at: At = None
     ) -> wire.ScoreHistory:
         return await self._get(self._scores(user_id, account_id, days, at))
+
+    async def revenue(self, period: Period = "month", *, periods: int = 12, at: At = None) -> wire.Revenue:
+        return await self._get(self._revenue(period, periods, at))
 
     async def transitions(self, since: str | None = None, limit: int = 100) -> wire.TransitionPage:
         return await self._get(self._transitions(since, limit))

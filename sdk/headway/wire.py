@@ -25,6 +25,8 @@ __all__ = [
     "MAX_WEIGHT",
     "NPS",
     "AccountPage",
+    "AccountRevenue",
+    "AccountSeen",
     "AccountView",
     "Backtest",
     "Batch",
@@ -43,14 +45,19 @@ __all__ = [
     "GrowthPeriod",
     "HeldOutRule",
     "Interval",
+    "Members",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
     "Predictor",
     "Predictors",
+    "QuadrantCounts",
+    "QuadrantMRR",
     "QuadrantOutcome",
     "Rejection",
     "Retention",
+    "Revenue",
+    "RevenuePeriod",
     "ScoreHistory",
     "ScorePoint",
     "ScoreShare",
@@ -183,6 +190,36 @@ class NPS(msgspec.Struct):
     detractors: int
 
 
+class AccountSeen(msgspec.Struct):
+    """An account that a user's events carried, and when they first and last did."""
+
+    id: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class QuadrantCounts(msgspec.Struct):
+    new: int = 0
+    thriving: int = 0
+    stuck: int = 0
+    quiet: int = 0
+    at_risk: int = 0
+
+
+class Members(msgspec.Struct):
+    """An account's users (those its events carried), and how many are in each quadrant."""
+
+    total: int
+    by_quadrant: QuadrantCounts
+
+
+class AccountRevenue(msgspec.Struct):
+    """An account's MRR at the reading's instant, and when the revenue event that set it happened."""
+
+    mrr: float
+    since: datetime | None
+
+
 class UserView(msgspec.Struct):
     user_id: str
     first_seen: datetime
@@ -192,6 +229,7 @@ class UserView(msgspec.Struct):
     success: Success
     quadrant: Quadrant
     milestones: list[MilestoneView]
+    accounts: list[AccountSeen] = []  # most recently seen first
 
 
 class AccountView(msgspec.Struct):
@@ -204,6 +242,8 @@ class AccountView(msgspec.Struct):
     quadrant: Quadrant
     milestones: list[MilestoneView]
     nps: NPS | None = None
+    members: Members | None = None
+    revenue: AccountRevenue | None = None
 
 
 class UserPage(msgspec.Struct):
@@ -276,6 +316,43 @@ class Growth(msgspec.Struct):
     period: str
     level: str
     periods: list[GrowthPeriod]
+
+
+class QuadrantMRR(msgspec.Struct):
+    new: float = 0.0
+    thriving: float = 0.0
+    stuck: float = 0.0
+    quiet: float = 0.0
+    at_risk: float = 0.0
+
+
+class RevenuePeriod(msgspec.Struct):
+    """One period of ``GET /v1/revenue``: ``mrr_end = mrr_start + new + reactivated + expansion -
+    contraction - churned``; a ratio is None when its divisor is 0."""
+
+    start: datetime
+    partial: bool
+    mrr_start: float
+    new: float
+    reactivated: float
+    expansion: float
+    contraction: float
+    churned: float
+    mrr_end: float
+    accounts_start: int
+    accounts_churned: int
+    logo_churn_rate: float | None
+    net_retention: float | None
+    gross_retention: float | None
+    quick_ratio: float | None
+
+
+class Revenue(msgspec.Struct):
+    """``GET /v1/revenue``: MRR movements per period, oldest first, and MRR by quadrant at ``at``."""
+
+    period: str
+    periods: list[RevenuePeriod]
+    by_quadrant: QuadrantMRR
 
 
 class UnknownTag(msgspec.Struct):
@@ -434,6 +511,8 @@ class Stickiness(msgspec.Struct):
     mau: int  # subjects active on at least one of the days
     dau_mau: float | None
     active_days: list[int]  # active_days[i]: subjects active on exactly i + 1 of the days
+
+
 class Transition(msgspec.Struct, frozen=True):
     """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
     ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,

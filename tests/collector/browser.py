@@ -8,6 +8,7 @@ asks the page itself whether an element is visible, and collects the page's Java
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -24,24 +25,30 @@ class BrowserError(RuntimeError):
     pass
 
 
+def _high(fds: tuple[int, int]) -> tuple[int, int]:
+    """The pipe's ends moved to fds of 10 or more, clear of the 3 and 4 they are put on."""
+    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return moved[0], moved[1]
+
+
 class Browser:
     """One headless Chromium with one page; `errors` holds the page's uncaught exceptions and
     console errors since the last `goto`."""
 
     def __init__(self, profile: Path) -> None:
         assert CHROMIUM is not None
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
-
-        def wire_fds() -> None:  # in the child, before exec: the protocol's fds 3 and 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
+        to_browser_r, self._to_browser = _high(os.pipe())
+        self._from_browser, from_browser_w = _high(os.pipe())
+        # bash (dash takes one-digit fds only) puts the pipes on the protocol's fds 3 and 4, then
+        # becomes Chromium: no preexec_fn, which is unsafe in a process with threads.
         self._process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', CHROMIUM,
+             "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
              f"--user-data-dir={profile}", "--window-size=1200,1000", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=wire_fds, pass_fds=(3, 4),
+            pass_fds=(to_browser_r, from_browser_w),
         )
         os.close(to_browser_r)
         os.close(from_browser_w)

@@ -206,3 +206,71 @@ def labels(project: Project, level: str, events: list[E], at: int) -> dict[str, 
     else:
         quadrant = "quiet" if succeeding else "at_risk"
     return {"stage": stages[idx].name if idx is not None else None, "quadrant": quadrant, "milestones": got}
+# --- accounts: memberships and revenue (SPEC sections 3 and 4), the obvious way -----------------
+
+
+def accounts_of(events: list[E], user: str, at: int) -> list[tuple[str, int, int]]:
+    """(account, first seen, last seen) of the accounts the user's events carried, the first at or
+    before `at`; the most recently seen first, ties by account id."""
+    mine = [e for e in events if e.user == user and e.account is not None]
+    out = []
+    for account in {e.account for e in mine}:
+        times = [e.t for e in mine if e.account == account]
+        if min(times) <= at:
+            out.append((str(account), min(times), max(times)))
+    return sorted(out, key=lambda m: (-m[2], m[0]))
+
+
+def members(events: list[E], account: str, at: int) -> set[str]:
+    """The users whose events carried `account` at or before `at`."""
+    return {e.user for e in events if e.account == account and e.t <= at}
+
+
+def mrr(project: Project, events: list[E], account: str, t: int) -> tuple[float, int | None]:
+    """The account's MRR at t and the time of the event that set it: its latest revenue event at
+    or before t, the greater id of one instant (negative or missing values change nothing)."""
+    changes = [e for e in events if e.account == account and e.event == project.revenue_event
+               and e.value is not None and e.value >= 0 and e.t <= t]
+    if not changes:
+        return 0.0, None
+    last = max(changes, key=lambda e: (e.t, e.id))
+    return float(last.value or 0.0), last.t
+
+
+def revenue_periods(project: Project, events: list[E], bounds: list[int], at: int) -> list[dict[str, Any]]:
+    """SPEC section 4, "Revenue", for the periods [bounds[k], bounds[k+1]), counting the events at
+    or before `at` only."""
+    seen = [e for e in events if e.t <= at]
+    accounts = sorted({e.account for e in seen if e.account is not None and e.event == project.revenue_event})
+    out = []
+    for s, e in zip(bounds, bounds[1:]):
+        p: dict[str, Any] = dict.fromkeys(("mrr_start", "new", "reactivated", "expansion", "contraction", "churned",
+                                            "mrr_end"), 0.0)
+        p.update(accounts_start=0, accounts_churned=0, partial=s <= at < e)
+        for a in accounts:
+            ms, me = mrr(project, seen, a, s)[0], mrr(project, seen, a, e)[0]
+            p["mrr_start"] += ms
+            p["mrr_end"] += me
+            p["accounts_start"] += ms > 0
+            if ms > 0 and me == 0:
+                p["churned"] += ms
+                p["accounts_churned"] += 1
+            elif 0 < ms < me:
+                p["expansion"] += me - ms
+            elif 0 < me < ms:
+                p["contraction"] += ms - me
+            elif ms == 0 and me > 0:
+                # Paid at some instant before s: the MRR at one of its revenue events' instants.
+                before = [x.t for x in seen if x.account == a and x.event == project.revenue_event and x.t < s]
+                paid = any(mrr(project, seen, a, t)[0] > 0 for t in before)
+                p["reactivated" if paid else "new"] += me
+
+        def ratio(num: float, den: float) -> float | None:
+            return num / den if den else None
+
+        p["logo_churn_rate"] = ratio(p["accounts_churned"], p["accounts_start"])
+        p["net_retention"] = ratio(p["mrr_start"] + p["expansion"] - p["contraction"] - p["churned"], p["mrr_start"])
+        p["gross_retention"] = ratio(p["mrr_start"] - p["contraction"] - p["churned"], p["mrr_start"])
+        p["quick_ratio"] = ratio(p["new"] + p["reactivated"] + p["expansion"], p["contraction"] + p["churned"])
+        out.append(p)
+    return out

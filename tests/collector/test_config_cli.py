@@ -55,6 +55,9 @@ def line_of(text: str, needle: str) -> int:
         ('engaged_threshold = 20.0', 'engaged_threshold = 20.0\nbogus = 1', "unknown field `bogus`", 1),
         ('after = "180d"', 'after = "10d"', "'after' must grow", 0),
         ('within = "10d"', 'within = "99999999d"', "over 100 years", 0),
+        ("report_shared = 5", "report_shared = 1e300", "report_shared = 1e+300: weights lie within ±1e+06", 0),
+        ("report_shared = 5", "report_shared = -1000000.5", "weights lie within ±1e+06", 0),
+        ("default_weight = 1.0", "default_weight = 5e7", "default_weight = 5e+07: weights lie within ±1e+06", 0),
         ('new_for = "1d"', 'new_for = "a day"', "malformed duration", 0),
         ('recurring = "30d"', 'recurring = "30d"\nwithin = "40d"', "'within' and 'recurring' exclude each other", 0),
         ('recurring = "14d"', 'recurring = "0d"', "greater than zero", 0),
@@ -126,6 +129,16 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_check_refuses_weights_beyond_a_million(tmp_path: Path) -> None:
+    """SPEC section 4: weights lie within ±1e6; `check` names the line, as for any other key."""
+    for old, new in (("report_shared = 5", "report_shared = 1e300"), ("default_weight = 1.0", "default_weight = 5e7")):
+        bad = tmp_path / "weights.toml"
+        bad.write_text(TEXT.replace(old, new))
+        r = run_cli("check", "--config", str(bad))
+        assert r.returncode == 1 and "weights lie within" in r.stderr, r.stderr
+        assert f"{bad}:{line_of(TEXT, old)}: " in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_keys_new_prints_a_key_and_its_hash() -> None:
     r = run_cli("keys", "new")
     assert r.returncode == 0
@@ -137,6 +150,7 @@ def test_keys_new_prints_a_key_and_its_hash() -> None:
 def test_every_command_is_documented() -> None:
     parser = cli.build_parser()
     readme = (EXAMPLE.parent / "README.md").read_text()
+    docs = readme + "".join(p.read_text() for p in (EXAMPLE.parent / "docs").glob("*.md"))
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name, sub in commands.items():
         assert sub.description, name
@@ -144,6 +158,7 @@ def test_every_command_is_documented() -> None:
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings} has no help"
+                assert any(o in docs for o in action.option_strings), f"{name} {action.option_strings} is not in the docs"
 
 
 def test_rescore_and_prune_commands(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from headway_collector.config import loads
+from headway_collector.limits import MiB, ServeLimits
 from tests.collector.helpers import body, event, headers, read_headers
 from tests.conftest import LiveCollector, asgi_collector, config_text
 
@@ -34,9 +35,10 @@ def resize(path: Path, size: str) -> None:
 
 @pytest.mark.anyio
 async def test_a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers(tmp_path: Path) -> None:
+    """With no reserve, ingest runs into the full disk itself (SQLite's `database or disk is full`)."""
     cfg = loads(config_text(), "t.toml")
     with tmpfs(tmp_path / "small", "2m") as disk:
-        async with asgi_collector(cfg, disk / "headway.db") as c:
+        async with asgi_collector(cfg, disk / "headway.db", limits=ServeLimits(disk_reserve=0)) as c:
             batches = [[event(f"u{i % 40}", "signed_in", properties={"pad": "x" * 900, "i": i}) for i in range(k, k + 100)]
                        for k in range(0, 6000, 100)]
             acked: set[str] = set()
@@ -63,6 +65,41 @@ async def test_a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers(t
         finally:
             conn.close()
         assert acked <= stored and len(stored) == 6000
+
+
+@pytest.mark.anyio
+async def test_ingest_leaves_the_projection_room_and_readyz_and_metrics_say_the_disk_is_full(tmp_path: Path) -> None:
+    """Ingest stops `disk_reserve` short of a full disk (503 disk_full, Retry-After), so the
+    projection still folds everything acknowledged: list reads answer, with every event. /readyz
+    and /metrics say the disk is the cause; once space returns, ingest and readiness do too."""
+    cfg = loads(config_text(), "t.toml")
+    with tmpfs(tmp_path / "small", "4m") as disk:
+        async with asgi_collector(cfg, disk / "headway.db", limits=ServeLimits(disk_reserve=2 * MiB)) as c:
+            acked = 0
+            refusal = None
+            for k in range(0, 20_000, 100):
+                part = [event(f"u{i % 40}", "signed_in", properties={"pad": "x" * 900, "i": i}) for i in range(k, k + 100)]
+                r = await c.post("/v1/batch", content=body(part), headers=headers())
+                if r.status_code != 200:
+                    refusal = r
+                    break
+                acked += 100
+            assert refusal is not None and acked > 0, acked
+            assert refusal.status_code == 503 and refusal.headers["retry-after"], refusal.text
+            assert refusal.json()["error"]["code"] == "disk_full", refusal.text  # the reserve, not SQLite's full disk
+            ready = await c.get("/readyz")
+            assert ready.status_code == 503 and ready.headers["retry-after"]
+            assert ready.json()["status"] == "disk_full" and ready.json()["disk_reserve_bytes"] == 2 * MiB
+            metrics = (await c.get("/metrics", headers=read_headers())).text
+            assert "headway_disk_full 1" in metrics and 'headway_rejected_total{reason="disk_full"}' in metrics
+            users = await c.get("/v1/users?limit=1000", headers=read_headers())  # the projection had room
+            assert users.status_code == 200, users.text
+            assert sum(u["engagement"]["events"] for u in users.json()["items"]) == acked
+            resize(disk, "64m")
+            assert (await c.get("/readyz")).json()["status"] == "ready"
+            assert "headway_disk_full 0" in (await c.get("/metrics", headers=read_headers())).text
+            r = await c.post("/v1/batch", content=body([event("after")]), headers=headers())
+            assert r.status_code == 200, r.text
 
 
 @pytest.mark.slow

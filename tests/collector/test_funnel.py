@@ -100,9 +100,10 @@ HISTORY = [
 
 
 def step(name: str, stage: str, level: str, pending: int, in_progress: int, achieved: int, missed: int,
-         reached: int, share: float | None, median: float | None, p90: float | None) -> dict[str, Any]:
+         reached: int, share: float | None, median: float | None, p90: float | None, lapsed: int = 0) -> dict[str, Any]:
     return {"name": name, "stage": stage, "level": level,
-            "counts": {"pending": pending, "in_progress": in_progress, "achieved": achieved, "missed": missed},
+            "counts": {"pending": pending, "in_progress": in_progress, "achieved": achieved, "lapsed": lapsed,
+                       "missed": missed},
             "reached_stage": reached, "achieved_share": share,
             "median_time_to_achieve_s": median, "p90_time_to_achieve_s": p90}
 
@@ -125,12 +126,14 @@ async def test_hand_built_funnel(tmp_path: Path) -> None:
         step("converted", "trial", "account", 2, 0, 1, 0, 3, 1 / 3, 18000.0, 18000.0),
         # reached: acct-1 (converted), acct-5 (30 days old); achieved: acct-1 (7h), acct-2 (7d 14h)
         step("first_value", "onboarding", "account", 1, 0, 2, 0, 2, 0.5, 25200.0, 655200.0),
-        # reached: u5 only; achieved: u5 and u1 (not yet in 'adoption'), each once its first day was over
-        step("daily_habit", "adoption", "user", 4, 0, 2, 0, 1, 1.0, 86400.0, 86400.0),
+        # reached: acct-5 only; acct-1 and acct-2 shared one report each in the trailing 30 days
+        step("reporting_rhythm", "adoption", "account", 1, 2, 0, 0, 1, 0.0, None, None),
+        # recurring: 28 sessions in a trailing 14 days; u1's 2 (Feb 20) are in its window, u5's not
+        step("daily_habit", "adoption", "user", 5, 1, 0, 0, 1, 0.0, None, None),
     ]
     assert both == {"level": None, "milestones": want}
-    assert users == {"level": "user", "milestones": [want[0], want[4]]}
-    assert accounts == {"level": "account", "milestones": want[1:4]}
+    assert users == {"level": "user", "milestones": [want[0], want[5]]}
+    assert accounts == {"level": "account", "milestones": want[1:5]}
 
 
 @pytest.mark.anyio
@@ -140,21 +143,24 @@ async def test_window_and_age_boundaries_are_exact(tmp_path: Path) -> None:
         await send(c, HISTORY)
         closing = (await funnel(c, f"at={rfc(AT)}&level=account"))["milestones"][0]
         closed = (await funnel(c, f"at={rfc(AT + one)}&level=account"))["milestones"][0]
-        # u5 turns 30 days old (stage 'adoption') at exactly Feb 14 00:00; nobody else exists yet.
+    # u5 turns 30 days old (stage 'adoption') at exactly Feb 14 00:00; nobody else exists yet (a
+    # funnel at an `at` that stored events follow is 400 at_unsupported: only u5's events are sent).
+    async with collector(tmp_path / "u5.db") as c:
+        await send(c, [e for e in HISTORY if e["user_id"] == "u5"])
         aged = (await funnel(c, f"at={rfc(JAN15 + timedelta(days=30))}&level=user"))["milestones"][1]
         young = (await funnel(c, f"at={rfc(JAN15 + timedelta(days=30) - one)}&level=user"))["milestones"][1]
     assert closing["name"] == "team_formed" and closing["counts"]["missed"] == 1
-    assert closed["counts"] == {"pending": 0, "in_progress": 1, "achieved": 0, "missed": 2}
-    assert aged["name"] == "daily_habit" and (aged["reached_stage"], aged["achieved_share"]) == (1, 1.0)
+    assert closed["counts"] == {"pending": 0, "in_progress": 1, "achieved": 0, "lapsed": 0, "missed": 2}
+    assert aged["name"] == "daily_habit" and (aged["reached_stage"], aged["achieved_share"]) == (1, 0.0)
     assert (young["reached_stage"], young["achieved_share"]) == (0, None)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("query", "message"), [
-    ("level=team", "level must be one of user, account"),
-    ("at=2024-03-01T00:00:00", "needs a timezone"),
-    ("at=2024-03-01", "is not an RFC3339 timestamp"),
-    ("at=later", "is not an RFC3339 timestamp"),
+    ("level=team", "level: must be one of user, account"),
+    ("at=2024-03-01T00:00:00", "at: '2024-03-01T00:00:00' needs an offset"),
+    ("at=2024-03-01", "at: '2024-03-01' is not an RFC 3339 date-time"),
+    ("at=later", "at: 'later' is not an RFC 3339 date-time"),
 ])
 async def test_bad_parameters_are_400(tmp_path: Path, query: str, message: str) -> None:
     async with collector(tmp_path / "h.db") as c:
@@ -176,7 +182,7 @@ def recompute(subjects: list[dict[str, Any]], level: str, milestones: list[tuple
     """The funnel of one level from each subject's own view: status, stage, first_seen, achieved_at."""
     out = []
     for name, stage in milestones:
-        counts = dict.fromkeys(("pending", "in_progress", "achieved", "missed"), 0)
+        counts = dict.fromkeys(("pending", "in_progress", "achieved", "lapsed", "missed"), 0)
         reached = achieved_reached = 0
         ttas = []
         for s in subjects:
@@ -184,7 +190,7 @@ def recompute(subjects: list[dict[str, Any]], level: str, milestones: list[tuple
             counts[m["status"]] += 1
             inside = STAGES.index(s["stage"]) >= STAGES.index(stage)
             reached += inside
-            if m["status"] == "achieved":
+            if m["status"] in ("achieved", "lapsed"):  # lapsed: a recurring one achieved before
                 achieved_reached += inside
                 first = datetime.fromisoformat(s["first_seen"])
                 ttas.append(us(datetime.fromisoformat(m["achieved_at"])) - us(first))
@@ -227,20 +233,27 @@ def test_funnel_equals_recomputation_from_subject_statuses(tmp_path_factory: pyt
     rng = random.Random(seed)
     arrival = events[:]
     rng.shuffle(arrival)
-    instants = [rfc(NOW - timedelta(minutes=m)) for m in back] + [rfc(NOW + timedelta(days=40))]
+    instants = [rfc(NOW - timedelta(minutes=m)) for m in back] + [rfc(NOW), rfc(NOW + timedelta(days=40))]
     cfg = loads(config_text(), "test.toml")
     names = {lv: [(m.name, m.stage) for m in cfg.projects["acme"].milestones_at(lv)] for lv in ("user", "account")}
+    order = {m.name: i for i, m in enumerate(cfg.projects["acme"].milestones)}
 
     async def run() -> None:
         async with collector(tmp_path_factory.mktemp("f") / "h.db") as c:
             for i in range(0, len(arrival), size):
                 await send(c, arrival[i : i + size])
+            latest = max(e["timestamp"] for e in events)
             for at in instants:
+                if at < latest:  # stored events follow `at`: these reads count every one of them
+                    for path in ("/v1/milestones", "/v1/users", "/v1/accounts"):
+                        r = await c.get(f"{path}?at={at}", headers=read_headers())
+                        assert (r.status_code, r.json()["error"]["code"]) == (400, "at_unsupported")
+                    continue
                 got = await funnel(c, f"at={at}")
                 views = {lv: (await c.get(f"/v1/{lv}s?limit=1000&at={at}", headers=read_headers())).json()["items"]
                          for lv in ("user", "account")}
                 want = recompute(views["user"], "user", names["user"]) + recompute(views["account"], "account", names["account"])
-                want.sort(key=lambda s: STAGES.index(s["stage"]))  # stage order; model order within a stage
+                want.sort(key=lambda s: (STAGES.index(s["stage"]), order[s["name"]]))  # stage, then model order
                 assert got == {"level": None, "milestones": want}, at
 
     asyncio.run(run())

@@ -46,7 +46,9 @@ def test_without_the_collector_extra_one_line_says_what_to_install(args: list[st
     r = subprocess.run([sys.executable, "-c", WITHOUT_EXTRA, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     line = one_line(r)
-    assert "pip install 'headway[collector]'" in line and "starlette" in line
+    # no index publishes `headway`: the command names this repository (the editable install's)
+    assert f"pip install '{ROOT}[collector]'" in line and "starlette" in line, line
+    assert "headway[collector]" not in line
 
 
 def test_serve_on_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
@@ -139,4 +141,4 @@ def test_prune_of_nothing_says_so(tmp_path: Path) -> None:
 
 def test_readme_shows_the_extra_and_the_utc_reading() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "headway[collector]" in readme
+    assert "pip install './[collector]'" in readme and "headway[collector]" not in readme

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headway_collector.app import ROUTES
+from headway_collector.app import ENDPOINTS
 from headway_collector.dashboard import FILES
 from headway_collector.config import loads
 from tests.collector import oracle
@@ -132,11 +132,11 @@ async def test_the_dashboard_is_served_without_a_key_and_fetches_nothing_from_el
 def test_the_dashboard_reads_only_routes_the_collector_has() -> None:
     script = (STATIC / "dashboard.js").read_text()
     called = set(re.findall(r'api\(\s*[`"](v1/[a-z]+(?:/[a-z]+)*)', script))
-    assert called == {"v1/milestones", "v1/accounts", "v1/growth", "v1/model", "v1/scores", "v1/retention",
-                      "v1/stickiness", "v1/insights/predictors", "v1/insights/weights"}
+    assert called == {"v1/milestones", "v1/accounts", "v1/users", "v1/growth", "v1/model", "v1/scores", "v1/retention",
+                      "v1/stickiness", "v1/insights/predictors", "v1/insights/weights", "v1/revenue"}
     assert "`v1/${level}s/${encodeURIComponent(id)}`" in script  # one user or account
-    paths = {path.split("/{")[0].lstrip("/") for path, *_ in ROUTES}
-    assert called <= paths and {"v1/users", "v1/accounts"} <= paths
+    paths = {e.path.split("/{")[0].lstrip("/") for e in ENDPOINTS}
+    assert called <= paths and "v1/revenue" in paths
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the script's syntax is not checked")

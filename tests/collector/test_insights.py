@@ -416,6 +416,9 @@ async def test_suggest_weights_prints_toml_to_paste(tmp_path: Path) -> None:
     pasted = tomllib.loads(r.stdout)["projects"]["acme"]["weights"]
     assert pasted["X"] == 1.0 and pasted["X"] > pasted.get("Y", 0.0)
     assert "held-out AUC" in r.stdout
+    backtest = r.stdout.split("# backtest of 'converted' within 30d at user level:")[1].splitlines()
+    assert any("current weights" in line and "these weights" in line for line in backtest)
+    assert "'converted' better" in backtest[-1] or "equally well" in backtest[-1], r.stdout
     several = subprocess.run([sys.executable, "-m", "headway_collector", *args], capture_output=True, text=True, timeout=120)
     assert several.returncode == 1 and "--project" in several.stderr and "Traceback" not in several.stderr
     wrong = subprocess.run([sys.executable, "-m", "headway_collector", *args[:-1], "nope", "--project", "acme"],

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import headway
 import httpx
 import pytest
 from hypothesis import assume, given, settings
@@ -22,7 +23,7 @@ from tests.collector.helpers import at_event as ev
 from tests.collector.helpers import milestone
 from tests.collector.helpers import read_at as get
 from tests.collector.helpers import send_at as send
-from tests.conftest import EXAMPLE, asgi_collector, config_text
+from tests.conftest import EXAMPLE, READ_KEY, asgi_collector, config_text
 
 CONFIG = loads(config_text(), "t.toml")
 PROJECT = CONFIG.projects["acme"]
@@ -147,6 +148,14 @@ async def test_a_habit_lapses_by_time_alone_and_is_achieved_again(c: httpx.Async
     assert before["status"] == "achieved"
     lapsed = await get(c, "/v1/users", milestone="daily_habit", status="lapsed")
     assert [u["user_id"] for u in lapsed["items"]] == ["hab"]
+    # The SDK's typed client knows the statuses and quadrants (the collector's own transport).
+    async with headway.AsyncClient("http://collector", READ_KEY, transport=c._transport) as client:
+        typed = await client.user("hab")  # the collector's clock is pinned at NOW
+        assert typed.quadrant == "at_risk"
+        assert [m.status for m in typed.milestones if m.name == "daily_habit"] == ["lapsed"]
+        assert [u.user_id async for u in client.aiter_users(milestone="daily_habit", status="lapsed")] == ["hab"]
+        await send(c, ev("fresh", "signed_in", NOW - timedelta(minutes=1)))
+        assert (await client.user("fresh")).quadrant == "new"
     again = [ev("hab", "session_started", NOW - timedelta(hours=h)) for h in range(28)]
     await send(c, *again)
     habit = milestone(await get(c, "/v1/users/hab"), "daily_habit")

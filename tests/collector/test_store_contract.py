@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from headway_collector.cli import main as cli_main
 from headway_collector.config import Config, loads
+from headway_collector.projection import rebuild
 from headway_collector.store import StoreError, generations, open_store
 from headway_collector.store.migrations import MIGRATIONS
 from tests.collector.helpers import body, headers, read_headers, rfc
@@ -45,7 +46,7 @@ EXAMPLES = settings(max_examples=5, deadline=None, derandomize=True)
 # The derived state of the served generations: each subject's row and early events, tag counts, growth and funnel
 # aggregates. (Transitions depend on how the log was cut into folds: not part of the state.)
 TABLES = ("subjects", "tags", "growth_subjects", "subject_early", "growth_counts", "growth_nps_answers",
-          "growth_nps_counts", "funnel_rows", "funnel_counts", "funnel_tta")
+          "growth_nps_counts", "funnel_rows", "funnel_counts", "funnel_tta", "memberships", "revenue_changes")
 # Counter tables (counters last): a counter moved back to zero means what no row means.
 COUNTERS = {"growth_counts": 3, "growth_nps_counts": 3, "funnel_counts": 1, "funnel_tta": 1}
 
@@ -68,7 +69,7 @@ def make_events(seed: int, n: int = 300, users: int = 28, accounts: int = 4, now
     rng = random.Random(seed)
     starts = {u: now - timedelta(days=rng.uniform(3, 45)) for u in range(users)}
     names = ["signed_in", "report_viewed", "report_shared", "invited_teammate", "prompt_completed",
-             "message_sent", "session_started", "session_started", "nps_response", "custom"]
+             "message_sent", "session_started", "session_started", "nps_response", "custom", "mrr_changed"]
     out = []
     for i in range(n):
         u = rng.randrange(users)
@@ -84,6 +85,8 @@ def make_events(seed: int, n: int = 300, users: int = 28, accounts: int = 4, now
             e["value"] = float(rng.randrange(1, 700))
         elif name == "nps_response":
             e["value"] = float(rng.randrange(0, 11))
+        elif name == "mrr_changed":  # some at one instant: the greater id wins
+            e["value"] = float(rng.choice([0, 49, 99, 199]))
         elif name == "custom":
             e["weight"] = rng.choice([0.5, 3.25, -1.0])
         elif name == "signed_in":
@@ -176,12 +179,14 @@ def differences(got: dict[str, list[tuple[Any, ...]]], want: dict[str, list[tupl
 
 
 async def readings(client: httpx.AsyncClient, events: list[dict[str, Any]], at: str = AT) -> dict[str, Any]:
-    """What the API says at `at`: every subject, the lists, the model (unknown tags), the funnel, growth."""
+    """What the API says at `at`: every subject, the lists, the model (unknown tags), the funnel,
+    growth, revenue and each account's users."""
     users = sorted({e["user_id"] for e in events})
     accounts = sorted({e["account_id"] for e in events if e["account_id"]})
     paths = [f"/v1/users/{u}" for u in users] + [f"/v1/accounts/{a}" for a in accounts]
     paths += ["/v1/users?limit=1000", "/v1/users?limit=1000&order=asc", "/v1/accounts?limit=1000", "/v1/model",
-              "/v1/milestones"]
+              "/v1/milestones", "/v1/accounts?limit=1000&order=mrr_desc", "/v1/revenue?period=week&periods=8"]
+    paths += [f"/v1/users?account_id={a}&limit=1000" for a in accounts]
     paths += [f"/v1/growth?period={p}&level={lv}" for p in ("day", "week", "month") for lv in ("user", "account")]
     out = {}
     for path in paths:
@@ -320,6 +325,32 @@ def test_rescore_equals_fresh_ingest(backend: str, tmp_path_factory: pytest.Temp
         assert differences(dump(url), want_tables) == []
         assert seen == want_readings
         rescore_offline(url, model(changed=True), jobs=2)  # again, same model, two jobs: nothing changes
+        assert differences(dump(url), want_tables) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rescore_command_with_two_processes(backend: str, tmp_path_factory: pytest.TempPathFactory,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`headway-collector rescore --jobs 2`, its second job folding in a process of its own, builds
+    what a fresh ingest under the model does, exactly; and so does a rescore whose jobs fold their
+    partitions in rounds (a log longer than `rebuild.ROUND_EVENTS` a job)."""
+    base = tmp_path_factory.getbasetemp()
+    events = make_events(1)
+    want_tables = reference(1, base, changed=True)[0]
+    config = tmp_path_factory.mktemp("changed") / "changed.toml"
+    config.write_text(model(changed=True).text)
+    with fresh_url(backend, tmp_path_factory.mktemp("rescore-command")) as url:
+
+        async def ingest() -> None:
+            async with collector(url) as c:
+                for b in batches(events, 70):
+                    await send(c, b)
+
+        asyncio.run(ingest())
+        assert cli_main(["rescore", "--config", str(config), "--database", url, "--jobs", "2"]) == 0
+        assert differences(dump(url), want_tables) == []
+        monkeypatch.setattr(rebuild, "ROUND_EVENTS", 40)  # 300 events: 4 rounds of 2 partitions a job
+        rescore_offline(url, model(changed=True), jobs=2)
         assert differences(dump(url), want_tables) == []
 
 

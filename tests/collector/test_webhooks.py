@@ -36,7 +36,8 @@ from tests.collector.test_transitions import replay
 from tests.conftest import OTHER_READ_KEY, READ_KEY, LiveCollector, config_text
 
 SECRET = "whsec_test"
-TYPES = ["milestone.achieved", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"]
+TYPES = ["milestone.achieved", "milestone.lapsed", "milestone.missed", "stage.entered", "quadrant.changed",
+         "trend.changed"]
 
 
 @dataclass
@@ -114,9 +115,13 @@ def receivers() -> Iterator[list[Receiver]]:
         r.close()
 
 
+# Without `new`: these tests deliver what fresh subjects' first events make (quadrants included).
+JUDGED = config_text().replace('new_for = "1d"', 'new_for = "0s"')
+
+
 def start(tmp_path: Path, blocks: str) -> LiveCollector:
     cfg = tmp_path / "headway.toml"
-    cfg.write_text(config_text() + blocks)
+    cfg.write_text(JUDGED + blocks)
     live = LiveCollector(config_path=cfg, db_path=tmp_path / "headway.db")
     live.start()
     return live
@@ -357,7 +362,7 @@ def test_two_collectors_on_one_postgresql_deliver_each_transition_once(receivers
     r = Receiver(ok)
     receivers.append(r)
     cfg = tmp_path / "headway.toml"
-    cfg.write_text(config_text() + hook_block(r.url, TYPES))
+    cfg.write_text(JUDGED + hook_block(r.url, TYPES))
     with postgres_schema() as url:
         lives = [LiveCollector(config_path=cfg, db_path=tmp_path / "unused.db", database=url) for _ in range(2)]
         for live in lives:
@@ -449,7 +454,7 @@ def test_a_feed_client_reads_across_a_model_switch_without_a_gap_or_a_repeat(tmp
         told = all_transitions(live)
         assert len(told) > 6
         cursor = told[2]["id"]  # the client has read three
-        changed = config_text().replace("engaged_threshold = 20.0", "engaged_threshold = 8.0")
+        changed = JUDGED.replace("engaged_threshold = 20.0", "engaged_threshold = 8.0")
         version = loads(changed, "new.toml").projects["acme"].version
         live.config_path.write_text(changed)
         assert live.process is not None
@@ -506,8 +511,8 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
     r = Receiver(ok)
     receivers.append(r)
     hook = hook_block(r.url, TYPES)
-    old = loads(config_text() + hook, "old.toml")
-    new = loads(config_text().replace("engaged_threshold = 20.0", "engaged_threshold = 8.0") + hook, "new.toml")
+    old = loads(JUDGED + hook, "old.toml")
+    new = loads(JUDGED.replace("engaged_threshold = 20.0", "engaged_threshold = 8.0") + hook, "new.toml")
     now = us(NOW)
     with fresh_url(backend, tmp_path) as url:
         store = open_store(url)

@@ -4,8 +4,11 @@
 "use strict";
 
 const NS = "http://www.w3.org/2000/svg";
-const QUADRANTS = ["thriving", "stuck", "quiet", "at_risk"];
-const STATUSES = ["achieved", "in_progress", "pending", "missed"];
+// The quadrants and statuses the page knows, in the order it shows them. Any other string the
+// API answers is shown too (after these, in a neutral colour): a newer collector may add some.
+const QUADRANTS = ["new", "thriving", "stuck", "quiet", "at_risk"];
+const CLASSIC_QUADRANTS = ["thriving", "stuck", "quiet", "at_risk"]; // always listed, even at 0
+const STATUSES = ["achieved", "in_progress", "pending", "lapsed", "missed"];
 const $ = (id) => document.getElementById(id);
 let key = localStorage.getItem("headway-read-key") || "";
 let model = null;
@@ -23,12 +26,24 @@ function build(make, tag, attrs, children) {
 const h = (tag, attrs, ...children) => build((t) => document.createElement(t), tag, attrs, children);
 const s = (tag, attrs, ...children) => build((t) => document.createElementNS(NS, t), tag, attrs, children);
 
+// An error answer of the read API: its HTTP status and error code, for views that expect some.
+class ApiError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
 async function api(path, params = {}) {
   const url = new URL(path, document.baseURI);
   for (const [k, v] of Object.entries(params)) if (v !== "" && v !== null && v !== undefined) url.searchParams.set(k, v);
   const r = await fetch(url, { headers: { Authorization: `Bearer ${key}` } });
   const body = await r.json().catch(() => null);
-  if (!r.ok) throw new Error((body && body.error && body.error.message) || `${r.status} ${r.statusText}`);
+  if (!r.ok) {
+    const error = (body && body.error) || {};
+    throw new ApiError(error.message || `${r.status} ${r.statusText}`, r.status, error.code || "");
+  }
   return body;
 }
 
@@ -39,6 +54,7 @@ function status(text, isError = false) {
 
 const num = (x, digits = 1) => (x === null || x === undefined ? "–" : Number(x).toLocaleString(undefined, { maximumFractionDigits: digits }));
 const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(x * 100)}%`);
+const money = (x) => num(x, 0);
 const day = (iso) => (iso ? iso.slice(0, 10) : "–");
 function duration(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -46,14 +62,28 @@ function duration(seconds) {
   if (seconds < 86400 * 2) return `${num(seconds / 3600)} h`;
   return `${num(seconds / 86400)} d`;
 }
-const chip = (text, color) => h("span", { class: "chip", style: `background:var(--${color})` }, text.replace("_", " "));
+const label = (name) => String(name).replaceAll("_", " ");
+// The colour of a quadrant, status or series: its CSS variable, a neutral one for a name the
+// stylesheet does not know (or that is no CSS name).
+const colour = (name) => (/^[a-z_]+$/.test(name) ? `var(--${name}, var(--other))` : "var(--other)");
+// The names to show: the known ones in their order (`always` even when absent from `seen`),
+// then any other name seen.
+const shown = (known, always, seen) => [...known.filter((n) => always.includes(n) || seen.includes(n)),
+  ...seen.filter((n) => !known.includes(n))];
+const chip = (text, color) => h("span", { class: "chip", style: `background:${colour(color)}` }, label(text));
+// A chart's legend: [text, colour name, how] per series; how "hollow", "dashed" or "line" draws
+// the key as the chart draws the series.
+function legend(items) {
+  return h("p", { class: "legend" }, ...items.map(([text, color, how]) => h("span", {},
+    h("i", { class: how || "", style: how === "hollow" ? `border:2px solid ${colour(color)}` : how ? `border-color:${colour(color)}` : `background:${colour(color)}` }), text)));
+}
 const subjectLink = (level, id) => h("a", { class: "subject", href: `#subject/${level}/${encodeURIComponent(id)}` }, id);
 
 // A stacked bar of [n, color, label, href?] parts; a part with an href links to its subjects.
 function bar(parts, total) {
   const b = h("div", { class: "bar" });
   for (const [n, color, label, href] of parts) {
-    const style = `width:${(100 * n) / total}%;background:var(--${color})`;
+    const style = `width:${(100 * n) / total}%;background:${colour(color)}`;
     if (n > 0) b.append(href ? h("a", { href, style, title: `${label}: ${n}` }) : h("span", { style, title: `${label}: ${n}` }));
   }
   return b;
@@ -76,83 +106,108 @@ const listLink = (level, filters, text) => h("a", { class: "count", href: listHr
 
 async function showFunnel() {
   const funnel = await api("v1/milestones", { level: $("funnel-level").value });
+  const statuses = shown(STATUSES, ["achieved", "in_progress", "pending", "missed"], [...new Set(funnel.milestones.flatMap((m) => Object.keys(m.counts)))]);
   const rows = funnel.milestones.map((m) => {
-    const total = STATUSES.reduce((n, st) => n + (m.counts[st] || 0), 0) || 1;
+    const total = statuses.reduce((n, st) => n + (m.counts[st] || 0), 0) || 1;
     const filters = (st) => ({ milestone: m.name, status: st });
     return [m.name, m.stage, m.level,
-      bar(STATUSES.map((st) => [m.counts[st] || 0, st, st, listHref(m.level, filters(st))]), total),
-      h("span", {}, ...STATUSES.flatMap((st, i) => [i ? " · " : "", listLink(m.level, filters(st), `${st.replace("_", " ")} ${m.counts[st] || 0}`)])),
+      bar(statuses.map((st) => [m.counts[st] || 0, st, st, listHref(m.level, filters(st))]), total),
+      h("span", {}, ...statuses.flatMap((st, i) => [i ? " · " : "", listLink(m.level, filters(st), `${label(st)} ${m.counts[st] || 0}`)])),
       pct(m.achieved_share), duration(m.median_time_to_achieve_s), duration(m.p90_time_to_achieve_s)];
   });
-  $("funnel").replaceChildren(rows.length ? table(
+  $("funnel").replaceChildren(...(rows.length ? [legend(statuses.map((st) => [label(st), st])), table(
     [["milestone"], ["stage"], ["level"], ["subjects by status"], [""], ["achieved", "num"], ["median time", "num"], ["p90 time", "num"]],
-    rows) : h("p", {}, "This model has no milestones."));
+    rows)] : [h("p", {}, "This model has no milestones.")]));
 }
 
 // The quadrant map says one thing: its regions are the quadrants. Right of the dashed line:
 // engaged. Upper band: succeeding (the SPEC's rule, not a progress cut), lower band: not; within
-// a band a dot sits by its milestone progress. A dot's colour is the region it is in.
+// a band a dot sits by its milestone progress. A dot's colour is the region it is in; a subject
+// too young to judge (quadrant "new", or one this page does not know) is a hollow dot, in the
+// upper band. Every dot is inside the plot, keeps its name in a hover title, and the names that
+// fit are written beside the dots, the busiest account's first.
+const UPPER = ["thriving", "quiet"];
 function quadrantMap(items, threshold) {
-  const W = 720, H = 424, L = 64, B = 34, T = 10, R = 10;
+  const W = 740, H = 440, L = 88, B = 50, T = 10, R = 10, P = 10; // P: the dots' margin inside the plot
   const x = (score) => Math.log10(1 + Math.max(0, score));
   const maxX = Math.max(x(threshold) * 2, ...items.map((a) => x(a.engagement.score)), 1);
-  const px = (v) => L + ((W - L - R) * v) / maxX;
-  const band = (H - B - T) / 2, gap = 8;
+  const px = (v) => L + P + ((W - L - R - 2 * P) * v) / maxX;
+  const band = (H - B - T) / 2, gap = 8, top = 24; // top: a strip at each band's top for the region's name
   const mid = T + band;
-  // progress 0..1 within its band, leaving a gap at the split so that no dot sits on the line
-  const py = (a) => (["thriving", "quiet"].includes(a.quadrant) ? mid - gap : H - B) - (band - gap) * a.success.progress;
+  const judged = (q) => CLASSIC_QUADRANTS.includes(q);
+  // progress 0..1 within its band, below the strip of the region's name and clear of the split line
+  const py = (a) => (UPPER.includes(a.quadrant) || !judged(a.quadrant) ? mid - gap - (band - gap - top) * a.success.progress
+    : H - B - P - (band - P - top) * a.success.progress);
   const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "accounts by engagement and success" });
   const xT = px(x(threshold));
+  const placed = []; // boxes taken by the regions' names and the dots' names, which avoid them
   for (const [q, x0, y0, x1, y1] of [["quiet", L, T, xT, mid], ["thriving", xT, T, W - R, mid], ["at_risk", L, mid, xT, H - B], ["stuck", xT, mid, W - R, H - B]]) {
-    g.append(s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: `var(--${q})`, "fill-opacity": 0.07 }));
-    g.append(s("text", { class: "region", x: q === "quiet" || q === "at_risk" ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:var(--${q})`, "text-anchor": q === "quiet" || q === "at_risk" ? "start" : "end" }, q.replace("_", " ")));
+    g.append(s("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, fill: colour(q), "fill-opacity": 0.07 }));
+    const left = q === "quiet" || q === "at_risk", width = 8 + 7 * label(q).length;
+    g.append(s("text", { class: "region", x: left ? x0 + 6 : x1 - 6, y: y0 + 16, style: `fill:${colour(q)}`, "text-anchor": left ? "start" : "end" }, label(q)));
+    placed.push({ x0: left ? x0 + 4 : x1 - 4 - width, x1: left ? x0 + 4 + width : x1 - 4, y0: y0 + 4, y1: y0 + 18 });
   }
   g.append(s("line", { x1: xT, x2: xT, y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "4 3" }));
   g.append(s("line", { x1: L, x2: W - R, y1: mid, y2: mid, stroke: "#999" }));
   g.append(s("text", { x: xT + 4, y: H - B - 4 }, `engaged ≥ ${threshold}`));
-  g.append(s("text", { x: 4, y: T + band / 2 }, "succeeding"));
-  g.append(s("text", { x: 4, y: mid + band / 2 }, "not"));
-  g.append(s("text", { x: 4, y: mid + band / 2 + 13 }, "succeeding"));
-  for (const v of [0, 1, 10, 100, 1000, 10000]) {
-    if (x(v) <= maxX) g.append(s("text", { x: px(x(v)) - 6, y: H - B + 13 }, String(v)));
+  g.append(s("text", { x: 24, y: T + band / 2 }, "succeeding"));
+  g.append(s("text", { x: 24, y: mid + band / 2 }, "not"));
+  g.append(s("text", { x: 24, y: mid + band / 2 + 13 }, "succeeding"));
+  for (const v of [0, 1, 10, 100, 1000, 10000, 100000]) {
+    if (x(v) <= maxX) g.append(s("text", { class: "tick", x: px(x(v)), y: H - B + 13, "text-anchor": "middle" }, String(v)));
   }
-  g.append(s("text", { x: W / 2 - 140, y: H - 4 }, "score (log scale) →   ·   up within a band: milestone progress"));
-  // Names beside the dots, where they fit: at-risk and stuck accounts first, then by score.
+  g.append(s("text", { class: "axis", x: L + (W - L - R) / 2, y: H - 8, "text-anchor": "middle" }, "engagement score (decayed, log scale) →"));
+  g.append(s("text", { class: "axis", x: 0, y: 0, "text-anchor": "middle", transform: `translate(12,${T + (H - B - T) / 2}) rotate(-90)` },
+    "milestone progress within its band ↑"));
+  // Names: the busiest account first, then stuck and at-risk accounts, then by score.
   const rank = { stuck: 0, at_risk: 1, thriving: 2, quiet: 3 };
-  const placed = [];
+  const busiest = items.reduce((top, a) => (top === null || a.engagement.score > top.engagement.score ? a : top), null);
   const labels = s("g", { class: "names" });
-  const order = items.slice().sort((a, b) => rank[a.quadrant] - rank[b.quadrant] || b.engagement.score - a.engagement.score);
+  const order = items.slice().sort((a, b) => (b === busiest) - (a === busiest) || (rank[a.quadrant] ?? 4) - (rank[b.quadrant] ?? 4) || b.engagement.score - a.engagement.score);
   for (const a of order) {
     const cx = px(x(a.engagement.score)), cy = py(a);
-    const dot = s("circle", { cx, cy, r: 4, fill: `var(--${a.quadrant})`, "fill-opacity": 0.8, style: "cursor:pointer" },
-      s("title", {}, `${a.account_id}: score ${num(a.engagement.score)}, ${a.quadrant.replace("_", " ")}, progress ${pct(a.success.progress)}`));
+    const fill = judged(a.quadrant) ? { fill: colour(a.quadrant), "fill-opacity": 0.8 } : { fill: "#fff", stroke: colour(a.quadrant), "stroke-width": 2 };
+    const dot = s("circle", { cx, cy, r: 4, ...fill, style: "cursor:pointer" },
+      s("title", {}, `${a.account_id}: score ${num(a.engagement.score)}, ${label(a.quadrant)}, progress ${pct(a.success.progress)}`));
     dot.addEventListener("click", () => { location.hash = `#subject/account/${encodeURIComponent(a.account_id)}`; });
     g.append(dot);
     const text = a.account_id.length > 18 ? `${a.account_id.slice(0, 17)}…` : a.account_id;
-    const box = { x0: cx + 6, x1: cx + 8 + 6.2 * text.length, y0: cy - 6, y1: cy + 6 };
-    if (placed.length < 60 && box.x1 <= W - R && !placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) {
+    const width = 8 + 6.2 * text.length;
+    // beside the dot on the right, else on its left, else the same a line below or above
+    const spots = [0, 14, -14].flatMap((dy) => [[cx + 6, "start", dy], [cx - 6 - width, "end", dy]]);
+    for (const [x0, anchor, dy] of spots) {
+      const box = { x0, x1: x0 + width, y0: cy + dy - 6, y1: cy + dy + 6 };
+      if (placed.length >= 64 || box.x0 < L || box.x1 > W - R || box.y0 < T || box.y1 > H - B ||
+        placed.some((p) => p.x0 < box.x1 && box.x0 < p.x1 && p.y0 < box.y1 && box.y0 < p.y1)) continue;
       placed.push(box);
-      labels.append(s("text", { x: box.x0, y: cy + 4 }, text));
+      labels.append(s("text", { x: anchor === "start" ? box.x0 : cx - 6, y: cy + dy + 4, "text-anchor": anchor }, text));
+      break;
     }
   }
   g.append(labels);
   return g;
 }
 
+// MRR is shown when the model names a revenue event: without one every account's `revenue` reads
+// 0, which would say "pays nothing" where the truth is "not measured".
+const measuresRevenue = () => Boolean(model && model.revenue);
+
 function subjectTable(level, items) {
-  return table([[level], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ["last seen", "date"]],
-    items.map((a) => [subjectLink(level, a[`${level}_id`]), num(a.engagement.score), a.engagement.trend,
-      `${a.success.achieved}/${a.success.total} · ${pct(a.success.progress)}`, a.stage || "–", day(a.last_seen)]));
+  const mrr = measuresRevenue() && items.some((a) => a.revenue);
+  return table([[level], ["quadrant"], ["score", "num"], ["trend"], ["success", "num"], ["stage"], ...(mrr ? [["MRR", "num"]] : []), ["last seen", "date"]],
+    items.map((a) => [subjectLink(level, a[`${level}_id`]), chip(a.quadrant, a.quadrant), num(a.engagement.score), a.engagement.trend,
+      `${a.success.achieved}/${a.success.total} · ${pct(a.success.progress)}`, a.stage || "–", ...(mrr ? [money(a.revenue && a.revenue.mrr)] : []), day(a.last_seen)]));
 }
 
 async function showAccounts() {
   const [page, stuck, atRisk] = await Promise.all([api("v1/accounts", { limit: 1000 }),
     api("v1/accounts", { quadrant: "stuck", limit: 20 }), api("v1/accounts", { quadrant: "at_risk", limit: 20 })]);
   const threshold = engagedThreshold();
-  const counts = Object.fromEntries(QUADRANTS.map((q) => [q, page.items.filter((a) => a.quadrant === q).length]));
+  const quadrants = shown(QUADRANTS, CLASSIC_QUADRANTS, [...new Set(page.items.map((a) => a.quadrant))]);
+  const counts = Object.fromEntries(quadrants.map((q) => [q, page.items.filter((a) => a.quadrant === q).length]));
   $("quadrant-counts").replaceChildren(h("p", { class: "legend" },
-    ...QUADRANTS.map((q) => h("a", { class: "count", href: listHref("account", { quadrant: q }) },
-      h("i", { style: `background:var(--${q})` }), `${q.replace("_", " ")} ${counts[q]}`)),
+    ...quadrants.map((q) => h("a", { class: "count", href: listHref("account", { quadrant: q }) },
+      h("i", { style: CLASSIC_QUADRANTS.includes(q) ? `background:${colour(q)}` : `border:2px solid ${colour(q)}` }), `${label(q)} ${counts[q]}`)),
     page.next_cursor ? "(the top 1,000 accounts by score)" : ""));
   $("quadrant-map").replaceChildren(page.items.length ? quadrantMap(page.items, threshold) : h("p", {}, "No accounts yet."));
   $("stuck").replaceChildren(stuck.items.length ? subjectTable("account", stuck.items) : h("p", {}, "No stuck accounts."),
@@ -170,39 +225,65 @@ async function showList(level, query) {
     page.next_cursor ? h("p", { class: "help" }, "The first 200 by score.") : "");
 }
 
-function growthChart(periods) {
-  const W = 720, H = 260, L = 40, pad = 10;
-  const up = (p) => p.new + p.resurrected + p.retained;
-  const top = Math.max(1, ...periods.map(up)), bottom = Math.max(1, ...periods.map((p) => p.churned));
-  const zero = pad + ((H - 2 * pad - 20) * top) / (top + bottom);
-  const scale = (H - 2 * pad - 20) / (top + bottom);
-  const w = (W - L - pad) / Math.max(1, periods.length);
-  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
-  g.append(s("line", { x1: L, x2: W - pad, y1: zero, y2: zero, stroke: "#999" }));
-  g.append(s("text", { x: 4, y: pad + 8 }, String(top)));
-  g.append(s("text", { x: 4, y: H - 24 }, `-${bottom}`));
-  periods.forEach((p, i) => {
-    let y = zero;
-    const x = L + i * w + 1;
-    // The period not over yet is drawn faded and outlined: its counts are so far, not final.
-    const unfinished = p.partial ? { "fill-opacity": 0.35, stroke: "var(--ink)", "stroke-dasharray": "2 2" } : {};
-    const so = p.partial ? " (so far: the period is not over)" : "";
-    for (const [n, color, label] of [[p.retained, "pending", "retained"], [p.resurrected, "quiet", "resurrected"], [p.new, "thriving", "new"]]) {
-      y -= n * scale;
-      g.append(s("rect", { x, y, width: Math.max(1, w - 2), height: n * scale, fill: `var(--${color})`, ...unfinished }, s("title", {}, `${day(p.start)} ${label}: ${n}${so}`)));
-    }
-    g.append(s("rect", { x, y: zero, width: Math.max(1, w - 2), height: p.churned * scale, fill: "var(--at_risk)", ...unfinished }, s("title", {}, `${day(p.start)} churned: ${p.churned}${so}`)));
-    if (p.partial) g.append(s("text", { x, y: y - 3 }, "so far"));
-  });
-  g.append(s("text", { x: L, y: H - 4 }, `${day(periods[0].start)}: new · resurrected · retained above the line, churned below`));
-  g.append(s("text", { x: W - pad - 64, y: H - 4 }, day(periods[periods.length - 1].start)));
-  return g;
+// Round steps for an axis: 1, 2 or 5 times a power of ten, about `count` of them up to `max`.
+function step(max, count = 4) {
+  const raw = Math.max(max, 1) / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * power).find((v) => v >= raw);
 }
 
+// Movements per period as stacked bars: the `up` series above the zero line, the `down` series
+// below it (each [field, colour, label]); y ticks and gridlines in round steps, `what` on the
+// y axis. The period not over yet is drawn faded and outlined: its counts are so far, not final.
+function movementChart(periods, up, down, what, fmt) {
+  const W = 720, H = 280, L = 64, R = 10, T = 10, B = 34;
+  const total = (p, series) => series.reduce((n, [f]) => n + Math.max(0, p[f] || 0), 0);
+  const unit = step(Math.max(1, ...periods.map((p) => total(p, up))) + Math.max(0, ...periods.map((p) => total(p, down))));
+  const top = unit * Math.ceil(Math.max(1, ...periods.map((p) => total(p, up))) / unit);
+  const bottom = unit * Math.ceil(Math.max(0, ...periods.map((p) => total(p, down))) / unit);
+  const scale = (H - T - B) / (top + bottom);
+  const zero = T + top * scale;
+  const w = (W - L - R) / Math.max(1, periods.length);
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": what });
+  for (let v = -bottom; v <= top; v += unit) {
+    const y = zero - v * scale;
+    g.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: v === 0 ? "#999" : "#eef1f4" }));
+    g.append(s("text", { class: "tick", x: L - 4, y: y + 4, "text-anchor": "end" }, v < 0 ? `−${fmt(-v)}` : fmt(v)));
+  }
+  g.append(s("text", { class: "axis", x: 0, y: 0, "text-anchor": "middle", transform: `translate(12,${T + (H - T - B) / 2}) rotate(-90)` }, what));
+  periods.forEach((p, i) => {
+    const x = L + i * w + 1, width = Math.max(1, w - 2);
+    const unfinished = p.partial ? { "fill-opacity": 0.35, stroke: "var(--ink)", "stroke-dasharray": "2 2" } : {};
+    const so = p.partial ? " (so far: the period is not over)" : "";
+    let y = zero;
+    for (const [field, color, name] of up) {
+      const n = Math.max(0, p[field] || 0);
+      y -= n * scale;
+      g.append(s("rect", { x, y, width, height: n * scale, fill: colour(color), ...unfinished }, s("title", {}, `${day(p.start)} ${name}: ${fmt(n)}${so}`)));
+    }
+    if (p.partial) g.append(s("text", { x, y: y - 3 }, "so far"));
+    let below = zero;
+    for (const [field, color, name] of down) {
+      const n = Math.max(0, p[field] || 0);
+      g.append(s("rect", { x, y: below, width, height: n * scale, fill: colour(color), ...unfinished }, s("title", {}, `${day(p.start)} ${name}: ${fmt(n)}${so}`)));
+      below += n * scale;
+    }
+  });
+  g.append(s("text", { class: "tick", x: L, y: H - 14 }, day(periods[0].start)));
+  g.append(s("text", { class: "tick", x: W - R, y: H - 14, "text-anchor": "end" }, day(periods[periods.length - 1].start)));
+  g.append(s("text", { class: "axis", x: L + (W - L - R) / 2, y: H - 2, "text-anchor": "middle" }, "period start →"));
+  return h("div", {}, legend([...up.map(([, c, name]) => [name, c]), ...down.map(([, c, name]) => [`${name} (below the line)`, c]),
+    ["faded, outlined: the period is not over", "pending", "dashed"]]), g);
+}
+
+const GROWTH_UP = [["retained", "pending", "retained"], ["resurrected", "quiet", "resurrected"], ["new", "thriving", "new"]];
+const GROWTH_DOWN = [["churned", "at_risk", "churned"]];
+
 async function showGrowth() {
-  const growth = await api("v1/growth", { period: $("growth-period").value, level: $("growth-level").value });
+  const level = $("growth-level").value;
+  const growth = await api("v1/growth", { period: $("growth-period").value, level });
   const periods = growth.periods;
-  $("growth-chart").replaceChildren(periods.length ? growthChart(periods) : h("p", {}, "No activity yet."));
+  $("growth-chart").replaceChildren(periods.length ? movementChart(periods, GROWTH_UP, GROWTH_DOWN, `${level}s`, (n) => num(n, 0)) : h("p", {}, "No activity yet."));
   $("growth-table").replaceChildren(periods.length ? table(
     [["period"], ["new", "num"], ["retained", "num"], ["resurrected", "num"], ["churned", "num"], ["active", "num"], ["quick ratio", "num"], ["NPS", "num"]],
     periods.slice().reverse().map((p) => [p.partial ? h("span", { class: "partial" }, day(p.start), " so far") : day(p.start), p.new, p.retained, p.resurrected, p.churned, p.active,
@@ -210,20 +291,24 @@ async function showGrowth() {
 }
 
 function scoreChart(history, threshold) {
-  const W = 720, H = 200, L = 44, pad = 10;
+  const W = 720, H = 210, L = 56, R = 10, T = 10, B = 34;
   const pts = history.points;
-  const top = Math.max(threshold * 1.2, ...pts.map((p) => p.score), 1);
-  const px = (i) => L + ((W - L - pad) * i) / Math.max(1, pts.length - 1);
-  const py = (v) => H - 24 - ((H - 24 - pad) * Math.max(0, v)) / top;
-  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
-  g.append(s("line", { x1: L, x2: W - pad, y1: py(threshold), y2: py(threshold), stroke: "#999", "stroke-dasharray": "4 3" }));
-  g.append(s("text", { x: W - pad - 90, y: py(threshold) - 4 }, `engaged ≥ ${threshold}`));
-  g.append(s("text", { x: 4, y: py(top) + 8 }, num(top, 0)));
-  g.append(s("text", { x: 4, y: py(0) }, "0"));
+  const unit = step(Math.max(threshold * 1.2, ...pts.map((p) => p.score), 1));
+  const top = unit * Math.ceil(Math.max(threshold * 1.2, ...pts.map((p) => p.score), 1) / unit);
+  const px = (i) => L + ((W - L - R) * i) / Math.max(1, pts.length - 1);
+  const py = (v) => H - B - ((H - B - T) * Math.max(0, v)) / top;
+  const g = s("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "score over time" });
+  for (let v = 0; v <= top; v += unit) {
+    g.append(s("line", { x1: L, x2: W - R, y1: py(v), y2: py(v), stroke: v === 0 ? "#999" : "#eef1f4" }));
+    g.append(s("text", { class: "tick", x: L - 4, y: py(v) + 4, "text-anchor": "end" }, num(v, 0)));
+  }
+  g.append(s("text", { class: "axis", x: 0, y: 0, "text-anchor": "middle", transform: `translate(12,${T + (H - T - B) / 2}) rotate(-90)` }, "score"));
+  g.append(s("line", { x1: L, x2: W - R, y1: py(threshold), y2: py(threshold), stroke: "#999", "stroke-dasharray": "4 3" }));
   g.append(s("polyline", { points: pts.map((p, i) => `${px(i)},${py(p.score)}`).join(" "), fill: "none", stroke: "var(--ink)", "stroke-width": 1.5 }));
-  g.append(s("text", { x: L, y: H - 6 }, day(pts[0].at)));
-  g.append(s("text", { x: W - pad - 64, y: H - 6 }, day(pts[pts.length - 1].at)));
-  return g;
+  g.append(s("text", { class: "tick", x: L, y: H - 14 }, day(pts[0].at)));
+  g.append(s("text", { class: "tick", x: W - R, y: H - 14, "text-anchor": "end" }, day(pts[pts.length - 1].at)));
+  g.append(s("text", { class: "axis", x: L + (W - L - R) / 2, y: H - 2, "text-anchor": "middle" }, "day (one point a day) →"));
+  return h("div", {}, legend([["score (decayed engagement)", "ink", "line"], [`engaged ≥ ${threshold}`, "muted", "dashed"]]), g);
 }
 
 // "2 of 3 prompt_completed, 20 h left": per criterion what is done of its target, and the time
@@ -238,20 +323,35 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
-// Why the quadrant is what it is, in the words of the rule (docs/collector.md, "What the labels mean").
+// Why the quadrant is what it is, in the words of the rule (SPEC section 4, "Quadrant"; docs/collector.md,
+// "What the labels mean"): success is judged in the judging stage, the current one or, when it has no
+// milestone of this level, the latest earlier one that has. The verdict is the API's quadrant; this
+// names the milestones behind it.
 function whyQuadrant(v, threshold) {
+  if (v.quadrant === "new") return h("p", { class: "help why-quadrant" }, "new: too new to judge (younger than new_for).");
   const stages = (model.stages || []).map((st) => st.name);
   const here = stages.indexOf(v.stage);
+  const judged = stages.slice(0, here + 1).reverse().find((st) => v.milestones.some((m) => m.stage === st));
   const names = (ms) => ms.map((m) => m.name).join(", ");
-  const earlier = v.milestones.filter((m) => stages.indexOf(m.stage) < here && m.status !== "achieved");
-  const missed = v.milestones.filter((m) => m.stage === v.stage && m.status === "missed");
   const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
     : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
-  let success = "succeeding";
-  if (earlier.length) success = `not succeeding: ${names(earlier)} of an earlier stage not achieved`;
-  else if (missed.length) success = `not succeeding: ${names(missed)} missed in this stage`;
-  else if (v.quadrant === "stuck" || v.quadrant === "at_risk") success = "not succeeding: nothing achieved and no progress on pace yet";
-  return h("p", { class: "help why-quadrant" }, `${v.quadrant.replace("_", " ")}: ${engaged}; ${success}.`);
+  if (v.quadrant === "new") {
+    const young = (model.engagement && model.engagement.new_for) || "1d";
+    return h("p", { class: "help why-quadrant" }, `new: first seen ${day(v.first_seen)}, younger than ${young}: too early to judge; ${engaged}.`);
+  }
+  const judging = Math.max(-1, ...v.milestones.map((m) => stages.indexOf(m.stage)).filter((i) => i <= here));
+  const ms = v.milestones.filter((m) => judging >= 0 && stages.indexOf(m.stage) === judging);
+  const where = judging === here ? `in ${v.stage}` : `in ${stages[judging]} (the latest stage with milestones of this level)`;
+  const failed = ms.filter((m) => m.status === "missed" || m.status === "lapsed");
+  const achieved = ms.filter((m) => m.status === "achieved");
+  let success;
+  if (!ms.length) success = "no milestone of this level up to its stage";
+  else if (failed.length) success = `not succeeding ${where}: ${failed.map((m) => `${m.name} ${m.status}`).join(", ")}`;
+  else if (v.quadrant === "thriving" || v.quadrant === "quiet") {
+    const going = ms.filter((m) => m.progress > 0);
+    success = `succeeding ${where}: ${achieved.length ? `${names(achieved)} achieved` : `${names(going.length ? going : ms)} on pace`}`;
+  } else success = `not succeeding ${where}: ${names(ms.filter((m) => m.status !== "achieved"))} not achieved, nothing on pace`;
+  return h("p", { class: "help why-quadrant" }, `${label(v.quadrant)}: ${engaged}; ${success}.`);
 }
 
 // Why the score is what it is: each event name's exact share of it now (`GET /v1/scores`, top ten),
@@ -264,32 +364,100 @@ function scoreShares(history) {
       `${(100 * x.share).toFixed(1)}%`)]));
 }
 
+// An account's people (SPEC section 3: `GET /v1/users?account_id=`, the account's `members`):
+// counts by quadrant, then each user with quadrant, score and a link. A collector whose account
+// view has no `members` does not know membership yet: said so, never a list of other people.
+async function accountPeople(v, id) {
+  if (!v.members) return h("p", { class: "help" }, "This collector does not list an account's people (its account view has no members).");
+  const page = await api("v1/users", { account_id: id, limit: 200 });
+  const people = page.items.filter((u) => !u.accounts || u.accounts.some((a) => a.id === id));
+  const byQuadrant = v.members.by_quadrant || {};
+  const quadrants = shown(QUADRANTS, [], Object.keys(byQuadrant).filter((q) => byQuadrant[q] > 0));
+  return h("div", { id: "people" },
+    h("p", { class: "legend" }, `${v.members.total} ${v.members.total === 1 ? "person" : "people"}: `,
+      ...quadrants.map((q) => h("span", {}, h("i", { style: `background:${colour(q)}` }), `${label(q)} ${byQuadrant[q]}`))),
+    people.length ? subjectTable("user", people) : h("p", {}, "Nobody, at this instant."),
+    page.next_cursor ? listLink("user", { account_id: id }, "all its people →") : "");
+}
+
 async function showSubject(level, id) {
   $("subject-level").value = level;
   $("subject-id").value = id;
   const [v, history] = await Promise.all([
     api(`v1/${level}s/${encodeURIComponent(id)}`), api("v1/scores", { [`${level}_id`]: id, days: 90 })]);
   const threshold = engagedThreshold();
-  const card = (label, value) => h("div", { class: "card" }, label, h("b", {}, value));
+  const people = level === "account" ? await accountPeople(v, id) : null;
+  const card = (name, value) => h("div", { class: "card" }, name, h("b", {}, value));
   const cards = h("div", { class: "cards" },
     card("score", num(v.engagement.score)), card("trend", v.engagement.trend), card("events", num(v.engagement.events, 0)),
     card("active days (30)", v.engagement.active_days_30d), card("stage", v.stage || "–"),
     card("quadrant", chip(v.quadrant, v.quadrant)), card("success", `${v.success.achieved}/${v.success.total} · ${pct(v.success.progress)}`));
   if (v.nps) cards.append(card("NPS", `${num(v.nps.score, 0)} (${v.nps.responses})`));
+  if (v.revenue && measuresRevenue()) cards.append(card(v.revenue.since ? `MRR since ${day(v.revenue.since)}` : "MRR", money(v.revenue.mrr)));
+  const accounts = v.accounts && v.accounts.length
+    ? h("p", { class: "help" }, "accounts: ", ...v.accounts.flatMap((a, i) => [i ? ", " : "", subjectLink("account", a.id)])) : "";
   const milestones = v.milestones.length ? table(
     [["milestone"], ["stage"], ["status"], ["progress", "date"], ["criteria: done of target, time left"], ["achieved", "date"], ["deadline", "date"]],
     v.milestones.map((m) => [m.name, m.stage, chip(m.status, m.status), h("span", {}, bar([[m.progress, m.status, "progress"], [1 - m.progress, "pending", "left"]], 1), pct(m.progress)),
       whyNotYet(m), day(m.achieved_at), day(m.deadline)])) : h("p", {}, "No milestones at this level.");
   $("subject").replaceChildren(
-    h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`),
-    cards, whyQuadrant(v, threshold), h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold),
+    h("h3", {}, `${level} ${id}`), h("p", { class: "help" }, `first seen ${day(v.first_seen)}, last seen ${day(v.last_seen)}`), accounts,
+    cards, whyQuadrant(v, threshold), ...(people ? [h("h3", {}, "People"), people] : []),
+    h("h3", {}, "Score, last 90 days"), scoreChart(history, threshold),
     h("div", { class: "side-by-side" }, h("div", {}, h("h3", {}, "Milestones"), milestones),
       h("div", { id: "score-shares" }, h("h3", {}, "What the score is made of"), scoreShares(history))));
 }
 
+// ---- revenue: MRR movements per period, MRR at stake by quadrant ---------------------------------
+
+const MRR_UP = [["new", "mrr_new", "new"], ["reactivated", "mrr_reactivated", "reactivated"], ["expansion", "mrr_expansion", "expansion"]];
+const MRR_DOWN = [["contraction", "mrr_contraction", "contraction"], ["churned", "mrr_churned", "churned"]];
+
+// The MRR of the accounts in each quadrant at this instant: a bar per quadrant and its share of
+// the whole, led by the sum of the stuck and at-risk ones (the money at stake).
+const AT_STAKE = ["stuck", "at_risk"];
+function mrrByQuadrant(byQuadrant) {
+  const quadrants = shown(QUADRANTS, CLASSIC_QUADRANTS, Object.keys(byQuadrant));
+  const whole = quadrants.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
+  if (!whole) return h("p", {}, "No MRR at this instant.");
+  const widest = Math.max(...quadrants.map((q) => byQuadrant[q] || 0));
+  const stake = AT_STAKE.reduce((n, q) => n + (byQuadrant[q] || 0), 0);
+  return h("div", {}, h("p", { class: "at-stake" }, `At stake (stuck and at risk): ${money(stake)} of ${money(whole)} MRR (${pct(stake / whole)}).`),
+    legend(quadrants.map((q) => [label(q), q])),
+    table([["quadrant"], ["MRR", "num"], ["share", "num"]], quadrants.map((q) => [chip(q, q),
+      h("span", { class: "share" }, bar([[byQuadrant[q] || 0, q, label(q), listHref("account", { quadrant: q })]], widest), money(byQuadrant[q] || 0)),
+      pct((byQuadrant[q] || 0) / whole)])));
+}
+
+async function showRevenue() {
+  let report;
+  try {
+    report = await api("v1/revenue", { period: $("revenue-period").value, periods: 12 });
+  } catch (err) {
+    // 404: a collector without the revenue report; 400: a model without a revenue event
+    if (!(err instanceof ApiError) || (err.status !== 404 && err.status !== 400)) throw err;
+    const none = h("p", { class: "empty" }, "No revenue event configured: add [projects.<name>.revenue] event = \"...\" to the model " +
+      "(its events' value is an account's MRR from then on) to see MRR movements here.");
+    $("revenue-chart").replaceChildren(none, h("p", { class: "help" }, `The collector answered ${err.status}: ${err.message}`));
+    $("revenue-table").replaceChildren();
+    $("revenue-quadrants").replaceChildren();
+    return;
+  }
+  const periods = Array.isArray(report.periods) ? report.periods : [];
+  $("revenue-chart").replaceChildren(periods.length ? movementChart(periods, MRR_UP, MRR_DOWN, "MRR", money) : h("p", { class: "empty" }, "No revenue events yet."));
+  const ratio = (x) => (x === null || x === undefined ? "–" : num(x, 2));
+  $("revenue-table").replaceChildren(periods.length ? table(
+    [["period"], ["MRR at start", "num"], ["new", "num"], ["reactivated", "num"], ["expansion", "num"], ["contraction", "num"], ["churned", "num"],
+      ["MRR at end", "num"], ["net retention", "num"], ["gross retention", "num"], ["logo churn", "num"], ["quick ratio", "num"]],
+    periods.slice().reverse().map((p) => [p.partial ? h("span", { class: "partial" }, day(p.start), " so far") : day(p.start),
+      money(p.mrr_start), money(p.new), money(p.reactivated), money(p.expansion), money(p.contraction), money(p.churned), money(p.mrr_end),
+      pct(p.net_retention), pct(p.gross_retention), pct(p.logo_churn_rate), ratio(p.quick_ratio)])) : "");
+  $("revenue-quadrants").replaceChildren(mrrByQuadrant(report.by_quadrant || {}));
+}
+
 // ---- insights: predictors, fitted weights, retention, stickiness ----------------------------------
 
-const EXTRA_VIEWS = { insights: showInsights };
+const EXTRA_VIEWS = { insights: showInsights, revenue: showRevenue };
 
 function outcomeOptions() {
   const select = $("insights-outcome");
@@ -409,7 +577,7 @@ function init() {
     e.preventDefault();
     location.hash = `#subject/${$("subject-level").value}/${encodeURIComponent($("subject-id").value.trim())}`;
   });
-  for (const id of ["funnel-level", "growth-period", "growth-level"]) $(id).addEventListener("change", route);
+  for (const id of ["funnel-level", "growth-period", "growth-level", "revenue-period"]) $(id).addEventListener("change", route);
   window.addEventListener("hashchange", route);
   route();
 }
@@ -420,7 +588,7 @@ document.addEventListener("DOMContentLoaded", init);
 // EventSource cannot send an Authorization header, so the read key goes in the query (`?key=`),
 // which /v1/stream alone accepts; the browser reconnects by itself, sending Last-Event-ID.
 
-const LIVE_TYPES = ["milestone.achieved", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"];
+const LIVE_TYPES = ["milestone.achieved", "milestone.lapsed", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"];
 const LIVE_KEEP = 50;
 let live = null;
 

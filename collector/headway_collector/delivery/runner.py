@@ -6,9 +6,10 @@ never the others nor the projection (which only writes transitions). Each thread
 
 1. leases its webhook in the database (`store.webhooks.claim`): with several collectors, one at a
    time delivers it; a dead one's lease runs out after `LEASE` and another takes over;
-2. takes the transitions of its project past its cursor into its outbox (those of its types),
-   moving the cursor in the same transaction: the active generation's, and a retired one's that
-   a model switch left (they are kept until every webhook's cursor has passed them);
+2. takes the transitions of its project past its cursor into its outbox (those of its types that
+   pass its filters, `Webhook.sends`), moving the cursor in the same transaction: the active
+   generation's, and a retired one's that a model switch left (they are kept until every
+   webhook's cursor has passed them);
 3. POSTs the outbox rows that are due and their subject's earliest, one by one, signed with
    `headway.webhooks.sign` (the SDK's `verify` is the receiver's side of the same definition);
    a 2xx deletes the row, anything else (an error status, a refused connection, a timeout)
@@ -30,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import msgspec
@@ -54,6 +56,7 @@ SENDS = 50  # outbox rows read at once
 WATCH = 1.0  # seconds between looks at the configuration's webhooks
 
 _encode = msgspec.json.Encoder().encode
+_decode_data = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def _now_us() -> int:
@@ -187,7 +190,6 @@ class Delivery:
 
     def _take(self, wh: Webhook) -> bool:
         """Move the transitions past the cursor into the outbox; whether there were any."""
-        types = set(wh.on)
 
         def run(tx: Tx) -> bool:
             at = state.cursor(tx, wh.hook)
@@ -197,7 +199,7 @@ class Delivery:
             rows = [
                 (t.seq, t.level, t.subject, _encode(transition_of(wh.project, t)).decode())
                 for t in found
-                if t.type in types
+                if wh.sends(t.type, t.level, _decode_data(t.data))
             ]
             return state.enqueue(tx, wh.hook, self.owner, at, rows, found[-1].seq, _now_us())
 

@@ -38,8 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
+from ._scipy import stats
 from .evaluate import read
 from .scoring import DAY
 from .subject import Ev, LevelModel, SubjectState, apply, build
@@ -183,9 +183,9 @@ def _placements(oriented: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     those with it that outscore it."""
     pos, neg = oriented[labels], oriented[~labels]
     m, n = len(pos), len(neg)
-    ranks = stats.rankdata(np.concatenate([pos, neg]))
-    v10 = (ranks[:m] - stats.rankdata(pos)) / n
-    v01 = 1.0 - (ranks[m:] - stats.rankdata(neg)) / m
+    ranks = stats().rankdata(np.concatenate([pos, neg]))
+    v10 = (ranks[:m] - stats().rankdata(pos)) / n
+    v01 = 1.0 - (ranks[m:] - stats().rankdata(neg)) / m
     return v10, v01
 
 
@@ -198,11 +198,11 @@ def auc(oriented: Sequence[float], outcomes: Sequence[bool]) -> Auc | None:
     n = len(y) - m
     if m == 0 or n == 0:
         return None
-    u = stats.mannwhitneyu(x[y], x[~y], alternative="two-sided", method="asymptotic").statistic
+    u = stats().mannwhitneyu(x[y], x[~y], alternative="two-sided", method="asymptotic").statistic
     value = float(u) / (m * n)
     v10, v01 = _placements(x, y)
     var = _var(v10) / m + _var(v01) / n
-    half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * math.sqrt(var)
+    half = float(stats().norm.ppf(0.5 + CONFIDENCE / 2)) * math.sqrt(var)
     return Auc(value, (max(0.0, value - half), min(1.0, value + half)))
 
 
@@ -278,7 +278,7 @@ def compare(cases: Sequence[Case], outcome: str, a: int = 0, b: int = 1) -> Comp
     difference = float(places[1][0].mean() - places[0][0].mean())
     if var <= 0:
         return Comparison(difference, 1.0 if difference == 0 else 0.0)
-    return Comparison(difference, float(2 * stats.norm.sf(abs(difference) / math.sqrt(var))))
+    return Comparison(difference, float(2 * stats().norm.sf(abs(difference) / math.sqrt(var))))
 
 
 def all_cases(models: Sequence[LevelModel], histories: Iterable[tuple[str, Sequence[Ev]]], plan: Plan) -> list[Case]:

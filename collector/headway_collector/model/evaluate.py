@@ -33,12 +33,14 @@ __all__ = [
     "Quadrant",
     "Reading",
     "Shortfall",
+    "Status",
     "is_succeeding",
     "judge",
     "milestone_marks",
     "milestone_results",
     "on_pace",
     "read",
+    "recurring_result",
     "results_at",
     "shortfalls",
     "stage_on",
@@ -109,8 +111,10 @@ def _parts(m: Milestone, state: SubjectState) -> list[tuple[float, int | None]]:
     return parts
 
 
-def _recurring(m: Milestone, state: SubjectState, now: int) -> MilestoneResult:
+def recurring_result(m: Milestone, state: SubjectState, now: int) -> MilestoneResult:
     """A recurring milestone at `now` (at its latest item, if later)."""
+    if m.name not in state.crit:  # no event reached it: pending
+        return MilestoneResult(m, 0.0, None, None, tuple((0.0, c.target) for c in m.criteria))
     sts = crit_states(state, m)
     latest = latest_item(m, sts)
     at = now if latest is None else max(now, latest)
@@ -138,7 +142,7 @@ def milestone_marks(lm: LevelModel, state: SubjectState, only: Collection[str] |
         if only is not None and m.name not in only:
             continue
         if m.recurring is not None:
-            r = _recurring(m, state, state.first_seen)
+            r = recurring_result(m, state, state.first_seen)
             out[m.name] = (r.progress, r.achieved_at, None)
         else:
             out[m.name] = _mark(m, _parts(m, state), state.first_seen)
@@ -150,7 +154,7 @@ def milestone_results(lm: LevelModel, state: SubjectState, now: int) -> list[Mil
     out = []
     for m in lm.milestones:
         if m.recurring is not None:
-            out.append(_recurring(m, state, now))
+            out.append(recurring_result(m, state, now))
             continue
         parts = _parts(m, state)
         progress, achieved_at, deadline = _mark(m, parts, state.first_seen)
@@ -172,7 +176,7 @@ def results_at(lm: LevelModel, state: SubjectState, marks: dict[str, Mark], now:
     """`milestone_results` without the criteria, from the stored marks (a recurring milestone
     from its state, at `now`): what the labels need."""
     return [
-        _recurring(m, state, now) if m.recurring is not None else MilestoneResult(m, *marks[m.name], ())
+        recurring_result(m, state, now) if m.recurring is not None else MilestoneResult(m, *marks[m.name], ())
         for m in lm.milestones
     ]
 

@@ -20,6 +20,10 @@ the number of partitions folding side by side:
   subjects whose labels time alone moved (a window closed, a score decayed), with no events.
   Announced labels and transitions depend on when the folds ran: they are not part of the state
   that the byte-for-byte comparisons of derived tables cover;
+- the accounts' sides (`Membership` rows, min/max merges of the times each user's events carried
+  each account, in the user's partition and in the account's; `RevenueChange` rows, a set, in the
+  account's partition):
+  functions of the set of events, so any order and batching write the same rows;
 - the subjects that could not be folded: `needs_history` (a late event that `subject.apply` cannot
   fold in place: the runner calls again with those subjects' whole histories) and `quarantined`
   (an error: that subject alone is set aside, with the reason, and the others go on).
@@ -34,7 +38,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -56,6 +60,7 @@ from .evaluate import (
     wake_after,
 )
 from .records import EarlyEvents, Labels
+from .revenue import RevenueChange
 from .scoring import DAY, value_at
 from .subject import Ev, LevelModel, SubjectState, Terms, build, crit_states, fold_in, recurring_next, terms
 
@@ -68,6 +73,8 @@ __all__ = [
     "LabelRow",
     "Labels",
     "Level",
+    "MemberKey",
+    "Membership",
     "Models",
     "NpsAnswer",
     "NpsKey",
@@ -75,6 +82,7 @@ __all__ = [
     "SubjectKey",
     "SubjectRecord",
     "Transition",
+    "add_memberships",
     "fold",
     "kept_achieved",
     "labels_at",
@@ -82,6 +90,7 @@ __all__ = [
     "nps_keys",
     "partition_of",
     "record_of",
+    "revenue_of",
     "subject_keys",
     "sweep",
     "wake_at",
@@ -131,6 +140,21 @@ class GrowthCell(NamedTuple):
     level: Level
     kind: g.Kind
     period: int
+
+
+class MemberKey(NamedTuple):
+    account: str
+    user_id: str
+
+
+class Membership(NamedTuple):
+    """When a user's events first and last carried an account."""
+
+    first_seen: int
+    last_seen: int
+
+    def merge(self, other: Membership) -> Membership:
+        return Membership(min(self.first_seen, other.first_seen), max(self.last_seen, other.last_seen))
 
 
 @dataclass(slots=True)
@@ -188,6 +212,8 @@ class ChangeSet:
     tags: Counter[str] = field(default_factory=Counter)
     transitions: list[Transition] = field(default_factory=list)
     announced: dict[SubjectKey, LabelRow] = field(default_factory=dict)  # label rows to store (changed ones)
+    memberships: dict[MemberKey, Membership] = field(default_factory=dict)  # merged into the stored (min/max)
+    revenue: set[RevenueChange] = field(default_factory=set)  # added to the stored set
     needs_history: set[SubjectKey] = field(default_factory=set)
     quarantined: dict[SubjectKey, str] = field(default_factory=dict)
 
@@ -312,12 +338,42 @@ def fold(
     # An event's tags and NPS answer count in its user's partition: the events of the owned users.
     user_owned = [ev for key, evs in groups.items() if key.level == "user" for ev in evs]
     _nps(out, p, priors, user_owned)
+    _accounts(out, p, groups)
     names = models.milestone_names[project]
     for ev in user_owned:
         for tag in ev.milestones:
             if tag not in names:
                 out.tags[tag] += 1
     return out
+
+
+def add_memberships(into: dict[MemberKey, Membership], evs: Iterable[Ev]) -> None:
+    """Merge into `into` the memberships that `evs` show (an event with an account: its user's)."""
+    for ev in evs:
+        if ev.account_id is not None:
+            seen = Membership(ev.t, ev.t)
+            key = MemberKey(ev.account_id, ev.user_id)
+            was = into.get(key)
+            into[key] = was.merge(seen) if was is not None else seen
+
+
+def revenue_of(p: Project, evs: Iterable[Ev]) -> Iterator[RevenueChange]:
+    """The revenue changes among `evs` (a revenue event without a value, or with a negative one,
+    changes nothing: docs/reports.md)."""
+    if p.revenue_event is not None:
+        for ev in evs:
+            if ev.event == p.revenue_event and ev.account_id is not None and ev.value is not None and ev.value >= 0:
+                yield RevenueChange(ev.account_id, ev.t, ev.id, ev.value)
+
+
+def _accounts(out: ChangeSet, p: Project, groups: Mapping[SubjectKey, list[Ev]]) -> None:
+    """The memberships that the owned subjects' events show, written by the user's partition and
+    by the account's alike (the same min/max merge: a read of either subject, which waits for its
+    own partition only, finds every event of its own there); the owned accounts' revenue changes."""
+    for key, evs in groups.items():
+        add_memberships(out.memberships, evs)
+        if key.level == "account":
+            out.revenue.update(revenue_of(p, evs))
 
 
 def _fold_subject(
@@ -429,6 +485,8 @@ def wake_at(lm: LevelModel, state: SubjectState, now: int, marks: dict[str, Mark
     times = []
     for m in lm.milestones:
         if m.recurring is not None:
+            if m.name not in state.crit:
+                continue  # no event reached it: nothing happens by time
             nxt = recurring_next(m, crit_states(state, m), now)
             if nxt is not None:
                 times.append(nxt)

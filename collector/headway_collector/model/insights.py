@@ -59,9 +59,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy import stats
 
 from . import growth as g
+from ._scipy import stats
 from .early import EarlyEvents, count_before
 from .scoring import DAY
 
@@ -154,7 +154,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     observations. `z` sets the confidence level (1.96: 95%)."""
     if n <= 0:
         return 0.0, 1.0
-    ci = stats.binomtest(k, n).proportion_ci(confidence_level=2 * stats.norm.cdf(z) - 1, method="wilson")
+    ci = stats().binomtest(k, n).proportion_ci(confidence_level=2 * stats().norm.cdf(z) - 1, method="wilson")
     return (0.0 if k == 0 else float(ci.low)), (1.0 if k == n else float(ci.high))
 
 
@@ -313,7 +313,7 @@ def _rule(event: str, cut: _Cut, n: int, y: int, q: float, p: float) -> Predicti
 
 def _fisher(cut: _Cut, n: int, y: int) -> float:
     table = [[cut.yw, cut.nw - cut.yw], [y - cut.yw, n - y - (cut.nw - cut.yw)]]
-    return float(stats.fisher_exact(table).pvalue)
+    return float(stats().fisher_exact(table).pvalue)
 
 
 def _chosen(cuts: list[_Cut], sn: int, sy: int) -> _Cut | None:
@@ -344,7 +344,7 @@ def predictors(subjects: Sequence[Early]) -> Predictions:
         cuts[name] = _cuts(seen)
     tested = [(name, cut) for name in cuts for cut in cuts[name]]
     ps = [_fisher(cut, n, y) for _, cut in tested]
-    qs = [float(q) for q in stats.false_discovery_control(ps, method="bh")]
+    qs = [float(q) for q in stats().false_discovery_control(ps, method="bh")]
     by_cut = {id(cut): _rule(name, cut, n, y, q, p) for (name, cut), p, q in zip(tested, ps, qs, strict=True)}
     rows: list[Prediction] = []
     for mine in cuts.values():
@@ -412,7 +412,7 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     pos, neg = int(y.sum()), len(y) - int(y.sum())
     if pos == 0 or neg == 0:
         return None
-    return float(stats.mannwhitneyu(x[y], x[~y], method="asymptotic").statistic) / (pos * neg)
+    return float(stats().mannwhitneyu(x[y], x[~y], method="asymptotic").statistic) / (pos * neg)
 
 
 @dataclass(frozen=True, slots=True)

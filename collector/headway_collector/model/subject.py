@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -122,9 +122,9 @@ class LevelModel:
     has_rate: bool  # a rate's days depend on the first day
     windowed: tuple[Milestone, ...]  # milestones whose window closes at first_seen + within
     names_by_event: dict[str, frozenset[str]]  # the milestones an event name counts toward
+    stage_of: dict[str, int]  # milestone -> index of its stage
+    judged: frozenset[int]  # stages that have a milestone of this level
     rated: frozenset[str] = frozenset()  # milestones with a rate: any event may judge it (`rate_judged_at`)
-    stage_of: dict[str, int] = field(default_factory=dict)  # milestone -> index of its stage
-    judged: frozenset[int] = frozenset()  # stages that have a milestone of this level
 
     @classmethod
     def of(cls, project: Project, level: Literal["user", "account"]) -> LevelModel:
@@ -486,12 +486,24 @@ def _times(c: Criterion, st: CritState) -> list[int]:
 
 def latest_item(m: Milestone, sts: list[CritState]) -> int | None:
     """The latest time a recurring milestone's criteria keep (None: none yet)."""
-    return max((max(ts) for c, st in zip(m.criteria, sts, strict=False) if (ts := _times(c, st))), default=None)
+    latest = None
+    for c, st in zip(m.criteria, sts, strict=False):
+        if c.kind == "distinct":
+            top = max(st.firsts.values()) if st.firsts else None
+        elif c.kind == "sum":
+            top = st.steps[-1][0] if st.steps else None  # in (time, amount) order
+        else:
+            top = st.ts[-1] if st.ts else None  # in time order
+        if top is not None:
+            latest = top if latest is None else max(latest, top)
+    return latest
 
 
 def _count_in(m: Milestone, c: Criterion, st: CritState, t: int) -> int:
     lo = t - _window(m, c)
-    return sum(1 for x in _times(c, st) if lo < x <= t)
+    if c.kind == "distinct":
+        return sum(1 for x in st.firsts.values() if lo < x <= t)
+    return bisect.bisect_right(st.ts, t) - bisect.bisect_right(st.ts, lo)  # `ts` is sorted
 
 
 def trailing_done(m: Milestone, c: Criterion, st: CritState, t: int) -> float:

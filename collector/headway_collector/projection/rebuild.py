@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from .worker import LEASE, RENEW
 __all__ = ["ROUND_EVENTS", "build"]
 
 PAGE = 250_000  # log positions read per query
-ROUND_EVENTS = 2_000_000  # log positions per job above which its partitions are folded in rounds
+ROUND_EVENTS = 1_000_000  # log positions per job above which it folds its partitions in rounds (~1 kB an event)
 
 
 def build(
@@ -86,7 +87,11 @@ def build(
 
 
 def _process_main(url: str, config: Config, gens: list[Generation], job: int, jobs: int, prefix: str) -> None:
-    _run(url, config, gens, job, jobs, prefix, lambda done, head: None)
+    try:
+        _run(url, config, gens, job, jobs, prefix, lambda done, head: None)
+    except Exception as exc:  # one line, not a traceback: the command says that a job failed
+        print(f"error: rescore job {job}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _run(
@@ -187,29 +192,29 @@ def _read(
 ) -> tuple[list[Ev], set[SubjectKey]]:
     """The events up to `head` that count toward a subject of `parts`, in log order, and those subjects."""
     n = gen.partitions
-    known: dict[SubjectKey, int] = {}
+    users: dict[str, bool] = {}  # subject -> whether its partition is among `parts`
+    accounts: dict[str, bool] = {}
+
+    def mine(known: dict[str, bool], level: str, subject: str) -> bool:
+        found = known.get(subject)
+        if found is None:
+            found = known[subject] = partition_of(level, subject, n) in parts
+        return found
+
     events: list[Ev] = []
-    owns: set[SubjectKey] = set()
     after = 0
     while after < head:
         with store.read() as r:
             batch = log.read_log(r, gen.project, after, min(PAGE, head - after))
         for row in batch.rows:
-            keys = [SubjectKey("user", row.user_id)]
-            if row.account_id is not None:
-                keys.append(SubjectKey("account", row.account_id))
-            counted = False
-            for key in keys:
-                part = known.get(key)
-                if part is None:
-                    part = known[key] = partition_of(key.level, key.subject, n)
-                if part in parts:
-                    owns.add(key)
-                    counted = True
-            if counted:
+            user = mine(users, "user", row.user_id)  # both looked at: `owns` is made of what was seen
+            account = row.account_id is not None and mine(accounts, "account", row.account_id)
+            if user or account:
                 events.append(from_stored(row.raw, row.ts))
         after = batch.upto
         progress(after)
+    owns = {SubjectKey("user", s) for s, mine in users.items() if mine}
+    owns |= {SubjectKey("account", s) for s, mine in accounts.items() if mine}
     return events, owns
 
 

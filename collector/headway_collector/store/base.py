@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..install import install_extra
+
 __all__ = [
     "CHUNK",
     "Accepted",
@@ -112,6 +114,10 @@ class Store(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def free_bytes(self) -> int | None:
+        """Free bytes on the database's disk; None where this process cannot see it (a server's)."""
+        ...
+
     def prune(self, before: int) -> int: ...
 
 
@@ -135,7 +141,7 @@ def open_store(url: str) -> Store:
             from .postgres import PostgresStore
         except ImportError as exc:  # psycopg is an extra
             raise StoreError(
-                f"{url.split(':')[0]} needs the 'postgres' extra: pip install 'headway[postgres]' ({exc})"
+                f"{url.split(':')[0]} needs the 'postgres' extra: {install_extra('postgres')} ({exc})"
             ) from None
         return PostgresStore(url)
     raise StoreError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")

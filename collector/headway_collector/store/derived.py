@@ -136,6 +136,7 @@ def apply(tx: Tx, gen: int, cs: ChangeSet, now: int) -> None:
         [(gen, *key, *c) for key, c in sorted(cs.nps_counts.items()) if any(c)],
     )
     _save_funnel(tx, gen, cs)
+    _save_accounts(tx, gen, cs)
     _add(tx, "tags", ("gen", "tag"), ("events",), [(gen, tag, n) for tag, n in sorted(cs.tags.items())])
     if cs.quarantined:
         tx.executemany(
@@ -256,6 +257,27 @@ def _save_funnel(tx: Tx, gen: int, cs: ChangeSet) -> None:
     )
 
 
+def _save_accounts(tx: Tx, gen: int, cs: ChangeSet) -> None:
+    """Memberships merge with the stored row (earliest first, latest last); revenue changes are a
+    set. Both commute, so partitions and collectors may write them in any order."""
+    if cs.memberships:
+        tx.executemany(
+            "INSERT INTO memberships (gen, account, user_id, first_seen, last_seen) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (gen, account, user_id) DO UPDATE SET "
+            "first_seen = CASE WHEN excluded.first_seen < memberships.first_seen "
+            "THEN excluded.first_seen ELSE memberships.first_seen END, "
+            "last_seen = CASE WHEN excluded.last_seen > memberships.last_seen "
+            "THEN excluded.last_seen ELSE memberships.last_seen END",
+            [(gen, *key, *seen) for key, seen in sorted(cs.memberships.items())],
+        )
+    if cs.revenue:
+        tx.executemany(
+            "INSERT INTO revenue_changes (gen, account, t, id, value) VALUES (?,?,?,?,?) "
+            "ON CONFLICT (gen, account, t, id) DO NOTHING",
+            [(gen, *change) for change in sorted(cs.revenue)],
+        )
+
+
 def _save_transitions(tx: Tx, gen: int, transitions: Iterable[Transition]) -> None:
     rows = [
         (gen, t.level, t.subject, t.type, t.at, _encode_data(t.data).decode())
@@ -337,9 +359,7 @@ def due_page(
     params: list[Any] = [gen, now]
     if after is not None:
         wake, key = after
-        where += (
-            " AND (l.wake_at > ? OR (l.wake_at = ? AND (l.level > ? OR (l.level = ? AND l.subject > ?))))"
-        )
+        where += " AND (l.wake_at > ? OR (l.wake_at = ? AND (l.level > ? OR (l.level = ? AND l.subject > ?))))"
         params += [wake, wake, key.level, key.level, key.subject]
     rows = tx.all(
         f"SELECT l.level, l.subject, s.state, l.labels, l.wake_at FROM subject_labels l JOIN subjects s "

@@ -57,13 +57,15 @@ RETIRED_GRACE = 7 * 86_400_000_000  # microseconds
 # What the projection stores, by version: a generation of an older format is rebuilt from the log
 # in the background (like a changed model) while it keeps serving. 2: early events (0008). 3: the
 # lifecycle rules (stage-scoped success, `new`, recurring milestones: their states keep the
-# latest items and a Run, and the labels a `lapsed` list).
+# latest items and a Run, and the labels a `lapsed` list), memberships and revenue changes (0010).
 FORMAT = 3
 DERIVED_TABLES = (
     "subjects",
     "tags",
     "growth_subjects",
     "subject_early",
+    "memberships",
+    "revenue_changes",
     "growth_counts",
     "growth_nps_answers",
     "growth_nps_counts",

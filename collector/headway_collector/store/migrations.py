@@ -308,7 +308,27 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
         ],
     ),
     (
-        "0010_erased_events",
+        "0010_accounts",
+        [
+            # Which accounts each user's events carried, and when first and last (SPEC section 3):
+            # min/max merges, so any order of folds gives the same rows. Read by account (its
+            # members, `GET /v1/users?account_id=`) and by user (its accounts, latest first).
+            """CREATE TABLE memberships (
+            gen {int} NOT NULL, account {text} NOT NULL, user_id {text} NOT NULL,
+            first_seen {int} NOT NULL, last_seen {int} NOT NULL,
+            PRIMARY KEY (gen, account, user_id)) {norowid}""",
+            "CREATE INDEX memberships_user ON memberships (gen, user_id, last_seen)",
+            # Every revenue event of the model (SPEC section 4, "Revenue"): an account's MRR from
+            # `t` on. A set of rows (insert or ignore), so a late event re-states the periods it
+            # falls in; `GET /v1/revenue` reads the rows up to `at` in (account, t, id) order.
+            """CREATE TABLE revenue_changes (
+            gen {int} NOT NULL, account {text} NOT NULL, t {int} NOT NULL, id {text} NOT NULL,
+            value {real} NOT NULL,
+            PRIMARY KEY (gen, account, t, id)) {norowid}""",
+        ],
+    ),
+    (
+        "0011_erased_events",
         [
             # The ids of events erased by `headway-collector erase`, as hashes (`log.id_hash`): the
             # same ids sent again are refused at append, and the table holds no id in the clear.

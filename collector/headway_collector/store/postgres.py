@@ -121,6 +121,9 @@ class PostgresStore(GroupCommitStore):
         self._local = threading.local()  # each thread's connection for `transact`
         self._conns: list[psycopg.Connection[Any]] = []
 
+    def free_bytes(self) -> None:
+        return None  # the server's disk: its operator watches it (docs/collector.md, "A full disk")
+
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         return StoreError(f"{self._where}: {doing}: {_one_line(exc)}")
 

@@ -1,4 +1,5 @@
-"""What the query API reads: subjects, lists, tags, growth, NPS and the funnel, of one generation.
+"""What the query API reads: subjects, lists, tags, growth, NPS, the funnel, memberships and
+revenue changes, of one generation.
 
 Every read takes the generation it reads (`generations.active` in the same snapshot), so that a
 read never mixes two models. Growth and funnel reads touch only the aggregates the projection
@@ -9,24 +10,36 @@ bounded index range, whatever the number of stored events (docs/reports.md).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import Milestone, Project
 from ..model import growth as g
+from ..model.revenue import RevenueChange
 from ..model.scoring import DAY
-from .base import Tx
+from .base import Tx, chunks
 
 __all__ = [
     "FunnelCounts",
+    "MembershipRow",
+    "OfAccount",
     "SubjectRow",
     "TransitionRow",
+    "account_ids",
+    "account_memberships",
+    "account_revenue_changes",
     "latest_event",
+    "memberships_of",
+    "milestone_states",
     "project_transitions",
     "read_funnel",
     "read_growth",
     "read_nps",
+    "revenue_changes",
+    "revenue_count",
     "subject_page",
+    "subject_rows",
     "subject_state",
     "tags",
     "transitions",
@@ -49,6 +62,18 @@ def latest_event(r: Tx, gen: int) -> int | None:
     return int(row[0]) if row is not None and row[0] is not None else None
 
 
+def milestone_states(r: Tx, gen: int, level: str, milestone: str) -> list[bytes]:
+    """The stored states of the subjects that some event brought forward on `milestone` (its
+    funnel row not untouched): a recurring milestone's status moves with time, so the funnel
+    reads it from them."""
+    rows = r.all(
+        "SELECT s.state FROM funnel_rows f JOIN subjects s ON s.gen = f.gen AND s.level = f.level "
+        "AND s.subject = f.subject WHERE f.gen = ? AND f.level = ? AND f.milestone = ? AND f.cls <> 'untouched'",
+        (gen, level, milestone),
+    )
+    return [bytes(blob) for (blob,) in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class SubjectRow:
     subject: str
@@ -56,22 +81,113 @@ class SubjectRow:
     state: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class OfAccount:
+    """Narrows a list of users to an account's: those its events carried at or before `at`."""
+
+    account: str
+    at: int
+
+
 def subject_page(
-    r: Tx, gen: int, level: str, descending: bool, after: tuple[float, str] | None, limit: int
+    r: Tx,
+    gen: int,
+    level: str,
+    descending: bool,
+    after: tuple[float, str] | None,
+    limit: int,
+    of_account: OfAccount | None = None,
 ) -> list[SubjectRow]:
-    """Subjects ranked by score (ties by id), after a cursor position."""
+    """Subjects ranked by score (ties by id), after a cursor position (`of_account`: its users only)."""
     cmp, direction = ("<", "DESC") if descending else (">", "ASC")
-    where = "gen = ? AND level = ?"
-    params: list[Any] = [gen, level]
+    join, params = "", list[Any]()
+    if of_account is not None:
+        join = "JOIN memberships m ON m.gen = s.gen AND m.account = ? AND m.user_id = s.subject AND m.first_seen <= ? "
+        params = [of_account.account, of_account.at]
+    where = "s.gen = ? AND s.level = ?"
+    params += [gen, level]
     if after is not None:
-        where += f" AND (score_key {cmp} ? OR (score_key = ? AND subject {cmp} ?))"
+        where += f" AND (s.score_key {cmp} ? OR (s.score_key = ? AND s.subject {cmp} ?))"
         params += [after[0], after[0], after[1]]
     rows = r.all(
-        f"SELECT subject, score_key, state FROM subjects WHERE {where} "
-        f"ORDER BY score_key {direction}, subject {direction} LIMIT {int(limit)}",
+        f"SELECT s.subject, s.score_key, s.state FROM subjects s {join}WHERE {where} "
+        f"ORDER BY s.score_key {direction}, s.subject {direction} LIMIT {int(limit)}",
         params,
     )
     return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
+
+
+def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The rows of `sql`, which ends in `IN ({})`, for every one of `ids`, a chunk at a time."""
+    out: list[tuple[Any, ...]] = []
+    for part in chunks(sorted(ids)):
+        out += r.all(sql.format(",".join("?" * len(part))), (*params, *part))
+    return out
+
+
+def subject_rows(r: Tx, gen: int, level: str, ids: Sequence[str]) -> dict[str, SubjectRow]:
+    """The stored subjects among `ids`."""
+    sql = "SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({})"
+    return {sid: SubjectRow(sid, key, bytes(blob)) for sid, key, blob in _by_chunks(r, sql, (gen, level), ids)}
+
+
+def account_ids(r: Tx, gen: int, after: str | None, limit: int) -> list[str]:
+    """Account ids in id order, past `after` (None: from the first)."""
+    rows = r.all(
+        f"SELECT subject FROM subjects WHERE gen = ? AND level = 'account' AND subject > ? "
+        f"ORDER BY subject LIMIT {int(limit)}",
+        (gen, after if after is not None else ""),
+    )
+    return [sid for (sid,) in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRow:
+    account: str
+    user_id: str
+    first_seen: int
+    last_seen: int
+
+
+def memberships_of(r: Tx, gen: int, users: Sequence[str], at: int) -> list[MembershipRow]:
+    """The accounts of `users` that their events carried at or before `at`, per user the most
+    recently seen first (ties by account id)."""
+    sql = (
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND user_id IN ({})"
+    )
+    out = [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), users)]
+    out.sort(key=lambda m: (m.user_id, -m.last_seen, m.account))
+    return out
+
+
+def account_memberships(r: Tx, gen: int, accounts: Sequence[str], at: int) -> list[MembershipRow]:
+    """The users of `accounts` that their events carried at or before `at`."""
+    sql = (
+        "SELECT account, user_id, first_seen, last_seen FROM memberships WHERE gen = ? AND first_seen <= ? "
+        "AND account IN ({})"
+    )
+    return [MembershipRow(*row) for row in _by_chunks(r, sql, (gen, at), accounts)]
+
+
+def revenue_count(r: Tx, gen: int) -> int:
+    """How many revenue changes generation `gen` holds: rows are only ever added (insert or
+    ignore), so the count names the set (`mrr.MrrCache`)."""
+    row = r.one("SELECT count(*) FROM revenue_changes WHERE gen = ?", (gen,))
+    return int(row[0]) if row is not None else 0
+
+
+def revenue_changes(r: Tx, gen: int) -> list[RevenueChange]:
+    """Every revenue change of generation `gen`."""
+    return [
+        RevenueChange(*row) for row in r.all("SELECT account, t, id, value FROM revenue_changes WHERE gen = ?", (gen,))
+    ]
+
+
+def account_revenue_changes(r: Tx, gen: int, upto: int, accounts: Sequence[str]) -> list[RevenueChange]:
+    """The revenue changes of `accounts` at or before `upto`."""
+    sql = "SELECT account, t, id, value FROM revenue_changes WHERE gen = ? AND t <= ? AND account IN ({})"
+    return [RevenueChange(*row) for row in _by_chunks(r, sql, (gen, upto), accounts)]
 
 
 def tags(r: Tx, gen: int) -> list[tuple[str, int]]:

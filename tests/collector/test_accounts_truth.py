@@ -1,0 +1,170 @@
+"""Memberships and revenue, correct to the number on the real collector: any arrival order, any
+batching, two fold workers and PostgreSQL give what an independent recomputation from the raw
+events gives (`oracle.accounts_of`, `oracle.members`, `oracle.mrr`, `oracle.revenue_periods`), and
+a late revenue event re-states the periods it falls in."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headway_collector.config import Config, loads
+from tests.collector import oracle
+from tests.collector.helpers import headers, read_headers
+from tests.conftest import asgi_collector, config_text, postgres_schema
+
+pytestmark = pytest.mark.anyio
+
+DAY = oracle.DAY
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NOW_DT = datetime(2026, 6, 20, tzinfo=timezone.utc)
+NOW = (NOW_DT - EPOCH) // timedelta(microseconds=1)
+BASE = NOW - 120 * DAY
+CONFIG: Config = loads(config_text(), "accounts.toml")
+PROJECT = CONFIG.projects["acme"]
+DAYS = [0, 9, 10, 31, 60, 61, 100, 119]  # BASE is 2026-02-20: some on the first of a month
+VALUES = [0.0, 0.5, 10.0, 25.0, 99.99, None, -5.0]  # None and negative: no revenue change
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[oracle.E]:
+    out = []
+    for i in range(draw(st.integers(1, 40))):
+        # Few distinct instants, so that changes of one account often share one, on period edges.
+        t = BASE + draw(st.sampled_from(DAYS)) * DAY + draw(st.sampled_from([0, DAY - 1]))
+        name = draw(st.sampled_from(["mrr_changed", "mrr_changed", "signed_in", "report_viewed"]))
+        account = draw(st.sampled_from(["a0", "a1", None] if name == "mrr_changed" else ["a0", "a1", "a2", None]))
+        value = draw(st.sampled_from(VALUES)) if name == "mrr_changed" else None
+        out.append(oracle.E(id=f"{draw(st.integers(0, 9))}-{i:03d}", event=name, user=f"u{draw(st.integers(0, 4))}",
+                            account=account, t=t, value=value))
+    return out
+
+
+def wire_event(e: oracle.E) -> dict[str, Any]:
+    return {"id": e.id, "event": e.event, "user_id": e.user, "account_id": e.account, "value": e.value,
+            "timestamp": (EPOCH + timedelta(microseconds=e.t)).isoformat()}
+
+
+async def send(client: httpx.AsyncClient, events: list[oracle.E]) -> None:
+    body = msgspec.json.encode({"sent_at": NOW_DT.isoformat(), "events": [wire_event(e) for e in events]})
+    r = await client.post("/v1/batch", content=body, headers=headers())
+    assert r.status_code == 200 and not r.json()["rejected"], r.text
+
+
+async def get(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    r = await client.get(path, params=params, headers=read_headers())
+    assert r.status_code == 200, (path, r.text)
+    return r.json()
+
+
+def starts(kind: str, n: int, at: int) -> list[int]:
+    """The starts of the n periods ending with the one holding `at`, and that one's end: calendar
+    arithmetic on datetimes, apart from the collector's period numbering."""
+    day = (EPOCH + timedelta(microseconds=at)).replace(hour=0, minute=0, second=0, microsecond=0)
+    if kind == "day":
+        firsts = [day + timedelta(days=k) for k in range(-n + 1, 2)]
+    elif kind == "week":
+        monday = day - timedelta(days=day.weekday())
+        firsts = [monday + timedelta(weeks=k) for k in range(-n + 1, 2)]
+    else:
+        month = day.year * 12 + day.month - 1
+        firsts = [datetime((m // 12), m % 12 + 1, 1, tzinfo=timezone.utc) for m in range(month - n + 1, month + 2)]
+    return [(f - EPOCH) // timedelta(microseconds=1) for f in firsts]
+
+
+async def readings(client: httpx.AsyncClient, events: list[oracle.E], at: int, kind: str, n: int) -> dict[str, Any]:
+    when = (EPOCH + timedelta(microseconds=at)).isoformat()
+    out = {"revenue": await get(client, "/v1/revenue", period=kind, periods=n, at=when)}
+    for u in sorted({e.user for e in events}):
+        out[f"users/{u}"] = await get(client, f"/v1/users/{quote(u)}", at=when)
+    for a in sorted({e.account for e in events if e.account}):
+        out[f"accounts/{a}"] = await get(client, f"/v1/accounts/{quote(a)}", at=when)
+        out[f"users?account_id={a}"] = await get(client, "/v1/users", account_id=a, limit=2, at=when)
+        cursor = out[f"users?account_id={a}"]["next_cursor"]
+        while cursor is not None:  # the rest through the cursor
+            page = await get(client, "/v1/users", account_id=a, limit=2, at=when, cursor=cursor)
+            out[f"users?account_id={a}"]["items"] += page["items"]
+            cursor = page["next_cursor"]
+    out["mrr_desc"] = await get(client, "/v1/accounts", order="mrr_desc", at=when)
+    return out
+
+
+def ts_us(text: str | None) -> int | None:
+    return None if text is None else (datetime.fromisoformat(text.replace("Z", "+00:00")) - EPOCH) // timedelta(microseconds=1)
+
+
+def check(got: dict[str, Any], events: list[oracle.E], at: int, kind: str, n: int) -> None:
+    bounds = starts(kind, n, at)
+    want = oracle.revenue_periods(PROJECT, events, bounds, at)
+    periods = got["revenue"]["periods"]
+    assert [ts_us(p["start"]) for p in periods] == bounds[:-1]
+    for p, w in zip(periods, want, strict=True):
+        for k, v in w.items():
+            assert p[k] == (pytest.approx(v, rel=1e-12, abs=1e-9) if isinstance(v, float) else v), (k, p, w)
+        assert p["mrr_end"] == pytest.approx(p["mrr_start"] + p["new"] + p["reactivated"] + p["expansion"]
+                                             - p["contraction"] - p["churned"], abs=1e-9)
+    accounts = sorted({e.account for e in events if e.account})
+    paying = {a: oracle.mrr(PROJECT, events, a, at) for a in accounts}
+    assert sum(got["revenue"]["by_quadrant"].values()) == pytest.approx(sum(m for m, _ in paying.values() if m > 0))
+    for u in {e.user for e in events}:
+        mine = [(a["id"], ts_us(a["first_seen"]), ts_us(a["last_seen"])) for a in got[f"users/{u}"]["accounts"]]
+        assert mine == oracle.accounts_of(events, u, at)
+    for a in accounts:
+        view = got[f"accounts/{a}"]
+        who = oracle.members(events, a, at)
+        assert view["members"]["total"] == len(who) == sum(view["members"]["by_quadrant"].values())
+        assert sorted(u["user_id"] for u in got[f"users?account_id={a}"]["items"]) == sorted(who)
+        value, since = paying[a]
+        assert (view["revenue"]["mrr"], ts_us(view["revenue"]["since"])) == (value, since)
+    order = [(x["revenue"]["mrr"], x["account_id"]) for x in got["mrr_desc"]["items"]]
+    assert order == sorted(order, key=lambda o: (-o[0], o[1]))
+
+
+async def check_any_order(events: list[oracle.E], seed: int, url_b: str | None, tmp: Path) -> None:
+    rng = random.Random(seed)
+    at = NOW - rng.choice([0, 3, 17, 45]) * DAY - rng.choice([0, 1, 7200_000_000])
+    kind, n = rng.choice([("month", 5), ("week", 18), ("day", 30)])
+    async with asgi_collector(CONFIG, tmp / "a.db", clock=lambda: NOW) as a:
+        await send(a, sorted(events, key=lambda e: (e.t, e.id)))
+        expected = await readings(a, events, at, kind, n)
+    check(expected, events, at, kind, n)
+    shuffled = events + rng.sample(events, k=min(len(events), rng.randint(0, 4)))  # duplicates too
+    rng.shuffle(shuffled)
+    half = len(shuffled) // 2
+    db = None if url_b is not None else tmp / "b.db"
+    async with asgi_collector(CONFIG, db, url=url_b, clock=lambda: NOW, fold_workers=2) as b:
+        sent: list[oracle.E] = []
+        i = 0
+        while i < len(shuffled):
+            step = rng.randint(1, 6)
+            await send(b, shuffled[i : i + step])
+            sent += shuffled[i : i + step]
+            i += step
+            if i >= half and len(sent) - step < half:  # part-way: what was sent so far, exactly
+                seen = list({e.id: e for e in sent}.values())
+                check(await readings(b, seen, at, kind, n), seen, at, kind, n)
+        assert await readings(b, events, at, kind, n) == expected  # later events re-stated it
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=histories(), seed=st.integers(0, 2**32 - 1))
+async def test_memberships_and_revenue_in_any_order(events: list[oracle.E], seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        await check_any_order(events, seed, None, Path(tmp))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=histories(), seed=st.integers(0, 2**32 - 1))
+async def test_memberships_and_revenue_in_any_order_on_postgresql(events: list[oracle.E], seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, postgres_schema() as url:
+        await check_any_order(events, seed, url, Path(tmp))
