@@ -190,7 +190,8 @@ async def readings(client: httpx.AsyncClient, events: list[dict[str, Any]], at: 
     paths += [f"/v1/growth?period={p}&level={lv}" for p in ("day", "week", "month") for lv in ("user", "account")]
     out = {}
     for path in paths:
-        r = await client.get(path + ("&" if "?" in path else "?") + f"at={at}", headers=read_headers())
+        as_of = "" if path == "/v1/model" else ("&" if "?" in path else "?") + f"at={at}"  # the model takes no at
+        r = await client.get(path + as_of, headers=read_headers())
         assert r.status_code == 200, (path, r.text)
         out[path] = r.json()
     return out
