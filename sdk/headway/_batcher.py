@@ -33,7 +33,6 @@ logger = logging.getLogger("headway")
 
 _monotonic = time.monotonic
 _new_event = _core.new_event
-_KICK = KICK
 
 OnError = Callable[[HeadwayError], object]
 BeforeSend = Callable[[wire.Event], "wire.Event | None"]
@@ -162,7 +161,7 @@ class Batcher:
             event_id = _core.event_id(data)
         answer = self._put(data)
         if answer:
-            if answer == _KICK:
+            if answer == KICK:
                 self._kick()
             else:
                 self._dropped(answer)

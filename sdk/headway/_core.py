@@ -31,7 +31,6 @@ from ._exceptions import InvalidEvent
 from ._version import __version__
 
 LIBRARY = f"headway-python/{__version__}"
-UTC = UTC
 _MINUTE = timedelta(minutes=1)
 
 # ---------------------------------------------------------------------------------------------

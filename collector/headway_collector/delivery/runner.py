@@ -73,7 +73,6 @@ class HookStats:
     delivered: int = 0
     failures: int = 0
     backlog: int = 0
-    last_error: str = ""
 
 
 @dataclass
@@ -224,7 +223,6 @@ class Delivery:
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         stats.failures += 1
-        stats.last_error = error
         wait = backoff(row.attempts + 1)
         next_at = _now_us() + int(wait * 1e6)
         self.store.transact(lambda tx: state.failed(tx, wh.hook, row.seq, next_at, error))

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock. The runner (`projection`) reads a batch of the event log past its
 watermark, loads the stored records of the subjects the batch touches (`Priors`), calls `fold`,
-and writes the change set with the new watermark in one transaction (`store.repository`). Run on
+and writes the change set with the new watermark in one transaction (`store.derived.apply`). Run on
 empty priors over the whole log, the same function is the rebuild: there is no second
 implementation of any rule.
 
