@@ -210,20 +210,30 @@ def labels(project: Project, level: str, events: list[E], at: int) -> dict[str, 
 
 
 def accounts_of(events: list[E], user: str, at: int) -> list[tuple[str, int, int]]:
-    """(account, first seen, last seen) of the accounts the user's events carried, the first at or
-    before `at`; the most recently seen first, ties by account id."""
-    mine = [e for e in events if e.user == user and e.account is not None]
+    """(account, first seen, last seen) of the accounts the user's events at or before `at`
+    carried, as of `at`: a later event changes neither; the most recently seen first, ties by
+    account id."""
+    mine = [e for e in events if e.user == user and e.account is not None and e.t <= at]
     out = []
     for account in {e.account for e in mine}:
         times = [e.t for e in mine if e.account == account]
-        if min(times) <= at:
-            out.append((str(account), min(times), max(times)))
+        out.append((str(account), min(times), max(times)))
     return sorted(out, key=lambda m: (-m[2], m[0]))
 
 
 def members(events: list[E], account: str, at: int) -> set[str]:
     """The users whose events carried `account` at or before `at`."""
     return {e.user for e in events if e.account == account and e.t <= at}
+
+
+def members_by_quadrant(project: Project, events: list[E], account: str, at: int) -> dict[str, int]:
+    """How many of the account's members as of `at` are in each quadrant as of `at` (each member's
+    own events at or before `at`, whichever account they carried)."""
+    out: dict[str, int] = {}
+    for user in members(events, account, at):
+        q = labels(project, "user", [e for e in events if e.user == user], at)["quadrant"]
+        out[q] = out.get(q, 0) + 1
+    return out
 
 
 def mrr(project: Project, events: list[E], account: str, t: int) -> tuple[float, int | None]:

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.anyio
 
 NOW = datetime(2026, 6, 20, 12, tzinfo=timezone.utc)
 AT = "2026-06-15T00:00:00Z"
+LATE = "2026-06-18T00:00:00Z"  # no stored event follows it: every read answers
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ids = itertools.count()
 
@@ -121,20 +122,27 @@ async def test_members_accounts_and_mrr_order(tmp_path: Path) -> None:
     async with collector(tmp_path / "m.db") as c:
         await send(c, usage[::-1])
         await send(c, REVENUE)
+        # One subject's view answers any `at` exactly (SPEC section 3).
         ann = await get(c, "/v1/users/ann", at=AT)
         account_a = await get(c, "/v1/accounts/a", at=AT)
         account_b = await get(c, "/v1/accounts/b", at="2026-05-25T00:00:00Z")
-        of_a = await get(c, "/v1/users", account_id="a", at=AT)
-        pages = [await get(c, "/v1/users", account_id="a", limit=1, at=AT)]
-        pages.append(await get(c, "/v1/users", account_id="a", limit=1, at=AT, cursor=pages[0]["next_cursor"]))
-        of_a_late = await get(c, "/v1/users", account_id="a")
-        filtered = await get(c, "/v1/users", account_id="a", order="asc", at=AT)
-        by_quadrant = {q: await get(c, "/v1/users", account_id="a", quadrant=q, at=AT)
+        dan = await c.get("/v1/users/dan", params={"at": AT}, headers=read_headers())
+        # A list at an `at` that stored events follow (dan's, e's 999) is refused, never mixed.
+        refused = [await c.get(path, params={**params, "at": AT}, headers=read_headers())
+                   for path, params in (("/v1/users", {"account_id": "a"}), ("/v1/accounts", {"order": "mrr_desc"}))]
+        # Lists at LATE, which no stored event follows: dan is a member and e's 999 counts.
+        account_a_late = await get(c, "/v1/accounts/a", at=LATE)
+        of_a = await get(c, "/v1/users", account_id="a", at=LATE)
+        pages = [await get(c, "/v1/users", account_id="a", limit=1, at=LATE)]
+        pages.append(await get(c, "/v1/users", account_id="a", limit=1, at=LATE, cursor=pages[0]["next_cursor"]))
+        of_a_now = await get(c, "/v1/users", account_id="a")
+        filtered = await get(c, "/v1/users", account_id="a", order="asc", at=LATE)
+        by_quadrant = {q: await get(c, "/v1/users", account_id="a", quadrant=q, at=LATE)
                        for q in ("thriving", "stuck", "quiet", "at_risk")}
-        by_mrr = await get(c, "/v1/accounts", order="mrr_desc", at=AT)
-        by_mrr_pages = [await get(c, "/v1/accounts", order="mrr_desc", limit=2, at=AT)]
+        by_mrr = await get(c, "/v1/accounts", order="mrr_desc", at=LATE)
+        by_mrr_pages = [await get(c, "/v1/accounts", order="mrr_desc", limit=2, at=LATE)]
         while by_mrr_pages[-1]["next_cursor"] is not None:
-            by_mrr_pages.append(await get(c, "/v1/accounts", order="mrr_desc", limit=2, at=AT,
+            by_mrr_pages.append(await get(c, "/v1/accounts", order="mrr_desc", limit=2, at=LATE,
                                           cursor=by_mrr_pages[-1]["next_cursor"]))
         other = await c.get("/v1/accounts", params={"account_id": "a"}, headers=read_headers())
     assert [(a["id"], a["first_seen"], a["last_seen"]) for a in ann["accounts"]] == [
@@ -146,16 +154,21 @@ async def test_members_accounts_and_mrr_order(tmp_path: Path) -> None:
     assert set(members["by_quadrant"]) >= {"thriving", "stuck", "quiet", "at_risk"}
     assert account_a["revenue"] == {"mrr": 150.0, "since": "2026-05-05T09:00:00Z"}
     assert account_b["revenue"] == {"mrr": 0.0, "since": "2026-05-20T09:00:00Z"}
-    assert sorted(u["user_id"] for u in of_a["items"]) == ["ann", "billing", "bob"]
+    assert dan.status_code == 404  # no event at or before AT
+    for r in refused:
+        assert r.status_code == 400 and r.json()["error"]["code"] == "at_unsupported", r.text
+    late = account_a_late["members"]
+    assert late["total"] == 4 and sum(late["by_quadrant"].values()) == 4
+    assert sorted(u["user_id"] for u in of_a["items"]) == ["ann", "billing", "bob", "dan"]
     assert [u["user_id"] for u in pages[0]["items"] + pages[1]["items"]] == [u["user_id"] for u in of_a["items"]][:2]
-    assert "dan" in [u["user_id"] for u in of_a_late["items"]]
+    assert sorted(u["user_id"] for u in of_a_now["items"]) == ["ann", "billing", "bob", "dan"]
     assert [u["user_id"] for u in filtered["items"]] == [u["user_id"] for u in of_a["items"]][::-1]
     assert all(any(a["id"] == "a" for a in u["accounts"]) for u in of_a["items"])
     for q, page in by_quadrant.items():  # with another filter: the account's users in that quadrant
         assert [u["user_id"] for u in page["items"]] == [u["user_id"] for u in of_a["items"] if u["quadrant"] == q]
-        assert len(page["items"]) == members["by_quadrant"][q]
+        assert len(page["items"]) == late["by_quadrant"][q]
     order = [(a["account_id"], a["revenue"]["mrr"]) for a in by_mrr["items"]]
-    assert order == [("c", 250.0), ("a", 150.0), ("b", 120.0), ("d", 80.0), ("e", 40.0)]
+    assert order == [("e", 999.0), ("c", 250.0), ("a", 150.0), ("b", 120.0), ("d", 80.0)]
     assert [a["account_id"] for p in by_mrr_pages for a in p["items"]] == [a for a, _ in order]
     assert other.status_code == 400 and "account_id" in other.json()["error"]["message"]
 

@@ -1,7 +1,10 @@
 """Memberships and revenue, correct to the number on the real collector: any arrival order, any
 batching, two fold workers and PostgreSQL give what an independent recomputation from the raw
-events gives (`oracle.accounts_of`, `oracle.members`, `oracle.mrr`, `oracle.revenue_periods`), and
-a late revenue event re-states the periods it falls in."""
+events gives (`oracle.accounts_of`, `oracle.members`, `oracle.members_by_quadrant`, `oracle.mrr`,
+`oracle.revenue_periods`), and a late revenue event re-states the periods it falls in. As of SPEC
+section 3: a user's accounts, an account's members and revenue, and `/v1/revenue` answer any `at`
+exactly (404 for a subject with no event by then); the lists answer at an `at` that no stored event
+follows and refuse an earlier one with 400 `at_unsupported`."""
 
 from __future__ import annotations
 
@@ -67,6 +70,15 @@ async def get(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
     return r.json()
 
 
+async def refused(client: httpx.AsyncClient, path: str, **params: Any) -> None:
+    r = await client.get(path, params=params, headers=read_headers())
+    assert r.status_code == 400 and r.json()["error"]["code"] == "at_unsupported", (path, r.text)
+
+
+def iso(t: int) -> str:
+    return (EPOCH + timedelta(microseconds=t)).isoformat()
+
+
 def starts(kind: str, n: int, at: int) -> list[int]:
     """The starts of the n periods ending with the one holding `at`, and that one's end: calendar
     arithmetic on datetimes, apart from the collector's period numbering."""
@@ -83,19 +95,33 @@ def starts(kind: str, n: int, at: int) -> list[int]:
 
 
 async def readings(client: httpx.AsyncClient, events: list[oracle.E], at: int, kind: str, n: int) -> dict[str, Any]:
-    when = (EPOCH + timedelta(microseconds=at)).isoformat()
-    out = {"revenue": await get(client, "/v1/revenue", period=kind, periods=n, at=when)}
-    for u in sorted({e.user for e in events}):
-        out[f"users/{u}"] = await get(client, f"/v1/users/{quote(u)}", at=when)
+    """One subject's views and `/v1/revenue` at `at` (a subject with no event at or before `at`
+    is 404: None here); the lists at `at` when no stored event follows it, else refused there and
+    read at the latest stored event's instant (`lists_at`) instead (SPEC section 3)."""
+    when = iso(at)
+    out: dict[str, Any] = {"revenue": await get(client, "/v1/revenue", period=kind, periods=n, at=when)}
+    subjects = [("users", u, [e for e in events if e.user == u]) for u in sorted({e.user for e in events})]
+    subjects += [("accounts", a, [e for e in events if e.account == a])
+                 for a in sorted({e.account for e in events if e.account})]
+    for path, sid, mine in subjects:
+        r = await client.get(f"/v1/{path}/{quote(sid)}", params={"at": when}, headers=read_headers())
+        assert r.status_code == (200 if min(e.t for e in mine) <= at else 404), (path, sid, r.text)
+        out[f"{path}/{sid}"] = r.json() if r.status_code == 200 else None
+    latest = max(e.t for e in events)
+    out["lists_at"] = max(at, latest)
+    if latest > at:
+        await refused(client, "/v1/accounts", order="mrr_desc", at=when)
+    lists_when = iso(out["lists_at"])
     for a in sorted({e.account for e in events if e.account}):
-        out[f"accounts/{a}"] = await get(client, f"/v1/accounts/{quote(a)}", at=when)
-        out[f"users?account_id={a}"] = await get(client, "/v1/users", account_id=a, limit=2, at=when)
+        if latest > at:
+            await refused(client, "/v1/users", account_id=a, at=when)
+        out[f"users?account_id={a}"] = await get(client, "/v1/users", account_id=a, limit=2, at=lists_when)
         cursor = out[f"users?account_id={a}"]["next_cursor"]
         while cursor is not None:  # the rest through the cursor
-            page = await get(client, "/v1/users", account_id=a, limit=2, at=when, cursor=cursor)
+            page = await get(client, "/v1/users", account_id=a, limit=2, at=lists_when, cursor=cursor)
             out[f"users?account_id={a}"]["items"] += page["items"]
             cursor = page["next_cursor"]
-    out["mrr_desc"] = await get(client, "/v1/accounts", order="mrr_desc", at=when)
+    out["mrr_desc"] = await get(client, "/v1/accounts", order="mrr_desc", at=lists_when)
     return out
 
 
@@ -116,18 +142,23 @@ def check(got: dict[str, Any], events: list[oracle.E], at: int, kind: str, n: in
     accounts = sorted({e.account for e in events if e.account})
     paying = {a: oracle.mrr(PROJECT, events, a, at) for a in accounts}
     assert sum(got["revenue"]["by_quadrant"].values()) == pytest.approx(sum(m for m, _ in paying.values() if m > 0))
+    later = got["lists_at"]  # the lists' instant: no stored event follows it
     for u in {e.user for e in events}:
-        mine = [(a["id"], ts_us(a["first_seen"]), ts_us(a["last_seen"])) for a in got[f"users/{u}"]["accounts"]]
-        assert mine == oracle.accounts_of(events, u, at)
+        if got[f"users/{u}"] is not None:
+            mine = [(a["id"], ts_us(a["first_seen"]), ts_us(a["last_seen"])) for a in got[f"users/{u}"]["accounts"]]
+            assert mine == oracle.accounts_of(events, u, at)
     for a in accounts:
         view = got[f"accounts/{a}"]
-        who = oracle.members(events, a, at)
-        assert view["members"]["total"] == len(who) == sum(view["members"]["by_quadrant"].values())
-        assert sorted(u["user_id"] for u in got[f"users?account_id={a}"]["items"]) == sorted(who)
-        value, since = paying[a]
-        assert (view["revenue"]["mrr"], ts_us(view["revenue"]["since"])) == (value, since)
-    order = [(x["revenue"]["mrr"], x["account_id"]) for x in got["mrr_desc"]["items"]]
-    assert order == sorted(order, key=lambda o: (-o[0], o[1]))
+        if view is not None:
+            by_quadrant = {q: k for q, k in view["members"]["by_quadrant"].items() if k}
+            assert by_quadrant == oracle.members_by_quadrant(PROJECT, events, a, at), a
+            assert view["members"]["total"] == len(oracle.members(events, a, at)) == sum(by_quadrant.values())
+            assert (view["revenue"]["mrr"], ts_us(view["revenue"]["since"])) == paying[a]
+        assert sorted(u["user_id"] for u in got[f"users?account_id={a}"]["items"]) == sorted(
+            oracle.members(events, a, later))
+    order = [(x["account_id"], x["revenue"]["mrr"]) for x in got["mrr_desc"]["items"]]
+    want = sorted(((a, oracle.mrr(PROJECT, events, a, later)[0]) for a in accounts), key=lambda o: (-o[1], o[0]))
+    assert order == want
 
 
 async def check_any_order(events: list[oracle.E], seed: int, url_b: str | None, tmp: Path) -> None:

@@ -328,10 +328,8 @@ function whyNotYet(m) {
 // milestone of this level, the latest earlier one that has. The verdict is the API's quadrant; this
 // names the milestones behind it.
 function whyQuadrant(v, threshold) {
-  if (v.quadrant === "new") return h("p", { class: "help why-quadrant" }, "new: too new to judge (younger than new_for).");
   const stages = (model.stages || []).map((st) => st.name);
   const here = stages.indexOf(v.stage);
-  const judged = stages.slice(0, here + 1).reverse().find((st) => v.milestones.some((m) => m.stage === st));
   const names = (ms) => ms.map((m) => m.name).join(", ");
   const engaged = v.engagement.score >= threshold ? `engaged (score ${num(v.engagement.score)} ≥ ${threshold})`
     : `not engaged (score ${num(v.engagement.score)} < ${threshold})`;
