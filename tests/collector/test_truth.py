@@ -220,43 +220,17 @@ def rfc_us(t: int) -> str:
 
 # --- recurring milestones in the pure core: every kind, late events, against the oracle ----------
 
-RECURRING = loads("""
-[projects.r]
-[projects.r.engagement]
-new_for = "0s"
-[[projects.r.stages]]
-name = "only"
-[[projects.r.milestones]]
-name = "rc"
-stage = "only"
-level = "user"
-recurring = "2d"
-criteria = [{ kind = "count", event = "a", target = 3 }]
-[[projects.r.milestones]]
-name = "rd"
-stage = "only"
-level = "user"
-recurring = "3d"
-criteria = [{ kind = "distinct", event = "b", of = "k", target = 2 }]
-[[projects.r.milestones]]
-name = "rs"
-stage = "only"
-level = "user"
-recurring = "2d"
-criteria = [{ kind = "sum", event = "c", target = 5 }]
-[[projects.r.milestones]]
-name = "rr"
-stage = "only"
-level = "user"
-recurring = "9d"
-criteria = [{ kind = "rate", event = "a", over = "2d", target = 1 }]
-[[projects.r.milestones]]
-name = "rm"
-stage = "only"
-level = "user"
-recurring = "4d"
-criteria = [{ kind = "count", event = "a", target = 2 }, { kind = "tagged", target = 1 }]
-""", "recurring.toml").projects["r"]
+# name, recurring, criteria: one recurring milestone per kind, and one with two criteria.
+RECURRING_MILESTONES = [
+    ("rc", "2d", '{ kind = "count", event = "a", target = 3 }'),
+    ("rd", "3d", '{ kind = "distinct", event = "b", of = "k", target = 2 }'),
+    ("rs", "2d", '{ kind = "sum", event = "c", target = 5 }'),
+    ("rr", "9d", '{ kind = "rate", event = "a", over = "2d", target = 1 }'),
+    ("rm", "4d", '{ kind = "count", event = "a", target = 2 }, { kind = "tagged", target = 1 }'),
+]
+RECURRING = loads('[projects.r]\n[projects.r.engagement]\nnew_for = "0s"\n[[projects.r.stages]]\nname = "only"\n' + "".join(
+    f'[[projects.r.milestones]]\nname = "{name}"\nstage = "only"\nlevel = "user"\nrecurring = "{every}"\n'
+    f"criteria = [{criteria}]\n" for name, every, criteria in RECURRING_MILESTONES), "recurring.toml").projects["r"]
 
 
 @settings(max_examples=300, deadline=None)

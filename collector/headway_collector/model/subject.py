@@ -541,6 +541,12 @@ def _changes(m: Milestone, sts: list[CritState], after: int) -> list[int]:
     return sorted(p for p in out if p > after)
 
 
+def _may_resume(m: Milestone) -> bool:
+    """Whether time alone can make the milestone hold again: only a `sum`, whose negative amounts
+    leave its window too. Without one, items leaving their windows only ever end a run."""
+    return any(c.kind == "sum" for c in m.criteria)
+
+
 def recurring_walk(m: Milestone, sts: list[CritState], run: Run, upto: int) -> tuple[int | None, bool, int | None]:
     """At `upto` (or at the latest item, if later): (when the last run of holding began, or None;
     whether it holds; when the last run ended, if known and it does not hold)."""
@@ -550,6 +556,9 @@ def recurring_walk(m: Milestone, sts: list[CritState], run: Run, upto: int) -> t
     holds = _holds(m, sts, latest)
     start = (run.start if run.held else latest) if holds else run.start
     ended = latest if run.held and not holds else None
+    resumes = _may_resume(m)
+    if not holds and not resumes:
+        return start, False, ended  # nothing more happens by time alone
     for p in _changes(m, sts, latest):
         if p > upto:
             break
@@ -558,6 +567,8 @@ def recurring_walk(m: Milestone, sts: list[CritState], run: Run, upto: int) -> t
             start, ended = p, None
         elif holds and not now_holds:
             ended = p
+            if not resumes:
+                return start, False, ended
         holds = now_holds
     return start, holds, ended
 
@@ -570,6 +581,9 @@ def recurring_next(m: Milestone, sts: list[CritState], now: int) -> int | None:
         return None
     at = max(now, latest)
     was = (_holds(m, sts, at), _showing(m, sts, at))
+    if not was[0] and not _may_resume(m):  # only the trailing progress can end: when the last item leaves
+        return max((x + _window(m, c) for c, st in zip(m.criteria, sts, strict=False) for x in _times(c, st)),
+                   default=None) if was[1] else None
     for p in _changes(m, sts, at):
         if (_holds(m, sts, p), _showing(m, sts, p)) != was:
             return p
