@@ -45,7 +45,7 @@ from .model.fold import Models
 from .model.scoring import DAY
 from .params import AT, MAX_NAME, Params, Query, app_state, choice, duration, invalid, read_time, text, ts, whole
 from .projection import ModelBook
-from .reads import Snapshot, consistent_read
+from .reads import Snapshot, consistent_read, exact_at
 from .state import AppState
 from .store import generations
 from .store import insights as store
@@ -132,12 +132,21 @@ def authorized(request: Request, params: Params) -> tuple[Project, Query]:
 
 
 async def cached_answer(
-    request: Request, project: Project, name: str, query: tuple[Any, ...], body: Callable[[Snapshot, Project], T]
+    request: Request,
+    project: Project,
+    name: str,
+    query: tuple[Any, ...],
+    body: Callable[[Snapshot, Project], T],
+    *,
+    days_upto: int | None = None,
 ) -> Response:
+    """`body`'s answer, cached per generation, log position and query. `days_upto`: the `at`
+    given to a read that counts whole days up to its day (`reads.exact_at`), checked first."""
     state = app_state(request)
     cache = _cache(request)
 
     def read(snap: Snapshot) -> T:
+        exact_at(snap, days_upto, whole_days=True)
         key = (project.name, snap.gen.gen, snap.folded, name, *query)
         return cache.get(key, lambda: body(snap, snap.models.projects[project.name]))
 
@@ -162,7 +171,9 @@ async def retention(request: Request) -> Response:
             cohorts=[Cohort(start=ts(g.period_start(kind, c.period)), size=c.size, retained=c.retained) for c in table],
         )
 
-    return await cached_answer(request, project, "retention", (kind, cohorts, level, at // DAY), body)
+    return await cached_answer(
+        request, project, "retention", (kind, cohorts, level, at // DAY), body, days_upto=q[AT]
+    )
 
 
 async def stickiness(request: Request) -> Response:
@@ -176,7 +187,7 @@ async def stickiness(request: Request) -> Response:
             days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
         )
 
-    return await cached_answer(request, project, "stickiness", (days, level, at // DAY), body)
+    return await cached_answer(request, project, "stickiness", (days, level, at // DAY), body, days_upto=q[AT])
 
 
 # --- predictors and weights ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .config import Project
 from .errors import APIError
 from .events import from_stored
 from .model.fold import Level, Models, SubjectKey, partition_of
+from .model.scoring import DAY
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .params import rfc3339
 from .state import AppState
@@ -132,19 +133,23 @@ async def consistent_read(
         delay = min(delay * 2, 0.02)
 
 
-def exact_at(snap: Snapshot, at: int | None) -> None:
+def exact_at(snap: Snapshot, at: int | None, *, whole_days: bool = False) -> None:
     """A read of stored aggregates at a given `at` (None: not given) answers only when no stored
-    event follows `at` (SPEC section 3): what it reads counts every stored event, so it would mix
-    in later ones. 400 `at_unsupported` otherwise."""
-    if at is None:
+    event follows `at`: what it reads counts every stored event, so it would mix in later ones.
+    400 `at_unsupported` otherwise. A read that counts whole UTC days up to `at`'s day
+    (`whole_days`: growth, retention, stickiness) is exact too at the last microsecond of a day,
+    which later events cannot fall in."""
+    if at is None or (whole_days and at % DAY == DAY - 1):
         return
     latest = queries.latest_event(snap.tx, snap.gen.gen)
     if latest is not None and latest > at:
+        last_of_day = "; or at the last instant of a day (T23:59:59.999999Z)" if whole_days else ""
         raise APIError(
             400,
             "at_unsupported",
             f"at={rfc3339(at)} is earlier than stored events ({rfc3339(latest)}): this read counts every "
-            "stored event, so it answers only at or after the latest; one subject's view answers any `at`",
+            f"stored event, so it answers only at or after the latest{last_of_day}; one subject's view answers "
+            "any `at`",
         )
 
 

@@ -74,6 +74,7 @@ class _GrowthQuery(msgspec.Struct, frozen=True):
     first: int
     last: int
     current: int  # the period that holds the read time (`at`, else now): it and later ones are partial
+    at: int | None  # as given
 
 
 def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
@@ -95,7 +96,9 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
             f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
             "narrow from/to or use a longer period",
         )
-    return _GrowthQuery(kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now))
+    return _GrowthQuery(
+        kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now), at=q[AT]
+    )
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
@@ -124,7 +127,12 @@ async def growth(request: Request) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _growth_query(request, state)
-    return json_response(await consistent_read(state, project, lambda snap: _growth(snap, project, q)))
+
+    def body(snap: Snapshot) -> Growth:
+        exact_at(snap, q.at, whole_days=True)
+        return _growth(snap, project, q)
+
+    return json_response(await consistent_read(state, project, body))
 
 
 # --- GET /v1/milestones ---------------------------------------------------------------------------

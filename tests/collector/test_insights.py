@@ -450,7 +450,7 @@ def test_the_dashboard_draws_the_insights_view_in_a_real_browser(live_collector,
 def test_the_sync_client_reads_all_four(live_collector) -> None:  # noqa: ANN001
     now = datetime.now(timezone.utc)
     events = [{"id": f"s{i}", "event": "signed_in", "user_id": f"u{i % 4}", "account_id": f"a{i % 2}",
-               "timestamp": (now - timedelta(days=i)).isoformat()} for i in range(20)]
+               "timestamp": (now - timedelta(days=i, minutes=1)).isoformat()} for i in range(20)]
     r = httpx.post(f"{live_collector.url}/v1/batch", headers=headers(),
                    content=msgspec.json.encode({"sent_at": now.isoformat(), "events": events}))
     assert r.status_code == 200
