@@ -416,3 +416,22 @@ def test_add_days_in_any_order_equals_the_from_scratch_tallies(days: list[int], 
     for kind in g.KINDS:
         got = {p: tuple(c) for (k, p), c in counts.items() if k == kind and any(c)}
         assert got == g.subject_tallies(kind, days), kind
+
+
+@pytest.mark.parametrize("path", ["/v1/growth?period=day", "/v1/retention?period=week", "/v1/stickiness?days=7"])
+async def test_day_reports_at_a_past_instant_are_exact_or_refused(tmp_path: Path, path: str) -> None:
+    """A day-based report counts whole UTC days up to `at`'s day: in the middle of a day that a
+    later stored event falls in it would count that event, so it answers 400 at_unsupported; at
+    the day's last instant it answers, the same before and after later days' events arrive."""
+    async with collector(tmp_path / "h.db") as c:
+        await send(c, [ev("u1", "2024-01-01T10:00:00Z"), ev("u2", "2024-01-02T10:00:00Z")])
+        end_of_day = "2024-01-02T23:59:59.999999Z"
+        before = await c.get(f"{path}&at={end_of_day}", headers=read_headers())
+        await send(c, [ev("u3", "2024-01-02T20:00:00Z"), ev("u4", "2024-01-03T09:00:00Z")])
+        mid_day = await c.get(f"{path}&at=2024-01-02T12:00:00Z", headers=read_headers())
+        assert mid_day.status_code == 400 and mid_day.json()["error"]["code"] == "at_unsupported", mid_day.text
+        after = await c.get(f"{path}&at={end_of_day}", headers=read_headers())
+        latest = await c.get(f"{path}&at=2024-01-03T09:00:00Z", headers=read_headers())
+    assert before.status_code == after.status_code == latest.status_code == 200
+    # u3 arrived later but on the same day, before its end: counted after, not before.
+    assert before.json() != after.json()
