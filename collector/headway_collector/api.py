@@ -1,4 +1,4 @@
-"""The query API (SPEC section 3): subjects, lists, the model, health and metrics."""
+"""The query API: subjects, lists, the model, health and metrics."""
 
 from __future__ import annotations
 

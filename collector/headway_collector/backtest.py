@@ -1,5 +1,5 @@
-"""The backtest at the edge: `GET /v1/insights/backtest` and `headway-collector backtest` (SPEC
-sections 3, 4 and 8).
+"""The backtest at the edge: `GET /v1/insights/backtest` and `headway-collector backtest`
+(docs/insights.md, "Does the model predict?").
 
 Both replay the event log (`store.insights.histories`, a page of subjects at a time, all in one
 read snapshot: no write lock is held, appends and folds go on beside it) through the pure

@@ -1,4 +1,5 @@
-"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase (SPEC section 8).
+"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase
+(README, "The command line").
 
 A thin layer: it builds the configuration and the store and calls the library. Every error
 is one line on stderr and exit code 1; nothing prints a traceback.

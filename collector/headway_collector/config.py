@@ -1,4 +1,5 @@
-"""Load and validate the collector's TOML configuration once (SPEC section 4).
+"""Load and validate the collector's TOML configuration once; headway.example.toml
+documents every key.
 
 `load(path)` turns the file into typed, immutable objects or raises `ConfigError`, whose
 message is one line: file, line where known, and reason. Nothing else reads the file.
@@ -407,7 +408,7 @@ class _Builder:
         return value
 
     def weight(self, loc: list[str | int], value: float) -> float:
-        """A weight: finite and within ±1e6, as an event's own (SPEC sections 2 and 4)."""
+        """A weight: finite and within ±1e6, as an event's own `weight` in a batch."""
         if not -MAX_WEIGHT <= self.finite(loc, value) <= MAX_WEIGHT:
             raise self.fail(loc, f"{loc[-1]} = {value:g}: weights lie within ±{MAX_WEIGHT:g}")
         return value

@@ -1,4 +1,4 @@
-"""`Client` and `AsyncClient`: typed reads of the query API (SPEC section 3) with a read key.
+"""`Client` and `AsyncClient`: typed reads of the query API with a read key.
 
 `_BaseClient` builds every request (`_Call`: path, query, result type) and turns answers into
 `headway.wire` Structs or `APIError`s; the two clients only do the I/O.

@@ -1,4 +1,5 @@
-"""Webhooks from the model's transitions (SPEC section 4): signed JSON POSTs, retried until a 2xx."""
+"""Webhooks from the model's transitions (docs/collector.md, "Transitions, the stream and
+webhooks"): signed JSON POSTs, retried until a 2xx."""
 
 from .runner import Delivery, backoff
 

@@ -1,6 +1,6 @@
 """Backtest: did a model's score and quadrants at past instants predict what happened next?
 
-Pure: no I/O, no clock (`at` is passed in). SPEC section 4, "Does the model predict?".
+Pure: no I/O, no clock (`at` is passed in). docs/insights.md, "Does the model predict?".
 
 Snapshots T = since, since + every, ... while T + horizon <= at (`snapshots`). Each subject's
 history (its events in time order) is replayed once with the projection's own fold
