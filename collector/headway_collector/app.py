@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
-from .config import TRANSITION_TYPES, Config, ConfigError, load
+from .config import Config, ConfigError, load
 from .delivery import Delivery
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .limits import ServeLimits
@@ -131,7 +131,7 @@ _EVENT: dict[str, Any] = {
     "required": ["id", "event", "data"],
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the cursor: Last-Event-ID resumes after it"},
-        "event": {"enum": list(TRANSITION_TYPES)},
+        "event": {"enum": list(wire.TRANSITION_TYPES)},
         "data": {
             "type": "string",
             "contentMediaType": "application/json",

@@ -18,14 +18,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from headway.wire import Backtest, QuadrantOutcome
+from headway.wire import LEVELS, Backtest, QuadrantOutcome
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import MAX_DURATION, Config, Project, parse_duration
 from .errors import APIError
 from .events import from_stored
-from .insights import LEVELS, MINUTE, authorized, cached_answer, outcome_milestone, served_models
+from .insights import MINUTE, authorized, cached_answer, outcome_milestone, served_models
 from .model import backtest as bt
 from .model.fold import Level
 from .model.subject import LevelModel

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple, TypeVar
 
 from headway.wire import (
+    LEVELS,
     Cohort,
     HeldOutRule,
     Interval,
@@ -53,7 +54,6 @@ from .store.base import Store, Tx
 from .store.generations import Generation
 
 __all__ = [
-    "LEVELS",
     "MINUTE",
     "PREDICTORS",
     "RETENTION",
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-LEVELS = ("user", "account")
 MINUTE = 60 * 1_000_000
 MAX_COHORTS = 120
 MAX_DAYS = 366

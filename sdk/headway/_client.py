@@ -21,12 +21,12 @@ from ._core import LIBRARY, error_detail, retry_after, rfc3339_offset
 from ._exceptions import APIError, api_error
 from ._sse import READ_TIMEOUT, Events
 from ._transport import _HTTPX_ERRORS, map_httpx_error
+from .wire import Level
 
 __all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
 Order = Literal["desc", "asc", "mrr_desc"]
-Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
 At = datetime | str | None

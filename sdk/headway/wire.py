@@ -9,11 +9,12 @@ evolves; unknown fields are ignored so that older readers keep working.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
 __all__ = [
+    "LEVELS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
     "MAX_DEPTH",
@@ -24,6 +25,10 @@ __all__ = [
     "MAX_VALUE",
     "MAX_WEIGHT",
     "NPS",
+    "QUADRANTS",
+    "STATUSES",
+    "TRANSITION_TYPES",
+    "TRENDS",
     "AccountPage",
     "AccountRevenue",
     "AccountSeen",
@@ -45,12 +50,14 @@ __all__ = [
     "GrowthPeriod",
     "HeldOutRule",
     "Interval",
+    "Level",
     "Members",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
     "Predictor",
     "Predictors",
+    "Quadrant",
     "QuadrantCounts",
     "QuadrantMRR",
     "QuadrantOutcome",
@@ -61,11 +68,14 @@ __all__ = [
     "ScoreHistory",
     "ScorePoint",
     "ScoreShare",
+    "Status",
     "Stickiness",
     "Success",
     "SuggestedWeight",
     "Transition",
     "TransitionPage",
+    "TransitionType",
+    "Trend",
     "UnknownTag",
     "UserPage",
     "UserView",
@@ -143,9 +153,20 @@ class ErrorBody(msgspec.Struct):
 
 # --- Query API --------------------------------------------------------------------------------
 
+# The vocabularies, declared here once; the collector's checks, choices and reports derive theirs
+# from these (the tuples are the Literals' values, in their order).
+Level = Literal["user", "account"]
 Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
 Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
 Trend = Literal["rising", "steady", "cooling"]
+TransitionType = Literal[
+    "milestone.achieved", "milestone.lapsed", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"
+]
+LEVELS: tuple[Level, ...] = get_args(Level)
+STATUSES: tuple[Status, ...] = get_args(Status)
+QUADRANTS: tuple[Quadrant, ...] = get_args(Quadrant)
+TRENDS: tuple[Trend, ...] = get_args(Trend)
+TRANSITION_TYPES: tuple[TransitionType, ...] = get_args(TransitionType)
 
 
 class Engagement(msgspec.Struct):
@@ -514,9 +535,9 @@ class Stickiness(msgspec.Struct):
 
 
 class Transition(msgspec.Struct, frozen=True):
-    """A change of a subject's standing: ``type`` is one of ``milestone.achieved``,
+    """A change of a subject's standing: ``type`` is one of `TRANSITION_TYPES` (``milestone.achieved``,
     ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,
-    ``trend.changed``; ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
+    ``trend.changed``); ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
     ``id`` is also its cursor."""
 
     id: str

@@ -26,6 +26,7 @@ from ..model import early as e
 from ..model import growth as g
 from ..model import scoring
 from ..model.fold import (
+    LEVELS,
     ChangeSet,
     Labels,
     Models,
@@ -55,7 +56,7 @@ def load_priors(
 ) -> Priors:
     """The stored records of `keys` and the stored answers of `nps` in generation `gen`."""
     out = Priors()
-    for level in ("user", "account"):
+    for level in LEVELS:
         lm = models[project, level]
         ids = sorted(k.subject for k in keys if k.level == level)
         states: dict[str, bytes] = {}
