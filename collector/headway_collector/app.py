@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
 from .config import Config, ConfigError, load
-from .delivery import Delivery
+from .delivery import WebhookThreads
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .limits import ServeLimits
 from .metrics import Metrics
@@ -247,7 +247,7 @@ def create_app(
             fold_workers,
             "compiled with mypyc" if model.COMPILED else "interpreted (`make compile` builds it with a C compiler)",
         )
-        delivery = Delivery(store, lambda: state.config)
+        delivery = WebhookThreads(store, lambda: state.config)
         state.metrics.sections.append(delivery.render)
         delivery.start()
         if reload_on_sighup and threading.current_thread() is threading.main_thread():

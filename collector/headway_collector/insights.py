@@ -49,7 +49,7 @@ from .projection import ModelBook
 from .reads import Snapshot, consistent_read
 from .state import AppState
 from .store import generations
-from .store import insights as store
+from .store import insights as stored
 from .store.base import Store, Tx
 from .store.generations import Generation
 
@@ -153,7 +153,7 @@ async def retention(request: Request) -> Response:
     at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Retention:
-        days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)
+        days = stored.active_days(snap.tx, snap.gen.gen, level, at // DAY)
         table = ins.retention(days, kind, cohorts, at)
         return Retention(
             period=kind,
@@ -170,7 +170,7 @@ async def stickiness(request: Request) -> Response:
     at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Stickiness:
-        s = ins.stickiness(store.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
+        s = ins.stickiness(stored.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
         return Stickiness(
             days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
         )
@@ -205,7 +205,7 @@ def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: 
     """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
     least max(window, the outcome's `within`) before it."""
     horizon = max(window, outcome.within or 0)
-    rows = store.early_events(snap.tx, snap.gen.gen, outcome.level, outcome.name, at - horizon)
+    rows = stored.early_events(snap.tx, snap.gen.gen, outcome.level, outcome.name, at - horizon)
     return ins.early_windows(rows, outcome.name, early_window(outcome, window), at, _criteria_events(outcome))
 
 
