@@ -1,4 +1,4 @@
-"""The query API (SPEC section 3): subjects, lists, the model, health and metrics."""
+"""The query API: subjects, lists, the model, health and metrics."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import binascii
 import math
 import struct
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from headway.wire import (
+    QUADRANTS,
+    STATUSES,
+    TRENDS,
     AccountPage,
     AccountRevenue,
     AccountSeen,
     AccountView,
     CriterionProgress,
     Engagement,
+    Level,
     Members,
     MilestoneView,
     ModelInfo,
@@ -61,9 +65,6 @@ __all__ = [
 ]
 
 MAX_LIMIT = 1000
-STATUSES = ("pending", "in_progress", "achieved", "lapsed", "missed")
-QUADRANTS = ("new", "thriving", "stuck", "quiet", "at_risk")
-TRENDS = ("rising", "steady", "cooling")
 MAX_CURSOR_TEXT = 1100  # base64 of 8 bytes and an id of 200 characters of up to 4 bytes
 
 ONE = Params(text("subject", "the user's or account's id (any characters)", required=True, where="path"), AT)
@@ -202,7 +203,7 @@ def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) ->
     return _accounts_sides(snap, project, items, now)
 
 
-async def _get(request: Request, level: Literal["user", "account"]) -> Response:
+async def _get(request: Request, level: Level) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     q = ONE.read(request)
@@ -356,7 +357,7 @@ def _list(
     return _with_sides(snap, project, items, now), cursor
 
 
-async def _list_endpoint(request: Request, level: Literal["user", "account"]) -> Response:
+async def _list_endpoint(request: Request, level: Level) -> Response:
     state = app_state(request)
     project = authorize(request, state.config, "read")
     q = _list_query(request, project, level)

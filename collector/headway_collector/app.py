@@ -25,8 +25,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import api, backtest, dashboard, disk, feed, history, ingest, insights, model, reports
-from .config import TRANSITION_TYPES, Config, ConfigError, load
-from .delivery import Delivery
+from .config import Config, ConfigError, load
+from .delivery import WebhookThreads
 from .errors import APIError, GuardMiddleware, error_response, json_response
 from .limits import ServeLimits
 from .metrics import Metrics
@@ -131,7 +131,7 @@ _EVENT: dict[str, Any] = {
     "required": ["id", "event", "data"],
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the cursor: Last-Event-ID resumes after it"},
-        "event": {"enum": list(TRANSITION_TYPES)},
+        "event": {"enum": list(wire.TRANSITION_TYPES)},
         "data": {
             "type": "string",
             "contentMediaType": "application/json",
@@ -247,7 +247,7 @@ def create_app(
             fold_workers,
             "compiled with mypyc" if model.COMPILED else "interpreted (`make compile` builds it with a C compiler)",
         )
-        delivery = Delivery(store, lambda: state.config)
+        delivery = WebhookThreads(store, lambda: state.config)
         state.metrics.sections.append(delivery.render)
         delivery.start()
         if reload_on_sighup and threading.current_thread() is threading.main_thread():

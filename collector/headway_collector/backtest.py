@@ -1,5 +1,5 @@
-"""The backtest at the edge: `GET /v1/insights/backtest` and `headway-collector backtest` (SPEC
-sections 3, 4 and 8).
+"""The backtest at the edge: `GET /v1/insights/backtest` and `headway-collector backtest`
+(docs/insights.md, "Does the model predict?").
 
 Both replay the event log (`store.insights.histories`, a page of subjects at a time, all in one
 read snapshot: no write lock is held, appends and folds go on beside it) through the pure
@@ -18,20 +18,20 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from headway.wire import Backtest, QuadrantOutcome
+from headway.wire import LEVELS, Backtest, QuadrantOutcome
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .config import MAX_DURATION, Config, Project, parse_duration
 from .errors import APIError
 from .events import from_stored
-from .insights import LEVELS, MINUTE, authorized, cached_answer, outcome_milestone, served_models
+from .insights import MINUTE, authorized, cached_answer, outcome_milestone, served_models
 from .model import backtest as bt
 from .model.fold import Level
 from .model.subject import LevelModel
 from .params import AT, MAX_NAME, Params, app_state, choice, duration, instant, parse_instant, rfc3339, text, ts
 from .reads import Snapshot
-from .store import insights as store
+from .store import insights as stored
 from .store import log
 from .store.base import Store, Tx
 
@@ -101,7 +101,7 @@ def replay_log(
 ) -> Replayed:
     """The cases of the question, every model scoring them (the first one judges who is a case),
     from the log up to position `upto` (a one-line `ValueError` when over a cap)."""
-    first = store.first_event(tx, project, upto)
+    first = stored.first_event(tx, project, upto)
     if first is None:
         return Replayed([], [])
     if bt.snapshot_count(bt.first_snapshot(first, q.every, q.since), q.every, q.horizon, q.at) > MAX_SNAPSHOTS:
@@ -110,7 +110,7 @@ def replay_log(
     if not shots:
         return Replayed([], [])
     until = shots[-1] + q.horizon  # nothing later can be a case's outcome
-    total = store.log_events(tx, project, q.level, upto, until) if most is not None or progress else 0
+    total = stored.log_events(tx, project, q.level, upto, until) if most is not None or progress else 0
     if most is not None and total > most:
         raise ValueError(
             f"the backtest would replay {total} events, over the {most} an HTTP request replays: "
@@ -119,7 +119,7 @@ def replay_log(
     plan = bt.Plan(q.outcome, q.horizon, tuple(shots))
     cases: list[bt.Case] = []
     done = 0
-    for subject, rows in store.histories(tx, project, q.level, upto, until):
+    for subject, rows in stored.histories(tx, project, q.level, upto, until):
         cases += bt.replay(models, subject, [from_stored(raw, t) for raw, t in rows], plan)
         done += len(rows)
         if progress is not None:

@@ -1,4 +1,5 @@
-"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase (SPEC section 8).
+"""`headway-collector`: serve, check, rescore, keys new, prune, suggest-weights, backtest, erase
+(README, "The command line").
 
 A thin layer: it builds the configuration and the store and calls the library. Every error
 is one line on stderr and exit code 1; nothing prints a traceback.
@@ -16,6 +17,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
+
+from headway.wire import LEVELS
 
 from .install import install_extra
 
@@ -458,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--every", default="7d", help="time between snapshots (default 7d)")
     bt.add_argument("--since", help="the first snapshot, a date or RFC3339 (default: the first event's day + every)")
     bt.add_argument("--at", help="the last snapshot is at most this minus the horizon (default now)")
-    bt.add_argument("--level", choices=["user", "account"], help="user or account (default user, or the milestone's)")
+    bt.add_argument("--level", choices=LEVELS, help="user or account (default user, or the milestone's)")
     bt.add_argument("--database", default=DEFAULT_DATABASE, help=f"database URL (default {DEFAULT_DATABASE})")
     bt.add_argument("--project", help="the project (needed when the config has several)")
     bt.set_defaults(func=cmd_backtest)

@@ -1,4 +1,5 @@
-"""Load and validate the collector's TOML configuration once (SPEC section 4).
+"""Load and validate the collector's TOML configuration once; headway.example.toml
+documents every key.
 
 `load(path)` turns the file into typed, immutable objects or raises `ConfigError`, whose
 message is one line: file, line where known, and reason. Nothing else reads the file.
@@ -19,10 +20,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-from headway.wire import MAX_WEIGHT
+from headway.wire import LEVELS, MAX_WEIGHT, QUADRANTS, TRANSITION_TYPES, TRENDS, Level
 
 __all__ = [
-    "TRANSITION_TYPES",
     "Config",
     "ConfigError",
     "Criterion",
@@ -42,18 +42,10 @@ MAX_DURATION = 36_500 * _UNITS["d"]  # deadlines stay within the calendar
 _DURATION = re.compile(r"(\d+)([smhd])")
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KINDS = ("count", "sum", "distinct", "tagged", "rate")
-TRANSITION_TYPES = (
-    "milestone.achieved",
-    "milestone.lapsed",
-    "milestone.missed",
-    "stage.entered",
-    "quadrant.changed",
-    "trend.changed",
-)
 # The new values of the transitions that a webhook's `to` filters (stage names come from the model).
 TO_VALUES = {
-    "quadrant.changed": ("new", "thriving", "stuck", "quiet", "at_risk"),
-    "trend.changed": ("rising", "steady", "cooling"),
+    "quadrant.changed": QUADRANTS,
+    "trend.changed": TRENDS,
 }
 
 
@@ -101,7 +93,7 @@ class Criterion:
 class Milestone:
     name: str
     stage: str
-    level: Literal["user", "account"]
+    level: Level
     criteria: tuple[Criterion, ...]
     within: int | None = None  # microseconds from the subject's first event
     recurring: int | None = None  # microseconds: judged over the trailing window (t - recurring, t]
@@ -407,7 +399,7 @@ class _Builder:
         return value
 
     def weight(self, loc: list[str | int], value: float) -> float:
-        """A weight: finite and within ±1e6, as an event's own (SPEC sections 2 and 4)."""
+        """A weight: finite and within ±1e6, as an event's own `weight` in a batch."""
         if not -MAX_WEIGHT <= self.finite(loc, value) <= MAX_WEIGHT:
             raise self.fail(loc, f"{loc[-1]} = {value:g}: weights lie within ±{MAX_WEIGHT:g}")
         return value
@@ -519,7 +511,7 @@ class _Builder:
     ) -> tuple[str | None, frozenset[str] | None, frozenset[str] | None]:
         """A webhook's `level`, `milestones` and `to`, each checked against its types and the model:
         a filter that could never let a transition of `on` through is a mistake, refused here."""
-        if w.level is not None and w.level not in ("user", "account"):
+        if w.level is not None and w.level not in LEVELS:
             raise self.fail(loc + ["level"], f"webhooks[{i}].level must be 'user' or 'account', not {w.level!r}")
         if w.milestones is not None:
             if not any(kind.startswith("milestone.") for kind in w.on):
@@ -599,7 +591,7 @@ class _Builder:
                     f"milestone {m.name!r} names unknown stage {m.stage!r}"
                     + (f" (stages: {', '.join(sorted(stage_names))})" if stage_names else " (no stages are defined)"),
                 )
-            if m.level not in ("user", "account"):
+            if m.level not in LEVELS:
                 raise self.fail(
                     loc + ["level"], f"milestone {m.name!r}: level must be 'user' or 'account', not {m.level!r}"
                 )
@@ -618,7 +610,7 @@ class _Builder:
                 Milestone(
                     name=m.name,
                     stage=m.stage,
-                    level=m.level,  # type: ignore[arg-type]
+                    level=m.level,
                     criteria=criteria,
                     within=within,
                     recurring=recurring,

@@ -93,8 +93,8 @@ TRIALISTS = 16
 
 
 def demo_events(now: datetime) -> list[dict[str, Any]]:
-    """The demo's events (wire format, SPEC 2) relative to `now`; deterministic but for `now`, so
-    that a rerun's events are the same ids (the collector keeps each id once)."""
+    """The demo's events (the wire format of `POST /v1/batch`) relative to `now`; deterministic but
+    for `now`, so that a rerun's events are the same ids (the collector keeps each id once)."""
     rng = random.Random(7)
     events: list[dict[str, Any]] = []
 
@@ -160,7 +160,7 @@ def seed(url: str, write_key: str, read_key: str, now: datetime) -> int:
         if known.json()["items"]:
             return 0
         events = demo_events(now)
-        for start in range(0, len(events), 1000):  # SPEC 2: at most 1,000 events a batch
+        for start in range(0, len(events), 1000):  # at most 1,000 events a batch
             batch = {"sent_at": now.isoformat(), "events": events[start : start + 1000]}
             r = client.post("/v1/batch", json=batch, headers={"Authorization": f"Bearer {write_key}"})
             r.raise_for_status()

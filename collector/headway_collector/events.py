@@ -20,7 +20,7 @@ _ONE_US = timedelta(microseconds=1)
 _STEP = np.zeros(256, np.int8)  # what a byte does to the nesting depth
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # what the depth scan drops first
-EVENT_DEPTH = MAX_DEPTH + 1  # the event's own object, then `properties` at level 1 (SPEC section 2)
+EVENT_DEPTH = MAX_DEPTH + 1  # the event's own object, then `properties` at level 1
 
 
 class EventRejected(ValueError):

@@ -1,4 +1,5 @@
-"""Transitions for host apps (SPEC sections 3 and 4): `GET /v1/transitions` and `GET /v1/stream`.
+"""Transitions for host apps: `GET /v1/transitions` and `GET /v1/stream` (docs/collector.md,
+"Transitions, the stream and webhooks").
 
 Both read the project's transitions in commit order (`store.derived` gives positions in that
 order, on PostgreSQL too), past a cursor: the position `seq` of the last one seen, as a decimal

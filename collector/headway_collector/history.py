@@ -11,9 +11,7 @@ a list.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from headway.wire import ScoreHistory, ScorePoint, ScoreShare
+from headway.wire import Level, ScoreHistory, ScorePoint, ScoreShare
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,7 +35,7 @@ DAYS = whole("days", "days back", default=90, most=MAX_DAYS)
 SCORES = Params(USER_ID, ACCOUNT_ID, DAYS, AT)
 
 
-def _subject(user_id: str | None, account_id: str | None) -> tuple[Literal["user", "account"], str]:
+def _subject(user_id: str | None, account_id: str | None) -> tuple[Level, str]:
     if user_id is not None and account_id is None:
         return "user", user_id
     if account_id is not None and user_id is None:
@@ -46,7 +44,7 @@ def _subject(user_id: str | None, account_id: str | None) -> tuple[Literal["user
 
 
 def _history(
-    snap: Snapshot, project: Project, level: Literal["user", "account"], sid: str, now: int, days: int
+    snap: Snapshot, project: Project, level: Level, sid: str, now: int, days: int
 ) -> ScoreHistory:
     lm = snap.models[project.name, level]
     times = [now - k * scoring.DAY for k in range(days - 1, -1, -1)]  # one a day, the last at `now`

@@ -1,4 +1,5 @@
-"""`POST /v1/batch` (SPEC section 2): bounded reading, typed decoding, per-event judgement.
+"""`POST /v1/batch` (docs/collector.md, "Ingest"): bounded reading, typed decoding, per-event
+judgement.
 
 Every input is refused in bounded time and memory (docs/collector.md, "Limits"): the body
 must arrive within BODY_SECONDS (else 408); the bodies this process holds at once are capped

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple, TypeVar
 
 from headway.wire import (
+    LEVELS,
     Cohort,
     HeldOutRule,
     Interval,
@@ -48,12 +49,11 @@ from .projection import ModelBook
 from .reads import Snapshot, consistent_read, exact_at
 from .state import AppState
 from .store import generations
-from .store import insights as store
+from .store import insights as stored
 from .store.base import Store, Tx
 from .store.generations import Generation
 
 __all__ = [
-    "LEVELS",
     "MINUTE",
     "PREDICTORS",
     "RETENTION",
@@ -76,7 +76,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-LEVELS = ("user", "account")
 MINUTE = 60 * 1_000_000
 MAX_COHORTS = 120
 MAX_DAYS = 366
@@ -163,7 +162,7 @@ async def retention(request: Request) -> Response:
     at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Retention:
-        days = store.active_days(snap.tx, snap.gen.gen, level, at // DAY)
+        days = stored.active_days(snap.tx, snap.gen.gen, level, at // DAY)
         table = ins.retention(days, kind, cohorts, at)
         return Retention(
             period=kind,
@@ -182,7 +181,7 @@ async def stickiness(request: Request) -> Response:
     at = read_time(q[AT], app_state(request))
 
     def body(snap: Snapshot, served: Project) -> Stickiness:
-        s = ins.stickiness(store.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
+        s = ins.stickiness(stored.active_days(snap.tx, snap.gen.gen, level, at // DAY), days, at)
         return Stickiness(
             days=days, level=level, at=ts(at), dau=s.dau, mau=s.mau, dau_mau=s.ratio, active_days=s.active_days
         )
@@ -217,7 +216,7 @@ def early(snap: Snapshot, served: Project, outcome: Milestone, window: int, at: 
     """The early windows of the subjects old enough for `outcome` to be known at `at`: first seen at
     least max(window, the outcome's `within`) before it."""
     horizon = max(window, outcome.within or 0)
-    rows = store.early_events(snap.tx, snap.gen.gen, outcome.level, outcome.name, at - horizon)
+    rows = stored.early_events(snap.tx, snap.gen.gen, outcome.level, outcome.name, at - horizon)
     return ins.early_windows(rows, outcome.name, early_window(outcome, window), at, _criteria_events(outcome))
 
 

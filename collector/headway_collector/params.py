@@ -64,11 +64,11 @@ S = TypeVar("S", bound=str)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The instants a read may ask for, after its offset is applied: no event is stored before 1970
-# (SPEC section 2), and a datetime ends with year 9999.
+# (the batch refuses an earlier `timestamp`), and a datetime ends with year 9999.
 FIRST_INSTANT = 0
 LAST_INSTANT = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
 MAX_CURSOR = 2**63 - 1  # transition positions are 64-bit integers in both stores
-MAX_ID = 200  # ids and event names are at most 200 characters (SPEC section 2)
+MAX_ID = 200  # ids and event names are at most 200 characters
 MAX_NAME = 1000  # a stage's or milestone's name as a parameter (the model file does not bound them)
 _INSTANT_RANGE = "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z once its offset is applied"
 _DIGITS = 19  # significant digits past which a whole number is larger than any range here

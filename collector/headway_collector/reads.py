@@ -1,4 +1,5 @@
-"""Read-your-acks (SPEC section 3): a read reflects every batch acknowledged before it arrived.
+"""Read-your-acks (docs/collector.md, "Read-your-acks"): a read reflects every batch acknowledged
+before it arrived.
 
 A read takes one snapshot of the store. In it, the log's last position at that moment (`head`:
 every batch acknowledged before the read arrived is at or below it) and the watermark of the
@@ -16,9 +17,10 @@ is the one the projection will store. It waits as above when the subject is quar
 projection sets its events aside) or has more than `PENDING` events not yet folded: then for
 its partition's watermark, without reading its events again at each look.
 
-Reads are as of their instant (`at`, SPEC section 3): a subject's state that holds an event after
-`at` is built from its stored events at or before `at` (`subject_state`); a read of stored
-aggregates at an `at` that some stored event follows answers 400 `at_unsupported` (`exact_at`).
+Reads are as of their instant (`at`; docs/collector.md, "Reading as of an instant"): a subject's
+state that holds an event after `at` is built from its stored events at or before `at`
+(`subject_state`); a read of stored aggregates at an `at` that some stored event follows answers
+400 `at_unsupported` (`exact_at`).
 """
 
 from __future__ import annotations

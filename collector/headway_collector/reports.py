@@ -13,7 +13,7 @@ falls in. docs/reports.md explains the definitions.
 from __future__ import annotations
 
 import msgspec
-from headway.wire import Funnel, FunnelStep, Growth, GrowthPeriod, QuadrantMRR, Revenue, RevenuePeriod
+from headway.wire import LEVELS, Funnel, FunnelStep, Growth, GrowthPeriod, QuadrantMRR, Revenue, RevenuePeriod
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,7 +54,6 @@ __all__ = ["GROWTH", "MILESTONES", "REVENUE", "growth", "milestones", "revenue"]
 
 DEFAULT_PERIODS = 12
 MAX_PERIODS = 1000
-LEVELS = ("user", "account")
 
 PERIOD = choice("period", "the period", g.KINDS, default="week")
 LEVEL = choice("level", "user or account", LEVELS, default="user")

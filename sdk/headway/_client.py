@@ -1,4 +1,4 @@
-"""`Client` and `AsyncClient`: typed reads of the query API (SPEC section 3) with a read key.
+"""`Client` and `AsyncClient`: typed reads of the query API with a read key.
 
 `_BaseClient` builds every request (`_Call`: path, query, result type) and turns answers into
 `headway.wire` Structs or `APIError`s; the two clients only do the I/O.
@@ -21,12 +21,12 @@ from ._core import LIBRARY, error_detail, retry_after, rfc3339_offset
 from ._exceptions import APIError, api_error
 from ._sse import READ_TIMEOUT, Events
 from ._transport import _HTTPX_ERRORS, map_httpx_error
+from .wire import Level
 
 __all__ = ["AsyncClient", "Client"]
 
 T = TypeVar("T")
 Order = Literal["desc", "asc", "mrr_desc"]
-Level = Literal["user", "account"]
 Period = Literal["day", "week", "month"]
 When = date | datetime | str | None
 At = datetime | str | None

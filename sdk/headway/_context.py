@@ -4,7 +4,7 @@
 `contextvars.ContextVar`: per thread, per asyncio task, never shared between concurrent
 requests); the middleware of ``headway.integrations`` binds them for each request.
 ``tracker.track_bound(event, ...)`` fills in what the caller did not give from the binding;
-``tracker.track(user_id, event, ...)`` (SPEC section 5) never reads it.
+``tracker.track(user_id, event, ...)`` never reads it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Verify (and make) the signatures of Headway's webhooks.
 
 A webhook is a JSON POST carrying ``Headway-Signature: t=<unix seconds>,v1=<hex>``, where the hex
-is HMAC-SHA256(secret, ``"<t>." + body``) (SPEC section 4). A receiver checks it with `verify`:
+is HMAC-SHA256(secret, ``"<t>." + body``). A receiver checks it with `verify`:
 
 ```python
 from headway import webhooks, WebhookVerificationError

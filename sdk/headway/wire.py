@@ -1,4 +1,4 @@
-"""The one wire schema shared by the SDK and the collector (SPEC sections 2 and 3).
+"""The one wire schema shared by the SDK and the collector: the batch and the query API.
 
 Every type that crosses HTTP is declared here once, as a msgspec ``Struct``: the SDK encodes
 batches and decodes query results with these types, and the collector decodes batches and
@@ -9,11 +9,12 @@ evolves; unknown fields are ignored so that older readers keep working.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
 __all__ = [
+    "LEVELS",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
     "MAX_DEPTH",
@@ -24,6 +25,10 @@ __all__ = [
     "MAX_VALUE",
     "MAX_WEIGHT",
     "NPS",
+    "QUADRANTS",
+    "STATUSES",
+    "TRANSITION_TYPES",
+    "TRENDS",
     "AccountPage",
     "AccountRevenue",
     "AccountSeen",
@@ -45,12 +50,14 @@ __all__ = [
     "GrowthPeriod",
     "HeldOutRule",
     "Interval",
+    "Level",
     "Members",
     "MilestoneView",
     "ModelInfo",
     "PendingModel",
     "Predictor",
     "Predictors",
+    "Quadrant",
     "QuadrantCounts",
     "QuadrantMRR",
     "QuadrantOutcome",
@@ -61,18 +68,21 @@ __all__ = [
     "ScoreHistory",
     "ScorePoint",
     "ScoreShare",
+    "Status",
     "Stickiness",
     "Success",
     "SuggestedWeight",
     "Transition",
     "TransitionPage",
+    "TransitionType",
+    "Trend",
     "UnknownTag",
     "UserPage",
     "UserView",
     "Weights",
 ]
 
-# Limits of SPEC section 2; the SDK checks them before sending, the collector enforces them.
+# Limits of a batch; the SDK checks them before sending, the collector enforces them.
 MAX_BATCH_BYTES = 1 << 20  # on the wire
 MAX_INFLATED_BYTES = 8 << 20  # after gunzip
 MAX_BATCH_EVENTS = 1000
@@ -80,7 +90,7 @@ MAX_EVENT_BYTES = 32 << 10  # one event, JSON-encoded
 MAX_NAME_CHARS = 200
 MAX_TAGS = 32
 MAX_DEPTH = 32  # nesting of properties: an object or array inside another, 32 levels at most
-MAX_WEIGHT = 1e6  # |weight| at most (SPEC section 2)
+MAX_WEIGHT = 1e6  # |weight| at most
 MAX_VALUE = 1e15  # |value| at most
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -141,11 +151,22 @@ class ErrorBody(msgspec.Struct):
     error: ErrorDetail
 
 
-# --- Query API (SPEC section 3) ---------------------------------------------------------------
+# --- Query API --------------------------------------------------------------------------------
 
+# The vocabularies, declared here once; the collector's checks, choices and reports derive theirs
+# from these (the tuples are the Literals' values, in their order).
+Level = Literal["user", "account"]
 Status = Literal["pending", "in_progress", "achieved", "lapsed", "missed"]
 Quadrant = Literal["new", "thriving", "stuck", "quiet", "at_risk"]
 Trend = Literal["rising", "steady", "cooling"]
+TransitionType = Literal[
+    "milestone.achieved", "milestone.lapsed", "milestone.missed", "stage.entered", "quadrant.changed", "trend.changed"
+]
+LEVELS: tuple[Level, ...] = get_args(Level)
+STATUSES: tuple[Status, ...] = get_args(Status)
+QUADRANTS: tuple[Quadrant, ...] = get_args(Quadrant)
+TRENDS: tuple[Trend, ...] = get_args(Trend)
+TRANSITION_TYPES: tuple[TransitionType, ...] = get_args(TransitionType)
 
 
 class Engagement(msgspec.Struct):
@@ -375,7 +396,7 @@ class ModelInfo(msgspec.Struct):
     pending: PendingModel | None = None
 
 
-# --- insights (SPEC sections 3 and 4): retention, stickiness, predictors, fitted weights ---------
+# --- insights: retention, stickiness, predictors, fitted weights ------------------------------
 
 
 class Interval(msgspec.Struct):
@@ -473,7 +494,7 @@ class QuadrantOutcome(msgspec.Struct):
 
 class Backtest(msgspec.Struct):
     """``GET /v1/insights/backtest``: how well the model's score and quadrants at past instants
-    predicted the outcome within the horizon (SPEC section 4, "Does the model predict?")."""
+    predicted the outcome within the horizon (docs/insights.md, "Does the model predict?")."""
 
     outcome: str  # "churned" or a milestone
     horizon: str  # the duration asked for, e.g. "30d"
@@ -514,9 +535,9 @@ class Stickiness(msgspec.Struct):
 
 
 class Transition(msgspec.Struct, frozen=True):
-    """A change of a subject's standing (SPEC section 4): ``type`` is one of ``milestone.achieved``,
+    """A change of a subject's standing: ``type`` is one of `TRANSITION_TYPES` (``milestone.achieved``,
     ``milestone.lapsed``, ``milestone.missed``, ``stage.entered``, ``quadrant.changed``,
-    ``trend.changed``; ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
+    ``trend.changed``); ``data`` holds ``{"milestone": name}`` or ``{"from": old, "to": new}``.
     ``id`` is also its cursor."""
 
     id: str

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from headway import webhooks
 from headway_collector.config import loads
-from headway_collector.delivery import Delivery
+from headway_collector.delivery import WebhookThreads
 from headway_collector.model.fold import Labels, Models, Transition, baseline, labels_at
 from headway_collector.model.subject import decode_state
 from headway_collector.projection import ModelBook, serve_models
@@ -520,7 +520,7 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
         try:
             serve_models(old, store, now)
             store.start()
-            first = Delivery(store, lambda: old)
+            first = WebhookThreads(store, lambda: old)
             first.start()  # the webhook is seen (its cursor starts at the head: 0), then stops
             wait_for(lambda: first.stats and store.transact(lambda tx: tx.one("SELECT count(*) FROM webhooks"))[0] == 1,
                      what="the webhook's cursor")
@@ -548,7 +548,7 @@ def test_a_model_switch_loses_no_transition_a_webhook_had_not_taken_and_tells_on
                 states = {(lvl, sid): decode_state(bytes(blob)) for lvl, sid, blob in
                           rd.all("SELECT level, subject, state FROM subjects WHERE gen = ?", (new_gen.gen,))}
 
-            second = Delivery(store, lambda: new)
+            second = WebhookThreads(store, lambda: new)
             second.start()
             try:
                 wanted = [t for t in told + retold if t.type in TYPES]

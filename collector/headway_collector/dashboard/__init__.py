@@ -1,4 +1,5 @@
-"""`GET /`: the dashboard (SPEC section 7), three static files that read the query API.
+"""`GET /`: the dashboard (docs/collector.md, "The dashboard"), three static files that read the
+query API.
 
 The page needs no key to load and holds no data: every number comes from the read API, asked
 by the browser with the read key the user gives. Its Content-Security-Policy lets it talk to

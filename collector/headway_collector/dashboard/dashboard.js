@@ -1,4 +1,4 @@
-// The Headway dashboard: plain DOM and SVG over the read API (SPEC section 7). No build step,
+// The Headway dashboard: plain DOM and SVG over the read API. No build step,
 // nothing fetched from elsewhere. The read key comes from the form or from a `#key=...` link
 // (a fragment never reaches the server) and is kept in this browser's localStorage.
 "use strict";
@@ -121,7 +121,7 @@ async function showFunnel() {
 }
 
 // The quadrant map says one thing: its regions are the quadrants. Right of the dashed line:
-// engaged. Upper band: succeeding (the SPEC's rule, not a progress cut), lower band: not; within
+// engaged. Upper band: succeeding (the quadrant's rule, not a progress cut), lower band: not; within
 // a band a dot sits by its milestone progress. A dot's colour is the region it is in; a subject
 // too young to judge (quadrant "new", or one this page does not know) is a hollow dot, in the
 // upper band. Every dot is inside the plot, keeps its name in a hover title, and the names that
@@ -323,7 +323,7 @@ function whyNotYet(m) {
   return h("span", { class: open ? "why" : "why done" }, parts.join(", "));
 }
 
-// Why the quadrant is what it is, in the words of the rule (SPEC section 4, "Quadrant"; docs/collector.md,
+// Why the quadrant is what it is, in the words of the rule (docs/collector.md,
 // "What the labels mean"): success is judged in the judging stage, the current one or, when it has no
 // milestone of this level, the latest earlier one that has. The verdict is the API's quadrant; this
 // names the milestones behind it.
@@ -362,7 +362,7 @@ function scoreShares(history) {
       `${(100 * x.share).toFixed(1)}%`)]));
 }
 
-// An account's people (SPEC section 3: `GET /v1/users?account_id=`, the account's `members`):
+// An account's people (`GET /v1/users?account_id=`, the account's `members`):
 // counts by quadrant, then each user with quadrant, score and a link. A collector whose account
 // view has no `members` does not know membership yet: said so, never a list of other people.
 async function accountPeople(v, id) {

@@ -1,5 +1,6 @@
-"""Webhooks from the model's transitions (SPEC section 4): signed JSON POSTs, retried until a 2xx."""
+"""Webhooks from the model's transitions (docs/collector.md, "Transitions, the stream and
+webhooks"): signed JSON POSTs, retried until a 2xx."""
 
-from .runner import Delivery, backoff
+from .runner import WebhookThreads, backoff
 
-__all__ = ["Delivery", "backoff"]
+__all__ = ["WebhookThreads", "backoff"]

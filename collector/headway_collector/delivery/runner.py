@@ -1,6 +1,6 @@
 """Deliver each webhook's transitions: at least once, the same `id` on every retry, in order per subject.
 
-`Delivery` (started by the app's lifespan) keeps one thread per webhook of the configuration
+`WebhookThreads` (started by the app's lifespan) keeps one thread per webhook of the configuration
 (reloaded on SIGHUP), so a receiver that hangs or keeps failing holds up only its own webhook,
 never the others nor the projection (which only writes transitions). Each thread, in a loop:
 
@@ -39,11 +39,10 @@ from headway import webhooks as signing
 
 from ..config import Config, Webhook
 from ..feed import transition_of
-from ..store import queries
-from ..store import webhooks as state
+from ..store import queries, webhooks
 from ..store.base import Store, Tx
 
-__all__ = ["BASE", "CAP", "LEASE", "TIMEOUT", "Delivery", "backoff"]
+__all__ = ["BASE", "CAP", "LEASE", "TIMEOUT", "WebhookThreads", "backoff"]
 
 logger = logging.getLogger("headway_collector.delivery")
 
@@ -82,7 +81,7 @@ class _Runner:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-class Delivery:
+class WebhookThreads:
     """The webhook threads of one collector."""
 
     def __init__(self, store: Store, config: Callable[[], Config], *, timeout: float = TIMEOUT) -> None:
@@ -125,7 +124,7 @@ class Delivery:
         wanted = {h.hook: h for p in config.projects.values() for h in p.webhooks}
         seen = (frozenset(config.projects), frozenset(wanted))
         if self._forgotten != seen:  # at start and after a reload: webhooks removed are forgotten
-            self.store.transact(lambda tx: state.forget(tx, sorted(seen[0]), seen[1]))
+            self.store.transact(lambda tx: webhooks.forget(tx, sorted(seen[0]), seen[1]))
             self._forgotten = seen
         with self._lock:
             for hook in [h for h in self._runners if h not in wanted or self._runners[h].hook != wanted[h]]:
@@ -155,7 +154,7 @@ class Delivery:
                 if not busy:
                     stop.wait(IDLE)
         try:
-            self.store.transact(lambda tx: state.release(tx, wh.hook, self.owner))
+            self.store.transact(lambda tx: webhooks.release(tx, wh.hook, self.owner))
         except Exception:  # the lease runs out by itself
             pass
 
@@ -163,7 +162,7 @@ class Delivery:
         now = _now_us()
 
         def run(tx: Tx) -> bool:
-            return state.claim(tx, wh.hook, wh.project, self.owner, now, now + LEASE, queries.transitions_head(tx))
+            return webhooks.claim(tx, wh.hook, wh.project, self.owner, now, now + LEASE, queries.transitions_head(tx))
 
         return self.store.transact(run)
 
@@ -173,8 +172,8 @@ class Delivery:
         busy = self._take(wh)
         now = _now_us()
         with self.store.read() as r:
-            due = state.deliverable(r, wh.hook, now, SENDS)
-            stats.backlog = state.backlog(r, wh.hook)
+            due = webhooks.deliverable(r, wh.hook, now, SENDS)
+            stats.backlog = webhooks.backlog(r, wh.hook)
         claimed = time.monotonic()
         for row in due:
             if stop.is_set():
@@ -191,7 +190,7 @@ class Delivery:
         """Move the transitions past the cursor into the outbox; whether there were any."""
 
         def run(tx: Tx) -> bool:
-            at = state.cursor(tx, wh.hook)
+            at = webhooks.cursor(tx, wh.hook)
             found = queries.project_transitions(tx, wh.project, at, PAGE)
             if not found:
                 return False
@@ -200,11 +199,11 @@ class Delivery:
                 for t in found
                 if wh.sends(t.type, t.level, _decode_data(t.data))
             ]
-            return state.enqueue(tx, wh.hook, self.owner, at, rows, found[-1].seq, _now_us())
+            return webhooks.enqueue(tx, wh.hook, self.owner, at, rows, found[-1].seq, _now_us())
 
         return self.store.transact(run)
 
-    def _send(self, wh: Webhook, http: httpx.Client, stats: HookStats, row: state.Outgoing) -> None:
+    def _send(self, wh: Webhook, http: httpx.Client, stats: HookStats, row: webhooks.OutboxRow) -> None:
         body = row.body.encode()
         headers = {
             "Content-Type": "application/json",
@@ -216,7 +215,7 @@ class Delivery:
         try:
             response = http.post(wh.url, content=body, headers=headers)
             if 200 <= response.status_code < 300:
-                self.store.transact(lambda tx: state.delivered(tx, wh.hook, row.seq))
+                self.store.transact(lambda tx: webhooks.delivered(tx, wh.hook, row.seq))
                 stats.delivered += 1
                 return
             error = f"HTTP {response.status_code}"
@@ -225,7 +224,7 @@ class Delivery:
         stats.failures += 1
         wait = backoff(row.attempts + 1)
         next_at = _now_us() + int(wait * 1e6)
-        self.store.transact(lambda tx: state.failed(tx, wh.hook, row.seq, next_at, error))
+        self.store.transact(lambda tx: webhooks.failed(tx, wh.hook, row.seq, next_at, error))
         logger.info(
             "webhook %s: transition %d not delivered (%s, attempt %d): again in %.1fs",
             wh.url,

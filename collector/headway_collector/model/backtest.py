@@ -1,6 +1,6 @@
 """Backtest: did a model's score and quadrants at past instants predict what happened next?
 
-Pure: no I/O, no clock (`at` is passed in). SPEC section 4, "Does the model predict?".
+Pure: no I/O, no clock (`at` is passed in). docs/insights.md, "Does the model predict?".
 
 Snapshots T = since, since + every, ... while T + horizon <= at (`snapshots`). Each subject's
 history (its events in time order) is replayed once with the projection's own fold
@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from headway.wire import QUADRANTS  # the order of the report; others follow
 
 from ._scipy import stats
 from .evaluate import read
@@ -64,7 +65,6 @@ __all__ = [
 ]
 
 CHURNED = "churned"
-QUADRANTS = ("new", "thriving", "stuck", "quiet", "at_risk")  # the order of the report; others follow
 CONFIDENCE = 0.95
 
 
@@ -242,7 +242,7 @@ def _oriented(cases: Sequence[Case], model: int, outcome: str) -> list[float]:
 def summarise(cases: Sequence[Case], outcome: str, model: int = 0) -> Backtest:
     """Model `model`'s AUC and quadrant table over the cases."""
     labels = [c.outcome for c in cases]
-    table = {q: [0, 0] for q in QUADRANTS}
+    table: dict[str, list[int]] = {q: [0, 0] for q in QUADRANTS}
     for c in cases:
         cell = table.setdefault(c.quadrants[model], [0, 0])
         cell[0] += 1

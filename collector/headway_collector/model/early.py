@@ -1,5 +1,5 @@
-"""Each subject's early events, as the projection keeps them for the insights (SPEC section 4,
-"Finding the aha moment"). Pure: no I/O, no clock.
+"""Each subject's early events, as the projection keeps them for the insights (docs/insights.md,
+`GET /v1/insights/predictors`). Pure: no I/O, no clock.
 
 The predictors and the fitted weights ask, per subject, how many events of each name it did
 within a window of its first event, before it reached an outcome, leaving out events tagged with

@@ -5,12 +5,12 @@ Pure: no I/O, no clock (`at` is passed in). The inputs are what the projection k
 name's count within an early window of its first event with whether it reached the outcome
 (`Early`), and per subject its active days (`growth.Days`).
 
-Predictors (SPEC section 4, "Finding the aha moment"). A landmark design: the landmark is the end
-of a subject's early window (`first_seen + window`); a subject counts only if it was observed for
-the whole window and had not reached the outcome at the landmark, and its behaviour is counted over
-the whole window (`early_windows`). So behaviour caused by the outcome cannot pass for its cause.
-For an event name e and a threshold k, a subject "did it" when it did e at least k times in its
-early window. Against the outcome:
+Predictors (docs/insights.md, `GET /v1/insights/predictors`). A landmark design: the landmark is the
+end of a subject's early window (`first_seen + window`); a subject counts only if it was observed
+for the whole window and had not reached the outcome at the landmark, and its behaviour is counted
+over the whole window (`early_windows`). So behaviour caused by the outcome cannot pass for its
+cause. For an event name e and a threshold k, a subject "did it" when it did e at least k times in
+its early window. Against the outcome:
 
 - `coverage` = did / subjects; `precision` = outcome rate of those who did it; `recall` = the
   share of the achievers who did it; `lift` = precision / the outcome rate of those who did not;
@@ -44,10 +44,11 @@ negative weight would also stop the event counting as activity). The held-out AU
 suggested weights and for the current ones, each scoring a subject by the sum of its early events'
 weights, which is what the engagement score adds up before decay.
 
-Retention (SPEC section 3): a cohort is the subjects whose first active day falls in a period;
-`retained[k]` counts those active in the k-th period after it, up to the period holding `at`.
-Stickiness: over the `n` days ending with the day of `at`, how many subjects were active on
-exactly 1, 2, ..., n of them, the mean daily actives (DAU), the subjects active at all (MAU).
+Retention (docs/insights.md, `GET /v1/retention`): a cohort is the subjects whose first active day
+falls in a period; `retained[k]` counts those active in the k-th period after it, up to the period
+holding `at`. Stickiness: over the `n` days ending with the day of `at`, how many subjects were
+active on exactly 1, 2, ..., n of them, the mean daily actives (DAU), the subjects active at all
+(MAU).
 """
 
 from __future__ import annotations

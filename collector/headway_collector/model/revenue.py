@@ -1,4 +1,5 @@
-"""Revenue (SPEC section 4, "Revenue"): each account's MRR over time and the movements per period.
+"""Revenue (docs/reports.md, `GET /v1/revenue`): each account's MRR over time and the movements
+per period.
 
 Pure: no I/O, no clock. The model names a revenue event; each such event of an account is a
 `RevenueChange`: its MRR from that instant on (0: it stopped paying). An account's MRR at t is the
@@ -86,7 +87,7 @@ def by_account(changes: Iterable[RevenueChange]) -> dict[str, MrrHistory]:
 
 
 def ratio(num: float, den: float) -> float | None:
-    """`num / den`, or None when the divisor is 0 (SPEC: every ratio of the revenue report)."""
+    """`num / den`, or None when the divisor is 0 (so for every ratio of the revenue report)."""
     return num / den if den != 0 else None
 
 

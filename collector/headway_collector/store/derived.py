@@ -26,6 +26,7 @@ from ..model import early as e
 from ..model import growth as g
 from ..model import scoring
 from ..model.fold import (
+    LEVELS,
     ChangeSet,
     Labels,
     Models,
@@ -46,7 +47,7 @@ _encode_data = msgspec.json.Encoder(order="sorted").encode
 _decode_labels = msgspec.json.Decoder(Labels).decode
 
 
-def _marks(n: int) -> str:
+def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
@@ -55,7 +56,7 @@ def load_priors(
 ) -> Priors:
     """The stored records of `keys` and the stored answers of `nps` in generation `gen`."""
     out = Priors()
-    for level in ("user", "account"):
+    for level in LEVELS:
         lm = models[project, level]
         ids = sorted(k.subject for k in keys if k.level == level)
         states: dict[str, bytes] = {}
@@ -65,24 +66,25 @@ def load_priors(
         for part in chunks(ids):
             for sid, text, wake in tx.all(
                 f"SELECT subject, labels, wake_at FROM subject_labels WHERE gen = ? AND level = ? "
-                f"AND subject IN ({_marks(len(part))})",
+                f"AND subject IN ({_placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 labels[sid] = (text, wake)
             for sid, blob in tx.all(
-                f"SELECT subject, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({_marks(len(part))})",
+                "SELECT subject, state FROM subjects WHERE gen = ? AND level = ? "
+                f"AND subject IN ({_placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 states[sid] = bytes(blob)
             for sid, first, data in tx.all(
                 f"SELECT subject, first_day, days FROM growth_subjects WHERE gen = ? "
-                f"AND level = ? AND subject IN ({_marks(len(part))})",
+                f"AND level = ? AND subject IN ({_placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 days[sid] = g.Days.decode(first, bytes(data))
             for sid, data in tx.all(
                 f"SELECT subject, early FROM subject_early WHERE gen = ? AND level = ? "
-                f"AND subject IN ({_marks(len(part))})",
+                f"AND subject IN ({_placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 early[sid] = bytes(data)
@@ -219,7 +221,7 @@ def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], r
     columns = ", ".join((*keys, *counters))
     sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
     tx.executemany(
-        f"INSERT INTO {table} ({columns}) VALUES ({_marks(len(keys) + len(counters))}) "
+        f"INSERT INTO {table} ({columns}) VALUES ({_placeholders(len(keys) + len(counters))}) "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}",
         rows,
     )

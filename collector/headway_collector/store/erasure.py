@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.fold import Level, SubjectKey
+from ..model.fold import LEVELS, Level, SubjectKey
 from . import generations, log
 from .base import Tx, chunks
 
@@ -89,7 +89,7 @@ def step(tx: Tx, project: str, key: SubjectKey, touched: set[SubjectKey], now: i
         is None
     )
     transitions = deliveries = 0
-    for level in ("user", "account"):
+    for level in LEVELS:
         ids = [k.subject for k in vanished if k.level == level]
         for part in chunks(ids):
             marks = ",".join("?" * len(part))

@@ -75,7 +75,7 @@ _DERIVED = [
         gen {int} NOT NULL, level {text} NOT NULL, milestone {text} NOT NULL, bucket {int} NOT NULL,
         n {int} NOT NULL,
         PRIMARY KEY (gen, level, milestone, bucket)) {norowid}""",
-    # Changes of standing (SPEC section 4), written with the state that caused them.
+    # Changes of standing (milestone, stage, quadrant, trend), written with the state that caused them.
     """CREATE TABLE transitions (
         seq {seqpk}, gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL,
         type {text} NOT NULL, at {int} NOT NULL, data {text} NOT NULL)""",
@@ -265,7 +265,7 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
         [
             # The labels (milestones achieved and missed, stage, quadrant, trend) that a subject's
             # transitions last announced, as JSON: each fold and the projection's periodic sweep compare
-            # the subject's labels at their `now` with these (SPEC section 4, transitions). Apart from
+            # the subject's labels at their `now` with these (a difference is a transition). Apart from
             # `subjects`: they depend on when the folds ran, the state does not.
             """CREATE TABLE subject_labels (
             gen {int} NOT NULL, level {text} NOT NULL, subject {text} NOT NULL, labels {text} NOT NULL,
@@ -310,7 +310,7 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
     (
         "0010_accounts",
         [
-            # Which accounts each user's events carried, and when first and last (SPEC section 3):
+            # Which accounts each user's events carried, and when first and last:
             # min/max merges, so any order of folds gives the same rows. Read by account (its
             # members, `GET /v1/users?account_id=`) and by user (its accounts, latest first).
             """CREATE TABLE memberships (
@@ -318,8 +318,8 @@ MIGRATIONS: list[tuple[str, list[Statement]]] = [
             first_seen {int} NOT NULL, last_seen {int} NOT NULL,
             PRIMARY KEY (gen, account, user_id)) {norowid}""",
             "CREATE INDEX memberships_user ON memberships (gen, user_id, last_seen)",
-            # Every revenue event of the model (SPEC section 4, "Revenue"): an account's MRR from
-            # `t` on. A set of rows (insert or ignore), so a late event re-states the periods it
+            # Every revenue event of the model (docs/reports.md, `GET /v1/revenue`): an account's MRR
+            # from `t` on. A set of rows (insert or ignore), so a late event re-states the periods it
             # falls in; `GET /v1/revenue` reads the rows up to `at` in (account, t, id) order.
             """CREATE TABLE revenue_changes (
             gen {int} NOT NULL, account {text} NOT NULL, t {int} NOT NULL, id {text} NOT NULL,

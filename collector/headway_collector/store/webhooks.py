@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .base import Tx
 
-__all__ = ["Outgoing", "backlog", "claim", "deliverable", "delivered", "enqueue", "failed", "forget", "release"]
+__all__ = ["OutboxRow", "backlog", "claim", "deliverable", "delivered", "enqueue", "failed", "forget", "release"]
 
 
 def claim(tx: Tx, hook: str, project: str, owner: str, now: int, until: int, start: int) -> bool:
@@ -74,13 +74,13 @@ def cursor(tx: Tx, hook: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
+class OutboxRow:
     seq: int
     body: str
     attempts: int
 
 
-def deliverable(tx: Tx, hook: str, now: int, limit: int) -> list[Outgoing]:
+def deliverable(tx: Tx, hook: str, now: int, limit: int) -> list[OutboxRow]:
     """The outbox rows due now that are their subject's earliest, in position order."""
     rows = tx.all(
         "SELECT o.seq, o.body, o.attempts FROM webhook_outbox o WHERE o.hook = ? AND o.next_at <= ? "
@@ -88,7 +88,7 @@ def deliverable(tx: Tx, hook: str, now: int, limit: int) -> list[Outgoing]:
         f"AND p.subject = o.subject) ORDER BY o.seq LIMIT {int(limit)}",
         (hook, now),
     )
-    return [Outgoing(*row) for row in rows]
+    return [OutboxRow(*row) for row in rows]
 
 
 def delivered(tx: Tx, hook: str, seq: int) -> None:
