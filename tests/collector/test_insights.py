@@ -353,8 +353,10 @@ def recompute_stickiness(events: list[dict[str, Any]], level: str, n: int, at: d
     return {"mau": mau, "active_days": hist, "dau": dau, "dau_mau": dau / mau if mau else None}
 
 
-AT_MONDAY = datetime(2024, 1, 15, tzinfo=timezone.utc)  # exactly the start of a week
-AT_MONTH = datetime(2024, 2, 1, tzinfo=timezone.utc)  # exactly the start of a month
+# The last instant of a week's and a month's first day: a day report at a past `at` answers at a
+# day's last instant (later events fall in later days), and 400 at_unsupported in mid-day.
+AT_MONDAY = datetime(2024, 1, 15, 23, 59, 59, 999999, tzinfo=timezone.utc)
+AT_MONTH = datetime(2024, 2, 1, 23, 59, 59, 999999, tzinfo=timezone.utc)
 
 
 @settings(max_examples=20, deadline=None)
@@ -367,6 +369,11 @@ def test_retention_and_stickiness_equal_a_recomputation_from_raw_events(tmp_path
         out: dict[tuple[str, ...], Any] = {}
         async with collector(loads(config_text(), "test.toml"), tmp_path_factory.mktemp("r") / "r.db", now) as c:
             await send(c, events, now)
+            latest = max(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in events)
+            if latest > datetime(2024, 1, 15, tzinfo=timezone.utc):
+                for path in ("/v1/retention", "/v1/stickiness"):
+                    mid_day = await c.get(path, params={"at": "2024-01-15T00:00:00Z"}, headers=read_headers())
+                    assert mid_day.status_code == 400 and "at_unsupported" in mid_day.text, mid_day.text
             for at in (now, AT_MONDAY, AT_MONTH):
                 for level in ("user", "account"):
                     for kind, n in (("week", 16), ("month", 4)):

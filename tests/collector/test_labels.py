@@ -257,7 +257,9 @@ async def test_the_period_not_yet_over_is_partial(c: httpx.AsyncClient) -> None:
     for kind in ("day", "week", "month"):
         periods = (await get(c, "/v1/growth", period=kind))["periods"]
         assert [p["partial"] for p in periods] == [False] * (len(periods) - 1) + [True], kind
-    past = (await get(c, "/v1/growth", at=NOW - timedelta(days=40), period="month", to="2026-06-30"))["periods"]
+    # At a past day's last instant (a day report at a mid-day `at` that later events follow is 400).
+    day_end = (NOW - timedelta(days=40)).replace(hour=23, minute=59, second=59, microsecond=999999)
+    past = (await get(c, "/v1/growth", at=day_end, period="month", to="2026-06-30"))["periods"]
     assert [p["start"][:7] for p in past if p["partial"]] == ["2026-04", "2026-05", "2026-06"]  # `at` in April
 
 
