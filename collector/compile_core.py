@@ -29,6 +29,10 @@ def main() -> int:
     from setuptools import setup
 
     print("projection core: compiling with mypyc ...", flush=True)
+    # The core imports the SDK's wire vocabularies; its editable install is an import hook, which
+    # mypy does not follow: name its source folder.
+    sdk = str(Path(__file__).resolve().parent.parent / "sdk")
+    os.environ["MYPYPATH"] = os.pathsep.join(p for p in (sdk, os.environ.get("MYPYPATH")) if p)
     LOG.parent.mkdir(exist_ok=True)
     try:
         with LOG.open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
