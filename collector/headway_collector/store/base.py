@@ -20,6 +20,7 @@ __all__ = [
     "Unavailable",
     "chunks",
     "open_store",
+    "placeholders",
 ]
 
 T = TypeVar("T")
@@ -128,6 +129,11 @@ def chunks(items: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
     """Consecutive slices of at most `n` items."""
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def placeholders(n: int) -> str:
+    """`?,?,...`: the parameter marks of an `IN (...)` list of `n` values (a chunk of them)."""
+    return ",".join("?" * n)
 
 
 def open_store(url: str) -> Store:

@@ -39,16 +39,12 @@ from ..model.fold import (
     record_of,
 )
 from ..model.subject import decode_state, encode_state
-from .base import Tx, chunks
+from .base import Tx, chunks, placeholders
 
 __all__ = ["SweepPage", "apply", "due_page", "load_priors", "subject_page"]
 
 _encode_data = msgspec.json.Encoder(order="sorted").encode
 _decode_labels = msgspec.json.Decoder(Labels).decode
-
-
-def _placeholders(n: int) -> str:
-    return ",".join("?" * n)
 
 
 def load_priors(
@@ -66,25 +62,25 @@ def load_priors(
         for part in chunks(ids):
             for sid, text, wake in tx.all(
                 f"SELECT subject, labels, wake_at FROM subject_labels WHERE gen = ? AND level = ? "
-                f"AND subject IN ({_placeholders(len(part))})",
+                f"AND subject IN ({placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 labels[sid] = (text, wake)
             for sid, blob in tx.all(
                 "SELECT subject, state FROM subjects WHERE gen = ? AND level = ? "
-                f"AND subject IN ({_placeholders(len(part))})",
+                f"AND subject IN ({placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 states[sid] = bytes(blob)
             for sid, first, data in tx.all(
                 f"SELECT subject, first_day, days FROM growth_subjects WHERE gen = ? "
-                f"AND level = ? AND subject IN ({_placeholders(len(part))})",
+                f"AND level = ? AND subject IN ({placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 days[sid] = g.Days.decode(first, bytes(data))
             for sid, data in tx.all(
                 f"SELECT subject, early FROM subject_early WHERE gen = ? AND level = ? "
-                f"AND subject IN ({_placeholders(len(part))})",
+                f"AND subject IN ({placeholders(len(part))})",
                 (gen, level, *part),
             ):
                 early[sid] = bytes(data)
@@ -221,7 +217,7 @@ def _add(tx: Tx, table: str, keys: tuple[str, ...], counters: tuple[str, ...], r
     columns = ", ".join((*keys, *counters))
     sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in counters)
     tx.executemany(
-        f"INSERT INTO {table} ({columns}) VALUES ({_placeholders(len(keys) + len(counters))}) "
+        f"INSERT INTO {table} ({columns}) VALUES ({placeholders(len(keys) + len(counters))}) "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}",
         rows,
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..model.fold import LEVELS, Level, SubjectKey
 from . import generations, log
-from .base import Tx, chunks
+from .base import Tx, chunks, placeholders
 
 __all__ = ["STEP", "Step", "count_events", "known_project", "step"]
 
@@ -75,7 +75,7 @@ def step(tx: Tx, project: str, key: SubjectKey, touched: set[SubjectKey], now: i
             [(project, log.id_hash(project, event_id), now) for _, event_id, _ in rows],
         )
         for part in chunks([seq for seq, _, _ in rows]):
-            tx.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(part))})", part)
+            tx.execute(f"DELETE FROM events WHERE seq IN ({placeholders(len(part))})", part)
         touched.update(SubjectKey(other, sid) for _, _, sid in rows if sid is not None)
     if len(rows) == limit:
         return Step(len(rows), done=False)
@@ -92,7 +92,7 @@ def step(tx: Tx, project: str, key: SubjectKey, touched: set[SubjectKey], now: i
     for level in LEVELS:
         ids = [k.subject for k in vanished if k.level == level]
         for part in chunks(ids):
-            marks = ",".join("?" * len(part))
+            marks = placeholders(len(part))
             if served is not None:
                 for table in ("subjects", "subject_labels"):
                     tx.execute(

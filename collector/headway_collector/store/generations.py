@@ -20,7 +20,7 @@ from typing import Literal
 
 from ..model.fold import SubjectKey
 from . import log
-from .base import Tx
+from .base import Tx, placeholders
 
 __all__ = [
     "DERIVED_TABLES",
@@ -104,7 +104,7 @@ _COLUMNS = "gen, project, version, status, partitions, format"
 
 def generations(tx: Tx, statuses: tuple[Status, ...] = ("active", "building")) -> list[Generation]:
     rows = tx.all(
-        f"SELECT {_COLUMNS} FROM generations WHERE status IN ({','.join('?' * len(statuses))}) ORDER BY gen", statuses
+        f"SELECT {_COLUMNS} FROM generations WHERE status IN ({placeholders(len(statuses))}) ORDER BY gen", statuses
     )
     return [Generation(*row) for row in rows]
 

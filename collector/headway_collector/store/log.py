@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .base import Accepted, Tx, chunks
+from .base import Accepted, Tx, chunks, placeholders
 
 __all__ = [
     "AppendJob",
@@ -116,7 +116,7 @@ def erased_ids(tx: Tx, project: str, ids: list[str]) -> set[str]:
     out: set[str] = set()
     for part in chunks(list(by_hash)):
         rows = tx.all(
-            f"SELECT id_hash FROM erased_events WHERE project = ? AND id_hash IN ({','.join('?' * len(part))})",
+            f"SELECT id_hash FROM erased_events WHERE project = ? AND id_hash IN ({placeholders(len(part))})",
             (project, *part),
         )
         out.update(by_hash[bytes(h)] for (h,) in rows)

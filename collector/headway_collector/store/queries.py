@@ -18,7 +18,7 @@ from ..config import Milestone, Project
 from ..model import growth as g
 from ..model.revenue import RevenueChange
 from ..model.scoring import DAY
-from .base import Tx, chunks
+from .base import Tx, chunks, placeholders
 
 __all__ = [
     "FunnelCounts",
@@ -121,7 +121,7 @@ def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> 
     """The rows of `sql`, which ends in `IN ({})`, for every one of `ids`, a chunk at a time."""
     out: list[tuple[Any, ...]] = []
     for part in chunks(sorted(ids)):
-        out += r.all(sql.format(",".join("?" * len(part))), (*params, *part))
+        out += r.all(sql.format(placeholders(len(part))), (*params, *part))
     return out
 
 
