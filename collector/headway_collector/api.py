@@ -163,13 +163,9 @@ def _accounts_sides(snap: Snapshot, project: Project, items: list[AccountView], 
     ids = [v.account_id for v in items]
     rows = _memberships(snap, project, queries.account_memberships(snap.tx, snap.gen.gen, ids, now), now)
     users = {key for key, m in rows.items() if m.first_seen <= now}
-    states = states_of(snap, project, "user", sorted({key.user_id for key in users}))
+    states = states_of(snap, project, "user", sorted({key.user_id for key in users}), now)
     lm = snap.models[project.name, "user"]
-    # A member with a later event (a read at a past `at`): as of `now`, from its events up to it.
-    quadrants = {
-        uid: read(lm, st if st.last_seen <= now else subject_state(snap, project, "user", uid, now), now).quadrant
-        for uid, st in states.items()
-    }
+    quadrants = {uid: read(lm, st, now).quadrant for uid, st in states.items()}
     counts: dict[str, dict[str, int]] = {a: {} for a in ids}
     for key in users:
         if key.user_id in quadrants and key.account in counts:

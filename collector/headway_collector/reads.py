@@ -184,20 +184,31 @@ def subject_state(snap: Snapshot, project: Project, level: Level, sid: str, at: 
                 f"the {level} {sid!r} is not folded yet; retry later",
                 {"Retry-After": "1"},
             ) from None
-    if state is not None and at is not None and state.last_seen > at:
-        history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
-        evs = [from_stored(raw, t) for raw, t in history if t <= at]
-        state = build(snap.models[project.name, level], evs)
+    state = _as_of(snap, project, level, sid, state, at)
     if state is None:
         raise APIError(404, "not_found", f"no {level} {sid!r} in project {project.name!r}")
     return state
 
 
-def states_of(snap: Snapshot, project: Project, level: Level, ids: Sequence[str]) -> dict[str, SubjectState]:
+def _as_of(
+    snap: Snapshot, project: Project, level: Level, sid: str, state: SubjectState | None, at: int | None
+) -> SubjectState | None:
+    """`state` (as of `snap.folded`) as of `at` (None: as it is): when it counts a later event,
+    built from the subject's events at or before `at` alone (None: it had none yet)."""
+    if state is None or at is None or state.last_seen <= at:
+        return state
+    history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
+    return build(snap.models[project.name, level], [from_stored(raw, t) for raw, t in history if t <= at])
+
+
+def states_of(
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int | None = None
+) -> dict[str, SubjectState]:
     """The states of `ids` as of `snap.folded`, as `subject_state` gives one: each stored state with
     the subject's events that its own partition has not folded yet folded in (an account's read
-    waits for its own partition only; its members' partitions may be behind). Subjects without
-    events, or that cannot be read or folded (the projection quarantines them), are left out."""
+    waits for its own partition only; its members' partitions may be behind), and with `at`, as
+    of that instant. Subjects without events (by `at`), or that cannot be read or folded (the
+    projection quarantines them), are left out."""
     rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     lm = snap.models[project.name, level]
@@ -214,6 +225,7 @@ def states_of(snap: Snapshot, project: Project, level: Level, ids: Sequence[str]
                     if state is None:  # a late event the stored state cannot take: from its whole history
                         history = log.subject_events(snap.tx, project.name, level, sid, upto=snap.folded)
                         state = build(lm, [from_stored(raw, ts) for raw, ts in history])
+            state = _as_of(snap, project, level, sid, state, at)
         except Exception:  # what the projection quarantines: left out, like in the lists
             logger.exception("project %s: %s %r could not be read", project.name, level, sid)
             continue

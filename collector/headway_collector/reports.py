@@ -39,7 +39,7 @@ from .params import (
     ts,
     whole,
 )
-from .reads import Snapshot, consistent_read, exact_at, subject_state
+from .reads import Snapshot, consistent_read, exact_at, states_of
 from .state import AppState
 from .store.queries import (
     FunnelCounts,
@@ -47,7 +47,6 @@ from .store.queries import (
     read_funnel,
     read_growth,
     read_nps,
-    subject_rows,
 )
 
 __all__ = ["GROWTH", "MILESTONES", "REVENUE", "growth", "milestones", "revenue"]
@@ -230,13 +229,8 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
     paying = [a for a in accounts if mrr[a] > 0]
     lm = snap.models[project.name, "account"]
     by_quadrant: dict[str, float] = {}
-    for a, row in sorted(subject_rows(snap.tx, snap.gen.gen, "account", paying).items()):
-        try:
-            st = decode_state(row.state)
-        except msgspec.DecodeError:  # a corrupt row: quarantined; its MRR is in the periods only
-            continue
-        if st.last_seen > now:  # a later event counted in it: as of `now`, from its events up to it
-            st = subject_state(snap, project, "account", a, now)
+    # A quarantined account is left out here; its MRR is in the periods only.
+    for a, st in sorted(states_of(snap, project, "account", paying, now).items()):
         quadrant = read(lm, st, now).quadrant
         by_quadrant[quadrant] = by_quadrant.get(quadrant, 0.0) + mrr[a]
     periods = [
