@@ -549,15 +549,6 @@ class DatabaseBuilder:
         print()
         self.seconds += time.perf_counter() - started
 
-    def counts(self, tables: Sequence[str]) -> dict[str, int]:
-        """Rows of each table; derived tables (with a `gen` column) counted in the active generations."""
-        with self.store.read() as r:
-            out = {}
-            for t in tables:
-                where = "" if t == "events" else " WHERE gen IN (SELECT gen FROM generations WHERE status = 'active')"
-                out[t] = r.all(f"SELECT count(*) FROM {t}{where}")[0][0]
-            return out
-
     def close(self) -> None:
         self.store.close()
 

@@ -15,11 +15,20 @@ scale for `GET /v1/revenue` is `--events 10000000 --users 100000` (10k accounts)
 are a tenth of the users unless `--accounts` says otherwise.
 
     python -m benchmarks.reports_latency [--events 1000000] [--users 100000] [--requests 400] [--quick]
+
+At 10M events, build once and keep the database (`--db PATH`: a later run on the same PATH and
+sizes measures it again without building), and fold it with `headway-collector rescore --jobs 2`
+(`--rescore`: the one-pass rebuild, several times faster than a served collector's fold worker
+catching up from the start):
+
+    python -m benchmarks.reports_latency --events 10000000 --users 100000 --accounts 10000 \
+        --checkpoints 1 --db /var/tmp/headway-10m.db --rescore
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +94,7 @@ def measure(url: str, events: int, requests: int, warmup: int) -> tuple[list[Tim
     return timings, samples
 
 
-def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: c.DatabaseBuilder, counts: dict[str, int],
+def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: c.DatabaseBuilder | None, counts: dict[str, int],
                  timings: list[Timing], samples: dict[str, Any]) -> str:
     final = [t for t in timings if t.events == max(x.events for x in timings)]
     goal_rows = [t for t in final if t.goal]
@@ -99,8 +108,9 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: 
         c.machine_markdown(),
         f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
         f"Database: {w_desc} Appended to the event log through the store (`Store.append`) in {BUILD_TX:,}-event "
-        f"appends ({build.done / build.seconds:,.0f} events/s, no HTTP); the collector's fold worker folds it "
-        "(scores, milestones, growth and funnel aggregates). At the end (active generation): "
+        + (f"appends ({build.done / build.seconds:,.0f} events/s, no HTTP); " if build is not None else "appends; ")
+        + ("`headway-collector rescore --jobs 2` folds it " if args.rescore else "the collector's fold worker folds it ")
+        + "(scores, milestones, growth and funnel aggregates). At the end (active generation): "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
         "Each checkpoint starts `headway-collector serve` (uvicorn, 127.0.0.1) on the database as built "
         "so far and waits until `/readyz` says every logged event is folded (untimed: `ingest.py` measures "
@@ -171,6 +181,30 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: 
     return "\n".join(lines)
 
 
+def _stored_events(db: Path) -> int:
+    """How many events the database at `db` logs (0: none, or no such database)."""
+    if not db.exists():
+        return 0
+    try:
+        return c.count_rows(db, "SELECT count(*) FROM events")
+    except Exception:  # not a collector database
+        return 0
+
+
+def _counts(db: Path, tables: list[str]) -> dict[str, int]:
+    """Rows of each table; derived tables (with a `gen` column) counted in the active generation."""
+    active = " WHERE gen IN (SELECT gen FROM generations WHERE status = 'active')"
+    return {t: c.count_rows(db, f"SELECT count(*) FROM {t}{'' if t == 'events' else active}") for t in tables}
+
+
+def _rescore(config: Path, db: Path) -> None:
+    print("  folding with `headway-collector rescore --jobs 2` ...", flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "headway_collector", "rescore", "--config", str(config), "--database",
+                    f"sqlite:///{db}", "--jobs", "2"], check=True, cwd=c.ROOT)
+    print(f"  folded in {time.perf_counter() - started:,.0f} s", flush=True)
+
+
 def plot(timings: list[Timing], path: Path) -> None:
     import matplotlib
 
@@ -213,41 +247,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="untimed requests per endpoint first (default 20)")
     p.add_argument("--quick", action="store_true", help="small sizes: 100000 events of 10000 users, 100 requests")
     p.add_argument("--results", type=Path, default=c.RESULTS, help="where to write reports_latency.md and .png")
+    p.add_argument("--db", type=Path, default=None,
+                   help="keep the database at this path; one already holding the events is measured without building")
+    p.add_argument("--rescore", action="store_true",
+                   help="fold what was appended with `headway-collector rescore --jobs 2` before serving")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.users, args.requests = min(args.events, 100_000), min(args.users, 10_000), min(args.requests, 100)
     args.load_before = c.load_average()
 
-    print(f"making {args.events:,} events of {args.users:,} users ...", flush=True)
     accounts = args.accounts if args.accounts is not None else max(1, args.users // 10)
-    w = c.make_workload(args.events, users=args.users, accounts=accounts, days=args.days)
-    w_desc = (f"{len(w):,} events of {len(set(w.user_ids)):,} users in {len({a for a in w.account_ids if a}):,} "
-              f"accounts over {args.days} days (the generator of `ingest.py`: Zipf-like activity, onboarding "
-              "bursts, NPS answers, conversions).")
-    marks = [len(w) >> (args.checkpoints - 1 - i) for i in range(args.checkpoints)]
+    marks = [args.events >> (args.checkpoints - 1 - i) for i in range(args.checkpoints)]
     timings: list[Timing] = []
     samples: dict[str, Any] = {}
     args.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="headway-bench-reports-") as tmpdir:
         tmp = Path(tmpdir)
         config = c.write_config(tmp / "full.toml")
-        db = tmp / "headway.db"
-        build = c.DatabaseBuilder(db, config, w, BUILD_TX)
+        db = args.db if args.db is not None else tmp / "headway.db"
+        kept = args.db is not None and args.checkpoints == 1 and _stored_events(db) == args.events
+        build: c.DatabaseBuilder | None = None
+        if kept:
+            print(f"measuring {db} as built by an earlier run ({args.events:,} events)", flush=True)
+            w_desc = (f"{args.events:,} events of about {args.users:,} users in {accounts:,} accounts over "
+                      f"{args.days} days, built by an earlier run of this command with `--db` (the generator of "
+                      "`ingest.py`: Zipf-like activity, onboarding bursts, NPS answers, conversions).")
+        else:
+            print(f"making {args.events:,} events of {args.users:,} users ...", flush=True)
+            w = c.make_workload(args.events, users=args.users, accounts=accounts, days=args.days)
+            w_desc = (f"{len(w):,} events of {len(set(w.user_ids)):,} users in "
+                      f"{len({a for a in w.account_ids if a}):,} accounts over {args.days} days (the generator of "
+                      "`ingest.py`: Zipf-like activity, onboarding bursts, NPS answers, conversions).")
+            build = c.DatabaseBuilder(db, config, w, BUILD_TX)
         try:
             for mark in marks:
-                build.ingest_until(mark)
+                if build is not None:
+                    build.ingest_until(mark)
+                    if args.rescore:
+                        _rescore(config, db)
                 with c.collector_server(config, db, tmp / "server.log") as server:
-                    c.wait_folded(server.url, timeout=3600)
+                    c.wait_folded(server.url, timeout=4 * 3600)
                     got, samples = measure(server.url, mark, args.requests, args.warmup)
                 timings += got
                 for t in got:
-                    print(f"  {mark:>9,} events  GET {t.path:<40} p50 {t.pct(0.5):7.2f} ms  p99 {t.pct(0.99):7.2f} ms",
-                          flush=True)
-            counts = build.counts(["events", "subjects", "growth_subjects", "growth_counts", "funnel_counts",
-                                   "memberships", "revenue_changes"])
+                    print(f"  {mark:>9,} events  GET {t.path:<40} first {t.first:8.2f} ms  p50 {t.pct(0.5):7.2f} ms  "
+                          f"p99 {t.pct(0.99):7.2f} ms", flush=True)
+            counts = _counts(db, ["events", "subjects", "growth_subjects", "growth_counts", "funnel_counts",
+                                  "memberships", "revenue_changes"])
         finally:
-            build.close()
+            if build is not None:
+                build.close()
 
     report = write_report(args, argv, w_desc, build, counts, timings, samples)
     (args.results / "reports_latency.md").write_text(report)
