@@ -38,16 +38,18 @@ from starlette.concurrency import run_in_threadpool
 from .config import Project
 from .errors import APIError
 from .events import from_stored
-from .model.fold import Level, Models, SubjectKey, partition_of
+from .model.evaluate import read
+from .model.fold import Level, Models, SubjectKey, partition_of, wake_at
 from .model.scoring import DAY
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .params import rfc3339
+from .quadrants import Held, QuadrantMemo, digest
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import Tx
 from .store.generations import Generation
 
-__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "states_of", "subject_state"]
+__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "quadrants_of", "states_of", "subject_state"]
 
 logger = logging.getLogger("headway_collector.reads")
 
@@ -231,4 +233,35 @@ def states_of(
             continue
         if state is not None:
             out[sid] = state
+    return out
+
+
+def quadrants_of(
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, memo: QuadrantMemo
+) -> dict[str, str]:
+    """The quadrant at `at` of each of `ids` that `states_of` reads, each taken from `memo` when
+    one read there holds it: its stored row has the same bytes, nothing of it waits to be folded
+    (its partition's watermark is at `snap.folded`), and `at` lies where that read holds. The
+    others are read with `states_of`, judged, and remembered when judged from the stored row as
+    it is (not as of an earlier `at`)."""
+    held = memo.of(snap.gen.gen, snap.gen.version)
+    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
+    out: dict[str, str] = {}
+    stored: dict[str, bytes] = {}  # the digests of the rows that hold a subject's whole state
+    todo = []
+    for sid in ids:
+        row = rows.get(sid)
+        if row is not None and marks.get(partition_of(level, sid, snap.gen.partitions), 0) >= snap.folded:
+            stored[sid] = digest(row.state)
+            known = held.get((level, sid))
+            if known is not None and known.holds(stored[sid], at):
+                out[sid] = known.quadrant
+                continue
+        todo.append(sid)
+    lm = snap.models[project.name, level]
+    for sid, state in states_of(snap, project, level, todo, at).items():
+        quadrant = out[sid] = read(lm, state, at).quadrant
+        if sid in stored and state.last_seen <= at:
+            held[level, sid] = Held(stored[sid], at, wake_at(lm, state, at), quadrant)
     return out

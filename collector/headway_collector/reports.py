@@ -22,9 +22,8 @@ from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
 from .model import revenue as rv
-from .model.evaluate import read, recurring_result
+from .model.evaluate import recurring_result
 from .model.subject import decode_state
-from .mrr import MrrCache
 from .params import (
     AT,
     LAST_INSTANT,
@@ -39,7 +38,7 @@ from .params import (
     ts,
     whole,
 )
-from .reads import Snapshot, consistent_read, exact_at, states_of
+from .reads import Snapshot, consistent_read, exact_at, quadrants_of
 from .state import AppState
 from .store.queries import (
     FunnelCounts,
@@ -94,9 +93,7 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
             f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
             "narrow from/to or use a longer period",
         )
-    return _GrowthQuery(
-        kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now), at=q[AT]
-    )
+    return _GrowthQuery(kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now), at=q[AT])
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:
@@ -216,7 +213,7 @@ def _bounds(kind: g.Kind, n: int, now: int) -> list[int]:
     return [*starts, end]
 
 
-def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int, cache: MrrCache) -> Revenue:
+def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], now: int, state: AppState) -> Revenue:
     if snap.models.projects[project.name].revenue_event is None:
         raise APIError(
             400,
@@ -224,14 +221,12 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
             f"the model of project {project.name!r} names no revenue event: add [projects.{project.name}.revenue] "
             'event = "..." (docs/reports.md)',
         )
-    accounts = cache.accounts(snap.tx, snap.gen.gen, snap.gen.version)
+    accounts = state.mrr.accounts(snap.tx, snap.gen.gen, snap.gen.version)
     mrr = {a: rev.mrr(now) for a, rev in accounts.items()}
     paying = [a for a in accounts if mrr[a] > 0]
-    lm = snap.models[project.name, "account"]
     by_quadrant: dict[str, float] = {}
     # A quarantined account is left out here; its MRR is in the periods only.
-    for a, st in sorted(states_of(snap, project, "account", paying, now).items()):
-        quadrant = read(lm, st, now).quadrant
+    for a, quadrant in sorted(quadrants_of(snap, project, "account", paying, now, state.quadrants).items()):
         by_quadrant[quadrant] = by_quadrant.get(quadrant, 0.0) + mrr[a]
     periods = [
         RevenuePeriod(
@@ -264,5 +259,5 @@ async def revenue(request: Request) -> Response:
     now = read_time(q[AT], state)
     bounds = _bounds(kind, n, now)
     return json_response(
-        await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now, state.mrr))
+        await consistent_read(state, project, lambda snap: _revenue(snap, project, kind, bounds, now, state))
     )

@@ -236,6 +236,17 @@ def members_by_quadrant(project: Project, events: list[E], account: str, at: int
     return out
 
 
+def mrr_by_quadrant(project: Project, events: list[E], at: int) -> dict[str, float]:
+    """The MRR at `at` of the paying accounts, summed by each account's quadrant as of `at`."""
+    out: dict[str, float] = {}
+    for account in sorted({e.account for e in events if e.account is not None}):
+        value = mrr(project, events, account, at)[0]
+        if value > 0:
+            q = labels(project, "account", [e for e in events if e.account == account], at)["quadrant"]
+            out[q] = out.get(q, 0.0) + value
+    return out
+
+
 def mrr(project: Project, events: list[E], account: str, t: int) -> tuple[float, int | None]:
     """The account's MRR at t and the time of the event that set it: its latest revenue event at
     or before t, the greater id of one instant (negative or missing values change nothing)."""

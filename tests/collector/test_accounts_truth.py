@@ -8,6 +8,7 @@ follows and refuse an earlier one with 400 `at_unsupported`."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -142,6 +143,8 @@ def check(got: dict[str, Any], events: list[oracle.E], at: int, kind: str, n: in
     accounts = sorted({e.account for e in events if e.account})
     paying = {a: oracle.mrr(PROJECT, events, a, at) for a in accounts}
     assert sum(got["revenue"]["by_quadrant"].values()) == pytest.approx(sum(m for m, _ in paying.values() if m > 0))
+    by_quadrant = {q: v for q, v in got["revenue"]["by_quadrant"].items() if v}
+    assert by_quadrant == pytest.approx(oracle.mrr_by_quadrant(PROJECT, events, at), rel=1e-12, abs=1e-9)
     later = got["lists_at"]  # the lists' instant: no stored event follows it
     for u in {e.user for e in events}:
         if got[f"users/{u}"] is not None:
@@ -199,3 +202,35 @@ async def test_memberships_and_revenue_in_any_order(events: list[oracle.E], seed
 async def test_memberships_and_revenue_in_any_order_on_postgresql(events: list[oracle.E], seed: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, postgres_schema() as url:
         await check_any_order(events, seed, url, Path(tmp))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(events=histories(), more=histories(), busy=st.sampled_from(["a0", "a1", None]),
+       offsets=st.lists(st.sampled_from([0, 1, DAY - 1, DAY, 3 * DAY, 20 * DAY, 45 * DAY, 200 * DAY]), max_size=6),
+       rnd=st.randoms(use_true_random=False))
+async def test_mrr_by_quadrant_read_again_at_other_instants(
+    events: list[oracle.E], more: list[oracle.E], busy: str | None, offsets: list[int], rnd: random.Random
+) -> None:
+    """One collector answers `/v1/revenue` again and again, at instants later and earlier than the
+    one before, on each side of where time alone moves an account's quadrant (its `new` ends, its
+    score decays below the threshold), and after more events arrive: each answer's MRR by quadrant
+    is the recomputation's at that instant (the collector remembers quadrants while they hold)."""
+    more = [dataclasses.replace(e, id="m" + e.id) for e in more]
+    if busy is not None:  # an engaged account (score 120 then), so that decay moves it too
+        t = max(e.t for e in more)
+        more += [oracle.E(id=f"busy-{i}", event="invited_teammate", user="u9", account=busy, t=t) for i in range(12)]
+    with tempfile.TemporaryDirectory() as tmp:
+        async with asgi_collector(CONFIG, Path(tmp) / "a.db", clock=lambda: NOW) as client:
+            sent: list[oracle.E] = []
+            for batch in (events, more):
+                await send(client, batch)
+                sent += batch
+                latest = max(e.t for e in sent)
+                firsts = [min(e.t for e in sent if e.account == a) for a in {e.account for e in sent if e.account}]
+                instants = [latest + o for o in offsets] + [f + DAY + d for f in firsts for d in (-1, 0)]
+                instants += [latest + 16 * DAY, latest + 17 * DAY, latest + 18 * DAY]  # 120 decays past 20
+                rnd.shuffle(instants)
+                for at in instants:
+                    got = await get(client, "/v1/revenue", period="month", periods=2, at=iso(at))
+                    by_quadrant = {q: v for q, v in got["by_quadrant"].items() if v}
+                    assert by_quadrant == pytest.approx(oracle.mrr_by_quadrant(PROJECT, sent, at), rel=1e-12), at
