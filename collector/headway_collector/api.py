@@ -46,7 +46,9 @@ from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
 from .mrr import MrrCache
 from .params import AT, MAX_NAME, NO_PARAMS, Params, app_state, choice, invalid, nps_view, read_time, text, ts, whole
-from .reads import Snapshot, consistent_read, exact_at, states_of, subject_state
+from .quadrants import QuadrantMemo
+from .reads import Snapshot, consistent_read, exact_at, quadrants_of, subject_state
+from .state import AppState
 from .store import generations, log, queries
 from .store.base import chunks
 
@@ -80,7 +82,9 @@ USER_ORDER = choice("order", "by score", ("desc", "asc"), default="desc")
 ACCOUNT_ID = text("account_id", "the users of this account only")
 USERS = Params(USER_ORDER, *FILTERS, ACCOUNT_ID)
 ACCOUNT_ORDER = choice(
-    "order", "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc)", ("desc", "asc", "mrr_desc"),
+    "order",
+    "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc)",
+    ("desc", "asc", "mrr_desc"),
     default="desc",
 )
 ACCOUNTS = Params(ACCOUNT_ORDER, *FILTERS)
@@ -157,15 +161,15 @@ def _users_sides(snap: Snapshot, project: Project, items: list[UserView], now: i
     return [msgspec.structs.replace(v, accounts=seen.get(v.user_id, [])) for v in items]
 
 
-def _accounts_sides(snap: Snapshot, project: Project, items: list[AccountView], now: int) -> list[AccountView]:
+def _accounts_sides(
+    snap: Snapshot, project: Project, items: list[AccountView], now: int, memo: QuadrantMemo
+) -> list[AccountView]:
     """Each account's members by their quadrant at `now`, and its revenue: the stored rows, with
-    the read's events not yet folded (a one-account read's own) and the members' (`states_of`)."""
+    the read's events not yet folded (a one-account read's own) and the members' (`quadrants_of`)."""
     ids = [v.account_id for v in items]
     rows = _memberships(snap, project, queries.account_memberships(snap.tx, snap.gen.gen, ids, now), now)
     users = {key for key, m in rows.items() if m.first_seen <= now}
-    states = states_of(snap, project, "user", sorted({key.user_id for key in users}), now)
-    lm = snap.models[project.name, "user"]
-    quadrants = {uid: read(lm, st, now).quadrant for uid, st in states.items()}
+    quadrants = quadrants_of(snap, project, "user", sorted({key.user_id for key in users}), now, memo)
     counts: dict[str, dict[str, int]] = {a: {} for a in ids}
     for key in users:
         if key.user_id in quadrants and key.account in counts:
@@ -190,13 +194,13 @@ def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
     return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
 
 
-def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int) -> list[Any]:
+def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int, memo: QuadrantMemo) -> list[Any]:
     """`items` (views of one level) with their accounts' sides filled in: a batch of reads per page."""
     if not items:
         return items
     if isinstance(items[0], UserView):
         return _users_sides(snap, project, items, now)
-    return _accounts_sides(snap, project, items, now)
+    return _accounts_sides(snap, project, items, now, memo)
 
 
 async def _get(request: Request, level: Level) -> Response:
@@ -210,7 +214,7 @@ async def _get(request: Request, level: Level) -> Response:
         lm = snap.models[project.name, level]
         st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
-        return _with_sides(snap, project, [v], now)[0]  # type: ignore[no-any-return]
+        return _with_sides(snap, project, [v], now, state.quadrants)[0]  # type: ignore[no-any-return]
 
     return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
 
@@ -334,12 +338,12 @@ def _by_mrr(snap: Snapshot, q: _ListQuery, now: int, cache: MrrCache) -> Iterato
 
 
 def _list(
-    snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int, cache: MrrCache
+    snap: Snapshot, project: Project, level: str, q: _ListQuery, now: int, state: AppState
 ) -> tuple[list[Any], str | None]:
     lm = snap.models[project.name, level]
     items: list[Any] = []
     cursor = None
-    for position, row in _by_mrr(snap, q, now, cache) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
+    for position, row in _by_mrr(snap, q, now, state.mrr) if q.order == "mrr_desc" else _by_score(snap, level, q, now):
         try:
             st = decode_state(row.state)
         except msgspec.DecodeError:  # a corrupt row: the projection quarantined it (in /metrics)
@@ -350,7 +354,7 @@ def _list(
             if len(items) == q.limit:
                 cursor = _encode_cursor(*position)
                 break
-    return _with_sides(snap, project, items, now), cursor
+    return _with_sides(snap, project, items, now, state.quadrants), cursor
 
 
 async def _list_endpoint(request: Request, level: Level) -> Response:
@@ -361,7 +365,7 @@ async def _list_endpoint(request: Request, level: Level) -> Response:
 
     def body(snap: Snapshot) -> tuple[list[Any], str | None]:
         exact_at(snap, q.at)
-        return _list(snap, project, level, q, now, state.mrr)
+        return _list(snap, project, level, q, now, state)
 
     items, cursor = await consistent_read(state, project, body)
     page = (

@@ -213,8 +213,9 @@ async def test_mrr_by_quadrant_read_again_at_other_instants(
 ) -> None:
     """One collector answers `/v1/revenue` again and again, at instants later and earlier than the
     one before, on each side of where time alone moves an account's quadrant (its `new` ends, its
-    score decays below the threshold), and after more events arrive: each answer's MRR by quadrant
-    is the recomputation's at that instant (the collector remembers quadrants while they hold)."""
+    score decays below the threshold), and after more events arrive: each answer's MRR by quadrant,
+    and each account's members by quadrant, is the recomputation's at that instant (the collector
+    remembers quadrants while they hold)."""
     more = [dataclasses.replace(e, id="m" + e.id) for e in more]
     if busy is not None:  # an engaged account (score 120 then), so that decay moves it too
         t = max(e.t for e in more)
@@ -234,3 +235,7 @@ async def test_mrr_by_quadrant_read_again_at_other_instants(
                     got = await get(client, "/v1/revenue", period="month", periods=2, at=iso(at))
                     by_quadrant = {q: v for q, v in got["by_quadrant"].items() if v}
                     assert by_quadrant == pytest.approx(oracle.mrr_by_quadrant(PROJECT, sent, at), rel=1e-12), at
+                    for a in sorted({e.account for e in sent if e.account and e.t <= at}):  # and its members'
+                        members = (await get(client, f"/v1/accounts/{a}", at=iso(at)))["members"]["by_quadrant"]
+                        assert {q: k for q, k in members.items() if k} == oracle.members_by_quadrant(
+                            PROJECT, sent, a, at), (a, at)
