@@ -241,18 +241,22 @@ def quadrants_of(
 ) -> dict[str, str]:
     """The quadrant at `at` of each of `ids` that `states_of` reads, each taken from `memo` when
     one read there holds it: its stored row has the same bytes, nothing of it waits to be folded
-    (its partition's watermark is at `snap.folded`), and `at` lies where that read holds. The
-    others are read with `states_of`, judged, and remembered when judged from the stored row as
-    it is (not as of an earlier `at`)."""
+    (its partition's watermark is at `snap.folded`), no event of it follows `at`, and `at` lies
+    where that read holds. The others are read with `states_of`, judged, and remembered when they
+    were judged from the stored row as it is (not as of an earlier `at`: that state is not the row's)."""
     held = memo.of(snap.gen.gen, snap.gen.version)
     rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     out: dict[str, str] = {}
-    stored: dict[str, bytes] = {}  # the digests of the rows that hold a subject's whole state
+    stored: dict[str, bytes] = {}  # the digests of the rows that hold a subject's whole state as of `at`
     todo = []
     for sid in ids:
         row = rows.get(sid)
-        if row is not None and marks.get(partition_of(level, sid, snap.gen.partitions), 0) >= snap.folded:
+        if (
+            row is not None
+            and row.last_seen <= at
+            and marks.get(partition_of(level, sid, snap.gen.partitions), 0) >= snap.folded
+        ):
             stored[sid] = digest(row.state)
             known = held.get((level, sid))
             if known is not None and known.holds(stored[sid], at):
@@ -262,6 +266,6 @@ def quadrants_of(
     lm = snap.models[project.name, level]
     for sid, state in states_of(snap, project, level, todo, at).items():
         quadrant = out[sid] = read(lm, state, at).quadrant
-        if sid in stored and state.last_seen <= at:
+        if sid in stored:
             held[level, sid] = Held(stored[sid], at, wake_at(lm, state, at), quadrant)
     return out

@@ -234,8 +234,25 @@ async def test_mrr_by_quadrant_read_again_at_other_instants(
                 for at in instants:
                     got = await get(client, "/v1/revenue", period="month", periods=2, at=iso(at))
                     by_quadrant = {q: v for q, v in got["by_quadrant"].items() if v}
-                    assert by_quadrant == pytest.approx(oracle.mrr_by_quadrant(PROJECT, sent, at), rel=1e-12), at
+                    assert by_quadrant == pytest.approx(oracle.mrr_by_quadrant(PROJECT, sent, at), rel=1e-12), (
+                        at, instants, sent)
                     for a in sorted({e.account for e in sent if e.account and e.t <= at}):  # and its members'
                         members = (await get(client, f"/v1/accounts/{a}", at=iso(at)))["members"]["by_quadrant"]
                         assert {q: k for q, k in members.items() if k} == oracle.members_by_quadrant(
                             PROJECT, sent, a, at), (a, at)
+
+
+async def test_a_read_as_of_an_earlier_instant_is_not_remembered_for_later_ones() -> None:
+    """A read at an `at` that a later event follows judges the account as of `at` (from its events
+    up to `at`); that quadrant is not the stored state's, so a later read must not take it."""
+    events = [oracle.E(id="e0", event="mrr_changed", user="u0", account="a0", t=BASE, value=10.0)]
+    busy = BASE + 100 * DAY  # its stages start at 30d and 180d: read between them, nothing wakes it up early
+    events += [oracle.E(id=f"busy-{i}", event="invited_teammate", user="u9", account="a0", t=busy) for i in range(12)]
+    with tempfile.TemporaryDirectory() as tmp:
+        async with asgi_collector(CONFIG, Path(tmp) / "a.db", clock=lambda: NOW) as client:
+            await send(client, events)
+            for at in (BASE + 40 * DAY, busy + 16 * DAY, BASE + 40 * DAY, busy + 20 * DAY, busy + 16 * DAY):
+                got = await get(client, "/v1/revenue", period="month", periods=2, at=iso(at))
+                want = oracle.mrr_by_quadrant(PROJECT, events, at)
+                assert {q: v for q, v in got["by_quadrant"].items() if v} == want, at
+            assert list(want) == ["stuck"]  # engaged by the busy day, and still at the last instant

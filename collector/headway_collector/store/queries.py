@@ -78,6 +78,7 @@ def milestone_states(r: Tx, gen: int, level: str, milestone: str) -> list[bytes]
 class SubjectRow:
     subject: str
     score_key: float
+    last_seen: int  # its latest event's time
     state: bytes
 
 
@@ -110,11 +111,11 @@ def subject_page(
         where += f" AND (s.score_key {cmp} ? OR (s.score_key = ? AND s.subject {cmp} ?))"
         params += [after[0], after[0], after[1]]
     rows = r.all(
-        f"SELECT s.subject, s.score_key, s.state FROM subjects s {join}WHERE {where} "
+        f"SELECT s.subject, s.score_key, s.last_seen, s.state FROM subjects s {join}WHERE {where} "
         f"ORDER BY s.score_key {direction}, s.subject {direction} LIMIT {int(limit)}",
         params,
     )
-    return [SubjectRow(sid, key, bytes(blob)) for sid, key, blob in rows]
+    return [SubjectRow(sid, key, last, bytes(blob)) for sid, key, last, blob in rows]
 
 
 def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -127,8 +128,10 @@ def _by_chunks(r: Tx, sql: str, params: tuple[Any, ...], ids: Sequence[str]) -> 
 
 def subject_rows(r: Tx, gen: int, level: str, ids: Sequence[str]) -> dict[str, SubjectRow]:
     """The stored subjects among `ids`."""
-    sql = "SELECT subject, score_key, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({})"
-    return {sid: SubjectRow(sid, key, bytes(blob)) for sid, key, blob in _by_chunks(r, sql, (gen, level), ids)}
+    sql = "SELECT subject, score_key, last_seen, state FROM subjects WHERE gen = ? AND level = ? AND subject IN ({})"
+    return {
+        sid: SubjectRow(sid, key, last, bytes(blob)) for sid, key, last, blob in _by_chunks(r, sql, (gen, level), ids)
+    }
 
 
 def account_ids(r: Tx, gen: int, after: str | None, limit: int) -> list[str]:
