@@ -46,8 +46,8 @@ from .model.revenue import MrrHistory, by_account
 from .model.subject import LevelModel, decode_state
 from .mrr import MrrCache
 from .params import AT, MAX_NAME, NO_PARAMS, Params, app_state, choice, invalid, nps_view, read_time, text, ts, whole
-from .quadrants import QuadrantMemo
 from .reads import Snapshot, consistent_read, exact_at, quadrants_of, subject_state
+from .standing import StandingMemo
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import chunks
@@ -162,7 +162,7 @@ def _users_sides(snap: Snapshot, project: Project, items: list[UserView], now: i
 
 
 def _accounts_sides(
-    snap: Snapshot, project: Project, items: list[AccountView], now: int, memo: QuadrantMemo
+    snap: Snapshot, project: Project, items: list[AccountView], now: int, memo: StandingMemo
 ) -> list[AccountView]:
     """Each account's members by their quadrant at `now`, and its revenue: the stored rows, with
     the read's events not yet folded (a one-account read's own) and the members' (`quadrants_of`)."""
@@ -194,7 +194,7 @@ def _revenue(mrr: MrrHistory | None, now: int) -> AccountRevenue:
     return AccountRevenue(mrr=mrr.mrr(now), since=ts(mrr.since(now))) if mrr is not None else AccountRevenue(0.0, None)
 
 
-def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int, memo: QuadrantMemo) -> list[Any]:
+def _with_sides(snap: Snapshot, project: Project, items: list[Any], now: int, memo: StandingMemo) -> list[Any]:
     """`items` (views of one level) with their accounts' sides filled in: a batch of reads per page."""
     if not items:
         return items
@@ -214,7 +214,7 @@ async def _get(request: Request, level: Level) -> Response:
         lm = snap.models[project.name, level]
         st = subject_state(snap, project, level, sid, now)  # as of `now`: its events up to it alone
         v = _view(lm, sid, read(lm, st, now), st.first_seen, st.last_seen, now)
-        return _with_sides(snap, project, [v], now, state.quadrants)[0]  # type: ignore[no-any-return]
+        return _with_sides(snap, project, [v], now, state.standing)[0]  # type: ignore[no-any-return]
 
     return json_response(await consistent_read(state, project, view, SubjectKey(level, sid)))
 
@@ -354,7 +354,7 @@ def _list(
             if len(items) == q.limit:
                 cursor = _encode_cursor(*position)
                 break
-    return _with_sides(snap, project, items, now, state.quadrants), cursor
+    return _with_sides(snap, project, items, now, state.standing), cursor
 
 
 async def _list_endpoint(request: Request, level: Level) -> Response:

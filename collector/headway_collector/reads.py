@@ -26,11 +26,12 @@ state that holds an event after `at` is built from its stored events at or befor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -43,13 +44,22 @@ from .model.fold import Level, Models, SubjectKey, partition_of, wake_at
 from .model.scoring import DAY
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .params import rfc3339
-from .quadrants import Held, QuadrantMemo, digest
+from .standing import Held, StandingMemo, digest
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import Tx
 from .store.generations import Generation
 
-__all__ = ["PENDING", "Snapshot", "consistent_read", "exact_at", "quadrants_of", "states_of", "subject_state"]
+__all__ = [
+    "PENDING",
+    "Snapshot",
+    "consistent_read",
+    "exact_at",
+    "quadrants_of",
+    "standings",
+    "states_of",
+    "subject_state",
+]
 
 logger = logging.getLogger("headway_collector.reads")
 
@@ -236,36 +246,61 @@ def states_of(
     return out
 
 
-def quadrants_of(
-    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, memo: QuadrantMemo
+class Judge(Protocol):
+    def __call__(self, state: SubjectState, at: int) -> tuple[str, int | None]:
+        """What the state is at `at`, and the next instant at which time alone may change it."""
+        ...
+
+
+def standings(
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, held: dict[str, Held], judge: Judge
 ) -> dict[str, str]:
-    """The quadrant at `at` of each of `ids` that `states_of` reads, each taken from `memo` when
-    one read there holds it: its stored row has the same bytes, nothing of it waits to be folded
-    (its partition's watermark is at `snap.folded`), no event of it follows `at`, and `at` lies
-    where that read holds. The others are read with `states_of`, judged, and remembered when they
-    were judged from the stored row as it is (not as of an earlier `at`: that state is not the row's)."""
-    held = memo.of(snap.gen.gen, snap.gen.version)
-    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    """`judge` of each of `ids` that `states_of` reads, at `at`, taken from `held` (a
+    `StandingMemo` table) where a judgement holds: of the same stored row (its partition's
+    watermark has not moved, or the row has the same digest), with nothing of it waiting to be
+    folded (the watermark is at `snap.folded`), no event of it after `at`, and `at` in its
+    interval. The others are judged, and remembered when judged from the stored row as it is (not
+    as of an earlier `at`: that state is not the row's)."""
+    n = snap.gen.partitions
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     out: dict[str, str] = {}
-    stored: dict[str, bytes] = {}  # the digests of the rows that hold a subject's whole state as of `at`
-    todo = []
+    unsure = []  # subjects whose row must be read to know whether a judgement holds
     for sid in ids:
-        row = rows.get(sid)
-        if (
-            row is not None
-            and row.last_seen <= at
-            and marks.get(partition_of(level, sid, snap.gen.partitions), 0) >= snap.folded
-        ):
-            stored[sid] = digest(row.state)
-            known = held.get((level, sid))
-            if known is not None and known.holds(stored[sid], at):
-                out[sid] = known.quadrant
+        known = held.get(sid)
+        if known is not None and known.mark == marks.get(partition_of(level, sid, n)) and known.covers(at):
+            out[sid] = known.value
+        else:
+            unsure.append(sid)
+    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, unsure)
+    stored: dict[str, Held] = {}  # the unsure ones whose stored row is their whole state as of `at`
+    todo = []
+    for sid in unsure:
+        row, mark = rows.get(sid), marks.get(partition_of(level, sid, n), 0)
+        if row is not None and row.last_seen <= at and mark >= snap.folded:
+            stored[sid] = Held(mark, digest(row.state), at, None, "")
+            known = held.get(sid)
+            if known is not None and known.digest == stored[sid].digest and known.covers(at):
+                out[sid] = known.value
+                held[sid] = dataclasses.replace(known, mark=mark)  # the row is this one until the mark moves
                 continue
         todo.append(sid)
-    lm = snap.models[project.name, level]
     for sid, state in states_of(snap, project, level, todo, at).items():
-        quadrant = out[sid] = read(lm, state, at).quadrant
+        value, until = judge(state, at)
+        out[sid] = value
         if sid in stored:
-            held[level, sid] = Held(stored[sid], at, wake_at(lm, state, at), quadrant)
+            held[sid] = Held(stored[sid].mark, stored[sid].digest, at, until, value)
     return out
+
+
+def quadrants_of(
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, memo: StandingMemo
+) -> dict[str, str]:
+    """The quadrant at `at` of each of `ids` that `states_of` reads (`standings`)."""
+    lm = snap.models[project.name, level]
+
+    def quadrant(state: SubjectState, at: int) -> tuple[str, int | None]:
+        return read(lm, state, at).quadrant, wake_at(lm, state, at)
+
+    return standings(
+        snap, project, level, ids, at, memo.of(snap.gen.gen, snap.gen.version, f"quadrant:{level}"), quadrant
+    )

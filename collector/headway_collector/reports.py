@@ -23,7 +23,8 @@ from .errors import APIError, json_response
 from .model import growth as g
 from .model import revenue as rv
 from .model.evaluate import recurring_result
-from .model.subject import decode_state
+from .model.fold import Level
+from .model.subject import SubjectState, crit_states, recurring_next
 from .params import (
     AT,
     LAST_INSTANT,
@@ -38,11 +39,12 @@ from .params import (
     ts,
     whole,
 )
-from .reads import Snapshot, consistent_read, exact_at, quadrants_of
+from .reads import Snapshot, consistent_read, exact_at, quadrants_of, standings
+from .standing import StandingMemo
 from .state import AppState
 from .store.queries import (
     FunnelCounts,
-    milestone_states,
+    milestone_subjects,
     read_funnel,
     read_growth,
     read_nps,
@@ -137,18 +139,23 @@ def _seconds(us: int | None) -> float | None:
     return us / 1e6 if us is not None else None
 
 
-def _recurring_counts(snap: Snapshot, level: str, c: FunnelCounts, now: int) -> dict[str, int]:
+def _recurring_counts(
+    snap: Snapshot, project: Project, level: Level, c: FunnelCounts, now: int, memo: StandingMemo
+) -> dict[str, int]:
     """A recurring milestone's counts at `now`: its status moves with time alone (it lapses, its
-    trailing progress fades), so each subject that ever progressed on it is read at `now`."""
+    trailing progress fades), so each subject that ever progressed on it is judged at `now`
+    (`reads.standings`: a status stays what it is until `recurring_next`)."""
     m = c.milestone
+
+    def status(state: SubjectState, at: int) -> tuple[str, int | None]:
+        return recurring_result(m, state, at).status(at), recurring_next(m, crit_states(state, m), at)
+
+    held = memo.of(snap.gen.gen, snap.gen.version, f"milestone:{level}:{m.name}")
+    ids = milestone_subjects(snap.tx, snap.gen.gen, level, m.name)
     counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
-    for blob in milestone_states(snap.tx, snap.gen.gen, level, m.name):
-        try:
-            state = decode_state(blob)
-        except msgspec.DecodeError:  # quarantined: counted as its row says
-            continue
+    for value in standings(snap, project, level, ids, now, held, status).values():  # the unreadable: pending
         counts["pending"] -= 1
-        counts[recurring_result(m, state, now).status(now)] += 1
+        counts[value] += 1
     return {**counts, "missed": 0}
 
 
@@ -166,14 +173,14 @@ def _step(level: str, c: FunnelCounts, counts: dict[str, int] | None = None) -> 
     )
 
 
-def _funnel(snap: Snapshot, project: Project, level: str | None, now: int) -> Funnel:
+def _funnel(snap: Snapshot, project: Project, level: Level | None, now: int, memo: StandingMemo) -> Funnel:
     served = snap.models.projects[project.name]  # the model the generation was built with
     steps: list[tuple[int, int, FunnelStep]] = []
     order = {m.name: i for i, m in enumerate(served.milestones)}
     for lv in (level,) if level is not None else LEVELS:
         for c in read_funnel(snap.tx, snap.gen.gen, served, lv, now):
             m = c.milestone
-            counts = _recurring_counts(snap, lv, c, now) if m.recurring is not None else None
+            counts = _recurring_counts(snap, project, lv, c, now, memo) if m.recurring is not None else None
             steps.append((served.stage_index(m.stage), order[m.name], _step(lv, c, counts)))
     steps.sort(key=lambda s: (s[0], s[1]))
     return Funnel(level=level, milestones=[s for *_, s in steps])
@@ -188,7 +195,7 @@ async def milestones(request: Request) -> Response:
 
     def body(snap: Snapshot) -> Funnel:
         exact_at(snap, at)
-        return _funnel(snap, project, level, now)
+        return _funnel(snap, project, level, now, state.standing)
 
     return json_response(await consistent_read(state, project, body))
 
@@ -226,7 +233,7 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
     paying = [a for a in accounts if mrr[a] > 0]
     by_quadrant: dict[str, float] = {}
     # A quarantined account is left out here; its MRR is in the periods only.
-    for a, quadrant in sorted(quadrants_of(snap, project, "account", paying, now, state.quadrants).items()):
+    for a, quadrant in sorted(quadrants_of(snap, project, "account", paying, now, state.standing).items()):
         by_quadrant[quadrant] = by_quadrant.get(quadrant, 0.0) + mrr[a]
     periods = [
         RevenuePeriod(

@@ -13,7 +13,7 @@ from .limits import ServeLimits
 from .metrics import Metrics
 from .mrr import MrrCache
 from .projection import ModelBook, Projection
-from .quadrants import QuadrantMemo
+from .standing import StandingMemo
 from .store.base import Store
 
 __all__ = ["READ_WAIT", "AppState"]
@@ -38,4 +38,4 @@ class AppState:
     limits: ServeLimits = field(default_factory=ServeLimits)
     judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once
     mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes
-    quadrants: QuadrantMemo = field(default_factory=QuadrantMemo)  # quadrants read, while they hold
+    standing: StandingMemo = field(default_factory=StandingMemo)  # quadrants and statuses judged, while they hold

@@ -31,7 +31,7 @@ __all__ = [
     "account_revenue_changes",
     "latest_event",
     "memberships_of",
-    "milestone_states",
+    "milestone_subjects",
     "project_transitions",
     "read_funnel",
     "read_growth",
@@ -62,16 +62,14 @@ def latest_event(r: Tx, gen: int) -> int | None:
     return int(row[0]) if row is not None and row[0] is not None else None
 
 
-def milestone_states(r: Tx, gen: int, level: str, milestone: str) -> list[bytes]:
-    """The stored states of the subjects that some event brought forward on `milestone` (its
-    funnel row not untouched): a recurring milestone's status moves with time, so the funnel
-    reads it from them."""
+def milestone_subjects(r: Tx, gen: int, level: str, milestone: str) -> list[str]:
+    """The subjects that some event brought forward on `milestone` (its funnel row not
+    untouched): a recurring milestone's status moves with time, so the funnel judges each."""
     rows = r.all(
-        "SELECT s.state FROM funnel_rows f JOIN subjects s ON s.gen = f.gen AND s.level = f.level "
-        "AND s.subject = f.subject WHERE f.gen = ? AND f.level = ? AND f.milestone = ? AND f.cls <> 'untouched'",
+        "SELECT subject FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? AND cls <> 'untouched'",
         (gen, level, milestone),
     )
-    return [bytes(blob) for (blob,) in rows]
+    return [sid for (sid,) in rows]
 
 
 @dataclass(frozen=True, slots=True)
