@@ -12,6 +12,7 @@ import pickle
 import signal
 from collections.abc import Iterator
 from datetime import timedelta
+from multiprocessing.connection import wait
 
 import anyio
 import httpx
@@ -103,7 +104,8 @@ def test_the_judging_process_gives_the_thread_s_verdict(paths: tuple[Judge, Judg
 
 def test_a_large_costly_batch_gets_the_same_verdict(paths: tuple[Judge, Judge]) -> None:
     """250 events of 10,800 empty lists (8 MB inflated) and one of each refusal."""
-    data = body([event(f"u{i}", properties={"p": [[]] * 10800}) for i in range(250)])[:-2] + b"," + events_of(SOME_REFUSED) + b"]}"
+    heavy = body([event(f"u{i}", properties={"p": [[]] * 10800}) for i in range(250)])
+    data = heavy[:-2] + b"," + events_of(SOME_REFUSED) + b"]}"
     assert len(data) > INLINE_BYTES
     answer = same(paths, gzip.compress(data), gz=True)
     assert isinstance(answer, Verdict) and len(answer.accepted) == 252
@@ -146,7 +148,7 @@ async def test_a_killed_judging_process_is_replaced(client: httpx.AsyncClient) -
     assert r.status_code == 200 and r.json()["accepted"] == 40
     [child] = set(multiprocessing.active_children()) - before
     os.kill(child.pid, signal.SIGKILL)
-    multiprocessing.connection.wait([child.sentinel], timeout=10)
+    wait([child.sentinel], timeout=10)
     answers = []
     for n in range(2):
         r = await client.post("/v1/batch", content=large(f"second{n}"), headers=headers(gz=True))
