@@ -31,11 +31,11 @@ from .errors import APIError
 from .events import EventRejected, decode_event, to_us
 from .store.base import Accepted
 
-__all__ = ["INLINE_BYTES", "WALK_TOKENS", "Judge", "Verdict", "gunzip", "judge"]
+__all__ = ["INLINE_BYTES", "WALK_TOKENS", "Judge", "Verdict", "judge"]
 
 # Bodies judged on a thread: past this many bytes (inflated), in the judging process. Under the
-# GIL, the largest single C call of judging on a thread (the envelope's decode, about 3 ms a MiB
-# of `[]`) holds the event loop; at 1 MiB it holds it a few ms, at 8 MiB 25 ms and more.
+# GIL, the largest single C call of judging on a thread (the envelope's decode, about 2 ms a MiB
+# of `[]`, the costliest shape measured) holds the event loop: 2 ms at 1 MiB, 15-25 ms at 8 MiB.
 INLINE_BYTES = 1 << 20
 
 # The events array as a Struct of MAX_BATCH_EVENTS + 1 positions: msgspec fills at most that
@@ -63,7 +63,7 @@ class Verdict(NamedTuple):
     rejected: list[Rejection]  # each with its index in the batch and its reason
 
 
-def gunzip(body: bytes) -> bytes:
+def _gunzip(body: bytes) -> bytes:
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, MAX_INFLATED_BYTES + 1)
@@ -179,7 +179,7 @@ class Judge:
     events held at once: the memory bound), on a worker thread, never on the event loop.
 
     A thread shares the GIL with the loop, and a single C call holds it from start to end: the
-    envelope of 8 MiB inflated is one msgspec call of 20-25 ms. So a body that inflates past
+    envelope of 8 MiB inflated is one msgspec call of 15-25 ms. So a body that inflates past
     `inline_bytes` is judged in a process of its own (spawned when first needed, one at a time),
     and the thread only waits for its verdict. A judging process that died (killed) is replaced:
     between batches, unseen; during one, that batch answers 503 with Retry-After (nothing of it
@@ -203,7 +203,7 @@ class Judge:
 
     def _judge(self, body: bytes, gzipped: bool, received_at: int) -> Verdict:
         if gzipped:
-            body = gunzip(body)  # zlib lets go of the GIL while it inflates
+            body = _gunzip(body)  # zlib lets go of the GIL while it inflates
         if len(body) <= self.inline_bytes:
             return judge(body, received_at)
         try:
