@@ -20,6 +20,7 @@ from headway_collector.app import create_app
 from headway_collector.auth import hash_key
 from headway_collector.config import Config, loads
 from headway_collector.limits import ServeLimits
+from headway_collector.projection import Mode
 from headway_collector.store import open_store
 
 def pytest_report_header() -> str:
@@ -64,19 +65,19 @@ def config() -> Config:
 @contextlib.asynccontextmanager
 async def asgi_collector(
     cfg: Config, db: Path | None = None, *, url: str | None = None, clock: Callable[[], int] | None = None,
-    fold_workers: int = 1, limits: ServeLimits | None = None,
+    fold_workers: int = 1, fold_mode: Mode = "thread", limits: ServeLimits | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, lifespan included, over httpx's ASGI transport: on the SQLite file `db`,
     or on the database at `url` (any `open_store` URL, e.g. a PostgreSQL schema).
 
     `clock` pins the collector's "now" (microseconds): with batches sent at that instant, clock
     skew correction is exactly zero, so two collectors see identical event times. Its projection
-    runs `fold_workers` fold workers in threads (`serve` runs them in processes).
+    runs `fold_workers` fold workers in threads unless `fold_mode` says processes (as `serve` runs them).
     """
     if url is None:
         assert db is not None, "give a SQLite file or a database URL"
         url = f"sqlite:///{db}"
-    app = create_app(cfg, open_store(url), fold_workers=fold_workers, limits=limits)
+    app = create_app(cfg, open_store(url), fold_workers=fold_workers, fold_mode=fold_mode, limits=limits)
     if clock is not None:
         app.state.headway.clock = clock
     async with app.router.lifespan_context(app):

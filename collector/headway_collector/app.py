@@ -274,6 +274,7 @@ def create_app(
                 logger.warning("stopping with events not yet folded: the next start folds them")
             state.projection.stop()
             store.close()
+            await state.judge.close()
 
     routes: list[BaseRoute] = [Route(e.path, e.handler, methods=[e.method]) for e in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))

@@ -21,6 +21,11 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
+    def __reduce__(self) -> tuple[type[APIError], tuple[int, str, str, dict[str, str]]]:
+        # A batch judged in the judging process (judge.py) refuses itself there: the error is
+        # pickled back. (Exception's own pickling calls the class with `args`, the message alone.)
+        return APIError, (self.status, self.code, self.message, self.headers)
+
 
 def json_response(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)

@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from anyio import CapacityLimiter
-
 from .config import Config
+from .judge import Judge
 from .limits import ServeLimits
 from .metrics import Metrics
 from .mrr import MrrCache
@@ -36,6 +35,6 @@ class AppState:
     ready: bool = False
     read_wait: float = READ_WAIT
     limits: ServeLimits = field(default_factory=ServeLimits)
-    judging: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(1))  # batches decoded at once
+    judge: Judge = field(default_factory=Judge)  # where batches are judged, one at a time
     mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes
     standing: StandingMemo = field(default_factory=StandingMemo)  # quadrants and statuses judged, while they hold

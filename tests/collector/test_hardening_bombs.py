@@ -2,7 +2,8 @@
 
 Each attack is refused with a documented status in bounded time (every socket has a
 deadline: a hang fails the test, no timing is asserted), and the collector's memory stays
-bounded: its peak RSS (VmHWM in /proc/<pid>/status) grows less than 64 MiB over the whole run.
+bounded: its peak RSS (VmHWM in /proc/<pid>/status) grows less than 64 MiB over the whole run,
+and so does its judging process's (bodies that inflate past 1 MiB are judged there).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(field)
+
+
+def children(pid: int) -> set[int]:
+    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
 
 
 def reset_peak(pid: int) -> None:
@@ -157,10 +162,15 @@ def test_bombs_are_refused_in_bounded_time_and_memory(live_collector: LiveCollec
     with httpx.Client(base_url=collector.url, timeout=DEADLINE) as c:  # warm up: imports, first commit
         for i in range(5):
             assert c.post("/v1/batch", content=body([event(f"warm-{i}-{j}") for j in range(200)]), headers=headers()).status_code == 200
-    base = status_kib(pid, "VmRSS")
+        before = children(pid)
+        large = gzip.compress(body([event(f"large-{i}", properties={"p": [[]] * 10000}) for i in range(40)]))
+        assert c.post("/v1/batch", content=large, headers=headers(gz=True)).status_code == 200
+        [judging] = children(pid) - before  # started by the first body that inflates past 1 MiB
+    base, judging_base = status_kib(pid, "VmRSS"), status_kib(judging, "VmRSS")
     attacks: list[Attack] = []
 
     reset_peak(pid)
+    reset_peak(judging)
 
     def attack(name: str, cases: int, statuses: Counter[int]) -> None:
         attacks.append(Attack(name, cases, statuses, status_kib(pid, "VmHWM") - base))
@@ -204,9 +214,11 @@ def test_bombs_are_refused_in_bounded_time_and_memory(live_collector: LiveCollec
     attack("one batch once the idle ones timed out", 1, Counter([ok.status_code]))
 
     peak, end = status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS")
+    judging_peak = status_kib(judging, "VmHWM")
     with capsys.disabled():
         print(f"\nRSS base {base / 1024:.1f} MiB; with {opened:,} idle connections ({kept} kept) {with_idle / 1024:.1f} MiB; "
-              f"peak {peak / 1024:.1f} MiB (+{(peak - base) / 1024:.1f}); end {end / 1024:.1f} MiB")
+              f"peak {peak / 1024:.1f} MiB (+{(peak - base) / 1024:.1f}); end {end / 1024:.1f} MiB; "
+              f"judging process {judging_base / 1024:.1f} MiB, peak +{(judging_peak - judging_base) / 1024:.1f} MiB")
         for a in attacks:
             print(f"  {a.name}: {a.cases} -> {dict(sorted(a.statuses.items()))}; peak RSS +{a.peak_growth_kib / 1024:.1f} MiB")
     by_name = {a.name: a.statuses for a in attacks}
@@ -225,6 +237,8 @@ def test_bombs_are_refused_in_bounded_time_and_memory(live_collector: LiveCollec
     assert full.status_code == 503 and full.headers["retry-after"] and ok.status_code == 200
     assert opened >= 1000 and kept <= ServeLimits().max_connections + 50  # the cap, and the collector's own sockets
     assert peak - base < 64 * 1024, f"peak RSS grew {(peak - base) / 1024:.1f} MiB"
+    grew = (judging_peak - judging_base) / 1024
+    assert grew < 64, f"the judging process's peak RSS grew {grew:.1f} MiB"
     assert BODY_SECONDS <= 30
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from headway.wire import MAX_DEPTH, MAX_VALUE, MAX_WEIGHT
 from headway.wire import MAX_BATCH_EVENTS
-from headway_collector.ingest import WALK_TOKENS
+from headway_collector.judge import WALK_TOKENS
 from tests.collector.helpers import body, event, headers
 
 pytestmark = pytest.mark.anyio
