@@ -21,7 +21,6 @@ from .auth import authorize
 from .config import Project
 from .errors import APIError, json_response
 from .model import growth as g
-from .model import revenue as rv
 from .model.evaluate import recurring_result
 from .model.fold import Level
 from .model.subject import SubjectState, crit_states, recurring_next
@@ -253,7 +252,7 @@ def _revenue(snap: Snapshot, project: Project, kind: g.Kind, bounds: list[int], 
             gross_retention=p.gross_retention,
             quick_ratio=p.quick_ratio,
         )
-        for p in rv.periods(accounts, bounds, now)
+        for p in state.mrr.periods(snap.tx, snap.gen.gen, snap.gen.version, bounds, now)
     ]
     return Revenue(period=kind, periods=periods, by_quadrant=QuadrantMRR(**by_quadrant))
 
