@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -44,7 +44,7 @@ from .model.fold import Level, Models, SubjectKey, partition_of, wake_at
 from .model.scoring import DAY
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .params import rfc3339
-from .standing import Held, StandingMemo, digest
+from .standing import Held, Judged, Row, StandingMemo, digest, earliest
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import Tx
@@ -214,14 +214,20 @@ def _as_of(
 
 
 def states_of(
-    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int | None = None
+    snap: Snapshot,
+    project: Project,
+    level: Level,
+    ids: Sequence[str],
+    at: int | None = None,
+    rows: Mapping[str, queries.SubjectRow] | None = None,
 ) -> dict[str, SubjectState]:
     """The states of `ids` as of `snap.folded`, as `subject_state` gives one: each stored state with
     the subject's events that its own partition has not folded yet folded in (an account's read
     waits for its own partition only; its members' partitions may be behind), and with `at`, as
     of that instant. Subjects without events (by `at`), or that cannot be read or folded (the
-    projection quarantines them), are left out."""
-    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    projection quarantines them), are left out. `rows`: their stored rows, when already read."""
+    if rows is None:
+        rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     lm = snap.models[project.name, level]
     out = {}
@@ -254,7 +260,7 @@ class Judge(Protocol):
 
 def standings(
     snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, held: dict[str, Held], judge: Judge
-) -> dict[str, str]:
+) -> Judged:
     """`judge` of each of `ids` that `states_of` reads, at `at`, taken from `held` (a
     `StandingMemo` table) where a judgement holds: of the same stored row (its partition's
     watermark has not moved, or the row has the same digest), with nothing of it waiting to be
@@ -264,32 +270,36 @@ def standings(
     n = snap.gen.partitions
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     out: dict[str, str] = {}
+    until: int | None = None
     unsure = []  # subjects whose row must be read to know whether a judgement holds
     for sid in ids:
-        known = held.get(sid)
-        if known is not None and known.mark == marks.get(partition_of(level, sid, n)) and known.covers(at):
+        known, mark = held.get(sid), marks.get(partition_of(level, sid, n), 0)
+        if known is not None and known.row.mark == mark >= snap.folded and known.covers(at):
             out[sid] = known.value
+            until = earliest(until, known.until)
         else:
             unsure.append(sid)
     rows = queries.subject_rows(snap.tx, snap.gen.gen, level, unsure)
-    stored: dict[str, Held] = {}  # the unsure ones whose stored row is their whole state as of `at`
+    whole: dict[str, Row] = {}  # the unsure ones whose stored row is their whole state as of `at`
     todo = []
     for sid in unsure:
-        row, mark = rows.get(sid), marks.get(partition_of(level, sid, n), 0)
-        if row is not None and row.last_seen <= at and mark >= snap.folded:
-            stored[sid] = Held(mark, digest(row.state), at, None, "")
+        stored, mark = rows.get(sid), marks.get(partition_of(level, sid, n), 0)
+        if stored is not None and stored.last_seen <= at and mark >= snap.folded:
+            row = whole[sid] = Row(mark, digest(stored.state))
             known = held.get(sid)
-            if known is not None and known.digest == stored[sid].digest and known.covers(at):
+            if known is not None and known.row.digest == row.digest and known.covers(at):
                 out[sid] = known.value
-                held[sid] = dataclasses.replace(known, mark=mark)  # the row is this one until the mark moves
+                until = earliest(until, known.until)
+                held[sid] = dataclasses.replace(known, row=row)  # the row is this one until the mark moves
                 continue
         todo.append(sid)
-    for sid, state in states_of(snap, project, level, todo, at).items():
-        value, until = judge(state, at)
+    for sid, state in states_of(snap, project, level, todo, at, rows).items():
+        value, changes = judge(state, at)
         out[sid] = value
-        if sid in stored:
-            held[sid] = Held(stored[sid].mark, stored[sid].digest, at, until, value)
-    return out
+        until = earliest(until, changes)
+        if sid in whole:
+            held[sid] = Held(whole[sid], at, changes, value)
+    return Judged(out, until)
 
 
 def quadrants_of(
@@ -301,6 +311,5 @@ def quadrants_of(
     def quadrant(state: SubjectState, at: int) -> tuple[str, int | None]:
         return read(lm, state, at).quadrant, wake_at(lm, state, at)
 
-    return standings(
-        snap, project, level, ids, at, memo.of(snap.gen.gen, snap.gen.version, f"quadrant:{level}"), quadrant
-    )
+    held = memo.of(snap.gen.gen, snap.gen.version, f"quadrant:{level}")
+    return standings(snap, project, level, ids, at, held, quadrant).values

@@ -39,8 +39,9 @@ from .params import (
     whole,
 )
 from .reads import Snapshot, consistent_read, exact_at, quadrants_of, standings
-from .standing import StandingMemo
+from .standing import StandingMemo, Summed
 from .state import AppState
+from .store import generations
 from .store.queries import (
     FunnelCounts,
     milestone_subjects,
@@ -143,19 +144,29 @@ def _recurring_counts(
 ) -> dict[str, int]:
     """A recurring milestone's counts at `now`: its status moves with time alone (it lapses, its
     trailing progress fades), so each subject that ever progressed on it is judged at `now`
-    (`reads.standings`: a status stays what it is until `recurring_next`)."""
+    (`reads.standings`: a status stays what it is until `recurring_next`). The counts are kept
+    while no partition's watermark moves (no fold wrote a row they come from) and until the
+    earliest instant one of the statuses may change."""
     m = c.milestone
+    what = f"milestone:{level}:{m.name}"
+    marks = tuple(p.watermark for p in generations.partitions(snap.tx, snap.gen.gen))
+    summed = memo.sums.get((snap.gen.gen, snap.gen.version, what))
+    if summed is not None and summed.holds(marks, now):
+        return summed.counts
 
     def status(state: SubjectState, at: int) -> tuple[str, int | None]:
         return recurring_result(m, state, at).status(at), recurring_next(m, crit_states(state, m), at)
 
-    held = memo.of(snap.gen.gen, snap.gen.version, f"milestone:{level}:{m.name}")
+    held = memo.of(snap.gen.gen, snap.gen.version, what)
     ids = milestone_subjects(snap.tx, snap.gen.gen, level, m.name)
+    judged = standings(snap, project, level, ids, now, held, status)
     counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
-    for value in standings(snap, project, level, ids, now, held, status).values():  # the unreadable: pending
+    for value in judged.values.values():  # the unreadable (quarantined) stay pending
         counts["pending"] -= 1
         counts[value] += 1
-    return {**counts, "missed": 0}
+    counts["missed"] = 0
+    memo.sums[snap.gen.gen, snap.gen.version, what] = Summed(marks, now, judged.until, counts)
+    return counts
 
 
 def _step(level: str, c: FunnelCounts, counts: dict[str, int] | None = None) -> FunnelStep:

@@ -15,7 +15,9 @@ judgement is kept with what names the state it was made from and that interval:
   folded), a row with the same bytes is the same state.
 
 A later read at an instant inside the interval takes the judgement; anything else is judged
-again and remembered anew.
+again and remembered anew. A read that sums many judgements (the funnel's counts) may keep the
+sum too (`Summed`), held while no partition's watermark moved and until the earliest instant one
+of its judgements may change: a static database answers it without a row read.
 """
 
 from __future__ import annotations
@@ -24,30 +26,65 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["KEEP", "Held", "StandingMemo", "digest"]
+__all__ = ["KEEP", "Held", "Judged", "Row", "StandingMemo", "Summed", "digest", "earliest"]
 
 KEEP = 32  # (generation, what) tables remembered: a few per project and generation
 
 
 def digest(blob: bytes) -> bytes:
-    """What names a stored state within a generation."""
+    """What names a stored state within a generation: 16 bytes of BLAKE2b of the row."""
     return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+class Row(NamedTuple):
+    """What names a stored state: its partition's watermark when it was read (while that has not
+    moved, nor has the row), and its digest (the same bytes are the same state)."""
+
+    mark: int
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A judgement of a stored state at `since`, holding until `until` (None: time alone never
-    changes it). The state: the row of digest `digest`, read when its partition's watermark was `mark`."""
+    """A judgement of the stored state `row` at `since`, holding until `until` (None: time alone
+    never changes it)."""
 
-    mark: int
-    digest: bytes
+    row: Row
     since: int
     until: int | None
     value: str
 
     def covers(self, at: int) -> bool:
         return self.since <= at and (self.until is None or at < self.until)
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """Judgements of many subjects at one instant, and the earliest instant time alone may change
+    one of them (None: never)."""
+
+    values: dict[str, str]
+    until: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Summed:
+    """A sum of judgements made at `since` when the partitions' watermarks were `marks`."""
+
+    marks: tuple[int, ...]
+    since: int
+    until: int | None
+    counts: dict[str, int]
+
+    def holds(self, marks: tuple[int, ...], at: int) -> bool:
+        return marks == self.marks and self.since <= at and (self.until is None or at < self.until)
+
+
+def earliest(a: int | None, b: int | None) -> int | None:
+    """The earlier of two instants, None being never."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 class StandingMemo:
@@ -57,6 +94,7 @@ class StandingMemo:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: OrderedDict[tuple[int, str, str], dict[str, Held]] = OrderedDict()
+        self.sums: dict[tuple[int, str, str], Summed] = {}  # by (generation, version, what was summed)
 
     def of(self, gen: int, version: str, what: str) -> dict[str, Held]:
         """The judgements of `what` (e.g. "quadrant:account") held for a generation, by subject."""
@@ -66,6 +104,7 @@ class StandingMemo:
             if held is None:
                 held = self._held[key] = {}
                 while len(self._held) > KEEP:
-                    self._held.popitem(last=False)
+                    dropped, _ = self._held.popitem(last=False)
+                    self.sums.pop(dropped, None)
             self._held.move_to_end(key)
             return held
