@@ -271,19 +271,19 @@ def standings(
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     out: dict[str, str] = {}
     until: int | None = None
-    unsure = []  # subjects whose row must be read to know whether a judgement holds
+    unsure: dict[str, int] = {}  # the subjects whose row must be read to know, with their partition's mark
     for sid in ids:
         known, mark = held.get(sid), marks.get(partition_of(level, sid, n), 0)
         if known is not None and known.row.mark == mark >= snap.folded and known.covers(at):
             out[sid] = known.value
             until = earliest(until, known.until)
         else:
-            unsure.append(sid)
-    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, unsure)
+            unsure[sid] = mark
+    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, list(unsure))
     whole: dict[str, Row] = {}  # the unsure ones whose stored row is their whole state as of `at`
     todo = []
-    for sid in unsure:
-        stored, mark = rows.get(sid), marks.get(partition_of(level, sid, n), 0)
+    for sid, mark in unsure.items():
+        stored = rows.get(sid)
         if stored is not None and stored.last_seen <= at and mark >= snap.folded:
             row = whole[sid] = Row(mark, digest(stored.state))
             known = held.get(sid)
