@@ -109,7 +109,8 @@ def write_report(args: argparse.Namespace, argv: list[str], w_desc: str, build: 
         f"Load average before the run: {args.load_before}; after: {c.load_average()}.", "",
         f"Database: {w_desc} Appended to the event log through the store (`Store.append`) in {BUILD_TX:,}-event "
         + (f"appends ({build.done / build.seconds:,.0f} events/s, no HTTP); " if build is not None else "appends; ")
-        + ("`headway-collector rescore --jobs 2` folds it " if args.rescore else "the collector's fold worker folds it ")
+        + ("folded by the run that built it " if build is None
+           else "`headway-collector rescore --jobs 2` folds it " if args.rescore else "the collector's fold worker folds it ")
         + "(scores, milestones, growth and funnel aggregates). At the end (active generation): "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", "",
         "Each checkpoint starts `headway-collector serve` (uvicorn, 127.0.0.1) on the database as built "
