@@ -26,7 +26,6 @@ state that holds an event after `at` is built from its stored events at or befor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -290,7 +289,7 @@ def standings(
             if known is not None and known.row.digest == row.digest and known.covers(at):
                 out[sid] = known.value
                 until = earliest(until, known.until)
-                held[sid] = dataclasses.replace(known, row=row)  # the row is this one until the mark moves
+                held[sid] = Held(row, known.since, known.until, known.value)  # this row, until the mark moves
                 continue
         todo.append(sid)
     for sid, state in states_of(snap, project, level, todo, at, rows).items():
