@@ -196,12 +196,15 @@ class _BaseClient:
                 "timeout": httpx.Timeout(self._options["timeout"], read=READ_TIMEOUT)}
 
     @staticmethod
-    def _stream_refused(response: httpx.Response, body: bytes) -> APIError | None:
-        """An answer that reconnecting will not mend (a bad key, a bad cursor), as the error to raise."""
-        if response.status_code == 200:
-            return None
+    def _stream_refused(response: httpx.Response, body: bytes, events: Events) -> float:
+        """The seconds to wait before connecting again after a refused stream: a 429 (too many
+        streams) or a 5xx mends with time, after its ``Retry-After`` (at least the stream's own
+        retry); an answer that reconnecting will not mend (a bad key, a bad cursor) is raised."""
         code, message = error_detail(response.status_code, body)
-        return api_error(response.status_code, code, message, retry_after(response.headers.get("retry-after")))
+        hint = retry_after(response.headers.get("retry-after"))
+        if response.status_code != 429 and response.status_code < 500:
+            raise api_error(response.status_code, code, message, hint)
+        return max(events.retry, hint or 0.0)
 
     # ---- answers ----------------------------------------------------------------------------
 
@@ -351,22 +354,23 @@ class Client(_BaseClient):
     def stream(self, since: str | None = None) -> Iterator[wire.Transition]:
         """Transitions as they happen (``GET /v1/stream``), past ``since`` (None: from the
         first one kept); reconnects after a network error with ``Last-Event-ID``, so nothing is
-        missed or repeated. Raises `APIError` for an answer that retrying will not mend (401, 400)."""
+        missed or repeated, and after a 429 or 5xx once its ``Retry-After`` has passed. Raises
+        `APIError` for an answer that retrying will not mend (401, 400)."""
         events = Events(since)
         while True:
+            wait = events.retry
             try:
                 with self._http.stream("GET", **self._stream_request(events)) as response:
-                    refused = self._stream_refused(response, response.read() if response.status_code != 200 else b"")
-                    if refused is not None and response.status_code < 500:
-                        raise refused
-                    if refused is None:
+                    if response.status_code != 200:
+                        wait = self._stream_refused(response, response.read(), events)
+                    else:
                         for line in response.iter_lines():
                             transition = events.line(line)
                             if transition is not None:
                                 yield transition
             except _HTTPX_ERRORS:
                 pass  # reconnect below
-            time.sleep(events.retry)
+            time.sleep(wait)
 
     def close(self) -> None:
         self._http.close()
@@ -458,20 +462,19 @@ class AsyncClient(_BaseClient):
         """`Client.stream` as an async iterator."""
         events = Events(since)
         while True:
+            wait = events.retry
             try:
                 async with self._http.stream("GET", **self._stream_request(events)) as response:
-                    answer = await response.aread() if response.status_code != 200 else b""
-                    refused = self._stream_refused(response, answer)
-                    if refused is not None and response.status_code < 500:
-                        raise refused
-                    if refused is None:
+                    if response.status_code != 200:
+                        wait = self._stream_refused(response, await response.aread(), events)
+                    else:
                         async for line in response.aiter_lines():
                             transition = events.line(line)
                             if transition is not None:
                                 yield transition
             except _HTTPX_ERRORS:
                 pass  # reconnect below
-            await asyncio.sleep(events.retry)
+            await asyncio.sleep(wait)
 
     async def model(self) -> wire.ModelInfo:
         return await self._get(self._model())

@@ -223,3 +223,38 @@ def test_streams_opened_and_closed_again_and_again_leave_no_files_open(tmp_path:
             until(lambda: metric(live, "headway_streams_open") == 0, "the streams are given back")
             counts.append(len(list(Path(f"/proc/{live.process.pid}/fd").iterdir())))
         assert max(counts[1:]) <= counts[0] + 8, counts
+
+
+def test_the_sdk_stream_waits_out_a_429_and_then_connects(tmp_path: Path) -> None:
+    """`Client.stream` refused for too many streams waits for the answer's Retry-After and
+    connects again once a place is free, instead of raising (or hammering the collector)."""
+    import threading
+
+    from headway import Client, Tracker
+
+    with serving(tmp_path, "--max-streams-per-project", "1") as live, \
+            httpx.Client(base_url=live.url, timeout=DEADLINE) as client:
+        holder = client.stream("GET", "/v1/stream", headers={"Authorization": f"Bearer {READ_KEY}"})
+        assert holder.__enter__().status_code == 200
+        got: list[object] = []
+        sdk = Client(live.url, READ_KEY)
+
+        def read_one() -> None:
+            try:
+                got.append(next(iter(sdk.stream())))
+            except Exception as exc:  # what must not happen: the 429 raised
+                got.append(exc)
+
+        reader = threading.Thread(target=read_one, daemon=True)
+        reader.start()
+        time.sleep(1.5)  # refused at least once (429, Retry-After: 1), and waiting
+        assert reader.is_alive() and not got, got
+        holder.__exit__(None, None, None)  # a place is free: the SDK connects after Retry-After
+        until(lambda: metric(live, "headway_streams_open") == 0, "the holder's stream is given back")
+        until(lambda: metric(live, "headway_streams_open") == 1, "the SDK connected again")
+        with Tracker(live.url, WRITE_KEY) as tracker:  # a transition for it to read
+            for _ in range(3):  # onboarding_prompts achieved
+                tracker.track("u-stream", "prompt_completed")
+        reader.join(timeout=DEADLINE)
+        sdk.close()
+        assert got and not isinstance(got[0], Exception), got
