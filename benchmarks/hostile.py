@@ -118,13 +118,16 @@ def request_head(method: str, path: str, headers: dict[str, str] | None = None) 
 
 
 def head_of(s: socket.socket) -> tuple[int, dict[str, str]]:
-    """The status and headers of the response arriving on `s` (its body is not read)."""
+    """The status and headers of the response arriving on `s` (its body is not read); status 0
+    when the server closed the connection without an answer."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(4096)
         if not chunk:
             break
         data += chunk
+    if not data:
+        return 0, {}
     status_line, *lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     return int(status_line.split()[1]), headers
@@ -142,6 +145,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def metric(url: str, name: str) -> float:
@@ -349,10 +356,6 @@ def open_streams(server: c.Server) -> tuple[Counter[int], list[socket.socket]]:
         else:
             s.close()
     return counts, held
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 def probe_streams(server: c.Server, rounds: int, wait_retired: bool) -> list[Row]:
