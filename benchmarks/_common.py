@@ -311,13 +311,14 @@ class Server:
 
 
 def collector_server(config: Path, db: Path | str, log: Path, *, fold_workers: int = 1,
-                     interpreted: bool = False) -> Server:
+                     interpreted: bool = False, args: Sequence[str] = ()) -> Server:
     """`headway-collector serve` on a SQLite file (a Path) or a database URL (a str); `interpreted`:
-    its projection core from the source even where it is compiled (`HEADWAY_INTERPRETED=1`)."""
+    its projection core from the source even where it is compiled (`HEADWAY_INTERPRETED=1`);
+    `args`: more `serve` options (its limits, say)."""
     port = free_port()
     url = db if isinstance(db, str) else f"sqlite:///{db}"
     cmd = [sys.executable, "-m", "headway_collector", "serve", "--config", str(config), "--database", url,
-           "--port", str(port), "--log-level", "warning", "--fold-workers", str(fold_workers)]
+           "--port", str(port), "--log-level", "warning", "--fold-workers", str(fold_workers), *args]
     return Server(cmd, port, log, {"HEADWAY_INTERPRETED": "1"} if interpreted else None)
 
 
