@@ -105,3 +105,18 @@ def settle(worker: Worker, store: Store, version: str, project: str = "acme") ->
         if not busy and gen is not None and gen.version == version and not building:
             return gen.gen
         assert time.monotonic() < deadline, "not settled"
+
+
+def nested(depth: int) -> dict:
+    """`properties` nested `depth` levels deep, `properties` itself being level 1."""
+    inner: dict | list = {}
+    for level in range(depth - 2):
+        inner = [inner] if level % 2 else {"k": inner}
+    return {"p": inner} if depth > 1 else {}
+
+
+def deep_raw(depth: int) -> bytes:
+    """An event whose properties nest `depth` levels, written by hand (no encoder recursion)."""
+    ev = body([event("deep")])[:-2]  # '{"sent_at":..,"events":[{...}]}' without ']}'
+    head, _, tail = ev.rpartition(b"}")
+    return head + b',"properties":{"p":' + b"[" * (depth - 2) + b"{}" + b"]" * (depth - 2) + b"}}"

@@ -13,24 +13,9 @@ import pytest
 from headway.wire import MAX_DEPTH, MAX_VALUE, MAX_WEIGHT
 from headway.wire import MAX_BATCH_EVENTS
 from headway_collector.judge import WALK_TOKENS
-from tests.collector.helpers import body, event, headers
+from tests.collector.helpers import body, deep_raw, event, headers, nested
 
 pytestmark = pytest.mark.anyio
-
-
-def nested(depth: int) -> dict:
-    """`properties` nested `depth` levels deep, `properties` itself being level 1."""
-    inner: dict | list = {}
-    for level in range(depth - 2):
-        inner = [inner] if level % 2 else {"k": inner}
-    return {"p": inner} if depth > 1 else {}
-
-
-def deep_raw(depth: int) -> bytes:
-    """An event whose properties nest `depth` levels, written by hand (no encoder recursion)."""
-    ev = body([event("deep")])[:-2]  # '{"sent_at":..,"events":[{...}]}' without ']}'
-    head, _, tail = ev.rpartition(b"}")
-    return head + b',"properties":{"p":' + b"[" * (depth - 2) + b"{}" + b"]" * (depth - 2) + b"}}"
 
 
 async def post_raw(client: httpx.AsyncClient, data: bytes, gz: bool = False) -> httpx.Response:

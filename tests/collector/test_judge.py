@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from headway.wire import MAX_BATCH_EVENTS, MAX_DEPTH, MAX_EVENT_BYTES, MAX_INFLATED_BYTES
 from headway_collector.errors import APIError
 from headway_collector.judge import INLINE_BYTES, WALK_TOKENS, Judge, Verdict
-from tests.collector.helpers import NOW, body, event, headers
-from tests.collector.test_hardening_limits import deep_raw, nested
+from tests.collector.helpers import NOW, body, deep_raw, event, headers, nested
 
 RECEIVED_AT = int(NOW.timestamp()) * 1_000_000
 
