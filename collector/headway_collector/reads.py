@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -213,23 +213,29 @@ def _as_of(
 
 
 def states_of(
-    snap: Snapshot,
-    project: Project,
-    level: Level,
-    ids: Sequence[str],
-    at: int | None = None,
-    rows: Mapping[str, queries.SubjectRow] | None = None,
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int | None = None
 ) -> dict[str, SubjectState]:
     """The states of `ids` as of `snap.folded`, as `subject_state` gives one: each stored state with
     the subject's events that its own partition has not folded yet folded in (an account's read
     waits for its own partition only; its members' partitions may be behind), and with `at`, as
     of that instant. Subjects without events (by `at`), or that cannot be read or folded (the
-    projection quarantines them), are left out. `rows`: their stored rows, when already read."""
-    if rows is None:
-        rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    projection quarantines them), are left out."""
+    return dict(each_state(snap, project, level, ids, at, queries.subject_rows(snap.tx, snap.gen.gen, level, ids)))
+
+
+def each_state(
+    snap: Snapshot,
+    project: Project,
+    level: Level,
+    ids: Sequence[str],
+    at: int | None,
+    rows: Mapping[str, queries.SubjectRow],
+) -> Iterator[tuple[str, SubjectState]]:
+    """`states_of` one at a time, from their stored `rows`: a read that judges each state and
+    keeps only the judgement holds one state at a time (100,000 decoded states held at once made
+    the cyclic collector walk them again and again: 20 us a decode instead of 2)."""
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     lm = snap.models[project.name, level]
-    out = {}
     for sid in ids:
         row = rows.get(sid)
         try:
@@ -247,8 +253,7 @@ def states_of(
             logger.exception("project %s: %s %r could not be read", project.name, level, sid)
             continue
         if state is not None:
-            out[sid] = state
-    return out
+            yield sid, state
 
 
 class Judge(Protocol):
@@ -292,7 +297,7 @@ def standings(
                 held[sid] = Held(row, known.since, known.until, known.value)  # this row, until the mark moves
                 continue
         todo.append(sid)
-    for sid, state in states_of(snap, project, level, todo, at, rows).items():
+    for sid, state in each_state(snap, project, level, todo, at, rows):
         value, changes = judge(state, at)
         out[sid] = value
         until = earliest(until, changes)
