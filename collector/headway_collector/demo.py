@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -174,6 +175,9 @@ def _serve(args: argparse.Namespace, write: str, read: str, url: str) -> int:
     Ctrl-C stops the collector gracefully, and this with it."""
     child = subprocess.Popen([sys.executable, "-m", "headway_collector", "serve", "--config", args.out,
                               "--database", args.database, "--host", args.host, "--port", str(args.port)])
+    # A SIGTERM (a process manager, `timeout`) unwinds through `finally` too, which stops the
+    # child: by default it ended this process alone and left the collector running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         deadline = time.monotonic() + 120  # a changed model is rebuilt from the log before ready
         while child.poll() is None and time.monotonic() < deadline:

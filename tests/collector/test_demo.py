@@ -121,3 +121,18 @@ def test_the_demo_gives_every_view_data(tmp_path: Path) -> None:
         assert "demo data: the database has users already, nothing sent" in log.read_text()
     finally:
         stop(again)
+
+
+def test_a_sigterm_to_the_demo_stops_its_collector_too(tmp_path: Path) -> None:
+    """A process manager (or `timeout`) stops `make run` with SIGTERM to the demo alone: its
+    collector stops with it, gracefully, instead of going on serving with nobody to stop it."""
+    demo, _ = start_demo(tmp_path, free_port())
+    children = Path(f"/proc/{demo.pid}/task/{demo.pid}/children").read_text().split()
+    assert children, "the demo runs its collector as a child"
+    demo.send_signal(signal.SIGTERM)
+    demo.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in children):
+        assert time.monotonic() < deadline, "the collector outlived the demo"
+        time.sleep(0.2)
