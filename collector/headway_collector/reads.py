@@ -43,7 +43,7 @@ from .model.fold import Level, Models, SubjectKey, partition_of, wake_at
 from .model.scoring import DAY
 from .model.subject import Ev, SubjectState, build, decode_state, fold_in
 from .params import rfc3339
-from .standing import Held, Judged, Row, StandingMemo, digest, earliest
+from .standing import Assessed, Held, Row, StandingMemo, digest, earliest
 from .state import AppState
 from .store import generations, log, queries
 from .store.base import Tx
@@ -231,8 +231,8 @@ def each_state(
     at: int | None,
     rows: Mapping[str, queries.SubjectRow],
 ) -> Iterator[tuple[str, SubjectState]]:
-    """`states_of` one at a time, from their stored `rows`: a read that judges each state and
-    keeps only the judgement holds one state at a time (100,000 decoded states held at once made
+    """`states_of` one at a time, from their stored `rows`: a read that assesses each state and
+    keeps only the assessment holds one state at a time (100,000 decoded states held at once made
     the cyclic collector walk them again and again: 20 us a decode instead of 2)."""
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
     lm = snap.models[project.name, level]
@@ -256,20 +256,20 @@ def each_state(
             yield sid, state
 
 
-class Judge(Protocol):
+class Assess(Protocol):
     def __call__(self, state: SubjectState, at: int) -> tuple[str, int | None]:
         """What the state is at `at`, and the next instant at which time alone may change it."""
         ...
 
 
 def standings(
-    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, held: dict[str, Held], judge: Judge
-) -> Judged:
-    """`judge` of each of `ids` that `states_of` reads, at `at`, taken from `held` (a
-    `StandingMemo` table) where a judgement holds: of the same stored row (its partition's
+    snap: Snapshot, project: Project, level: Level, ids: Sequence[str], at: int, held: dict[str, Held], assess: Assess
+) -> Assessed:
+    """`assess` of each of `ids` that `states_of` reads, at `at`, taken from `held` (a
+    `StandingMemo` table) where an assessment holds: of the same stored row (its partition's
     watermark has not moved, or the row has the same digest), with nothing of it waiting to be
     folded (the watermark is at `snap.folded`), no event of it after `at`, and `at` in its
-    interval. The others are judged, and remembered when judged from the stored row as it is (not
+    interval. The others are assessed, and remembered when assessed from the stored row as it is (not
     as of an earlier `at`: that state is not the row's)."""
     n = snap.gen.partitions
     marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
@@ -298,12 +298,12 @@ def standings(
                 continue
         todo.append(sid)
     for sid, state in each_state(snap, project, level, todo, at, rows):
-        value, changes = judge(state, at)
+        value, changes = assess(state, at)
         out[sid] = value
         until = earliest(until, changes)
         if sid in whole:
             held[sid] = Held(whole[sid], at, changes, value)
-    return Judged(out, until)
+    return Assessed(out, until)
 
 
 def quadrants_of(

@@ -143,7 +143,7 @@ def _recurring_counts(
     snap: Snapshot, project: Project, level: Level, c: FunnelCounts, now: int, memo: StandingMemo
 ) -> dict[str, int]:
     """A recurring milestone's counts at `now`: its status moves with time alone (it lapses, its
-    trailing progress fades), so each subject that ever progressed on it is judged at `now`
+    trailing progress fades), so each subject that ever progressed on it is assessed at `now`
     (`reads.standings`: a status stays what it is until `recurring_next`). The counts are kept
     while no partition's watermark moves (no fold wrote a row they come from) and until the
     earliest instant one of the statuses may change."""
@@ -159,13 +159,13 @@ def _recurring_counts(
 
     held = memo.of(snap.gen.gen, snap.gen.version, what)
     ids = milestone_subjects(snap.tx, snap.gen.gen, level, m.name)
-    judged = standings(snap, project, level, ids, now, held, status)
+    assessed = standings(snap, project, level, ids, now, held, status)
     counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
-    for value in judged.values.values():  # the unreadable (quarantined) stay pending
+    for value in assessed.values.values():  # the unreadable (quarantined) stay pending
         counts["pending"] -= 1
         counts[value] += 1
     counts["missed"] = 0
-    memo.sums[snap.gen.gen, snap.gen.version, what] = Summed(marks, now, judged.until, counts)
+    memo.sums[snap.gen.gen, snap.gen.version, what] = Summed(marks, now, assessed.until, counts)
     return counts
 
 

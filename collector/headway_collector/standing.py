@@ -1,23 +1,23 @@
 """What time alone moves, remembered while it holds (`reads.standings`).
 
-Some reads judge many subjects at one instant: `GET /v1/revenue`'s MRR by quadrant (every paying
+Some reads assess many subjects at one instant: `GET /v1/revenue`'s MRR by quadrant (every paying
 account's quadrant), an account's members by quadrant, the funnel's counts of a recurring
-milestone (every subject that progressed on it). Judging means decoding a stored state and
-evaluating it: 0.2-0.5 ms a subject, 1.8 s for the funnel at 80,000 subjects. What is judged (a
+milestone (every subject that progressed on it). Assessing means decoding a stored state and
+evaluating it: 0.2-0.5 ms a subject, 1.8 s for the funnel at 80,000 subjects. What is assessed (a
 quadrant, a recurring milestone's status) is a function of the state and the instant, and it
-stays what it is from the instant it was judged until the next instant time alone may change it
+stays what it is from the instant it was assessed until the next instant time alone may change it
 (`model.fold.wake_at`, `model.subject.recurring_next`: exact, or early, never late). So each
-judgement is kept with what names the state it was made from and that interval:
+assessment is kept with what names the state it was made from and that interval:
 
 - the watermark of the subject's partition then: while it has not moved, no fold has written the
   partition's rows, so the row is the same without reading it;
 - the digest of the stored row: when the watermark moved (other subjects of the partition were
   folded), a row with the same bytes is the same state.
 
-A later read at an instant inside the interval takes the judgement; anything else is judged
-again and remembered anew. A read that sums many judgements (the funnel's counts) may keep the
+A later read at an instant inside the interval takes the assessment; anything else is assessed
+again and remembered anew. A read that sums many assessments (the funnel's counts) may keep the
 sum too (`Summed`), held while no partition's watermark moved and until the earliest instant one
-of its judgements may change: a static database answers it without a row read.
+of its assessments may change: a static database answers it without a row read.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["KEEP", "Held", "Judged", "Row", "StandingMemo", "Summed", "digest", "earliest"]
+__all__ = ["KEEP", "Assessed", "Held", "Row", "StandingMemo", "Summed", "digest", "earliest"]
 
 KEEP = 32  # (generation, what) tables remembered: a few per project and generation
 
@@ -48,7 +48,7 @@ class Row(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A judgement of the stored state `row` at `since`, holding until `until` (None: time alone
+    """A assessment of the stored state `row` at `since`, holding until `until` (None: time alone
     never changes it)."""
 
     row: Row
@@ -61,8 +61,8 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
-class Judged:
-    """Judgements of many subjects at one instant, and the earliest instant time alone may change
+class Assessed:
+    """Assessments of many subjects at one instant, and the earliest instant time alone may change
     one of them (None: never)."""
 
     values: dict[str, str]
@@ -71,7 +71,7 @@ class Judged:
 
 @dataclass(frozen=True, slots=True)
 class Summed:
-    """A sum of judgements made at `since` when the partitions' watermarks were `marks`."""
+    """A sum of assessments made at `since` when the partitions' watermarks were `marks`."""
 
     marks: tuple[int, ...]
     since: int
@@ -88,7 +88,7 @@ def earliest(a: int | None, b: int | None) -> int | None:
 
 
 class StandingMemo:
-    """Judgements per (generation, version, what was judged), by subject: a generation number
+    """Assessments per (generation, version, what was assessed), by subject: a generation number
     reused after a drop comes with another version."""
 
     def __init__(self) -> None:
@@ -97,7 +97,7 @@ class StandingMemo:
         self.sums: dict[tuple[int, str, str], Summed] = {}  # by (generation, version, what was summed)
 
     def of(self, gen: int, version: str, what: str) -> dict[str, Held]:
-        """The judgements of `what` (e.g. "quadrant:account") held for a generation, by subject."""
+        """The assessments of `what` (e.g. "quadrant:account") held for a generation, by subject."""
         key = (gen, version, what)
         with self._lock:
             held = self._held.get(key)
