@@ -12,6 +12,8 @@ falls in. docs/reports.md explains the definitions.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 from headway.wire import LEVELS, Funnel, FunnelStep, Growth, GrowthPeriod, QuadrantMRR, Revenue, RevenuePeriod
 from starlette.requests import Request
@@ -151,22 +153,24 @@ def _recurring_counts(
     what = f"milestone:{level}:{m.name}"
     marks = tuple(p.watermark for p in generations.partitions(snap.tx, snap.gen.gen))
     summed = memo.sums.get((snap.gen.gen, snap.gen.version, what))
-    if summed is not None and summed.holds(marks, now):
-        return summed.counts
+    if summed is None or not summed.holds(marks, now):
 
-    def status(state: SubjectState, at: int) -> tuple[str, int | None]:
-        return recurring_result(m, state, at).status(at), recurring_next(m, crit_states(state, m), at)
+        def status(state: SubjectState, at: int) -> tuple[str, int | None]:
+            return recurring_result(m, state, at).status(at), recurring_next(m, crit_states(state, m), at)
 
-    held = memo.of(snap.gen.gen, snap.gen.version, what)
-    ids = milestone_subjects(snap.tx, snap.gen.gen, level, m.name)
-    assessed = standings(snap, project, level, ids, now, held, status)
-    counts = {"pending": c.pending + c.in_progress + c.achieved, "in_progress": 0, "achieved": 0, "lapsed": 0}
-    for value in assessed.values.values():  # the unreadable (quarantined) stay pending
-        counts["pending"] -= 1
-        counts[value] += 1
-    counts["missed"] = 0
-    memo.sums[snap.gen.gen, snap.gen.version, what] = Summed(marks, now, assessed.until, counts)
-    return counts
+        held = memo.of(snap.gen.gen, snap.gen.version, what)
+        ids = milestone_subjects(snap.tx, snap.gen.gen, level, m.name)
+        assessed = standings(snap, project, level, ids, now, held, status)
+        summed = Summed(marks, now, assessed.until, Counter(assessed.values.values()))
+        memo.sums[snap.gen.gen, snap.gen.version, what] = summed
+    tally = summed.counts  # the assessed subjects by status; the others (quarantined too) are pending
+    return {
+        "pending": c.pending + c.in_progress + c.achieved - tally.total() + tally["pending"],
+        "in_progress": tally["in_progress"],
+        "achieved": tally["achieved"],
+        "lapsed": tally["lapsed"],
+        "missed": 0,
+    }
 
 
 def _step(level: str, c: FunnelCounts, counts: dict[str, int] | None = None) -> FunnelStep:

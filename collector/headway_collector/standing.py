@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -71,12 +71,13 @@ class Assessed:
 
 @dataclass(frozen=True, slots=True)
 class Summed:
-    """A sum of assessments made at `since` when the partitions' watermarks were `marks`."""
+    """Assessments of many subjects made at `since` when the partitions' watermarks were `marks`,
+    counted by value: they hold while no watermark moves, until `until`."""
 
     marks: tuple[int, ...]
     since: int
     until: int | None
-    counts: dict[str, int]
+    counts: Counter[str]
 
     def holds(self, marks: tuple[int, ...], at: int) -> bool:
         return marks == self.marks and self.since <= at and (self.until is None or at < self.until)
