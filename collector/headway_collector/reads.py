@@ -51,8 +51,10 @@ from .store.generations import Generation
 
 __all__ = [
     "PENDING",
+    "Assess",
     "Snapshot",
     "consistent_read",
+    "each_state",
     "exact_at",
     "quadrants_of",
     "standings",
