@@ -216,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     write, read, project = local_config(Path(args.example), Path(args.out))
     url = f"http://{args.host}:{args.port}"
     now = '"$(date -u +%Y-%m-%dT%H:%M:%SZ)"'
+    # The shell reads the clock twice, left to right: the event's timestamp first, then sent_at, so
+    # that a second turning between the two never puts the corrected time after the read that
+    # follows (a read is as of now: an event a second ahead read 404).
     body = (
-        '{"sent_at":"\'' + now + '\'","events":[{"id":"demo-\'"$(date +%s%N)"\'","event":"report_shared",'
-        '"user_id":"alice","account_id":"acme-co","timestamp":"\'' + now + "'\"}]}"
+        '{"events":[{"id":"demo-\'"$(date +%s%N)"\'","event":"report_shared","user_id":"alice",'
+        '"account_id":"acme-co","timestamp":"\'' + now + '\'"}],"sent_at":"\'' + now + "'\"}"
     )
     print(
         f"""
