@@ -82,9 +82,7 @@ USER_ORDER = choice("order", "by score", ("desc", "asc"), default="desc")
 ACCOUNT_ID = text("account_id", "the users of this account only")
 USERS = Params(USER_ORDER, *FILTERS, ACCOUNT_ID)
 ACCOUNT_ORDER = choice(
-    "order",
-    "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc)",
-    ("desc", "asc", "mrr_desc"),
+    "order", "by score (desc, asc), or by MRR at `at`, the greatest first (mrr_desc)", ("desc", "asc", "mrr_desc"),
     default="desc",
 )
 ACCOUNTS = Params(ACCOUNT_ORDER, *FILTERS)

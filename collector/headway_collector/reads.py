@@ -222,7 +222,13 @@ def states_of(
     waits for its own partition only; its members' partitions may be behind), and with `at`, as
     of that instant. Subjects without events (by `at`), or that cannot be read or folded (the
     projection quarantines them), are left out."""
-    return dict(each_state(snap, project, level, ids, at, queries.subject_rows(snap.tx, snap.gen.gen, level, ids)))
+    rows = queries.subject_rows(snap.tx, snap.gen.gen, level, ids)
+    return dict(each_state(snap, project, level, ids, at, rows, _watermarks(snap)))
+
+
+def _watermarks(snap: Snapshot) -> dict[int, int]:
+    """Each partition's watermark, by partition."""
+    return {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
 
 
 def each_state(
@@ -232,11 +238,12 @@ def each_state(
     ids: Sequence[str],
     at: int | None,
     rows: Mapping[str, queries.SubjectRow],
+    marks: Mapping[int, int],
 ) -> Iterator[tuple[str, SubjectState]]:
-    """`states_of` one at a time, from their stored `rows`: a read that assesses each state and
-    keeps only the assessment holds one state at a time (100,000 decoded states held at once made
-    the cyclic collector walk them again and again: 20 us a decode instead of 2)."""
-    marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
+    """`states_of` one at a time, from their stored `rows` and the partitions' watermarks
+    (`marks`): a read that assesses each state and keeps only the assessment holds one state at a
+    time (100,000 decoded states held at once made the cyclic collector walk them again and
+    again: 20 us a decode instead of 2)."""
     lm = snap.models[project.name, level]
     for sid in ids:
         row = rows.get(sid)
@@ -274,7 +281,7 @@ def standings(
     interval. The others are assessed, and remembered when assessed from the stored row as it is (not
     as of an earlier `at`: that state is not the row's)."""
     n = snap.gen.partitions
-    marks = {p.part: p.watermark for p in generations.partitions(snap.tx, snap.gen.gen)}
+    marks = _watermarks(snap)
     out: dict[str, str] = {}
     until: int | None = None
     unsure: dict[str, int] = {}  # the subjects whose row must be read to know, with their partition's mark
@@ -299,7 +306,7 @@ def standings(
                 held[sid] = Held(row, known.since, known.until, known.value)  # this row, until the mark moves
                 continue
         todo.append(sid)
-    for sid, state in each_state(snap, project, level, todo, at, rows):
+    for sid, state in each_state(snap, project, level, todo, at, rows, marks):
         value, changes = assess(state, at)
         out[sid] = value
         until = earliest(until, changes)

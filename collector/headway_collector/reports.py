@@ -97,7 +97,9 @@ def _growth_query(request: Request, state: AppState) -> _GrowthQuery:
             f"{last - first + 1} {kind}s asked for: at most {MAX_PERIODS} a request; "
             "narrow from/to or use a longer period",
         )
-    return _GrowthQuery(kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now), at=q[AT])
+    return _GrowthQuery(
+        kind=kind, level=q[LEVEL], first=first, last=last, current=g.period_of(kind, now), at=q[AT]
+    )
 
 
 def _growth(snap: Snapshot, project: Project, q: _GrowthQuery) -> Growth:

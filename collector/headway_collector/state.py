@@ -37,4 +37,4 @@ class AppState:
     limits: ServeLimits = field(default_factory=ServeLimits)
     judge: Judge = field(default_factory=Judge)  # where batches are judged, one at a time
     mrr: MrrCache = field(default_factory=MrrCache)  # the accounts' MRR functions, per set of revenue changes
-    standing: StandingMemo = field(default_factory=StandingMemo)  # quadrants and statuses judged, while they hold
+    standing: StandingMemo = field(default_factory=StandingMemo)  # quadrants and statuses assessed, while they hold

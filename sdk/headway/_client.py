@@ -196,7 +196,7 @@ class _BaseClient:
                 "timeout": httpx.Timeout(self._options["timeout"], read=READ_TIMEOUT)}
 
     @staticmethod
-    def _stream_refused(response: httpx.Response, body: bytes, events: Events) -> float:
+    def _reconnect_after(response: httpx.Response, body: bytes, events: Events) -> float:
         """The seconds to wait before connecting again after a refused stream: a 429 (too many
         streams) or a 5xx mends with time, after its ``Retry-After`` (at least the stream's own
         retry); an answer that reconnecting will not mend (a bad key, a bad cursor) is raised."""
@@ -362,7 +362,7 @@ class Client(_BaseClient):
             try:
                 with self._http.stream("GET", **self._stream_request(events)) as response:
                     if response.status_code != 200:
-                        wait = self._stream_refused(response, response.read(), events)
+                        wait = self._reconnect_after(response, response.read(), events)
                     else:
                         for line in response.iter_lines():
                             transition = events.line(line)
@@ -466,7 +466,7 @@ class AsyncClient(_BaseClient):
             try:
                 async with self._http.stream("GET", **self._stream_request(events)) as response:
                     if response.status_code != 200:
-                        wait = self._stream_refused(response, await response.aread(), events)
+                        wait = self._reconnect_after(response, await response.aread(), events)
                     else:
                         async for line in response.aiter_lines():
                             transition = events.line(line)

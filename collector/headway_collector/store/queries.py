@@ -64,7 +64,7 @@ def latest_event(r: Tx, gen: int) -> int | None:
 
 def milestone_subjects(r: Tx, gen: int, level: str, milestone: str) -> list[str]:
     """The subjects that some event brought forward on `milestone` (its funnel row not
-    untouched): a recurring milestone's status moves with time, so the funnel judges each."""
+    untouched): a recurring milestone's status moves with time, so the funnel assesses each."""
     rows = r.all(
         "SELECT subject FROM funnel_rows WHERE gen = ? AND level = ? AND milestone = ? AND cls <> 'untouched'",
         (gen, level, milestone),
